@@ -1,0 +1,1 @@
+"""Reference architectures (installed as ``uncertlr_models``)."""

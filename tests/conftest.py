@@ -1,0 +1,47 @@
+"""Test configuration: every test starts from a clean Pyro state, seeded RNGs and JAX on the CPU."""
+
+from __future__ import annotations
+
+import os
+import random
+import warnings
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
+)
+settings.register_profile("dev", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+warnings.filterwarnings("ignore", message=".*arviz.*", category=FutureWarning)
+
+
+@pytest.fixture(autouse=True)
+def _clean_state():
+    """Seed numpy/random/torch; clear Pyro's param store and enable its validation."""
+    random.seed(0)
+    np.random.seed(0)  # noqa: NPY002 - seeds legacy global-RNG users too
+    try:
+        import pyro
+        import torch
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    torch.manual_seed(0)
+    pyro.clear_param_store()
+    pyro.enable_validation(True)
+    yield
+    # no test may leave state in Pyro's global store: BNNs keep their state in their modules
+    leaked = list(pyro.get_param_store().keys())
+    pyro.clear_param_store()
+    assert not leaked, f"test leaked Pyro params into the global store: {leaked}"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--data-dir", default=None, help="folder holding the shared data sets (default: $UNCERTLR_DATA or ../shared/data)")

@@ -1,0 +1,47 @@
+"""Observation models, shared by the torch and JAX backends.
+
+Example:
+    >>> from uncertlr import likelihoods
+    >>> likelihoods.Categorical()
+    Categorical()
+    >>> likelihoods.Normal().learned           # noise std learned from the data
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["Categorical", "Likelihood", "Normal"]
+
+
+@dataclass(frozen=True)
+class Categorical:
+    """Classification: the network outputs logits ``[N, C]``; labels are integers in ``[0, C)``."""
+
+
+@dataclass(frozen=True)
+class Normal:
+    """Regression with homoskedastic Gaussian noise: outputs ``[N]`` or ``[N, D]`` are the means.
+
+    Args:
+        scale: a fixed noise std, or ``None`` to learn it (a point estimate, trained by
+            the same optimizer as the rest of the model).
+        init_scale: the learned noise std's starting value.
+    """
+
+    scale: float | None = None
+    init_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name, v in (("scale", self.scale), ("init_scale", self.init_scale)):
+            if v is not None and not (math.isfinite(v) and v > 0):
+                raise ValueError(f"Normal likelihood {name} must be positive and finite; got {v!r}")
+
+    @property
+    def learned(self) -> bool:
+        return self.scale is None
+
+
+Likelihood = Categorical | Normal

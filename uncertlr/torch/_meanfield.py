@@ -1,0 +1,100 @@
+"""Mean-field Normal posterior over a flat parameter vector, with a fused sample + KL kernel.
+
+All random parameters of a network live in two flat leaf tensors, ``loc`` and
+``log_scale`` (``P`` elements each), so sampling, the KL term and the optimizer
+touch one large tensor instead of many small ones. :class:`_SampleKL` draws
+``w = loc + exp(log_scale) * eps`` and the analytic ``KL(q || p)`` to a Normal
+prior in one autograd node with a hand-written backward; it computes exactly
+the reparameterised ELBO gradient (tests compare it with autograd and with
+Pyro's ``TraceMeanField_ELBO``), only without a graph of ~20 elementwise nodes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+class _SampleKL(torch.autograd.Function):
+    """``(loc[P], log_scale[P], eps[..., P]) -> (w[..., P], kl)`` for prior ``N(prior_loc, 1/prior_prec)``."""
+
+    @staticmethod
+    def forward(ctx, loc: Tensor, log_scale: Tensor, eps: Tensor, prior_loc: Tensor | None,  # type: ignore[override]
+                prior_prec: Tensor, kl_const: Tensor | float) -> tuple[Tensor, Tensor]:
+        scale = log_scale.exp()
+        w = torch.addcmul(loc, scale, eps)  # broadcasts over leading particle dims
+        diff = loc if prior_loc is None else loc - prior_loc
+        # KL = sum[log sigma_p - log sigma + (sigma^2 + (mu - mu_p)^2) / (2 sigma_p^2) - 1/2]
+        kl = kl_const - log_scale.sum() + 0.5 * (torch.dot(scale * scale, prior_prec) + torch.dot(diff * diff, prior_prec))
+        ctx.save_for_backward(diff, scale, eps, prior_prec)
+        return w, kl
+
+    @staticmethod
+    def backward(ctx, grad_w: Tensor, grad_kl: Tensor):  # type: ignore[override]
+        diff, scale, eps, prior_prec = ctx.saved_tensors
+        gk = grad_kl
+        # d/d loc: sum over particles of dL/dw, plus the KL pull towards the prior mean
+        g_sum = grad_w if grad_w.dim() == 1 else grad_w.reshape(-1, grad_w.shape[-1]).sum(0)
+        d_loc = torch.addcmul(g_sum, diff, prior_prec * gk)
+        # d/d log_scale: scale * sum_k g_k eps_k + gk (scale^2 prior_prec - 1)
+        ge = grad_w * eps
+        if ge.dim() > 1:
+            ge = ge.reshape(-1, ge.shape[-1]).sum(0)
+        d_log_scale = ge.mul_(scale).add_((scale * scale * prior_prec - 1).mul_(gk))
+        return d_loc, d_log_scale, None, None, None, None
+
+
+class MeanFieldNormal(nn.Module):
+    """``q(w) = prod_j N(w_j | loc_j, exp(log_scale_j)^2)`` over named parameters stored flat.
+
+    Args:
+        named_init: parameter name -> initial mean (the network's current weights).
+        init_scale: initial posterior std of every weight.
+
+    Attributes:
+        loc, log_scale: flat ``[P]`` leaf parameters (the optimizer's view).
+        names, shapes: the parameters in storage order.
+    """
+
+    def __init__(self, named_init: dict[str, Tensor], init_scale: float):
+        super().__init__()
+        if not named_init:
+            raise ValueError("select chose no parameters to make random")
+        if not (math.isfinite(init_scale) and init_scale > 0):
+            raise ValueError(f"init_scale must be positive and finite; got {init_scale!r}")
+        self.names: list[str] = list(named_init)
+        self.shapes: list[torch.Size] = [t.shape for t in named_init.values()]
+        self.sizes: list[int] = [t.numel() for t in named_init.values()]
+        dtypes = {t.dtype for t in named_init.values()}
+        devices = {t.device for t in named_init.values()}
+        if len(dtypes) != 1 or len(devices) != 1:
+            raise ValueError(f"random parameters must share one dtype and device; got {dtypes} on {devices}")
+        flat = torch.cat([t.detach().reshape(-1) for t in named_init.values()])
+        if not torch.isfinite(flat).all():
+            bad = [n for n, t in named_init.items() if not torch.isfinite(t).all()]
+            raise ValueError(f"the network's weights contain NaN or inf: {bad}")
+        self.loc = nn.Parameter(flat.clone())
+        self.log_scale = nn.Parameter(torch.full_like(flat, math.log(init_scale)))
+
+    @property
+    def num_params(self) -> int:
+        return self.loc.numel()
+
+    @property
+    def scale(self) -> Tensor:
+        """Flat posterior std ``[P]`` (differentiable)."""
+        return self.log_scale.exp()
+
+    def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
+        """Split ``flat[..., P]`` into ``{name: tensor[..., *shape]}`` views."""
+        lead = flat.shape[:-1]
+        return {n: t.view(*lead, *s) for n, t, s in zip(self.names, flat.split(self.sizes, dim=-1), self.shapes)}
+
+    def flatten(self, named: dict[str, Tensor]) -> Tensor:
+        return torch.cat([named[n].reshape(-1) for n in self.names])
+
+    def sample_kl(self, eps: Tensor, prior_loc: Tensor | None, prior_prec: Tensor, kl_const: Tensor | float) -> tuple[Tensor, Tensor]:
+        """Weights ``[..., P]`` for standard-normal noise ``eps[..., P]`` and the analytic KL (a scalar)."""
+        return _SampleKL.apply(self.loc, self.log_scale, eps, prior_loc, prior_prec, kl_const)  # type: ignore[no-any-return]
