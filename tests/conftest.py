@@ -16,7 +16,9 @@ from hypothesis import HealthCheck, settings
 settings.register_profile(
     "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
 )
-settings.register_profile("dev", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "dev", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 warnings.filterwarnings("ignore", message=".*arviz.*", category=FutureWarning)
@@ -44,4 +46,8 @@ def _clean_state():
 
 
 def pytest_addoption(parser):
-    parser.addoption("--data-dir", default=None, help="folder holding the shared data sets (default: $UNCERTLR_DATA or ../shared/data)")
+    parser.addoption(
+        "--data-dir",
+        default=None,
+        help="folder holding the shared data sets (default: $UNCERTLR_DATA or ../shared/data)",
+    )

@@ -154,7 +154,10 @@ def test_perfectly_calibrated_predictions_have_small_ece():
 # --------------------------------------------------------------------------- regression
 
 
-@given(arrays(np.float64, (4, 7), elements=st.floats(-5, 5)), arrays(np.float64, (4, 7), elements=st.floats(0.01, 3)))
+@given(
+    arrays(np.float64, (4, 7), elements=st.floats(-5, 5)),
+    arrays(np.float64, (4, 7), elements=st.floats(0.01, 3)),
+)
 def test_variance_decomposition(mean, var):
     d = m.predictive_variance(mean, var)
     np.testing.assert_allclose(d.total, d.aleatoric + d.epistemic)
@@ -175,8 +178,10 @@ def test_gaussian_nll_matches_scipy_mixture():
 # --------------------------------------------------------------------------- OOD AUROC
 
 
-@given(arrays(np.float64, st.integers(1, 40), elements=st.floats(0, 3).map(lambda v: round(v, 1))),
-       arrays(np.float64, st.integers(1, 40), elements=st.floats(0, 3).map(lambda v: round(v, 1))))
+@given(
+    arrays(np.float64, st.integers(1, 40), elements=st.floats(0, 3).map(lambda v: round(v, 1))),
+    arrays(np.float64, st.integers(1, 40), elements=st.floats(0, 3).map(lambda v: round(v, 1))),
+)
 def test_auroc_matches_sklearn_with_ties(a, b):
     ref = roc_auc_score(np.r_[np.zeros(len(a)), np.ones(len(b))], np.r_[a, b])
     assert float(m.ood_auroc(a, b)) == pytest.approx(ref, abs=1e-12)
@@ -194,9 +199,14 @@ def test_auroc_extremes():
 def _all_metrics(p, y):
     d = m.uncertainty_decomposition(p)
     return {
-        "total": d.total, "aleatoric": d.aleatoric, "epistemic": d.epistemic,
-        "accuracy": m.accuracy(p, y), "nll": m.nll(p, y), "brier": m.brier(p, y),
-        "ece": m.ece(p, y), "aece": m.adaptive_ece(p, y),
+        "total": d.total,
+        "aleatoric": d.aleatoric,
+        "epistemic": d.epistemic,
+        "accuracy": m.accuracy(p, y),
+        "nll": m.nll(p, y),
+        "brier": m.brier(p, y),
+        "ece": m.ece(p, y),
+        "aece": m.adaptive_ece(p, y),
         "auroc": m.ood_auroc(d.total[:10], d.total[10:]),
     }
 
@@ -223,7 +233,9 @@ def test_metrics_run_under_jax_jit():
     y = jax.numpy.asarray(rng.integers(0, 3, 20))
     f = jax.jit(lambda p, y: (m.mutual_information(p), m.ece(p, y), m.nll(p, y)))
     mi, e, n = f(p, y)
-    np.testing.assert_allclose(np.asarray(mi), m.mutual_information(np.asarray(p, dtype=np.float64)), atol=TOL_F32)
+    np.testing.assert_allclose(
+        np.asarray(mi), m.mutual_information(np.asarray(p, dtype=np.float64)), atol=TOL_F32
+    )
     assert float(e) == pytest.approx(float(m.ece(np.asarray(p, np.float64), np.asarray(y))), abs=TOL_F32)
 
 
@@ -273,6 +285,10 @@ def test_layer_spread_groups_by_layer():
         {"a.weight": np.array([1.0, 1.0]), "a.bias": np.array([0.5]), "b.weight": np.array([2.0])},
     )
     assert list(s) == ["a", "b"]
-    assert s["a"].size == 3 and s["a"].mean_scale == pytest.approx(2.5 / 3) and s["a"].mean_snr == pytest.approx(8 / 3)
+    assert (
+        s["a"].size == 3
+        and s["a"].mean_scale == pytest.approx(2.5 / 3)
+        and s["a"].mean_snr == pytest.approx(8 / 3)
+    )
     with pytest.raises(ValueError, match="positive"):
         m.layer_spread({"a": np.ones(1)}, {"a": np.zeros(1)})

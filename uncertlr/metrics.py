@@ -265,7 +265,9 @@ def predictive_variance(mean: Array, variance: Array) -> VarianceDecomposition:
     """
     xp = array_namespace(mean, variance)
     if mean.ndim < 2:
-        raise ValueError(f"mean must have shape [S, N, ...] with the sample axis first; got {tuple(mean.shape)}")
+        raise ValueError(
+            f"mean must have shape [S, N, ...] with the sample axis first; got {tuple(mean.shape)}"
+        )
     _check_finite(mean, "mean", xp)
     _check_finite(variance, "variance", xp)
     variance = xp.broadcast_to(xp.asarray(variance, dtype=mean.dtype), mean.shape)
@@ -534,7 +536,9 @@ def layer_spread(loc: Mapping[str, Array], scale: Mapping[str, Array]) -> dict[s
         (0.5, 2.0, 4)
     """
     if set(loc) != set(scale):
-        raise ValueError(f"loc and scale must name the same parameters; differ in {sorted(set(loc) ^ set(scale))}")
+        raise ValueError(
+            f"loc and scale must name the same parameters; differ in {sorted(set(loc) ^ set(scale))}"
+        )
     sums: dict[str, list[float]] = {}
     for name, mu in loc.items():
         sigma = scale[name]

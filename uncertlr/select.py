@@ -32,7 +32,9 @@ class Selector:
     :func:`last_layer`) once the backend knows every parameter name, in order.
     """
 
-    def __init__(self, fn: Predicate, description: str, binder: Callable[[Sequence[str]], Predicate] | None = None):
+    def __init__(
+        self, fn: Predicate, description: str, binder: Callable[[Sequence[str]], Predicate] | None = None
+    ):
         self._fn = fn
         self._description = description
         self._binder = binder
@@ -118,7 +120,9 @@ def by_type(*types: type) -> Selector:
     """Parameters owned by a module of one of ``types`` (e.g. ``torch.nn.Linear``)."""
     if not types or not builtins.all(isinstance(t, type) for t in types):
         raise TypeError("by_type needs one or more module classes")
-    return Selector(lambda n, m: isinstance(m, types), f"select.by_type({', '.join(t.__name__ for t in types)})")
+    return Selector(
+        lambda n, m: isinstance(m, types), f"select.by_type({', '.join(t.__name__ for t in types)})"
+    )
 
 
 def last_layer() -> Selector:

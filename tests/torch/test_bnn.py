@@ -181,7 +181,9 @@ def test_predict_is_vectorised_and_equals_per_sample_forward():
     probs = bnn.predict(x, num_samples=6)
     torch.manual_seed(11)
     draws = bnn.sample_parameters(6)
-    loop = torch.stack([torch.softmax(bnn._call({k: v[s] for k, v in draws.items()}, x), -1) for s in range(6)])
+    loop = torch.stack(
+        [torch.softmax(bnn._call({k: v[s] for k, v in draws.items()}, x), -1) for s in range(6)]
+    )
     assert probs.shape == (6, 9, 3)
     torch.testing.assert_close(probs, loop)
     assert torch.allclose(probs.sum(-1), torch.ones(6, 9))
@@ -200,7 +202,9 @@ def test_regression_prediction_and_noise_learning():
     torch.manual_seed(0)
     x = torch.linspace(-2, 2, 200)[:, None]
     y = 1.5 * x + 0.3 * torch.randn_like(x)
-    bnn = bayesian(nn.Linear(1, 1), num_data=200, likelihood=likelihoods.Normal(init_scale=1.0), prior=priors.Normal(1.0))
+    bnn = bayesian(
+        nn.Linear(1, 1), num_data=200, likelihood=likelihoods.Normal(init_scale=1.0), prior=priors.Normal(1.0)
+    )
     opt = torch.optim.Adam(bnn.parameters(), lr=0.05)
     for _ in range(600):
         opt.zero_grad()
@@ -221,7 +225,9 @@ def test_conjugate_linear_regression_posterior():
     x = torch.randn(n, 1)
     y = 0.8 * x[:, 0] + noise * torch.randn(n)
     net = nn.Linear(1, 1, bias=False)
-    bnn = bayesian(net, num_data=n, likelihood=likelihoods.Normal(scale=noise), prior=priors.Normal(1.0), init_scale=0.1)
+    bnn = bayesian(
+        net, num_data=n, likelihood=likelihoods.Normal(scale=noise), prior=priors.Normal(1.0), init_scale=0.1
+    )
     opt = torch.optim.Adam(bnn.parameters(), lr=0.02)
     for _ in range(3000):
         opt.zero_grad()
@@ -339,10 +345,20 @@ def test_last_layer_selection_keeps_the_rest_deterministic():
 
 
 def test_select_by_name_and_custom_predicate():
-    assert bayesian(mlp(), num_data=1, select=select.by_name("*.weight")).random_names == ["0.weight", "2.weight"]
-    assert bayesian(mlp(), num_data=1, select=lambda n, mod: n.startswith("0.")).random_names == ["0.weight", "0.bias"]
+    assert bayesian(mlp(), num_data=1, select=select.by_name("*.weight")).random_names == [
+        "0.weight",
+        "2.weight",
+    ]
+    assert bayesian(mlp(), num_data=1, select=lambda n, mod: n.startswith("0.")).random_names == [
+        "0.weight",
+        "0.bias",
+    ]
     assert bayesian(ConvNet(), num_data=1, select=select.by_type(nn.Conv1d, nn.Conv2d)).random_names == [
-        "c2.weight", "c2.bias", "c1.weight", "c1.bias"]
+        "c2.weight",
+        "c2.bias",
+        "c1.weight",
+        "c1.bias",
+    ]
     s = ~select.last_layer() & select.by_name("*.weight")
     assert bayesian(mlp(), num_data=1, select=s).random_names == ["0.weight"]
     with pytest.raises(ValueError, match="chose none"):

@@ -21,13 +21,24 @@ class _SampleKL(torch.autograd.Function):
     """``(loc[P], log_scale[P], eps[..., P]) -> (w[..., P], kl)`` for prior ``N(prior_loc, 1/prior_prec)``."""
 
     @staticmethod
-    def forward(ctx, loc: Tensor, log_scale: Tensor, eps: Tensor, prior_loc: Tensor | None,  # type: ignore[override]
-                prior_prec: Tensor, kl_const: Tensor | float) -> tuple[Tensor, Tensor]:
+    def forward(
+        ctx,
+        loc: Tensor,
+        log_scale: Tensor,
+        eps: Tensor,
+        prior_loc: Tensor | None,  # type: ignore[override]
+        prior_prec: Tensor,
+        kl_const: Tensor | float,
+    ) -> tuple[Tensor, Tensor]:
         scale = log_scale.exp()
         w = torch.addcmul(loc, scale, eps)  # broadcasts over leading particle dims
         diff = loc if prior_loc is None else loc - prior_loc
         # KL = sum[log sigma_p - log sigma + (sigma^2 + (mu - mu_p)^2) / (2 sigma_p^2) - 1/2]
-        kl = kl_const - log_scale.sum() + 0.5 * (torch.dot(scale * scale, prior_prec) + torch.dot(diff * diff, prior_prec))
+        kl = (
+            kl_const
+            - log_scale.sum()
+            + 0.5 * (torch.dot(scale * scale, prior_prec) + torch.dot(diff * diff, prior_prec))
+        )
         ctx.save_for_backward(diff, scale, eps, prior_prec)
         return w, kl
 
@@ -90,11 +101,15 @@ class MeanFieldNormal(nn.Module):
     def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
         """Split ``flat[..., P]`` into ``{name: tensor[..., *shape]}`` views."""
         lead = flat.shape[:-1]
-        return {n: t.view(*lead, *s) for n, t, s in zip(self.names, flat.split(self.sizes, dim=-1), self.shapes)}
+        return {
+            n: t.view(*lead, *s) for n, t, s in zip(self.names, flat.split(self.sizes, dim=-1), self.shapes)
+        }
 
     def flatten(self, named: dict[str, Tensor]) -> Tensor:
         return torch.cat([named[n].reshape(-1) for n in self.names])
 
-    def sample_kl(self, eps: Tensor, prior_loc: Tensor | None, prior_prec: Tensor, kl_const: Tensor | float) -> tuple[Tensor, Tensor]:
+    def sample_kl(
+        self, eps: Tensor, prior_loc: Tensor | None, prior_prec: Tensor, kl_const: Tensor | float
+    ) -> tuple[Tensor, Tensor]:
         """Weights ``[..., P]`` for standard-normal noise ``eps[..., P]`` and the analytic KL (a scalar)."""
         return _SampleKL.apply(self.loc, self.log_scale, eps, prior_loc, prior_prec, kl_const)  # type: ignore[no-any-return]

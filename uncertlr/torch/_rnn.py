@@ -21,8 +21,17 @@ from torch import Tensor, nn
 __all__ = ["vmappable_rnns"]
 
 
-def _cell(mode: str, nonlinearity: str, x: Tensor, h: Tensor, c: Tensor | None, w_ih: Tensor, w_hh: Tensor,
-          b_ih: Tensor | None, b_hh: Tensor | None) -> tuple[Tensor, Tensor | None]:
+def _cell(
+    mode: str,
+    nonlinearity: str,
+    x: Tensor,
+    h: Tensor,
+    c: Tensor | None,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+) -> tuple[Tensor, Tensor | None]:
     gi = F.linear(x, w_ih, b_ih)
     gh = F.linear(h, w_hh, b_hh)
     if mode == "LSTM":
@@ -51,7 +60,9 @@ def _rnn_forward(self: nn.RNNBase, input: Tensor, hx: Tensor | tuple[Tensor, Ten
     mode = self.mode if self.mode in ("LSTM", "GRU") else "RNN"
     nonlinearity = "relu" if self.mode == "RNN_RELU" else "tanh"
     unbatched = input.dim() == 2
-    x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first else input)  # [T, B, F]
+    x = (
+        input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first else input)
+    )  # [T, B, F]
     num_dir = 2 if self.bidirectional else 1
     batch = x.shape[1]
     h0: Tensor | None

@@ -102,7 +102,9 @@ def _as_likelihood(lik: Any) -> _lik.Categorical | _lik.Normal:
         return _lik.Categorical()
     if lik in ("normal", "gaussian"):
         return _lik.Normal()
-    raise ValueError(f"likelihood must be likelihoods.Categorical(), likelihoods.Normal(), 'categorical' or 'normal'; got {lik!r}")
+    raise ValueError(
+        f"likelihood must be likelihoods.Categorical(), likelihoods.Normal(), 'categorical' or 'normal'; got {lik!r}"
+    )
 
 
 class _LikelihoodModule(nn.Module):
@@ -127,7 +129,9 @@ class _LikelihoodModule(nn.Module):
         """Validate targets against one particle's outputs ``[B, ...]``."""
         if isinstance(self.spec, _lik.Categorical):
             if outputs.dim() != 2:
-                raise ValueError(f"Categorical likelihood needs network outputs [B, C] (logits); got {tuple(outputs.shape)}")
+                raise ValueError(
+                    f"Categorical likelihood needs network outputs [B, C] (logits); got {tuple(outputs.shape)}"
+                )
             if y.dim() != 1 or y.shape[0] != outputs.shape[0]:
                 raise ValueError(f"labels must have shape [B] = [{outputs.shape[0]}]; got {tuple(y.shape)}")
             if y.dtype.is_floating_point or y.dtype == torch.bool or y.dtype.is_complex:
@@ -135,7 +139,9 @@ class _LikelihoodModule(nn.Module):
             if y.numel():
                 lo, hi = int(y.min()), int(y.max())
                 if lo < 0 or hi >= outputs.shape[1]:
-                    raise ValueError(f"labels must lie in [0, {outputs.shape[1]}); got values in [{lo}, {hi}]")
+                    raise ValueError(
+                        f"labels must lie in [0, {outputs.shape[1]}); got values in [{lo}, {hi}]"
+                    )
         else:
             if y.shape != outputs.shape:
                 raise ValueError(
@@ -179,8 +185,18 @@ class BNN(nn.Module):
     any) and every deterministic parameter of ``net``.
     """
 
-    def __init__(self, net: nn.Module, *, prior: _priors.Prior, likelihood: _lik.Categorical | _lik.Normal,
-                 select: Selector, num_data: int, init_scale: float, kl_weight: float, validate: bool):
+    def __init__(
+        self,
+        net: nn.Module,
+        *,
+        prior: _priors.Prior,
+        likelihood: _lik.Categorical | _lik.Normal,
+        select: Selector,
+        num_data: int,
+        init_scale: float,
+        kl_weight: float,
+        validate: bool,
+    ):
         super().__init__()
         self.net = copy.deepcopy(net)
         self.prior = prior
@@ -215,9 +231,12 @@ class BNN(nn.Module):
             t = mod._parameters.pop(leaf)
             mod.register_buffer(leaf, t.detach().clone(), persistent=False)
 
-        prior_scale = torch.cat([
-            torch.full((p.numel(),), prior.scale_for(fan_ins[n]), dtype=p.dtype, device=p.device) for n, p in chosen.items()
-        ])
+        prior_scale = torch.cat(
+            [
+                torch.full((p.numel(),), prior.scale_for(fan_ins[n]), dtype=p.dtype, device=p.device)
+                for n, p in chosen.items()
+            ]
+        )
         self.register_buffer("prior_prec", prior_scale.pow(-2))
         # constant part of KL(q || p) for a Normal prior: sum(log sigma_p) - P / 2
         self.register_buffer("kl_const", prior_scale.log().sum() - 0.5 * prior_scale.numel())
@@ -264,8 +283,12 @@ class BNN(nn.Module):
     def sample_parameters(self, num_samples: int) -> dict[str, Tensor]:
         """Posterior draws ``{name: [num_samples, *shape]}`` of every random parameter (no gradient)."""
         with torch.no_grad():
-            eps = torch.randn(num_samples, self.posterior.num_params, dtype=self.posterior.loc.dtype,
-                              device=self.posterior.loc.device)
+            eps = torch.randn(
+                num_samples,
+                self.posterior.num_params,
+                dtype=self.posterior.loc.dtype,
+                device=self.posterior.loc.device,
+            )
             return self.posterior.unflatten(torch.addcmul(self.posterior.loc, self.posterior.scale, eps))
 
     def mean_network(self) -> nn.Module:
@@ -284,12 +307,16 @@ class BNN(nn.Module):
             raise TypeError(f"x must be a torch.Tensor; got {type(x).__name__}")
         ref = self.posterior.loc
         if x.device != ref.device:
-            raise ValueError(f"x is on {x.device} but the BNN's parameters are on {ref.device}; move one with .to()")
+            raise ValueError(
+                f"x is on {x.device} but the BNN's parameters are on {ref.device}; move one with .to()"
+            )
         if x.dim() == 0 or x.shape[0] == 0:
             raise ValueError(f"x must have a non-empty batch axis first; got shape {tuple(x.shape)}")
         if x.dtype.is_floating_point:
             if x.dtype != ref.dtype:
-                raise TypeError(f"x has dtype {x.dtype} but the BNN's parameters are {ref.dtype}; cast x (x.to({ref.dtype}))")
+                raise TypeError(
+                    f"x has dtype {x.dtype} but the BNN's parameters are {ref.dtype}; cast x (x.to({ref.dtype}))"
+                )
             if self.validate and not torch.isfinite(x).all():
                 raise ValueError("x contains NaN or inf")
 
@@ -335,7 +362,9 @@ class BNN(nn.Module):
         if not isinstance(y, Tensor):
             raise TypeError(f"y must be a torch.Tensor; got {type(y).__name__}")
         if y.shape[:1] != x.shape[:1]:
-            raise ValueError(f"x and y must have the same batch size; got {x.shape[0]} and {y.shape[0] if y.dim() else 'a scalar'}")
+            raise ValueError(
+                f"x and y must have the same batch size; got {x.shape[0]} and {y.shape[0] if y.dim() else 'a scalar'}"
+            )
         post = self.posterior
         eps = self._noise(num_particles)
         if self._analytic_kl:
@@ -432,7 +461,9 @@ class BNN(nn.Module):
             return torch.softmax(out, dim=-1)
         with torch.no_grad():
             scale = self.likelihood_module.noise_scale
-            var = (scale * scale) if isinstance(scale, Tensor) else torch.tensor(scale * scale, dtype=out.dtype)
+            var = (
+                (scale * scale) if isinstance(scale, Tensor) else torch.tensor(scale * scale, dtype=out.dtype)
+            )
             return NormalPrediction(out, var.to(out).expand_as(out))
 
     # ------------------------------------------------------------------ Pyro programs
@@ -442,10 +473,16 @@ class BNN(nn.Module):
         ref = self.posterior.loc
         if isinstance(pr, _priors.ScaleMixtureNormal):
             mix = dist.Categorical(torch.tensor([pr.pi, 1 - pr.pi], dtype=ref.dtype, device=ref.device))
-            comp = dist.Normal(torch.zeros(2, dtype=ref.dtype, device=ref.device),
-                               torch.tensor([pr.scale1, pr.scale2], dtype=ref.dtype, device=ref.device))
+            comp = dist.Normal(
+                torch.zeros(2, dtype=ref.dtype, device=ref.device),
+                torch.tensor([pr.scale1, pr.scale2], dtype=ref.dtype, device=ref.device),
+            )
             return dist.MixtureSameFamily(mix, comp).expand(shape).to_event(len(shape))
-        loc = self.prior_loc[sl].view(shape) if self.prior_loc is not None else torch.zeros(shape, dtype=ref.dtype, device=ref.device)
+        loc = (
+            self.prior_loc[sl].view(shape)
+            if self.prior_loc is not None
+            else torch.zeros(shape, dtype=ref.dtype, device=ref.device)
+        )
         return dist.Normal(loc, self.prior_prec[sl].rsqrt().view(shape)).to_event(len(shape))
 
     def _slices(self) -> Iterator[tuple[str, torch.Size, slice]]:
@@ -521,5 +558,13 @@ def bayesian(
     prior = _priors.FanInNormal() if prior is None else prior
     if not isinstance(prior, (_priors.Normal, _priors.FanInNormal, _priors.ScaleMixtureNormal)):
         raise TypeError(f"prior must be an uncertlr.priors spec; got {type(prior).__name__}")
-    return BNN(net, prior=prior, likelihood=_as_likelihood(likelihood), select=as_selector(select),
-               num_data=num_data, init_scale=init_scale, kl_weight=kl_weight, validate=validate)
+    return BNN(
+        net,
+        prior=prior,
+        likelihood=_as_likelihood(likelihood),
+        select=as_selector(select),
+        num_data=num_data,
+        init_scale=init_scale,
+        kl_weight=kl_weight,
+        validate=validate,
+    )
