@@ -18,42 +18,37 @@ from torch import Tensor, nn
 
 
 class _SampleKL(torch.autograd.Function):
-    """``(loc[P], log_scale[P], eps[..., P]) -> (w[..., P], kl)`` for prior ``N(prior_loc, 1/prior_prec)``."""
+    """``(loc[P], log_scale[P], eps[P] or [K, P]) -> (w, kl)`` for prior ``N(prior_loc, 1/prior_prec)``.
+
+    The forward keeps ``(loc - prior_loc) * prior_prec`` and ``scale^2 * prior_prec``, which
+    are both needed for the KL value, so the backward is four passes over ``P``.
+    """
 
     @staticmethod
-    def forward(
-        ctx,
-        loc: Tensor,
-        log_scale: Tensor,
-        eps: Tensor,
-        prior_loc: Tensor | None,  # type: ignore[override]
-        prior_prec: Tensor,
-        kl_const: Tensor | float,
-    ) -> tuple[Tensor, Tensor]:
+    def forward(ctx, loc: Tensor, log_scale: Tensor, eps: Tensor, prior_loc: Tensor | None,  # type: ignore[override]
+                prior_prec: Tensor, kl_const: Tensor | float) -> tuple[Tensor, Tensor]:
         scale = log_scale.exp()
-        w = torch.addcmul(loc, scale, eps)  # broadcasts over leading particle dims
+        w = torch.addcmul(loc, scale, eps)  # broadcasts over a leading particle dim
         diff = loc if prior_loc is None else loc - prior_loc
+        diff_prec = diff * prior_prec
+        var_prec = scale * scale
+        var_prec.mul_(prior_prec)
         # KL = sum[log sigma_p - log sigma + (sigma^2 + (mu - mu_p)^2) / (2 sigma_p^2) - 1/2]
-        kl = (
-            kl_const
-            - log_scale.sum()
-            + 0.5 * (torch.dot(scale * scale, prior_prec) + torch.dot(diff * diff, prior_prec))
-        )
-        ctx.save_for_backward(diff, scale, eps, prior_prec)
+        kl = kl_const - log_scale.sum() + 0.5 * (var_prec.sum() + torch.dot(diff, diff_prec))
+        ctx.save_for_backward(diff_prec, var_prec, scale, eps)
         return w, kl
 
     @staticmethod
     def backward(ctx, grad_w: Tensor, grad_kl: Tensor):  # type: ignore[override]
-        diff, scale, eps, prior_prec = ctx.saved_tensors
-        gk = grad_kl
-        # d/d loc: sum over particles of dL/dw, plus the KL pull towards the prior mean
-        g_sum = grad_w if grad_w.dim() == 1 else grad_w.reshape(-1, grad_w.shape[-1]).sum(0)
-        d_loc = torch.addcmul(g_sum, diff, prior_prec * gk)
-        # d/d log_scale: scale * sum_k g_k eps_k + gk (scale^2 prior_prec - 1)
+        diff_prec, var_prec, scale, eps = ctx.saved_tensors
+        g_sum = grad_w if grad_w.dim() == 1 else grad_w.sum(0)
+        # d/d loc = sum_k dL/dw_k + grad_kl * (mu - mu_p) / sigma_p^2
+        d_loc = torch.addcmul(g_sum, diff_prec, grad_kl)
+        # d/d log_scale = scale * sum_k dL/dw_k eps_k + grad_kl * (sigma^2 / sigma_p^2 - 1)
         ge = grad_w * eps
         if ge.dim() > 1:
-            ge = ge.reshape(-1, ge.shape[-1]).sum(0)
-        d_log_scale = ge.mul_(scale).add_((scale * scale * prior_prec - 1).mul_(gk))
+            ge = ge.sum(0)
+        d_log_scale = ge.mul_(scale).addcmul_(var_prec, grad_kl).sub_(grad_kl)
         return d_loc, d_log_scale, None, None, None, None
 
 

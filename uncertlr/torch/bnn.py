@@ -317,7 +317,8 @@ class BNN(nn.Module):
                 raise TypeError(
                     f"x has dtype {x.dtype} but the BNN's parameters are {ref.dtype}; cast x (x.to({ref.dtype}))"
                 )
-            if self.validate and not torch.isfinite(x).all():
+            # one reduction; the elementwise check runs only if the sum is not finite (NaN/inf, or overflow)
+            if self.validate and not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
                 raise ValueError("x contains NaN or inf")
 
     # ------------------------------------------------------------------ forward passes
@@ -326,9 +327,9 @@ class BNN(nn.Module):
         return functional_call(self.net, dict(weights), (x,), strict=False)
 
     def _outputs(self, flat_w: Tensor, x: Tensor) -> Tensor:
-        """Network outputs ``[K, B, ...]`` for flat weights ``[K, P]``; vmap when ``K > 1``."""
-        if flat_w.shape[0] == 1:
-            return self._call(self.posterior.unflatten(flat_w[0]), x).unsqueeze(0)
+        """Network outputs ``[K, B, ...]`` for flat weights ``[P]`` (K = 1) or ``[K, P]``; vmap when ``K > 1``."""
+        if flat_w.dim() == 1:
+            return self._call(self.posterior.unflatten(flat_w), x).unsqueeze(0)
         if self._has_batchnorm and self.net.training:
             raise ValueError(
                 "BatchNorm in training mode cannot be evaluated for several weight samples at once "
@@ -337,9 +338,11 @@ class BNN(nn.Module):
         with vmappable_rnns(self.net):
             return vmap(lambda w: self._call(self.posterior.unflatten(w), x), randomness="different")(flat_w)
 
-    def _noise(self, num: int) -> Tensor:
+    def _noise(self, num: int | None) -> Tensor:
+        """Standard-normal noise ``[num, P]``, or ``[P]`` when ``num`` is None."""
         loc = self.posterior.loc
-        return torch.randn(num, loc.numel(), dtype=loc.dtype, device=loc.device)
+        shape = (loc.numel(),) if num is None else (num, loc.numel())
+        return torch.randn(shape, dtype=loc.dtype, device=loc.device)
 
     def elbo(self, x: Tensor, y: Tensor, *, num_particles: int = 1) -> ELBOTerms:
         """Negative ELBO terms on a minibatch ``(x[B, ...], y[B, ...])``, per data point.
@@ -366,7 +369,7 @@ class BNN(nn.Module):
                 f"x and y must have the same batch size; got {x.shape[0]} and {y.shape[0] if y.dim() else 'a scalar'}"
             )
         post = self.posterior
-        eps = self._noise(num_particles)
+        eps = self._noise(None if num_particles == 1 else num_particles)
         if self._analytic_kl:
             flat_w, kl = post.sample_kl(eps, self.prior_loc, self.prior_prec, self.kl_const)
         else:
@@ -374,7 +377,8 @@ class BNN(nn.Module):
             zero = torch.zeros_like(self.prior_prec)
             entropy_const = -0.5 * post.num_params * math.log(2 * math.pi * math.e)
             flat_w, neg_entropy = post.sample_kl(eps, None, zero, entropy_const)
-            kl = neg_entropy - self._mixture_log_prior(flat_w).mean()
+            log_prior = self._mixture_log_prior(flat_w)
+            kl = neg_entropy - (log_prior if flat_w.dim() == 1 else log_prior.mean())
         outputs = self._outputs(flat_w, x)
         if self.validate:
             self.likelihood_module.check(outputs[0], y)
@@ -407,7 +411,7 @@ class BNN(nn.Module):
         """Outputs of the network under one posterior draw, ``[B, ...]``."""
         self._check_input(x)
         with torch.no_grad():
-            w = torch.addcmul(self.posterior.loc, self.posterior.scale, self._noise(1)[0])
+            w = torch.addcmul(self.posterior.loc, self.posterior.scale, self._noise(None))
         return self._call(self.posterior.unflatten(w), x)
 
     @contextlib.contextmanager

@@ -1,0 +1,41 @@
+# Two commands do everything on a fresh machine with Python 3.11 and pip:
+#   make demo   - create .venv, install pinned dependencies, run `uncertlr demo`
+#   make test   - create .venv, install pinned dependencies, run the whole test suite
+# torch==2.13.0 is installed first (a CPU build); requirements/constraints.txt pins the rest.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint bench bench-deps clean
+
+$(STAMP): pyproject.toml requirements/constraints.txt
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "uncertlr needs Python >= 3.10 (3.11 is tested)"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e ".[jax,report,audio,dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/uncertlr demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check uncertlr models tests benchmarks examples
+	$(BIN)/ruff format --check uncertlr models tests benchmarks examples
+
+# Baselines for the benchmarks: IVON (GPL-3.0, used only as a baseline) and TyXe (--no-deps, or it replaces torch).
+bench-deps: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt ivon-opt==0.1.3
+	$(BIN)/python -m pip install --quiet --no-deps tyxe==0.0.2
+
+bench: bench-deps
+	$(BIN)/python benchmarks/step_time.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis benchmarks/results

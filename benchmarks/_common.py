@@ -1,0 +1,82 @@
+"""Shared benchmark machinery: same-process interleaved timing, result tables, JSON output.
+
+Timings on a shared machine drift by tens of percent over a minute, so every
+benchmark measures ratios against a baseline run *in the same process*, in
+interleaved blocks (baseline, A, B, baseline, A, B, ...), and reports the median
+of the per-block times. Absolute milliseconds are printed for context only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="a short run (smoke test / CI)")
+    p.add_argument("--json", type=Path, default=None, help="where to write the JSON rows (default benchmarks/results/NAME.json)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--data-dir", type=Path, default=None, help="shared data folder (default $UNCERTLR_DATA or ../shared/data)")
+    return p
+
+
+def interleaved_medians(fns: Mapping[str, Callable[[], Any]], *, blocks: int, steps: int, warmup: int = 10) -> dict[str, float]:
+    """Median seconds per call of each function, from ``blocks`` interleaved blocks of ``steps`` calls."""
+    for f in fns.values():
+        for _ in range(warmup):
+            f()
+    per: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(blocks):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                f()
+            per[k].append((time.perf_counter() - t0) / steps)
+    return {k: statistics.median(v) for k, v in per.items()}
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()}
+    try:
+        import torch
+
+        info.update(torch=torch.__version__, torch_threads=torch.get_num_threads(),
+                    cuda=torch.cuda.get_device_name() if torch.cuda.is_available() else None)
+    except ImportError:  # pragma: no cover
+        pass
+    return info
+
+
+def print_table(title: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str, str]]) -> None:
+    """Print ``rows`` as a rich table; ``columns`` are (key, header, format)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for _, header, _ in columns:
+        table.add_column(header, justify="right" if _ != "s" else "left")
+    for r in rows:
+        table.add_row(*("-" if r.get(k) is None else format(r[k], fmt) for k, _, fmt in columns))
+    Console(width=max(100, Console().width)).print(table)
+
+
+def write_results(name: str, rows: Sequence[Mapping[str, Any]], path: Path | None = None, **extra: Any) -> Path:
+    """Write ``{"benchmark", "created", "machine", "rows", ...extra}`` as JSON; returns the path."""
+    path = path or RESULTS_DIR / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"benchmark": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine(), **extra, "rows": list(rows)}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    os.replace(tmp, path)
+    print(f"wrote {path}")
+    return path

@@ -1,0 +1,229 @@
+"""Training-step time of Bayesian networks relative to a deterministic Adam step, in one process.
+
+Network: 784-400-400-10 ReLU MLP, batch 128, synthetic data (the step time does not
+depend on the values). Every method runs one optimizer step per call; ratios are
+median step time / median deterministic step time over interleaved blocks.
+
+Rows:
+  deterministic        plain MLP, Adam, cross-entropy (the baseline)
+  uncertlr             uncertlr.torch.bayesian(...) + Adam over bnn.parameters() (exact mean-field ELBO)
+  plain-torch MF       a straightforward hand-written mean-field step (softplus scales, autograd KL)
+  pyro (hand-written)  PyroModule + PyroSample N(0,1) priors + AutoNormal + TraceMeanField_ELBO + torch Adam
+  tyxe                 tyxe.VariationalBNN + AutoNormal, SVI step as in its fit() (skipped if it cannot import)
+  ivon                 ivon-opt's IVON optimizer, 1 MC sample (skipped if it cannot import)
+
+Usage:
+    python benchmarks/step_time.py            # full run (~2 minutes on 2 cores)
+    python benchmarks/step_time.py --quick    # smoke run
+    python benchmarks/step_time.py --profile  # also print where uncertlr's step spends its time
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from benchmarks._common import base_parser, interleaved_medians, print_table, write_results  # noqa: E402
+
+DIMS = (784, 400, 400, 10)
+BATCH = 128
+NUM_DATA = 60_000
+TARGET = 2.0
+TYXE_NOTE: list[str] = []
+
+
+def mlp() -> nn.Sequential:
+    return nn.Sequential(nn.Linear(784, 400), nn.ReLU(), nn.Linear(400, 400), nn.ReLU(), nn.Linear(400, 10))
+
+
+def deterministic(x, y):
+    net = mlp()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+
+    def step():
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+
+    return step
+
+
+def uncertlr_bnn(x, y):
+    from uncertlr import priors
+    from uncertlr.torch import bayesian
+
+    bnn = bayesian(mlp(), num_data=NUM_DATA, prior=priors.Normal(1.0), init_scale=1e-3)
+    opt = torch.optim.Adam(bnn.parameters(), lr=1e-3)
+
+    def step():
+        opt.zero_grad()
+        bnn.loss(x, y).backward()
+        opt.step()
+
+    return step
+
+
+def plain_torch_meanfield(x, y):
+    net = mlp()
+    names = [n for n, _ in net.named_parameters()]
+    locs = [p.detach().clone().requires_grad_() for p in net.parameters()]
+    rhos = [torch.full_like(p, math.log(math.expm1(1e-3))).requires_grad_() for p in net.parameters()]
+    opt = torch.optim.Adam(locs + rhos, lr=1e-3)
+
+    def step():
+        opt.zero_grad()
+        ws, kl = {}, 0.0
+        for n, loc, rho in zip(names, locs, rhos):
+            s = F.softplus(rho)
+            ws[n] = loc + s * torch.randn_like(loc)
+            kl = kl + (-torch.log(s) + 0.5 * (s * s + loc * loc) - 0.5).sum()
+        out = torch.func.functional_call(net, ws, (x,))
+        (F.cross_entropy(out, y) + kl / NUM_DATA).backward()
+        opt.step()
+
+    return step
+
+
+def pyro_handwritten(x, y):
+    import pyro
+    import pyro.distributions as dist
+    from pyro.infer import TraceMeanField_ELBO
+    from pyro.infer.autoguide import AutoNormal
+    from pyro.nn import PyroModule, PyroSample
+
+    class BayesMLP(PyroModule):
+        def __init__(self):
+            super().__init__()
+            self.layers = PyroModule[nn.ModuleList]([PyroModule[nn.Linear](a, b) for a, b in zip(DIMS[:-1], DIMS[1:])])
+            for layer, (a, b) in zip(self.layers, zip(DIMS[:-1], DIMS[1:])):
+                layer.weight = PyroSample(dist.Normal(0.0, 1.0).expand([b, a]).to_event(2))
+                layer.bias = PyroSample(dist.Normal(0.0, 1.0).expand([b]).to_event(1))
+
+        def forward(self, x, y=None):
+            h = x
+            for i, layer in enumerate(self.layers):
+                h = layer(h)
+                if i < len(self.layers) - 1:
+                    h = torch.relu(h)
+            with pyro.plate("data", NUM_DATA, subsample_size=x.shape[0]):
+                pyro.sample("obs", dist.Categorical(logits=h), obs=y)
+
+    model = BayesMLP()
+    guide = AutoNormal(model, init_scale=1e-3)
+    guide(x, y)  # create the guide's parameters before building the optimizer
+    elbo = TraceMeanField_ELBO()
+    opt = torch.optim.Adam(guide.parameters(), lr=1e-3)
+
+    def step():
+        opt.zero_grad()
+        elbo.differentiable_loss(model, guide, x, y).backward()
+        opt.step()
+
+    return step
+
+
+def tyxe_bnn(x, y):
+    import functools
+
+    import pyro
+    import pyro.distributions as dist
+    import tyxe
+    from pyro.infer import SVI, TraceMeanField_ELBO
+
+    if not hasattr(pyro.util, "deep_getattr"):  # tyxe 0.0.2 uses a helper that pyro 1.9 removed
+        pyro.util.deep_getattr = lambda obj, name: functools.reduce(getattr, name.split("."), obj)
+        TYXE_NOTE.append("pyro.util.deep_getattr shim")
+    pyro.clear_param_store()
+    bnn = tyxe.VariationalBNN(mlp(), tyxe.priors.IIDPrior(dist.Normal(0.0, 1.0)),
+                              tyxe.likelihoods.Categorical(NUM_DATA),
+                              functools.partial(tyxe.guides.AutoNormal, init_scale=1e-3))
+    svi = SVI(bnn.model, bnn.guide, pyro.optim.Adam({"lr": 1e-3}), loss=TraceMeanField_ELBO())
+
+    def step():
+        svi.step(x, y)
+
+    return step
+
+
+def ivon_step(x, y):
+    import ivon
+
+    net = mlp()
+    opt = ivon.IVON(net.parameters(), lr=0.1, ess=NUM_DATA)
+
+    def step():
+        with opt.sampled_params(train=True):
+            opt.zero_grad()
+            F.cross_entropy(net(x), y).backward()
+        opt.step()
+
+    return step
+
+
+def profile_uncertlr(x, y) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    step = uncertlr_bnn(x, y)
+    for _ in range(20):
+        step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(50):
+            step()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+
+
+def main(argv=None) -> int:
+    p = base_parser(__doc__.splitlines()[0])
+    p.add_argument("--profile", action="store_true", help="print a torch.profiler table of uncertlr's step")
+    p.add_argument("--repeats", type=int, default=None, help="independent measurements (default 3, quick 1)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    x, y = torch.randn(BATCH, 784), torch.randint(0, 10, (BATCH,))
+
+    builders = {"deterministic": deterministic, "uncertlr": uncertlr_bnn, "plain-torch MF": plain_torch_meanfield,
+                "pyro (hand-written)": pyro_handwritten, "tyxe": tyxe_bnn, "ivon": ivon_step}
+    fns, notes = {}, {}
+    for name, build in builders.items():
+        try:
+            fns[name] = build(x, y)
+            fns[name]()  # one step, so a baseline that fails at run time is skipped, not fatal
+        except Exception as e:  # noqa: BLE001 - optional baselines
+            fns.pop(name, None)
+            notes[name] = f"skipped: {type(e).__name__}: {e}"
+            print(f"{name}: skipped ({type(e).__name__}: {e})")
+    blocks, steps = (5, 10) if args.quick else (7, 60)  # long blocks: the first step after a switch runs cold-cache
+    repeats = args.repeats or (1 if args.quick else 3)
+    runs = [interleaved_medians(fns, blocks=blocks, steps=steps) for _ in range(repeats)]
+    rows = []
+    for name in builders:
+        if name not in fns:
+            rows.append({"name": name, "ms": None, "ratio": None, "note": notes[name]})
+            continue
+        ratios = sorted(r[name] / r["deterministic"] for r in runs)
+        rows.append({"name": name, "ms": 1e3 * sorted(r[name] for r in runs)[len(runs) // 2],
+                     "ratio": ratios[len(ratios) // 2], "ratio_min": ratios[0], "ratio_max": ratios[-1],
+                     "note": ", ".join(TYXE_NOTE) if name == "tyxe" else ""})
+    print_table(f"step time vs deterministic Adam, 784-400-400-10 MLP, batch {BATCH}, {torch.get_num_threads()} threads "
+                f"(median of {repeats} x {blocks} interleaved blocks of {steps} steps)", rows,
+                [("name", "method", "s"), ("ms", "ms/step", ".2f"), ("ratio", "ratio", ".2f"),
+                 ("ratio_min", "min", ".2f"), ("ratio_max", "max", ".2f"), ("note", "note", "s")])
+    ours = next(r for r in rows if r["name"] == "uncertlr")["ratio"]
+    print(f"uncertlr BNN step / deterministic step = {ours:.2f} (target <= {TARGET})")
+    write_results("step_time", rows, args.json, target=TARGET, batch=BATCH, dims=DIMS, blocks=blocks, steps=steps,
+                  repeats=repeats)
+    if args.profile:
+        print(profile_uncertlr(x, y))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

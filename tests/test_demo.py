@@ -1,0 +1,62 @@
+"""`uncertlr demo` end to end: the issue's targets, the run folder, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from uncertlr.cli import main
+from uncertlr.evaluation import CLASSIFICATION_KEYS
+from uncertlr.runs import METRICS_SCHEMA
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    assert main(["demo", "--out", str(out)]) == 0
+    (run,) = out.iterdir()
+    return run
+
+
+def test_demo_meets_its_targets(demo_run):
+    m = json.loads((demo_run / "metrics.json").read_text())
+    bnn = m["models"]["bnn"]
+    assert bnn["accuracy"] >= 0.95
+    assert bnn["ece"] <= 0.03
+    assert bnn["auroc_mi"] >= 0.9
+    # the BNN's epistemic uncertainty is what separates the OOD set; a point prediction has none
+    assert m["models"]["deterministic"]["mi_in"] == 0.0
+    assert bnn["mi_ood"] > 5 * bnn["mi_in"]
+    assert sum(r["seconds"] for r in m["models"].values()) < 60
+
+
+def test_run_folder_contents(demo_run):
+    m = json.loads((demo_run / "metrics.json").read_text())
+    assert m["schema"] == METRICS_SCHEMA and m["task"] == "digits"
+    assert {"torch", "pyro-ppl", "numpy"} <= set(m["versions"])
+    for model in ("deterministic", "bnn"):
+        assert set(CLASSIFICATION_KEYS) <= set(m["models"][model])
+    for png in ("reliability.png", "uncertainty.png"):
+        with Image.open(demo_run / png) as im:
+            assert im.size[0] > 300 and np.asarray(im.convert("L")).std() > 10  # a real picture, not blank
+    preds = np.load(demo_run / "predictions.npz")
+    assert preds["bnn_test"].shape == (64, 450, 10) and preds["deterministic_test"].shape == (1, 450, 10)
+    hist = json.loads((demo_run / "history.json").read_text())
+    assert len(hist["bnn"]) == 150 * 22 and hist["bnn"][-1]["loss"] < hist["bnn"][0]["loss"]
+
+
+def test_second_run_never_overwrites(tmp_path):
+    assert main(["demo", "--out", str(tmp_path), "--epochs", "1", "--num-samples", "2"]) == 0
+    assert main(["demo", "--out", str(tmp_path), "--epochs", "1", "--num-samples", "2"]) == 0
+    assert len(list(tmp_path.iterdir())) == 2
+
+
+def test_cli_version_and_usage(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and "uncertlr" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([])

@@ -1,0 +1,39 @@
+"""Run folders: atomic writes keep earlier results, folders are never reused."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from uncertlr.runs import atomic_write, environment, new_run_dir, read_json, write_json
+
+
+def test_interrupted_write_keeps_previous_file(tmp_path):
+    path = tmp_path / "metrics.json"
+    write_json(path, {"accuracy": 0.9})
+
+    def crash(f):
+        f.write(b'{"accuracy": ')
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, crash)
+    assert read_json(path) == {"accuracy": 0.9}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temporary file left behind
+
+
+def test_json_handles_arrays_and_non_finite(tmp_path):
+    write_json(tmp_path / "a.json", {"x": np.arange(3), "y": np.float32(0.5), "z": math.nan})
+    assert read_json(tmp_path / "a.json") == {"x": [0, 1, 2], "y": 0.5, "z": None}
+
+
+def test_new_run_dir_is_unique(tmp_path):
+    dirs = {new_run_dir(tmp_path, "demo") for _ in range(5)}
+    assert len(dirs) == 5 and all(d.is_dir() for d in dirs)
+
+
+def test_environment_lists_versions():
+    env = environment()
+    assert "torch" in env["versions"] and env["python"].count(".") == 2

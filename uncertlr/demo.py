@@ -1,0 +1,152 @@
+"""``uncertlr demo``: a Bayesian MLP beside the same deterministic MLP on sklearn's digits.
+
+Trains both with a progress bar, then scores them on the test set and on an
+out-of-distribution set (the test images with their pixels shuffled), prints a
+table and writes a run folder with ``metrics.json``, a reliability diagram,
+uncertainty histograms, the predictive samples and the training histories.
+
+The BNN uses the default ``N(0, 1)`` prior and a tempered ELBO (``kl_weight=0.1``):
+with the full KL weight the converged mean-field posterior on 1,347 images is
+under-confident (ECE ~0.1, see README "Why the demo tempers the KL").
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from uncertlr import metrics, priors
+from uncertlr.data import load_digits, shuffle_pixels
+from uncertlr.evaluation import classification_summary
+from uncertlr.plotting import reliability_diagram, save_figure, uncertainty_histograms
+from uncertlr.runs import METRICS_SCHEMA, atomic_write, environment, new_run_dir, write_json
+from uncertlr.torch import bayesian
+from uncertlr.torch.training import fit, progress_bar
+
+__all__ = ["DemoConfig", "results_table", "run_demo"]
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Settings of the digits demo (all recorded in ``metrics.json``)."""
+
+    seed: int = 0
+    hidden: tuple[int, ...] = (128, 128)
+    epochs: int = 150
+    batch_size: int = 64
+    lr: float = 1e-2
+    det_lr: float = 3e-3
+    det_epochs: int = 60
+    kl_weight: float = 0.1
+    prior_scale: float = 1.0
+    init_scale: float = 1e-3
+    num_samples: int = 64
+
+
+def _train_deterministic(cfg: DemoConfig, x: torch.Tensor, y: torch.Tensor, bar: Any):
+    from uncertlr_models import MLP
+
+    torch.manual_seed(cfg.seed)
+    net = MLP(x.shape[1], cfg.hidden, 10)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.det_lr)
+    total = cfg.det_epochs * -(-len(x) // cfg.batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
+    hist = fit(lambda xb, yb: F.cross_entropy(net(xb), yb), opt, x, y, epochs=cfg.det_epochs,
+               batch_size=cfg.batch_size, scheduler=sched, progress=bar, description="deterministic",
+               generator=torch.Generator().manual_seed(cfg.seed))
+    net.eval()
+    return (lambda xx: torch.softmax(net(xx), -1)[None]), hist
+
+
+def _train_bnn(cfg: DemoConfig, x: torch.Tensor, y: torch.Tensor, bar: Any):
+    from uncertlr_models import MLP
+
+    torch.manual_seed(cfg.seed)
+    bnn = bayesian(MLP(x.shape[1], cfg.hidden, 10), num_data=len(x), prior=priors.Normal(cfg.prior_scale),
+                   kl_weight=cfg.kl_weight, init_scale=cfg.init_scale)
+    opt = torch.optim.Adam(bnn.parameters(), lr=cfg.lr)
+    total = cfg.epochs * -(-len(x) // cfg.batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
+    hist = fit(bnn.elbo, opt, x, y, epochs=cfg.epochs, batch_size=cfg.batch_size, scheduler=sched, progress=bar,
+               description="bnn", generator=torch.Generator().manual_seed(cfg.seed))
+    return (lambda xx: bnn.predict(xx, num_samples=cfg.num_samples)), hist
+
+
+#: Rows of the results table: (metrics.json key, label, format).
+TABLE_ROWS = (
+    ("accuracy", "accuracy", ".3f"), ("nll", "NLL", ".3f"), ("brier", "Brier", ".3f"), ("ece", "ECE (15 bins)", ".3f"),
+    ("entropy_in", "entropy, test", ".3f"), ("mi_in", "mutual information, test", ".3f"),
+    ("entropy_ood", "entropy, OOD", ".3f"), ("mi_ood", "mutual information, OOD", ".3f"),
+    ("auroc_mi", "OOD AUROC of MI", ".3f"), ("auroc_entropy", "OOD AUROC of entropy", ".3f"), ("seconds", "seconds", ".1f"),
+)
+
+
+def results_table(results: dict[str, dict[str, float]], *, title: str) -> Any:
+    """A rich table with one column per model and one row per metric."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    for name in results:
+        table.add_column(name, justify="right")
+    for key, label, fmt in TABLE_ROWS:
+        table.add_row(label, *(format(r[key], fmt) if key in r else "-" for r in results.values()))
+    return table
+
+
+def run_demo(out: str | Path = "runs", config: DemoConfig | None = None, *, console: Any = None) -> Path:
+    """Run the demo and return its run folder (created fresh under ``out``)."""
+    from rich.console import Console
+
+    cfg = config or DemoConfig()
+    console = console or Console()
+    split = load_digits(seed=cfg.seed)
+    x, y = torch.from_numpy(split.x_train), torch.from_numpy(split.y_train)
+    xt, yt = torch.from_numpy(split.x_test), torch.from_numpy(split.y_test)
+    xo = torch.from_numpy(shuffle_pixels(split.x_test, seed=cfg.seed + 1))
+    console.print(f"[bold]uncertlr demo[/]: digits, {len(x)} train / {len(xt)} test images, "
+                  f"OOD = test images with shuffled pixels; torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+    results: dict[str, dict[str, float]] = {}
+    preds: dict[str, np.ndarray] = {"labels": split.y_test}
+    histories: dict[str, list[dict[str, float]]] = {}
+    with progress_bar() as bar:
+        for name, train in (("deterministic", _train_deterministic), ("bnn", _train_bnn)):
+            t0 = time.perf_counter()
+            predict, hist = train(cfg, x, y, bar)
+            with torch.no_grad():
+                p_in, p_out = predict(xt), predict(xo)
+            seconds = time.perf_counter() - t0
+            results[name] = {**classification_summary(p_in, yt, p_out), "seconds": seconds}
+            preds[f"{name}_test"] = p_in.numpy().astype(np.float32)
+            preds[f"{name}_ood"] = p_out.numpy().astype(np.float32)
+            histories[name] = hist
+
+    console.print(results_table(results, title="digits: test set and shuffled-pixel OOD set"))
+
+    run = new_run_dir(out, "demo")
+    env = environment()
+    write_json(run / "metrics.json", {
+        "schema": METRICS_SCHEMA, "task": "digits", "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "seed": cfg.seed, "device": "cpu", "versions": env["versions"], "python": env["python"],
+        "config": asdict(cfg), "ood": "test images with shuffled pixels", "models": results,
+    })
+    write_json(run / "history.json", histories)
+    atomic_write(run / "predictions.npz", lambda f: np.savez_compressed(f, **preds))
+    save_figure(reliability_diagram({k: (preds[f"{k}_test"], split.y_test) for k in results}), run / "reliability.png")
+    scores = {}
+    for k in results:
+        d_in = metrics.uncertainty_decomposition(preds[f"{k}_test"])
+        d_out = metrics.uncertainty_decomposition(preds[f"{k}_ood"])
+        scores[f"{k}: predictive entropy"] = (d_in.total, d_out.total)
+        if k != "deterministic":
+            scores[f"{k}: mutual information"] = (d_in.epistemic, d_out.epistemic)
+    save_figure(uncertainty_histograms(scores), run / "uncertainty.png")
+    console.print(f"run folder: [bold]{run}[/] (metrics.json, reliability.png, uncertainty.png, predictions.npz, history.json)")
+    return run

@@ -1,0 +1,125 @@
+"""Run folders: where a demo, example or training run leaves its results.
+
+A run folder holds ``metrics.json`` (schema below), plots (PNG), ``predictions.npz``
+(posterior predictive samples) and ``history.json`` (training curves). Every file is
+written atomically (temporary file in the same folder, then ``os.replace``), and
+:func:`new_run_dir` never reuses an existing folder, so a crash or a second run
+cannot destroy earlier results.
+
+``metrics.json`` schema (``"schema": "uncertlr.metrics/1"``)::
+
+    {"schema", "task", "created", "seed", "device", "versions": {package: version},
+     "config": {...}, "models": {name: {"accuracy", "nll", "brier", "ece", "adaptive_ece",
+     "entropy_in", "mi_in", "entropy_ood", "mi_ood", "auroc_mi", "auroc_entropy", "seconds", ...}}}
+
+Example:
+    >>> import tempfile
+    >>> from uncertlr.runs import new_run_dir, write_json, read_json
+    >>> run = new_run_dir(tempfile.mkdtemp(), "demo")
+    >>> _ = write_json(run / "x.json", {"a": 1})
+    >>> read_json(run / "x.json")
+    {'a': 1}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import tempfile
+from collections.abc import Callable, Iterable
+from importlib import metadata
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = [
+    "METRICS_SCHEMA",
+    "atomic_write",
+    "environment",
+    "new_run_dir",
+    "read_json",
+    "write_json",
+]
+
+METRICS_SCHEMA = "uncertlr.metrics/1"
+
+_PACKAGES = ("uncertlr", "torch", "pyro-ppl", "numpy", "jax", "numpyro", "optax", "arviz", "scikit-learn", "matplotlib")
+
+
+def new_run_dir(root: str | os.PathLike[str], name: str) -> Path:
+    """Create and return a fresh folder ``root/name-YYYYmmdd-HHMMSS[-k]`` (never an existing one)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for k in range(1000):
+        path = root / (f"{name}-{stamp}" + (f"-{k}" if k else ""))
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a new run folder under {root}")
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> Path:
+    """Write ``path`` by calling ``write(file)`` on a temporary file, then renaming it into place.
+
+    If ``write`` raises, the previous content of ``path`` (if any) is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:  # numpy / torch / jax scalars
+        return _jsonable(obj.item())
+    if hasattr(obj, "tolist"):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    return repr(obj)
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> Path:
+    """Atomically write ``data`` as indented JSON (arrays become lists; NaN/inf become null)."""
+    text = json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n"
+    return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Read a JSON file written by :func:`write_json`."""
+    return json.loads(Path(path).read_text())
+
+
+def environment(packages: Iterable[str] = _PACKAGES) -> dict[str, Any]:
+    """Versions of the installed packages that matter for reproducing a run, plus Python and the OS."""
+    versions: dict[str, str] = {}
+    for name in packages:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return {"python": platform.python_version(), "platform": platform.platform(), "versions": versions}
