@@ -16,14 +16,18 @@ __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="uncertlr", description="Bayesian, uncertainty-aware training for existing models.")
+    p = argparse.ArgumentParser(
+        prog="uncertlr", description="Bayesian, uncertainty-aware training for existing models."
+    )
     p.add_argument("--version", action="version", version=f"uncertlr {uncertlr.__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="train a Bayesian MLP beside a deterministic one on sklearn digits")
     d.add_argument("--out", default="runs", help="folder for run folders (default: runs)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--epochs", type=int, default=None, help="BNN epochs (default 150)")
-    d.add_argument("--num-samples", type=int, default=None, help="posterior samples for prediction (default 64)")
+    d.add_argument(
+        "--num-samples", type=int, default=None, help="posterior samples for prediction (default 64)"
+    )
     return p
 
 
