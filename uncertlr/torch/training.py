@@ -35,7 +35,14 @@ StepFn = Callable[[Tensor, Tensor], "Tensor | ELBOTerms"]
 
 def progress_bar(transient: bool = False) -> Any:
     """A ``rich.progress.Progress`` with the columns the CLI uses (description, bar, M/N, elapsed, ETA)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
