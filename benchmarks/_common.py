@@ -24,13 +24,27 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 def base_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="a short run (smoke test / CI)")
-    p.add_argument("--json", type=Path, default=None, help="where to write the JSON rows (default benchmarks/results/NAME.json)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    p.add_argument("--data-dir", type=Path, default=None, help="shared data folder (default $UNCERTLR_DATA or ../shared/data)")
+    p.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="where to write the JSON rows (default benchmarks/results/NAME.json)",
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)"
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="shared data folder (default $UNCERTLR_DATA or ../shared/data)",
+    )
     return p
 
 
-def interleaved_medians(fns: Mapping[str, Callable[[], Any]], *, blocks: int, steps: int, warmup: int = 10) -> dict[str, float]:
+def interleaved_medians(
+    fns: Mapping[str, Callable[[], Any]], *, blocks: int, steps: int, warmup: int = 10
+) -> dict[str, float]:
     """Median seconds per call of each function, from ``blocks`` interleaved blocks of ``steps`` calls."""
     for f in fns.values():
         for _ in range(warmup):
@@ -46,18 +60,27 @@ def interleaved_medians(fns: Mapping[str, Callable[[], Any]], *, blocks: int, st
 
 
 def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()}
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+    }
     try:
         import torch
 
-        info.update(torch=torch.__version__, torch_threads=torch.get_num_threads(),
-                    cuda=torch.cuda.get_device_name() if torch.cuda.is_available() else None)
+        info.update(
+            torch=torch.__version__,
+            torch_threads=torch.get_num_threads(),
+            cuda=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        )
     except ImportError:  # pragma: no cover
         pass
     return info
 
 
-def print_table(title: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str, str]]) -> None:
+def print_table(
+    title: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str, str]]
+) -> None:
     """Print ``rows`` as a rich table; ``columns`` are (key, header, format)."""
     from rich.console import Console
     from rich.table import Table
@@ -70,11 +93,19 @@ def print_table(title: str, rows: Sequence[Mapping[str, Any]], columns: Sequence
     Console(width=max(100, Console().width)).print(table)
 
 
-def write_results(name: str, rows: Sequence[Mapping[str, Any]], path: Path | None = None, **extra: Any) -> Path:
+def write_results(
+    name: str, rows: Sequence[Mapping[str, Any]], path: Path | None = None, **extra: Any
+) -> Path:
     """Write ``{"benchmark", "created", "machine", "rows", ...extra}`` as JSON; returns the path."""
     path = path or RESULTS_DIR / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"benchmark": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine(), **extra, "rows": list(rows)}
+    doc = {
+        "benchmark": name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "machine": machine(),
+        **extra,
+        "rows": list(rows),
+    }
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
     os.replace(tmp, path)

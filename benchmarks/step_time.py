@@ -101,7 +101,9 @@ def pyro_handwritten(x, y):
     class BayesMLP(PyroModule):
         def __init__(self):
             super().__init__()
-            self.layers = PyroModule[nn.ModuleList]([PyroModule[nn.Linear](a, b) for a, b in zip(DIMS[:-1], DIMS[1:])])
+            self.layers = PyroModule[nn.ModuleList](
+                [PyroModule[nn.Linear](a, b) for a, b in zip(DIMS[:-1], DIMS[1:])]
+            )
             for layer, (a, b) in zip(self.layers, zip(DIMS[:-1], DIMS[1:])):
                 layer.weight = PyroSample(dist.Normal(0.0, 1.0).expand([b, a]).to_event(2))
                 layer.bias = PyroSample(dist.Normal(0.0, 1.0).expand([b]).to_event(1))
@@ -141,9 +143,12 @@ def tyxe_bnn(x, y):
         pyro.util.deep_getattr = lambda obj, name: functools.reduce(getattr, name.split("."), obj)
         TYXE_NOTE.append("pyro.util.deep_getattr shim")
     pyro.clear_param_store()
-    bnn = tyxe.VariationalBNN(mlp(), tyxe.priors.IIDPrior(dist.Normal(0.0, 1.0)),
-                              tyxe.likelihoods.Categorical(NUM_DATA),
-                              functools.partial(tyxe.guides.AutoNormal, init_scale=1e-3))
+    bnn = tyxe.VariationalBNN(
+        mlp(),
+        tyxe.priors.IIDPrior(dist.Normal(0.0, 1.0)),
+        tyxe.likelihoods.Categorical(NUM_DATA),
+        functools.partial(tyxe.guides.AutoNormal, init_scale=1e-3),
+    )
     svi = SVI(bnn.model, bnn.guide, pyro.optim.Adam({"lr": 1e-3}), loss=TraceMeanField_ELBO())
 
     def step():
@@ -189,8 +194,14 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     x, y = torch.randn(BATCH, 784), torch.randint(0, 10, (BATCH,))
 
-    builders = {"deterministic": deterministic, "uncertlr": uncertlr_bnn, "plain-torch MF": plain_torch_meanfield,
-                "pyro (hand-written)": pyro_handwritten, "tyxe": tyxe_bnn, "ivon": ivon_step}
+    builders = {
+        "deterministic": deterministic,
+        "uncertlr": uncertlr_bnn,
+        "plain-torch MF": plain_torch_meanfield,
+        "pyro (hand-written)": pyro_handwritten,
+        "tyxe": tyxe_bnn,
+        "ivon": ivon_step,
+    }
     fns, notes = {}, {}
     for name, build in builders.items():
         try:
@@ -200,7 +211,9 @@ def main(argv=None) -> int:
             fns.pop(name, None)
             notes[name] = f"skipped: {type(e).__name__}: {e}"
             print(f"{name}: skipped ({type(e).__name__}: {e})")
-    blocks, steps = (5, 10) if args.quick else (7, 60)  # long blocks: the first step after a switch runs cold-cache
+    blocks, steps = (
+        (5, 10) if args.quick else (7, 60)
+    )  # long blocks: the first step after a switch runs cold-cache
     repeats = args.repeats or (1 if args.quick else 3)
     runs = [interleaved_medians(fns, blocks=blocks, steps=steps) for _ in range(repeats)]
     rows = []
@@ -209,17 +222,42 @@ def main(argv=None) -> int:
             rows.append({"name": name, "ms": None, "ratio": None, "note": notes[name]})
             continue
         ratios = sorted(r[name] / r["deterministic"] for r in runs)
-        rows.append({"name": name, "ms": 1e3 * sorted(r[name] for r in runs)[len(runs) // 2],
-                     "ratio": ratios[len(ratios) // 2], "ratio_min": ratios[0], "ratio_max": ratios[-1],
-                     "note": ", ".join(TYXE_NOTE) if name == "tyxe" else ""})
-    print_table(f"step time vs deterministic Adam, 784-400-400-10 MLP, batch {BATCH}, {torch.get_num_threads()} threads "
-                f"(median of {repeats} x {blocks} interleaved blocks of {steps} steps)", rows,
-                [("name", "method", "s"), ("ms", "ms/step", ".2f"), ("ratio", "ratio", ".2f"),
-                 ("ratio_min", "min", ".2f"), ("ratio_max", "max", ".2f"), ("note", "note", "s")])
+        rows.append(
+            {
+                "name": name,
+                "ms": 1e3 * sorted(r[name] for r in runs)[len(runs) // 2],
+                "ratio": ratios[len(ratios) // 2],
+                "ratio_min": ratios[0],
+                "ratio_max": ratios[-1],
+                "note": ", ".join(TYXE_NOTE) if name == "tyxe" else "",
+            }
+        )
+    print_table(
+        f"step time vs deterministic Adam, 784-400-400-10 MLP, batch {BATCH}, {torch.get_num_threads()} threads "
+        f"(median of {repeats} x {blocks} interleaved blocks of {steps} steps)",
+        rows,
+        [
+            ("name", "method", "s"),
+            ("ms", "ms/step", ".2f"),
+            ("ratio", "ratio", ".2f"),
+            ("ratio_min", "min", ".2f"),
+            ("ratio_max", "max", ".2f"),
+            ("note", "note", "s"),
+        ],
+    )
     ours = next(r for r in rows if r["name"] == "uncertlr")["ratio"]
     print(f"uncertlr BNN step / deterministic step = {ours:.2f} (target <= {TARGET})")
-    write_results("step_time", rows, args.json, target=TARGET, batch=BATCH, dims=DIMS, blocks=blocks, steps=steps,
-                  repeats=repeats)
+    write_results(
+        "step_time",
+        rows,
+        args.json,
+        target=TARGET,
+        batch=BATCH,
+        dims=DIMS,
+        blocks=blocks,
+        steps=steps,
+        repeats=repeats,
+    )
     if args.profile:
         print(profile_uncertlr(x, y))
     return 0

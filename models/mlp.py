@@ -23,8 +23,15 @@ class MLP(nn.Sequential):
         torch.Size([5, 10])
     """
 
-    def __init__(self, in_features: int, hidden: Sequence[int], out_features: int, *, activation: str = "relu",
-                 dropout: float = 0.0):
+    def __init__(
+        self,
+        in_features: int,
+        hidden: Sequence[int],
+        out_features: int,
+        *,
+        activation: str = "relu",
+        dropout: float = 0.0,
+    ):
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}; got {activation!r}")
         layers: list[nn.Module] = [nn.Flatten()]

@@ -21,7 +21,9 @@ def test_every_package_folder_is_listed_in_pyproject():
 
 def test_top_level_import_is_backend_neutral():
     code = "import sys, uncertlr; uncertlr.metrics; print(sorted(m for m in ('torch', 'jax', 'pyro') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == "[]"
 
 
@@ -29,6 +31,13 @@ def test_public_names_exist():
     import uncertlr
     import uncertlr.torch
 
-    for mod in (uncertlr, uncertlr.torch, uncertlr.metrics, uncertlr.select, uncertlr.priors, uncertlr.likelihoods):
+    for mod in (
+        uncertlr,
+        uncertlr.torch,
+        uncertlr.metrics,
+        uncertlr.select,
+        uncertlr.priors,
+        uncertlr.likelihoods,
+    ):
         for name in mod.__all__:
             assert hasattr(mod, name), f"{mod.__name__}.{name}"

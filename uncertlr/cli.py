@@ -16,14 +16,35 @@ __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="uncertlr", description="Bayesian, uncertainty-aware training for existing models.")
+    p = argparse.ArgumentParser(
+        prog="uncertlr", description="Bayesian, uncertainty-aware training for existing models."
+    )
     p.add_argument("--version", action="version", version=f"uncertlr {uncertlr.__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="train a Bayesian MLP beside a deterministic one on sklearn digits")
     d.add_argument("--out", default="runs", help="folder for run folders (default: runs)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--epochs", type=int, default=None, help="BNN epochs (default 150)")
-    d.add_argument("--num-samples", type=int, default=None, help="posterior samples for prediction (default 64)")
+    d.add_argument(
+        "--num-samples", type=int, default=None, help="posterior samples for prediction (default 64)"
+    )
+    t = sub.add_parser(
+        "train",
+        help="train a Bayesian MLP with checkpoints; Ctrl-C/SIGTERM checkpoint and exit, --resume continues",
+        description="Train a Bayesian MLP. Data-parallel: torchrun --standalone --nproc_per_node=N "
+        "$(which uncertlr) train ... (gloo on CPU, NCCL on GPU; --batch-size is the global batch).",
+    )
+    t.add_argument("--out", default="runs", help="folder for run folders (default: runs)")
+    t.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
+    from uncertlr.train import DATASETS, TrainConfig
+
+    defaults = TrainConfig()
+    t.add_argument("--data", default=defaults.data, choices=sorted(DATASETS))
+    t.add_argument("--hidden", default=",".join(map(str, defaults.hidden)), help="hidden widths, e.g. 128,128")
+    for name in ("epochs", "batch_size", "num_samples", "seed", "checkpoint_every", "max_consecutive_skips"):
+        t.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
+    for name in ("lr", "kl_weight", "prior_scale", "init_scale"):
+        t.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
     return p
 
 
@@ -45,6 +66,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = replace(cfg, num_samples=args.num_samples)
         run_demo(args.out, cfg)
         return 0
+    if args.command == "train":
+        from dataclasses import fields
+
+        from uncertlr.train import TrainConfig, run_training
+
+        values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name != "hidden"}
+        cfg = TrainConfig(hidden=tuple(int(h) for h in args.hidden.split(",") if h), **values)
+        return run_training(args.out, cfg, resume=args.resume).exit_code
     return 2  # pragma: no cover - argparse enforces a command
 
 

@@ -57,9 +57,18 @@ def _train_deterministic(cfg: DemoConfig, x: torch.Tensor, y: torch.Tensor, bar:
     opt = torch.optim.Adam(net.parameters(), lr=cfg.det_lr)
     total = cfg.det_epochs * -(-len(x) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
-    hist = fit(lambda xb, yb: F.cross_entropy(net(xb), yb), opt, x, y, epochs=cfg.det_epochs,
-               batch_size=cfg.batch_size, scheduler=sched, progress=bar, description="deterministic",
-               generator=torch.Generator().manual_seed(cfg.seed))
+    hist = fit(
+        lambda xb, yb: F.cross_entropy(net(xb), yb),
+        opt,
+        x,
+        y,
+        epochs=cfg.det_epochs,
+        batch_size=cfg.batch_size,
+        scheduler=sched,
+        progress=bar,
+        description="deterministic",
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
     net.eval()
     return (lambda xx: torch.softmax(net(xx), -1)[None]), hist
 
@@ -68,22 +77,44 @@ def _train_bnn(cfg: DemoConfig, x: torch.Tensor, y: torch.Tensor, bar: Any):
     from uncertlr_models import MLP
 
     torch.manual_seed(cfg.seed)
-    bnn = bayesian(MLP(x.shape[1], cfg.hidden, 10), num_data=len(x), prior=priors.Normal(cfg.prior_scale),
-                   kl_weight=cfg.kl_weight, init_scale=cfg.init_scale)
+    bnn = bayesian(
+        MLP(x.shape[1], cfg.hidden, 10),
+        num_data=len(x),
+        prior=priors.Normal(cfg.prior_scale),
+        kl_weight=cfg.kl_weight,
+        init_scale=cfg.init_scale,
+    )
     opt = torch.optim.Adam(bnn.parameters(), lr=cfg.lr)
     total = cfg.epochs * -(-len(x) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
-    hist = fit(bnn.elbo, opt, x, y, epochs=cfg.epochs, batch_size=cfg.batch_size, scheduler=sched, progress=bar,
-               description="bnn", generator=torch.Generator().manual_seed(cfg.seed))
+    hist = fit(
+        bnn.elbo,
+        opt,
+        x,
+        y,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        scheduler=sched,
+        progress=bar,
+        description="bnn",
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
     return (lambda xx: bnn.predict(xx, num_samples=cfg.num_samples)), hist
 
 
 #: Rows of the results table: (metrics.json key, label, format).
 TABLE_ROWS = (
-    ("accuracy", "accuracy", ".3f"), ("nll", "NLL", ".3f"), ("brier", "Brier", ".3f"), ("ece", "ECE (15 bins)", ".3f"),
-    ("entropy_in", "entropy, test", ".3f"), ("mi_in", "mutual information, test", ".3f"),
-    ("entropy_ood", "entropy, OOD", ".3f"), ("mi_ood", "mutual information, OOD", ".3f"),
-    ("auroc_mi", "OOD AUROC of MI", ".3f"), ("auroc_entropy", "OOD AUROC of entropy", ".3f"), ("seconds", "seconds", ".1f"),
+    ("accuracy", "accuracy", ".3f"),
+    ("nll", "NLL", ".3f"),
+    ("brier", "Brier", ".3f"),
+    ("ece", "ECE (15 bins)", ".3f"),
+    ("entropy_in", "entropy, test", ".3f"),
+    ("mi_in", "mutual information, test", ".3f"),
+    ("entropy_ood", "entropy, OOD", ".3f"),
+    ("mi_ood", "mutual information, OOD", ".3f"),
+    ("auroc_mi", "OOD AUROC of MI", ".3f"),
+    ("auroc_entropy", "OOD AUROC of entropy", ".3f"),
+    ("seconds", "seconds", ".1f"),
 )
 
 
@@ -110,8 +141,10 @@ def run_demo(out: str | Path = "runs", config: DemoConfig | None = None, *, cons
     x, y = torch.from_numpy(split.x_train), torch.from_numpy(split.y_train)
     xt, yt = torch.from_numpy(split.x_test), torch.from_numpy(split.y_test)
     xo = torch.from_numpy(shuffle_pixels(split.x_test, seed=cfg.seed + 1))
-    console.print(f"[bold]uncertlr demo[/]: digits, {len(x)} train / {len(xt)} test images, "
-                  f"OOD = test images with shuffled pixels; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    console.print(
+        f"[bold]uncertlr demo[/]: digits, {len(x)} train / {len(xt)} test images, "
+        f"OOD = test images with shuffled pixels; torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
 
     results: dict[str, dict[str, float]] = {}
     preds: dict[str, np.ndarray] = {"labels": split.y_test}
@@ -132,14 +165,26 @@ def run_demo(out: str | Path = "runs", config: DemoConfig | None = None, *, cons
 
     run = new_run_dir(out, "demo")
     env = environment()
-    write_json(run / "metrics.json", {
-        "schema": METRICS_SCHEMA, "task": "digits", "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "seed": cfg.seed, "device": "cpu", "versions": env["versions"], "python": env["python"],
-        "config": asdict(cfg), "ood": "test images with shuffled pixels", "models": results,
-    })
+    write_json(
+        run / "metrics.json",
+        {
+            "schema": METRICS_SCHEMA,
+            "task": "digits",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "seed": cfg.seed,
+            "device": "cpu",
+            "versions": env["versions"],
+            "python": env["python"],
+            "config": asdict(cfg),
+            "ood": "test images with shuffled pixels",
+            "models": results,
+        },
+    )
     write_json(run / "history.json", histories)
     atomic_write(run / "predictions.npz", lambda f: np.savez_compressed(f, **preds))
-    save_figure(reliability_diagram({k: (preds[f"{k}_test"], split.y_test) for k in results}), run / "reliability.png")
+    save_figure(
+        reliability_diagram({k: (preds[f"{k}_test"], split.y_test) for k in results}), run / "reliability.png"
+    )
     scores = {}
     for k in results:
         d_in = metrics.uncertainty_decomposition(preds[f"{k}_test"])
@@ -148,5 +193,7 @@ def run_demo(out: str | Path = "runs", config: DemoConfig | None = None, *, cons
         if k != "deterministic":
             scores[f"{k}: mutual information"] = (d_in.epistemic, d_out.epistemic)
     save_figure(uncertainty_histograms(scores), run / "uncertainty.png")
-    console.print(f"run folder: [bold]{run}[/] (metrics.json, reliability.png, uncertainty.png, predictions.npz, history.json)")
+    console.print(
+        f"run folder: [bold]{run}[/] (metrics.json, reliability.png, uncertainty.png, predictions.npz, history.json)"
+    )
     return run

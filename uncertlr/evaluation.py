@@ -24,12 +24,25 @@ __all__ = ["CLASSIFICATION_KEYS", "classification_summary"]
 
 #: Keys of :func:`classification_summary` (the per-model entries of ``metrics.json``).
 CLASSIFICATION_KEYS = (
-    "accuracy", "nll", "brier", "ece", "adaptive_ece",
-    "entropy_in", "aleatoric_in", "mi_in", "entropy_ood", "aleatoric_ood", "mi_ood", "auroc_mi", "auroc_entropy",
+    "accuracy",
+    "nll",
+    "brier",
+    "ece",
+    "adaptive_ece",
+    "entropy_in",
+    "aleatoric_in",
+    "mi_in",
+    "entropy_ood",
+    "aleatoric_ood",
+    "mi_ood",
+    "auroc_mi",
+    "auroc_entropy",
 )
 
 
-def classification_summary(probs: Any, labels: Any, probs_ood: Any | None = None, *, num_bins: int = 15) -> dict[str, float]:
+def classification_summary(
+    probs: Any, labels: Any, probs_ood: Any | None = None, *, num_bins: int = 15
+) -> dict[str, float]:
     """Accuracy, NLL, Brier, ECE, adaptive ECE, mean uncertainties and OOD AUROCs as Python floats.
 
     Args:

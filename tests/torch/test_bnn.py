@@ -429,6 +429,7 @@ def clf():
         (torch.randn(4, 5), torch.zeros(3, dtype=torch.long), ValueError, "batch size"),
         (torch.randn(4, 5, dtype=torch.float64), torch.zeros(4, dtype=torch.long), TypeError, "dtype"),
         (torch.randn(0, 5), torch.zeros(0, dtype=torch.long), ValueError, "non-empty"),
+        (torch.randn(4, 7), torch.zeros(4, dtype=torch.long), ValueError, r"shape \(4, 7\)"),
         (np.zeros((4, 5), np.float32), torch.zeros(4, dtype=torch.long), TypeError, "torch.Tensor"),
     ],
 )

@@ -25,9 +25,16 @@ class _SampleKL(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, loc: Tensor, log_scale: Tensor, eps: Tensor, prior_loc: Tensor | None,  # type: ignore[override]
-                prior_prec: Tensor, kl_const: Tensor | float) -> tuple[Tensor, Tensor]:
-        scale = log_scale.exp()
+    def forward(
+        ctx,
+        loc: Tensor,
+        log_scale: Tensor,
+        eps: Tensor,
+        prior_loc: Tensor | None,  # type: ignore[override]
+        prior_prec: Tensor,
+        kl_const: Tensor | float,
+    ) -> tuple[Tensor, Tensor]:
+        scale = log_scale.exp().clamp_min_(torch.finfo(log_scale.dtype).tiny)  # exp underflows below ~-87
         w = torch.addcmul(loc, scale, eps)  # broadcasts over a leading particle dim
         diff = loc if prior_loc is None else loc - prior_loc
         diff_prec = diff * prior_prec
@@ -90,8 +97,8 @@ class MeanFieldNormal(nn.Module):
 
     @property
     def scale(self) -> Tensor:
-        """Flat posterior std ``[P]`` (differentiable)."""
-        return self.log_scale.exp()
+        """Flat posterior std ``[P]`` (differentiable), floored at the dtype's smallest normal number."""
+        return self.log_scale.exp().clamp_min(torch.finfo(self.log_scale.dtype).tiny)
 
     def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
         """Split ``flat[..., P]`` into ``{name: tensor[..., *shape]}`` views."""

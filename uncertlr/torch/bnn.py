@@ -328,6 +328,10 @@ class BNN(nn.Module):
 
     def _outputs(self, flat_w: Tensor, x: Tensor) -> Tensor:
         """Network outputs ``[K, B, ...]`` for flat weights ``[P]`` (K = 1) or ``[K, P]``; vmap when ``K > 1``."""
+        with _named_shape_errors(x):
+            return self._outputs_unchecked(flat_w, x)
+
+    def _outputs_unchecked(self, flat_w: Tensor, x: Tensor) -> Tensor:
         if flat_w.dim() == 1:
             return self._call(self.posterior.unflatten(flat_w), x).unsqueeze(0)
         if self._has_batchnorm and self.net.training:
@@ -384,7 +388,22 @@ class BNN(nn.Module):
             self.likelihood_module.check(outputs[0], y)
         nll = self.likelihood_module.nll(outputs, y)
         loss = nll + self.kl_weight * kl / self.num_data
+        if self.validate and not torch.isfinite(loss.detach()):
+            raise ValueError(self._diagnose_nonfinite(x, outputs.detach(), kl.detach()))
         return ELBOTerms(loss, nll, kl, outputs)
+
+    def _diagnose_nonfinite(self, x: Tensor, outputs: Tensor, kl: Tensor) -> str:
+        if not bool(torch.isfinite(self.posterior.loc).all() and torch.isfinite(self.posterior.log_scale).all()):
+            return "the ELBO is not finite: the posterior parameters contain NaN or inf (training diverged; lower the LR)"
+        if not bool(torch.isfinite(outputs).all()):
+            big = x.abs().max().item() if x.dtype.is_floating_point else float(x.abs().max())
+            return (
+                f"the ELBO is not finite: the network's outputs overflow (largest |x| = {big:.3g}); "
+                "standardise the inputs"
+            )
+        if not bool(torch.isfinite(kl)):
+            return "the ELBO is not finite: the KL term overflowed (prior or posterior scale too extreme)"
+        return "the ELBO is not finite: the likelihood of the targets overflowed (check target scale)"
 
     def loss(self, x: Tensor, y: Tensor, *, num_particles: int = 1) -> Tensor:
         """The minibatch negative ELBO per data point (0-d, differentiable): ``elbo(x, y).loss``.
@@ -439,7 +458,8 @@ class BNN(nn.Module):
             for start in range(0, num_samples, chunk):
                 k = min(chunk, num_samples - start)
                 flat_w = torch.addcmul(loc, scale, self._noise(k))
-                outs.append(vmap(lambda w: self._call(self.posterior.unflatten(w), x))(flat_w))
+                with _named_shape_errors(x):
+                    outs.append(vmap(lambda w: self._call(self.posterior.unflatten(w), x))(flat_w))
         return torch.cat(outs) if len(outs) > 1 else outs[0]
 
     def predict(self, x: Tensor, *, num_samples: int = 32) -> Tensor | NormalPrediction:
@@ -515,6 +535,20 @@ class BNN(nn.Module):
             for n, s, sl in self._slices():
                 out[n] = pyro.sample(n, dist.Normal(loc[sl].view(s), scale[sl].view(s)).to_event(len(s)))
         return out
+
+
+@contextlib.contextmanager
+def _named_shape_errors(x: Tensor) -> Iterator[None]:
+    """Turn a shape mismatch deep in the user's forward (an opaque RuntimeError) into a named ValueError."""
+    try:
+        yield
+    except RuntimeError as e:
+        if any(k in str(e) for k in ("shape", "size", "dimension", "must match", "Expected")):
+            raise ValueError(
+                f"the network cannot be applied to x of shape {tuple(x.shape)} (dtype {x.dtype}); "
+                f"check the input shape it expects. torch said: {e}"
+            ) from e
+        raise
 
 
 def bayesian(

@@ -14,21 +14,22 @@ Example:
     >>> x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
     >>> hist = fit(bnn.elbo, opt, x, y, epochs=2, batch_size=16, progress=False)
     >>> len(hist), sorted(hist[0])
-    (8, ['epoch', 'kl', 'loss', 'lr', 'nll', 'step'])
+    (8, ['epoch', 'kl', 'loss', 'lr', 'nll', 'skipped', 'step'])
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from uncertlr.torch.bnn import ELBOTerms
+from uncertlr.torch.guards import StepGuard
 
-__all__ = ["fit", "progress_bar"]
+__all__ = ["LoopState", "fit", "progress_bar"]
 
 StepFn = Callable[[Tensor, Tensor], "Tensor | ELBOTerms"]
 
@@ -45,9 +46,29 @@ def progress_bar(transient: bool = False) -> Any:
     )
 
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), transient=transient,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        transient=transient,
     )
+
+
+class LoopState(NamedTuple):
+    """What :func:`fit` passes to ``on_step`` after every step.
+
+    ``resume_generator_state`` is the data-order generator state from which
+    ``fit(..., start_step=step)`` regenerates exactly the remaining batch order: save it
+    with the step (``save_checkpoint(..., generator=state.resume_generator_state)``).
+    """
+
+    step: int
+    epoch: int
+    resume_generator_state: Tensor | None
+    history: list[dict[str, float]]
+    guard: StepGuard
 
 
 def fit(
@@ -63,25 +84,39 @@ def fit(
     generator: torch.Generator | None = None,
     progress: Any = True,
     description: str = "training",
+    max_consecutive_skips: int = 5,
+    start_step: int = 0,
+    history: list[dict[str, float]] | None = None,
+    on_step: Callable[[LoopState], bool | None] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> list[dict[str, float]]:
     """Minibatch training for ``epochs`` passes over ``(x[N, ...], y[N, ...])``.
 
     Args:
         step: ``step(xb, yb)`` returns the loss, or :class:`~uncertlr.torch.ELBOTerms` (e.g. ``bnn.elbo``).
         optimizer: any ``torch.optim`` optimizer (hooks registered on it fire as usual).
-        scheduler: optional LR scheduler, stepped after every optimizer step.
+        scheduler: optional LR scheduler, stepped after every applied optimizer step.
         before_step: called with ``step``'s result after ``backward()`` and before
-            ``optimizer.step()`` (e.g. to feed an uncertainty signal to the LR modulator).
-        generator: RNG for the shuffling (reproducible runs).
+            ``optimizer.step()`` (e.g. to feed an uncertainty signal to the LR modulator);
+            not called for a skipped step.
+        generator: RNG for the shuffling (reproducible runs; required to resume mid-epoch).
         progress: True for a progress bar of its own, False for none, or a
             ``rich.progress.Progress`` to add a task to.
+        max_consecutive_skips: a step whose loss or gradients are not finite is skipped
+            (parameters untouched, ``skipped: 1`` in the history); this many in a row raise
+            ``FloatingPointError`` with a diagnosis (see :class:`~uncertlr.torch.guards.StepGuard`).
+        start_step: resume at this global step. ``generator`` must then hold the state saved
+            from ``LoopState.resume_generator_state`` at that step.
+        history: an earlier history to continue (it is extended in place and returned).
+        on_step: called after every step with a :class:`LoopState`; returning True stops
+            training after that step (e.g. on SIGTERM, after writing a checkpoint).
+        shard: ``(rank, world_size)`` under data parallelism: every process draws the same
+            global batch order from ``generator`` and trains on its contiguous share of each
+            global batch (``torch.tensor_split``); ``batch_size`` is the global batch size.
 
     Returns:
-        The history: one dict per step with ``step``, ``epoch``, ``loss``, ``lr``
+        The history: one dict per step with ``step``, ``epoch``, ``loss``, ``lr``, ``skipped``
         (and ``nll``, ``kl`` when ``step`` returns ELBO terms).
-
-    Raises:
-        FloatingPointError: when the loss becomes NaN or inf (the step is not applied).
     """
     if epochs < 0 or batch_size < 1:
         raise ValueError(f"epochs must be >= 0 and batch_size >= 1; got {epochs}, {batch_size}")
@@ -89,38 +124,59 @@ def fit(
         raise ValueError(f"x and y must have the same number of rows; got {x.shape[0]} and {y.shape[0]}")
     n = x.shape[0]
     steps_per_epoch = math.ceil(n / batch_size)
-    history: list[dict[str, float]] = []
+    total = epochs * steps_per_epoch
+    if not 0 <= start_step <= total:
+        raise ValueError(f"start_step must be in [0, {total}]; got {start_step}")
+    history = [] if history is None else history
+    guard = StepGuard(optimizer, max_consecutive_skips=max_consecutive_skips)
     own = progress is True
     bar = progress_bar() if own else (progress or None)
-    task = bar.add_task(description, total=epochs * steps_per_epoch, info="") if bar is not None else None
+    task = bar.add_task(description, total=total, completed=start_step, info="") if bar is not None else None
     if own:
         bar.start()
+    global_step = start_step
     try:
-        for epoch in range(epochs):
+        for epoch in range(start_step // steps_per_epoch, epochs):
+            epoch_state = generator.get_state() if generator is not None else None
             order = torch.randperm(n, generator=generator).to(x.device)
-            for i in range(steps_per_epoch):
+            first = global_step - epoch * steps_per_epoch
+            for i in range(first, steps_per_epoch):
                 idx = order[i * batch_size : (i + 1) * batch_size]
+                if shard is not None:
+                    idx = torch.tensor_split(idx, shard[1])[shard[0]]
                 optimizer.zero_grad(set_to_none=True)
                 out = step(x[idx], y[idx])
                 loss = out.loss if isinstance(out, ELBOTerms) else out
-                if not torch.isfinite(loss.detach()):
-                    raise FloatingPointError(
-                        f"loss became {loss.item()} at epoch {epoch}, batch {i}; the step was not applied "
-                        "(lower the learning rate or check the data)"
-                    )
                 loss.backward()
-                if before_step is not None:
-                    before_step(out)
-                optimizer.step()
-                if scheduler is not None:
-                    scheduler.step()
-                rec = {"step": float(len(history)), "epoch": float(epoch), "loss": loss.item(),
-                       "lr": float(optimizer.param_groups[0]["lr"])}
+                applied = guard.check(loss)  # counts a skip; raises after max_consecutive_skips in a row
+                if applied:
+                    if before_step is not None:
+                        before_step(out)
+                    optimizer.step()
+                    if scheduler is not None:
+                        scheduler.step()
+                rec = {
+                    "step": float(global_step),
+                    "epoch": float(epoch),
+                    "loss": loss.item(),
+                    "lr": float(optimizer.param_groups[0]["lr"]),
+                    "skipped": 0.0 if applied else 1.0,
+                }
                 if isinstance(out, ELBOTerms):
                     rec.update(nll=out.nll.item(), kl=out.kl.item())
                 history.append(rec)
+                global_step += 1
                 if bar is not None:
                     bar.update(task, advance=1, info=f"loss {rec['loss']:.4f}")
+                if on_step is not None:
+                    # at an epoch boundary the next epoch's order comes from the generator's current state
+                    resume_state = (
+                        (generator.get_state() if generator is not None else None)
+                        if i == steps_per_epoch - 1
+                        else epoch_state
+                    )
+                    if on_step(LoopState(global_step, epoch, resume_state, history, guard)):
+                        return history
     finally:
         if own:
             bar.stop()

@@ -1,0 +1,102 @@
+"""`uncertlr train`: run folder, SIGINT/SIGTERM checkpoint-and-exit, bit-identical --resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from uncertlr.cli import main
+from uncertlr.runs import read_json
+
+ARGS = [
+    "--epochs",
+    "20",
+    "--hidden",
+    "16",
+    "--batch-size",
+    "16",
+    "--num-samples",
+    "4",
+    "--checkpoint-every",
+    "1000000",
+]
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-c", "import sys; from uncertlr.cli import main; sys.exit(main())", *args]
+
+
+def _env():
+    return dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", COLUMNS="120")
+
+
+def _final_state(run_dir):
+    return torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref")
+    subprocess.run(
+        _cli("train", "--out", str(out), *ARGS), check=True, env=_env(), capture_output=True, timeout=300
+    )
+    (run,) = out.iterdir()
+    return run
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_writes_checkpoint_and_resume_is_bit_identical(tmp_path, uninterrupted, sig):
+    proc = subprocess.Popen(
+        _cli("train", "--out", str(tmp_path), *ARGS),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    for line in proc.stdout:  # wait until the loop is running
+        if "training started" in line:
+            break
+    time.sleep(0.3)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, err[-2000:]
+    assert "Traceback" not in err and "uncertlr train --resume" in out.replace("\n", "")
+    (run,) = tmp_path.iterdir()
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    total = read_json(uninterrupted / "metrics.json")["config"]["epochs"] * 85
+    assert 0 < ckpt["step"] < total
+    assert not (run / "metrics.json").exists()  # results are written only by a finished run
+
+    res = subprocess.run(
+        _cli("train", "--resume", str(run)), capture_output=True, text=True, env=_env(), timeout=300
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    a, b = _final_state(run), _final_state(uninterrupted)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # the RNG stream continues exactly too, so even the sampled predictions agree (wall time aside)
+    got, ref = (read_json(r / "metrics.json")["models"]["bnn"] for r in (run, uninterrupted))
+    assert {k: v for k, v in got.items() if k != "seconds"} == {
+        k: v for k, v in ref.items() if k != "seconds"
+    }
+
+
+def test_train_in_process_and_bad_resume(tmp_path):
+    assert (
+        main(["train", "--out", str(tmp_path), "--epochs", "2", "--hidden", "8", "--num-samples", "2"]) == 0
+    )
+    (run,) = tmp_path.iterdir()
+    m = read_json(run / "metrics.json")
+    assert m["models"]["bnn"]["skipped_steps"] == 0 and m["task"] == "digits"
+    assert {"checkpoint.pt", "config.json", "history.json", "predictions.npz", "reliability.png"} <= {
+        p.name for p in run.iterdir()
+    }
+    with pytest.raises(FileNotFoundError, match="cannot resume"):
+        main(["train", "--resume", str(tmp_path / "nope")])

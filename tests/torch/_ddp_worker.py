@@ -1,0 +1,50 @@
+"""Worker for the DDP test: run with torchrun; trains a BNN and saves its parameters per rank.
+
+Usage: torchrun --standalone --nproc_per_node=2 tests/torch/_ddp_worker.py OUT_DIR [STEPS]
+With no process group (plain python) it trains on the combined batch as a single process.
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from uncertlr.torch import bayesian
+from uncertlr.torch.distributed import ELBOLoss, init_from_env
+from uncertlr.torch.training import fit
+from uncertlr_models import MLP
+
+
+def main() -> None:
+    out, steps = Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 12
+    info = init_from_env()
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(96, 10, generator=g), torch.randint(0, 4, (96,), generator=g)
+    bnn = bayesian(MLP(10, (16,), 4), num_data=96, init_scale=0.05)
+    init = [p.detach().clone() for p in bnn.parameters()]
+    loss = DDP(ELBOLoss(bnn), broadcast_buffers=False) if info.world_size > 1 else ELBOLoss(bnn)
+    opt = torch.optim.Adam(bnn.parameters(), lr=1e-2)
+    hist = fit(
+        loss,
+        opt,
+        x,
+        y,
+        epochs=steps // 4,
+        batch_size=24,
+        generator=torch.Generator().manual_seed(2),
+        shard=(info.rank, info.world_size) if info.world_size > 1 else None,
+        progress=False,
+    )
+    name = f"rank{info.rank}.pt" if info.world_size > 1 else "single.pt"
+    torch.save(
+        {"params": [p.detach() for p in bnn.parameters()], "init": init, "losses": [h["loss"] for h in hist]},
+        out / name,
+    )
+    if info.world_size > 1:
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
