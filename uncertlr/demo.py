@@ -1,6 +1,9 @@
 """``uncertlr demo``: a Bayesian MLP beside the same deterministic MLP on sklearn's digits.
 
-Trains both with a progress bar, then scores them on the test set and on an
+Four models: ``deterministic``, ``bnn``, and the same BNN with the LR modulator —
+``bnn+g1`` (global G1 ratio rule on the batch's predictive entropy, κ = −0.5) and
+``bnn+p2`` (per-weight gradient × posterior-std rule, κ = −0.5, mean-1 per tensor).
+Trains each with a progress bar, then scores them on the test set and on an
 out-of-distribution set (the test images with their pixels shuffled), prints a
 table and writes a run folder with ``metrics.json``, a reliability diagram,
 uncertainty histograms, the predictive samples and the training histories.
@@ -24,9 +27,10 @@ import torch.nn.functional as F
 from uncertlr import metrics, priors
 from uncertlr.data import load_digits, shuffle_pixels
 from uncertlr.evaluation import classification_summary
+from uncertlr.modulation import GradSigmaRatio, Ratio
 from uncertlr.plotting import reliability_diagram, save_figure, uncertainty_histograms
 from uncertlr.runs import METRICS_SCHEMA, atomic_write, environment, new_run_dir, write_json
-from uncertlr.torch import bayesian
+from uncertlr.torch import Modulator, batch_entropy, bayesian
 from uncertlr.torch.training import fit, progress_bar
 
 __all__ = ["DemoConfig", "results_table", "run_demo"]
@@ -57,33 +61,82 @@ def _train_deterministic(cfg: DemoConfig, x: torch.Tensor, y: torch.Tensor, bar:
     opt = torch.optim.Adam(net.parameters(), lr=cfg.det_lr)
     total = cfg.det_epochs * -(-len(x) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
-    hist = fit(lambda xb, yb: F.cross_entropy(net(xb), yb), opt, x, y, epochs=cfg.det_epochs,
-               batch_size=cfg.batch_size, scheduler=sched, progress=bar, description="deterministic",
-               generator=torch.Generator().manual_seed(cfg.seed))
+    hist = fit(
+        lambda xb, yb: F.cross_entropy(net(xb), yb),
+        opt,
+        x,
+        y,
+        epochs=cfg.det_epochs,
+        batch_size=cfg.batch_size,
+        scheduler=sched,
+        progress=bar,
+        description="deterministic",
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
     net.eval()
     return (lambda xx: torch.softmax(net(xx), -1)[None]), hist
 
 
-def _train_bnn(cfg: DemoConfig, x: torch.Tensor, y: torch.Tensor, bar: Any):
+def _train_bnn(
+    cfg: DemoConfig, x: torch.Tensor, y: torch.Tensor, bar: Any, *, rule: Any = None, name: str = "bnn"
+):
+    """Train the BNN; with ``rule``, an LR modulator scales every Adam step (G1: by the batch's
+    predictive entropy from the ELBO's own outputs; P2: per weight, by gradient × posterior std)."""
     from uncertlr_models import MLP
 
     torch.manual_seed(cfg.seed)
-    bnn = bayesian(MLP(x.shape[1], cfg.hidden, 10), num_data=len(x), prior=priors.Normal(cfg.prior_scale),
-                   kl_weight=cfg.kl_weight, init_scale=cfg.init_scale)
+    bnn = bayesian(
+        MLP(x.shape[1], cfg.hidden, 10),
+        num_data=len(x),
+        prior=priors.Normal(cfg.prior_scale),
+        kl_weight=cfg.kl_weight,
+        init_scale=cfg.init_scale,
+    )
     opt = torch.optim.Adam(bnn.parameters(), lr=cfg.lr)
     total = cfg.epochs * -(-len(x) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
-    hist = fit(bnn.elbo, opt, x, y, epochs=cfg.epochs, batch_size=cfg.batch_size, scheduler=sched, progress=bar,
-               description="bnn", generator=torch.Generator().manual_seed(cfg.seed))
+    before_step = None
+    mod = None
+    if rule is not None:
+        per_param = bool(getattr(rule, "per_parameter", False))
+        mod = Modulator(rule, sigma=bnn if per_param else None).attach(opt)
+        before_step = lambda terms: mod.observe(batch_entropy(terms.outputs))  # noqa: E731
+    hist = fit(
+        bnn.elbo,
+        opt,
+        x,
+        y,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        scheduler=sched,
+        progress=bar,
+        description=name,
+        generator=torch.Generator().manual_seed(cfg.seed),
+        before_step=before_step,
+    )
+    if mod is not None:  # history.json: the modulator's signal and factor beside each step's loss and lr
+        for rec, m in zip(hist, mod.history):
+            rec.update({k: m[k] for k in ("signal", "scale", "scale_min", "scale_max") if k in m})
     return (lambda xx: bnn.predict(xx, num_samples=cfg.num_samples)), hist
+
+
+#: The demo's models, in order: name -> modulation rule (None: no modulator).
+MODULATED = {"bnn+g1": Ratio(kappa=-0.5), "bnn+p2": GradSigmaRatio(kappa=-0.5)}
 
 
 #: Rows of the results table: (metrics.json key, label, format).
 TABLE_ROWS = (
-    ("accuracy", "accuracy", ".3f"), ("nll", "NLL", ".3f"), ("brier", "Brier", ".3f"), ("ece", "ECE (15 bins)", ".3f"),
-    ("entropy_in", "entropy, test", ".3f"), ("mi_in", "mutual information, test", ".3f"),
-    ("entropy_ood", "entropy, OOD", ".3f"), ("mi_ood", "mutual information, OOD", ".3f"),
-    ("auroc_mi", "OOD AUROC of MI", ".3f"), ("auroc_entropy", "OOD AUROC of entropy", ".3f"), ("seconds", "seconds", ".1f"),
+    ("accuracy", "accuracy", ".3f"),
+    ("nll", "NLL", ".3f"),
+    ("brier", "Brier", ".3f"),
+    ("ece", "ECE (15 bins)", ".3f"),
+    ("entropy_in", "entropy, test", ".3f"),
+    ("mi_in", "mutual information, test", ".3f"),
+    ("entropy_ood", "entropy, OOD", ".3f"),
+    ("mi_ood", "mutual information, OOD", ".3f"),
+    ("auroc_mi", "OOD AUROC of MI", ".3f"),
+    ("auroc_entropy", "OOD AUROC of entropy", ".3f"),
+    ("seconds", "seconds", ".1f"),
 )
 
 
@@ -110,14 +163,21 @@ def run_demo(out: str | Path = "runs", config: DemoConfig | None = None, *, cons
     x, y = torch.from_numpy(split.x_train), torch.from_numpy(split.y_train)
     xt, yt = torch.from_numpy(split.x_test), torch.from_numpy(split.y_test)
     xo = torch.from_numpy(shuffle_pixels(split.x_test, seed=cfg.seed + 1))
-    console.print(f"[bold]uncertlr demo[/]: digits, {len(x)} train / {len(xt)} test images, "
-                  f"OOD = test images with shuffled pixels; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    console.print(
+        f"[bold]uncertlr demo[/]: digits, {len(x)} train / {len(xt)} test images, "
+        f"OOD = test images with shuffled pixels; torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
 
     results: dict[str, dict[str, float]] = {}
     preds: dict[str, np.ndarray] = {"labels": split.y_test}
     histories: dict[str, list[dict[str, float]]] = {}
     with progress_bar() as bar:
-        for name, train in (("deterministic", _train_deterministic), ("bnn", _train_bnn)):
+        trainers = {"deterministic": _train_deterministic, "bnn": _train_bnn}
+        for mod_name, rule in MODULATED.items():
+            trainers[mod_name] = lambda c, a, b, bb, r=rule, n=mod_name: _train_bnn(
+                c, a, b, bb, rule=r, name=n
+            )
+        for name, train in trainers.items():
             t0 = time.perf_counter()
             predict, hist = train(cfg, x, y, bar)
             with torch.no_grad():
@@ -132,14 +192,26 @@ def run_demo(out: str | Path = "runs", config: DemoConfig | None = None, *, cons
 
     run = new_run_dir(out, "demo")
     env = environment()
-    write_json(run / "metrics.json", {
-        "schema": METRICS_SCHEMA, "task": "digits", "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "seed": cfg.seed, "device": "cpu", "versions": env["versions"], "python": env["python"],
-        "config": asdict(cfg), "ood": "test images with shuffled pixels", "models": results,
-    })
+    write_json(
+        run / "metrics.json",
+        {
+            "schema": METRICS_SCHEMA,
+            "task": "digits",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "seed": cfg.seed,
+            "device": "cpu",
+            "versions": env["versions"],
+            "python": env["python"],
+            "config": asdict(cfg),
+            "ood": "test images with shuffled pixels",
+            "models": results,
+        },
+    )
     write_json(run / "history.json", histories)
     atomic_write(run / "predictions.npz", lambda f: np.savez_compressed(f, **preds))
-    save_figure(reliability_diagram({k: (preds[f"{k}_test"], split.y_test) for k in results}), run / "reliability.png")
+    save_figure(
+        reliability_diagram({k: (preds[f"{k}_test"], split.y_test) for k in results}), run / "reliability.png"
+    )
     scores = {}
     for k in results:
         d_in = metrics.uncertainty_decomposition(preds[f"{k}_test"])
@@ -148,5 +220,7 @@ def run_demo(out: str | Path = "runs", config: DemoConfig | None = None, *, cons
         if k != "deterministic":
             scores[f"{k}: mutual information"] = (d_in.epistemic, d_out.epistemic)
     save_figure(uncertainty_histograms(scores), run / "uncertainty.png")
-    console.print(f"run folder: [bold]{run}[/] (metrics.json, reliability.png, uncertainty.png, predictions.npz, history.json)")
+    console.print(
+        f"run folder: [bold]{run}[/] (metrics.json, reliability.png, uncertainty.png, predictions.npz, history.json)"
+    )
     return run

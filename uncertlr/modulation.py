@@ -418,7 +418,41 @@ _PARAM_DOC_FIELDS = """
 
 
 @dataclass(frozen=True)
-class SigmaRatio:
+class _PerParameterRule:
+    """Fields and plumbing shared by the per-parameter rules; subclasses define ``_measure``."""
+
+    kappa: float = -0.5
+    s_min: float = 0.25
+    s_max: float = 4.0
+    renormalize: bool = True
+    decay: float = 0.9
+    warmup: int = 20
+
+    per_parameter: ClassVar[bool] = True
+    _uses_grad: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        _check_rule_fields(self)
+
+    def init(self, like: Array) -> ParamState:
+        """Initial state for a tensor shaped like ``like``."""
+        return _param_init(like, with_ema=self._uses_grad)
+
+    def update(self, signal: ParamSignal, state: ParamState) -> tuple[Array, ParamState]:
+        """Elementwise factors for one tensor and the new state."""
+        xp, sigma = _sigma(self, signal)
+        if self._uses_grad and signal.grad is None:
+            raise ValueError(f"{type(self).__name__} needs the gradient: ParamSignal(grad=..., sigma=...)")
+        with _quiet(xp):
+            raw, ema = self._measure(signal, sigma, state)
+            return _param_finish(self, xp, raw, state, ema)
+
+    def _measure(self, signal: ParamSignal, sigma: Array, state: ParamState) -> tuple[Array, Array]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class SigmaRatio(_PerParameterRule):
     __doc__ = (
         """P1: ``s_j = clip((σ_j / mean σ)^κ, s_min, s_max)`` — a scale-free UCB on the posterior std.
 
@@ -432,31 +466,12 @@ class SigmaRatio:
         + _PARAM_DOC_FIELDS
     )
 
-    kappa: float = -0.5
-    s_min: float = 0.25
-    s_max: float = 4.0
-    renormalize: bool = True
-    decay: float = 0.9
-    warmup: int = 20
-
-    per_parameter: ClassVar[bool] = True
-
-    def __post_init__(self) -> None:
-        _check_rule_fields(self)
-
-    def init(self, like: Array) -> ParamState:
-        """Initial state for a tensor shaped like ``like``."""
-        return _param_init(like, with_ema=False)
-
-    def update(self, signal: ParamSignal, state: ParamState) -> tuple[Array, ParamState]:
-        """Elementwise factors for one tensor and the new state."""
-        xp, sigma = _sigma(self, signal)
-        with _quiet(xp):
-            return _param_finish(self, xp, sigma, state, state.ema)
+    def _measure(self, signal: ParamSignal, sigma: Array, state: ParamState) -> tuple[Array, Array]:
+        return sigma, state.ema
 
 
 @dataclass(frozen=True)
-class GradSigmaRatio:
+class GradSigmaRatio(_PerParameterRule):
     __doc__ = (
         """P2: ``s_j = clip((|ĝ_j| σ_j / mean |ĝ| σ)^κ, s_min, s_max)``, ``ĝ`` an EMA of the gradient.
 
@@ -475,35 +490,16 @@ class GradSigmaRatio:
         + _PARAM_DOC_FIELDS
     )
 
-    kappa: float = -0.5
-    s_min: float = 0.25
-    s_max: float = 4.0
-    renormalize: bool = True
-    decay: float = 0.9
-    warmup: int = 20
+    _uses_grad: ClassVar[bool] = True
 
-    per_parameter: ClassVar[bool] = True
-
-    def __post_init__(self) -> None:
-        _check_rule_fields(self)
-
-    def init(self, like: Array) -> ParamState:
-        """Initial state for a tensor shaped like ``like``."""
-        return _param_init(like, with_ema=True)
-
-    def update(self, signal: ParamSignal, state: ParamState) -> tuple[Array, ParamState]:
-        """Elementwise factors for one tensor and the new state."""
-        xp, sigma = _sigma(self, signal)
-        if signal.grad is None:
-            raise ValueError("GradSigmaRatio needs the gradient: ParamSignal(grad=..., sigma=...)")
-        with _quiet(xp):
-            d = self.decay
-            ema = d * state.ema + (1.0 - d) * signal.grad
-            return _param_finish(self, xp, xp.abs(ema) * sigma, state, ema)
+    def _measure(self, signal: ParamSignal, sigma: Array, state: ParamState) -> tuple[Array, Array]:
+        xp = namespace(sigma)
+        ema = self.decay * state.ema + (1.0 - self.decay) * signal.grad
+        return xp.abs(ema) * sigma, ema
 
 
 @dataclass(frozen=True)
-class VarianceRatio:
+class VarianceRatio(_PerParameterRule):
     __doc__ = (
         """P3: ``s_j = clip((σ_j² / mean σ²)^κ, s_min, s_max)`` — the BGD/IVON direction for κ > 0.
 
@@ -521,26 +517,9 @@ class VarianceRatio:
     )
 
     kappa: float = 1.0
-    s_min: float = 0.25
-    s_max: float = 4.0
-    renormalize: bool = True
-    decay: float = 0.9
-    warmup: int = 20
 
-    per_parameter: ClassVar[bool] = True
-
-    def __post_init__(self) -> None:
-        _check_rule_fields(self)
-
-    def init(self, like: Array) -> ParamState:
-        """Initial state for a tensor shaped like ``like``."""
-        return _param_init(like, with_ema=False)
-
-    def update(self, signal: ParamSignal, state: ParamState) -> tuple[Array, ParamState]:
-        """Elementwise factors for one tensor and the new state."""
-        xp, sigma = _sigma(self, signal)
-        with _quiet(xp):
-            return _param_finish(self, xp, sigma * sigma, state, state.ema)
+    def _measure(self, signal: ParamSignal, sigma: Array, state: ParamState) -> tuple[Array, Array]:
+        return sigma * sigma, state.ema
 
 
 #: Short names used in DESIGN.md, the demo (``bnn+g1``, ``bnn+p2``) and the benchmarks.
