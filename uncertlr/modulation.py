@@ -224,15 +224,15 @@ def _global_step(
 def _global_finish(
     rule: Any, xp: Any, s: Array, u0: Array, finite: Array, active: Array, state: GlobalState
 ) -> tuple[Array, GlobalState]:
-    s = xp.where(active, s, 1.0)
-    s = xp.where(finite, s, state.scale)
+    dt = state.scale.dtype
+    s = xp.asarray(xp.where(finite, xp.where(active, s, 1.0), state.scale), dtype=dt)
     d = rule.decay
-    one = xp.where(finite, 1.0, 0.0)
+    one = xp.asarray(xp.where(finite, 1.0, 0.0), dtype=dt)
     new = GlobalState(
         step=state.step + 1.0,
         count=state.count + one,
-        mean=xp.where(finite, d * state.mean + (1.0 - d) * u0, state.mean),
-        sq=xp.where(finite, d * state.sq + (1.0 - d) * u0 * u0, state.sq),
+        mean=xp.asarray(xp.where(finite, d * state.mean + (1.0 - d) * u0, state.mean), dtype=dt),
+        sq=xp.asarray(xp.where(finite, d * state.sq + (1.0 - d) * u0 * u0, state.sq), dtype=dt),
         scale=s,
         nonfinite=state.nonfinite + (1.0 - one),
     )

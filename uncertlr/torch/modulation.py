@@ -53,6 +53,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -167,8 +168,15 @@ def _rule_id(rule: Any) -> dict[str, Any]:
     return {"class": f"{type(rule).__module__}.{type(rule).__qualname__}", "fields": fields}
 
 
+def _is_numpy(x: Any) -> bool:
+    return isinstance(x, (np.ndarray, np.generic))
+
+
 def _state_to_dict(state: Any) -> dict[str, Tensor]:
-    return {k: v.detach().clone() for k, v in state._asdict().items()}
+    return {
+        k: torch.from_numpy(np.array(v)) if _is_numpy(v) else v.detach().clone()
+        for k, v in state._asdict().items()
+    }
 
 
 def _state_from_dict(like: Any, saved: Mapping[str, Tensor], where: str) -> Any:
@@ -180,7 +188,10 @@ def _state_from_dict(like: Any, saved: Mapping[str, Tensor], where: str) -> Any:
         ref, v = getattr(like, k), saved[k]
         if tuple(v.shape) != tuple(ref.shape):
             raise ValueError(f"{where}.{k}: saved shape {tuple(v.shape)} does not match {tuple(ref.shape)}")
-        out[k] = v.detach().to(device=ref.device, dtype=ref.dtype).clone()
+        if _is_numpy(ref):
+            out[k] = np.array(v.detach().cpu().numpy(), dtype=ref.dtype)
+        else:
+            out[k] = v.detach().to(device=ref.device, dtype=ref.dtype).clone()
     return type(like)(**out)
 
 
@@ -255,7 +266,15 @@ class Modulator:
         if self.per_parameter:
             self._targets = self._build_targets(params)
         else:
-            self._state = self.rule.init(torch.zeros((), dtype=torch.float32, device=params[0].device))
+            dev = params[0].device
+            # On the CPU the scalar state lives in numpy: the same rule code, a few times less
+            # per-op overhead than 0-d torch tensors. Elsewhere it stays on the device (no sync).
+            like = (
+                np.zeros((), np.float32)
+                if dev.type == "cpu"
+                else torch.zeros((), dtype=torch.float32, device=dev)
+            )
+            self._state = self.rule.init(like)
         self._optimizer = optimizer
         self._handles = [
             optimizer.register_step_pre_hook(self._pre_hook),
@@ -325,7 +344,8 @@ class Modulator:
         """The factor of the last step: a 0-d tensor (global rule) or one tensor per modulated
         parameter, shaped like it (per-parameter rule); ``None`` before the first step."""
         if not self.per_parameter:
-            return self._last_scale
+            s = self._last_scale
+            return torch.as_tensor(np.asarray(s)) if _is_numpy(s) else s
         if not self._targets or self._targets[0].scales is None:
             return None
         return [
@@ -355,7 +375,10 @@ class Modulator:
                     "Modulator: call observe(signal) before every optimizer.step() "
                     "(a global rule needs this step's signal)"
                 )
-            s, self._state = self.rule.update(u.to(self._state.scale.device), self._state)
+            if _is_numpy(self._state.scale):
+                s, self._state = self.rule.update(np.float32(float(u)), self._state)
+            else:
+                s, self._state = self.rule.update(u.to(self._state.scale.device), self._state)
             self._last_scale = s
             factor = float(s)
             self._saved_lr = [g["lr"] for g in optimizer.param_groups]
