@@ -133,7 +133,7 @@ class Run:
         else:
             loss = F.cross_entropy(self.net(xb), yb)
             loss.backward()
-        value = float(loss)
+        value = float(loss.detach())
         if not math.isfinite(value):
             raise FloatingPointError(f"loss {value}")
         self.opt.step()
@@ -254,7 +254,7 @@ def main(argv=None) -> int:
     p.add_argument("--lrs", type=float, nargs="+", default=None)
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--methods", nargs="+", default=None, choices=METHODS)
-    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default 40, quick 3)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default 30, quick 3)")
     p.add_argument("--num-samples", type=int, default=16, help="posterior samples for the final metrics")
     p.add_argument("--target", type=float, default=None, help="accuracy target (default 0.95 × best mean)")
     p.add_argument(
@@ -265,7 +265,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     lrs = sorted(args.lrs or ((1e-3, 1e-2) if args.quick else LRS))
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
-    epochs = args.epochs or (3 if args.quick else 40)
+    epochs = args.epochs or (3 if args.quick else 30)
     methods = list(args.methods or METHODS)
     if "ivon" in methods:
         try:

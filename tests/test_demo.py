@@ -55,7 +55,7 @@ def test_run_folder_contents(demo_run):
         h = hist[name]
         assert len(h) == 150 * 22 and {"signal", "scale"} <= set(h[-1])
         assert all(r["scale"] == 1.0 for r in h[:20])  # warm-up
-        lo, hi = (("scale", "scale") if name == "bnn+g1" else ("scale_min", "scale_max"))
+        lo, hi = ("scale", "scale") if name == "bnn+g1" else ("scale_min", "scale_max")
         assert any(r[lo] < 0.999 or r[hi] > 1.001 for r in h[20:])  # then the modulator acts
     g1 = [r["scale"] for r in hist["bnn+g1"]]
     assert 0.5 <= min(g1) and max(g1) <= 2.0
