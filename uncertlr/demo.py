@@ -120,7 +120,7 @@ def _train_bnn(
     return (lambda xx: bnn.predict(xx, num_samples=cfg.num_samples)), hist
 
 
-#: The demo's models, in order: name -> modulation rule (None: no modulator).
+#: The modulated BNNs the demo trains after `deterministic` and `bnn`: name -> rule.
 MODULATED = {"bnn+g1": Ratio(kappa=-0.5), "bnn+p2": GradSigmaRatio(kappa=-0.5)}
 
 
