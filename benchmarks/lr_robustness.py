@@ -223,7 +223,7 @@ def plot(rows, lrs, ranges, target, path: Path, title: str) -> None:
 
     from uncertlr.plotting import save_figure
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(10.5, 5), layout="constrained")
     for m, info in ranges.items():
         sd = []
         for lr in lrs:
@@ -243,7 +243,7 @@ def plot(rows, lrs, ranges, target, path: Path, title: str) -> None:
     ax.set_xlabel("base learning rate")
     ax.set_ylabel("final test accuracy (mean ± sd over seeds)")
     ax.set_title(title)
-    ax.legend(fontsize=8, loc="lower center")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_ylim(0, 1.02)
     save_figure(fig, path)
 
@@ -304,12 +304,14 @@ def main(argv=None) -> int:
         hit = [step for step, acc in r["curve"] if acc >= 0.95 * best_acc]
         r["steps_to_95pct_best"] = hit[0] if hit else None
     ranges = lr_ranges(rows, lrs, target)
+    strict = lr_ranges(rows, lrs, 0.99 * best_acc)  # a second, stricter reading of the same runs
     summary = [
         {
             "method": m,
             "best_lr": info["best_lr"],
             "best_accuracy": info["best_accuracy"],
             "range": info["range"],
+            "range_99pct": strict[m]["range"],
             "range_vs_adam_constant": (info["range"] / ranges["adam-constant"]["range"])
             if ranges.get("adam-constant", {}).get("range")
             else None,
@@ -325,6 +327,7 @@ def main(argv=None) -> int:
             ("best_accuracy", "acc at best LR", ".3f"),
             ("range", "working LR range (×)", ".1f"),
             ("range_vs_adam_constant", "vs adam-constant", ".2f"),
+            ("range_99pct", "range at 99% of best (×)", ".1f"),
         ],
     )
     per_lr = [
