@@ -31,13 +31,17 @@ def test_demo_meets_its_targets(demo_run):
     assert m["models"]["deterministic"]["mi_in"] == 0.0
     assert bnn["mi_ood"] > 5 * bnn["mi_in"]
     assert sum(r["seconds"] for r in m["models"].values()) < 60
+    # the modulated BNNs (issue 3) train as well as the plain one
+    for name in ("bnn+g1", "bnn+p2"):
+        assert m["models"][name]["accuracy"] >= 0.93, name
 
 
 def test_run_folder_contents(demo_run):
     m = json.loads((demo_run / "metrics.json").read_text())
     assert m["schema"] == METRICS_SCHEMA and m["task"] == "digits"
     assert {"torch", "pyro-ppl", "numpy"} <= set(m["versions"])
-    for model in ("deterministic", "bnn"):
+    assert list(m["models"]) == ["deterministic", "bnn", "bnn+g1", "bnn+p2"]
+    for model in m["models"]:
         assert set(CLASSIFICATION_KEYS) <= set(m["models"][model])
     for png in ("reliability.png", "uncertainty.png"):
         with Image.open(demo_run / png) as im:
@@ -46,6 +50,17 @@ def test_run_folder_contents(demo_run):
     assert preds["bnn_test"].shape == (64, 450, 10) and preds["deterministic_test"].shape == (1, 450, 10)
     hist = json.loads((demo_run / "history.json").read_text())
     assert len(hist["bnn"]) == 150 * 22 and hist["bnn"][-1]["loss"] < hist["bnn"][0]["loss"]
+    for name in ("bnn+g1", "bnn+p2"):
+        assert preds[f"{name}_test"].shape == (64, 450, 10)
+        h = hist[name]
+        assert len(h) == 150 * 22 and {"signal", "scale"} <= set(h[-1])
+        assert all(r["scale"] == 1.0 for r in h[:20])  # warm-up
+        lo, hi = ("scale", "scale") if name == "bnn+g1" else ("scale_min", "scale_max")
+        assert any(r[lo] < 0.999 or r[hi] > 1.001 for r in h[20:])  # then the modulator acts
+    g1 = [r["scale"] for r in hist["bnn+g1"]]
+    assert 0.5 <= min(g1) and max(g1) <= 2.0
+    # the cosine schedule is the same with and without the modulator
+    assert [r["lr"] for r in hist["bnn+g1"]] == [r["lr"] for r in hist["bnn"]]
 
 
 def test_second_run_never_overwrites(tmp_path):

@@ -1,6 +1,9 @@
 """``uncertlr demo``: a Bayesian MLP beside the same deterministic MLP on sklearn's digits.
 
-Trains both with a progress bar, then scores them on the test set and on an
+Four models: ``deterministic``, ``bnn``, and the same BNN with the LR modulator —
+``bnn+g1`` (global G1 ratio rule on the batch's predictive entropy, κ = −0.5) and
+``bnn+p2`` (per-weight gradient × posterior-std rule, κ = −0.5, mean-1 per tensor).
+Trains each with a progress bar, then scores them on the test set and on an
 out-of-distribution set (the test images with their pixels shuffled), prints a
 table and writes a run folder with ``metrics.json``, a reliability diagram,
 uncertainty histograms, the predictive samples and the training histories.
@@ -24,9 +27,10 @@ import torch.nn.functional as F
 from uncertlr import metrics, priors
 from uncertlr.data import load_digits, shuffle_pixels
 from uncertlr.evaluation import classification_summary
+from uncertlr.modulation import GradSigmaRatio, Ratio
 from uncertlr.plotting import reliability_diagram, save_figure, uncertainty_histograms
 from uncertlr.runs import METRICS_SCHEMA, atomic_write, environment, new_run_dir, write_json
-from uncertlr.torch import bayesian
+from uncertlr.torch import Modulator, batch_entropy, bayesian
 from uncertlr.torch.training import fit, progress_bar
 
 __all__ = ["DemoConfig", "results_table", "run_demo"]
@@ -73,7 +77,11 @@ def _train_deterministic(cfg: DemoConfig, x: torch.Tensor, y: torch.Tensor, bar:
     return (lambda xx: torch.softmax(net(xx), -1)[None]), hist
 
 
-def _train_bnn(cfg: DemoConfig, x: torch.Tensor, y: torch.Tensor, bar: Any):
+def _train_bnn(
+    cfg: DemoConfig, x: torch.Tensor, y: torch.Tensor, bar: Any, *, rule: Any = None, name: str = "bnn"
+):
+    """Train the BNN; with ``rule``, an LR modulator scales every Adam step (G1: by the batch's
+    predictive entropy from the ELBO's own outputs; P2: per weight, by gradient × posterior std)."""
     from uncertlr_models import MLP
 
     torch.manual_seed(cfg.seed)
@@ -87,6 +95,12 @@ def _train_bnn(cfg: DemoConfig, x: torch.Tensor, y: torch.Tensor, bar: Any):
     opt = torch.optim.Adam(bnn.parameters(), lr=cfg.lr)
     total = cfg.epochs * -(-len(x) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
+    before_step = None
+    mod = None
+    if rule is not None:
+        per_param = bool(getattr(rule, "per_parameter", False))
+        mod = Modulator(rule, sigma=bnn if per_param else None).attach(opt)
+        before_step = lambda terms: mod.observe(batch_entropy(terms.outputs))  # noqa: E731
     hist = fit(
         bnn.elbo,
         opt,
@@ -96,10 +110,18 @@ def _train_bnn(cfg: DemoConfig, x: torch.Tensor, y: torch.Tensor, bar: Any):
         batch_size=cfg.batch_size,
         scheduler=sched,
         progress=bar,
-        description="bnn",
+        description=name,
         generator=torch.Generator().manual_seed(cfg.seed),
+        before_step=before_step,
     )
+    if mod is not None:  # history.json: the modulator's signal and factor beside each step's loss and lr
+        for rec, m in zip(hist, mod.history):
+            rec.update({k: m[k] for k in ("signal", "scale", "scale_min", "scale_max") if k in m})
     return (lambda xx: bnn.predict(xx, num_samples=cfg.num_samples)), hist
+
+
+#: The modulated BNNs the demo trains after `deterministic` and `bnn`: name -> rule.
+MODULATED = {"bnn+g1": Ratio(kappa=-0.5), "bnn+p2": GradSigmaRatio(kappa=-0.5)}
 
 
 #: Rows of the results table: (metrics.json key, label, format).
@@ -150,7 +172,12 @@ def run_demo(out: str | Path = "runs", config: DemoConfig | None = None, *, cons
     preds: dict[str, np.ndarray] = {"labels": split.y_test}
     histories: dict[str, list[dict[str, float]]] = {}
     with progress_bar() as bar:
-        for name, train in (("deterministic", _train_deterministic), ("bnn", _train_bnn)):
+        trainers = {"deterministic": _train_deterministic, "bnn": _train_bnn}
+        for mod_name, rule in MODULATED.items():
+            trainers[mod_name] = lambda c, a, b, bb, r=rule, n=mod_name: _train_bnn(
+                c, a, b, bb, rule=r, name=n
+            )
+        for name, train in trainers.items():
             t0 = time.perf_counter()
             predict, hist = train(cfg, x, y, bar)
             with torch.no_grad():

@@ -112,7 +112,7 @@ def _is_concrete(x: Array) -> bool:
     return not type(x).__name__.endswith("Tracer")
 
 
-def _check_probs(probs: Array, name: str = "probs") -> tuple[Any, Array]:
+def _check_probs(probs: Array, name: str = "probs", *, validate: bool = True) -> tuple[Any, Array]:
     xp = array_namespace(probs)
     if probs.ndim == 2:
         probs = probs[None, ...]
@@ -124,7 +124,7 @@ def _check_probs(probs: Array, name: str = "probs") -> tuple[Any, Array]:
         raise ValueError(f"{name} needs at least 2 classes on its last axis; got shape {tuple(probs.shape)}")
     if not xp.isdtype(probs.dtype, "real floating"):
         raise TypeError(f"{name} must be a floating-point array; got dtype {probs.dtype}")
-    if _is_concrete(probs) and probs.shape[0] * probs.shape[1] > 0:
+    if validate and _is_concrete(probs) and probs.shape[0] * probs.shape[1] > 0:
         if not bool(xp.all(xp.isfinite(probs))):
             raise ValueError(f"{name} contains NaN or inf")
         if bool(xp.any(probs < 0)) or bool(xp.any(probs > 1 + PROB_SUM_ATOL)):
@@ -183,17 +183,19 @@ def mean_probs(probs: Array) -> Array:
     return xp.mean(probs, axis=0)
 
 
-def predictive_entropy(probs: Array, *, normalized: bool = False) -> Array:
+def predictive_entropy(probs: Array, *, normalized: bool = False, validate: bool = True) -> Array:
     """Total uncertainty ``H[p̄]`` per input, ``[N]``, from ``probs[S, N, C]`` or ``[N, C]``.
 
     With ``normalized=True`` the result is divided by ``log C`` (so it lies in [0, 1]).
+    ``validate=False`` skips the value checks (NaN/inf, range, sums), which read values
+    back to the host: use it inside a training step on an accelerator.
 
     Example:
         >>> import numpy as np
         >>> round(float(predictive_entropy(np.array([[0.5, 0.5]]), normalized=True)[0]), 6)
         1.0
     """
-    xp, probs = _check_probs(probs)
+    xp, probs = _check_probs(probs, validate=validate)
     return _maybe_normalize(_entropy(xp.mean(probs, axis=0), xp), normalized, probs.shape[-1])
 
 
@@ -209,10 +211,11 @@ def expected_entropy(probs: Array, *, normalized: bool = False) -> Array:
     return _maybe_normalize(xp.mean(_entropy(probs, xp), axis=0), normalized, probs.shape[-1])
 
 
-def mutual_information(probs: Array, *, normalized: bool = False) -> Array:
+def mutual_information(probs: Array, *, normalized: bool = False, validate: bool = True) -> Array:
     """Epistemic uncertainty ``H[p̄] - E_s H[p_s]`` per input, ``[N]``, from ``probs[S, N, C]``.
 
     Clipped at 0 against round-off; zero for a point prediction (``S = 1``).
+    ``validate=False`` skips the value checks (see :func:`predictive_entropy`).
 
     Example:
         >>> import numpy as np
@@ -220,10 +223,12 @@ def mutual_information(probs: Array, *, normalized: bool = False) -> Array:
         >>> round(float(mi[0]), 4) == round(float(np.log(2)), 4)
         True
     """
-    return uncertainty_decomposition(probs, normalized=normalized).epistemic
+    return uncertainty_decomposition(probs, normalized=normalized, validate=validate).epistemic
 
 
-def uncertainty_decomposition(probs: Array, *, normalized: bool = False) -> UncertaintyDecomposition:
+def uncertainty_decomposition(
+    probs: Array, *, normalized: bool = False, validate: bool = True
+) -> UncertaintyDecomposition:
     """Total, aleatoric and epistemic uncertainty per input (each ``[N]``) in one pass.
 
     ``total = aleatoric + epistemic`` up to round-off; ``epistemic >= 0``.
@@ -234,7 +239,7 @@ def uncertainty_decomposition(probs: Array, *, normalized: bool = False) -> Unce
         >>> float(d.epistemic.max())
         0.0
     """
-    xp, probs = _check_probs(probs)
+    xp, probs = _check_probs(probs, validate=validate)
     total = _entropy(xp.mean(probs, axis=0), xp)
     aleatoric = xp.mean(_entropy(probs, xp), axis=0)
     epistemic = xp.clip(total - aleatoric, 0.0, None)

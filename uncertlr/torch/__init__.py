@@ -18,5 +18,20 @@ except ImportError as exc:  # pragma: no cover - exercised only without the core
     ) from exc
 
 from uncertlr.torch.bnn import BNN, ELBOTerms, NormalPrediction, bayesian
+from uncertlr.torch.modulation import (
+    Modulator,
+    batch_entropy,
+    batch_mutual_information,
+    confidence_weighted_nll,
+)
 
-__all__ = ["BNN", "ELBOTerms", "NormalPrediction", "bayesian"]
+__all__ = [
+    "BNN",
+    "ELBOTerms",
+    "Modulator",
+    "NormalPrediction",
+    "batch_entropy",
+    "batch_mutual_information",
+    "bayesian",
+    "confidence_weighted_nll",
+]

@@ -1,0 +1,223 @@
+"""The LR modulator as optax transformations, with the same rule objects as the torch adapter.
+
+Place a modulator *after* the preconditioner and before the learning rate, so it scales the
+step the base optimizer proposes (never the gradient)::
+
+    tx = optax.chain(optax.scale_by_adam(), scale_by_uncertainty(Ratio()), optax.scale_by_learning_rate(1e-3))
+    updates, state = tx.update(grads, state, params, uncertainty=u)
+
+* :func:`scale_by_uncertainty` takes a global rule (:class:`~uncertlr.modulation.Ratio`,
+  :class:`~uncertlr.modulation.ZScore`) and the scalar extra argument ``uncertainty=``
+  (batch predictive entropy, mutual information, a loss...), and multiplies every update
+  leaf by the rule's factor;
+* :func:`scale_by_grad_uncertainty` takes a per-parameter rule
+  (:class:`~uncertlr.modulation.SigmaRatio`, :class:`~uncertlr.modulation.GradSigmaRatio`,
+  :class:`~uncertlr.modulation.VarianceRatio`) and ``posterior_scale=`` (a pytree of σ shaped
+  like the updates), and multiplies each element by its own factor. Optionally ``grads=`` gives
+  the raw gradient for the rule's gradient term (by default the incoming updates are used,
+  which *are* the raw gradients when the transformation comes first in the chain).
+
+Both are ``optax.GradientTransformationExtraArgs``, keep their state in NamedTuples of arrays
+and are jit-safe (the rules never branch on values). Under ``pmap``/``shard_map`` pass
+``axis_name=``: the signal (and for per-parameter rules the gradient and σ) is averaged with
+``jax.lax.pmean`` first, so every device applies the same factors.
+
+Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from uncertlr.modulation import Ratio
+    >>> tx = scale_by_uncertainty(Ratio(warmup=1))
+    >>> params = {"w": jnp.ones(2)}
+    >>> state = tx.init(params)
+    >>> for u in [1.0, 4.0]:
+    ...     updates, state = tx.update({"w": jnp.ones(2)}, state, params, uncertainty=u)
+    >>> updates["w"].round(3).tolist()
+    [0.5, 0.5]
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from uncertlr.modulation import GradientNoise, ParamSignal, Rule
+
+__all__ = [
+    "ScaleByGradUncertaintyState",
+    "ScaleByUncertaintyState",
+    "scale_by_grad_uncertainty",
+    "scale_by_uncertainty",
+]
+
+
+class ScaleByUncertaintyState(NamedTuple):
+    """State of :func:`scale_by_uncertainty`: the global rule's state (``rule_state.scale`` is the last factor)."""
+
+    rule_state: Any
+
+
+class ScaleByGradUncertaintyState(NamedTuple):
+    """State of :func:`scale_by_grad_uncertainty`.
+
+    Attributes:
+        rule_state: a pytree shaped like the parameters with one rule state per leaf.
+        noise_state: gradient-noise moments per leaf (``None`` unless ``noise=`` was given).
+    """
+
+    rule_state: Any
+    noise_state: Any
+
+
+def _check_rule(rule: Any, per_parameter: bool, fn: str) -> None:
+    if not (callable(getattr(rule, "init", None)) and callable(getattr(rule, "update", None))):
+        raise TypeError(f"{fn}: rule must have init() and update(signal, state); got {type(rule).__name__}")
+    if bool(getattr(rule, "per_parameter", False)) != per_parameter:
+        other = "scale_by_grad_uncertainty" if not per_parameter else "scale_by_uncertainty"
+        kind = "a per-parameter" if not per_parameter else "a global"
+        raise ValueError(f"{fn}: {type(rule).__name__} is {kind} rule; use {other}")
+
+
+def scale_by_uncertainty(
+    rule: Rule, *, axis_name: str | None = None
+) -> optax.GradientTransformationExtraArgs:
+    """Multiply the updates by a global rule's factor for the step's scalar ``uncertainty``.
+
+    Args:
+        rule: a global rule from :mod:`uncertlr.modulation` (or your own).
+        axis_name: a mapped axis to ``pmean`` the signal over (``pmap``/``shard_map``).
+
+    Returns:
+        A transformation whose ``update(updates, state, params=None, *, uncertainty)`` needs
+        the scalar signal as the keyword ``uncertainty`` (a NaN/inf holds the previous factor).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, optax
+        >>> from uncertlr.modulation import Ratio
+        >>> tx = optax.chain(optax.scale_by_adam(), scale_by_uncertainty(Ratio()), optax.scale_by_learning_rate(1e-3))
+        >>> params = jnp.zeros(3)
+        >>> state = tx.init(params)
+        >>> step = jax.jit(tx.update)
+        >>> updates, state = step(jnp.ones(3), state, params, uncertainty=jnp.float32(0.7))
+        >>> updates.shape
+        (3,)
+    """
+    _check_rule(rule, False, "scale_by_uncertainty")
+
+    def init_fn(params: Any) -> ScaleByUncertaintyState:
+        del params
+        return ScaleByUncertaintyState(rule.init(jnp.zeros((), jnp.float32)))
+
+    def update_fn(
+        updates: Any,
+        state: ScaleByUncertaintyState,
+        params: Any = None,
+        *,
+        uncertainty: Any = None,
+        **extra: Any,
+    ) -> tuple[Any, ScaleByUncertaintyState]:
+        del params, extra
+        if uncertainty is None:
+            raise ValueError("scale_by_uncertainty: pass the step's signal as update(..., uncertainty=u)")
+        u = jnp.asarray(uncertainty, jnp.float32)
+        if u.ndim != 0:
+            raise ValueError(f"scale_by_uncertainty: uncertainty must be a scalar; got shape {u.shape}")
+        if axis_name is not None:
+            u = jax.lax.pmean(u, axis_name)
+        s, rule_state = rule.update(u, state.rule_state)
+        updates = jax.tree.map(lambda g: g * s.astype(g.dtype), updates)
+        return updates, ScaleByUncertaintyState(rule_state)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def scale_by_grad_uncertainty(
+    rule: Rule, *, noise: GradientNoise | None = None, axis_name: str | None = None
+) -> optax.GradientTransformationExtraArgs:
+    """Multiply each element of the updates by a per-parameter rule's factor.
+
+    Args:
+        rule: a per-parameter rule from :mod:`uncertlr.modulation` (or your own with
+            ``per_parameter = True``); the reference mean is taken per leaf (per tensor).
+        noise: a :class:`~uncertlr.modulation.GradientNoise` estimator; with it, a step without
+            ``posterior_scale=`` uses the gradient-noise std as σ (for deterministic nets).
+        axis_name: a mapped axis to ``pmean`` the gradient and σ over.
+
+    Returns:
+        A transformation whose ``update(updates, state, params=None, *, posterior_scale, grads=None)``
+        takes σ as a pytree shaped like ``updates`` and optionally the raw gradient.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from uncertlr.modulation import GradSigmaRatio
+        >>> tx = scale_by_grad_uncertainty(GradSigmaRatio(warmup=0, decay=0.0, renormalize=False))
+        >>> g = {"w": jnp.array([1.0, -1.0, 4.0])}
+        >>> state = tx.init(g)
+        >>> updates, state = tx.update(g, state, posterior_scale={"w": jnp.array([1.0, 4.0, 1.0])})
+        >>> [round(float(r), 3) for r in updates["w"] / g["w"]]
+        [1.732, 0.866, 0.866]
+    """
+    _check_rule(rule, True, "scale_by_grad_uncertainty")
+
+    def init_fn(params: Any) -> ScaleByGradUncertaintyState:
+        rule_state = jax.tree.map(lambda p: rule.init(jnp.zeros(jnp.shape(p), _dtype(p))), params)
+        noise_state = None
+        if noise is not None:
+            noise_state = jax.tree.map(lambda p: noise.init(jnp.zeros(jnp.shape(p), _dtype(p))), params)
+        return ScaleByGradUncertaintyState(rule_state, noise_state)
+
+    def update_fn(
+        updates: Any,
+        state: ScaleByGradUncertaintyState,
+        params: Any = None,
+        *,
+        posterior_scale: Any = None,
+        grads: Any = None,
+        **extra: Any,
+    ) -> tuple[Any, ScaleByGradUncertaintyState]:
+        del params, extra
+        leaves, treedef = jax.tree.flatten(updates)
+        g_leaves = leaves if grads is None else _flatten_like(treedef, grads, "grads")
+        if axis_name is not None:
+            g_leaves = [jax.lax.pmean(g, axis_name) for g in g_leaves]
+        states = treedef.flatten_up_to(state.rule_state)
+        noise_states = None if state.noise_state is None else treedef.flatten_up_to(state.noise_state)
+        if posterior_scale is not None:
+            sig_leaves = _flatten_like(treedef, posterior_scale, "posterior_scale")
+            if axis_name is not None:
+                sig_leaves = [jax.lax.pmean(s, axis_name) for s in sig_leaves]
+        elif noise_states is not None:
+            sig_leaves = []
+            for i, g in enumerate(g_leaves):
+                sg, noise_states[i] = noise.update(g.astype(states[i].scale.dtype), noise_states[i])
+                sig_leaves.append(sg)
+        else:
+            raise ValueError(
+                "scale_by_grad_uncertainty: pass posterior_scale= (σ shaped like the updates), "
+                "or build it with noise=GradientNoise() to estimate σ from the gradients"
+            )
+        out, new_states = [], []
+        for u, g, sg, st in zip(leaves, g_leaves, sig_leaves, states):
+            dt = st.scale.dtype
+            s, st = rule.update(ParamSignal(g.astype(dt), jnp.asarray(sg, dt)), st)
+            out.append(u * s.astype(u.dtype))
+            new_states.append(st)
+        new_noise = None if noise_states is None else treedef.unflatten(noise_states)
+        return treedef.unflatten(out), ScaleByGradUncertaintyState(treedef.unflatten(new_states), new_noise)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _dtype(p: Any) -> Any:
+    return jnp.float64 if jnp.asarray(p).dtype == jnp.float64 else jnp.float32
+
+
+def _flatten_like(treedef: Any, tree: Any, name: str) -> list[Any]:
+    try:
+        leaves = treedef.flatten_up_to(tree)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(
+            f"scale_by_grad_uncertainty: {name} must have the same structure as the updates"
+        ) from exc
+    return leaves

@@ -1,0 +1,525 @@
+"""The LR modulator for any ``torch.optim`` optimizer, and uncertainty signals to drive it.
+
+``Modulator(rule).attach(optimizer)`` registers a step pre-hook and a step post-hook on
+that optimizer (never the process-wide hooks) that scale the step the optimizer proposes:
+
+* a **global** rule (:class:`~uncertlr.modulation.Ratio`, :class:`~uncertlr.modulation.ZScore`)
+  turns the signal passed to :meth:`Modulator.observe` into a factor ``s`` and runs the step
+  with ``lr = base_lr * s`` in every param group; the base learning rates are put back right
+  after the step, so LR schedulers, ``optimizer.state_dict()`` and your logs only ever see
+  the base schedule;
+* a **per-parameter** rule (:class:`~uncertlr.modulation.SigmaRatio`,
+  :class:`~uncertlr.modulation.GradSigmaRatio`, :class:`~uncertlr.modulation.VarianceRatio`)
+  snapshots the modulated parameters before the step and afterwards sets
+  ``θ = θ_before + s ⊙ (θ_after - θ_before)`` with ``torch._foreach`` ops.
+
+Where σ comes from for a per-parameter rule (``sigma=``):
+
+* a :class:`~uncertlr.torch.BNN`: its posterior std ``bnn.posterior.scale`` for
+  ``bnn.posterior.loc``, with the rule's reference mean taken per named random parameter
+  (one weight matrix or bias vector at a time). Only the posterior *means* are modulated:
+  ``log_scale`` (the posterior's own width), the likelihood noise and any deterministic
+  parameters take their optimizer's plain step;
+* ``None``: a gradient-noise estimate (:class:`~uncertlr.modulation.GradientNoise`) for every
+  parameter the optimizer holds — for deterministic networks;
+* a callable returning ``{parameter: sigma tensor shaped like it}`` for anything else
+  (a Laplace approximation, MCMC draws...); parameters it leaves out are not modulated.
+
+Under ``torch.distributed`` (when a process group is initialised) the signal of a global
+rule is all-reduced (mean) before the rule sees it, so every replica applies the same
+factor; per-parameter rules need no reduction because replicas hold the same parameters and
+(after DDP's all-reduce) the same gradients.
+
+Example:
+    >>> import torch
+    >>> from uncertlr.modulation import Ratio
+    >>> from uncertlr.torch import Modulator, batch_entropy
+    >>> net = torch.nn.Linear(4, 3)
+    >>> opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    >>> mod = Modulator(Ratio(warmup=0)).attach(opt)
+    >>> for _ in range(3):
+    ...     opt.zero_grad()
+    ...     logits = net(torch.randn(8, 4))
+    ...     torch.nn.functional.cross_entropy(logits, torch.randint(0, 3, (8,))).backward()
+    ...     mod.observe(batch_entropy(logits))
+    ...     opt.step()
+    >>> opt.param_groups[0]["lr"], sorted(mod.history[-1])
+    (0.1, ['lr', 'scale', 'signal', 'step'])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from uncertlr import metrics
+from uncertlr.modulation import GradientNoise, ParamSignal, Rule, confidence_weights
+from uncertlr.torch.bnn import BNN
+
+__all__ = ["Modulator", "batch_entropy", "batch_mutual_information", "confidence_weighted_nll"]
+
+#: Keys of :meth:`Modulator.state_dict`, in order.
+STATE_KEYS = ("rule", "num_steps", "rule_state", "noise_state", "history")
+
+SigmaSource = BNN | Callable[[], Mapping[Tensor, Tensor]] | None
+
+
+# --------------------------------------------------------------------------- signals
+
+
+def _probs(logits: Tensor) -> Tensor:
+    if not isinstance(logits, Tensor) or logits.dim() not in (2, 3):
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(f"logits must be a tensor [B, C] or [K, B, C] (K weight draws); got {shape}")
+    return torch.softmax(logits.detach(), dim=-1)
+
+
+def batch_entropy(logits: Tensor) -> Tensor:
+    """Mean predictive entropy of a batch (nats, 0-d, no gradient, no host sync).
+
+    Args:
+        logits: ``[B, C]`` from a deterministic net (softmax entropy) or ``[K, B, C]`` for
+            ``K`` weight draws, e.g. ``bnn.elbo(x, y).outputs`` — no second forward pass.
+
+    Example:
+        >>> import torch
+        >>> round(float(batch_entropy(torch.zeros(5, 4))), 4) == round(float(torch.log(torch.tensor(4.0))), 4)
+        True
+    """
+    _probs(logits)  # shape check
+    lg = logits.detach()
+    if lg.dim() == 3 and lg.shape[0] == 1:
+        lg = lg[0]
+    if lg.dim() == 2:  # one draw: -sum p log p straight from log_softmax (fewest ops, no log(0))
+        logp = torch.log_softmax(lg, dim=-1)
+        return -(logp.exp() * logp).sum(-1).mean()
+    pbar = torch.softmax(lg, dim=-1).mean(0)
+    return -(pbar * pbar.clamp_min(torch.finfo(pbar.dtype).tiny).log()).sum(-1).mean()
+
+
+def batch_mutual_information(logits: Tensor) -> Tensor:
+    """Mean mutual information (epistemic uncertainty) of a batch from ``logits[K, B, C]`` (0-d).
+
+    Needs ``K >= 2`` weight draws (``bnn.elbo(x, y, num_particles=K)``); it is 0 for ``K = 1``.
+
+    Example:
+        >>> import torch
+        >>> logits = torch.tensor([[[5.0, 0.0]], [[0.0, 5.0]]])   # two draws that disagree
+        >>> float(batch_mutual_information(logits)) > 0.5
+        True
+    """
+    return metrics.mutual_information(_probs(logits), validate=False).mean()
+
+
+def confidence_weighted_nll(logits: Tensor, labels: Tensor, **weights: float) -> Tensor:
+    """Cross-entropy with per-sample weights from the per-sample predictive entropy (mean weight 1).
+
+    The weights come from :func:`uncertlr.modulation.confidence_weights` (keywords ``kappa``,
+    ``w_min``, ``w_max`` are passed on) and carry no gradient. For a BNN, use the ELBO's
+    outputs and add the KL term yourself::
+
+        terms = bnn.elbo(x, y)
+        loss = confidence_weighted_nll(terms.outputs, y) + bnn.kl_weight * terms.kl / bnn.num_data
+
+    Args:
+        logits: ``[B, C]`` or ``[K, B, C]`` (the NLL is averaged over the ``K`` draws).
+        labels: ``[B]`` integer class indices.
+
+    Example:
+        >>> import torch
+        >>> logits, y = torch.randn(6, 3, requires_grad=True), torch.tensor([0, 1, 2, 0, 1, 2])
+        >>> loss = confidence_weighted_nll(logits, y, kappa=-0.5)
+        >>> loss.backward(); tuple(logits.grad.shape)
+        (6, 3)
+    """
+    p = _probs(logits)
+    lg = logits if logits.dim() == 3 else logits.unsqueeze(0)
+    if labels.dim() != 1 or labels.shape[0] != lg.shape[1]:
+        raise ValueError(f"labels must have shape [B] = [{lg.shape[1]}]; got {tuple(labels.shape)}")
+    k, b, c = lg.shape
+    nll = F.cross_entropy(lg.reshape(k * b, c), labels.repeat(k), reduction="none").view(k, b).mean(0)
+    w = confidence_weights(metrics.predictive_entropy(p, validate=False), validate=False, **weights)
+    return (w.detach() * nll).mean()
+
+
+# --------------------------------------------------------------------------- the modulator
+
+
+@dataclasses.dataclass
+class _Target:
+    """One modulated optimizer parameter, split into segments (per named parameter for a BNN)."""
+
+    param: Tensor
+    sizes: list[int]
+    states: list[Any]
+    noise: list[Any] | None = None
+    scales: list[Tensor] | None = None
+    before: Tensor | None = None
+
+
+def _rule_id(rule: Any) -> dict[str, Any]:
+    fields = dataclasses.asdict(rule) if dataclasses.is_dataclass(rule) else {"repr": repr(rule)}
+    return {"class": f"{type(rule).__module__}.{type(rule).__qualname__}", "fields": fields}
+
+
+def _is_numpy(x: Any) -> bool:
+    return isinstance(x, (np.ndarray, np.generic))
+
+
+def _state_to_dict(state: Any) -> dict[str, Tensor]:
+    return {
+        k: torch.from_numpy(np.array(v)) if _is_numpy(v) else v.detach().clone()
+        for k, v in state._asdict().items()
+    }
+
+
+def _state_from_dict(like: Any, saved: Mapping[str, Tensor], where: str) -> Any:
+    fields = like._fields
+    if set(saved) != set(fields):
+        raise ValueError(f"{where}: saved state has keys {sorted(saved)}, expected {sorted(fields)}")
+    out = {}
+    for k in fields:
+        ref, v = getattr(like, k), saved[k]
+        if tuple(v.shape) != tuple(ref.shape):
+            raise ValueError(f"{where}.{k}: saved shape {tuple(v.shape)} does not match {tuple(ref.shape)}")
+        if _is_numpy(ref):
+            out[k] = np.array(v.detach().cpu().numpy(), dtype=ref.dtype)
+        else:
+            out[k] = v.detach().to(device=ref.device, dtype=ref.dtype).clone()
+    return type(like)(**out)
+
+
+class Modulator:
+    """Scales each step of a ``torch.optim`` optimizer by a modulation rule's factor.
+
+    Args:
+        rule: a rule from :mod:`uncertlr.modulation` (or your own object with ``init``/``update``).
+        sigma: per-parameter rules only: a :class:`~uncertlr.torch.BNN`, ``None`` (gradient-noise
+            σ for every parameter), or a callable returning ``{parameter: σ}`` (see the module docs).
+        noise: the gradient-noise estimator used when ``sigma`` is ``None``.
+        record: append ``{step, signal, scale, lr}`` to :attr:`history` every step (for a
+            per-parameter rule ``scale`` is the mean factor over the modulated weights, with
+            ``scale_min``/``scale_max``). Recording reads a few numbers back to the host.
+
+    Attributes:
+        history: the records, oldest first.
+        num_steps: optimizer steps taken while attached.
+
+    Call :meth:`observe` once before every ``optimizer.step()`` with a global rule (a step
+    without a fresh signal raises). Checkpoint with :meth:`state_dict` next to the
+    optimizer's and the scheduler's; the LR schedule itself is untouched.
+    """
+
+    def __init__(
+        self,
+        rule: Rule,
+        *,
+        sigma: SigmaSource = None,
+        noise: GradientNoise | None = None,
+        record: bool = True,
+    ):
+        if not (callable(getattr(rule, "init", None)) and callable(getattr(rule, "update", None))):
+            raise TypeError(f"rule must have init() and update(signal, state); got {type(rule).__name__}")
+        self.rule = rule
+        self.per_parameter = bool(getattr(rule, "per_parameter", False))
+        if sigma is not None and not self.per_parameter:
+            raise ValueError(f"sigma= is for per-parameter rules; {type(rule).__name__} is a global rule")
+        if sigma is not None and not (isinstance(sigma, BNN) or callable(sigma)):
+            raise TypeError(
+                f"sigma must be a BNN, a callable returning {{param: sigma}} or None; got {type(sigma).__name__}"
+            )
+        self.sigma = sigma
+        self.noise = noise if noise is not None else GradientNoise()
+        self.record = bool(record)
+        self.history: list[dict[str, float]] = []
+        self.num_steps = 0
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._handles: list[Any] = []
+        self._state: Any = None
+        self._targets: list[_Target] = []
+        self._pending: Tensor | None = None
+        self._saved_lr: list[Any] | None = None
+        self._step_targets: list[_Target] = []
+        self._signal_value: float | None = None
+        self._last_scale: Tensor | None = None
+        self._pending_load: Mapping[str, Any] | None = None
+
+    # ------------------------------------------------------------------ attaching
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> Modulator:
+        """Register the step hooks on ``optimizer``; returns ``self``."""
+        if self._optimizer is not None:
+            raise RuntimeError("this Modulator is already attached; call detach() first")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer; got {type(optimizer).__name__}")
+        if any("lr" not in g for g in optimizer.param_groups):
+            raise ValueError("every param group of the optimizer needs an 'lr' entry")
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        if not params:
+            raise ValueError("the optimizer has no parameters")
+        if self.per_parameter:
+            self._targets = self._build_targets(params)
+        else:
+            dev = params[0].device
+            # On the CPU the scalar state lives in numpy: the same rule code, a few times less
+            # per-op overhead than 0-d torch tensors. Elsewhere it stays on the device (no sync).
+            like = (
+                np.zeros((), np.float32)
+                if dev.type == "cpu"
+                else torch.zeros((), dtype=torch.float32, device=dev)
+            )
+            self._state = self.rule.init(like)
+        self._optimizer = optimizer
+        self._handles = [
+            optimizer.register_step_pre_hook(self._pre_hook),
+            optimizer.register_step_post_hook(self._post_hook),
+        ]
+        if self._pending_load is not None:
+            saved, self._pending_load = self._pending_load, None
+            self.load_state_dict(saved)
+        return self
+
+    def detach(self) -> None:
+        """Remove the hooks (restoring the base learning rates if a step was interrupted)."""
+        self._restore_lr()
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self._optimizer = None
+
+    def _build_targets(self, params: list[Tensor]) -> list[_Target]:
+        ids = {id(p) for p in params}
+        rule = self.rule
+        if isinstance(self.sigma, BNN):
+            post = self.sigma.posterior
+            if id(post.loc) not in ids:
+                raise ValueError(
+                    "bnn.posterior.loc is not among the optimizer's parameters; "
+                    "build the optimizer over bnn.parameters()"
+                )
+            sizes = list(post.sizes)
+            segs = post.loc.detach().split(sizes)
+            return [_Target(post.loc, sizes, [rule.init(s) for s in segs])]
+        if self.sigma is None:
+            out = []
+            for p in params:
+                if p.requires_grad:
+                    flat = p.detach().reshape(-1)
+                    out.append(_Target(p, [flat.numel()], [rule.init(flat)], [self.noise.init(flat)]))
+            return out
+        mapping = self.sigma()
+        out = []
+        for p in params:
+            if p in mapping:
+                flat = p.detach().reshape(-1)
+                out.append(_Target(p, [flat.numel()], [rule.init(flat)]))
+        if not out:
+            raise ValueError("sigma() returned no parameter that the optimizer holds")
+        return out
+
+    # ------------------------------------------------------------------ per-step API
+
+    def observe(self, signal: Tensor | float) -> None:
+        """Give the rule this step's scalar signal (call before ``optimizer.step()``).
+
+        For a per-parameter rule the signal is optional and only recorded in :attr:`history`.
+        A tensor stays on its device (no host sync); a NaN or inf is allowed — the rule holds
+        its previous factor and counts it.
+        """
+        t = signal.detach() if isinstance(signal, Tensor) else torch.tensor(float(signal))
+        if t.numel() != 1:
+            raise ValueError(
+                f"the signal must be a scalar; got shape {tuple(t.shape)} (reduce it, e.g. .mean())"
+            )
+        self._pending = t.reshape(()).float()
+
+    @property
+    def last_scale(self) -> Tensor | list[Tensor] | None:
+        """The factor of the last step: a 0-d tensor (global rule) or one tensor per modulated
+        parameter, shaped like it (per-parameter rule); ``None`` before the first step."""
+        if not self.per_parameter:
+            s = self._last_scale
+            return torch.as_tensor(np.asarray(s)) if _is_numpy(s) else s
+        if not self._targets or self._targets[0].scales is None:
+            return None
+        return [
+            torch.cat([s.reshape(-1) for s in t.scales]).view_as(t.param) for t in self._targets if t.scales
+        ]
+
+    def _take_signal(self) -> Tensor | None:
+        u, self._pending = self._pending, None
+        if u is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+            u = u.clone()
+            torch.distributed.all_reduce(u, op=torch.distributed.ReduceOp.SUM)
+            u = u / torch.distributed.get_world_size()
+        return u
+
+    def _restore_lr(self) -> None:
+        if self._saved_lr is not None and self._optimizer is not None:
+            for g, lr in zip(self._optimizer.param_groups, self._saved_lr):
+                g["lr"] = lr
+        self._saved_lr = None
+
+    def _pre_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._restore_lr()  # a previous step that raised never reached the post-hook
+        u = self._take_signal()
+        if not self.per_parameter:
+            if u is None:
+                raise RuntimeError(
+                    "Modulator: call observe(signal) before every optimizer.step() "
+                    "(a global rule needs this step's signal)"
+                )
+            if _is_numpy(self._state.scale):
+                s, self._state = self.rule.update(np.float32(float(u)), self._state)
+            else:
+                s, self._state = self.rule.update(u.to(self._state.scale.device), self._state)
+            self._last_scale = s
+            factor = float(s)
+            self._saved_lr = [g["lr"] for g in optimizer.param_groups]
+            for g in optimizer.param_groups:
+                g["lr"] = g["lr"] * factor
+            if self.record:
+                self.history.append(
+                    {
+                        "step": float(self.num_steps),
+                        "signal": float(u),
+                        "scale": factor,
+                        "lr": float(self._saved_lr[0]) * factor,
+                    }
+                )
+            return
+        self._signal_value = None if u is None or not self.record else float(u)
+        self._step_targets = []
+        with torch.no_grad():
+            sigma_map = self.sigma() if self.sigma is not None and not isinstance(self.sigma, BNN) else None
+            for t in self._targets:
+                g = t.param.grad
+                if g is None:
+                    continue
+                if g.is_sparse:
+                    raise TypeError("the Modulator does not support sparse gradients")
+                gs = g.reshape(-1).split(t.sizes)
+                if isinstance(self.sigma, BNN):
+                    sig = self.sigma.posterior.scale.detach().split(t.sizes)
+                elif sigma_map is not None:
+                    sig = [sigma_map[t.param].detach().reshape(-1)]
+                else:
+                    sig = []
+                    for i, gi in enumerate(gs):
+                        sg, t.noise[i] = self.noise.update(gi, t.noise[i])  # type: ignore[index]
+                        sig.append(sg)
+                scales = []
+                for i, (gi, si) in enumerate(zip(gs, sig)):
+                    s, t.states[i] = self.rule.update(ParamSignal(gi, si), t.states[i])
+                    scales.append(s)
+                t.scales = scales
+                t.before = t.param.detach().clone()
+                self._step_targets.append(t)
+
+    def _post_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._restore_lr()
+        self.num_steps += 1
+        if not self.per_parameter:
+            return
+        targets, self._step_targets = self._step_targets, []
+        if not targets:
+            return
+        with torch.no_grad():
+            befores: list[Tensor] = []
+            afters: list[Tensor] = []
+            scales: list[Tensor] = []
+            for t in targets:
+                befores += t.before.view(-1).split(t.sizes)  # type: ignore[union-attr]
+                afters += t.param.detach().view(-1).split(t.sizes)
+                scales += [s.to(t.param.dtype) for s in t.scales]  # type: ignore[union-attr]
+            # before + s * (after - before), written into the snapshot, then copied back
+            torch._foreach_lerp_(befores, afters, scales)
+            for t in targets:
+                t.param.detach().copy_(t.before)  # type: ignore[arg-type]
+                t.before = None
+            if self.record:
+                n = sum(s.numel() for s in scales)
+                total = torch.stack([s.sum() for s in scales]).sum()
+                lo = torch.stack([s.min() for s in scales]).min()
+                hi = torch.stack([s.max() for s in scales]).max()
+                rec = {
+                    "step": float(self.num_steps - 1),
+                    "scale": float(total) / n,
+                    "scale_min": float(lo),
+                    "scale_max": float(hi),
+                    "lr": float(optimizer.param_groups[0]["lr"]),
+                }
+                if self._signal_value is not None:
+                    rec["signal"] = self._signal_value
+                self.history.append(rec)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """The modulator's state under the keys :data:`STATE_KEYS` (tensors are cloned)."""
+        if self.per_parameter:
+            rule_state: Any = [[_state_to_dict(s) for s in t.states] for t in self._targets]
+            noise_state: Any = [
+                [_state_to_dict(s) for s in t.noise] if t.noise else None for t in self._targets
+            ]
+        else:
+            rule_state = _state_to_dict(self._state) if self._state is not None else None
+            noise_state = None
+        return {
+            "rule": _rule_id(self.rule),
+            "num_steps": self.num_steps,
+            "rule_state": rule_state,
+            "noise_state": noise_state,
+            "history": [dict(r) for r in self.history],
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output; training then continues exactly as it would have.
+
+        Must match the rule (class and fields). Before :meth:`attach` the state is kept and
+        applied when attaching (a per-parameter rule needs the optimizer's parameters).
+        """
+        keys = set(state_dict)
+        if keys != set(STATE_KEYS):
+            raise KeyError(
+                f"Modulator state_dict: missing {sorted(set(STATE_KEYS) - keys)}, "
+                f"unexpected {sorted(keys - set(STATE_KEYS))}"
+            )
+        if state_dict["rule"] != _rule_id(self.rule):
+            raise ValueError(
+                f"Modulator state_dict was saved for rule {state_dict['rule']}, not {_rule_id(self.rule)}"
+            )
+        if self._optimizer is None:
+            self._pending_load = state_dict
+            return
+        if self.per_parameter:
+            saved = state_dict["rule_state"]
+            if len(saved) != len(self._targets) or any(
+                len(a) != len(t.states) for a, t in zip(saved, self._targets)
+            ):
+                raise ValueError("Modulator state_dict does not match the optimizer's modulated parameters")
+            for ti, (t, st) in enumerate(zip(self._targets, saved)):
+                t.states = [
+                    _state_from_dict(cur, s, f"rule_state[{ti}][{i}]")
+                    for i, (cur, s) in enumerate(zip(t.states, st))
+                ]
+                ns = state_dict["noise_state"][ti]
+                if (ns is None) != (t.noise is None):
+                    raise ValueError(
+                        "Modulator state_dict: gradient-noise state does not match the sigma source"
+                    )
+                if t.noise is not None:
+                    t.noise = [
+                        _state_from_dict(cur, s, f"noise_state[{ti}][{i}]")
+                        for i, (cur, s) in enumerate(zip(t.noise, ns))
+                    ]
+        else:
+            self._state = _state_from_dict(self._state, state_dict["rule_state"], "rule_state")
+        self.num_steps = int(state_dict["num_steps"])
+        self.history = [dict(r) for r in state_dict["history"]]
