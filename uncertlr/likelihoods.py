@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
-__all__ = ["Categorical", "Likelihood", "Normal"]
+__all__ = ["Categorical", "Likelihood", "Normal", "NormalPrediction"]
 
 
 @dataclass(frozen=True)
@@ -45,3 +46,14 @@ class Normal:
 
 
 Likelihood = Categorical | Normal
+
+
+class NormalPrediction(NamedTuple):
+    """Regression predictions per posterior sample: ``mean[S, N, ...]`` and noise ``variance`` (same shape).
+
+    Returned by ``predict`` of both backends (torch tensors or jax arrays); feed it to
+    :func:`uncertlr.metrics.predictive_variance` and :func:`uncertlr.metrics.gaussian_nll`.
+    """
+
+    mean: Any
+    variance: Any

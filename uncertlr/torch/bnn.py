@@ -35,6 +35,7 @@ from torch.func import functional_call, vmap
 
 from uncertlr import likelihoods as _lik
 from uncertlr import priors as _priors
+from uncertlr.likelihoods import NormalPrediction
 from uncertlr.metrics import LayerSpread, layer_spread
 from uncertlr.select import Predicate, Selector, as_selector
 from uncertlr.torch._meanfield import MeanFieldNormal
@@ -61,13 +62,6 @@ class ELBOTerms(NamedTuple):
     nll: Tensor
     kl: Tensor
     outputs: Tensor
-
-
-class NormalPrediction(NamedTuple):
-    """Regression predictions per posterior sample: ``mean[S, N, ...]`` and noise ``variance`` (same shape)."""
-
-    mean: Tensor
-    variance: Tensor
 
 
 # --------------------------------------------------------------------------- helpers
