@@ -211,7 +211,12 @@ class BNN:
 
     def output_shape(self, x: Array) -> tuple[int, ...]:
         """Shape of the network's outputs for inputs ``x`` (traced abstractly, no compute)."""
-        return tuple(jax.eval_shape(self.network.apply, self.network.values, x).shape)
+        try:
+            return tuple(jax.eval_shape(self.network.apply, self.network.values, x).shape)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"the network cannot be applied to x of shape {tuple(x.shape)} and dtype {x.dtype}: {exc}"
+            ) from exc
 
     def check_data(self, x: Any, y: Any = None) -> tuple[Array, Array | None]:
         """Validate and convert ``x[N, ...]`` and targets ``y`` (labels ``[N]`` or regression targets).

@@ -294,7 +294,11 @@ def mcmc(
     key_init, key_run = jax.random.split(_key(rng_key))
     init_params = None
     if init == "weights":
-        strategy = init_to_value(values=_init_near_weights(bnn, 1, key_init))
+        # init_to_value takes constrained values (the noise std itself), init_params unconstrained ones
+        first = _init_near_weights(bnn, 1, key_init)
+        if NOISE_SITE in first:
+            first[NOISE_SITE] = jnp.exp(first[NOISE_SITE])
+        strategy = init_to_value(values=first)
         init_params = _init_near_weights(bnn, num_chains, key_init)
     elif init == "prior":
         strategy = init_to_sample
