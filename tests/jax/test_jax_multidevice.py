@@ -83,7 +83,7 @@ def test_parallel_chains_and_data_parallel_svi_on_two_host_devices():
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.split("RESULT", 1)[1])
     assert out["mcmc_shape"] == [2, 300, 2]
-    assert out["chain_devices"] >= 1
+    assert out["chain_devices"] == 2  # one chain per device
     assert out["mcmc_mean_err"] < 0.25  # in posterior stds (2 x 300 draws)
     assert out["svi_mean_err"] < 0.15  # mean-field optimum: exact mean ...
     assert all(0.85 < r < 1.15 for r in out["svi_scale_ratio"])  # ... and std 1 / sqrt(precision_ii)
