@@ -14,6 +14,9 @@ Columns:
   max_rhat_predictive   max split R-hat of the pointwise test log-likelihood (target <= 1.01)
   rhat_weights          median split R-hat over weights (inflated by permutation symmetry)
   accuracy              test accuracy of the posterior-predictive mean
+  us_per_grad           one gradient of the potential energy (what every leapfrog step costs), median
+                        of interleaved blocks: the model's overhead, free of the run-to-run randomness
+                        of trajectory lengths that dominates ESS/s
 Target: uncertlr ess_per_s / hand-written ess_per_s >= 0.95.
 
 Usage:
@@ -37,9 +40,10 @@ import numpyro  # noqa: E402
 import numpyro.distributions as dist  # noqa: E402
 from numpyro.diagnostics import effective_sample_size, split_gelman_rubin  # noqa: E402
 from numpyro.infer import MCMC, NUTS  # noqa: E402
+from numpyro.infer.util import initialize_model  # noqa: E402
 from uncertlr_models.flax_mlp import FlaxMLP  # noqa: E402
 
-from benchmarks._common import base_parser, print_table, write_results  # noqa: E402
+from benchmarks._common import base_parser, interleaved_medians, print_table, write_results  # noqa: E402
 from uncertlr import priors  # noqa: E402
 from uncertlr.jax import bayesian, mcmc  # noqa: E402
 
@@ -137,6 +141,30 @@ def run_uncertlr(
     return summarize(name, res.seconds, by_chain, res.sample_outputs(xt), yt, chains)
 
 
+def uncertlr_bnn(x: jax.Array):
+    net = FlaxMLP(hidden=(HIDDEN,), out_features=10, activation="tanh")
+    return bayesian(
+        net, params=net.init(jax.random.key(1), x[:1]), num_data=x.shape[0], prior=priors.Normal(1.0)
+    )
+
+
+def gradient_costs(data: tuple, quick: bool) -> dict[str, float]:
+    """Microseconds per gradient of each model's potential energy (jitted; interleaved blocks, median)."""
+    x, y = data[0], data[1]
+    fns = {}
+    for name, model in (
+        ("numpyro (hand-written)", handwritten_model),
+        ("uncertlr", uncertlr_bnn(x).mcmc_model),
+    ):
+        info = initialize_model(jax.random.key(0), model, model_args=(x, y))
+        grad = jax.jit(jax.grad(info.potential_fn))
+        z = info.param_info.z
+        jax.block_until_ready(grad(z))
+        fns[name] = lambda g=grad, z=z: jax.block_until_ready(g(z))
+    blocks, steps = (3, 50) if quick else (7, 200)
+    return {k: 1e6 * v for k, v in interleaved_medians(fns, blocks=blocks, steps=steps).items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument(
@@ -165,10 +193,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.with_weights_init:
             row = run_uncertlr(key, data, warmup, samples, chains, args.chain_method, "weights")
             runs.setdefault(row["name"], []).append(row)
+    grads = gradient_costs(data, args.quick)
     rows = []
     for name, rs in runs.items():
         med = {k: statistics.median(r[k] for r in rs) for k in rs[0] if k != "name"}
-        rows.append({"name": name, **med, "repeats": len(rs)})
+        rows.append({"name": name, **med, "repeats": len(rs), "us_per_grad": grads.get(name)})
     base = rows[0]["ess_per_s"]
     for row in rows:
         row["ratio"] = row["ess_per_s"] / base
@@ -190,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     ours = next(r for r in rows if r["name"] == "uncertlr")["ratio"]
     print(f"uncertlr ESS/s / hand-written ESS/s = {ours:.2f} (target >= {TARGET})")
+    print(
+        f"gradient cost: uncertlr {grads['uncertlr']:.0f} us vs hand-written {grads['numpyro (hand-written)']:.0f} us "
+        f"(ratio {grads['numpyro (hand-written)'] / grads['uncertlr']:.2f} in speed)"
+    )
     write_results(
         "mcmc",
         rows,

@@ -23,12 +23,14 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from uncertlr.jax.bnn import BNN, bayesian
 from uncertlr.jax.inference import DATA_AXIS, DivergenceWarning, MCMCResult, SVIResult, mcmc, svi
+from uncertlr.jax.signals import LastLayerMCMCSignal
 from uncertlr.likelihoods import NormalPrediction
 
 __all__ = [
     "BNN",
     "DATA_AXIS",
     "DivergenceWarning",
+    "LastLayerMCMCSignal",
     "MCMCResult",
     "NormalPrediction",
     "SVIResult",

@@ -240,6 +240,7 @@ def mcmc(
     kernel_options: Mapping[str, Any] | None = None,
     rng_key: Any = 0,
     progress: bool = True,
+    jit_model_args: bool = False,
 ) -> MCMCResult:
     """Sample the posterior of ``bnn`` given all the data ``(x[N, ...], y[N, ...])`` with NUTS or HMC.
 
@@ -259,6 +260,9 @@ def mcmc(
             ``dense_mass``, ``num_steps``, ...).
         rng_key: a JAX PRNG key or an integer seed.
         progress: NumPyro's progress bar (not shown for ``vectorized`` chains).
+        jit_model_args: compile the sampler as a function of the data, so that
+            ``result.mcmc.run(key, x2, y2)`` with same-shaped data reuses the compiled program
+            (used by :class:`~uncertlr.jax.LastLayerMCMCSignal` refreshes).
 
     Returns:
         :class:`MCMCResult`. A :class:`DivergenceWarning` is emitted when any
@@ -320,6 +324,7 @@ def mcmc(
         chain_method=chain_method,
         thinning=thinning,
         progress_bar=progress,
+        jit_model_args=jit_model_args,
     )
     t0 = time.perf_counter()
     sampler.run(
