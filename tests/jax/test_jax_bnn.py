@@ -68,13 +68,13 @@ def test_wrapped_network_reproduces_the_original(kind):
 @pytest.mark.parametrize("kind", list(NETS))
 def test_fan_in_and_last_layer_follow_each_frameworks_layout(kind):
     net, params, _ = NETS[kind]()
-    bnn = bayesian(net, params=params, num_data=12, select=select.last_layer())
+    bnn = bayesian(net, params=params, num_data=12, select=select.last_layer(), prior=priors.FanInNormal())
     assert len(bnn.random_names) == 2 and len(bnn.fixed_names) == 2
     # the output layer has fan-in 4 (its input width) for its weight and its bias, whatever the layout
     assert sorted(bnn.network.fan_in[n] for n in bnn.random_names) == [4, 4]
     assert all(bnn.prior_scale[n] == pytest.approx(0.5) for n in bnn.random_names)  # FanInNormal: 1/sqrt(4)
-    # the wrapped module itself is untouched: the user's parameters are still the originals
-    assert all(v.shape for v in bnn.fixed_values().values())
+    # the default prior is N(0, 1), as on the torch side
+    assert set(bayesian(net, params=params, num_data=12).prior_scale.values()) == {1.0}
 
 
 @pytest.mark.parametrize("kind", list(NETS))

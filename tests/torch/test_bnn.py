@@ -374,6 +374,10 @@ def test_prior_scales_and_centring():
     assert torch.allclose(sd["2.weight"], torch.tensor(1.0))  # 2 / sqrt(4)
     assert torch.equal(bnn.posterior.unflatten(bnn.prior_loc)["0.weight"], net[0].weight.detach())
     assert bayesian(net, num_data=1, prior=priors.Normal(0.2)).prior_loc is None
+    # the default prior is the documented iid N(0, 1), whatever the layer widths
+    default = bayesian(net, num_data=1)
+    assert default.prior == priors.Normal(1.0)
+    assert torch.equal(default.prior_prec, torch.ones_like(default.prior_prec))
 
 
 def test_posterior_scale_and_mean_network():

@@ -355,9 +355,9 @@ def bayesian(
         params: a linen module's variables (``module.init(key, x)``) or an apply
             function's parameter pytree. Its values are the guide's initial means, the
             centre of a ``centered`` prior, and the deterministic parameters' values.
-        prior: :mod:`uncertlr.priors` spec; default ``FanInNormal()`` (``N(0, 1/fan_in)``).
-            Fan-in follows each framework's layout: Flax kernels are ``(in, out)``,
-            Equinox weights ``(out, in)``; plain functions are read as Flax-like.
+        prior: :mod:`uncertlr.priors` spec; default ``Normal(1.0)`` (``N(0, 1)``, as the torch
+            backend). ``FanInNormal()`` follows each framework's layout: Flax kernels are
+            ``(in, out)``, Equinox weights ``(out, in)``; plain functions are read as Flax-like.
         likelihood: ``likelihoods.Categorical()`` (outputs are logits) or
             ``likelihoods.Normal()`` (outputs are means), or their names.
         select: predicate ``(name, module) -> bool`` choosing the random parameters
@@ -386,7 +386,7 @@ def bayesian(
         raise ValueError(f"kl_weight must be finite and > 0; got {kl_weight!r}")
     if not (isinstance(init_scale, (int, float)) and math.isfinite(init_scale) and init_scale > 0):
         raise ValueError(f"init_scale must be positive and finite; got {init_scale!r}")
-    prior = _priors.FanInNormal() if prior is None else prior
+    prior = _priors.Normal(1.0) if prior is None else prior
     if not isinstance(prior, (_priors.Normal, _priors.FanInNormal, _priors.ScaleMixtureNormal)):
         raise TypeError(f"prior must be an uncertlr.priors spec; got {type(prior).__name__}")
     network = as_network(net, params=params, per_example=per_example, fan_in=fan_in)

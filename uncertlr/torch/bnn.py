@@ -528,7 +528,8 @@ def bayesian(
         net: the network. Any module built from Linear, Conv, norm layers, Embedding,
             RNN/LSTM/GRU, attention...: uncertlr acts on parameters, not layer types.
         num_data: size of the training set ``N``; minibatch likelihoods are scaled by it.
-        prior: :mod:`uncertlr.priors` spec; default ``FanInNormal()`` (``N(0, 1/fan_in)``).
+        prior: :mod:`uncertlr.priors` spec; default ``Normal(1.0)`` (``N(0, 1)``; a fan-in-scaled
+            prior collapses mean-field VI on small data, see the README).
         likelihood: ``likelihoods.Categorical()`` (outputs are logits) or
             ``likelihoods.Normal()`` (outputs are means; learned noise), or their names.
         select: predicate ``(name, module) -> bool`` choosing the random parameters
@@ -553,7 +554,7 @@ def bayesian(
         raise ValueError(f"num_data must be a positive integer (the training-set size); got {num_data!r}")
     if not (math.isfinite(kl_weight) and kl_weight >= 0):
         raise ValueError(f"kl_weight must be finite and >= 0; got {kl_weight!r}")
-    prior = _priors.FanInNormal() if prior is None else prior
+    prior = _priors.Normal(1.0) if prior is None else prior
     if not isinstance(prior, (_priors.Normal, _priors.FanInNormal, _priors.ScaleMixtureNormal)):
         raise TypeError(f"prior must be an uncertlr.priors spec; got {type(prior).__name__}")
     return BNN(
