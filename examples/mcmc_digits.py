@@ -30,7 +30,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
-from uncertlr_models.flax_mlp import FlaxMLP
 
 from uncertlr import metrics, priors
 from uncertlr.data import load_digits, shuffle_pixels
@@ -39,6 +38,7 @@ from uncertlr.evaluation import classification_summary
 from uncertlr.jax import bayesian, mcmc, svi
 from uncertlr.plotting import reliability_diagram, save_figure, uncertainty_histograms
 from uncertlr.runs import METRICS_SCHEMA, atomic_write, environment, new_run_dir, write_json
+from uncertlr_models.flax_mlp import FlaxMLP
 
 
 def train_deterministic(net, variables, x, y, *, epochs, batch_size, lr, seed):

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-__all__ = ["Categorical", "Likelihood", "Normal", "NormalPrediction"]
+__all__ = ["Categorical", "Likelihood", "Normal", "NormalPrediction", "as_likelihood"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,24 @@ class Normal:
 
 
 Likelihood = Categorical | Normal
+
+
+def as_likelihood(lik: Any) -> Categorical | Normal:
+    """A likelihood spec from itself or its name (``"categorical"``, ``"normal"``/``"gaussian"``).
+
+    Example:
+        >>> as_likelihood("categorical")
+        Categorical()
+    """
+    if isinstance(lik, (Categorical, Normal)):
+        return lik
+    if lik == "categorical":
+        return Categorical()
+    if lik in ("normal", "gaussian"):
+        return Normal()
+    raise ValueError(
+        f"likelihood must be likelihoods.Categorical(), likelihoods.Normal(), 'categorical' or 'normal'; got {lik!r}"
+    )
 
 
 class NormalPrediction(NamedTuple):

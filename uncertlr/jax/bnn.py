@@ -47,16 +47,6 @@ NOISE_SITE = "noise_scale"
 PREDICT_CHUNK_ELEMENTS = 2**25
 
 
-def _as_likelihood(lik: Any) -> _lik.Categorical | _lik.Normal:
-    if isinstance(lik, (_lik.Categorical, _lik.Normal)):
-        return lik
-    if lik == "categorical":
-        return _lik.Categorical()
-    if lik in ("normal", "gaussian"):
-        return _lik.Normal()
-    raise ValueError(
-        f"likelihood must be likelihoods.Categorical(), likelihoods.Normal(), 'categorical' or 'normal'; got {lik!r}"
-    )
 
 
 class BNN:
@@ -393,7 +383,7 @@ def bayesian(
     return BNN(
         network,
         prior=prior,
-        likelihood=_as_likelihood(likelihood),
+        likelihood=_lik.as_likelihood(likelihood),
         select=as_selector(select),
         num_data=int(num_data),
         init_scale=init_scale,

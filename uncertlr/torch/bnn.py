@@ -89,16 +89,6 @@ def _fan_in(net: nn.Module, name: str, param: Tensor) -> int:
     return 1
 
 
-def _as_likelihood(lik: Any) -> _lik.Categorical | _lik.Normal:
-    if isinstance(lik, (_lik.Categorical, _lik.Normal)):
-        return lik
-    if lik == "categorical":
-        return _lik.Categorical()
-    if lik in ("normal", "gaussian"):
-        return _lik.Normal()
-    raise ValueError(
-        f"likelihood must be likelihoods.Categorical(), likelihoods.Normal(), 'categorical' or 'normal'; got {lik!r}"
-    )
 
 
 class _LikelihoodModule(nn.Module):
@@ -560,7 +550,7 @@ def bayesian(
     return BNN(
         net,
         prior=prior,
-        likelihood=_as_likelihood(likelihood),
+        likelihood=_lik.as_likelihood(likelihood),
         select=as_selector(select),
         num_data=num_data,
         init_scale=init_scale,
