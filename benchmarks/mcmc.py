@@ -214,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             ("max_rhat_predictive", "max R-hat (test ll)", ".3f"),
             ("rhat_weights", "median R-hat (w)", ".3f"),
             ("accuracy", "accuracy", ".3f"),
+            ("us_per_grad", "µs/grad", ".0f"),
             ("ratio", "ratio", ".2f"),
         ],
     )
