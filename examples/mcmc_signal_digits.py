@@ -92,10 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", type=Path, default=Path("runs"))
     p.add_argument("--epochs", type=int, default=None, help="default 30, quick 4")
-    p.add_argument("--refresh", type=int, default=100, help="steps between NUTS refreshes")
+    p.add_argument(
+        "--refresh", type=int, default=None, help="steps between NUTS refreshes (default 100, quick 25)"
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     epochs = args.epochs or (4 if args.quick else 30)
+    refresh = args.refresh or (25 if args.quick else 100)
     from rich.console import Console
 
     console = Console()
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sig = LastLayerMCMCSignal(
         num_classes=10,
-        refresh_every=args.refresh,
+        refresh_every=refresh,
         kind="entropy",
         num_warmup=100 if not args.quick else 40,
         num_samples=100 if not args.quick else 40,
@@ -169,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             "device": "cpu",
             "versions": env["versions"],
             "python": env["python"],
-            "config": {**vars(args), "out": str(args.out), "epochs": epochs},
+            "config": {**vars(args), "out": str(args.out), "epochs": epochs, "refresh": refresh},
             "ood": "test images with shuffled pixels",
             "models": results,
         },
