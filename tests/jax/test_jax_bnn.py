@@ -15,12 +15,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpyro import handlers
 from numpyro.infer import TraceMeanField_ELBO
-from uncertlr_models.eqx_mlp import EqxMLP
-from uncertlr_models.flax_mlp import FlaxMLP
 
 from uncertlr import likelihoods, metrics, priors, select
 from uncertlr.jax import NormalPrediction, bayesian, mcmc, svi
 from uncertlr.jax.inference import _meanfield_loss
+from uncertlr_models.eqx_mlp import EqxMLP
+from uncertlr_models.flax_mlp import FlaxMLP
 
 KEY = jax.random.key(0)
 X = jax.random.normal(KEY, (12, 5))

@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from uncertlr import likelihoods, priors
-from uncertlr.jax import DivergenceWarning, MCMCResult, SVIResult, bayesian, mcmc, svi
+from uncertlr.jax import DivergenceWarning, MCMCResult, SVIResult, bayesian, mcmc, posterior_scale_args, svi
 
 NOISE = 0.5
 N = 40
@@ -265,3 +265,30 @@ def test_bad_svi_and_classification_input_is_named():
     res = svi(clf, x, jnp.zeros(8, jnp.int32), optimizer=optax.adam(0.1), num_steps=1, progress=False)
     with pytest.raises(ValueError, match="NaN or inf"):
         res.predict(jnp.full((2, 3), jnp.inf))
+
+
+def test_extra_args_pass_the_guide_scale_to_the_optimizer():
+    """A per-parameter transformation sees posterior_scale= shaped like the updates, with the guide's σ."""
+    bnn, x, y, *_ = _conjugate()
+    seen = []
+
+    def by_sigma():
+        def update(updates, state, params=None, *, posterior_scale):
+            assert jax.tree_util.tree_structure(posterior_scale) == jax.tree_util.tree_structure(updates)
+            jax.debug.callback(lambda s: seen.append(np.asarray(s)), posterior_scale["w_loc"])
+            return jax.tree_util.tree_map(lambda u, s: u * s / jnp.mean(s), updates, posterior_scale), state
+
+        return optax.GradientTransformationExtraArgs(lambda p: optax.EmptyState(), update)
+
+    res = svi(
+        bnn,
+        x,
+        y,
+        optimizer=optax.chain(optax.sgd(0.01), by_sigma()),
+        num_steps=3,
+        extra_args=posterior_scale_args,
+        progress=False,
+    )
+    assert len(seen) == len(res.history) == 3
+    np.testing.assert_allclose(seen[0], 0.1)  # init_scale
+    assert not np.allclose(seen[-1], 0.1)  # the σ the optimizer sees follows the guide

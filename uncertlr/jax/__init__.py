@@ -22,7 +22,15 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from uncertlr.jax.bnn import BNN, bayesian
-from uncertlr.jax.inference import DATA_AXIS, DivergenceWarning, MCMCResult, SVIResult, mcmc, svi
+from uncertlr.jax.inference import (
+    DATA_AXIS,
+    DivergenceWarning,
+    MCMCResult,
+    SVIResult,
+    mcmc,
+    posterior_scale_args,
+    svi,
+)
 from uncertlr.jax.signals import LastLayerMCMCSignal
 from uncertlr.likelihoods import NormalPrediction
 
@@ -36,5 +44,6 @@ __all__ = [
     "SVIResult",
     "bayesian",
     "mcmc",
+    "posterior_scale_args",
     "svi",
 ]

@@ -47,8 +47,6 @@ NOISE_SITE = "noise_scale"
 PREDICT_CHUNK_ELEMENTS = 2**25
 
 
-
-
 class BNN:
     """A Bayesian version of a JAX network; create it with :func:`bayesian`.
 

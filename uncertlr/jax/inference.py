@@ -45,7 +45,7 @@ from uncertlr.jax.bnn import BNN, NOISE_SITE
 from uncertlr.likelihoods import NormalPrediction
 from uncertlr.metrics import LayerSpread, layer_spread
 
-__all__ = ["DATA_AXIS", "DivergenceWarning", "MCMCResult", "SVIResult", "mcmc", "svi"]
+__all__ = ["DATA_AXIS", "DivergenceWarning", "MCMCResult", "SVIResult", "mcmc", "posterior_scale_args", "svi"]
 
 Array = Any
 
@@ -500,6 +500,30 @@ class SVIResult(_Posterior):
         return f"SVIResult({self.guide_kind}, {len(self.history)} steps, final loss {last:.4g}, {self.seconds:.1f} s)"
 
 
+def posterior_scale_args(params: Mapping[str, Array]) -> dict[str, dict[str, Array]]:
+    """``{"posterior_scale": tree}`` for :func:`svi`'s ``extra_args``: σ of each weight's guide, shaped like the updates.
+
+    Each guide mean ``{name}_loc`` (``{name}_auto_loc`` for ``AutoNormal``) gets its guide's std;
+    every other parameter (the stds themselves, deterministic parameters, a learned noise)
+    gets ones, i.e. no relative preference within that tensor.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> tree = posterior_scale_args({"w_loc": jnp.zeros(2), "w_scale": jnp.full(2, 0.1), "b": jnp.zeros(1)})
+        >>> {k: [round(x, 3) for x in v.tolist()] for k, v in tree["posterior_scale"].items()}
+        {'w_loc': [0.1, 0.1], 'w_scale': [1.0, 1.0], 'b': [1.0]}
+    """
+    out = {}
+    for k, v in params.items():
+        for loc, scale in (("_auto_loc", "_auto_scale"), ("_loc", "_scale")):
+            if k.endswith(loc) and k[: -len(loc)] + scale in params:
+                out[k] = params[k[: -len(loc)] + scale]
+                break
+        else:
+            out[k] = jnp.ones_like(v)
+    return {"posterior_scale": out}
+
+
 def _signal_fn(signal: Any, bnn: BNN) -> Callable[[Array], Array] | None:
     if signal is None:
         return None
@@ -528,6 +552,7 @@ def svi(
     num_particles: int = 1,
     guide: str = "meanfield",
     signal: str | Callable[[Array], Array] | None = None,
+    extra_args: Callable[[dict[str, Array]], Mapping[str, Any]] | None = None,
     data_parallel: bool = False,
     init_params: Mapping[str, Array] | None = None,
     rng_key: Any = 0,
@@ -554,6 +579,11 @@ def svi(
         signal: ``"entropy"``, ``"mutual_information"`` (needs ``num_particles >= 2``),
             ``"expected_entropy"`` — the batch mean under this step's particles — or a
             callable ``outputs[K, B, ...] -> scalar``; recorded in ``history`` and passed to the optimizer.
+        extra_args: ``extra_args(params) -> {name: value}``, called inside the jitted step with
+            the current (constrained) parameters; its entries are passed to the optimizer's
+            ``update`` as keyword arguments — e.g. :func:`posterior_scale_args` gives
+            ``posterior_scale=`` (the guide's σ, shaped like the updates) for the modulator's
+            per-parameter ``scale_by_grad_uncertainty``.
         data_parallel: split each batch across all devices (``jax.shard_map`` over the
             axis :data:`DATA_AXIS`); gradients and losses are averaged with ``pmean``. The
             signal is passed per device: give the modulator ``axis_name=DATA_AXIS``.
@@ -652,7 +682,7 @@ def svi(
         stats = jnp.stack([value, terms.nll, terms.kl])
         if axis is not None:
             grads, stats = jax.lax.pmean((grads, stats), axis)
-        extra = {}
+        extra = dict(extra_args(constrain(uu))) if extra_args is not None else {}
         sig = jnp.full((), jnp.nan)
         if sig_fn is not None:
             local = sig_fn(terms.outputs)
