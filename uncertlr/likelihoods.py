@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
-__all__ = ["Categorical", "Likelihood", "Normal"]
+__all__ = ["Categorical", "Likelihood", "Normal", "NormalPrediction", "as_likelihood"]
 
 
 @dataclass(frozen=True)
@@ -45,3 +46,32 @@ class Normal:
 
 
 Likelihood = Categorical | Normal
+
+
+def as_likelihood(lik: Any) -> Categorical | Normal:
+    """A likelihood spec from itself or its name (``"categorical"``, ``"normal"``/``"gaussian"``).
+
+    Example:
+        >>> as_likelihood("categorical")
+        Categorical()
+    """
+    if isinstance(lik, (Categorical, Normal)):
+        return lik
+    if lik == "categorical":
+        return Categorical()
+    if lik in ("normal", "gaussian"):
+        return Normal()
+    raise ValueError(
+        f"likelihood must be likelihoods.Categorical(), likelihoods.Normal(), 'categorical' or 'normal'; got {lik!r}"
+    )
+
+
+class NormalPrediction(NamedTuple):
+    """Regression predictions per posterior sample: ``mean[S, N, ...]`` and noise ``variance`` (same shape).
+
+    Returned by ``predict`` of both backends (torch tensors or jax arrays); feed it to
+    :func:`uncertlr.metrics.predictive_variance` and :func:`uncertlr.metrics.gaussian_nll`.
+    """
+
+    mean: Any
+    variance: Any

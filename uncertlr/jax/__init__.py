@@ -1,13 +1,52 @@
 """The JAX backend: NumPyro BNNs from Flax/Equinox models and the LR modulator as optax transformations.
 
 Needs the ``jax`` extra: ``pip install 'uncertlr[jax]'``.
+
+Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from uncertlr.jax import bayesian, svi
+    >>> bnn = bayesian(lambda p, x: x @ p["w"], params={"w": jnp.zeros((4, 3))}, num_data=32)
+    >>> x, y = jnp.ones((32, 4)), jnp.zeros(32, dtype=jnp.int32)
+    >>> res = svi(bnn, x, y, optimizer=optax.adam(1e-2), num_steps=5, progress=False)
+    >>> res.predict(x, num_samples=4).shape
+    (4, 32, 3)
 """
 
 try:
     import jax  # noqa: F401
+    import numpyro  # noqa: F401
+    import optax  # noqa: F401
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "uncertlr.jax needs the jax extra: pip install 'uncertlr[jax]' (jax, jaxlib, numpyro, optax)"
     ) from exc
 
-__all__: list[str] = []
+from uncertlr.jax.bnn import BNN, bayesian
+from uncertlr.jax.inference import (
+    DATA_AXIS,
+    DivergenceWarning,
+    MCMCResult,
+    SVIResult,
+    mcmc,
+    posterior_scale_args,
+    svi,
+)
+from uncertlr.jax.modulation import scale_by_grad_uncertainty, scale_by_uncertainty
+from uncertlr.jax.signals import LastLayerMCMCSignal
+from uncertlr.likelihoods import NormalPrediction
+
+__all__ = [
+    "BNN",
+    "DATA_AXIS",
+    "DivergenceWarning",
+    "LastLayerMCMCSignal",
+    "MCMCResult",
+    "NormalPrediction",
+    "SVIResult",
+    "bayesian",
+    "mcmc",
+    "posterior_scale_args",
+    "scale_by_grad_uncertainty",
+    "scale_by_uncertainty",
+    "svi",
+]

@@ -35,6 +35,7 @@ from torch.func import functional_call, vmap
 
 from uncertlr import likelihoods as _lik
 from uncertlr import priors as _priors
+from uncertlr.likelihoods import NormalPrediction
 from uncertlr.metrics import LayerSpread, layer_spread
 from uncertlr.select import Predicate, Selector, as_selector
 from uncertlr.torch._meanfield import MeanFieldNormal
@@ -63,13 +64,6 @@ class ELBOTerms(NamedTuple):
     outputs: Tensor
 
 
-class NormalPrediction(NamedTuple):
-    """Regression predictions per posterior sample: ``mean[S, N, ...]`` and noise ``variance`` (same shape)."""
-
-    mean: Tensor
-    variance: Tensor
-
-
 # --------------------------------------------------------------------------- helpers
 
 
@@ -95,16 +89,6 @@ def _fan_in(net: nn.Module, name: str, param: Tensor) -> int:
     return 1
 
 
-def _as_likelihood(lik: Any) -> _lik.Categorical | _lik.Normal:
-    if isinstance(lik, (_lik.Categorical, _lik.Normal)):
-        return lik
-    if lik == "categorical":
-        return _lik.Categorical()
-    if lik in ("normal", "gaussian"):
-        return _lik.Normal()
-    raise ValueError(
-        f"likelihood must be likelihoods.Categorical(), likelihoods.Normal(), 'categorical' or 'normal'; got {lik!r}"
-    )
 
 
 class _LikelihoodModule(nn.Module):
@@ -600,7 +584,7 @@ def bayesian(
     return BNN(
         net,
         prior=prior,
-        likelihood=_as_likelihood(likelihood),
+        likelihood=_lik.as_likelihood(likelihood),
         select=as_selector(select),
         num_data=num_data,
         init_scale=init_scale,

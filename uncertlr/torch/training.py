@@ -26,34 +26,13 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from uncertlr._progress import progress_bar
 from uncertlr.torch.bnn import ELBOTerms
 from uncertlr.torch.guards import StepGuard
 
 __all__ = ["LoopState", "fit", "progress_bar"]
 
 StepFn = Callable[[Tensor, Tensor], "Tensor | ELBOTerms"]
-
-
-def progress_bar(transient: bool = False) -> Any:
-    """A ``rich.progress.Progress`` with the columns the CLI uses (description, bar, M/N, elapsed, ETA)."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        transient=transient,
-    )
 
 
 class LoopState(NamedTuple):

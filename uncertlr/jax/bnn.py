@@ -1,0 +1,390 @@
+"""Bayesian neural networks from Flax, Equinox or plain JAX networks, as NumPyro models.
+
+``bayesian(net, ...)`` reads the network's parameters (it never changes ``net``), makes
+the selected ones random with a prior from :mod:`uncertlr.priors`, and returns a
+:class:`BNN` holding
+
+* ``bnn.model(x, y=None)`` — a NumPyro model: one ``numpyro.sample`` site per random
+  parameter, named like it (``"Dense_0.kernel"``, ``"layers.0.weight"``), a
+  ``numpyro.param`` site for every other parameter (trained by SVI, fixed under MCMC),
+  and the observation site ``obs`` in a subsampled ``data`` plate of size ``num_data``;
+* ``bnn.guide(x, y=None)`` — the mean-field Normal guide (means start at the network's
+  weights, std ``init_scale``), the same family as the torch backend's;
+
+Run inference with :func:`uncertlr.jax.mcmc` (NUTS/HMC) or :func:`uncertlr.jax.svi`;
+both return results with ``predict(x, num_samples=S)`` giving ``[S, N, C]`` probabilities
+(or :class:`~uncertlr.likelihoods.NormalPrediction` for regression), exactly as the torch
+backend, for :mod:`uncertlr.metrics`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+from numpyro import handlers
+from numpyro.distributions import constraints
+
+from uncertlr import likelihoods as _lik
+from uncertlr import priors as _priors
+from uncertlr.jax._networks import FanIn, Network, as_network
+from uncertlr.likelihoods import NormalPrediction
+from uncertlr.select import Predicate, Selector, as_selector
+
+__all__ = ["BNN", "NOISE_SITE", "bayesian"]
+
+Array = Any
+
+#: Name of the learned observation-noise std (a ``numpyro.param`` under SVI, a sample site under MCMC).
+NOISE_SITE = "noise_scale"
+#: Upper bound on ``num_samples * P`` weight elements evaluated at once by ``sample_outputs``.
+PREDICT_CHUNK_ELEMENTS = 2**25
+
+
+class BNN:
+    """A Bayesian version of a JAX network; create it with :func:`bayesian`.
+
+    Attributes:
+        network: the network in functional form (:class:`uncertlr.jax._networks.Network`).
+        prior, likelihood, num_data, kl_weight, init_scale: as given to :func:`bayesian`.
+        random_names: the random parameters, in registration order.
+        fixed_names: the deterministic parameters.
+    """
+
+    def __init__(
+        self,
+        network: Network,
+        *,
+        prior: _priors.Prior,
+        likelihood: _lik.Categorical | _lik.Normal,
+        select: Selector,
+        num_data: int,
+        init_scale: float,
+        kl_weight: float,
+        validate: bool,
+    ):
+        self.network = network
+        self.prior = prior
+        self.likelihood = likelihood
+        self.num_data = int(num_data)
+        self.init_scale = float(init_scale)
+        self.kl_weight = float(kl_weight)
+        self.validate = bool(validate)
+        bound = select.bind(list(network.names))
+        self.random_names: list[str] = [n for n in network.names if bound(n, network.owners[n])]
+        if not self.random_names:
+            hint = (
+                " (flax.linen modules pass module=None to select: select by name)"
+                if network.kind == "flax.linen"
+                else ""
+            )
+            raise ValueError(
+                f"select={select!r} chose none of the network's parameters {list(network.names)[:6]}...{hint}"
+            )
+        self.fixed_names: list[str] = [n for n in network.names if n not in self.random_names]
+        reserved = (
+            {NOISE_SITE, "obs", "data"}
+            | {f"{n}_loc" for n in self.random_names}
+            | {f"{n}_scale" for n in self.random_names}
+        )
+        clash = sorted(reserved & set(network.names))
+        if clash:
+            raise ValueError(f"parameter names clash with the BNN's own site names: {clash}")
+        self.prior_scale = {n: float(prior.scale_for(network.fan_in[n])) for n in self.random_names}
+        self._outputs_jit: dict[int, Callable[..., Array]] = {}
+
+    # ------------------------------------------------------------------ introspection
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shape of every random parameter."""
+        return {n: tuple(self.network.values[n].shape) for n in self.random_names}
+
+    @property
+    def num_params(self) -> int:
+        """Number of random weights ``P``."""
+        return sum(math.prod(s) for s in self.shapes.values())
+
+    @property
+    def learned_noise(self) -> bool:
+        return isinstance(self.likelihood, _lik.Normal) and self.likelihood.learned
+
+    def initial_values(self) -> dict[str, Array]:
+        """The network's current value of every random parameter (the guide's initial means)."""
+        return {n: self.network.values[n] for n in self.random_names}
+
+    def fixed_values(self) -> dict[str, Array]:
+        """The network's current value of every deterministic parameter."""
+        return {n: self.network.values[n] for n in self.fixed_names}
+
+    def prior_distribution(self, name: str) -> dist.Distribution:
+        """The prior of one random parameter (all its axes are event axes)."""
+        shape = self.shapes[name]
+        pr = self.prior
+        if isinstance(pr, _priors.ScaleMixtureNormal):
+            mix = dist.MixtureSameFamily(
+                dist.Categorical(probs=jnp.array([pr.pi, 1.0 - pr.pi])),
+                dist.Normal(jnp.zeros(2), jnp.array([pr.scale1, pr.scale2])),
+            )
+            return mix.expand(shape).to_event(len(shape))
+        loc = self.network.values[name] if pr.centered else jnp.full(shape, float(pr.loc))
+        return dist.Normal(loc, self.prior_scale[name]).to_event(len(shape))
+
+    # ------------------------------------------------------------------ forward passes
+
+    def apply(
+        self, weights: Mapping[str, Array], x: Array, fixed: Mapping[str, Array] | None = None
+    ) -> Array:
+        """Network outputs ``[N, ...]`` for one draw of the random parameters ``{name: array}``.
+
+        ``fixed`` overrides the deterministic parameters (default: the network's values).
+        """
+        vals = dict(self.network.values)
+        if fixed:
+            vals.update({n: fixed[n] for n in self.fixed_names if n in fixed})
+        vals.update(weights)
+        return self.network.apply(vals, x)
+
+    def sample_outputs(
+        self, samples: Mapping[str, Array], x: Array, fixed: Mapping[str, Array] | None = None
+    ) -> Array:
+        """Outputs ``[S, N, ...]`` for parameter draws ``{name: [S, *shape]}``, vectorised (chunked when large)."""
+        num = int(next(iter(samples.values())).shape[0])
+        chunk = max(1, min(num, PREDICT_CHUNK_ELEMENTS // max(1, self.num_params)))
+        if chunk not in self._outputs_jit:
+
+            def run(samples: dict[str, Array], x: Array, fixed: dict[str, Array]) -> Array:
+                return jax.lax.map(lambda w: self.apply(w, x, fixed), samples, batch_size=chunk)
+
+            self._outputs_jit[chunk] = jax.jit(run)
+        return self._outputs_jit[chunk](dict(samples), x, dict(fixed or {}))
+
+    def to_prediction(
+        self, outputs: Array, noise_scale: Array | float | None = None
+    ) -> Array | NormalPrediction:
+        """Turn outputs ``[S, N, ...]`` into probabilities ``[S, N, C]`` or a :class:`NormalPrediction`.
+
+        ``noise_scale`` is a scalar or one value per sample ``[S]`` (regression only).
+        """
+        if isinstance(self.likelihood, _lik.Categorical):
+            return jax.nn.softmax(outputs, axis=-1)
+        if noise_scale is None:
+            noise_scale = (
+                self.likelihood.scale if self.likelihood.scale is not None else self.likelihood.init_scale
+            )
+        s = jnp.asarray(noise_scale, dtype=outputs.dtype)
+        s = s.reshape(s.shape + (1,) * (outputs.ndim - s.ndim))
+        return NormalPrediction(outputs, jnp.broadcast_to(s * s, outputs.shape))
+
+    def log_likelihood(self, outputs: Array, y: Array, noise_scale: Array | float | None = None) -> Array:
+        """Pointwise ``log p(y_n | outputs)`` for outputs ``[S, N, ...]`` -> ``[S, N]``."""
+        if isinstance(self.likelihood, _lik.Categorical):
+            return dist.Categorical(logits=outputs).log_prob(y)
+        if noise_scale is None:
+            noise_scale = (
+                self.likelihood.scale if self.likelihood.scale is not None else self.likelihood.init_scale
+            )
+        s = jnp.asarray(noise_scale, dtype=outputs.dtype)
+        s = s.reshape(s.shape + (1,) * (outputs.ndim - s.ndim))
+        lp = dist.Normal(outputs, s).log_prob(y)
+        return lp.reshape(lp.shape[:2] + (-1,)).sum(-1)
+
+    # ------------------------------------------------------------------ validation
+
+    def output_shape(self, x: Array) -> tuple[int, ...]:
+        """Shape of the network's outputs for inputs ``x`` (traced abstractly, no compute)."""
+        try:
+            return tuple(jax.eval_shape(self.network.apply, self.network.values, x).shape)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"the network cannot be applied to x of shape {tuple(x.shape)} and dtype {x.dtype}: {exc}"
+            ) from exc
+
+    def check_data(self, x: Any, y: Any = None) -> tuple[Array, Array | None]:
+        """Validate and convert ``x[N, ...]`` and targets ``y`` (labels ``[N]`` or regression targets).
+
+        Raises:
+            TypeError / ValueError naming the problem: not an array, empty, NaN/inf, batch-size
+            mismatch, float or out-of-range labels, target shape different from the output's.
+        """
+        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+            raise TypeError(f"x must be a numpy or jax array; got {type(x).__name__}")
+        if x.ndim == 0 or x.shape[0] == 0:
+            raise ValueError(f"x must have a non-empty batch axis first; got shape {tuple(x.shape)}")
+        if jnp.issubdtype(x.dtype, jnp.floating) and self.validate and not np.isfinite(np.asarray(x)).all():
+            raise ValueError("x contains NaN or inf")
+        x = jnp.asarray(x)
+        if y is None:
+            return x, None
+        if not hasattr(y, "shape") or not hasattr(y, "dtype"):
+            raise TypeError(f"y must be a numpy or jax array; got {type(y).__name__}")
+        if y.ndim == 0 or y.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"x and y must have the same batch size; got {x.shape[0]} and {y.shape[0] if y.ndim else 'a scalar'}"
+            )
+        out = self.output_shape(x)
+        if isinstance(self.likelihood, _lik.Categorical):
+            if len(out) != 2:
+                raise ValueError(f"Categorical likelihood needs network outputs [N, C] (logits); got {out}")
+            if y.ndim != 1:
+                raise ValueError(f"labels must have shape [N] = [{x.shape[0]}]; got {tuple(y.shape)}")
+            if not jnp.issubdtype(y.dtype, jnp.integer):
+                raise TypeError(f"labels must be an integer array of class indices; got dtype {y.dtype}")
+            if self.validate:
+                yy = np.asarray(y)
+                lo, hi = int(yy.min()), int(yy.max())
+                if lo < 0 or hi >= out[1]:
+                    raise ValueError(f"labels must lie in [0, {out[1]}); got values in [{lo}, {hi}]")
+        else:
+            if tuple(y.shape) != out:
+                raise ValueError(
+                    f"regression targets must have the network output's shape {out}; got {tuple(y.shape)} "
+                    "(reshape y, e.g. y[:, None], rather than rely on broadcasting)"
+                )
+            if not jnp.issubdtype(y.dtype, jnp.floating):
+                raise TypeError(f"regression targets must be floating point; got dtype {y.dtype}")
+            if self.validate and not np.isfinite(np.asarray(y)).all():
+                raise ValueError("regression targets contain NaN or inf")
+        return x, jnp.asarray(y)
+
+    # ------------------------------------------------------------------ NumPyro programs
+
+    def _weights(self) -> dict[str, Array]:
+        with handlers.scale(scale=self.kl_weight):
+            return {n: numpyro.sample(n, self.prior_distribution(n)) for n in self.random_names}
+
+    def _observe(self, out: Array, y: Array | None, noise: Array | float | None) -> None:
+        with numpyro.plate("data", self.num_data, subsample_size=out.shape[0]):
+            if isinstance(self.likelihood, _lik.Categorical):
+                numpyro.sample("obs", dist.Categorical(logits=out), obs=y)
+            else:
+                d = dist.Normal(out, noise)
+                numpyro.sample("obs", d.to_event(out.ndim - 1) if out.ndim > 1 else d, obs=y)
+
+    def _noise(self, *, sample: bool) -> Array | float | None:
+        if not isinstance(self.likelihood, _lik.Normal):
+            return None
+        if not self.likelihood.learned:
+            return float(self.likelihood.scale)  # type: ignore[arg-type]
+        init = self.likelihood.init_scale
+        if sample:
+            return numpyro.sample(NOISE_SITE, dist.LogNormal(math.log(init), 1.0))
+        return numpyro.param(NOISE_SITE, jnp.asarray(init), constraint=constraints.positive)
+
+    def model(self, x: Array, y: Array | None = None) -> Array:
+        """The NumPyro model for SVI (see the module docstring); returns the network's outputs.
+
+        The deterministic parameters and a learned noise std are ``numpyro.param`` sites.
+        """
+        weights = self._weights()
+        fixed = {n: numpyro.param(n, self.network.values[n]) for n in self.fixed_names}
+        out = self.apply(weights, x, fixed)
+        self._observe(out, y, self._noise(sample=False))
+        return out
+
+    def mcmc_model(self, x: Array, y: Array | None = None) -> Array:
+        """The NumPyro model for MCMC: deterministic parameters are constants at the network's values.
+
+        A learned noise std has no optimizer to fit it here, so it is a random site
+        ``noise_scale ~ LogNormal(log init_scale, 1)``; pass ``likelihoods.Normal(scale=...)`` to fix it.
+        """
+        out = self.apply(self._weights(), x)
+        self._observe(out, y, self._noise(sample=True))
+        return out
+
+    def guide(self, x: Array, y: Array | None = None) -> dict[str, Array]:
+        """The mean-field Normal guide: params ``{name}_loc`` and ``{name}_scale`` (positive) per random parameter."""
+        out = {}
+        with handlers.scale(scale=self.kl_weight):
+            for n in self.random_names:
+                loc = numpyro.param(f"{n}_loc", self.network.values[n])
+                scale = numpyro.param(
+                    f"{n}_scale", jnp.full(self.shapes[n], self.init_scale), constraint=constraints.positive
+                )
+                out[n] = numpyro.sample(n, dist.Normal(loc, scale).to_event(len(self.shapes[n])))
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"BNN({self.network.kind}, random={len(self.random_names)} tensors / {self.num_params} weights, "
+            f"fixed={len(self.fixed_names)}, prior={self.prior!r}, likelihood={self.likelihood!r})"
+        )
+
+
+def bayesian(
+    net: Any,
+    *,
+    num_data: int,
+    params: Any = None,
+    prior: _priors.Prior | None = None,
+    likelihood: _lik.Categorical | _lik.Normal | str = "categorical",
+    select: Predicate | Selector | None = None,
+    init_scale: float = 1e-3,
+    kl_weight: float = 1.0,
+    per_example: bool | None = None,
+    fan_in: FanIn | None = None,
+    validate: bool = True,
+) -> BNN:
+    """Make a Bayesian neural network from a Flax (linen or nnx) module, an Equinox module or ``apply(params, x)``.
+
+    Mirrors :func:`uncertlr.torch.bayesian`: the same priors, likelihoods and ``select``
+    predicates; ``net`` is never modified.
+
+    Args:
+        net: a ``flax.linen.Module`` (pass ``params``), a ``flax.nnx.Module``, an
+            ``equinox.Module``, or a function ``apply(params, x) -> outputs`` (pass ``params``).
+        num_data: size of the training set ``N``; minibatch likelihoods are scaled by it.
+        params: a linen module's variables (``module.init(key, x)``) or an apply
+            function's parameter pytree. Its values are the guide's initial means, the
+            centre of a ``centered`` prior, and the deterministic parameters' values.
+        prior: :mod:`uncertlr.priors` spec; default ``Normal(1.0)`` (``N(0, 1)``, as the torch
+            backend). ``FanInNormal()`` follows each framework's layout: Flax kernels are
+            ``(in, out)``, Equinox weights ``(out, in)``; plain functions are read as Flax-like.
+        likelihood: ``likelihoods.Categorical()`` (outputs are logits) or
+            ``likelihoods.Normal()`` (outputs are means), or their names.
+        select: predicate ``(name, module) -> bool`` choosing the random parameters
+            (:mod:`uncertlr.select`); ``module`` is the owning layer for nnx and Equinox,
+            None for linen and plain functions. Default: all.
+        init_scale: initial std of the mean-field guide.
+        kl_weight: multiplies the prior/KL term (1 = the posterior; < 1 a tempered one). Must be > 0.
+        per_example: vmap the network over the batch axis (default True for Equinox).
+        fan_in: ``fan_in(name, shape) -> int`` to override the fan-in rule.
+        validate: check inputs and targets at every entry point.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> import flax.linen as nn
+        >>> from uncertlr import select
+        >>> from uncertlr.jax import bayesian
+        >>> net = nn.Sequential([nn.Dense(16), nn.tanh, nn.Dense(3)])
+        >>> variables = net.init(jax.random.key(0), jnp.ones((1, 4)))
+        >>> bnn = bayesian(net, params=variables, num_data=100, select=select.last_layer())
+        >>> bnn.random_names, bnn.fixed_names
+        (['layers_2.kernel', 'layers_2.bias'], ['layers_0.kernel', 'layers_0.bias'])
+    """
+    if isinstance(num_data, bool) or not isinstance(num_data, (int, np.integer)) or num_data < 1:
+        raise ValueError(f"num_data must be a positive integer (the training-set size); got {num_data!r}")
+    if not (isinstance(kl_weight, (int, float)) and math.isfinite(kl_weight) and kl_weight > 0):
+        raise ValueError(f"kl_weight must be finite and > 0; got {kl_weight!r}")
+    if not (isinstance(init_scale, (int, float)) and math.isfinite(init_scale) and init_scale > 0):
+        raise ValueError(f"init_scale must be positive and finite; got {init_scale!r}")
+    prior = _priors.Normal(1.0) if prior is None else prior
+    if not isinstance(prior, (_priors.Normal, _priors.FanInNormal, _priors.ScaleMixtureNormal)):
+        raise TypeError(f"prior must be an uncertlr.priors spec; got {type(prior).__name__}")
+    network = as_network(net, params=params, per_example=per_example, fan_in=fan_in)
+    return BNN(
+        network,
+        prior=prior,
+        likelihood=_lik.as_likelihood(likelihood),
+        select=as_selector(select),
+        num_data=int(num_data),
+        init_scale=init_scale,
+        kl_weight=kl_weight,
+        validate=validate,
+    )
