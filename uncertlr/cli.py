@@ -1,7 +1,8 @@
-"""Command line: ``uncertlr demo``.
+"""Command line: ``uncertlr demo`` and ``uncertlr report``.
 
 Example:
     $ uncertlr demo --out runs          # digits: deterministic MLP vs Bayesian MLP
+    $ uncertlr report runs/digits-...   # (re)build report.html, posterior-*.nc, summary.json
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--epochs", type=int, default=None, help="BNN epochs (default 150)")
     d.add_argument("--num-samples", type=int, default=None, help="posterior samples for prediction (default 64)")
+    r = sub.add_parser("report", help="(re)build report.html, posterior-*.nc and summary.json of a run folder")
+    r.add_argument("run_dir", help="a run folder written by `uncertlr demo`")
     return p
 
 
@@ -45,7 +48,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = replace(cfg, num_samples=args.num_samples)
         run_demo(args.out, cfg)
         return 0
+    if args.command == "report":
+        return _report(args.run_dir)
     return 2  # pragma: no cover - argparse enforces a command
+
+
+def _report(run_dir: str) -> int:
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    try:
+        from uncertlr.diagnostics import report
+    except ImportError as exc:
+        console.print(f"[red]error[/]: {exc}")
+        return 1
+    try:
+        path = report(run_dir, progress=True)
+    except (FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]error[/]: {exc}")
+        return 1
+    console.print(f"report: [bold]{path}[/]")
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

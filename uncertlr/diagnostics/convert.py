@@ -145,7 +145,9 @@ def to_inference_data(
         idata = _from_numpyro_svi(result.model, result.guide, p, tuple(args), kwargs, **opts)
     else:
         spread = result.posterior_spread() if callable(getattr(result, "posterior_spread", None)) else None
-        idata = _from_pyro(result.model, result.guide, tuple(args), kwargs, spread=spread, **opts)
+        sampler = getattr(result, "sample_parameters", None) if spread is not None else None
+        idata = _from_pyro(result.model, result.guide, tuple(args), kwargs, spread=spread,
+                           sample_parameters=sampler if callable(sampler) else None, **opts)
     if history is not None:
         add_history(idata, history)
     if name is not None:
@@ -416,85 +418,95 @@ def _np(t: Any) -> np.ndarray:
 
 
 def _from_pyro(model: Any, guide: Any, args: tuple, kwargs: dict, *, num_samples: int, max_weights: int | None,
-               rng_seed: int, spread: Mapping[str, Any] | None) -> Any:
+               rng_seed: int, spread: Mapping[str, Any] | None, sample_parameters: Any = None) -> Any:
+    """Draws from the guide (``sample_parameters(S)`` when the result has it), then the model replayed on each."""
     import torch
     from pyro import poutine
     from pyro.poutine.util import site_is_subsample
 
-    subsets: dict[str, _Subset] = {}
-    kept: dict[str, list[np.ndarray]] = {}
-    moments: dict[str, list[np.ndarray]] = {}
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(rng_seed)
+        if sample_parameters is not None:  # an uncertlr BNN: one vectorised draw of every random parameter
+            draws = {n: _np(v) for n, v in sample_parameters(num_samples).items()}
+        else:
+            if not args and not kwargs:
+                raise ValueError("a Pyro model and guide need their data to draw from the guide: pass x= (and y=)")
+            per_draw: dict[str, list[np.ndarray]] = {}
+            for _ in range(num_samples):
+                gtr = poutine.trace(guide).get_trace(*args, **kwargs)
+                for n, site in gtr.nodes.items():
+                    if (site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+                            and not site["infer"].get("is_auxiliary")):
+                        per_draw.setdefault(n, []).append(_np(site["value"]))
+            draws = {n: np.stack(v) for n, v in per_draw.items()}
+        if not draws:
+            raise ValueError("the guide has no latent sample sites: nothing to convert")
+        predictive = None
+        if args or kwargs:
+            predictive = _pyro_predictive(model, draws, args, kwargs, num_samples, poutine, site_is_subsample)
+    if predictive is not None:  # guide sites the model does not sample (e.g. auxiliary ones) are not weights
+        latent = predictive.pop("latent")
+        draws = {n: v for n, v in draws.items() if n in latent}
+    subsets = {n: _Subset(n, v.shape[1:], max_weights) for n, v in draws.items()}
+    posterior = {n: subsets[n].take(v)[None] for n, v in draws.items()}
+    if spread is None:
+        spread_from = "draws"
+        spread = _spread_from_draws(draws, sample_axes=1)
+    else:
+        spread_from = "guide"
+    return _assemble(posterior, subsets, predictive, spread=spread, spread_from=spread_from, kind="svi")
+
+
+def _pyro_predictive(model: Any, draws: Mapping[str, np.ndarray], args: tuple, kwargs: dict, num_samples: int,
+                     poutine: Any, site_is_subsample: Any) -> dict[str, Any] | None:
+    """Replay ``model`` on each draw: log-likelihood and posterior predictive of its other sample sites."""
+    import torch
+
     ll: dict[str, list[np.ndarray]] = {}
     pp: dict[str, list[np.ndarray]] = {}
     observed: dict[str, np.ndarray] = {}
     site_dims: dict[str, list[str]] = {}
+    latent: set[str] = set()
     ll_sum, h_sum = np.zeros(num_samples), np.zeros(num_samples)
     ll_count = h_count = 0
     has_entropy = True
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(rng_seed)
-        for s in range(num_samples):
-            gtr = poutine.trace(guide).get_trace(*args, **kwargs)
-            mtr = poutine.trace(poutine.replay(model, trace=gtr)).get_trace(*args, **kwargs)
-            for n, site in gtr.nodes.items():
-                if (site["type"] != "sample" or site["is_observed"] or site_is_subsample(site)
-                        or site["infer"].get("is_auxiliary") or n not in mtr.nodes):
-                    continue
-                v = _np(site["value"])
-                if n not in subsets:
-                    subsets[n] = _Subset(n, v.shape, max_weights)
-                    kept[n], moments[n] = [], [np.zeros(v.shape), np.zeros(v.shape)]
-                kept[n].append(subsets[n].take(v))
-                if spread is None:
-                    moments[n][0] += v
-                    moments[n][1] += np.square(v, dtype=np.float64)
-            n_ll = n_h = 0
-            for n, site in mtr.nodes.items():
-                if site["type"] != "sample" or n in gtr.nodes or site_is_subsample(site):
-                    continue
-                fn = site["fn"]
-                if n not in site_dims:
-                    value = _np(site["value"])
-                    site_dims[n] = _site_dims(n, value.ndim, len(fn.batch_shape), site["cond_indep_stack"])
-                if site["is_observed"]:
-                    lp = _np(fn.log_prob(site["value"]))
-                    ll.setdefault(n, []).append(lp)
-                    ll_sum[s] += lp.sum()
-                    n_ll += lp.size
-                    pp.setdefault(n, []).append(_np(fn.sample()))
-                    observed[n] = _np(site["value"])
+    for s in range(num_samples):
+        data = {n: torch.as_tensor(v[s]) for n, v in draws.items()}
+        mtr = poutine.trace(poutine.condition(model, data=data)).get_trace(*args, **kwargs)
+        n_ll = n_h = 0
+        for n, site in mtr.nodes.items():
+            if site["type"] != "sample" or site_is_subsample(site):
+                continue
+            if n in data:
+                latent.add(n)
+                continue
+            fn = site["fn"]
+            if n not in site_dims:
+                site_dims[n] = _site_dims(n, _np(site["value"]).ndim, len(fn.batch_shape), site["cond_indep_stack"])
+            if site["is_observed"]:
+                lp = _np(fn.log_prob(site["value"]))
+                ll.setdefault(n, []).append(lp)
+                ll_sum[s] += lp.sum()
+                n_ll += lp.size
+                pp.setdefault(n, []).append(_np(fn.sample()))
+                observed[n] = _np(site["value"])
+            else:
+                pp.setdefault(n, []).append(_np(site["value"]))
+            if has_entropy:
+                try:
+                    h = _np(fn.entropy())
+                except (NotImplementedError, AttributeError):
+                    has_entropy = False
                 else:
-                    pp.setdefault(n, []).append(_np(site["value"]))
-                if has_entropy:
-                    try:
-                        h = _np(fn.entropy())
-                    except (NotImplementedError, AttributeError):
-                        has_entropy = False
-                    else:
-                        h_sum[s] += h.sum()
-                        n_h += h.size
-            ll_count, h_count = n_ll, n_h
-    if not subsets:
-        raise ValueError("the guide has no latent sample sites: nothing to convert")
-    posterior = {n: np.stack(v)[None] for n, v in kept.items()}
-    if spread is None:
-        spread_from = "draws"
-        loc, scale = {}, {}
-        for n, (m1, m2) in moments.items():
-            mean = m1 / num_samples
-            var = np.maximum(m2 / num_samples - mean**2, 0.0) * num_samples / max(num_samples - 1, 1)
-            if num_samples > 1 and np.all(var > 0):
-                loc[n], scale[n] = mean, np.sqrt(var)
-        spread = layer_spread(loc, scale) if loc else {}
-    else:
-        spread_from = "guide"
-    predictive = None
-    if pp:
-        pred = {n: np.stack(v)[None] for n, v in pp.items()}
-        pred.update({k: v[None] for k, v in _quantities(ll_sum, ll_count, h_sum if has_entropy else None, h_count).items()})
-        predictive = {"pp": pred, "ll": {n: np.stack(v)[None] for n, v in ll.items()}, "observed": observed,
-                      "dims": site_dims}
-    return _assemble(posterior, subsets, predictive, spread=spread, spread_from=spread_from, kind="svi")
+                    h_sum[s] += h.sum()
+                    n_h += h.size
+        ll_count, h_count = n_ll, n_h
+    if not pp:
+        return None
+    pred = {n: np.stack(v)[None] for n, v in pp.items()}
+    pred.update({k: v[None] for k, v in _quantities(ll_sum, ll_count, h_sum if has_entropy else None, h_count).items()})
+    return {"pp": pred, "ll": {n: np.stack(v)[None] for n, v in ll.items()}, "observed": observed, "dims": site_dims,
+            "latent": latent}
 
 
 # --------------------------------------------------------------------------- NumPyro
