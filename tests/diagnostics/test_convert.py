@@ -7,7 +7,7 @@ import types
 import numpy as np
 import pytest
 import torch
-from conftest import logistic_model
+from conftest import MCMC_CHAINS, MCMC_DRAWS, logistic_model
 
 from uncertlr.diagnostics import (
     HISTORY_GROUP,
@@ -82,10 +82,10 @@ def test_numpyro_mcmc_raw_and_wrapped(numpyro_mcmc, logistic_data):
     idata = to_inference_data(numpyro_mcmc, name="nuts")
     assert {"posterior", "sample_stats", "log_likelihood", "posterior_predictive", "observed_data",
             SPREAD_GROUP} <= set(idata.groups())
-    assert idata.posterior["w"].dims == ("chain", "draw", "w_dim_0") and idata.posterior["w"].shape == (2, 100, 3)
+    assert idata.posterior["w"].dims == ("chain", "draw", "w_dim_0") and idata.posterior["w"].shape == (MCMC_CHAINS, MCMC_DRAWS, 3)
     assert {"diverging", "energy"} <= set(idata.sample_stats.data_vars)
     ll = idata.log_likelihood["obs"]
-    assert ll.dims == ("chain", "draw", "data") and ll.shape == (2, 100, 40)
+    assert ll.dims == ("chain", "draw", "data") and ll.shape == (MCMC_CHAINS, MCMC_DRAWS, 40)
     # independent Bernoulli log-likelihood from the draws
     z = np.einsum("cdi,ni->cdn", idata.posterior["w"].values, x) + idata.posterior["b"].values[..., None]
     expect = y * -np.logaddexp(0, -z) + (1 - y) * -np.logaddexp(0, z)
@@ -96,7 +96,7 @@ def test_numpyro_mcmc_raw_and_wrapped(numpyro_mcmc, logistic_data):
     wrapped = to_inference_data(types.SimpleNamespace(mcmc=numpyro_mcmc, samples=numpyro_mcmc.get_samples()))
     np.testing.assert_array_equal(wrapped.posterior["w"].values, idata.posterior["w"].values)
     sub = to_inference_data(numpyro_mcmc, max_weights=2)
-    assert sub.posterior["w"].shape == (2, 100, 2) and list(sub.posterior["w_index"].values) == [0, 2]
+    assert sub.posterior["w"].shape == (MCMC_CHAINS, MCMC_DRAWS, 2) and list(sub.posterior["w_index"].values) == [0, 2]
 
 
 def test_numpyro_svi_duck_typed(logistic_data):

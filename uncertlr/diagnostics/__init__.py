@@ -34,7 +34,7 @@ from uncertlr.diagnostics.convert import (
     model_name,
     to_inference_data,
 )
-from uncertlr.diagnostics.report import SECTIONS, load_posteriors, posterior_filename, report
+from uncertlr.diagnostics.reporting import SECTIONS, load_posteriors, posterior_filename, report
 from uncertlr.diagnostics.summary import RHAT_THRESHOLD, convergence_warnings, summarize
 
 __all__ = [
