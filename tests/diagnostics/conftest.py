@@ -40,8 +40,14 @@ def numpyro_mcmc(logistic_data):
     from numpyro.infer import MCMC, NUTS
 
     x, y = logistic_data
-    mcmc = MCMC(NUTS(logistic_model), num_warmup=300, num_samples=MCMC_DRAWS, num_chains=MCMC_CHAINS,
-                chain_method="sequential", progress_bar=False)
+    mcmc = MCMC(
+        NUTS(logistic_model),
+        num_warmup=300,
+        num_samples=MCMC_DRAWS,
+        num_chains=MCMC_CHAINS,
+        chain_method="sequential",
+        progress_bar=False,
+    )
     mcmc.run(jax.random.PRNGKey(0), x, y=y, extra_fields=("energy",))
     return mcmc
 
@@ -65,13 +71,36 @@ def write_run(run, names=("deterministic", "bnn"), *, seed=0):
         preds[f"{n}_test"] = p
         preds[f"{n}_ood"] = np.exp(rng.normal(size=(s, 60, 3)))
         preds[f"{n}_ood"] /= preds[f"{n}_ood"].sum(-1, keepdims=True)
-        models[n] = {"accuracy": float((p.mean(0).argmax(-1) == labels).mean()), "nll": 0.5, "brier": 0.2, "ece": 0.05,
-                     "auroc_mi": 0.9, "auroc_entropy": 0.8, "seconds": 1.0 + i}
-        history[n] = [{"step": k + 1, "epoch": k // 10, "loss": 2.0 / (k + 1) + 0.01 * rng.random(), "lr": 0.01,
-                       "signal": 0.5 + 0.1 * rng.random(), "scale": 1.0 + 0.1 * np.sin(k)} for k in range(60)]
-    meta = {"schema": METRICS_SCHEMA, "task": "synthetic", "created": "2026-01-01T00:00:00", "seed": seed,
-            "device": "cpu", "config": {"epochs": 6, "lr": 0.01}, "versions": {"numpy": np.__version__},
-            "models": models}
+        models[n] = {
+            "accuracy": float((p.mean(0).argmax(-1) == labels).mean()),
+            "nll": 0.5,
+            "brier": 0.2,
+            "ece": 0.05,
+            "auroc_mi": 0.9,
+            "auroc_entropy": 0.8,
+            "seconds": 1.0 + i,
+        }
+        history[n] = [
+            {
+                "step": k + 1,
+                "epoch": k // 10,
+                "loss": 2.0 / (k + 1) + 0.01 * rng.random(),
+                "lr": 0.01,
+                "signal": 0.5 + 0.1 * rng.random(),
+                "scale": 1.0 + 0.1 * np.sin(k),
+            }
+            for k in range(60)
+        ]
+    meta = {
+        "schema": METRICS_SCHEMA,
+        "task": "synthetic",
+        "created": "2026-01-01T00:00:00",
+        "seed": seed,
+        "device": "cpu",
+        "config": {"epochs": 6, "lr": 0.01},
+        "versions": {"numpy": np.__version__},
+        "models": models,
+    }
     (run / "metrics.json").write_text(json.dumps(meta))
     (run / "history.json").write_text(json.dumps(history))
     np.savez(run / "predictions.npz", **preds)

@@ -43,7 +43,14 @@ def browser() -> str:
 
 def _chromium(browser, tmp_path, page, *extra: str) -> subprocess.CompletedProcess:
     profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"  # a fresh profile each run
-    cmd = [browser, *FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=10000", *extra, page.as_uri()]
+    cmd = [
+        browser,
+        *FLAGS,
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=10000",
+        *extra,
+        page.as_uri(),
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=90, check=True)
 
 
@@ -71,7 +78,9 @@ def test_report_renders_in_chromium(browser, report_run, tmp_path):
 def test_browser_check_catches_a_broken_image(browser, report_run, tmp_path):
     """Negative control: the DOM check does report an image that cannot be decoded."""
     source = (report_run / "report.html").read_text(encoding="utf-8")
-    broken = re.sub(r'src="data:image/png;base64,[^"]{40}', 'src="data:image/png;base64,AAAA', source, count=1)
+    broken = re.sub(
+        r'src="data:image/png;base64,[^"]{40}', 'src="data:image/png;base64,AAAA', source, count=1
+    )
     page = tmp_path / "broken.html"
     page.write_text(broken, encoding="utf-8")
     dom = _chromium(browser, tmp_path, page, "--dump-dom").stdout

@@ -38,7 +38,13 @@ def linear_bnn():
 def test_pyro_bnn_groups_dims_and_log_likelihood(linear_bnn):
     bnn, x, y = linear_bnn
     idata = to_inference_data(bnn, x=x, y=y, num_samples=25, max_weights=None, name="tiny")
-    assert set(idata.groups()) == {"posterior", "posterior_predictive", "log_likelihood", "observed_data", SPREAD_GROUP}
+    assert set(idata.groups()) == {
+        "posterior",
+        "posterior_predictive",
+        "log_likelihood",
+        "observed_data",
+        SPREAD_GROUP,
+    }
     w, b = idata.posterior["weight"], idata.posterior["bias"]
     assert w.dims == ("chain", "draw", "weight_dim_0", "weight_dim_1") and w.shape == (1, 25, 4, 3)
     assert b.shape == (1, 25, 4)
@@ -50,12 +56,16 @@ def test_pyro_bnn_groups_dims_and_log_likelihood(linear_bnn):
     logits = np.einsum("sci,ni->snc", w.values[0], x.numpy()) + b.values[0][:, None, :]
     expect = np.take_along_axis(_log_softmax(logits), y.numpy()[None, :, None], -1)[..., 0]
     np.testing.assert_allclose(ll.values[0], expect, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(idata.posterior_predictive["mean_log_likelihood"].values[0], expect.mean(1), rtol=1e-5)
+    np.testing.assert_allclose(
+        idata.posterior_predictive["mean_log_likelihood"].values[0], expect.mean(1), rtol=1e-5
+    )
     p = np.exp(_log_softmax(logits))
     entropy = -(p * np.log(p)).sum(-1).mean(1)
     np.testing.assert_allclose(idata.posterior_predictive["mean_entropy"].values[0], entropy, rtol=1e-5)
     # draws come from the guide: their spread matches the posterior scale
-    np.testing.assert_allclose(w.values[0].std(0, ddof=1).mean(), bnn.posterior_scale()["weight"].mean(), rtol=0.25)
+    np.testing.assert_allclose(
+        w.values[0].std(0, ddof=1).mean(), bnn.posterior_scale()["weight"].mean(), rtol=0.25
+    )
     assert model_name(idata) == "tiny" and inference_kind(idata) == "svi"
 
 
@@ -63,7 +73,9 @@ def test_pyro_bnn_weight_subset_is_bounded_and_spread_is_exact():
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(20, 30), torch.nn.ReLU(), torch.nn.Linear(30, 5))
     bnn = bayesian(net, num_data=10, init_scale=0.05)
-    idata = to_inference_data(bnn, x=torch.randn(10, 20), y=torch.randint(0, 5, (10,)), num_samples=8, max_weights=16)
+    idata = to_inference_data(
+        bnn, x=torch.randn(10, 20), y=torch.randint(0, 5, (10,)), num_samples=8, max_weights=16
+    )
     w0 = idata.posterior["0.weight"]
     assert w0.dims == ("chain", "draw", "0.weight_index") and w0.shape == (1, 8, 16)
     idx = w0["0.weight_index"].values
@@ -80,9 +92,19 @@ def test_pyro_bnn_weight_subset_is_bounded_and_spread_is_exact():
 def test_numpyro_mcmc_raw_and_wrapped(numpyro_mcmc, logistic_data):
     x, y = logistic_data
     idata = to_inference_data(numpyro_mcmc, name="nuts")
-    assert {"posterior", "sample_stats", "log_likelihood", "posterior_predictive", "observed_data",
-            SPREAD_GROUP} <= set(idata.groups())
-    assert idata.posterior["w"].dims == ("chain", "draw", "w_dim_0") and idata.posterior["w"].shape == (MCMC_CHAINS, MCMC_DRAWS, 3)
+    assert {
+        "posterior",
+        "sample_stats",
+        "log_likelihood",
+        "posterior_predictive",
+        "observed_data",
+        SPREAD_GROUP,
+    } <= set(idata.groups())
+    assert idata.posterior["w"].dims == ("chain", "draw", "w_dim_0") and idata.posterior["w"].shape == (
+        MCMC_CHAINS,
+        MCMC_DRAWS,
+        3,
+    )
     assert {"diverging", "energy"} <= set(idata.sample_stats.data_vars)
     ll = idata.log_likelihood["obs"]
     assert ll.dims == ("chain", "draw", "data") and ll.shape == (MCMC_CHAINS, MCMC_DRAWS, 40)
@@ -91,12 +113,16 @@ def test_numpyro_mcmc_raw_and_wrapped(numpyro_mcmc, logistic_data):
     expect = y * -np.logaddexp(0, -z) + (1 - y) * -np.logaddexp(0, z)
     np.testing.assert_allclose(ll.values, expect, rtol=1e-4, atol=1e-4)
     # arviz.from_numpyro's own log-likelihood agrees too
-    np.testing.assert_allclose(az.from_numpyro(numpyro_mcmc).log_likelihood["obs"].values, ll.values, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        az.from_numpyro(numpyro_mcmc).log_likelihood["obs"].values, ll.values, rtol=1e-4, atol=1e-4
+    )
     assert inference_kind(idata) == "mcmc"
     wrapped = to_inference_data(types.SimpleNamespace(mcmc=numpyro_mcmc, samples=numpyro_mcmc.get_samples()))
     np.testing.assert_array_equal(wrapped.posterior["w"].values, idata.posterior["w"].values)
     sub = to_inference_data(numpyro_mcmc, max_weights=2)
-    assert sub.posterior["w"].shape == (MCMC_CHAINS, MCMC_DRAWS, 2) and list(sub.posterior["w_index"].values) == [0, 2]
+    assert sub.posterior["w"].shape == (MCMC_CHAINS, MCMC_DRAWS, 2) and list(
+        sub.posterior["w_index"].values
+    ) == [0, 2]
 
 
 def test_numpyro_svi_duck_typed(logistic_data):
@@ -109,8 +135,9 @@ def test_numpyro_svi_duck_typed(logistic_data):
     guide = AutoNormal(logistic_model)
     svi = SVI(logistic_model, guide, numpyro.optim.Adam(0.05), Trace_ELBO())
     res = svi.run(jax.random.PRNGKey(0), 200, x, y=y, progress_bar=False)
-    result = types.SimpleNamespace(model=logistic_model, guide=guide, params=res.params,
-                                   predict=lambda *a, **k: None, samples=None)
+    result = types.SimpleNamespace(
+        model=logistic_model, guide=guide, params=res.params, predict=lambda *a, **k: None, samples=None
+    )
     idata = to_inference_data(result, x=x, y=y, num_samples=50)
     assert idata.posterior["w"].shape == (1, 50, 3) and idata.posterior["b"].shape == (1, 50)
     assert idata.log_likelihood["obs"].shape == (1, 50, 40)

@@ -45,13 +45,20 @@ def test_summary_agrees_with_arviz_summary(report_run):
     for label, row in ref.iterrows():
         for col in ("mean", "sd", "ess_bulk", "ess_tail", "r_hat", "mcse_mean"):
             assert summary["weights"][label][col] == pytest.approx(row[col], rel=1e-9)
-    pred = az.summary(idata, group="posterior_predictive", var_names=["mean_log_likelihood", "mean_entropy"],
-                      round_to="none")
+    pred = az.summary(
+        idata,
+        group="posterior_predictive",
+        var_names=["mean_log_likelihood", "mean_entropy"],
+        round_to="none",
+    )
     for label, row in pred.iterrows():
         assert summary["predictive"][label]["r_hat"] == pytest.approx(row["r_hat"], rel=1e-9)
     # independent check of one number: the mean log-likelihood per draw from the log_likelihood group
-    np.testing.assert_allclose(idata.posterior_predictive["mean_log_likelihood"].values,
-                               idata.log_likelihood["obs"].values.mean(-1), rtol=1e-5)
+    np.testing.assert_allclose(
+        idata.posterior_predictive["mean_log_likelihood"].values,
+        idata.log_likelihood["obs"].values.mean(-1),
+        rtol=1e-5,
+    )
 
 
 def test_clean_mcmc_run_has_no_warning(report_run):

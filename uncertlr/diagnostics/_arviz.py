@@ -16,7 +16,9 @@ try:
 
     matplotlib.use("Agg", force=False)
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"(?s).*ArviZ is undergoing a major refactor", category=FutureWarning)
+        warnings.filterwarnings(
+            "ignore", message=r"(?s).*ArviZ is undergoing a major refactor", category=FutureWarning
+        )
         import arviz as az
     import xarray as xr
 except ImportError as exc:  # pragma: no cover - exercised only without the extra

@@ -54,14 +54,17 @@ def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def table(headers: Sequence[Any], rows: Iterable[Sequence[Any]], *, bad: set[tuple[int, int]] | None = None) -> str:
+def table(
+    headers: Sequence[Any], rows: Iterable[Sequence[Any]], *, bad: set[tuple[int, int]] | None = None
+) -> str:
     """A table of escaped cells; ``bad`` holds ``(row, column)`` cells to highlight."""
     bad = bad or set()
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
     body = []
     for i, row in enumerate(rows):
         cells = "".join(
-            f'<td class="bad">{esc(c)}</td>' if (i, j) in bad else f"<td>{esc(c)}</td>" for j, c in enumerate(row)
+            f'<td class="bad">{esc(c)}</td>' if (i, j) in bad else f"<td>{esc(c)}</td>"
+            for j, c in enumerate(row)
         )
         body.append(f"<tr>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
@@ -72,12 +75,14 @@ def image(png: bytes, alt: str) -> str:
     return f'<img alt="{esc(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
-def page(*, title: str, subtitle: str, sections: Sequence[tuple[str, str, str]], banner: str, footer: str) -> str:
+def page(
+    *, title: str, subtitle: str, sections: Sequence[tuple[str, str, str]], banner: str, footer: str
+) -> str:
     """The whole document; ``sections`` are ``(id, title, inner HTML)`` (inner HTML already escaped)."""
     nav = "".join(f'<a href="#{esc(i)}">{esc(t)}</a>' for i, t, _ in sections)
     body = "".join(f'<section id="{esc(i)}"><h2>{esc(t)}</h2>{inner}</section>' for i, t, inner in sections)
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{esc(CSP)}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>"

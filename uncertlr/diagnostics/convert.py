@@ -2,10 +2,11 @@
 
 :func:`to_inference_data` accepts
 
-* a Pyro SVI posterior: an :class:`uncertlr.torch.BNN`, a ``pyro.infer.SVI`` or any object
-  with Pyro ``model`` and ``guide`` programs. Weights are drawn from the guide, the model is
-  replayed on them, and its observed sites give ``log_likelihood``, ``posterior_predictive``
-  and ``observed_data`` (ArviZ has no Pyro-SVI converter);
+* a Pyro SVI posterior: an :class:`uncertlr.torch.BNN` (weights drawn with its vectorised
+  ``sample_parameters``, per-layer spread exact from its guide), a ``pyro.infer.SVI`` or any
+  object with Pyro ``model`` and ``guide`` programs (weights drawn by running the guide). The
+  model is then replayed on each draw (``poutine.condition``) and its observed sites give
+  ``log_likelihood``, ``posterior_predictive`` and ``observed_data`` (ArviZ has no Pyro-SVI converter);
 * a NumPyro MCMC run: a ``numpyro.infer.MCMC`` (or any object with an ``.mcmc`` attribute
   holding one, such as the results of ``uncertlr.jax.mcmc``), through ``arviz.from_numpyro``
   (``sample_stats`` holds ``diverging`` and, when the run recorded it with
@@ -146,8 +147,15 @@ def to_inference_data(
     else:
         spread = result.posterior_spread() if callable(getattr(result, "posterior_spread", None)) else None
         sampler = getattr(result, "sample_parameters", None) if spread is not None else None
-        idata = _from_pyro(result.model, result.guide, tuple(args), kwargs, spread=spread,
-                           sample_parameters=sampler if callable(sampler) else None, **opts)
+        idata = _from_pyro(
+            result.model,
+            result.guide,
+            tuple(args),
+            kwargs,
+            spread=spread,
+            sample_parameters=sampler if callable(sampler) else None,
+            **opts,
+        )
     if history is not None:
         add_history(idata, history)
     if name is not None:
@@ -241,7 +249,9 @@ def history_dataset(records: Sequence[Mapping[str, Any]]) -> Any:
         (['loss', 'lr'], [nan, 0.1])
     """
     if isinstance(records, Mapping) or not all(isinstance(r, Mapping) for r in records):
-        raise TypeError("a training history must be a list of records (dicts such as {'step': 1, 'loss': 0.5})")
+        raise TypeError(
+            "a training history must be a list of records (dicts such as {'step': 1, 'loss': 0.5})"
+        )
     keys: list[str] = []
     for r in records:
         for k, v in r.items():
@@ -253,7 +263,11 @@ def history_dataset(records: Sequence[Mapping[str, Any]]) -> Any:
         s = np.array([_num(r.get("step")) for r in records])
         if np.all(np.isfinite(s)) and (n < 2 or np.all(np.diff(s) > 0)):
             steps = s.astype(np.int64)
-    data = {k: ("step", np.array([_num(r.get(k)) for r in records], dtype=np.float64)) for k in keys if k != "step"}
+    data = {
+        k: ("step", np.array([_num(r.get(k)) for r in records], dtype=np.float64))
+        for k in keys
+        if k != "step"
+    }
     return xr.Dataset(data, coords={"step": steps})
 
 
@@ -376,11 +390,15 @@ def _assemble(
         pd = predictive
         # log-likelihoods have the sites' batch dims only (no event dims): their own dims
         ll_dims = {n: pd["dims"][n][: np.ndim(v) - 2] for n, v in pd["ll"].items()}
-        groups["posterior_predictive"] = az.from_dict(posterior_predictive=pd["pp"], dims=pd["dims"]).posterior_predictive
+        groups["posterior_predictive"] = az.from_dict(
+            posterior_predictive=pd["pp"], dims=pd["dims"]
+        ).posterior_predictive
         if pd["ll"]:
             groups["log_likelihood"] = az.from_dict(log_likelihood=pd["ll"], dims=ll_dims).log_likelihood
         if pd["observed"]:
-            groups["observed_data"] = az.from_dict(observed_data=pd["observed"], dims=pd["dims"]).observed_data
+            groups["observed_data"] = az.from_dict(
+                observed_data=pd["observed"], dims=pd["dims"]
+            ).observed_data
     groups[SPREAD_GROUP] = _spread_dataset(spread)
     idata = az.InferenceData(**groups)
     subset_info = {n: {"size": s.size, "kept": s.kept} for n, s in subsets.items()}
@@ -396,12 +414,17 @@ def _subset_dataset(ds: Any, subsets: Mapping[str, _Subset]) -> Any:
             out[n] = da
             continue
         vals = sub.take(np.asarray(da.values))
-        out[n] = xr.DataArray(vals, dims=("chain", "draw", sub.dims[0]),
-                              coords={"chain": da["chain"], "draw": da["draw"], sub.dims[0]: sub.index})
+        out[n] = xr.DataArray(
+            vals,
+            dims=("chain", "draw", sub.dims[0]),
+            coords={"chain": da["chain"], "draw": da["draw"], sub.dims[0]: sub.index},
+        )
     return xr.Dataset(out, attrs=dict(ds.attrs))
 
 
-def _quantities(ll_sum: np.ndarray, ll_count: int, h_sum: np.ndarray | None, h_count: int) -> dict[str, np.ndarray]:
+def _quantities(
+    ll_sum: np.ndarray, ll_count: int, h_sum: np.ndarray | None, h_count: int
+) -> dict[str, np.ndarray]:
     q = {}
     if ll_count:
         q["mean_log_likelihood"] = ll_sum / ll_count
@@ -417,8 +440,18 @@ def _np(t: Any) -> np.ndarray:
     return t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
 
 
-def _from_pyro(model: Any, guide: Any, args: tuple, kwargs: dict, *, num_samples: int, max_weights: int | None,
-               rng_seed: int, spread: Mapping[str, Any] | None, sample_parameters: Any = None) -> Any:
+def _from_pyro(
+    model: Any,
+    guide: Any,
+    args: tuple,
+    kwargs: dict,
+    *,
+    num_samples: int,
+    max_weights: int | None,
+    rng_seed: int,
+    spread: Mapping[str, Any] | None,
+    sample_parameters: Any = None,
+) -> Any:
     """Draws from the guide (``sample_parameters(S)`` when the result has it), then the model replayed on each."""
     import torch
     from pyro import poutine
@@ -430,13 +463,19 @@ def _from_pyro(model: Any, guide: Any, args: tuple, kwargs: dict, *, num_samples
             draws = {n: _np(v) for n, v in sample_parameters(num_samples).items()}
         else:
             if not args and not kwargs:
-                raise ValueError("a Pyro model and guide need their data to draw from the guide: pass x= (and y=)")
+                raise ValueError(
+                    "a Pyro model and guide need their data to draw from the guide: pass x= (and y=)"
+                )
             per_draw: dict[str, list[np.ndarray]] = {}
             for _ in range(num_samples):
                 gtr = poutine.trace(guide).get_trace(*args, **kwargs)
                 for n, site in gtr.nodes.items():
-                    if (site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
-                            and not site["infer"].get("is_auxiliary")):
+                    if (
+                        site["type"] == "sample"
+                        and not site["is_observed"]
+                        and not site_is_subsample(site)
+                        and not site["infer"].get("is_auxiliary")
+                    ):
                         per_draw.setdefault(n, []).append(_np(site["value"]))
             draws = {n: np.stack(v) for n, v in per_draw.items()}
         if not draws:
@@ -457,8 +496,15 @@ def _from_pyro(model: Any, guide: Any, args: tuple, kwargs: dict, *, num_samples
     return _assemble(posterior, subsets, predictive, spread=spread, spread_from=spread_from, kind="svi")
 
 
-def _pyro_predictive(model: Any, draws: Mapping[str, np.ndarray], args: tuple, kwargs: dict, num_samples: int,
-                     poutine: Any, site_is_subsample: Any) -> dict[str, Any] | None:
+def _pyro_predictive(
+    model: Any,
+    draws: Mapping[str, np.ndarray],
+    args: tuple,
+    kwargs: dict,
+    num_samples: int,
+    poutine: Any,
+    site_is_subsample: Any,
+) -> dict[str, Any] | None:
     """Replay ``model`` on each draw: log-likelihood and posterior predictive of its other sample sites."""
     import torch
 
@@ -482,7 +528,9 @@ def _pyro_predictive(model: Any, draws: Mapping[str, np.ndarray], args: tuple, k
                 continue
             fn = site["fn"]
             if n not in site_dims:
-                site_dims[n] = _site_dims(n, _np(site["value"]).ndim, len(fn.batch_shape), site["cond_indep_stack"])
+                site_dims[n] = _site_dims(
+                    n, _np(site["value"]).ndim, len(fn.batch_shape), site["cond_indep_stack"]
+                )
             if site["is_observed"]:
                 lp = _np(fn.log_prob(site["value"]))
                 ll.setdefault(n, []).append(lp)
@@ -504,15 +552,27 @@ def _pyro_predictive(model: Any, draws: Mapping[str, np.ndarray], args: tuple, k
     if not pp:
         return None
     pred = {n: np.stack(v)[None] for n, v in pp.items()}
-    pred.update({k: v[None] for k, v in _quantities(ll_sum, ll_count, h_sum if has_entropy else None, h_count).items()})
-    return {"pp": pred, "ll": {n: np.stack(v)[None] for n, v in ll.items()}, "observed": observed, "dims": site_dims,
-            "latent": latent}
+    pred.update(
+        {
+            k: v[None]
+            for k, v in _quantities(ll_sum, ll_count, h_sum if has_entropy else None, h_count).items()
+        }
+    )
+    return {
+        "pp": pred,
+        "ll": {n: np.stack(v)[None] for n, v in ll.items()},
+        "observed": observed,
+        "dims": site_dims,
+        "latent": latent,
+    }
 
 
 # --------------------------------------------------------------------------- NumPyro
 
 
-def _numpyro_predictive(model: Any, samples: Mapping[str, Any], args: tuple, kwargs: dict, rng_seed: int) -> dict | None:
+def _numpyro_predictive(
+    model: Any, samples: Mapping[str, Any], args: tuple, kwargs: dict, rng_seed: int
+) -> dict | None:
     """Log-likelihood, posterior predictive and predictive quantities for draws ``{site: [chain, draw, ...]}``."""
     import jax
     import jax.numpy as jnp
@@ -523,7 +583,9 @@ def _numpyro_predictive(model: Any, samples: Mapping[str, Any], args: tuple, kwa
     flat = {k: jnp.reshape(v, (nc * nd, *v.shape[2:])) for k, v in samples.items()}
 
     def run(sample: Mapping[str, Any], key: Any) -> Any:
-        return handlers.trace(handlers.seed(handlers.substitute(model, data=sample), key)).get_trace(*args, **kwargs)
+        return handlers.trace(handlers.seed(handlers.substitute(model, data=sample), key)).get_trace(
+            *args, **kwargs
+        )
 
     tr0 = run({k: v[0] for k, v in flat.items()}, jax.random.PRNGKey(rng_seed))
     sites = [n for n, s in tr0.items() if s["type"] == "sample" and n not in flat]
@@ -537,7 +599,9 @@ def _numpyro_predictive(model: Any, samples: Mapping[str, Any], args: tuple, kwa
         except (NotImplementedError, AttributeError):
             entropy = False
     dims = {
-        n: _site_dims(n, jnp.ndim(tr0[n]["value"]), len(tr0[n]["fn"].batch_shape), tr0[n].get("cond_indep_stack", ()))
+        n: _site_dims(
+            n, jnp.ndim(tr0[n]["value"]), len(tr0[n]["fn"].batch_shape), tr0[n].get("cond_indep_stack", ())
+        )
         for n in sites
     }
 
@@ -576,8 +640,9 @@ def _numpyro_predictive(model: Any, samples: Mapping[str, Any], args: tuple, kwa
     return {"pp": pp, "ll": ll, "observed": observed, "dims": dims}
 
 
-def _from_numpyro_mcmc(mcmc: Any, args: tuple, kwargs: dict, *, num_samples: int, max_weights: int | None,
-                       rng_seed: int) -> Any:
+def _from_numpyro_mcmc(
+    mcmc: Any, args: tuple, kwargs: dict, *, num_samples: int, max_weights: int | None, rng_seed: int
+) -> Any:
     del num_samples  # MCMC keeps its own draws
     base = az.from_numpyro(mcmc, log_likelihood=False)
     samples = mcmc.get_samples(group_by_chain=True)
@@ -590,17 +655,28 @@ def _from_numpyro_mcmc(mcmc: Any, args: tuple, kwargs: dict, *, num_samples: int
     return _assemble({}, subsets, predictive, spread=spread, spread_from="draws", kind="mcmc", base=base)
 
 
-def _from_numpyro_svi(model: Any, guide: Any, params: Mapping[str, Any], args: tuple, kwargs: dict, *,
-                      num_samples: int, max_weights: int | None, rng_seed: int) -> Any:
+def _from_numpyro_svi(
+    model: Any,
+    guide: Any,
+    params: Mapping[str, Any],
+    args: tuple,
+    kwargs: dict,
+    *,
+    num_samples: int,
+    max_weights: int | None,
+    rng_seed: int,
+) -> Any:
     import jax
     from numpyro import handlers
     from numpyro.infer import Predictive
 
-    draws = Predictive(guide, params=params, num_samples=num_samples)(jax.random.PRNGKey(rng_seed), *args, **kwargs)
-    one = {k: v[0] for k, v in draws.items()}
-    mtr = handlers.trace(handlers.seed(handlers.substitute(model, data=one), jax.random.PRNGKey(0))).get_trace(
-        *args, **kwargs
+    draws = Predictive(guide, params=params, num_samples=num_samples)(
+        jax.random.PRNGKey(rng_seed), *args, **kwargs
     )
+    one = {k: v[0] for k, v in draws.items()}
+    mtr = handlers.trace(
+        handlers.seed(handlers.substitute(model, data=one), jax.random.PRNGKey(0))
+    ).get_trace(*args, **kwargs)
     latent = [n for n, s in mtr.items() if s["type"] == "sample" and not s["is_observed"] and n in draws]
     if not latent:
         raise ValueError("the guide samples none of the model's latent sites: nothing to convert")

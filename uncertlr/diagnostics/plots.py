@@ -67,8 +67,14 @@ def rank_plot(idata: Any, labels: Sequence[str], *, columns: int = 3) -> Figure:
     cols = min(columns, n)
     rows = -(-n // cols)
     with quiet_plots():
-        axes = az.plot_rank(data, var_names=list(series), kind="bars", grid=(rows, cols),
-                            figsize=(3.6 * cols, 2.6 * rows), show=False)
+        axes = az.plot_rank(
+            data,
+            var_names=list(series),
+            kind="bars",
+            grid=(rows, cols),
+            figsize=(3.6 * cols, 2.6 * rows),
+            show=False,
+        )
     fig = np.atleast_1d(axes).ravel()[0].figure
     for ax in fig.axes:
         ax.title.set_fontsize(9)

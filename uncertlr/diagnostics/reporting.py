@@ -107,8 +107,17 @@ def _progress(progress: Any, total: int) -> Iterator[Callable[[str], None]]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     own = progress is True
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), transient=False) if own else progress
+    bar = (
+        Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            transient=False,
+        )
+        if own
+        else progress
+    )
     ctx = bar if own else contextlib.nullcontext(bar)
     with ctx:
         task = bar.add_task("report", total=total)
@@ -150,8 +159,14 @@ def report(
     if not (run / "metrics.json").is_file():
         raise FileNotFoundError(f"{run} has no metrics.json: is it a run folder written by `uncertlr demo`?")
     meta = read_json(run / "metrics.json")
-    if not isinstance(meta, dict) or meta.get("schema") != METRICS_SCHEMA or not isinstance(meta.get("models", {}), dict):
-        raise ValueError(f"{run / 'metrics.json'} is not an {METRICS_SCHEMA} file (schema {meta.get('schema')!r})")
+    if (
+        not isinstance(meta, dict)
+        or meta.get("schema") != METRICS_SCHEMA
+        or not isinstance(meta.get("models", {}), dict)
+    ):
+        raise ValueError(
+            f"{run / 'metrics.json'} is not an {METRICS_SCHEMA} file (schema {meta.get('schema')!r})"
+        )
     history = read_json(run / "history.json") if (run / "history.json").is_file() else {}
     if not isinstance(history, dict):
         raise ValueError(f"{run / 'history.json'} must map model names to lists of records")
@@ -281,8 +296,17 @@ def _note(text: str) -> str:
     return f'<p class="note">{_html.esc(text)}</p>'
 
 
-def _render(run: Path, meta: dict, history: dict, preds: dict, tested: list[str], posteriors: dict,
-            summaries: dict, mcmc: list[str], figures: dict[str, bytes]) -> str:
+def _render(
+    run: Path,
+    meta: dict,
+    history: dict,
+    preds: dict,
+    tested: list[str],
+    posteriors: dict,
+    summaries: dict,
+    mcmc: list[str],
+    figures: dict[str, bytes],
+) -> str:
     esc = _html.esc
     models = meta.get("models", {})
     sections: dict[str, str] = {}
@@ -292,20 +316,29 @@ def _render(run: Path, meta: dict, history: dict, preds: dict, tested: list[str]
     rows = [("run folder", run.name)] + [(k, _fmt(v)) for k, v in meta.items() if k not in skip]
     inner = _html.table(["field", "value"], rows)
     if isinstance(meta.get("config"), dict) and meta["config"]:
-        inner += "<h3>Configuration</h3>" + _html.table(["setting", "value"], [(k, _fmt(v)) for k, v in meta["config"].items()])
+        inner += "<h3>Configuration</h3>" + _html.table(
+            ["setting", "value"], [(k, _fmt(v)) for k, v in meta["config"].items()]
+        )
     if isinstance(meta.get("versions"), dict) and meta["versions"]:
-        inner += "<h3>Package versions</h3>" + _html.table(["package", "version"], list(meta["versions"].items()))
+        inner += "<h3>Package versions</h3>" + _html.table(
+            ["package", "version"], list(meta["versions"].items())
+        )
     sections["metadata"] = inner
 
     # metrics
     if models:
-        rows_spec = [r for r in SUMMARY_ROWS] + [r for r in _EXTRA_ROWS if r[0] not in {k for k, _, _ in SUMMARY_ROWS}]
+        rows_spec = [r for r in SUMMARY_ROWS] + [
+            r for r in _EXTRA_ROWS if r[0] not in {k for k, _, _ in SUMMARY_ROWS}
+        ]
         present = [r for r in rows_spec if any(isinstance(m, dict) and r[0] in m for m in models.values())]
-        body = [[label] + [_fmt(m.get(key) if isinstance(m, dict) else None, fmt) for m in models.values()]
-                for key, label, fmt in present]
+        body = [
+            [label] + [_fmt(m.get(key) if isinstance(m, dict) else None, fmt) for m in models.values()]
+            for key, label, fmt in present
+        ]
         sections["metrics"] = _html.table(["metric", *models], body) + _note(
             "Test set; OOD AUROC tells the test set from the out-of-distribution set"
-            + (f" ({meta['ood']})" if meta.get("ood") else "") + " by each uncertainty score."
+            + (f" ({meta['ood']})" if meta.get("ood") else "")
+            + " by each uncertainty score."
         )
     else:
         sections["metrics"] = _note("metrics.json lists no models.")
@@ -316,9 +349,13 @@ def _render(run: Path, meta: dict, history: dict, preds: dict, tested: list[str]
             "Accuracy against confidence in 15 equal-width bins; the dashed diagonal is perfect calibration."
         )
     else:
-        sections["reliability"] = _note("No predictions.npz with test-set predictions and labels in this run folder.")
+        sections["reliability"] = _note(
+            "No predictions.npz with test-set predictions and labels in this run folder."
+        )
     if "uncertainty" in figures:
-        sections["uncertainty"] = _img(figures, "uncertainty", "Predictive entropy and mutual information histograms") + _note(
+        sections["uncertainty"] = _img(
+            figures, "uncertainty", "Predictive entropy and mutual information histograms"
+        ) + _note(
             "Predictive entropy is total uncertainty; mutual information is its epistemic part (zero for a point estimate)."
         )
     else:
@@ -330,7 +367,9 @@ def _render(run: Path, meta: dict, history: dict, preds: dict, tested: list[str]
         layers: list[str] = []
         for n in spread_models:
             layers += [k for k in summaries[n]["layer_spread"] if k not in layers]
-        header = ["layer"] + [f"{n}: {what}" for n in spread_models for what in ("size", "mean σ", "mean |μ|/σ")]
+        header = ["layer"] + [
+            f"{n}: {what}" for n in spread_models for what in ("size", "mean σ", "mean |μ|/σ")
+        ]
         body = []
         for layer in layers:
             row = [layer]
@@ -341,13 +380,22 @@ def _render(run: Path, meta: dict, history: dict, preds: dict, tested: list[str]
         notes = []
         for n in spread_models:
             s = summaries[n]
-            src = "exactly from the variational posterior" if s.get("spread_source") == "guide" else "from the posterior draws"
+            src = (
+                "exactly from the variational posterior"
+                if s.get("spread_source") == "guide"
+                else "from the posterior draws"
+            )
             sub = s.get("weight_subset") or {}
             size, kept = sum(v["size"] for v in sub.values()), sum(v["kept"] for v in sub.values())
-            notes.append(f"{n}: spread computed {src}; {posterior_filename(n)} keeps {kept} of {size} weights "
-                         f"({s.get('chains')} chain(s) × {s.get('draws')} draws).")
-        sections["spread"] = (_img(figures, "spread", "Posterior spread per layer") + _html.table(header, body)
-                              + "".join(_note(t) for t in notes))
+            notes.append(
+                f"{n}: spread computed {src}; {posterior_filename(n)} keeps {kept} of {size} weights "
+                f"({s.get('chains')} chain(s) × {s.get('draws')} draws)."
+            )
+        sections["spread"] = (
+            _img(figures, "spread", "Posterior spread per layer")
+            + _html.table(header, body)
+            + "".join(_note(t) for t in notes)
+        )
     else:
         sections["spread"] = _note("No model in this run has a posterior (posterior-*.nc).")
 
@@ -368,11 +416,19 @@ def _render(run: Path, meta: dict, history: dict, preds: dict, tested: list[str]
                 parts.append(f'<p class="ok">No divergences and every R-hat is at most {RHAT_THRESHOLD}.</p>')
             parts.append(_summary_table(s))
             parts.append(_img(figures, f"rank:{n}", f"Rank plots of {n}"))
-            parts.append(_note("Rank plots: per chain, a histogram of its draws' ranks among all chains; "
-                               "flat and alike when the chains agree."))
+            parts.append(
+                _note(
+                    "Rank plots: per chain, a histogram of its draws' ranks among all chains; "
+                    "flat and alike when the chains agree."
+                )
+            )
             if f"energy:{n}" in figures:
                 parts.append(_img(figures, f"energy:{n}", f"Energy plot of {n}"))
-                parts.append(_note("Energy plot: the energy-transition distribution should be as wide as the marginal energy."))
+                parts.append(
+                    _note(
+                        "Energy plot: the energy-transition distribution should be as wide as the marginal energy."
+                    )
+                )
             else:
                 parts.append(_note("Energy not recorded: run NumPyro's MCMC with extra_fields=('energy',)."))
         sections["mcmc"] = "".join(parts)
@@ -386,7 +442,9 @@ def _render(run: Path, meta: dict, history: dict, preds: dict, tested: list[str]
     if "training" in figures:
         keys = sorted({k for h in history.values() for r in h if isinstance(r, dict) for k in r})
         sections["training"] = _img(figures, "training", "Training curves") + _note(
-            "Recorded per optimizer step: " + ", ".join(keys) + ". Noisy curves are drawn faintly with a moving average."
+            "Recorded per optimizer step: "
+            + ", ".join(keys)
+            + ". Noisy curves are drawn faintly with a moving average."
         )
     else:
         sections["training"] = _note("No history.json in this run folder.")
@@ -394,13 +452,18 @@ def _render(run: Path, meta: dict, history: dict, preds: dict, tested: list[str]
     all_warnings = [(n, w) for n, s in summaries.items() for w in s["warnings"]]
     banner = ""
     if all_warnings:
-        banner = '<div class="warn" id="warnings"><strong>Warnings</strong><ul>' + "".join(
-            f"<li><strong>{esc(n)}</strong>: {esc(w)}</li>" for n, w in all_warnings) + "</ul></div>"
+        banner = (
+            '<div class="warn" id="warnings"><strong>Warnings</strong><ul>'
+            + "".join(f"<li><strong>{esc(n)}</strong>: {esc(w)}</li>" for n, w in all_warnings)
+            + "</ul></div>"
+        )
     from uncertlr import __version__
 
     return _html.page(
         title=f"uncertlr report: {run.name}",
-        subtitle=" · ".join(str(x) for x in (meta.get("task"), meta.get("created"), ", ".join(map(str, models))) if x),
+        subtitle=" · ".join(
+            str(x) for x in (meta.get("task"), meta.get("created"), ", ".join(map(str, models))) if x
+        ),
         sections=[(i, t, sections[i]) for i, t in SECTIONS],
         banner=banner,
         footer=f"uncertlr {__version__}, ArviZ {az.__version__}; generated {_dt.datetime.now():%Y-%m-%d %H:%M:%S}.",
@@ -418,7 +481,9 @@ def _summary_table(s: Mapping[str, Any]) -> str:
             bad.add((i, len(cols)))
     out = _html.table(["quantity", *cols], body, bad=bad)
     more = len(s["weights"]) - min(len(s["weights"]), MAX_TABLE_ROWS)
-    note = (f"Predictive quantities ({', '.join(q for q in PREDICTIVE_QUANTITIES if q in s['predictive'])}) first, "
-            "then the weights with the largest R-hat")
+    note = (
+        f"Predictive quantities ({', '.join(q for q in PREDICTIVE_QUANTITIES if q in s['predictive'])}) first, "
+        "then the weights with the largest R-hat"
+    )
     note += f"; {more} more weights in summary.json." if more else "."
     return out + _note(note)

@@ -85,7 +85,9 @@ def summarize(idata: Any) -> dict[str, Any]:
     weight_vars = [str(v) for v in idata.posterior.data_vars] if "posterior" in groups else []
     out["weights"] = _table(idata, "posterior", weight_vars, stats_kind)
     ss = idata.sample_stats if "sample_stats" in groups else None
-    out["divergences"] = int(np.asarray(ss["diverging"]).sum()) if ss is not None and "diverging" in ss else None
+    out["divergences"] = (
+        int(np.asarray(ss["diverging"]).sum()) if ss is not None and "diverging" in ss else None
+    )
     out["energy_recorded"] = bool(ss is not None and "energy" in ss)
     out["bfmi"] = [_float(b) for b in np.atleast_1d(az.bfmi(idata))] if out["energy_recorded"] else None
     out["weight_subset"] = weight_subset(idata)
@@ -124,7 +126,9 @@ def convergence_warnings(summary: dict[str, Any]) -> list[str]:
             "target_accept_prob (e.g. 0.95), reparameterise the model, or use tighter priors, and run again."
         )
     rows = {**summary.get("predictive", {}), **summary.get("weights", {})}
-    bad = {k: r["r_hat"] for k, r in rows.items() if r.get("r_hat") is not None and r["r_hat"] > RHAT_THRESHOLD}
+    bad = {
+        k: r["r_hat"] for k, r in rows.items() if r.get("r_hat") is not None and r["r_hat"] > RHAT_THRESHOLD
+    }
     if bad:
         worst = max(bad, key=lambda k: bad[k])
         pred_bad = [k for k in bad if k in summary.get("predictive", {})]
