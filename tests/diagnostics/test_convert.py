@@ -18,7 +18,7 @@ from uncertlr.diagnostics import (
     to_inference_data,
 )
 from uncertlr.diagnostics._arviz import az
-from uncertlr.diagnostics.convert import weight_subset
+from uncertlr.diagnostics.convert import spread_source, weight_subset
 from uncertlr.torch import bayesian
 
 
@@ -177,3 +177,36 @@ def test_bad_input_is_named():
         to_inference_data(bnn, max_weights=0)
     with pytest.raises(ValueError, match="y was given without x"):
         to_inference_data(bnn, y=torch.zeros(3))
+
+
+def test_pyro_svi_with_autoguide():
+    import pyro
+    import pyro.distributions as dist
+    from pyro.infer import SVI, Trace_ELBO
+    from pyro.infer.autoguide import AutoNormal
+
+    def model(x, y=None):
+        w = pyro.sample("w", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        with pyro.plate("data", x.shape[0]):
+            return pyro.sample("y", dist.Normal(x @ w, 0.5), obs=y)
+
+    x = torch.randn(30, 2)
+    y = x @ torch.tensor([1.0, -2.0]) + 0.5 * torch.randn(30)
+    guide = AutoNormal(model)
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), Trace_ELBO())
+    for _ in range(300):
+        svi.step(x, y)
+    idata = to_inference_data(svi, x=x, y=y, num_samples=40)
+    pyro.clear_param_store()
+    assert idata.posterior["w"].shape == (1, 40, 2) and idata.log_likelihood["y"].dims == (
+        "chain",
+        "draw",
+        "data",
+    )
+    np.testing.assert_allclose(idata.posterior["w"].values[0].mean(0), [1.0, -2.0], atol=0.4)
+    # Normal log-density by hand
+    w = idata.posterior["w"].values[0]
+    mu = np.einsum("sd,nd->sn", w, x.numpy())
+    expect = -0.5 * ((y.numpy() - mu) / 0.5) ** 2 - np.log(0.5 * np.sqrt(2 * np.pi))
+    np.testing.assert_allclose(idata.log_likelihood["y"].values[0], expect, rtol=1e-4, atol=1e-4)
+    assert "mean_entropy" in idata.posterior_predictive and spread_source(idata) == "draws"
