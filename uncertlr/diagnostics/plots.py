@@ -78,6 +78,9 @@ def rank_plot(idata: Any, labels: Sequence[str], *, columns: int = 3) -> Figure:
     fig = np.atleast_1d(axes).ravel()[0].figure
     for ax in fig.axes:
         ax.title.set_fontsize(9)
+        ax.xaxis.label.set_fontsize(8)
+        ax.yaxis.label.set_fontsize(8)
+        ax.tick_params(labelsize=7)
     fig.tight_layout()
     return fig
 

@@ -476,7 +476,13 @@ def _summary_table(s: Mapping[str, Any]) -> str:
     rows = list(s["predictive"].items()) + weights[:MAX_TABLE_ROWS]
     body, bad = [], set()
     for i, (label, st) in enumerate(rows):
-        body.append([label] + [_fmt(st.get(c), ".0f" if c.startswith("ess") else ".3g") for c in cols])
+        body.append(
+            [label]
+            + [
+                _fmt(st.get(c), ".0f" if c.startswith("ess") else ".3f" if c == "r_hat" else ".3g")
+                for c in cols
+            ]
+        )
         if (st.get("r_hat") or 0.0) > RHAT_THRESHOLD:
             bad.add((i, len(cols)))
     out = _html.table(["quantity", *cols], body, bad=bad)
