@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import types
 
 import numpy as np
 import pytest
 import torch
 from conftest import MCMC_CHAINS, MCMC_DRAWS, logistic_model
+from hypothesis import given
+from hypothesis import strategies as st
 
 from uncertlr.diagnostics import (
     HISTORY_GROUP,
@@ -210,3 +213,34 @@ def test_pyro_svi_with_autoguide():
     expect = -0.5 * ((y.numpy() - mu) / 0.5) ** 2 - np.log(0.5 * np.sqrt(2 * np.pi))
     np.testing.assert_allclose(idata.log_likelihood["y"].values[0], expect, rtol=1e-4, atol=1e-4)
     assert "mean_entropy" in idata.posterior_predictive and spread_source(idata) == "draws"
+
+
+@given(
+    shape=st.lists(st.integers(1, 12), min_size=1, max_size=3),
+    max_weights=st.one_of(st.none(), st.integers(1, 40)),
+)
+def test_weight_subset_is_bounded_sorted_and_spans_the_parameter(shape, max_weights):
+    from uncertlr.diagnostics.convert import _Subset
+
+    sub = _Subset("p", tuple(shape), max_weights)
+    size = int(np.prod(shape))
+    draws = np.arange(2 * size, dtype=float).reshape(2, *shape)
+    kept = sub.take(draws)
+    if max_weights is None or size <= max_weights:
+        assert sub.index is None and kept.shape == draws.shape and sub.kept == size
+    else:
+        idx = sub.index
+        assert 1 <= len(idx) <= max_weights and sub.kept == len(idx)
+        assert np.all(np.diff(idx) > 0) and idx[-1] == size - 1 and (idx[0] == 0)
+        np.testing.assert_array_equal(
+            kept, draws.reshape(2, size)[:, idx]
+        )  # the flat elements named by the coord
+
+
+@given(st.lists(st.text(min_size=1, max_size=20), min_size=1, max_size=6, unique=True))
+def test_posterior_file_names_are_safe_and_distinct(names):
+    from uncertlr.diagnostics import posterior_filename
+
+    files = [posterior_filename(n) for n in names]
+    assert len(set(files)) == len(files)
+    assert all(re.fullmatch(r"posterior-[A-Za-z0-9._+-]+\.nc", f) for f in files)

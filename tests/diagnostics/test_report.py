@@ -145,3 +145,23 @@ def test_cli_report_rebuilds(tmp_path, small_bnn_idata, capsys):
     assert "<h2>Posterior spread per layer</h2>" in html and "posterior-bnn.nc keeps" in html
     assert main(["report", str(tmp_path / "missing")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_minimal_run_folder_and_bad_metrics(tmp_path):
+    from uncertlr.runs import METRICS_SCHEMA
+
+    run = tmp_path / "bare"
+    run.mkdir()
+    (run / "metrics.json").write_text(
+        json.dumps({"schema": METRICS_SCHEMA, "models": {"m": {"accuracy": 0.5}}})
+    )
+    report(run, progress=False)
+    html = _html(run)
+    assert all(f"<h2>{t}</h2>" in html for _, t in SECTIONS) and "<img " not in html
+    assert "No history.json in this run folder." in html and "was fit by MCMC" in html
+    assert json.loads((run / "summary.json").read_text())["models"] == {}
+    (run / "metrics.json").write_text(json.dumps({"schema": "other/1"}))
+    with pytest.raises(ValueError, match="uncertlr.metrics/1"):
+        report(run, progress=False)
+    with pytest.raises(FileNotFoundError, match="no metrics.json"):
+        report(tmp_path, progress=False)
