@@ -244,3 +244,24 @@ def test_posterior_file_names_are_safe_and_distinct(names):
     files = [posterior_filename(n) for n in names]
     assert len(set(files)) == len(files)
     assert all(re.fullmatch(r"posterior-[A-Za-z0-9._+-]+\.nc", f) for f in files)
+
+
+def test_object_with_samples_only():
+    rng = np.random.default_rng(0)
+    result = types.SimpleNamespace(
+        samples={"w": rng.normal(1.0, 0.5, size=(200, 4, 50)), "b": rng.normal(size=200)}
+    )
+    idata = to_inference_data(result, max_weights=10)
+    assert idata.posterior["w"].dims == ("chain", "draw", "w_index") and idata.posterior["w"].shape == (
+        1,
+        200,
+        10,
+    )
+    assert idata.posterior["b"].shape == (1, 200)
+    spread = getattr(idata, SPREAD_GROUP)
+    assert list(spread["layer"].values) == ["w", "b"]
+    w = result.samples["w"]
+    np.testing.assert_allclose(spread["mean_scale"].values[0], w.std(0, ddof=1).mean(), rtol=1e-10)
+    np.testing.assert_allclose(
+        spread["mean_snr"].values[0], (np.abs(w.mean(0)) / w.std(0, ddof=1)).mean(), rtol=1e-10
+    )

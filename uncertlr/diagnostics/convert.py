@@ -13,6 +13,8 @@
   ``extra_fields=("energy",)``, ``energy``);
 * a NumPyro SVI posterior: a ``numpyro.infer.SVI`` with ``params=svi_result.params``, or any
   object with NumPyro ``model``, ``guide`` and ``params`` (such as the results of ``uncertlr.jax.svi``);
+* any object with ``.samples``, a mapping ``{site: draws[S, ...]}`` (such as an SVI result
+  that does not expose its model): the ``posterior`` group only;
 * a training history (a list of ``{step, loss, lr, signal?, scale?, ...}`` records): its own
   group ``training_history`` (dimension ``step``), alone or added with ``history=``.
 
@@ -144,6 +146,8 @@ def to_inference_data(
         if p is None:
             raise ValueError("a NumPyro SVI posterior needs its parameters: pass params=svi_result.params")
         idata = _from_numpyro_svi(result.model, result.guide, p, tuple(args), kwargs, **opts)
+    elif kind == "samples":
+        idata = _from_samples(result.samples, max_weights=max_weights)
     else:
         spread = result.posterior_spread() if callable(getattr(result, "posterior_spread", None)) else None
         sampler = getattr(result, "sample_parameters", None) if spread is not None else None
@@ -176,9 +180,12 @@ def _result_kind(result: Any) -> str:
         if type(result).__module__.startswith("numpyro") or hasattr(result, "params"):
             return "numpyro-svi"
         return "pyro"
+    if isinstance(getattr(result, "samples", None), Mapping) and result.samples:
+        return "samples"
     raise TypeError(
         "to_inference_data accepts an uncertlr BNN or Pyro SVI (model + guide), a numpyro.infer.MCMC "
-        "(or an object with .mcmc), a NumPyro SVI (model + guide + params), a list of history records "
+        "(or an object with .mcmc), a NumPyro SVI (model + guide + params), an object with .samples "
+        "({site: draws[S, ...]}), a list of history records "
         f"or an arviz.InferenceData; got {type(result).__name__}"
     )
 
@@ -653,6 +660,17 @@ def _from_numpyro_mcmc(
         args, kwargs = tuple(getattr(mcmc, "_args", ())), dict(getattr(mcmc, "_kwargs", {}) or {})
     predictive = _numpyro_predictive(mcmc.sampler.model, samples, args, kwargs, rng_seed)
     return _assemble({}, subsets, predictive, spread=spread, spread_from="draws", kind="mcmc", base=base)
+
+
+def _from_samples(samples: Mapping[str, Any], *, max_weights: int | None) -> Any:
+    """Posterior draws ``{site: [S, ...]}`` alone (no model to replay): one chain, spread from the draws."""
+    draws = {str(n): np.asarray(v) for n, v in samples.items()}
+    if any(v.ndim == 0 for v in draws.values()):
+        raise ValueError("samples must be {site: draws} with the draws along the first axis")
+    subsets = {n: _Subset(n, v.shape[1:], max_weights) for n, v in draws.items()}
+    posterior = {n: subsets[n].take(v)[None] for n, v in draws.items()}
+    spread = _spread_from_draws(draws, sample_axes=1)
+    return _assemble(posterior, subsets, None, spread=spread, spread_from="draws", kind="svi")
 
 
 def _from_numpyro_svi(
