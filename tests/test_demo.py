@@ -75,3 +75,20 @@ def test_cli_version_and_usage(capsys):
     assert e.value.code == 0 and "uncertlr" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main([])
+
+
+def test_demo_leaves_a_report_and_report_rebuilds_it(demo_run, capsys):
+    pytest.importorskip("arviz")
+    from uncertlr.diagnostics import SECTIONS, load_posteriors
+
+    html = (demo_run / "report.html").read_text(encoding="utf-8")
+    assert all(f"<h2>{title}</h2>" in html for _, title in SECTIONS)
+    (bnn,) = load_posteriors(demo_run).values()
+    assert {"posterior", "posterior_predictive", "log_likelihood", "layer_spread", "training_history"} <= set(bnn.groups())
+    assert bnn.log_likelihood["obs"].shape == (1, 64, 450) and bnn.training_history.sizes["step"] == 150 * 22
+    summary = json.loads((demo_run / "summary.json").read_text())
+    assert set(summary["models"]) == {"bnn"} and summary["models"]["bnn"]["layer_spread"]
+    (demo_run / "report.html").unlink()
+    assert main(["report", str(demo_run)]) == 0
+    assert (demo_run / "report.html").read_text(encoding="utf-8").count("<img ") == 4
+    assert "report.html" in capsys.readouterr().err

@@ -1,7 +1,8 @@
-"""Command line: ``uncertlr demo``.
+"""Command line: ``uncertlr demo`` and ``uncertlr report``.
 
 Example:
     $ uncertlr demo --out runs          # digits: deterministic MLP vs Bayesian MLP
+    $ uncertlr report runs/digits-...   # (re)build report.html, posterior-*.nc, summary.json
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
         t.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
     for name in ("lr", "kl_weight", "prior_scale", "init_scale"):
         t.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
+    r = sub.add_parser("report", help="(re)build report.html, posterior-*.nc and summary.json of a run folder")
+    r.add_argument("run_dir", help="a run folder written by `uncertlr demo`")
     return p
 
 
@@ -74,7 +77,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name != "hidden"}
         cfg = TrainConfig(hidden=tuple(int(h) for h in args.hidden.split(",") if h), **values)
         return run_training(args.out, cfg, resume=args.resume).exit_code
+    if args.command == "report":
+        return _report(args.run_dir)
     return 2  # pragma: no cover - argparse enforces a command
+
+
+def _report(run_dir: str) -> int:
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    try:
+        from uncertlr.diagnostics import report
+    except ImportError as exc:
+        console.print(f"[red]error[/]: {exc}")
+        return 1
+    try:
+        path = report(run_dir, progress=True)
+    except (FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]error[/]: {exc}")
+        return 1
+    console.print(f"report: [bold]{path}[/]")
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from uncertlr import metrics, priors
 from uncertlr.data import load_digits, shuffle_pixels
-from uncertlr.evaluation import classification_summary
+from uncertlr.evaluation import SUMMARY_ROWS, classification_summary
 from uncertlr.modulation import GradSigmaRatio, Ratio
 from uncertlr.plotting import reliability_diagram, save_figure, uncertainty_histograms
 from uncertlr.runs import METRICS_SCHEMA, atomic_write, environment, new_run_dir, write_json
@@ -117,7 +117,7 @@ def _train_bnn(
     if mod is not None:  # history.json: the modulator's signal and factor beside each step's loss and lr
         for rec, m in zip(hist, mod.history):
             rec.update({k: m[k] for k in ("signal", "scale", "scale_min", "scale_max") if k in m})
-    return (lambda xx: bnn.predict(xx, num_samples=cfg.num_samples)), hist
+    return (lambda xx: bnn.predict(xx, num_samples=cfg.num_samples)), hist, bnn
 
 
 #: The modulated BNNs the demo trains after `deterministic` and `bnn`: name -> rule.
@@ -125,19 +125,7 @@ MODULATED = {"bnn+g1": Ratio(kappa=-0.5), "bnn+p2": GradSigmaRatio(kappa=-0.5)}
 
 
 #: Rows of the results table: (metrics.json key, label, format).
-TABLE_ROWS = (
-    ("accuracy", "accuracy", ".3f"),
-    ("nll", "NLL", ".3f"),
-    ("brier", "Brier", ".3f"),
-    ("ece", "ECE (15 bins)", ".3f"),
-    ("entropy_in", "entropy, test", ".3f"),
-    ("mi_in", "mutual information, test", ".3f"),
-    ("entropy_ood", "entropy, OOD", ".3f"),
-    ("mi_ood", "mutual information, OOD", ".3f"),
-    ("auroc_mi", "OOD AUROC of MI", ".3f"),
-    ("auroc_entropy", "OOD AUROC of entropy", ".3f"),
-    ("seconds", "seconds", ".1f"),
-)
+TABLE_ROWS = SUMMARY_ROWS
 
 
 def results_table(results: dict[str, dict[str, float]], *, title: str) -> Any:
@@ -171,6 +159,7 @@ def run_demo(out: str | Path = "runs", config: DemoConfig | None = None, *, cons
     results: dict[str, dict[str, float]] = {}
     preds: dict[str, np.ndarray] = {"labels": split.y_test}
     histories: dict[str, list[dict[str, float]]] = {}
+    posteriors: dict[str, Any] = {}  # Bayesian models, for the diagnostics report
     with progress_bar() as bar:
         trainers = {"deterministic": _train_deterministic, "bnn": _train_bnn}
         for mod_name, rule in MODULATED.items():
@@ -179,7 +168,8 @@ def run_demo(out: str | Path = "runs", config: DemoConfig | None = None, *, cons
             )
         for name, train in trainers.items():
             t0 = time.perf_counter()
-            predict, hist = train(cfg, x, y, bar)
+            predict, hist, *posterior = train(cfg, x, y, bar)
+            posteriors.update({name: posterior[0]} if posterior else {})
             with torch.no_grad():
                 p_in, p_out = predict(xt), predict(xo)
             seconds = time.perf_counter() - t0
@@ -220,7 +210,20 @@ def run_demo(out: str | Path = "runs", config: DemoConfig | None = None, *, cons
         if k != "deterministic":
             scores[f"{k}: mutual information"] = (d_in.epistemic, d_out.epistemic)
     save_figure(uncertainty_histograms(scores), run / "uncertainty.png")
-    console.print(
-        f"run folder: [bold]{run}[/] (metrics.json, reliability.png, uncertainty.png, predictions.npz, history.json)"
-    )
+    _write_report(run, posteriors, xt, yt, cfg, console)
+    console.print(f"run folder: [bold]{run}[/] (metrics.json, reliability.png, uncertainty.png, predictions.npz, "
+                  "history.json, posterior-*.nc, summary.json, report.html)")
     return run
+
+
+def _write_report(run: Path, posteriors: dict[str, Any], xt: torch.Tensor, yt: torch.Tensor, cfg: DemoConfig,
+                  console: Any) -> None:
+    """Posterior draws (a bounded weight subset) of every Bayesian model, then ``report.html``."""
+    try:
+        from uncertlr.diagnostics import report, to_inference_data
+    except ImportError as exc:  # the report extra is optional
+        console.print(f"[yellow]no diagnostics report[/]: {exc}")
+        return
+    inference = {name: to_inference_data(bnn, x=xt, y=yt, num_samples=cfg.num_samples, name=name, rng_seed=cfg.seed)
+                 for name, bnn in posteriors.items()}
+    report(run, inference=inference)

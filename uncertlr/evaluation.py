@@ -20,7 +20,7 @@ from typing import Any
 
 from uncertlr import metrics
 
-__all__ = ["CLASSIFICATION_KEYS", "classification_summary"]
+__all__ = ["CLASSIFICATION_KEYS", "SUMMARY_ROWS", "classification_summary"]
 
 #: Keys of :func:`classification_summary` (the per-model entries of ``metrics.json``).
 CLASSIFICATION_KEYS = (
@@ -37,6 +37,14 @@ CLASSIFICATION_KEYS = (
     "mi_ood",
     "auroc_mi",
     "auroc_entropy",
+)
+
+#: How tables show the entries of ``metrics.json``: (key, label, format), in display order.
+SUMMARY_ROWS = (
+    ("accuracy", "accuracy", ".3f"), ("nll", "NLL", ".3f"), ("brier", "Brier", ".3f"), ("ece", "ECE (15 bins)", ".3f"),
+    ("entropy_in", "entropy, test", ".3f"), ("mi_in", "mutual information, test", ".3f"),
+    ("entropy_ood", "entropy, OOD", ".3f"), ("mi_ood", "mutual information, OOD", ".3f"),
+    ("auroc_mi", "OOD AUROC of MI", ".3f"), ("auroc_entropy", "OOD AUROC of entropy", ".3f"), ("seconds", "seconds", ".1f"),
 )
 
 

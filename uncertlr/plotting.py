@@ -28,7 +28,14 @@ from matplotlib.figure import Figure  # noqa: E402
 from uncertlr import metrics  # noqa: E402
 from uncertlr.runs import atomic_write  # noqa: E402
 
-__all__ = ["reliability_diagram", "save_figure", "uncertainty_histograms"]
+__all__ = [
+    "figure_png",
+    "layer_spread_plot",
+    "reliability_diagram",
+    "save_figure",
+    "training_curves",
+    "uncertainty_histograms",
+]
 
 
 def _np(x: Any) -> np.ndarray:
@@ -92,9 +99,121 @@ def uncertainty_histograms(scores: Mapping[str, tuple[Any, Any]], *, title: str 
     return fig
 
 
+#: Quantities :func:`training_curves` draws, in panel order, with their axis labels.
+CURVES = (("loss", "loss"), ("signal", "uncertainty signal"), ("scale", "step scale"), ("lr", "learning rate"))
+
+
+def _smooth(v: np.ndarray, window: int) -> np.ndarray:
+    """Moving average that ignores NaN (same length; NaN where the window holds no finite value)."""
+    ok = np.isfinite(v)
+    kernel = np.ones(window)
+    num = np.convolve(np.where(ok, v, 0.0), kernel, mode="same")
+    den = np.convolve(ok.astype(float), kernel, mode="same")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.maximum(den, 1), np.nan)
+
+
+def training_curves(histories: Mapping[str, Any], *, keys: tuple[tuple[str, str], ...] = CURVES) -> Figure:
+    """Training curves: one panel per quantity that any history holds (loss, signal, scale, lr).
+
+    Args:
+        histories: model name -> records ``[{step, loss, lr, signal?, scale?, ...}]``.
+            Noisy curves (loss, signal) are drawn faintly with a moving average on top.
+        keys: ``(record key, axis label)`` pairs to draw, in panel order.
+
+    Example:
+        >>> fig = training_curves({"bnn": [{"step": i, "loss": 1 / (i + 1), "lr": 0.01} for i in range(50)]})
+        >>> [ax.get_ylabel() for ax in fig.axes]
+        ['loss', 'learning rate']
+    """
+    present = [
+        (k, label) for k, label in keys
+        if any(isinstance(r, Mapping) and _finite_number(r.get(k)) for h in histories.values() for r in h)
+    ]
+    if not present:
+        raise ValueError(f"no history holds any of {[k for k, _ in keys]}")
+    fig, axes = plt.subplots(len(present), 1, figsize=(7.5, 2.3 * len(present)), sharex=True, squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (key, label) in zip(axes[:, 0], present):
+        for i, (name, records) in enumerate(histories.items()):
+            recs = [r for r in records if isinstance(r, Mapping)]
+            v = np.array([float(r[key]) if _finite_number(r.get(key)) else np.nan for r in recs])
+            if not np.isfinite(v).any():
+                continue
+            steps = np.array([float(r.get("step", j)) if _finite_number(r.get("step", j)) else j for j, r in enumerate(recs)])
+            c = colors[i % len(colors)]
+            if key in ("loss", "signal") and len(v) > 20:
+                ax.plot(steps, v, color=c, alpha=0.25, lw=0.6)
+                ax.plot(steps, _smooth(v, max(5, len(v) // 50)), color=c, lw=1.4, label=name)
+            else:
+                ax.plot(steps, v, color=c, lw=1.2, label=name)
+        ax.set_ylabel(label)
+        finite = [float(r[key]) for h in histories.values() for r in h if isinstance(r, Mapping) and _finite_number(r.get(key))]
+        if key == "loss" and finite and min(finite) > 0 and max(finite) / min(finite) > 50:
+            ax.set_yscale("log")
+        ax.legend(fontsize=8, loc="upper right")
+    axes[-1, 0].set_xlabel("optimizer step")
+    fig.tight_layout()
+    return fig
+
+
+def _finite_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def layer_spread_plot(spreads: Mapping[str, Mapping[str, Any]]) -> Figure:
+    """Per-layer posterior spread: mean σ and mean ``|μ|/σ`` per layer, one bar per model.
+
+    Args:
+        spreads: model name -> layer -> :class:`~uncertlr.metrics.LayerSpread` (or a dict with
+            ``mean_scale`` and ``mean_snr``), e.g. ``{"bnn": bnn.posterior_spread()}``.
+
+    Example:
+        >>> fig = layer_spread_plot({"bnn": {"fc1": {"mean_scale": 0.1, "mean_snr": 3.0}}})
+        >>> [ax.get_title() for ax in fig.axes]
+        ['mean posterior std σ', 'mean |μ| / σ (signal-to-noise)']
+    """
+    layers: list[str] = []
+    for s in spreads.values():
+        layers += [k for k in s if k not in layers]
+    if not layers:
+        raise ValueError("no layer spreads to plot")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.6 + 0.45 * len(layers) * max(1, len(spreads)) ** 0.5 + 1.4))
+    height = 0.8 / max(len(spreads), 1)
+    y = np.arange(len(layers))
+    for ax, field, title in ((axes[0], "mean_scale", "mean posterior std σ"),
+                             (axes[1], "mean_snr", "mean |μ| / σ (signal-to-noise)")):
+        for i, (name, s) in enumerate(spreads.items()):
+            vals = [_field(s.get(k), field) for k in layers]
+            ax.barh(y + (i - (len(spreads) - 1) / 2) * height, vals, height=height, label=name)
+        ax.set_yticks(y, layers, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_title(title, fontsize=10)
+    axes[0].set_ylabel("layer")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _field(entry: Any, field: str) -> float:
+    if entry is None:
+        return np.nan
+    v = entry[field] if isinstance(entry, Mapping) else getattr(entry, field)
+    return np.nan if v is None else float(v)
+
+
+def figure_png(fig: Figure, *, dpi: int = 110) -> bytes:
+    """Render ``fig`` to PNG bytes and close it (for embedding in HTML)."""
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)
+    return buf.getvalue()
+
+
 def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 110) -> Path:
     """Save ``fig`` as PNG atomically and close it."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    plt.close(fig)
-    return atomic_write(path, lambda f: f.write(buf.getvalue()))
+    png = figure_png(fig, dpi=dpi)
+    return atomic_write(path, lambda f: f.write(png))
