@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from uncertlr import metrics, priors
-from uncertlr.data import LogMel, add_noise, load_fsdd, read_recordings
+from uncertlr.data import LogMel, add_noise, fix_length, load_fsdd, read_recordings
 from uncertlr.evaluation import classification_summary
 from uncertlr.runs import METRICS_SCHEMA, atomic_write, environment, new_run_dir, write_json
 from uncertlr.torch import bayesian
@@ -79,14 +79,24 @@ class SpeechConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-QUICK = dict(epochs=8, det_epochs=8, heldout_epochs=4, num_samples=8, snrs=(20.0, 0.0, -5.0), max_index=25,
-             quick=True, lr=5e-3, det_lr=5e-3)
+QUICK = dict(
+    epochs=8,
+    det_epochs=8,
+    heldout_epochs=4,
+    num_samples=8,
+    snrs=(20.0, 0.0, -5.0),
+    max_index=25,
+    quick=True,
+    lr=5e-3,
+    det_lr=5e-3,
+)
 
 
 def modulator_available() -> bool:
     """True when this uncertlr has the LR modulator (``uncertlr.torch.Modulator``, ``uncertlr.modulation.G1``)."""
     try:
         from uncertlr.modulation import G1  # noqa: F401
+
         from uncertlr.torch import Modulator  # noqa: F401
     except ImportError:
         return False
@@ -121,8 +131,18 @@ def train_model(
         net = _net(cfg)
         opt = torch.optim.Adam(net.parameters(), lr=cfg.det_lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, _steps(len(x), cfg, epochs))
-        hist = fit(lambda xb, yb: F.cross_entropy(net(xb), yb), opt, x, y, epochs=epochs,
-                   batch_size=cfg.batch_size, scheduler=sched, progress=bar, description=desc, generator=gen)
+        hist = fit(
+            lambda xb, yb: F.cross_entropy(net(xb), yb),
+            opt,
+            x,
+            y,
+            epochs=epochs,
+            batch_size=cfg.batch_size,
+            scheduler=sched,
+            progress=bar,
+            description=desc,
+            generator=gen,
+        )
         net.eval()
 
         def predict_det(xx: torch.Tensor) -> torch.Tensor:
@@ -131,14 +151,20 @@ def train_model(
 
         return predict_det, hist
 
-    bnn = bayesian(_net(cfg), num_data=len(x), prior=priors.Normal(cfg.prior_scale), kl_weight=cfg.kl_weight,
-                   init_scale=cfg.init_scale)
+    bnn = bayesian(
+        _net(cfg),
+        num_data=len(x),
+        prior=priors.Normal(cfg.prior_scale),
+        kl_weight=cfg.kl_weight,
+        init_scale=cfg.init_scale,
+    )
     opt = torch.optim.Adam(bnn.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, _steps(len(x), cfg, epochs))
     before_step = None
     mod = None
     if name == "bnn+modulator":
         from uncertlr.modulation import G1
+
         from uncertlr.torch import Modulator, batch_entropy
 
         mod = Modulator(G1(warmup=cfg.modulator_warmup)).attach(opt)
@@ -148,8 +174,19 @@ def train_model(
 
     elif name != "bnn":
         raise ValueError(f"unknown model {name!r}")
-    hist = fit(bnn.elbo, opt, x, y, epochs=epochs, batch_size=cfg.batch_size, scheduler=sched,
-               before_step=before_step, progress=bar, description=desc, generator=gen)
+    hist = fit(
+        bnn.elbo,
+        opt,
+        x,
+        y,
+        epochs=epochs,
+        batch_size=cfg.batch_size,
+        scheduler=sched,
+        before_step=before_step,
+        progress=bar,
+        description=desc,
+        generator=gen,
+    )
     if mod is not None:
         for rec, m in zip(hist, mod.history, strict=False):
             rec.update(signal=float(m["signal"]), scale=float(m["scale"]), lr=float(m["lr"]))
@@ -164,11 +201,22 @@ def _standardise(train: np.ndarray) -> Callable[[np.ndarray], torch.Tensor]:
 
 
 def _noisy_features(waves: Sequence[np.ndarray], feat: LogMel, snr: float, seed: int) -> np.ndarray:
+    """Features of the recordings with white noise at ``snr`` dB over the whole (padded) window.
+
+    The SNR is relative to the recording's own power (not diluted by the zero padding), and
+    the noise also covers the padding, as it would in a real noisy recording.
+    """
     rng = np.random.default_rng(seed)
-    return feat([add_noise(w, snr, rng=rng) for w in waves]).numpy()
+    noisy = []
+    for w in waves:
+        power = float(np.mean(np.square(w, dtype=np.float64)))
+        noisy.append(add_noise(fix_length(w, feat.num_samples), snr, rng=rng, signal_power=power))
+    return feat(noisy).numpy()
 
 
-def results_table(results: dict[str, dict[str, float]], rows: Sequence[tuple[str, str, str]], *, title: str) -> Any:
+def results_table(
+    results: dict[str, dict[str, float]], rows: Sequence[tuple[str, str, str]], *, title: str
+) -> Any:
     """A rich table: one column per model, one row per ``(key, label, format)``."""
     from rich.table import Table
 
@@ -182,12 +230,20 @@ def results_table(results: dict[str, dict[str, float]], rows: Sequence[tuple[str
 
 
 MAIN_ROWS = (
-    ("accuracy", "accuracy", ".4f"), ("ece", "ECE (15 bins)", ".4f"), ("nll", "NLL", ".4f"),
-    ("brier", "Brier", ".4f"), ("entropy_in", "entropy, clean test", ".3f"), ("mi_in", "MI, clean test", ".4f"),
-    ("entropy_ood", "entropy, noisy test", ".3f"), ("mi_ood", "MI, noisy test", ".4f"),
-    ("auroc_mi", "clean vs noisy AUROC of MI", ".3f"), ("auroc_entropy", "clean vs noisy AUROC of entropy", ".3f"),
-    ("heldout_accuracy", "held-out speaker: accuracy", ".3f"), ("heldout_ece", "held-out speaker: ECE", ".3f"),
-    ("heldout_entropy", "held-out speaker: entropy", ".3f"), ("heldout_mi", "held-out speaker: MI", ".4f"),
+    ("accuracy", "accuracy", ".4f"),
+    ("ece", "ECE (15 bins)", ".4f"),
+    ("nll", "NLL", ".4f"),
+    ("brier", "Brier", ".4f"),
+    ("entropy_in", "entropy, clean test", ".3f"),
+    ("mi_in", "MI, clean test", ".4f"),
+    ("entropy_ood", "entropy, noisy test", ".3f"),
+    ("mi_ood", "MI, noisy test", ".4f"),
+    ("auroc_mi", "clean vs noisy AUROC of MI", ".3f"),
+    ("auroc_entropy", "clean vs noisy AUROC of entropy", ".3f"),
+    ("heldout_accuracy", "held-out speaker: accuracy", ".3f"),
+    ("heldout_ece", "held-out speaker: ECE", ".3f"),
+    ("heldout_entropy", "held-out speaker: entropy", ".3f"),
+    ("heldout_mi", "held-out speaker: MI", ".4f"),
     ("seconds", "seconds (train + eval)", ".1f"),
 )
 
@@ -202,7 +258,9 @@ def _snr_plot(sweep: dict[str, dict[str, dict[str, float]]], clean: dict[str, di
         for ax, key in zip(axes, ("accuracy", "entropy", "mi"), strict=True):
             ys = [by_snr[s][key] for s in by_snr] + [clean[name][key]]
             ax.plot(xs, ys, marker="o", label=name)
-    for ax, title in zip(axes, ("accuracy", "predictive entropy (nats)", "mutual information (nats)"), strict=True):
+    for ax, title in zip(
+        axes, ("accuracy", "predictive entropy (nats)", "mutual information (nats)"), strict=True
+    ):
         ax.set_title(title)
         ax.set_xlabel("SNR (dB); rightmost point: clean")
         ax.grid(alpha=0.3)
@@ -229,8 +287,15 @@ def _per_speaker_plot(per: dict[str, dict[str, float]]) -> Any:
     return fig
 
 
-def run(cfg: SpeechConfig, *, out: str | Path = "runs", data_dir: str | None = None, cache_dir: str | None = None,
-        download: bool = False, console: Any = None) -> Path:
+def run(
+    cfg: SpeechConfig,
+    *,
+    out: str | Path = "runs",
+    data_dir: str | None = None,
+    cache_dir: str | None = None,
+    download: bool = False,
+    console: Any = None,
+) -> Path:
     """Run the example; returns the run folder."""
     from rich.console import Console
 
@@ -240,7 +305,9 @@ def run(cfg: SpeechConfig, *, out: str | Path = "runs", data_dir: str | None = N
     t_start = time.perf_counter()
     feat = LogMel(n_mels=cfg.n_mels, num_frames=cfg.num_frames)
     keep = None if cfg.max_index is None else (lambda r: r.index < cfg.max_index)
-    split = load_fsdd(data_dir, features=feat, keep=keep, cache_dir=cache_dir, download=download, progress=True)
+    split = load_fsdd(
+        data_dir, features=feat, keep=keep, cache_dir=cache_dir, download=download, progress=True
+    )
     speakers = sorted(set(split.speakers_train))
     held = cfg.held_out_speaker or speakers[-1]
     if held not in speakers:
@@ -250,11 +317,14 @@ def run(cfg: SpeechConfig, *, out: str | Path = "runs", data_dir: str | None = N
     xt, yt = std(split.x_test), torch.from_numpy(split.y_test)
     test_waves = read_recordings(split.test)
     noisy = {snr: std(_noisy_features(test_waves, feat, snr, cfg.seed + 1)) for snr in cfg.snrs}
-    x_ood = noisy[cfg.ood_snr] if cfg.ood_snr in noisy else std(_noisy_features(test_waves, feat, cfg.ood_snr, 7))
+    x_ood = (
+        noisy[cfg.ood_snr] if cfg.ood_snr in noisy else std(_noisy_features(test_waves, feat, cfg.ood_snr, 7))
+    )
 
     # held-out speaker: every recording of the other speakers trains, all of `held`'s test
-    spk_split = load_fsdd(data_dir, features=feat, keep=keep, cache_dir=cache_dir, split="speaker",
-                          test_speakers=[held])
+    spk_split = load_fsdd(
+        data_dir, features=feat, keep=keep, cache_dir=cache_dir, split="speaker", test_speakers=[held]
+    )
     std_h = _standardise(spk_split.x_train)
     xh, yh = std_h(spk_split.x_train), torch.from_numpy(spk_split.y_train)
     xh_test, yh_test = std_h(spk_split.x_test), torch.from_numpy(spk_split.y_test)
@@ -270,8 +340,10 @@ def run(cfg: SpeechConfig, *, out: str | Path = "runs", data_dir: str | None = N
         + ("; [yellow]quick mode[/]" if cfg.quick else "")
     )
     if not has_mod:
-        console.print("[yellow]bnn+modulator skipped[/]: this uncertlr has no uncertlr.torch.Modulator / "
-                      "uncertlr.modulation.G1 yet")
+        console.print(
+            "[yellow]bnn+modulator skipped[/]: this uncertlr has no uncertlr.torch.Modulator / "
+            "uncertlr.modulation.G1 yet"
+        )
 
     results: dict[str, dict[str, float]] = {}
     preds: dict[str, np.ndarray] = {"labels": split.y_test}
@@ -293,24 +365,32 @@ def run(cfg: SpeechConfig, *, out: str | Path = "runs", data_dir: str | None = N
                     p = predict(noisy[snr])
                     d = metrics.uncertainty_decomposition(p)
                     sweep.setdefault(name, {})[f"{snr:g}"] = {
-                        "accuracy": float(metrics.accuracy(p, yt)), "entropy": float(d.total.mean()),
+                        "accuracy": float(metrics.accuracy(p, yt)),
+                        "entropy": float(d.total.mean()),
                         "mi": float(d.epistemic.mean()),
                     }
                     bar.update(task, advance=1)
             summary = classification_summary(p_in, yt, p_out)
-            clean[name] = {"accuracy": summary["accuracy"], "entropy": summary["entropy_in"], "mi": summary["mi_in"]}
+            clean[name] = {
+                "accuracy": summary["accuracy"],
+                "entropy": summary["entropy_in"],
+                "mi": summary["mi_in"],
+            }
             hit = (p_in.mean(0).argmax(-1) == yt).numpy()
             per_speaker[name] = {s: float(hit[split.speakers_test == s].mean()) for s in speakers}
             # the same model trained without `held`
             t1 = time.perf_counter()
-            predict_h, _ = train_model(name, cfg, xh, yh, epochs=cfg.heldout_epochs, bar=bar,
-                                       label=f" (without {held})")
+            predict_h, _ = train_model(
+                name, cfg, xh, yh, epochs=cfg.heldout_epochs, bar=bar, label=f" (without {held})"
+            )
             with torch.no_grad():
                 ph = predict_h(xh_test)
             dh = metrics.uncertainty_decomposition(ph)
             heldout[name] = {
-                "accuracy": float(metrics.accuracy(ph, yh_test)), "ece": float(metrics.ece(ph, yh_test)),
-                "entropy": float(dh.total.mean()), "mi": float(dh.epistemic.mean()),
+                "accuracy": float(metrics.accuracy(ph, yh_test)),
+                "ece": float(metrics.ece(ph, yh_test)),
+                "entropy": float(dh.total.mean()),
+                "mi": float(dh.epistemic.mean()),
             }
             seconds += time.perf_counter() - t1
             results[name] = {
@@ -322,36 +402,67 @@ def run(cfg: SpeechConfig, *, out: str | Path = "runs", data_dir: str | None = N
             preds[f"{name}_ood"] = p_out.numpy().astype(np.float32)
             histories[name] = hist
 
-    console.print(results_table(results, MAIN_ROWS, title=f"FSDD official split; noisy = test at {cfg.ood_snr:g} dB SNR; "
-                                                         f"held-out speaker = {held}"))
+    console.print(
+        results_table(
+            results,
+            MAIN_ROWS,
+            title=f"FSDD official split; noisy = test at {cfg.ood_snr:g} dB SNR; held-out speaker = {held}",
+        )
+    )
     spk_rows = tuple((s, s, ".3f") for s in speakers)
     console.print(results_table(per_speaker, spk_rows, title="accuracy per speaker (official test split)"))
     snr_rows = []
     for snr in cfg.snrs:
-        snr_rows += [(f"acc {snr:g}", f"{snr:g} dB: accuracy", ".3f"), (f"ent {snr:g}", f"{snr:g} dB: entropy", ".3f")]
-    flat = {n: {**{f"acc {s}": v["accuracy"] for s, v in by.items()}, **{f"ent {s}": v["entropy"] for s, v in by.items()}}
-            for n, by in sweep.items()}
+        snr_rows += [
+            (f"acc {snr:g}", f"{snr:g} dB: accuracy", ".3f"),
+            (f"ent {snr:g}", f"{snr:g} dB: entropy", ".3f"),
+        ]
+    flat = {
+        n: {
+            **{f"acc {s}": v["accuracy"] for s, v in by.items()},
+            **{f"ent {s}": v["entropy"] for s, v in by.items()},
+        }
+        for n, by in sweep.items()
+    }
     console.print(results_table(flat, snr_rows, title="SNR sweep (white noise on the test recordings)"))
 
     run_dir = new_run_dir(out, "speech-digits")
     env = environment()
-    write_json(run_dir / "metrics.json", {
-        "schema": METRICS_SCHEMA, "task": "fsdd", "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "seed": cfg.seed,
-        "device": "cpu", "versions": env["versions"], "python": env["python"], "config": asdict(cfg),
-        "data": {"train": len(x), "test": len(xt), "speakers": speakers, "split": "official (index 0-4 test)",
-                 "features": asdict(feat)},
-        "ood": f"test recordings with white noise at {cfg.ood_snr:g} dB SNR",
-        "held_out_speaker": {"speaker": held, "train": len(xh), "test": len(xh_test), "models": heldout},
-        "per_speaker_accuracy": per_speaker,
-        "snr_sweep": {"clean": clean, "by_snr": sweep},
-        "modulator": "included" if has_mod else "not available in this uncertlr (uncertlr.torch.Modulator missing)",
-        "total_seconds": time.perf_counter() - t_start,
-        "models": results,
-    })
+    write_json(
+        run_dir / "metrics.json",
+        {
+            "schema": METRICS_SCHEMA,
+            "task": "fsdd",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "seed": cfg.seed,
+            "device": "cpu",
+            "versions": env["versions"],
+            "python": env["python"],
+            "config": asdict(cfg),
+            "data": {
+                "train": len(x),
+                "test": len(xt),
+                "speakers": speakers,
+                "split": "official (index 0-4 test)",
+                "features": asdict(feat),
+            },
+            "ood": f"test recordings with white noise at {cfg.ood_snr:g} dB SNR",
+            "held_out_speaker": {"speaker": held, "train": len(xh), "test": len(xh_test), "models": heldout},
+            "per_speaker_accuracy": per_speaker,
+            "snr_sweep": {"clean": clean, "by_snr": sweep},
+            "modulator": "included"
+            if has_mod
+            else "not available in this uncertlr (uncertlr.torch.Modulator missing)",
+            "total_seconds": time.perf_counter() - t_start,
+            "models": results,
+        },
+    )
     write_json(run_dir / "history.json", histories)
     atomic_write(run_dir / "predictions.npz", lambda f: np.savez_compressed(f, **preds))
-    save_figure(reliability_diagram({k: (preds[f"{k}_test"], split.y_test) for k in results}),
-                run_dir / "reliability.png")
+    save_figure(
+        reliability_diagram({k: (preds[f"{k}_test"], split.y_test) for k in results}),
+        run_dir / "reliability.png",
+    )
     save_figure(_snr_plot(sweep, clean), run_dir / "snr_sweep.png")
     save_figure(_per_speaker_plot(per_speaker), run_dir / "per_speaker.png")
     scores = {}
@@ -359,10 +470,14 @@ def run(cfg: SpeechConfig, *, out: str | Path = "runs", data_dir: str | None = N
         d_in = metrics.uncertainty_decomposition(preds[f"{k}_test"])
         d_out = metrics.uncertainty_decomposition(preds[f"{k}_ood"])
         scores[f"{k}: predictive entropy"] = (d_in.total, d_out.total)
-    save_figure(uncertainty_histograms(scores, title=f"clean test vs {cfg.ood_snr:g} dB SNR"),
-                run_dir / "uncertainty.png")
-    console.print(f"run folder: [bold]{run_dir}[/] (metrics.json, history.json, predictions.npz, reliability.png, "
-                  f"snr_sweep.png, per_speaker.png, uncertainty.png); {time.perf_counter() - t_start:.0f} s in all")
+    save_figure(
+        uncertainty_histograms(scores, title=f"clean test vs {cfg.ood_snr:g} dB SNR"),
+        run_dir / "uncertainty.png",
+    )
+    console.print(
+        f"run folder: [bold]{run_dir}[/] (metrics.json, history.json, predictions.npz, reliability.png, "
+        f"snr_sweep.png, per_speaker.png, uncertainty.png); {time.perf_counter() - t_start:.0f} s in all"
+    )
     return run_dir
 
 
@@ -371,19 +486,33 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="speech_digits.py",
         description="FSDD spoken digits: deterministic CNN vs Bayesian CNN (vs Bayesian CNN + LR modulator): "
-                    "calibration, per-speaker accuracy, a held-out speaker and an SNR sweep.",
+        "calibration, per-speaker accuracy, a held-out speaker and an SNR sweep.",
     )
-    p.add_argument("--data-dir", default=None, help="folder holding fsdd/recordings (default: $UNCERTLR_DATA, "
-                                                    "../shared/data beside the checkout, ~/.cache/uncertlr/data)")
-    p.add_argument("--download", action="store_true", help="download FSDD first if missing (SHA-256 verified)")
-    p.add_argument("--cache-dir", default=None, help="feature cache folder (default ~/.cache/uncertlr/features)")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder holding fsdd/recordings (default: $UNCERTLR_DATA, "
+        "../shared/data beside the checkout, ~/.cache/uncertlr/data)",
+    )
+    p.add_argument(
+        "--download", action="store_true", help="download FSDD first if missing (SHA-256 verified)"
+    )
+    p.add_argument(
+        "--cache-dir", default=None, help="feature cache folder (default ~/.cache/uncertlr/features)"
+    )
     p.add_argument("--out", default="runs", help="folder for run folders (default: runs)")
     p.add_argument("--quick", action="store_true", help="a subset and a few epochs: under a minute")
     p.add_argument("--model", choices=("cnn", "crnn"), default=d.model, help="network (default: cnn)")
     p.add_argument("--epochs", type=int, default=None, help=f"epochs of every model (default {d.epochs})")
-    p.add_argument("--kl-weight", type=float, default=None, help=f"KL weight of the BNN ELBO (default {d.kl_weight})")
-    p.add_argument("--num-samples", type=int, default=None, help=f"posterior samples (default {d.num_samples})")
-    p.add_argument("--held-out-speaker", default=None, help="speaker to hold out (default: last alphabetically)")
+    p.add_argument(
+        "--kl-weight", type=float, default=None, help=f"KL weight of the BNN ELBO (default {d.kl_weight})"
+    )
+    p.add_argument(
+        "--num-samples", type=int, default=None, help=f"posterior samples (default {d.num_samples})"
+    )
+    p.add_argument(
+        "--held-out-speaker", default=None, help="speaker to hold out (default: last alphabetically)"
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     return p
