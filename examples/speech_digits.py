@@ -60,6 +60,7 @@ class SpeechConfig:
     model: str = "cnn"  # "cnn" or "crnn"
     n_mels: int = 40
     num_frames: int = 64
+    top_db: float | None = 40.0  # floor every spectrogram 40 dB below its peak (see README "FSDD")
     epochs: int = 30
     det_epochs: int = 30
     heldout_epochs: int = 15
@@ -303,7 +304,7 @@ def run(
 
     console = console or Console()
     t_start = time.perf_counter()
-    feat = LogMel(n_mels=cfg.n_mels, num_frames=cfg.num_frames)
+    feat = LogMel(n_mels=cfg.n_mels, num_frames=cfg.num_frames, top_db=cfg.top_db)
     keep = None if cfg.max_index is None else (lambda r: r.index < cfg.max_index)
     split = load_fsdd(
         data_dir, features=feat, keep=keep, cache_dir=cache_dir, download=download, progress=True

@@ -116,3 +116,18 @@ def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="snr_db must be finite"):
         add_noise(np.ones(4), float("nan"), rng=np.random.default_rng(0))
     assert LogMel().cache_key() != LogMel(n_mels=41).cache_key() != MFCC().cache_key()
+
+
+def test_top_db_floors_each_spectrogram_below_its_own_peak():
+    rng = np.random.default_rng(2)
+    w = np.stack([rng.standard_normal(4000), 0.01 * rng.standard_normal(4000)]).astype(np.float32)
+    w[:, :2000] = 0.0  # silence
+    plain = log_mel_spectrogram(w).numpy()
+    floored = log_mel_spectrogram(w, top_db=40.0).numpy()
+    r = 4 * np.log(10)
+    for k in range(2):
+        np.testing.assert_allclose(floored[k], np.maximum(plain[k], plain[k].max() - r), rtol=1e-6)
+        assert floored[k].min() == pytest.approx(plain[k].max() - r, rel=1e-5)
+    assert LogMel(top_db=40.0).cache_key() != LogMel().cache_key()
+    with pytest.raises(ValueError, match="top_db must be positive"):
+        LogMel(top_db=-1.0)

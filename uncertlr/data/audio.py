@@ -245,6 +245,7 @@ def log_mel_spectrogram(
     f_min: float = 0.0,
     f_max: float | None = None,
     log_floor: float = 1e-6,
+    top_db: float | None = None,
 ) -> Tensor:
     """Natural-log mel power spectrogram ``log(max(mel power, log_floor))``.
 
@@ -253,6 +254,9 @@ def log_mel_spectrogram(
         sample_rate, n_fft, hop_length, win_length, n_mels, f_min, f_max: STFT and mel
             parameters (``win_length`` defaults to ``n_fft``; periodic Hann window).
         log_floor: power floor before the log (silence maps to ``log(log_floor)``).
+        top_db: when given, every spectrogram is also floored at ``top_db`` decibels below its
+            own maximum (as ``librosa.power_to_db(top_db=...)``): quiet parts and padding then
+            look alike whatever faint noise they hold.
 
     Returns:
         ``[..., n_mels, 1 + T // hop_length]`` float32.
@@ -277,6 +281,11 @@ def log_mel_spectrogram(
     )
     mel = torch.einsum("bft,fm->bmt", power, fb)
     out = torch.log(torch.clamp(mel, min=log_floor))
+    if top_db is not None:
+        if not (math.isfinite(top_db) and top_db > 0):
+            raise ValueError(f"top_db must be positive and finite; got {top_db!r}")
+        peak = out.amax(dim=(-2, -1), keepdim=True)
+        out = torch.maximum(out, peak - top_db * math.log(10.0) / 10.0)
     return out.reshape(*batch, n_mels, out.shape[-1])
 
 
@@ -325,6 +334,7 @@ class LogMel:
     f_max: float | None = None
     num_frames: int = 64
     log_floor: float = 1e-6
+    top_db: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("sample_rate", "n_fft", "hop_length", "n_mels", "num_frames"):
@@ -333,6 +343,8 @@ class LogMel:
                 raise ValueError(f"{type(self).__name__}.{name} must be a positive integer; got {v!r}")
         if not (math.isfinite(self.log_floor) and self.log_floor > 0):
             raise ValueError(f"log_floor must be positive and finite; got {self.log_floor!r}")
+        if self.top_db is not None and not (math.isfinite(self.top_db) and self.top_db > 0):
+            raise ValueError(f"top_db must be positive and finite or None; got {self.top_db!r}")
 
     @property
     def num_samples(self) -> int:
@@ -353,6 +365,7 @@ class LogMel:
             f_min=self.f_min,
             f_max=self.f_max,
             log_floor=self.log_floor,
+            top_db=self.top_db,
         )
 
     def _transform(self, w: Tensor) -> Tensor:

@@ -36,7 +36,9 @@ def load_digits(*, test_size: float = 0.25, seed: int = 0, flat: bool = True) ->
     x = (x / 16.0).astype(np.float32)
     if not flat:
         x = x.reshape(-1, 1, 8, 8)
-    xtr, xte, ytr, yte = train_test_split(x, y.astype(np.int64), test_size=test_size, random_state=seed, stratify=y)
+    xtr, xte, ytr, yte = train_test_split(
+        x, y.astype(np.int64), test_size=test_size, random_state=seed, stratify=y
+    )
     return Split(xtr, ytr, xte, yte, 10)
 
 
