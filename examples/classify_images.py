@@ -36,11 +36,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from uncertlr import metrics, priors
+from uncertlr import priors
 from uncertlr.data import Split, load_digits, load_mnist, shuffle_pixels
 from uncertlr.demo import results_table
 from uncertlr.evaluation import classification_summary
-from uncertlr.runs import METRICS_SCHEMA, atomic_write, environment, new_run_dir, write_json
+from uncertlr.runs import new_run_dir, save_classification_run
 from uncertlr.torch import bayesian
 from uncertlr.torch.training import fit, progress_bar
 
@@ -118,8 +118,6 @@ def run(
 ) -> Path:
     """Run the example; returns the run folder."""
     from rich.console import Console
-
-    from uncertlr.plotting import reliability_diagram, save_figure, uncertainty_histograms
 
     console = console or Console()
     t_start = time.perf_counter()
@@ -200,37 +198,15 @@ def run(
 
     console.print(results_table(results, title=f"{cfg.dataset}: test set and OOD = {ood_desc}"))
     run_dir = new_run_dir(out, f"images-{cfg.dataset}")
-    env = environment()
-    write_json(
-        run_dir / "metrics.json",
-        {
-            "schema": METRICS_SCHEMA,
-            "task": cfg.dataset,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "seed": cfg.seed,
-            "device": "cpu",
-            "versions": env["versions"],
-            "python": env["python"],
-            "config": asdict(cfg),
-            "ood": ood_desc,
-            "total_seconds": time.perf_counter() - t_start,
-            "models": results,
-        },
-    )
-    write_json(run_dir / "history.json", histories)
-    atomic_write(run_dir / "predictions.npz", lambda f: np.savez_compressed(f, **preds))
-    save_figure(
-        reliability_diagram({k: (preds[f"{k}_test"], split.y_test) for k in results}),
-        run_dir / "reliability.png",
-    )
-    scores = {}
-    for k in results:
-        d_in = metrics.uncertainty_decomposition(preds[f"{k}_test"])
-        d_out = metrics.uncertainty_decomposition(preds[f"{k}_ood"])
-        scores[f"{k}: predictive entropy"] = (d_in.total, d_out.total)
-        if k != "deterministic":
-            scores[f"{k}: mutual information"] = (d_in.epistemic, d_out.epistemic)
-    save_figure(uncertainty_histograms(scores, title=f"test vs {ood_desc}"), run_dir / "uncertainty.png")
+    doc = {
+        "task": cfg.dataset,
+        "seed": cfg.seed,
+        "config": asdict(cfg),
+        "ood": ood_desc,
+        "total_seconds": time.perf_counter() - t_start,
+        "models": results,
+    }
+    save_classification_run(run_dir, doc, predictions=preds, histories=histories, ood_label=ood_desc)
     console.print(
         f"run folder: [bold]{run_dir}[/] (metrics.json, history.json, predictions.npz, reliability.png, "
         f"uncertainty.png); {time.perf_counter() - t_start:.0f} s in all"

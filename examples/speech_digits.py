@@ -44,8 +44,9 @@ import torch.nn.functional as F
 
 from uncertlr import metrics, priors
 from uncertlr.data import LogMel, add_noise, fix_length, load_fsdd, read_recordings
+from uncertlr.demo import results_table
 from uncertlr.evaluation import classification_summary
-from uncertlr.runs import METRICS_SCHEMA, atomic_write, environment, new_run_dir, write_json
+from uncertlr.runs import new_run_dir, save_classification_run
 from uncertlr.torch import bayesian
 from uncertlr.torch.training import fit, progress_bar
 
@@ -215,21 +216,6 @@ def _noisy_features(waves: Sequence[np.ndarray], feat: LogMel, snr: float, seed:
     return feat(noisy).numpy()
 
 
-def results_table(
-    results: dict[str, dict[str, float]], rows: Sequence[tuple[str, str, str]], *, title: str
-) -> Any:
-    """A rich table: one column per model, one row per ``(key, label, format)``."""
-    from rich.table import Table
-
-    table = Table(title=title)
-    table.add_column("metric")
-    for name in results:
-        table.add_column(name, justify="right")
-    for key, label, fmt in rows:
-        table.add_row(label, *(format(r[key], fmt) if key in r else "-" for r in results.values()))
-    return table
-
-
 MAIN_ROWS = (
     ("accuracy", "accuracy", ".4f"),
     ("ece", "ECE (15 bins)", ".4f"),
@@ -300,7 +286,7 @@ def run(
     """Run the example; returns the run folder."""
     from rich.console import Console
 
-    from uncertlr.plotting import reliability_diagram, save_figure, uncertainty_histograms
+    from uncertlr.plotting import save_figure
 
     console = console or Console()
     t_start = time.perf_counter()
@@ -406,12 +392,14 @@ def run(
     console.print(
         results_table(
             results,
-            MAIN_ROWS,
+            rows=MAIN_ROWS,
             title=f"FSDD official split; noisy = test at {cfg.ood_snr:g} dB SNR; held-out speaker = {held}",
         )
     )
     spk_rows = tuple((s, s, ".3f") for s in speakers)
-    console.print(results_table(per_speaker, spk_rows, title="accuracy per speaker (official test split)"))
+    console.print(
+        results_table(per_speaker, rows=spk_rows, title="accuracy per speaker (official test split)")
+    )
     snr_rows = []
     for snr in cfg.snrs:
         snr_rows += [
@@ -425,56 +413,35 @@ def run(
         }
         for n, by in sweep.items()
     }
-    console.print(results_table(flat, snr_rows, title="SNR sweep (white noise on the test recordings)"))
+    console.print(results_table(flat, rows=snr_rows, title="SNR sweep (white noise on the test recordings)"))
 
     run_dir = new_run_dir(out, "speech-digits")
-    env = environment()
-    write_json(
-        run_dir / "metrics.json",
-        {
-            "schema": METRICS_SCHEMA,
-            "task": "fsdd",
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "seed": cfg.seed,
-            "device": "cpu",
-            "versions": env["versions"],
-            "python": env["python"],
-            "config": asdict(cfg),
-            "data": {
-                "train": len(x),
-                "test": len(xt),
-                "speakers": speakers,
-                "split": "official (index 0-4 test)",
-                "features": asdict(feat),
-            },
-            "ood": f"test recordings with white noise at {cfg.ood_snr:g} dB SNR",
-            "held_out_speaker": {"speaker": held, "train": len(xh), "test": len(xh_test), "models": heldout},
-            "per_speaker_accuracy": per_speaker,
-            "snr_sweep": {"clean": clean, "by_snr": sweep},
-            "modulator": "included"
-            if has_mod
-            else "not available in this uncertlr (uncertlr.torch.Modulator missing)",
-            "total_seconds": time.perf_counter() - t_start,
-            "models": results,
+    doc = {
+        "task": "fsdd",
+        "seed": cfg.seed,
+        "config": asdict(cfg),
+        "data": {
+            "train": len(x),
+            "test": len(xt),
+            "speakers": speakers,
+            "split": "official (index 0-4 test)",
+            "features": asdict(feat),
         },
-    )
-    write_json(run_dir / "history.json", histories)
-    atomic_write(run_dir / "predictions.npz", lambda f: np.savez_compressed(f, **preds))
-    save_figure(
-        reliability_diagram({k: (preds[f"{k}_test"], split.y_test) for k in results}),
-        run_dir / "reliability.png",
+        "ood": f"test recordings with white noise at {cfg.ood_snr:g} dB SNR",
+        "held_out_speaker": {"speaker": held, "train": len(xh), "test": len(xh_test), "models": heldout},
+        "per_speaker_accuracy": per_speaker,
+        "snr_sweep": {"clean": clean, "by_snr": sweep},
+        "modulator": "included"
+        if has_mod
+        else "not available in this uncertlr (uncertlr.torch.Modulator missing)",
+        "total_seconds": time.perf_counter() - t_start,
+        "models": results,
+    }
+    save_classification_run(
+        run_dir, doc, predictions=preds, histories=histories, ood_label=f"{cfg.ood_snr:g} dB SNR"
     )
     save_figure(_snr_plot(sweep, clean), run_dir / "snr_sweep.png")
     save_figure(_per_speaker_plot(per_speaker), run_dir / "per_speaker.png")
-    scores = {}
-    for k in results:
-        d_in = metrics.uncertainty_decomposition(preds[f"{k}_test"])
-        d_out = metrics.uncertainty_decomposition(preds[f"{k}_ood"])
-        scores[f"{k}: predictive entropy"] = (d_in.total, d_out.total)
-    save_figure(
-        uncertainty_histograms(scores, title=f"clean test vs {cfg.ood_snr:g} dB SNR"),
-        run_dir / "uncertainty.png",
-    )
     console.print(
         f"run folder: [bold]{run_dir}[/] (metrics.json, history.json, predictions.npz, reliability.png, "
         f"snr_sweep.png, per_speaker.png, uncertainty.png); {time.perf_counter() - t_start:.0f} s in all"
