@@ -47,18 +47,7 @@ __all__ = [
 
 METRICS_SCHEMA = "uncertlr.metrics/1"
 
-_PACKAGES = (
-    "uncertlr",
-    "torch",
-    "pyro-ppl",
-    "numpy",
-    "jax",
-    "numpyro",
-    "optax",
-    "arviz",
-    "scikit-learn",
-    "matplotlib",
-)
+_PACKAGES = ("uncertlr", "torch", "pyro-ppl", "numpy", "jax", "numpyro", "optax", "arviz", "scikit-learn", "matplotlib")
 
 
 def new_run_dir(root: str | os.PathLike[str], name: str) -> Path:
