@@ -53,10 +53,10 @@ class ImageConfig:
     ood: str = "auto"  # "auto", "shuffled", "rotated" or "fashion-mnist"/"mnist"
     model: str = "cnn"  # "cnn" or "mlp"
     seed: int = 0
-    epochs: int = 40
+    epochs: int = 150
     det_epochs: int = 40
     batch_size: int = 64
-    lr: float = 3e-3
+    lr: float = 1e-2
     det_lr: float = 3e-3
     kl_weight: float = 0.1
     prior_scale: float = 1.0
