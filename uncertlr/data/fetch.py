@@ -24,12 +24,13 @@ import hashlib
 import os
 import shutil
 import tarfile
-import tempfile
 import urllib.request
 import zipfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+from uncertlr.runs import atomic_write
 
 __all__ = ["ChecksumError", "download", "extract_archive", "file_digest", "verify_checksum"]
 
@@ -97,30 +98,24 @@ def download(
             return verify_checksum(dest, checksum, algorithm=algorithm)
         except ChecksumError:
             pass  # an earlier, corrupted download: fetch it again (replaced only once verified)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
+
+    def fetch(out: Any) -> None:
         h = hashlib.new(algorithm)
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310
             total = response.headers.get("Content-Length") if hasattr(response, "headers") else None
             with _progress(progress, f"downloading {dest.name}", int(total) if total else None) as advance:
                 for block in iter(lambda: response.read(_BLOCK), b""):
                     out.write(block)
                     h.update(block)
                     advance(len(block))
-            out.flush()
-            os.fsync(out.fileno())
         got = h.hexdigest()
-        if got.lower() != checksum.lower():
+        if got.lower() != checksum.lower():  # raising here makes atomic_write drop the temporary file
             raise ChecksumError(
                 f"download of {url} failed verification: {algorithm} expected {checksum}, got {got} "
                 f"({dest} was not written)"
             )
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(dest, fetch)
     return dest
 
 
