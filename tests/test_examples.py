@@ -94,3 +94,37 @@ def test_images_quick_on_digits(tmp_path):
     assert doc["task"] == "digits" and doc["ood"] == "test images with shuffled pixels"
     assert doc["models"]["bnn"]["accuracy"] > 0.5
     assert doc["models"]["bnn"]["auroc_mi"] > 0.5  # MI is higher on shuffled pixels than on real digits
+
+
+def test_images_on_mnist_format_files_pairs_mnist_with_fashion_mnist(tmp_path):
+    import numpy as np
+
+    from uncertlr.data import write_idx
+
+    rng = np.random.default_rng(0)
+    for ds in ("mnist", "fashion-mnist"):
+        for part, n in (("train", 96), ("t10k", 32)):
+            write_idx(
+                tmp_path / ds / f"{part}-images-idx3-ubyte.gz",
+                rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
+            )
+            write_idx(tmp_path / ds / f"{part}-labels-idx1-ubyte.gz", rng.integers(0, 10, n).astype(np.uint8))
+    mod = _load("classify_images")
+    run = mod.main(
+        [
+            "--dataset",
+            "mnist",
+            "--data-dir",
+            str(tmp_path),
+            "--epochs",
+            "1",
+            "--num-samples",
+            "2",
+            "--out",
+            str(tmp_path / "runs"),
+        ]
+    )
+    doc = _check_run(run, {"deterministic", "bnn"})
+    assert doc["task"] == "mnist" and doc["ood"] == "fashion-mnist test images"
+    with np.load(run / "predictions.npz") as p:
+        assert p["bnn_test"].shape == (2, 32, 10) and p["bnn_ood"].shape == (2, 32, 10)
