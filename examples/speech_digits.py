@@ -18,7 +18,7 @@ says so and runs the other two.
 
 Usage::
 
-    python examples/speech_digits.py                    # full run (~5 min on 2 CPU cores)
+    python examples/speech_digits.py                    # full run (~3 min on 2 CPU cores)
     python examples/speech_digits.py --quick            # a subset, a few epochs (< 1 min)
     python examples/speech_digits.py --data-dir /data   # folder holding fsdd/recordings
 
