@@ -1,10 +1,20 @@
 """Reference architectures that examples and benchmarks wrap, installed as ``uncertlr_models``.
 
+* :class:`MLP` — fully connected, any input shape (flattened);
+* :class:`ImageCNN` — a small CNN for 8x8 digits and 28x28 MNIST-format images;
+* :class:`SpeechCNN`, :class:`SpeechCRNN` — a small CNN and a CNN + GRU for log-mel / MFCC
+  speech features ``[B, bands, frames]``.
+
+None uses batch norm, so every weight can be made Bayesian with
+:func:`uncertlr.torch.bayesian` and evaluated for many posterior samples at once.
+
 Example:
     >>> from uncertlr_models import MLP
     >>> net = MLP(64, (128, 128), 10)
 """
 
+from uncertlr_models.cnn import ImageCNN
 from uncertlr_models.mlp import MLP
+from uncertlr_models.speech import SpeechCNN, SpeechCRNN
 
-__all__ = ["MLP"]
+__all__ = ["MLP", "ImageCNN", "SpeechCNN", "SpeechCRNN"]

@@ -51,3 +51,20 @@ def pytest_addoption(parser):
         default=None,
         help="folder holding the shared data sets (default: $UNCERTLR_DATA or ../shared/data)",
     )
+
+
+@pytest.fixture(scope="session")
+def data_root(request):
+    """The shared data folder: ``--data-dir``, else :func:`uncertlr.data.data_dir` ($UNCERTLR_DATA, ../shared/data)."""
+    from uncertlr.data import data_dir
+
+    return data_dir(request.config.getoption("--data-dir"))
+
+
+@pytest.fixture(scope="session")
+def fsdd_dir(data_root):
+    """The FSDD recordings folder; skips (saying where it looked) when the data folder is absent."""
+    folder = data_root / "fsdd" / "recordings"
+    if not folder.is_dir():
+        pytest.skip(f"FSDD data not found at {folder}: pass --data-dir or set UNCERTLR_DATA to the shared data folder")
+    return folder

@@ -37,3 +37,34 @@ def test_new_run_dir_is_unique(tmp_path):
 def test_environment_lists_versions():
     env = environment()
     assert "torch" in env["versions"] and env["python"].count(".") == 2
+
+
+def test_save_classification_run_writes_the_standard_files(tmp_path):
+    import numpy as np
+
+    from uncertlr.runs import METRICS_SCHEMA, read_json, save_classification_run
+
+    rng = np.random.default_rng(0)
+    preds = {
+        "labels": rng.integers(0, 3, 20),
+        "det_test": rng.dirichlet(np.ones(3), (1, 20)),
+        "bnn_test": rng.dirichlet(np.ones(3), (5, 20)),
+        "bnn_ood": rng.dirichlet(np.ones(3), (5, 7)),
+    }
+    run = save_classification_run(
+        tmp_path,
+        {"task": "t", "models": {"bnn": {"accuracy": 0.5}}, "device": "gpu"},
+        predictions=preds,
+        histories={"bnn": [{"step": 0, "loss": 1.0}]},
+    )
+    doc = read_json(run / "metrics.json")
+    assert (
+        doc["schema"] == METRICS_SCHEMA
+        and doc["task"] == "t"
+        and doc["device"] == "gpu"
+        and "torch" in doc["versions"]
+    )
+    assert read_json(run / "history.json") == {"bnn": [{"step": 0, "loss": 1.0}]}
+    with np.load(run / "predictions.npz") as p:
+        np.testing.assert_array_equal(p["bnn_ood"], preds["bnn_ood"])
+    assert (run / "reliability.png").stat().st_size > 1000 and (run / "uncertainty.png").stat().st_size > 1000

@@ -16,6 +16,7 @@ under-confident (ECE ~0.1, see README "Why the demo tempers the KL").
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from uncertlr import metrics, priors
+from uncertlr import priors
 from uncertlr.data import load_digits, shuffle_pixels
 from uncertlr.evaluation import SUMMARY_ROWS, classification_summary
 from uncertlr.modulation import GradSigmaRatio, Ratio
-from uncertlr.plotting import reliability_diagram, save_figure, uncertainty_histograms
-from uncertlr.runs import METRICS_SCHEMA, atomic_write, environment, new_run_dir, write_json
+from uncertlr.runs import new_run_dir, save_classification_run
 from uncertlr.torch import Modulator, batch_entropy, bayesian
 from uncertlr.torch.training import fit, progress_bar
 
@@ -128,15 +128,17 @@ MODULATED = {"bnn+g1": Ratio(kappa=-0.5), "bnn+p2": GradSigmaRatio(kappa=-0.5)}
 TABLE_ROWS = SUMMARY_ROWS
 
 
-def results_table(results: dict[str, dict[str, float]], *, title: str) -> Any:
-    """A rich table with one column per model and one row per metric."""
+def results_table(
+    results: dict[str, dict[str, float]], *, title: str, rows: Sequence[tuple[str, str, str]] = TABLE_ROWS
+) -> Any:
+    """A rich table with one column per model and one row per ``(key, label, format)`` of ``rows``."""
     from rich.table import Table
 
     table = Table(title=title)
     table.add_column("metric")
     for name in results:
         table.add_column(name, justify="right")
-    for key, label, fmt in TABLE_ROWS:
+    for key, label, fmt in rows:
         table.add_row(label, *(format(r[key], fmt) if key in r else "-" for r in results.values()))
     return table
 
@@ -181,35 +183,12 @@ def run_demo(out: str | Path = "runs", config: DemoConfig | None = None, *, cons
     console.print(results_table(results, title="digits: test set and shuffled-pixel OOD set"))
 
     run = new_run_dir(out, "demo")
-    env = environment()
-    write_json(
-        run / "metrics.json",
-        {
-            "schema": METRICS_SCHEMA,
-            "task": "digits",
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "seed": cfg.seed,
-            "device": "cpu",
-            "versions": env["versions"],
-            "python": env["python"],
-            "config": asdict(cfg),
-            "ood": "test images with shuffled pixels",
-            "models": results,
-        },
+    save_classification_run(
+        run,
+        {"task": "digits", "seed": cfg.seed, "config": asdict(cfg), "ood": "test images with shuffled pixels",
+         "models": results},
+        predictions=preds, histories=histories, ood_label="shuffled pixels",
     )
-    write_json(run / "history.json", histories)
-    atomic_write(run / "predictions.npz", lambda f: np.savez_compressed(f, **preds))
-    save_figure(
-        reliability_diagram({k: (preds[f"{k}_test"], split.y_test) for k in results}), run / "reliability.png"
-    )
-    scores = {}
-    for k in results:
-        d_in = metrics.uncertainty_decomposition(preds[f"{k}_test"])
-        d_out = metrics.uncertainty_decomposition(preds[f"{k}_ood"])
-        scores[f"{k}: predictive entropy"] = (d_in.total, d_out.total)
-        if k != "deterministic":
-            scores[f"{k}: mutual information"] = (d_in.epistemic, d_out.epistemic)
-    save_figure(uncertainty_histograms(scores), run / "uncertainty.png")
     _write_report(run, posteriors, xt, yt, cfg, console)
     console.print(f"run folder: [bold]{run}[/] (metrics.json, reliability.png, uncertainty.png, predictions.npz, "
                   "history.json, posterior-*.nc, summary.json, report.html)")

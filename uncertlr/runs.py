@@ -30,7 +30,7 @@ import math
 import os
 import platform
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
@@ -41,6 +41,7 @@ __all__ = [
     "environment",
     "new_run_dir",
     "read_json",
+    "save_classification_run",
     "write_json",
 ]
 
@@ -134,3 +135,63 @@ def environment(packages: Iterable[str] = _PACKAGES) -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             continue
     return {"python": platform.python_version(), "platform": platform.platform(), "versions": versions}
+
+
+def save_classification_run(
+    run: str | os.PathLike[str],
+    doc: Mapping[str, Any],
+    *,
+    predictions: Mapping[str, Any],
+    histories: Mapping[str, Any],
+    ood_label: str = "OOD",
+) -> Path:
+    """Write the standard files of a classification run into the folder ``run``.
+
+    * ``metrics.json``: ``{"schema", "created", "device", "versions", "python", **doc}`` (``doc``
+      holds ``task``, ``seed``, ``config``, ``ood``, ``models``... and may override ``device``);
+    * ``history.json``: ``histories``;
+    * ``predictions.npz``: ``predictions`` (``labels``, ``{name}_test``, ``{name}_ood`` ``[S, N, C]``);
+    * ``reliability.png`` for every ``{name}_test``, and ``uncertainty.png``: predictive entropy
+      (and mutual information for sampled models, ``S > 1``) in- vs out-of-distribution for every
+      model with a ``{name}_ood`` entry.
+
+    Returns:
+        The run folder.
+    """
+    import numpy as np
+
+    from uncertlr import metrics
+    from uncertlr.plotting import reliability_diagram, save_figure, uncertainty_histograms
+
+    run = Path(run)
+    env = environment()
+    head = {
+        "schema": METRICS_SCHEMA,
+        "created": _dt.datetime.now().strftime("%Y-%m-%dT%H:%M:%S"),
+        "device": "cpu",
+        "versions": env["versions"],
+        "python": env["python"],
+    }
+    write_json(run / "metrics.json", {**head, **doc})
+    write_json(run / "history.json", histories)
+    arrays = {k: np.asarray(v) for k, v in predictions.items()}
+    atomic_write(run / "predictions.npz", lambda f: np.savez_compressed(f, **arrays))
+    names = [k.removesuffix("_test") for k in arrays if k.endswith("_test")]
+    labels = arrays["labels"]
+    save_figure(
+        reliability_diagram({k: (arrays[f"{k}_test"], labels) for k in names}), run / "reliability.png"
+    )
+    scores = {}
+    for k in names:
+        if f"{k}_ood" not in arrays:
+            continue
+        d_in = metrics.uncertainty_decomposition(arrays[f"{k}_test"])
+        d_out = metrics.uncertainty_decomposition(arrays[f"{k}_ood"])
+        scores[f"{k}: predictive entropy"] = (d_in.total, d_out.total)
+        if arrays[f"{k}_test"].ndim == 3 and arrays[f"{k}_test"].shape[0] > 1:
+            scores[f"{k}: mutual information"] = (d_in.epistemic, d_out.epistemic)
+    if scores:
+        save_figure(
+            uncertainty_histograms(scores, title=f"in-distribution vs {ood_label}"), run / "uncertainty.png"
+        )
+    return run

@@ -1,0 +1,130 @@
+"""The example scripts end to end: --help, a --quick run, the run folder and what it claims."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from uncertlr.runs import METRICS_SCHEMA, read_json
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("name", ["speech_digits", "classify_images"])
+def test_help(name, capsys):
+    with pytest.raises(SystemExit) as exc:
+        _load(name).main(["--help"])
+    assert exc.value.code == 0
+    assert "--quick" in capsys.readouterr().out
+
+
+def _check_run(run: Path, models: set[str]) -> dict:
+    doc = read_json(run / "metrics.json")
+    assert doc["schema"] == METRICS_SCHEMA and set(doc["models"]) == models
+    for m in doc["models"].values():
+        for key in (
+            "accuracy",
+            "nll",
+            "brier",
+            "ece",
+            "adaptive_ece",
+            "entropy_in",
+            "mi_in",
+            "entropy_ood",
+            "mi_ood",
+            "auroc_mi",
+            "auroc_entropy",
+            "seconds",
+        ):
+            assert math.isfinite(m[key]), key
+    hist = read_json(run / "history.json")
+    assert set(hist) == models and all(len(h) > 0 and "loss" in h[0] for h in hist.values())
+    import numpy as np
+
+    with np.load(run / "predictions.npz") as p:
+        n = len(p["labels"])
+        for name in models:
+            assert p[f"{name}_test"].shape[1:] == (n, 10)
+    return doc
+
+
+def test_speech_quick_beats_chance_widely(fsdd_dir, tmp_path):
+    mod = _load("speech_digits")
+    run = mod.main(
+        [
+            "--quick",
+            "--data-dir",
+            str(fsdd_dir.parent.parent),
+            "--out",
+            str(tmp_path / "runs"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ]
+    )
+    models = {"deterministic", "bnn"} | ({"bnn+modulator"} if mod.modulator_available() else set())
+    doc = _check_run(run, models)
+    for name, m in doc["models"].items():
+        assert m["accuracy"] > 0.5, (name, m["accuracy"])  # chance is 0.1
+    assert doc["models"]["bnn"]["mi_in"] > 0 and doc["models"]["deterministic"]["mi_in"] == 0
+    speakers = doc["data"]["speakers"]
+    assert set(doc["per_speaker_accuracy"]["bnn"]) == set(speakers)
+    assert doc["held_out_speaker"]["speaker"] == speakers[-1]
+    sweep = doc["snr_sweep"]["by_snr"]["bnn"]
+    # noise hurts: accuracy at the lowest SNR is below the clean accuracy
+    assert sweep[min(sweep, key=float)]["accuracy"] < doc["models"]["bnn"]["accuracy"]
+    for png in ("reliability.png", "snr_sweep.png", "per_speaker.png", "uncertainty.png"):
+        assert (run / png).stat().st_size > 1000
+
+
+def test_images_quick_on_digits(tmp_path):
+    run = _load("classify_images").main(["--quick", "--epochs", "4", "--out", str(tmp_path)])
+    doc = _check_run(run, {"deterministic", "bnn"})
+    assert doc["task"] == "digits" and doc["ood"] == "test images with shuffled pixels"
+    assert doc["models"]["bnn"]["accuracy"] > 0.5
+    assert doc["models"]["bnn"]["auroc_mi"] > 0.5  # MI is higher on shuffled pixels than on real digits
+
+
+def test_images_on_mnist_format_files_pairs_mnist_with_fashion_mnist(tmp_path):
+    import numpy as np
+
+    from uncertlr.data import write_idx
+
+    rng = np.random.default_rng(0)
+    for ds in ("mnist", "fashion-mnist"):
+        for part, n in (("train", 96), ("t10k", 32)):
+            write_idx(
+                tmp_path / ds / f"{part}-images-idx3-ubyte.gz",
+                rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
+            )
+            write_idx(tmp_path / ds / f"{part}-labels-idx1-ubyte.gz", rng.integers(0, 10, n).astype(np.uint8))
+    mod = _load("classify_images")
+    run = mod.main(
+        [
+            "--dataset",
+            "mnist",
+            "--data-dir",
+            str(tmp_path),
+            "--epochs",
+            "1",
+            "--num-samples",
+            "2",
+            "--out",
+            str(tmp_path / "runs"),
+        ]
+    )
+    doc = _check_run(run, {"deterministic", "bnn"})
+    assert doc["task"] == "mnist" and doc["ood"] == "fashion-mnist test images"
+    with np.load(run / "predictions.npz") as p:
+        assert p["bnn_test"].shape == (2, 32, 10) and p["bnn_ood"].shape == (2, 32, 10)
