@@ -15,7 +15,8 @@ SCRIPT = textwrap.dedent(
     import json, warnings
     import jax, jax.numpy as jnp, numpy as np, optax
     from uncertlr import likelihoods, priors
-    from uncertlr.jax import DATA_AXIS, bayesian, mcmc, svi
+    from uncertlr.jax import DATA_AXIS, bayesian, mcmc, scale_by_uncertainty, svi
+    from uncertlr.modulation import Ratio
 
     assert jax.device_count() == 2, jax.devices()
     rng = np.random.default_rng(0)
@@ -36,14 +37,8 @@ SCRIPT = textwrap.dedent(
     out["chain_devices"] = len({d for v in res.mcmc.get_samples(group_by_chain=True).values()
                                 for d in v.devices()})
 
-    def pmean_scale():
-        # the hook the modulator's transformations use: average the per-device signal over DATA_AXIS
-        def update(updates, state, params=None, *, uncertainty):
-            u = jax.lax.pmean(uncertainty, DATA_AXIS)
-            return jax.tree_util.tree_map(lambda g: g * jnp.exp(-u), updates), state
-        return optax.GradientTransformationExtraArgs(lambda p: optax.EmptyState(), update)
-
-    opt = optax.chain(optax.scale_by_adam(), pmean_scale(),
+    # the modulator's optax transformation averages the per-device signal over DATA_AXIS
+    opt = optax.chain(optax.scale_by_adam(), scale_by_uncertainty(Ratio(kappa=-0.5), axis_name=DATA_AXIS),
                       optax.scale_by_learning_rate(optax.cosine_decay_schedule(0.05, 1200, alpha=0.01)))
     fit = svi(bnn, jnp.asarray(x), jnp.asarray(y), optimizer=opt, num_steps=1200, batch_size=32,
               num_particles=4, data_parallel=True, signal=lambda o: jnp.mean(o**2), progress=False)
