@@ -1,7 +1,7 @@
 """How wide a range of base learning rates trains well, with and without the LR modulator.
 
-Grid: base LR × method × seed on a task (digits now; FSDD log-mel features once
-``uncertlr.data`` provides them — ``--task fsdd``). Every run trains the same MLP
+Grid: base LR × method × seed on a task (sklearn digits, or FSDD log-mel features with
+``--task fsdd``, official split, flattened). Every run trains the same MLP
 (hidden 128-128) for the same number of epochs with minibatch 64 and reports the final
 test accuracy, NLL, ECE and the number of steps until the test accuracy (evaluated at the
 end of every epoch) first reaches 95% of the best final accuracy of the whole grid.
@@ -71,17 +71,18 @@ def load_task(name: str, data_dir: Path | None) -> tuple[torch.Tensor, ...]:
         s = load_digits(seed=0)
         return tuple(torch.from_numpy(a) for a in (s.x_train, s.y_train, s.x_test, s.y_test))
     if name == "fsdd":
-        # Hook for issue 6: FSDD log-mel features come from uncertlr.data once that branch is merged.
-        import uncertlr.data as data
+        # FSDD official split, 40-band log-mel x 64 frames (floored 40 dB below each peak, as in
+        # examples/speech_digits.py), standardised per band on the training set, then flattened.
+        from uncertlr.data import LogMel, load_fsdd
 
-        loader = getattr(data, "load_fsdd", None)
-        if loader is None:
-            raise SystemExit(
-                "--task fsdd needs uncertlr.data.load_fsdd (FSDD log-mel features, issue 6), "
-                "which this checkout does not have yet"
-            )
-        s = loader(data_dir=data_dir, flat=True) if data_dir is not None else loader(flat=True)
-        return tuple(torch.as_tensor(a) for a in (s.x_train, s.y_train, s.x_test, s.y_test))
+        s = load_fsdd(data_dir, features=LogMel(n_mels=40, num_frames=64, top_db=40.0))
+        mu = s.x_train.mean(axis=(0, 2), keepdims=True)
+        sd = s.x_train.std(axis=(0, 2), keepdims=True) + 1e-6
+
+        def flat(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(((a - mu) / sd).reshape(len(a), -1).astype(np.float32))
+
+        return flat(s.x_train), torch.from_numpy(s.y_train), flat(s.x_test), torch.from_numpy(s.y_test)
     raise SystemExit(f"unknown task {name!r}; use digits or fsdd")
 
 
