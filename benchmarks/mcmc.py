@@ -41,11 +41,11 @@ import numpyro.distributions as dist  # noqa: E402
 from numpyro.diagnostics import effective_sample_size, split_gelman_rubin  # noqa: E402
 from numpyro.infer import MCMC, NUTS  # noqa: E402
 from numpyro.infer.util import initialize_model  # noqa: E402
-from uncertlr_models.flax_mlp import FlaxMLP  # noqa: E402
 
 from benchmarks._common import base_parser, interleaved_medians, print_table, write_results  # noqa: E402
 from uncertlr import priors  # noqa: E402
 from uncertlr.jax import bayesian, mcmc  # noqa: E402
+from uncertlr_models.flax_mlp import FlaxMLP  # noqa: E402
 
 TARGET = 0.95
 HIDDEN = 16

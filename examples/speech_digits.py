@@ -98,7 +98,6 @@ def modulator_available() -> bool:
     """True when this uncertlr has the LR modulator (``uncertlr.torch.Modulator``, ``uncertlr.modulation.G1``)."""
     try:
         from uncertlr.modulation import G1  # noqa: F401
-
         from uncertlr.torch import Modulator  # noqa: F401
     except ImportError:
         return False
@@ -166,7 +165,6 @@ def train_model(
     mod = None
     if name == "bnn+modulator":
         from uncertlr.modulation import G1
-
         from uncertlr.torch import Modulator, batch_entropy
 
         mod = Modulator(G1(warmup=cfg.modulator_warmup)).attach(opt)

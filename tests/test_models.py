@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from uncertlr_models import MLP, ImageCNN, SpeechCNN, SpeechCRNN
 
 from uncertlr.torch import bayesian
+from uncertlr_models import MLP, ImageCNN, SpeechCNN, SpeechCRNN
 
 CASES = [
     (lambda: MLP(64, (16,), 10), (6, 1, 8, 8)),
