@@ -42,18 +42,34 @@ def _final_state(run_dir):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ref")
-    subprocess.run(
-        _cli("train", "--out", str(out), *ARGS), check=True, env=_env(), capture_output=True, timeout=300
-    )
-    (run,) = out.iterdir()
-    return run
+    """The uninterrupted reference run for each ``--modulator`` (trained once, on first use)."""
+    runs = {}
+
+    def get(modulator):
+        if modulator not in runs:
+            out = tmp_path_factory.mktemp(f"ref-{modulator}")
+            subprocess.run(
+                _cli("train", "--out", str(out), *ARGS, "--modulator", modulator),
+                check=True,
+                env=_env(),
+                capture_output=True,
+                timeout=300,
+            )
+            (runs[modulator],) = out.iterdir()
+        return runs[modulator]
+
+    return get
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_writes_checkpoint_and_resume_is_bit_identical(tmp_path, uninterrupted, sig):
+# the modulator's rule state (running means, per-weight states) is part of the checkpoint too
+@pytest.mark.parametrize(
+    "sig, modulator", [(signal.SIGTERM, "none"), (signal.SIGINT, "g1"), (signal.SIGTERM, "p2")]
+)
+def test_signal_writes_checkpoint_and_resume_is_bit_identical(tmp_path, uninterrupted, sig, modulator):
+    name = "bnn" if modulator == "none" else f"bnn+{modulator}"
+    uninterrupted = uninterrupted(modulator)
     proc = subprocess.Popen(
-        _cli("train", "--out", str(tmp_path), *ARGS),
+        _cli("train", "--out", str(tmp_path), *ARGS, "--modulator", modulator),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -82,10 +98,14 @@ def test_signal_writes_checkpoint_and_resume_is_bit_identical(tmp_path, uninterr
     for k in a:
         assert torch.equal(a[k], b[k]), k
     # the RNG stream continues exactly too, so even the sampled predictions agree (wall time aside)
-    got, ref = (read_json(r / "metrics.json")["models"]["bnn"] for r in (run, uninterrupted))
+    got, ref = (read_json(r / "metrics.json")["models"][name] for r in (run, uninterrupted))
     assert {k: v for k, v in got.items() if k != "seconds"} == {
         k: v for k, v in ref.items() if k != "seconds"
     }
+    if modulator != "none":  # the modulator's record continues across the resume
+        hist = read_json(run / "history.json")[name]
+        assert hist == read_json(uninterrupted / "history.json")[name]
+        assert all("scale" in h for h in hist) and len({h["scale"] for h in hist}) > 1
 
 
 def test_train_in_process_and_bad_resume(tmp_path):
@@ -95,8 +115,9 @@ def test_train_in_process_and_bad_resume(tmp_path):
     (run,) = tmp_path.iterdir()
     m = read_json(run / "metrics.json")
     assert m["models"]["bnn"]["skipped_steps"] == 0 and m["task"] == "digits"
-    assert {"checkpoint.pt", "config.json", "history.json", "predictions.npz", "reliability.png"} <= {
-        p.name for p in run.iterdir()
-    }
+    assert {
+        "checkpoint.pt", "config.json", "history.json", "predictions.npz", "reliability.png",
+        "report.html", "summary.json", "posterior-bnn.nc",
+    } <= {p.name for p in run.iterdir()}  # what `uncertlr report` needs, and the report itself
     with pytest.raises(FileNotFoundError, match="cannot resume"):
         main(["train", "--resume", str(tmp_path / "nope")])

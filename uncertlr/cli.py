@@ -46,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
         t.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
     for name in ("lr", "kl_weight", "prior_scale", "init_scale"):
         t.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
+    t.add_argument(
+        "--modulator",
+        default=defaults.modulator,
+        choices=["none", "g1", "p2"],
+        help="LR modulator: g1 = global, by the batch's predictive entropy; p2 = per weight, by |grad| x posterior std",
+    )
     r = sub.add_parser("report", help="(re)build report.html, posterior-*.nc and summary.json of a run folder")
     r.add_argument("run_dir", help="a run folder written by `uncertlr demo`")
     return p

@@ -29,7 +29,7 @@ from uncertlr import priors
 from uncertlr.data import load_digits, shuffle_pixels
 from uncertlr.evaluation import SUMMARY_ROWS, classification_summary
 from uncertlr.modulation import GradSigmaRatio, Ratio
-from uncertlr.runs import new_run_dir, save_classification_run
+from uncertlr.runs import new_run_dir, save_classification_run, write_report
 from uncertlr.torch import Modulator, batch_entropy, bayesian
 from uncertlr.torch.training import fit, progress_bar
 
@@ -189,20 +189,7 @@ def run_demo(out: str | Path = "runs", config: DemoConfig | None = None, *, cons
          "models": results},
         predictions=preds, histories=histories, ood_label="shuffled pixels",
     )
-    _write_report(run, posteriors, xt, yt, cfg, console)
+    write_report(run, posteriors, xt, yt, num_samples=cfg.num_samples, seed=cfg.seed, console=console)
     console.print(f"run folder: [bold]{run}[/] (metrics.json, reliability.png, uncertainty.png, predictions.npz, "
                   "history.json, posterior-*.nc, summary.json, report.html)")
     return run
-
-
-def _write_report(run: Path, posteriors: dict[str, Any], xt: torch.Tensor, yt: torch.Tensor, cfg: DemoConfig,
-                  console: Any) -> None:
-    """Posterior draws (a bounded weight subset) of every Bayesian model, then ``report.html``."""
-    try:
-        from uncertlr.diagnostics import report, to_inference_data
-    except ImportError as exc:  # the report extra is optional
-        console.print(f"[yellow]no diagnostics report[/]: {exc}")
-        return
-    inference = {name: to_inference_data(bnn, x=xt, y=yt, num_samples=cfg.num_samples, name=name, rng_seed=cfg.seed)
-                 for name, bnn in posteriors.items()}
-    report(run, inference=inference)

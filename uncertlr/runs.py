@@ -43,6 +43,7 @@ __all__ = [
     "read_json",
     "save_classification_run",
     "write_json",
+    "write_report",
 ]
 
 METRICS_SCHEMA = "uncertlr.metrics/1"
@@ -195,3 +196,32 @@ def save_classification_run(
             uncertainty_histograms(scores, title=f"in-distribution vs {ood_label}"), run / "uncertainty.png"
         )
     return run
+
+
+def write_report(
+    run: str | os.PathLike[str],
+    posteriors: Mapping[str, Any],
+    x: Any,
+    y: Any,
+    *,
+    num_samples: int,
+    seed: int,
+    console: Any = None,
+) -> Path | None:
+    """Posterior draws of every Bayesian model in ``posteriors`` (name -> BNN), then ``report.html``.
+
+    Writes ``posterior-<name>.nc``, ``summary.json`` and ``report.html`` into the run folder
+    (see :func:`uncertlr.diagnostics.report`); ``uncertlr report RUN_DIR`` rebuilds them later.
+    Without the ``report`` extra (ArviZ) it prints why and returns ``None``.
+    """
+    try:
+        from uncertlr.diagnostics import report, to_inference_data
+    except ImportError as exc:  # the report extra is optional
+        if console is not None:
+            console.print(f"[yellow]no diagnostics report[/]: {exc}")
+        return None
+    inference = {
+        name: to_inference_data(bnn, x=x, y=y, num_samples=num_samples, name=name, rng_seed=seed)
+        for name, bnn in posteriors.items()
+    }
+    return report(run, inference=inference)

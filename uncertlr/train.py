@@ -9,6 +9,12 @@
 * Under ``torchrun --nproc_per_node=N`` the same command trains data-parallel
   (``DistributedDataParallel``; gloo on CPU, NCCL on GPU): ``--batch-size`` is the global
   batch, every process draws the same weight noise, and only rank 0 writes files.
+* ``--modulator g1`` scales every Adam step by the batch's predictive entropy (G1 ratio
+  rule, κ = −0.5; under DDP the signal is all-reduced so every replica takes the same
+  step); ``--modulator p2`` scales each weight's step by |gradient| × posterior std. The
+  modulator's state is part of the checkpoint.
+* A finished run leaves the files ``uncertlr report`` reads (``metrics.json``,
+  ``history.json``, ``predictions.npz``) and the report itself.
 """
 
 from __future__ import annotations
@@ -25,17 +31,20 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from uncertlr import metrics, priors
+from uncertlr import priors
 from uncertlr.data import load_digits, shuffle_pixels
 from uncertlr.evaluation import classification_summary
-from uncertlr.plotting import reliability_diagram, save_figure, uncertainty_histograms
-from uncertlr.runs import METRICS_SCHEMA, atomic_write, environment, new_run_dir, read_json, write_json
-from uncertlr.torch import bayesian
+from uncertlr.modulation import GradSigmaRatio, Ratio
+from uncertlr.runs import new_run_dir, read_json, save_classification_run, write_json, write_report
+from uncertlr.torch import Modulator, batch_entropy, bayesian
 from uncertlr.torch.checkpoint import load_checkpoint, save_checkpoint
 from uncertlr.torch.distributed import ELBOLoss, init_from_env
 from uncertlr.torch.training import LoopState, fit
 
-__all__ = ["DATASETS", "TrainConfig", "TrainResult", "run_training"]
+__all__ = ["DATASETS", "MODULATORS", "TrainConfig", "TrainResult", "run_training"]
+
+#: ``--modulator`` choices: name -> rule (the same rules as the demo's ``bnn+g1`` / ``bnn+p2``).
+MODULATORS: dict[str, Any] = {"none": None, "g1": Ratio(kappa=-0.5), "p2": GradSigmaRatio(kappa=-0.5)}
 
 
 class Dataset(NamedTuple):
@@ -84,6 +93,11 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 500
     max_consecutive_skips: int = 5
+    modulator: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.modulator not in MODULATORS:
+            raise ValueError(f"unknown modulator {self.modulator!r}; choose one of {sorted(MODULATORS)}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -180,6 +194,13 @@ def run_training(
     if info.world_size > 1:
         loss_fn = torch.nn.parallel.DistributedDataParallel(loss_fn, broadcast_buffers=False)
     opt = torch.optim.Adam(bnn.parameters(), lr=cfg.lr)
+    rule = MODULATORS[cfg.modulator]
+    mod: Modulator | None = None
+    before_step = None
+    if rule is not None:
+        # each process observes its own shard's entropy; the modulator all-reduces it (mean)
+        mod = Modulator(rule, sigma=bnn if rule.per_parameter else None).attach(opt)
+        before_step = lambda terms: mod.observe(batch_entropy(terms.outputs))  # noqa: E731
     steps_per_epoch = -(-len(data.x_train) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, cfg.epochs * steps_per_epoch))
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -187,7 +208,7 @@ def run_training(
     if resume is not None:
         assert run_dir is not None
         ckpt = load_checkpoint(
-            run_dir / "checkpoint.pt", model=bnn, optimizer=opt, scheduler=sched, generator=gen
+            run_dir / "checkpoint.pt", model=bnn, optimizer=opt, scheduler=sched, modulator=mod, generator=gen
         )
         start, history = ckpt.step, ckpt.history
         console.print(f"resuming {run_dir} at step {start} of {cfg.epochs * steps_per_epoch}")
@@ -203,6 +224,7 @@ def run_training(
                 model=bnn,
                 optimizer=opt,
                 scheduler=sched,
+                modulator=mod,
                 generator=state.resume_generator_state,
                 step=state.step,
                 history=state.history,
@@ -229,6 +251,7 @@ def run_training(
             epochs=cfg.epochs,
             batch_size=cfg.batch_size,
             scheduler=sched,
+            before_step=before_step,
             generator=gen,
             progress=main_proc,
             description="bnn",
@@ -250,7 +273,7 @@ def run_training(
     if main_proc:
         assert run_dir is not None
         checkpoint(LoopState(step, cfg.epochs - 1, gen.get_state(), history, None))  # type: ignore[arg-type]
-        _write_results(run_dir, cfg, bnn, data, history, seconds, info.world_size, console)
+        _write_results(run_dir, cfg, bnn, mod, data, history, seconds, info.world_size, console)
     return TrainResult(run_dir, step, 0)
 
 
@@ -258,54 +281,47 @@ def _write_results(
     run_dir: Path,
     cfg: TrainConfig,
     bnn: Any,
+    mod: Modulator | None,
     data: Dataset,
     history: list[dict[str, float]],
     seconds: float,
     world_size: int,
     console: Any,
 ) -> None:
+    name = "bnn" if mod is None else f"bnn+{cfg.modulator}"
+    device = bnn.posterior.loc.device
     with torch.no_grad():
-        p_in = bnn.predict(data.x_test.to(bnn.posterior.loc.device), num_samples=cfg.num_samples).cpu()
-        p_out = bnn.predict(data.x_ood.to(bnn.posterior.loc.device), num_samples=cfg.num_samples).cpu()
+        p_in = bnn.predict(data.x_test.to(device), num_samples=cfg.num_samples).cpu()
+        p_out = bnn.predict(data.x_ood.to(device), num_samples=cfg.num_samples).cpu()
     summary = {
         **classification_summary(p_in, data.y_test, p_out),
         "seconds": seconds,
         "skipped_steps": sum(h.get("skipped", 0.0) for h in history),
     }
-    env = environment()
-    write_json(
-        run_dir / "metrics.json",
+    if mod is not None:  # the modulator's signal and factor beside each applied step's loss and lr
+        applied = (rec for rec in history if not rec.get("skipped"))
+        for rec, m in zip(applied, mod.history):
+            rec.update({k: m[k] for k in ("signal", "scale", "scale_min", "scale_max") if k in m})
+    save_classification_run(
+        run_dir,
         {
-            "schema": METRICS_SCHEMA,
             "task": cfg.data,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "seed": cfg.seed,
-            "device": str(bnn.posterior.loc.device),
+            "device": str(device),
             "world_size": world_size,
-            "versions": env["versions"],
-            "python": env["python"],
             "config": asdict(cfg),
             "ood": data.ood,
-            "models": {"bnn": summary},
+            "models": {name: summary},
         },
+        predictions={
+            "labels": data.y_test.numpy(),
+            f"{name}_test": p_in.numpy().astype(np.float32),
+            f"{name}_ood": p_out.numpy().astype(np.float32),
+        },
+        histories={name: history},
+        ood_label=data.ood,
     )
-    write_json(run_dir / "history.json", {"bnn": history})
-    preds = {
-        "labels": data.y_test.numpy(),
-        "bnn_test": p_in.numpy().astype(np.float32),
-        "bnn_ood": p_out.numpy().astype(np.float32),
-    }
-    atomic_write(run_dir / "predictions.npz", lambda f: np.savez_compressed(f, **preds))
-    save_figure(reliability_diagram({"bnn": (p_in, data.y_test)}), run_dir / "reliability.png")
-    d_in, d_out = metrics.uncertainty_decomposition(p_in), metrics.uncertainty_decomposition(p_out)
-    save_figure(
-        uncertainty_histograms(
-            {
-                "bnn: predictive entropy": (d_in.total, d_out.total),
-                "bnn: mutual information": (d_in.epistemic, d_out.epistemic),
-            }
-        ),
-        run_dir / "uncertainty.png",
-    )
+    write_report(run_dir, {name: bnn}, data.x_test, data.y_test, num_samples=cfg.num_samples, seed=cfg.seed,
+                 console=console)
     console.print(json.dumps({k: round(v, 4) for k, v in summary.items()}))
     console.print(f"run folder: [bold]{run_dir}[/]")

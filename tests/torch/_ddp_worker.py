@@ -1,7 +1,9 @@
 """Worker for the DDP test: run with torchrun; trains a BNN and saves its parameters per rank.
 
-Usage: torchrun --standalone --nproc_per_node=2 tests/torch/_ddp_worker.py OUT_DIR [STEPS]
+Usage: torchrun --standalone --nproc_per_node=2 tests/torch/_ddp_worker.py OUT_DIR [STEPS] [g1]
 With no process group (plain python) it trains on the combined batch as a single process.
+With ``g1`` an LR modulator (G1 rule on the batch's predictive entropy) scales every step: each
+process observes the entropy of its own shard, and the modulator all-reduces it.
 """
 
 import sys
@@ -10,7 +12,8 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from uncertlr.torch import bayesian
+from uncertlr.modulation import Ratio
+from uncertlr.torch import Modulator, batch_entropy, bayesian
 from uncertlr.torch.distributed import ELBOLoss, init_from_env
 from uncertlr.torch.training import fit
 from uncertlr_models import MLP
@@ -18,6 +21,7 @@ from uncertlr_models import MLP
 
 def main() -> None:
     out, steps = Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 12
+    modulated = len(sys.argv) > 3 and sys.argv[3] == "g1"
     info = init_from_env()
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
@@ -26,6 +30,16 @@ def main() -> None:
     init = [p.detach().clone() for p in bnn.parameters()]
     loss = DDP(ELBOLoss(bnn), broadcast_buffers=False) if info.world_size > 1 else ELBOLoss(bnn)
     opt = torch.optim.Adam(bnn.parameters(), lr=1e-2)
+    local_signals: list[float] = []
+    before_step = None
+    if modulated:
+        mod = Modulator(Ratio(kappa=-0.5, warmup=0)).attach(opt)
+
+        def before_step(terms):
+            s = batch_entropy(terms.outputs)  # this process's shard only
+            local_signals.append(float(s))
+            mod.observe(s)
+
     hist = fit(
         loss,
         opt,
@@ -35,13 +49,19 @@ def main() -> None:
         batch_size=24,
         generator=torch.Generator().manual_seed(2),
         shard=(info.rank, info.world_size) if info.world_size > 1 else None,
+        before_step=before_step,
         progress=False,
     )
-    name = f"rank{info.rank}.pt" if info.world_size > 1 else "single.pt"
-    torch.save(
-        {"params": [p.detach() for p in bnn.parameters()], "init": init, "losses": [h["loss"] for h in hist]},
-        out / name,
-    )
+    name = ("g1-" if modulated else "") + (f"rank{info.rank}.pt" if info.world_size > 1 else "single.pt")
+    doc = {"params": [p.detach() for p in bnn.parameters()], "init": init, "losses": [h["loss"] for h in hist]}
+    if modulated:
+        doc.update(
+            local_signals=torch.tensor(local_signals),
+            signals=torch.tensor([float(h["signal"]) for h in mod.history]),
+            scales=torch.tensor([float(h["scale"]) for h in mod.history]),
+            lrs=torch.tensor([h["lr"] for h in hist]),
+        )
+    torch.save(doc, out / name)
     if info.world_size > 1:
         torch.distributed.destroy_process_group()
 

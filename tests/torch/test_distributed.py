@@ -43,3 +43,29 @@ def test_two_process_ddp_matches_single_process_on_the_combined_batch(tmp_path):
     assert (
         len(r0["losses"]) == len(r1["losses"]) == len(single["losses"]) == 12
     )  # each rank logs its own half-batch loss
+
+
+def test_ddp_modulator_all_reduces_its_signal_so_replicas_take_the_same_step(tmp_path):
+    """Each process sees only its shard, so its local entropy differs; the modulator averages it
+    over processes before the rule sees it, so every replica applies the same factor — and the
+    run equals one process on the combined batch (whose entropy is the mean of the equal shards')."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    res = subprocess.run([*cmd, str(WORKER), str(tmp_path), "12", "g1"], capture_output=True, text=True,
+                         timeout=120, env=_env())
+    assert res.returncode == 0, res.stderr[-3000:]
+    subprocess.run([sys.executable, str(WORKER), str(tmp_path), "12", "g1"], check=True, timeout=120, env=_env())
+    r0, r1, single = (
+        torch.load(tmp_path / f"g1-{f}", weights_only=True) for f in ("rank0.pt", "rank1.pt", "single.pt")
+    )
+    assert len(r0["signals"]) == len(single["signals"]) == 12
+    # the shards really disagree, so without the all-reduce the replicas would diverge
+    assert not torch.allclose(r0["local_signals"], r1["local_signals"])
+    # what the rule saw: the mean of the local signals, identical on both ranks
+    assert torch.equal(r0["signals"], r1["signals"]) and torch.equal(r0["scales"], r1["scales"])
+    torch.testing.assert_close(r0["signals"], (r0["local_signals"] + r1["local_signals"]) / 2)
+    torch.testing.assert_close(r0["signals"], single["signals"], rtol=1e-4, atol=1e-6)
+    assert (r0["scales"] != 1).any()  # the modulator did scale the steps
+    for a, b in zip(r0["params"], r1["params"]):
+        assert torch.equal(a, b)
+    for a, b in zip(r0["params"], single["params"]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
