@@ -75,3 +75,26 @@ class NormalPrediction(NamedTuple):
 
     mean: Any
     variance: Any
+
+    def rescale(self, *, loc: Any = 0.0, scale: Any = 1.0) -> NormalPrediction:
+        """Undo a standardisation of the targets: ``mean * scale + loc`` and ``variance * scale**2``.
+
+        A model trained on standardised targets ``(y - loc) / scale`` predicts in those units;
+        this maps its predictions back to the original ones (an affine map of a Gaussian).
+
+        Args:
+            loc: the training targets' mean (a number, or an array broadcastable to the
+                trailing output dimensions).
+            scale: the training targets' std (same rules as ``loc``).
+
+        Returns:
+            A new :class:`NormalPrediction` of the same shape ``[S, N, ...]``, in original units.
+
+        Example:
+            >>> import numpy as np
+            >>> pred = NormalPrediction(np.array([[0.0, 1.0]]), np.array([[1.0, 0.25]]))
+            >>> orig = pred.rescale(loc=10.0, scale=2.0)
+            >>> orig.mean.tolist(), orig.variance.tolist()
+            ([[10.0, 12.0]], [[4.0, 1.0]])
+        """
+        return NormalPrediction(self.mean * scale + loc, self.variance * (scale * scale))

@@ -12,6 +12,9 @@ cannot destroy earlier results.
      "config": {...}, "models": {name: {"accuracy", "nll", "brier", "ece", "adaptive_ece",
      "entropy_in", "mi_in", "entropy_ood", "mi_ood", "auroc_mi", "auroc_entropy", "seconds", ...}}}
 
+Regression runs (``examples/regression_1d.py``) use the same envelope with ``"models": {name:
+{"rmse", "nll", "coverage_90", "width_90", "noise_std", "epistemic_std", ...}}``.
+
 Example:
     >>> import tempfile
     >>> from uncertlr.runs import new_run_dir, write_json, read_json
