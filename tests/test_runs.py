@@ -24,6 +24,19 @@ def test_interrupted_write_keeps_previous_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temporary file left behind
 
 
+def test_atomic_write_gives_a_new_file_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write(tmp_path / "report.html", lambda f: f.write(b"<html></html>"))
+    finally:
+        os.umask(old)
+    # like open(path, "w"): 0o666 minus the umask, not mkstemp's owner-only 0o600
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
 def test_json_handles_arrays_and_non_finite(tmp_path):
     write_json(tmp_path / "a.json", {"x": np.arange(3), "y": np.float32(0.5), "z": math.nan})
     assert read_json(tmp_path / "a.json") == {"x": [0, 1, 2], "y": 0.5, "z": None}

@@ -80,15 +80,23 @@ def new_run_dir(root: str | os.PathLike[str], name: str) -> Path:
     raise RuntimeError(f"could not create a new run folder under {root}")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> Path:
     """Write ``path`` by calling ``write(file)`` on a temporary file, then renaming it into place.
 
-    If ``write`` raises, the previous content of ``path`` (if any) is left untouched.
+    If ``write`` raises, the previous content of ``path`` (if any) is left untouched. The file
+    gets the usual permissions of a new file (``0o666`` minus the umask), not ``mkstemp``'s 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
