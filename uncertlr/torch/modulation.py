@@ -345,13 +345,13 @@ class Modulator:
         """
         if isinstance(signal, Tensor):
             t = signal.detach()
-        elif isinstance(signal, numbers.Real) or (
-            isinstance(signal, (np.ndarray, np.generic)) and np.asarray(signal).dtype.kind in "biuf"
-        ):
+        elif isinstance(signal, numbers.Real):
+            t = torch.tensor(float(signal))
+        elif hasattr(signal, "__array__") and np.asarray(signal).dtype.kind in "biuf":  # numpy, jax
             t = torch.as_tensor(np.asarray(signal, dtype=np.float64))
         else:
             raise TypeError(
-                f"the signal must be a real scalar (tensor or number); got {type(signal).__name__}"
+                f"the signal must be a real scalar (tensor, array or number); got {type(signal).__name__}"
             )
         if t.is_complex():
             raise TypeError(f"the signal must be real; got dtype {t.dtype}")
