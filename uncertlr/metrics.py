@@ -30,10 +30,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping
+import numbers
+from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
+import numpy as np
 from array_api_compat import array_namespace
 
 Array = Any
@@ -112,8 +115,63 @@ def _is_concrete(x: Array) -> bool:
     return not type(x).__name__.endswith("Tracer")
 
 
+def _namespace(x: Array, name: str) -> Any:
+    """The array namespace of ``x``; a TypeError naming ``name`` for anything that is not an array."""
+    try:
+        return array_namespace(x)
+    except TypeError as exc:
+        raise TypeError(f"{name} must be a numpy, torch or jax array; got {type(x).__name__}") from exc
+
+
+def _convert(x: Array, xp: Any, like: Array, name: str) -> Array:
+    """``x`` (labels, targets, variances: any array library or a Python number) as an array of ``xp``.
+
+    The first argument of a metric fixes the library of the result; the others follow it
+    (on its device for torch), so numpy labels work with torch or jax probabilities.
+    """
+    try:
+        if array_namespace(x) is xp:
+            return x
+    except TypeError:
+        pass
+    if x is None or isinstance(x, (str, bytes)):
+        raise TypeError(f"{name} must be an array or a number; got {type(x).__name__}")
+    kw = {"device": like.device} if type(like).__module__.startswith("torch") else {}
+    try:
+        return xp.asarray(x, **kw)
+    except Exception as exc:  # noqa: BLE001 - any conversion failure means the same thing
+        raise TypeError(
+            f"{name} ({type(x).__name__}) cannot be converted to an array like {type(like).__name__}: {exc}"
+        ) from exc
+
+
+@contextlib.contextmanager
+def _quiet(xp: Any) -> Iterator[None]:
+    """numpy warns on overflow; the callers check the result themselves (torch and jax do not warn)."""
+    if "numpy" in getattr(xp, "__name__", ""):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            yield
+    else:
+        yield
+
+
+def _check_result(x: Array, what: str, xp: Any) -> Array:
+    """Raise a ValueError naming the overflow when finite inputs gave a non-finite ``x``."""
+    if _is_concrete(x) and not bool(xp.all(xp.isfinite(x))):
+        raise ValueError(
+            f"{what} overflowed in {x.dtype}: the inputs are finite but too large for this dtype; "
+            "standardise them or compute in float64"
+        )
+    return x
+
+
+def _check_nonempty(x: Array, name: str, layout: str) -> None:
+    if math.prod(x.shape) == 0:
+        raise ValueError(f"{name} is empty: got shape {tuple(x.shape)} ({layout}); need at least one of each")
+
+
 def _check_probs(probs: Array, name: str = "probs", *, validate: bool = True) -> tuple[Any, Array]:
-    xp = array_namespace(probs)
+    xp = _namespace(probs, name)
     if probs.ndim == 2:
         probs = probs[None, ...]
     if probs.ndim != 3:
@@ -122,6 +180,8 @@ def _check_probs(probs: Array, name: str = "probs", *, validate: bool = True) ->
         )
     if probs.shape[-1] < 2:
         raise ValueError(f"{name} needs at least 2 classes on its last axis; got shape {tuple(probs.shape)}")
+    if probs.shape[0] == 0:
+        raise ValueError(f"{name} is empty: no samples on its first axis (shape {tuple(probs.shape)})")
     if not xp.isdtype(probs.dtype, "real floating"):
         raise TypeError(f"{name} must be a floating-point array; got dtype {probs.dtype}")
     if validate and _is_concrete(probs) and probs.shape[0] * probs.shape[1] > 0:
@@ -139,7 +199,8 @@ def _check_probs(probs: Array, name: str = "probs", *, validate: bool = True) ->
     return xp, probs
 
 
-def _check_labels(labels: Array, n: int, num_classes: int, xp: Any) -> Array:
+def _check_labels(labels: Array, n: int, num_classes: int, xp: Any, like: Array) -> Array:
+    labels = _convert(labels, xp, like, "labels")
     if labels.ndim != 1 or labels.shape[0] != n:
         raise ValueError(f"labels must have shape [N] = [{n}]; got shape {tuple(labels.shape)}")
     if not xp.isdtype(labels.dtype, "integral"):
@@ -151,9 +212,12 @@ def _check_labels(labels: Array, n: int, num_classes: int, xp: Any) -> Array:
     return labels
 
 
-def _check_finite(x: Array, name: str, xp: Any) -> None:
+def _check_finite(x: Array, name: str, xp: Any, *, allow_int: bool = False) -> None:
+    if allow_int and xp.isdtype(x.dtype, "integral"):
+        return
     if not xp.isdtype(x.dtype, "real floating"):
-        raise TypeError(f"{name} must be a floating-point array; got dtype {x.dtype}")
+        kind = "a real-valued" if allow_int else "a floating-point"
+        raise TypeError(f"{name} must be {kind} array; got dtype {x.dtype}")
     if _is_concrete(x) and not bool(xp.all(xp.isfinite(x))):
         raise ValueError(f"{name} contains NaN or inf")
 
@@ -268,22 +332,37 @@ def predictive_variance(mean: Array, variance: Array) -> VarianceDecomposition:
         >>> d.total.tolist(), d.aleatoric.tolist(), d.epistemic.tolist()
         ([2.0], [1.0], [1.0])
     """
-    xp = array_namespace(mean, variance)
+    xp = _namespace(mean, "mean")
+    variance = _convert(variance, xp, mean, "variance")
     if mean.ndim < 2:
         raise ValueError(
             f"mean must have shape [S, N, ...] with the sample axis first; got {tuple(mean.shape)}"
         )
+    if mean.shape[0] == 0:
+        raise ValueError(f"mean is empty: no samples on its first axis (shape {tuple(mean.shape)})")
     _check_finite(mean, "mean", xp)
     _check_finite(variance, "variance", xp)
-    variance = xp.broadcast_to(xp.asarray(variance, dtype=mean.dtype), mean.shape)
+    variance = _broadcast(xp.asarray(variance, dtype=mean.dtype), mean.shape, "variance", xp)
     if _is_concrete(variance) and bool(xp.any(variance < 0)):
         raise ValueError("variance must be non-negative")
-    aleatoric = xp.mean(variance, axis=0)
-    epistemic = xp.var(mean, axis=0)
-    return VarianceDecomposition(aleatoric + epistemic, aleatoric, epistemic)
+    with _quiet(xp):
+        aleatoric = xp.mean(variance, axis=0)
+        epistemic = xp.var(mean, axis=0)
+        total = aleatoric + epistemic
+    _check_result(total, "the predictive variance", xp)
+    return VarianceDecomposition(total, aleatoric, epistemic)
 
 
 # --------------------------------------------------------------------------- calibration
+
+
+def _broadcast(x: Array, shape: tuple[int, ...], name: str, xp: Any) -> Array:
+    try:
+        return xp.broadcast_to(x, shape)
+    except (ValueError, RuntimeError) as exc:  # numpy/jax: ValueError; torch: RuntimeError
+        raise ValueError(
+            f"{name} of shape {tuple(x.shape)} does not broadcast to the mean's shape {tuple(shape)}"
+        ) from exc
 
 
 def _one_hot(labels: Array, num_classes: int, dtype: Any, xp: Any) -> Array:
@@ -293,8 +372,12 @@ def _one_hot(labels: Array, num_classes: int, dtype: Any, xp: Any) -> Array:
 
 def _pbar_labels(probs: Array, labels: Array) -> tuple[Any, Array, Array]:
     xp, probs = _check_probs(probs)
+    if probs.shape[1] == 0:
+        raise ValueError(
+            f"probs is empty: no inputs (N = 0, shape {tuple(probs.shape)}); the metric is undefined"
+        )
     pbar = xp.mean(probs, axis=0)
-    labels = _check_labels(labels, pbar.shape[0], pbar.shape[1], xp)
+    labels = _check_labels(labels, pbar.shape[0], pbar.shape[1], xp, probs)
     return xp, pbar, labels
 
 
@@ -360,8 +443,9 @@ def reliability_bins(
         >>> int(bins.count.sum())
         2
     """
-    if num_bins < 1:
-        raise ValueError(f"num_bins must be >= 1; got {num_bins}")
+    if isinstance(num_bins, bool) or not isinstance(num_bins, numbers.Integral) or num_bins < 1:
+        raise ValueError(f"num_bins must be an integer >= 1; got {num_bins!r}")
+    num_bins = int(num_bins)
     xp, pbar, labels = _pbar_labels(probs, labels)
     n = pbar.shape[0]
     dtype = pbar.dtype
@@ -447,20 +531,25 @@ def gaussian_nll(mean: Array, variance: Array, targets: Array) -> Array:
         >>> round(float(gaussian_nll(np.zeros((1, 1)), np.ones((1, 1)), np.zeros(1))), 4)
         0.9189
     """
-    xp = array_namespace(mean, variance, targets)
+    xp = _namespace(mean, "mean")
+    variance = _convert(variance, xp, mean, "variance")
+    targets = _convert(targets, xp, mean, "targets")
     if mean.ndim < 2 or tuple(targets.shape) != tuple(mean.shape[1:]):
         raise ValueError(
-            f"mean must be [S, N, ...] and targets [N, ...]; got {tuple(mean.shape)} and {tuple(targets.shape)}"
+            f"mean must have shape [S, N, ...] and targets [N, ...]; got shapes {tuple(mean.shape)} and {tuple(targets.shape)}"
         )
+    _check_nonempty(mean, "mean", "[S, N, ...]")
     for arr, name in ((mean, "mean"), (variance, "variance"), (targets, "targets")):
         _check_finite(arr, name, xp)
-    variance = xp.broadcast_to(xp.asarray(variance, dtype=mean.dtype), mean.shape)
+    variance = _broadcast(xp.asarray(variance, dtype=mean.dtype), mean.shape, "variance", xp)
     if _is_concrete(variance) and bool(xp.any(variance <= 0)):
         raise ValueError("variance must be positive")
-    logp = -0.5 * (xp.log(2 * math.pi * variance) + (targets[None, ...] - mean) ** 2 / variance)
-    m = xp.max(logp, axis=0)
-    lse = m + xp.log(xp.mean(xp.exp(logp - m[None, ...]), axis=0))
-    return -xp.mean(lse)
+    with _quiet(xp):
+        logp = -0.5 * (xp.log(2 * math.pi * variance) + (targets[None, ...] - mean) ** 2 / variance)
+        m = xp.max(logp, axis=0)
+        lse = m + xp.log(xp.mean(xp.exp(logp - m[None, ...]), axis=0))
+        out = -xp.mean(lse)
+    return _check_result(out, "gaussian_nll", xp)
 
 
 def rmse(mean: Array, targets: Array) -> Array:
@@ -471,12 +560,18 @@ def rmse(mean: Array, targets: Array) -> Array:
         >>> float(rmse(np.array([[1.0, 3.0]]), np.array([1.0, 1.0])))
         1.4142135623730951
     """
-    xp = array_namespace(mean, targets)
+    xp = _namespace(mean, "mean")
+    targets = _convert(targets, xp, mean, "targets")
     if mean.ndim < 2 or tuple(targets.shape) != tuple(mean.shape[1:]):
         raise ValueError(
-            f"mean must be [S, N, ...] and targets [N, ...]; got {tuple(mean.shape)} and {tuple(targets.shape)}"
+            f"mean must have shape [S, N, ...] and targets [N, ...]; got shapes {tuple(mean.shape)} and {tuple(targets.shape)}"
         )
-    return xp.sqrt(xp.mean((xp.mean(mean, axis=0) - targets) ** 2))
+    _check_nonempty(mean, "mean", "[S, N, ...]")
+    _check_finite(mean, "mean", xp, allow_int=True)
+    _check_finite(targets, "targets", xp, allow_int=True)
+    with _quiet(xp):
+        out = xp.sqrt(xp.mean((xp.mean(mean, axis=0) - targets) ** 2))
+    return _check_result(out, "rmse", xp)
 
 
 # --------------------------------------------------------------------------- OOD and posterior spread
@@ -500,7 +595,8 @@ def ood_auroc(score_in: Array, score_out: Array) -> Array:
         >>> float(ood_auroc(np.array([0.1, 0.2]), np.array([0.3, 0.15])))
         0.75
     """
-    xp = array_namespace(score_in, score_out)
+    xp = _namespace(score_in, "score_in")
+    score_out = _convert(score_out, xp, score_in, "score_out")
     if score_in.ndim != 1 or score_out.ndim != 1:
         raise ValueError(
             f"scores must be 1-D; got shapes {tuple(score_in.shape)} and {tuple(score_out.shape)}"
@@ -547,9 +643,12 @@ def layer_spread(loc: Mapping[str, Array], scale: Mapping[str, Array]) -> dict[s
     sums: dict[str, list[float]] = {}
     for name, mu in loc.items():
         sigma = scale[name]
-        xp = array_namespace(mu, sigma)
+        xp = _namespace(mu, f"loc[{name!r}]")
+        sigma = _convert(sigma, xp, mu, f"scale[{name!r}]")
         if tuple(mu.shape) != tuple(sigma.shape):
             raise ValueError(f"{name}: loc shape {tuple(mu.shape)} != scale shape {tuple(sigma.shape)}")
+        _check_finite(mu, f"{name}: loc", xp, allow_int=True)
+        _check_finite(sigma, f"{name}: scale", xp, allow_int=True)
         if _is_concrete(sigma) and bool(xp.any(sigma <= 0)):
             raise ValueError(f"{name}: posterior scales must be positive")
         layer = name.rsplit(".", 1)[0] if "." in name else name

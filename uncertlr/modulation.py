@@ -29,7 +29,9 @@ of one tensor to an elementwise factor (``ref`` = the mean over the tensor):
 
 ``κ < 0`` means "more uncertain, smaller step"; ``κ > 0`` the opposite. Every rule keeps
 ``s = 1`` for its first ``warmup`` updates, and a non-finite signal (any element) holds the
-previous scale, leaves the running statistics untouched and is counted in ``state.nonfinite``.
+previous scale, leaves the running statistics untouched and is counted in ``state.nonfinite``
+(for a global rule, so does a finite signal whose square overflows the state's dtype,
+``|u| > ~1.8e19`` in float32: it could not enter the running second moment).
 
 Example:
     >>> import numpy as np
@@ -144,8 +146,17 @@ def _full(xp: Any, like: Array, value: float, dtype: Any) -> Array:
     return xp.full((), value, dtype=dtype)
 
 
+def _check_number(owner: str, field: str, value: Any) -> None:
+    """A numeric field must be a Python int or float (a bool, a string, None or an array is refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{owner}: {field} must be a number (int or float); got {value!r}")
+
+
 def _check_rule_fields(rule: Any, *, require_unit: bool = True) -> None:
     name = type(rule).__name__
+    for field in ("kappa", "decay", "s_min", "s_max", "eps"):
+        if hasattr(rule, field):
+            _check_number(name, field, getattr(rule, field))
     if not (isinstance(rule.kappa, (int, float)) and math.isfinite(rule.kappa)):
         raise ValueError(f"{name}: kappa must be a finite number; got {rule.kappa!r}")
     if not 0.0 <= rule.decay < 1.0:
@@ -211,12 +222,15 @@ def _global_step(
     u = xp.asarray(signal, dtype=state.scale.dtype)
     if u.ndim != 0:
         raise ValueError(f"{type(rule).__name__}: the signal must be a scalar; got shape {tuple(u.shape)}")
-    finite = xp.isfinite(u)
-    u0 = xp.where(finite, u, 0.0)
-    tiny = xp.finfo(state.scale.dtype).tiny
-    corr = xp.clip(1.0 - xp.pow(rule.decay, state.count), tiny, None)
-    mean = state.mean / corr
-    var = xp.clip(state.sq / corr - mean * mean, 0.0, None)
+    with _quiet(xp):
+        # a signal whose square overflows the state's dtype (|u| > ~1.8e19 in float32) cannot enter
+        # the second moment: it is held and counted like NaN/inf instead of poisoning the statistics
+        finite = xp.isfinite(u * u)
+        u0 = xp.where(finite, u, 0.0)
+        tiny = xp.finfo(state.scale.dtype).tiny
+        corr = xp.clip(1.0 - xp.pow(rule.decay, state.count), tiny, None)
+        mean = state.mean / corr
+        var = xp.clip(state.sq / corr - mean * mean, 0.0, None)
     active = (state.step >= rule.warmup) & (state.count > 0)
     return xp, u0, finite, mean, var, active, tiny
 
@@ -560,6 +574,7 @@ class GradientNoise:
     decay: float = 0.99
 
     def __post_init__(self) -> None:
+        _check_number("GradientNoise", "decay", self.decay)
         if not 0.0 <= self.decay < 1.0:
             raise ValueError(f"GradientNoise: decay must be in [0, 1); got {self.decay!r}")
 
@@ -619,6 +634,8 @@ def confidence_weights(
         raise ValueError(f"entropy must have shape [B] with B >= 1; got {tuple(entropy.shape)}")
     if not _is_floating(xp, entropy):
         raise TypeError(f"entropy must be floating point; got dtype {entropy.dtype}")
+    for field, value in (("kappa", kappa), ("w_min", w_min), ("w_max", w_max)):
+        _check_number("confidence_weights", field, value)
     if not (math.isfinite(kappa) and 0.0 < w_min <= 1.0 <= w_max < math.inf):
         raise ValueError(
             f"need finite kappa and 0 < w_min <= 1 <= w_max < inf; got {kappa!r}, [{w_min!r}, {w_max!r}]"

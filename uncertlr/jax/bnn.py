@@ -213,25 +213,31 @@ class BNN:
             TypeError / ValueError naming the problem: not an array, empty, NaN/inf, batch-size
             mismatch, float or out-of-range labels, target shape different from the output's.
         """
-        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        if not isinstance(x, (np.ndarray, jax.Array)):
             raise TypeError(f"x must be a numpy or jax array; got {type(x).__name__}")
         if x.ndim == 0 or x.shape[0] == 0:
             raise ValueError(f"x must have a non-empty batch axis first; got shape {tuple(x.shape)}")
         if jnp.issubdtype(x.dtype, jnp.floating) and self.validate and not np.isfinite(np.asarray(x)).all():
             raise ValueError("x contains NaN or inf")
         x = jnp.asarray(x)
+        out = self.output_shape(x)
+        categorical = isinstance(self.likelihood, _lik.Categorical)
+        if (categorical and len(out) != 2) or not out or out[0] != x.shape[0]:
+            want = "[N, C] (logits)" if categorical else "[N, ...]"
+            raise ValueError(
+                f"the network's outputs for x of shape {tuple(x.shape)} have shape {out}; the "
+                f"{'Categorical' if categorical else 'Normal'} likelihood needs {want} with N = {x.shape[0]} "
+                "(is x missing its batch or feature axis?)"
+            )
         if y is None:
             return x, None
-        if not hasattr(y, "shape") or not hasattr(y, "dtype"):
+        if not isinstance(y, (np.ndarray, jax.Array)):
             raise TypeError(f"y must be a numpy or jax array; got {type(y).__name__}")
         if y.ndim == 0 or y.shape[0] != x.shape[0]:
             raise ValueError(
                 f"x and y must have the same batch size; got {x.shape[0]} and {y.shape[0] if y.ndim else 'a scalar'}"
             )
-        out = self.output_shape(x)
-        if isinstance(self.likelihood, _lik.Categorical):
-            if len(out) != 2:
-                raise ValueError(f"Categorical likelihood needs network outputs [N, C] (logits); got {out}")
+        if categorical:
             if y.ndim != 1:
                 raise ValueError(f"labels must have shape [N] = [{x.shape[0]}]; got {tuple(y.shape)}")
             if not jnp.issubdtype(y.dtype, jnp.integer):

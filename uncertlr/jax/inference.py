@@ -117,6 +117,11 @@ class _Posterior:
         draws = self.sample_parameters(num_samples, rng_key=rng_key)
         weights = {n: draws[n] for n in self.bnn.random_names}
         out = self.bnn.sample_outputs(weights, x, self._fixed())
+        if self.bnn.validate and not bool(jnp.isfinite(out).all()):
+            raise ValueError(
+                "the network's outputs are not finite (overflow; largest |x| = "
+                f"{float(jnp.abs(x).max()):.3g}); standardise the inputs"
+            )
         return self.bnn.to_prediction(out, self._noise(draws))
 
     def posterior_loc(self) -> dict[str, Array]:

@@ -25,6 +25,7 @@ import math
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
@@ -67,6 +68,31 @@ class ELBOTerms(NamedTuple):
 # --------------------------------------------------------------------------- helpers
 
 
+def _check_labels(y: Any, batch: int, num_classes: int, *, values: bool = True) -> None:
+    """Validate class labels ``y[B]`` against ``batch`` rows and ``num_classes`` (one host sync when ``values``).
+
+    Raises:
+        TypeError: ``y`` is not an integer tensor.
+        ValueError: ``y`` is not ``[batch]``, or (``values``) a label lies outside ``[0, num_classes)``.
+    """
+    if not isinstance(y, Tensor):
+        raise TypeError(f"labels must be a torch.Tensor of class indices; got {type(y).__name__}")
+    if y.dim() != 1 or y.shape[0] != batch:
+        raise ValueError(f"labels must have shape [B] = [{batch}]; got {tuple(y.shape)}")
+    if y.dtype.is_floating_point or y.dtype == torch.bool or y.dtype.is_complex:
+        raise TypeError(f"labels must be an integer tensor of class indices; got dtype {y.dtype}")
+    if values and y.numel():
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(f"labels must lie in [0, {num_classes}); got values in [{lo}, {hi}]")
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+    return int(value)
+
+
 def _owner(net: nn.Module, name: str) -> tuple[nn.Module, str]:
     *path, leaf = name.split(".")
     mod = net
@@ -87,8 +113,6 @@ def _fan_in(net: nn.Module, name: str, param: Tensor) -> int:
     if isinstance(sibling, Tensor) and sibling.dim() >= 2:
         return int(math.prod(sibling.shape[1:]))
     return 1
-
-
 
 
 class _LikelihoodModule(nn.Module):
@@ -116,16 +140,7 @@ class _LikelihoodModule(nn.Module):
                 raise ValueError(
                     f"Categorical likelihood needs network outputs [B, C] (logits); got {tuple(outputs.shape)}"
                 )
-            if y.dim() != 1 or y.shape[0] != outputs.shape[0]:
-                raise ValueError(f"labels must have shape [B] = [{outputs.shape[0]}]; got {tuple(y.shape)}")
-            if y.dtype.is_floating_point or y.dtype == torch.bool or y.dtype.is_complex:
-                raise TypeError(f"labels must be an integer tensor of class indices; got dtype {y.dtype}")
-            if y.numel():
-                lo, hi = int(y.min()), int(y.max())
-                if lo < 0 or hi >= outputs.shape[1]:
-                    raise ValueError(
-                        f"labels must lie in [0, {outputs.shape[1]}); got values in [{lo}, {hi}]"
-                    )
+            _check_labels(y, outputs.shape[0], outputs.shape[1])
         else:
             if y.shape != outputs.shape:
                 raise ValueError(
@@ -140,7 +155,8 @@ class _LikelihoodModule(nn.Module):
     def nll(self, outputs: Tensor, y: Tensor) -> Tensor:
         """Mean negative log-likelihood over particles and the batch; ``outputs[K, B, ...]``."""
         if isinstance(self.spec, _lik.Categorical):
-            return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), y.repeat(outputs.shape[0]))
+            # cross_entropy wants int64 (or uint8) targets: int32/int16 labels are just as valid
+            return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), y.long().repeat(outputs.shape[0]))
         scale = self.noise_scale
         var = scale * scale
         log_scale = self.log_noise if self.log_noise is not None else math.log(scale)  # type: ignore[arg-type]
@@ -347,8 +363,7 @@ class BNN(nn.Module):
             >>> tuple(terms.outputs.shape)
             (2, 8, 3)
         """
-        if num_particles < 1:
-            raise ValueError(f"num_particles must be >= 1; got {num_particles}")
+        num_particles = _positive_int("num_particles", num_particles)
         self._check_input(x)
         if not isinstance(y, Tensor):
             raise TypeError(f"y must be a torch.Tensor; got {type(y).__name__}")
@@ -377,7 +392,9 @@ class BNN(nn.Module):
         return ELBOTerms(loss, nll, kl, outputs)
 
     def _diagnose_nonfinite(self, x: Tensor, outputs: Tensor, kl: Tensor) -> str:
-        if not bool(torch.isfinite(self.posterior.loc).all() and torch.isfinite(self.posterior.log_scale).all()):
+        if not bool(
+            torch.isfinite(self.posterior.loc).all() and torch.isfinite(self.posterior.log_scale).all()
+        ):
             return "the ELBO is not finite: the posterior parameters contain NaN or inf (training diverged; lower the LR)"
         if not bool(torch.isfinite(outputs).all()):
             big = x.abs().max().item() if x.dtype.is_floating_point else float(x.abs().max())
@@ -432,8 +449,7 @@ class BNN(nn.Module):
         Vectorised over samples with ``torch.func.vmap``; when ``S * P`` is large the draws
         are processed in a few chunks (never one sample at a time).
         """
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1; got {num_samples}")
+        num_samples = _positive_int("num_samples", num_samples)
         self._check_input(x)
         chunk = max(1, min(num_samples, PREDICT_CHUNK_ELEMENTS // max(1, self.posterior.num_params)))
         outs = []
@@ -465,6 +481,8 @@ class BNN(nn.Module):
             ((10, 5, 3), (5,))
         """
         out = self.sample_outputs(x, num_samples=num_samples)
+        if self.validate:
+            self._check_predicted(x, out)
         if isinstance(self.likelihood, _lik.Categorical):
             return torch.softmax(out, dim=-1)
         with torch.no_grad():
@@ -473,6 +491,21 @@ class BNN(nn.Module):
                 (scale * scale) if isinstance(scale, Tensor) else torch.tensor(scale * scale, dtype=out.dtype)
             )
             return NormalPrediction(out, var.to(out).expand_as(out))
+
+    def _check_predicted(self, x: Tensor, out: Tensor) -> None:
+        """Outputs ``[S, N, ...]`` must keep x's batch axis (``[S, N, C]`` logits for a classifier) and be finite."""
+        categorical = isinstance(self.likelihood, _lik.Categorical)
+        if out.dim() < 2 or out.shape[1] != x.shape[0] or (categorical and out.dim() != 3):
+            want = "[N, C] (logits)" if categorical else "[N, ...]"
+            raise ValueError(
+                f"the network's outputs for x of shape {tuple(x.shape)} have shape {tuple(out.shape[1:])}; "
+                f"predict needs {want} with N = {x.shape[0]} (is x missing its batch or feature axis?)"
+            )
+        if not bool(torch.isfinite(out).all()):
+            big = x.abs().max().item() if x.dtype.is_floating_point else float(x.abs().max())
+            raise ValueError(
+                f"the network's outputs are not finite (overflow; largest |x| = {big:.3g}); standardise the inputs"
+            )
 
     # ------------------------------------------------------------------ Pyro programs
 
@@ -523,10 +556,16 @@ class BNN(nn.Module):
 
 @contextlib.contextmanager
 def _named_shape_errors(x: Tensor) -> Iterator[None]:
-    """Turn a shape mismatch deep in the user's forward (an opaque RuntimeError) into a named ValueError."""
+    """Turn a shape or dtype mismatch deep in the user's forward (an opaque RuntimeError) into a named error."""
     try:
         yield
     except RuntimeError as e:
+        if any(k in str(e) for k in ("dtype", "scalar type", "not implemented for")):
+            raise TypeError(
+                f"the network cannot be applied to x of dtype {x.dtype} (shape {tuple(x.shape)}); cast x to the "
+                f"dtype the network expects (floating point for Linear/Conv, integer indices for Embedding). "
+                f"torch said: {e}"
+            ) from e
         if any(k in str(e) for k in ("shape", "size", "dimension", "must match", "Expected")):
             raise ValueError(
                 f"the network cannot be applied to x of shape {tuple(x.shape)} (dtype {x.dtype}); "

@@ -38,6 +38,8 @@ from uncertlr.runs import atomic_write, environment
 __all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "load_checkpoint", "save_checkpoint"]
 
 CHECKPOINT_FORMAT = "uncertlr.checkpoint/1"
+#: Entries every checkpoint holds (optimizer, scheduler and modulator states are optional).
+_REQUIRED = ("step", "model", "rng", "history", "extra", "versions")
 
 
 class Checkpoint(NamedTuple):
@@ -160,20 +162,33 @@ def load_checkpoint(
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         doc = torch.load(path, map_location=map_location, weights_only=True)
+    except PermissionError:
+        raise
     except pickle.UnpicklingError as exc:
+        if "global" in str(exc).lower():  # the weights-only unpickler met a class or function reference
+            raise ValueError(
+                f"{path} is not a safe uncertlr checkpoint: it carries pickled Python objects, which torch.load "
+                f"would execute; refusing to load it ({str(exc).splitlines()[0]})"
+            ) from exc
         raise ValueError(
-            f"{path} is not a safe uncertlr checkpoint: it carries pickled Python objects, which torch.load "
-            f"would execute; refusing to load it ({str(exc).splitlines()[0]})"
+            f"{path} is not a readable checkpoint (corrupted or not a torch file): {exc}"
         ) from exc
-    except (RuntimeError, EOFError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a damaged file fails anywhere in torch's reader
         raise ValueError(
-            f"{path} is not a readable checkpoint (truncated or not a torch file): {exc}"
+            f"{path} is not a readable checkpoint (truncated, corrupted or not a torch file): "
+            f"{type(exc).__name__}: {exc}"
         ) from exc
     if not isinstance(doc, dict) or doc.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
             f"{path} is not an uncertlr checkpoint (format {doc.get('format') if isinstance(doc, dict) else type(doc).__name__!r})"
         )
-    model.load_state_dict(doc["model"])
+    missing = [k for k in _REQUIRED if k not in doc]
+    if missing:
+        raise ValueError(f"{path} is a damaged uncertlr checkpoint: it lacks {missing}")
+    try:
+        model.load_state_dict(doc["model"])
+    except RuntimeError as exc:  # missing/unexpected keys or shape mismatches, listed by torch
+        raise ValueError(f"{path}: the checkpoint's model state does not fit this model: {exc}") from exc
     for name, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("modulator", modulator)):
         if obj is None:
             continue
@@ -181,5 +196,13 @@ def load_checkpoint(
             raise ValueError(f"{path} holds no {name} state, but a {name} was given to restore")
         obj.load_state_dict(doc[name])
     if restore_rng:
-        _set_rng_state(doc["rng"], generator)
+        if generator is not None and "generator" not in doc["rng"]:
+            raise ValueError("the checkpoint holds no data-order generator state, but a generator was given")
+        try:
+            _set_rng_state(doc["rng"], generator)
+        except Exception as exc:  # noqa: BLE001 - torch, numpy and random each fail their own way
+            raise ValueError(
+                f"{path} is a damaged uncertlr checkpoint: its RNG state cannot be restored "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
     return Checkpoint(doc["step"], doc["history"], doc["extra"], doc["versions"])

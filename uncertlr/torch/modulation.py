@@ -50,6 +50,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -60,7 +61,7 @@ from torch import Tensor
 
 from uncertlr import metrics
 from uncertlr.modulation import GradientNoise, ParamSignal, Rule, confidence_weights
-from uncertlr.torch.bnn import BNN
+from uncertlr.torch.bnn import BNN, _check_labels
 
 __all__ = ["Modulator", "batch_entropy", "batch_mutual_information", "confidence_weighted_nll"]
 
@@ -74,9 +75,16 @@ SigmaSource = BNN | Callable[[], Mapping[Tensor, Tensor]] | None
 
 
 def _probs(logits: Tensor) -> Tensor:
-    if not isinstance(logits, Tensor) or logits.dim() not in (2, 3):
-        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise ValueError(f"logits must be a tensor [B, C] or [K, B, C] (K weight draws); got {shape}")
+    """Softmax of ``logits[B, C]`` or ``[K, B, C]`` after shape and dtype checks (no host sync)."""
+    if not isinstance(logits, Tensor):
+        raise TypeError(f"logits must be a torch.Tensor [B, C] or [K, B, C]; got {type(logits).__name__}")
+    if logits.dim() not in (2, 3) or logits.numel() == 0:
+        raise ValueError(
+            f"logits must have shape [B, C] or [K, B, C] (K weight draws), none of them empty; "
+            f"got shape {tuple(logits.shape)}"
+        )
+    if not logits.dtype.is_floating_point:
+        raise TypeError(f"logits must be floating point; got dtype {logits.dtype}")
     return torch.softmax(logits.detach(), dim=-1)
 
 
@@ -117,7 +125,9 @@ def batch_mutual_information(logits: Tensor) -> Tensor:
     return metrics.mutual_information(_probs(logits), validate=False).mean()
 
 
-def confidence_weighted_nll(logits: Tensor, labels: Tensor, **weights: float) -> Tensor:
+def confidence_weighted_nll(
+    logits: Tensor, labels: Tensor, *, validate: bool = True, **weights: float
+) -> Tensor:
     """Cross-entropy with per-sample weights from the per-sample predictive entropy (mean weight 1).
 
     The weights come from :func:`uncertlr.modulation.confidence_weights` (keywords ``kappa``,
@@ -130,6 +140,8 @@ def confidence_weighted_nll(logits: Tensor, labels: Tensor, **weights: float) ->
     Args:
         logits: ``[B, C]`` or ``[K, B, C]`` (the NLL is averaged over the ``K`` draws).
         labels: ``[B]`` integer class indices.
+        validate: check that the labels lie in ``[0, C)`` (one host sync); shapes and dtypes
+            are always checked.
 
     Example:
         >>> import torch
@@ -140,10 +152,9 @@ def confidence_weighted_nll(logits: Tensor, labels: Tensor, **weights: float) ->
     """
     p = _probs(logits)
     lg = logits if logits.dim() == 3 else logits.unsqueeze(0)
-    if labels.dim() != 1 or labels.shape[0] != lg.shape[1]:
-        raise ValueError(f"labels must have shape [B] = [{lg.shape[1]}]; got {tuple(labels.shape)}")
     k, b, c = lg.shape
-    nll = F.cross_entropy(lg.reshape(k * b, c), labels.repeat(k), reduction="none").view(k, b).mean(0)
+    _check_labels(labels, b, c, values=validate)
+    nll = F.cross_entropy(lg.reshape(k * b, c), labels.long().repeat(k), reduction="none").view(k, b).mean(0)
     w = confidence_weights(metrics.predictive_entropy(p, validate=False), validate=False, **weights)
     return (w.detach() * nll).mean()
 
@@ -332,7 +343,18 @@ class Modulator:
         A tensor stays on its device (no host sync); a NaN or inf is allowed — the rule holds
         its previous factor and counts it.
         """
-        t = signal.detach() if isinstance(signal, Tensor) else torch.tensor(float(signal))
+        if isinstance(signal, Tensor):
+            t = signal.detach()
+        elif isinstance(signal, numbers.Real):
+            t = torch.tensor(float(signal))
+        elif hasattr(signal, "__array__") and np.asarray(signal).dtype.kind in "biuf":  # numpy, jax
+            t = torch.as_tensor(np.asarray(signal, dtype=np.float64))
+        else:
+            raise TypeError(
+                f"the signal must be a real scalar (tensor, array or number); got {type(signal).__name__}"
+            )
+        if t.is_complex():
+            raise TypeError(f"the signal must be real; got dtype {t.dtype}")
         if t.numel() != 1:
             raise ValueError(
                 f"the signal must be a scalar; got shape {tuple(t.shape)} (reduce it, e.g. .mean())"
