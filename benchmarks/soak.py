@@ -5,7 +5,9 @@ epoch) with an LR modulator for ``--minutes`` (default 20) and records, once per
 (default 60 s): resident memory (RSS), steps per second, skipped (non-finite) steps and
 non-finite modulator signals. Training keeps its per-step records as real runs do
 (``fit``'s history and the modulator's ``history``), so RSS growth is expected to follow
-the number of records (~0.3 KB per step each); anything beyond that is a leak.
+the number of records; anything beyond that is a leak. ``--no-records`` keeps no per-step
+records (``fit`` gets a fresh history every epoch, ``Modulator(record=False)``), so RSS should
+stay flat: that run is the leak check.
 
 Rows (one per window): ``minute``, ``steps``, ``steps_per_s``, ``rss_mb``, ``skipped``,
 ``nonfinite_signals``, ``loss``, ``accuracy`` (test set, at the end of the window).
@@ -13,6 +15,7 @@ Rows (one per window): ``minute``, ``steps``, ``steps_per_s``, ``rss_mb``, ``ski
 Usage:
     python benchmarks/soak.py                      # 20 minutes, G1 modulator
     python benchmarks/soak.py --rule p2 --minutes 5
+    python benchmarks/soak.py --no-records --minutes 5   # the leak check
     python benchmarks/soak.py --quick              # 20 seconds, 5 s windows
 """
 
@@ -57,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=20.0)
     p.add_argument("--window", type=float, default=60.0, help="seconds per reported window")
     p.add_argument("--rule", choices=sorted(RULES), default="g1")
+    p.add_argument("--no-records", action="store_true", help="keep no per-step history (leak check)")
     args = p.parse_args(argv)
     if args.quick:
         args.minutes, args.window = 20 / 60, 5.0
@@ -73,9 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     steps_per_epoch = math.ceil(len(x) / 64)
     sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=10 * steps_per_epoch)
     rule = RULES[args.rule]()
-    mod = Modulator(rule, sigma=bnn if rule.per_parameter else None).attach(opt)
+    mod = Modulator(rule, sigma=bnn if rule.per_parameter else None, record=not args.no_records).attach(opt)
     gen = torch.Generator().manual_seed(0)
     history: list[dict[str, float]] = []
+    steps_done = skipped = 0
 
     rows = []
     rss0 = rss_mb()
@@ -85,8 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     window_start, steps_at_window = t_start, 0
     minute = 0
     while True:
-        fit(bnn.elbo, opt, x, y, epochs=1, batch_size=64, scheduler=sched, generator=gen, progress=False,
-            history=history, before_step=lambda t: mod.observe(batch_entropy(t.outputs)))
+        epoch = fit(bnn.elbo, opt, x, y, epochs=1, batch_size=64, scheduler=sched, generator=gen, progress=False,
+                    history=None if args.no_records else history,
+                    before_step=lambda t: mod.observe(batch_entropy(t.outputs)))
+        steps_done += len(epoch) if args.no_records else 0
+        skipped += int(sum(h["skipped"] for h in epoch)) if args.no_records else 0
+        last_loss = epoch[-1]["loss"]
         now = time.perf_counter()
         if now - window_start >= args.window or now >= end:
             minute += 1
@@ -97,16 +106,16 @@ def main(argv: list[str] | None = None) -> int:
                 sum(float(st["nonfinite"]) for t in state for st in t) if rule.per_parameter
                 else float(state["nonfinite"])
             )
-            steps = len(history)
+            steps = steps_done if args.no_records else len(history)
             rows.append({
                 "window": minute,
                 "minutes": round((now - t_start) / 60, 2),
                 "steps": steps,
                 "steps_per_s": (steps - steps_at_window) / (now - window_start),
                 "rss_mb": rss_mb(),
-                "skipped": int(sum(h["skipped"] for h in history)),
+                "skipped": skipped if args.no_records else int(sum(h["skipped"] for h in history)),
                 "nonfinite_signals": int(nonfinite),
-                "loss": history[-1]["loss"],
+                "loss": last_loss,
                 "accuracy": float(acc),
             })
             print(", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rows[-1].items()),
@@ -122,10 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "rule": args.rule,
         "minutes": args.minutes,
-        "steps": len(history),
+        "records": not args.no_records,
+        "steps": rows[-1]["steps"],
         "rss_start_mb": rss0,
         "rss_end_mb": rows[-1]["rss_mb"],
         "rss_first_window_mb": rows[0]["rss_mb"],
+        "rss_growth_mb_after_first_window": rss_growth,
         "rss_growth_kb_per_1000_steps": 1024 * rss_growth / growth_steps * 1000,
         "history_records": records,
         "skipped_steps": rows[-1]["skipped"],
@@ -142,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
          ("loss", "loss", ".3f"), ("accuracy", "test acc", ".3f")],
     )
     print(summary)
-    write_results(f"soak-{args.rule}" if not args.quick else f"soak-{args.rule}-quick", rows, args.json,
-                  summary=summary)
+    name = f"soak-{args.rule}" + ("-no-records" if args.no_records else "") + ("-quick" if args.quick else "")
+    write_results(name, rows, args.json, summary=summary)
     return 0
 
 
