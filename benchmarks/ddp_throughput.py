@@ -78,8 +78,17 @@ def worker(out: Path, steps: int, batch: int) -> None:
         torch.distributed.barrier()
     seconds = time.perf_counter() - t0
     if info.rank == 0:
-        out.write_text(json.dumps({"seconds": seconds, "steps": steps, "batch": batch,
-                                   "threads": torch.get_num_threads(), "device": str(info.device)}))
+        out.write_text(
+            json.dumps(
+                {
+                    "seconds": seconds,
+                    "steps": steps,
+                    "batch": batch,
+                    "threads": torch.get_num_threads(),
+                    "device": str(info.device),
+                }
+            )
+        )
     if info.world_size > 1:
         torch.distributed.destroy_process_group()
 
@@ -89,8 +98,18 @@ def launch(nproc: int, threads: int, steps: int, batch: int) -> dict:
         out = Path(d) / "result.json"
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
         env.pop("WORLD_SIZE", None)
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               __file__, "--worker", str(out), str(steps), str(batch)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            __file__,
+            "--worker",
+            str(out),
+            str(steps),
+            str(batch),
+        ]
         res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
         if res.returncode != 0:
             raise SystemExit(f"torchrun failed ({' '.join(cmd)}):\n{res.stderr[-3000:]}")
@@ -109,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.steps, args.rounds = 20, 1
     cores = args.threads or os.cpu_count() or 1
-    configs = [("1 process", 1, cores), (f"{args.nproc} processes (DDP)", args.nproc, max(1, cores // args.nproc))]
+    configs = [
+        ("1 process", 1, cores),
+        (f"{args.nproc} processes (DDP)", args.nproc, max(1, cores // args.nproc)),
+    ]
     samples: dict[str, list[float]] = {name: [] for name, _, _ in configs}
     for r in range(args.rounds):
         for name, nproc, threads in configs:
@@ -118,18 +140,34 @@ def main(argv: list[str] | None = None) -> int:
             print(f"round {r + 1}: {name}: {samples[name][-1]:.0f} samples/s ({res['device']})", flush=True)
     base = statistics.median(samples[configs[0][0]])
     rows = [
-        {"name": name, "processes": nproc, "threads": threads, "samples_per_s": statistics.median(samples[name]),
-         "ratio": statistics.median(samples[name]) / base, "rounds": samples[name]}
+        {
+            "name": name,
+            "processes": nproc,
+            "threads": threads,
+            "samples_per_s": statistics.median(samples[name]),
+            "ratio": statistics.median(samples[name]) / base,
+            "rounds": samples[name],
+        }
         for name, nproc, threads in configs
     ]
     print_table(
         f"BNN + G1 modulator, 784-400-400-10 MLP, global batch {args.batch}: DDP vs one process",
         rows,
-        [("name", "configuration", "s"), ("processes", "procs", "d"), ("threads", "threads/proc", "d"),
-         ("samples_per_s", "samples/s", ".0f"), ("ratio", "ratio", ".2f")],
+        [
+            ("name", "configuration", "s"),
+            ("processes", "procs", "d"),
+            ("threads", "threads/proc", "d"),
+            ("samples_per_s", "samples/s", ".0f"),
+            ("ratio", "ratio", ".2f"),
+        ],
     )
-    write_results("ddp_throughput" + ("-quick" if args.quick else ""), rows, args.json,
-                  steps=args.steps, batch=args.batch)
+    write_results(
+        "ddp_throughput" + ("-quick" if args.quick else ""),
+        rows,
+        args.json,
+        steps=args.steps,
+        batch=args.batch,
+    )
     return 0
 
 

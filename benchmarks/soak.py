@@ -71,8 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     x, y = torch.from_numpy(s.x_train), torch.from_numpy(s.y_train)
     xt, yt = torch.from_numpy(s.x_test), torch.from_numpy(s.y_test)
     torch.manual_seed(0)
-    bnn = bayesian(MLP(64, (128, 128), 10), num_data=len(x), prior=priors.Normal(1.0), kl_weight=0.1,
-                   init_scale=1e-3)
+    bnn = bayesian(
+        MLP(64, (128, 128), 10), num_data=len(x), prior=priors.Normal(1.0), kl_weight=0.1, init_scale=1e-3
+    )
     opt = torch.optim.Adam(bnn.parameters(), lr=1e-2)
     steps_per_epoch = math.ceil(len(x) / 64)
     sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=10 * steps_per_epoch)
@@ -84,15 +85,27 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     rss0 = rss_mb()
-    print(f"soak: {args.minutes:g} min, rule {args.rule}, {torch.get_num_threads()} threads, RSS {rss0:.1f} MB")
+    print(
+        f"soak: {args.minutes:g} min, rule {args.rule}, {torch.get_num_threads()} threads, RSS {rss0:.1f} MB"
+    )
     t_start = time.perf_counter()
     end = t_start + 60 * args.minutes
     window_start, steps_at_window = t_start, 0
     minute = 0
     while True:
-        epoch = fit(bnn.elbo, opt, x, y, epochs=1, batch_size=64, scheduler=sched, generator=gen, progress=False,
-                    history=None if args.no_records else history,
-                    before_step=lambda t: mod.observe(batch_entropy(t.outputs)))
+        epoch = fit(
+            bnn.elbo,
+            opt,
+            x,
+            y,
+            epochs=1,
+            batch_size=64,
+            scheduler=sched,
+            generator=gen,
+            progress=False,
+            history=None if args.no_records else history,
+            before_step=lambda t: mod.observe(batch_entropy(t.outputs)),
+        )
         steps_done += len(epoch) if args.no_records else 0
         skipped += int(sum(h["skipped"] for h in epoch)) if args.no_records else 0
         last_loss = epoch[-1]["loss"]
@@ -103,23 +116,30 @@ def main(argv: list[str] | None = None) -> int:
                 acc = metrics.accuracy(bnn.predict(xt, num_samples=16), yt)
             state = mod.state_dict()["rule_state"]
             nonfinite = (
-                sum(float(st["nonfinite"]) for t in state for st in t) if rule.per_parameter
+                sum(float(st["nonfinite"]) for t in state for st in t)
+                if rule.per_parameter
                 else float(state["nonfinite"])
             )
             steps = steps_done if args.no_records else len(history)
-            rows.append({
-                "window": minute,
-                "minutes": round((now - t_start) / 60, 2),
-                "steps": steps,
-                "steps_per_s": (steps - steps_at_window) / (now - window_start),
-                "rss_mb": rss_mb(),
-                "skipped": skipped if args.no_records else int(sum(h["skipped"] for h in history)),
-                "nonfinite_signals": int(nonfinite),
-                "loss": last_loss,
-                "accuracy": float(acc),
-            })
-            print(", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rows[-1].items()),
-                  flush=True)
+            rows.append(
+                {
+                    "window": minute,
+                    "minutes": round((now - t_start) / 60, 2),
+                    "steps": steps,
+                    "steps_per_s": (steps - steps_at_window) / (now - window_start),
+                    "rss_mb": rss_mb(),
+                    "skipped": skipped if args.no_records else int(sum(h["skipped"] for h in history)),
+                    "nonfinite_signals": int(nonfinite),
+                    "loss": last_loss,
+                    "accuracy": float(acc),
+                }
+            )
+            print(
+                ", ".join(
+                    f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rows[-1].items()
+                ),
+                flush=True,
+            )
             window_start, steps_at_window = now, steps
         if now >= end:
             break
@@ -148,9 +168,16 @@ def main(argv: list[str] | None = None) -> int:
     print_table(
         f"soak: BNN + {args.rule} modulator on digits, {args.minutes:g} min",
         rows,
-        [("minutes", "min", ".2f"), ("steps", "steps", "d"), ("steps_per_s", "steps/s", ".1f"),
-         ("rss_mb", "RSS MB", ".1f"), ("skipped", "skipped", "d"), ("nonfinite_signals", "NaN signals", "d"),
-         ("loss", "loss", ".3f"), ("accuracy", "test acc", ".3f")],
+        [
+            ("minutes", "min", ".2f"),
+            ("steps", "steps", "d"),
+            ("steps_per_s", "steps/s", ".1f"),
+            ("rss_mb", "RSS MB", ".1f"),
+            ("skipped", "skipped", "d"),
+            ("nonfinite_signals", "NaN signals", "d"),
+            ("loss", "loss", ".3f"),
+            ("accuracy", "test acc", ".3f"),
+        ],
     )
     print(summary)
     name = f"soak-{args.rule}" + ("-no-records" if args.no_records else "") + ("-quick" if args.quick else "")

@@ -66,5 +66,7 @@ def fsdd_dir(data_root):
     """The FSDD recordings folder; skips (saying where it looked) when the data folder is absent."""
     folder = data_root / "fsdd" / "recordings"
     if not folder.is_dir():
-        pytest.skip(f"FSDD data not found at {folder}: pass --data-dir or set UNCERTLR_DATA to the shared data folder")
+        pytest.skip(
+            f"FSDD data not found at {folder}: pass --data-dir or set UNCERTLR_DATA to the shared data folder"
+        )
     return folder

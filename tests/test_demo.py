@@ -85,7 +85,9 @@ def test_demo_leaves_a_report_and_report_rebuilds_it(demo_run, capsys):
     posteriors = load_posteriors(demo_run)
     assert set(posteriors) == {"bnn", "bnn+g1", "bnn+p2"}  # every Bayesian model of the demo
     bnn = posteriors["bnn"]
-    assert {"posterior", "posterior_predictive", "log_likelihood", "layer_spread", "training_history"} <= set(bnn.groups())
+    assert {"posterior", "posterior_predictive", "log_likelihood", "layer_spread", "training_history"} <= set(
+        bnn.groups()
+    )
     assert bnn.log_likelihood["obs"].shape == (1, 64, 450) and bnn.training_history.sizes["step"] == 150 * 22
     summary = json.loads((demo_run / "summary.json").read_text())
     assert set(summary["models"]) == set(posteriors) and summary["models"]["bnn"]["layer_spread"]

@@ -116,8 +116,14 @@ def test_train_in_process_and_bad_resume(tmp_path):
     m = read_json(run / "metrics.json")
     assert m["models"]["bnn"]["skipped_steps"] == 0 and m["task"] == "digits"
     assert {
-        "checkpoint.pt", "config.json", "history.json", "predictions.npz", "reliability.png",
-        "report.html", "summary.json", "posterior-bnn.nc",
+        "checkpoint.pt",
+        "config.json",
+        "history.json",
+        "predictions.npz",
+        "reliability.png",
+        "report.html",
+        "summary.json",
+        "posterior-bnn.nc",
     } <= {p.name for p in run.iterdir()}  # what `uncertlr report` needs, and the report itself
     with pytest.raises(FileNotFoundError, match="cannot resume"):
         main(["train", "--resume", str(tmp_path / "nope")])

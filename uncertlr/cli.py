@@ -36,12 +36,16 @@ def _parser() -> argparse.ArgumentParser:
         "$(which uncertlr) train ... (gloo on CPU, NCCL on GPU; --batch-size is the global batch).",
     )
     t.add_argument("--out", default="runs", help="folder for run folders (default: runs)")
-    t.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
+    t.add_argument(
+        "--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint"
+    )
     from uncertlr.train import DATASETS, TrainConfig
 
     defaults = TrainConfig()
     t.add_argument("--data", default=defaults.data, choices=sorted(DATASETS))
-    t.add_argument("--hidden", default=",".join(map(str, defaults.hidden)), help="hidden widths, e.g. 128,128")
+    t.add_argument(
+        "--hidden", default=",".join(map(str, defaults.hidden)), help="hidden widths, e.g. 128,128"
+    )
     for name in ("epochs", "batch_size", "num_samples", "seed", "checkpoint_every", "max_consecutive_skips"):
         t.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
     for name in ("lr", "kl_weight", "prior_scale", "init_scale"):
@@ -52,7 +56,9 @@ def _parser() -> argparse.ArgumentParser:
         choices=["none", "g1", "p2"],
         help="LR modulator: g1 = global, by the batch's predictive entropy; p2 = per weight, by |grad| x posterior std",
     )
-    r = sub.add_parser("report", help="(re)build report.html, posterior-*.nc and summary.json of a run folder")
+    r = sub.add_parser(
+        "report", help="(re)build report.html, posterior-*.nc and summary.json of a run folder"
+    )
     r.add_argument("run_dir", help="a run folder written by `uncertlr demo`")
     return p
 

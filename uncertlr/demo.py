@@ -185,11 +185,20 @@ def run_demo(out: str | Path = "runs", config: DemoConfig | None = None, *, cons
     run = new_run_dir(out, "demo")
     save_classification_run(
         run,
-        {"task": "digits", "seed": cfg.seed, "config": asdict(cfg), "ood": "test images with shuffled pixels",
-         "models": results},
-        predictions=preds, histories=histories, ood_label="shuffled pixels",
+        {
+            "task": "digits",
+            "seed": cfg.seed,
+            "config": asdict(cfg),
+            "ood": "test images with shuffled pixels",
+            "models": results,
+        },
+        predictions=preds,
+        histories=histories,
+        ood_label="shuffled pixels",
     )
     write_report(run, posteriors, xt, yt, num_samples=cfg.num_samples, seed=cfg.seed, console=console)
-    console.print(f"run folder: [bold]{run}[/] (metrics.json, reliability.png, uncertainty.png, predictions.npz, "
-                  "history.json, posterior-*.nc, summary.json, report.html)")
+    console.print(
+        f"run folder: [bold]{run}[/] (metrics.json, reliability.png, uncertainty.png, predictions.npz, "
+        "history.json, posterior-*.nc, summary.json, report.html)"
+    )
     return run

@@ -41,10 +41,17 @@ CLASSIFICATION_KEYS = (
 
 #: How tables show the entries of ``metrics.json``: (key, label, format), in display order.
 SUMMARY_ROWS = (
-    ("accuracy", "accuracy", ".3f"), ("nll", "NLL", ".3f"), ("brier", "Brier", ".3f"), ("ece", "ECE (15 bins)", ".3f"),
-    ("entropy_in", "entropy, test", ".3f"), ("mi_in", "mutual information, test", ".3f"),
-    ("entropy_ood", "entropy, OOD", ".3f"), ("mi_ood", "mutual information, OOD", ".3f"),
-    ("auroc_mi", "OOD AUROC of MI", ".3f"), ("auroc_entropy", "OOD AUROC of entropy", ".3f"), ("seconds", "seconds", ".1f"),
+    ("accuracy", "accuracy", ".3f"),
+    ("nll", "NLL", ".3f"),
+    ("brier", "Brier", ".3f"),
+    ("ece", "ECE (15 bins)", ".3f"),
+    ("entropy_in", "entropy, test", ".3f"),
+    ("mi_in", "mutual information, test", ".3f"),
+    ("entropy_ood", "entropy, OOD", ".3f"),
+    ("mi_ood", "mutual information, OOD", ".3f"),
+    ("auroc_mi", "OOD AUROC of MI", ".3f"),
+    ("auroc_entropy", "OOD AUROC of entropy", ".3f"),
+    ("seconds", "seconds", ".1f"),
 )
 
 

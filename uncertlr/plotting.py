@@ -100,7 +100,12 @@ def uncertainty_histograms(scores: Mapping[str, tuple[Any, Any]], *, title: str 
 
 
 #: Quantities :func:`training_curves` draws, in panel order, with their axis labels.
-CURVES = (("loss", "loss"), ("signal", "uncertainty signal"), ("scale", "step scale"), ("lr", "learning rate"))
+CURVES = (
+    ("loss", "loss"),
+    ("signal", "uncertainty signal"),
+    ("scale", "step scale"),
+    ("lr", "learning rate"),
+)
 
 
 def _smooth(v: np.ndarray, window: int) -> np.ndarray:
@@ -127,7 +132,8 @@ def training_curves(histories: Mapping[str, Any], *, keys: tuple[tuple[str, str]
         ['loss', 'learning rate']
     """
     present = [
-        (k, label) for k, label in keys
+        (k, label)
+        for k, label in keys
         if any(isinstance(r, Mapping) and _finite_number(r.get(k)) for h in histories.values() for r in h)
     ]
     if not present:
@@ -140,7 +146,12 @@ def training_curves(histories: Mapping[str, Any], *, keys: tuple[tuple[str, str]
             v = np.array([float(r[key]) if _finite_number(r.get(key)) else np.nan for r in recs])
             if not np.isfinite(v).any():
                 continue
-            steps = np.array([float(r.get("step", j)) if _finite_number(r.get("step", j)) else j for j, r in enumerate(recs)])
+            steps = np.array(
+                [
+                    float(r.get("step", j)) if _finite_number(r.get("step", j)) else j
+                    for j, r in enumerate(recs)
+                ]
+            )
             c = colors[i % len(colors)]
             if key in ("loss", "signal") and len(v) > 20:
                 ax.plot(steps, v, color=c, alpha=0.25, lw=0.6)
@@ -148,7 +159,12 @@ def training_curves(histories: Mapping[str, Any], *, keys: tuple[tuple[str, str]
             else:
                 ax.plot(steps, v, color=c, lw=1.2, label=name)
         ax.set_ylabel(label)
-        finite = [float(r[key]) for h in histories.values() for r in h if isinstance(r, Mapping) and _finite_number(r.get(key))]
+        finite = [
+            float(r[key])
+            for h in histories.values()
+            for r in h
+            if isinstance(r, Mapping) and _finite_number(r.get(key))
+        ]
         if key == "loss" and finite and min(finite) > 0 and max(finite) / min(finite) > 50:
             ax.set_yscale("log")
         ax.legend(fontsize=8, loc="upper right")
@@ -181,8 +197,10 @@ def layer_spread_plot(spreads: Mapping[str, Mapping[str, Any]]) -> Figure:
     fig, axes = plt.subplots(1, 2, figsize=(10, 0.6 + 0.45 * len(layers) * max(1, len(spreads)) ** 0.5 + 1.4))
     height = 0.8 / max(len(spreads), 1)
     y = np.arange(len(layers))
-    for ax, field, title in ((axes[0], "mean_scale", "mean posterior std σ"),
-                             (axes[1], "mean_snr", "mean |μ| / σ (signal-to-noise)")):
+    for ax, field, title in (
+        (axes[0], "mean_scale", "mean posterior std σ"),
+        (axes[1], "mean_snr", "mean |μ| / σ (signal-to-noise)"),
+    ):
         for i, (name, s) in enumerate(spreads.items()):
             vals = [_field(s.get(k), field) for k in layers]
             ax.barh(y + (i - (len(spreads) - 1) / 2) * height, vals, height=height, label=name)

@@ -321,7 +321,14 @@ def _write_results(
         histories={name: history},
         ood_label=data.ood,
     )
-    write_report(run_dir, {name: bnn}, data.x_test, data.y_test, num_samples=cfg.num_samples, seed=cfg.seed,
-                 console=console)
+    write_report(
+        run_dir,
+        {name: bnn},
+        data.x_test,
+        data.y_test,
+        num_samples=cfg.num_samples,
+        seed=cfg.seed,
+        console=console,
+    )
     console.print(json.dumps({k: round(v, 4) for k, v in summary.items()}))
     console.print(f"run folder: [bold]{run_dir}[/]")

@@ -53,7 +53,11 @@ def main() -> None:
         progress=False,
     )
     name = ("g1-" if modulated else "") + (f"rank{info.rank}.pt" if info.world_size > 1 else "single.pt")
-    doc = {"params": [p.detach() for p in bnn.parameters()], "init": init, "losses": [h["loss"] for h in hist]}
+    doc = {
+        "params": [p.detach() for p in bnn.parameters()],
+        "init": init,
+        "losses": [h["loss"] for h in hist],
+    }
     if modulated:
         doc.update(
             local_signals=torch.tensor(local_signals),

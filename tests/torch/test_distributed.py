@@ -50,10 +50,17 @@ def test_ddp_modulator_all_reduces_its_signal_so_replicas_take_the_same_step(tmp
     over processes before the rule sees it, so every replica applies the same factor — and the
     run equals one process on the combined batch (whose entropy is the mean of the equal shards')."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    res = subprocess.run([*cmd, str(WORKER), str(tmp_path), "12", "g1"], capture_output=True, text=True,
-                         timeout=120, env=_env())
+    res = subprocess.run(
+        [*cmd, str(WORKER), str(tmp_path), "12", "g1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(),
+    )
     assert res.returncode == 0, res.stderr[-3000:]
-    subprocess.run([sys.executable, str(WORKER), str(tmp_path), "12", "g1"], check=True, timeout=120, env=_env())
+    subprocess.run(
+        [sys.executable, str(WORKER), str(tmp_path), "12", "g1"], check=True, timeout=120, env=_env()
+    )
     r0, r1, single = (
         torch.load(tmp_path / f"g1-{f}", weights_only=True) for f in ("rank0.pt", "rank1.pt", "single.pt")
     )
