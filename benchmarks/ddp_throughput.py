@@ -8,7 +8,9 @@ configurations are run in interleaved rounds and the median per configuration is
 
 Configurations (CPU threads per process chosen so each uses the same cores):
   1 proc x T threads     the baseline: one process on all T cores
+  1 proc x 1 thread      one process on one core (what each DDP process gets on a CPU)
   N procs x T/N threads  DDP; each process computes the gradient of B/N samples
+  ... no modulator       the same DDP run without the modulator (the cost of its signal all-reduce)
 
 Rows: ``name``, ``processes``, ``threads``, ``samples_per_s``, ``ratio`` (to the baseline).
 On a 2-core machine do not expect a speed-up: DDP splits the same cores and adds an
@@ -34,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def worker(out: Path, steps: int, batch: int) -> None:
+def worker(out: Path, steps: int, batch: int, modulated: bool = True) -> None:
     import torch
     import torch.nn.functional as F  # noqa: F401 - keeps the import cost out of the timing
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -52,7 +54,7 @@ def worker(out: Path, steps: int, batch: int) -> None:
     if info.world_size > 1:
         loss = DDP(loss, broadcast_buffers=False)
     opt = torch.optim.Adam(bnn.parameters(), lr=1e-3)
-    mod = Modulator(Ratio(kappa=-0.5)).attach(opt)
+    mod = Modulator(Ratio(kappa=-0.5)).attach(opt) if modulated else None
     g = torch.Generator().manual_seed(info.rank)
     local = batch // info.world_size
     x = torch.randn(local, 784, generator=g).to(info.device)
@@ -62,7 +64,8 @@ def worker(out: Path, steps: int, batch: int) -> None:
         opt.zero_grad(set_to_none=True)
         terms = loss(x, y)
         terms.loss.backward()
-        mod.observe(batch_entropy(terms.outputs))
+        if mod is not None:
+            mod.observe(batch_entropy(terms.outputs))
         opt.step()
 
     for _ in range(10):
@@ -93,7 +96,7 @@ def worker(out: Path, steps: int, batch: int) -> None:
         torch.distributed.destroy_process_group()
 
 
-def launch(nproc: int, threads: int, steps: int, batch: int) -> dict:
+def launch(nproc: int, threads: int, steps: int, batch: int, modulated: bool = True) -> dict:
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "result.json"
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
@@ -109,6 +112,7 @@ def launch(nproc: int, threads: int, steps: int, batch: int) -> dict:
             str(out),
             str(steps),
             str(batch),
+            "1" if modulated else "0",
         ]
         res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
         if res.returncode != 0:
@@ -128,14 +132,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.steps, args.rounds = 20, 1
     cores = args.threads or os.cpu_count() or 1
-    configs = [
-        ("1 process", 1, cores),
-        (f"{args.nproc} processes (DDP)", args.nproc, max(1, cores // args.nproc)),
+    split = max(1, cores // args.nproc)
+    configs = [  # (name, processes, threads per process, modulator)
+        ("1 process", 1, cores, True),
+        ("1 process, 1 thread", 1, 1, True),
+        (f"{args.nproc} processes (DDP)", args.nproc, split, True),
+        (f"{args.nproc} processes (DDP), no modulator", args.nproc, split, False),
     ]
-    samples: dict[str, list[float]] = {name: [] for name, _, _ in configs}
+    samples: dict[str, list[float]] = {c[0]: [] for c in configs}
     for r in range(args.rounds):
-        for name, nproc, threads in configs:
-            res = launch(nproc, threads, args.steps, args.batch)
+        for name, nproc, threads, modulated in configs:
+            res = launch(nproc, threads, args.steps, args.batch, modulated)
             samples[name].append(res["steps"] * res["batch"] / res["seconds"])
             print(f"round {r + 1}: {name}: {samples[name][-1]:.0f} samples/s ({res['device']})", flush=True)
     base = statistics.median(samples[configs[0][0]])
@@ -148,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             "ratio": statistics.median(samples[name]) / base,
             "rounds": samples[name],
         }
-        for name, nproc, threads in configs
+        for name, nproc, threads, _ in configs
     ]
     print_table(
         f"BNN + G1 modulator, 784-400-400-10 MLP, global batch {args.batch}: DDP vs one process",
@@ -173,6 +180,6 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        worker(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+        worker(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1")
     else:
         sys.exit(main())
