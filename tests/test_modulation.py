@@ -244,6 +244,26 @@ def test_gradient_noise_matches_sample_moments():
     assert float(state2.count) == float(state.count)
 
 
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+def test_gradient_noise_holds_a_gradient_whose_square_overflows(lib):
+    """A finite float32 gradient of 1e30 squares to inf; folding it in would make σ inf/NaN forever."""
+    import torch
+
+    arr = (
+        (lambda a: np.asarray(a, np.float32))
+        if lib == "numpy"
+        else (lambda a: torch.tensor(a, dtype=torch.float32))
+    )
+    est = GradientNoise(decay=0.9)
+    state = est.init(arr([0.0, 0.0]))
+    for g in ([1.0, 2.0], [3.0, 1.0], [2.0, 2.0]):
+        sigma, state = est.update(arr(g), state)
+    held, state2 = est.update(arr([1e30, 0.0]), state)
+    np.testing.assert_array_equal(np.asarray(held), np.asarray(sigma))
+    assert float(state2.count) == float(state.count)
+    assert np.isfinite(np.asarray(state2.sq)).all() and np.isfinite(np.asarray(held)).all()
+
+
 @given(h=st.lists(st.floats(0.0, 5.0), min_size=1, max_size=30), kappa=kappas)
 def test_confidence_weights_mean_one_bounds_direction(h, kappa):
     h = np.asarray(h)

@@ -558,8 +558,8 @@ class GradientNoise:
     ``σ_j = sqrt(max(E[g_j²] - E[g_j]², 0))`` from bias-corrected EMAs. Per-parameter rules
     are scale-free (they compare each weight with its tensor's mean), so a gradient-noise
     std can stand in for a posterior std: weights whose gradient fluctuates most across
-    minibatches are the ones the data pin down least. A non-finite gradient leaves the
-    moments untouched.
+    minibatches are the ones the data pin down least. A non-finite gradient, or one whose
+    square overflows the dtype, leaves the moments untouched.
 
     Example:
         >>> import numpy as np
@@ -590,9 +590,12 @@ class GradientNoise:
         xp = namespace(grad)
         d = self.decay
         with _quiet(xp):
-            ok = xp.isfinite(xp.sum(grad))
+            # NaN/inf in the gradient, or a square that overflows (|g| > ~1.8e19 in float32), makes
+            # this sum non-finite: the step is left out of the moments instead of poisoning them
+            g2 = grad * grad
+            ok = xp.isfinite(xp.sum(g2))
             mean = xp.where(ok, d * state.mean + (1.0 - d) * grad, state.mean)
-            sq = xp.where(ok, d * state.sq + (1.0 - d) * grad * grad, state.sq)
+            sq = xp.where(ok, d * state.sq + (1.0 - d) * g2, state.sq)
             count = state.count + xp.where(ok, 1.0, 0.0)
             corr = xp.clip(1.0 - xp.pow(d, count), xp.finfo(state.count.dtype).tiny, None)
             m = mean / corr
