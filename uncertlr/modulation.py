@@ -58,7 +58,6 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
@@ -118,14 +117,26 @@ def namespace(x: Array) -> Any:
     return array_namespace(x)
 
 
-@contextlib.contextmanager
-def _quiet(xp: Any) -> Iterator[None]:
-    """numpy warns on inf/NaN arithmetic that the rules handle on purpose; torch and jax do not."""
-    if xp is np:
-        with np.errstate(all="ignore"):
-            yield
-    else:
-        yield
+_NO_CONTEXT = contextlib.nullcontext()
+
+
+def _quiet(xp: Any) -> contextlib.AbstractContextManager[Any]:
+    """numpy warns on inf/NaN arithmetic that the rules handle on purpose; torch and jax do not.
+
+    (A plain function returning a context manager: this runs every optimizer step, and a
+    ``@contextmanager`` generator costs several times as much as ``np.errstate`` itself.)
+    """
+    return np.errstate(all="ignore") if xp is np else _NO_CONTEXT
+
+
+def _clip_min(xp: Any, x: Array, lo: Any) -> Array:
+    """``clip(x, lo, None)``; numpy's ``clip`` wrapper is slow on 0-d arrays, ``maximum`` is one ufunc."""
+    return np.maximum(x, lo) if xp is np else xp.clip(x, lo, None)
+
+
+def _clip(xp: Any, x: Array, lo: Any, hi: Any) -> Array:
+    """``clip(x, lo, hi)`` (NaN propagates in both branches)."""
+    return np.minimum(np.maximum(x, lo), hi) if xp is np else xp.clip(x, lo, hi)
 
 
 def _float_dtype(xp: Any, like: Array) -> Any:
@@ -228,9 +239,9 @@ def _global_step(
         finite = xp.isfinite(u * u)
         u0 = xp.where(finite, u, 0.0)
         tiny = xp.finfo(state.scale.dtype).tiny
-        corr = xp.clip(1.0 - xp.pow(rule.decay, state.count), tiny, None)
+        corr = _clip_min(xp, 1.0 - xp.pow(rule.decay, state.count), tiny)
         mean = state.mean / corr
-        var = xp.clip(state.sq / corr - mean * mean, 0.0, None)
+        var = _clip_min(xp, state.sq / corr - mean * mean, 0.0)
     active = (state.step >= rule.warmup) & (state.count > 0)
     return xp, u0, finite, mean, var, active, tiny
 
@@ -297,8 +308,8 @@ class Ratio:
         """The factor for this step's scalar ``signal`` and the new state."""
         xp, u0, finite, mean, _, active, tiny = _global_step(self, signal, state)
         with _quiet(xp):
-            ratio = xp.clip(u0 / xp.clip(mean, tiny, None), tiny, None)
-            s = xp.clip(xp.pow(ratio, self.kappa), self.s_min, self.s_max)
+            ratio = _clip_min(xp, u0 / _clip_min(xp, mean, tiny), tiny)
+            s = _clip(xp, xp.pow(ratio, self.kappa), self.s_min, self.s_max)
             return _global_finish(self, xp, s, u0, finite, active, state)
 
 
