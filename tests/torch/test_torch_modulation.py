@@ -250,6 +250,36 @@ def test_load_state_dict_checks_keys_and_rule():
     assert m2.num_steps == 0
 
 
+@pytest.mark.parametrize("rule", [Ratio(warmup=0), GradSigmaRatio(warmup=0)])
+def test_max_history_keeps_the_newest_records_across_a_checkpoint(rule):
+    """A long run keeps a bounded history; a full one (max_history=None) keeps every record."""
+
+    def run(max_history, steps, state=None):
+        torch.manual_seed(0)
+        model = mlp()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        mod = Modulator(rule, max_history=max_history).attach(opt)
+        if state is not None:
+            mod.load_state_dict(state)
+        x = torch.randn(16, 6)
+        for _ in range(steps):
+            opt.zero_grad()
+            out = model(x)
+            out.square().mean().backward()
+            mod.observe(batch_entropy(out))
+            opt.step()
+        return mod
+
+    full, short = run(None, 12), run(5, 12)
+    assert len(full.history) == 12 and len(short.history) == 5
+    assert list(short.history) == list(full.history)[-5:]  # the newest five, oldest first
+    resumed = run(5, 3, state=short.state_dict())  # the checkpoint holds the 5 records, and stays bounded
+    assert len(resumed.history) == 5 and resumed.num_steps == 15
+    assert [r["step"] for r in resumed.history] == [10.0, 11.0, 12.0, 13.0, 14.0]
+    with pytest.raises(ValueError, match="max_history"):
+        Modulator(rule, max_history=0)
+
+
 @given(signals=st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=1, max_size=8))
 def test_nonfinite_signal_never_makes_a_nonfinite_parameter(signals):
     x, y = data(8)

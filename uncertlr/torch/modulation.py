@@ -51,7 +51,8 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -224,6 +225,9 @@ class Modulator:
         record: append ``{step, signal, scale, lr}`` to :attr:`history` every step (for a
             per-parameter rule ``scale`` is the mean factor over the modulated weights, with
             ``scale_min``/``scale_max``). Recording reads a few numbers back to the host.
+        max_history: keep only the newest ``max_history`` records (a ``collections.deque``
+            ring buffer), so a run of millions of steps does not grow without bound (each
+            record is ~0.4 KB); ``None`` keeps them all in a list.
 
     Attributes:
         history: the records, oldest first.
@@ -241,7 +245,12 @@ class Modulator:
         sigma: SigmaSource = None,
         noise: GradientNoise | None = None,
         record: bool = True,
+        max_history: int | None = None,
     ):
+        if max_history is not None and (
+            isinstance(max_history, bool) or not isinstance(max_history, int) or max_history < 1
+        ):
+            raise ValueError(f"max_history must be an integer >= 1 or None; got {max_history!r}")
         if not (callable(getattr(rule, "init", None)) and callable(getattr(rule, "update", None))):
             raise TypeError(f"rule must have init() and update(signal, state); got {type(rule).__name__}")
         self.rule = rule
@@ -255,7 +264,8 @@ class Modulator:
         self.sigma = sigma
         self.noise = noise if noise is not None else GradientNoise()
         self.record = bool(record)
-        self.history: list[dict[str, float]] = []
+        self.max_history = max_history
+        self.history: list[dict[str, float]] | deque[dict[str, float]] = self._new_history([])
         self.num_steps = 0
         self._optimizer: torch.optim.Optimizer | None = None
         self._handles: list[Any] = []
@@ -340,6 +350,13 @@ class Modulator:
         if not out:
             raise ValueError("sigma() returned no parameter that the optimizer holds")
         return out
+
+    def _new_history(
+        self, records: Iterable[dict[str, float]]
+    ) -> list[dict[str, float]] | deque[dict[str, float]]:
+        if self.max_history is None:
+            return list(records)
+        return deque(records, maxlen=self.max_history)
 
     # ------------------------------------------------------------------ per-step API
 
@@ -551,4 +568,4 @@ class Modulator:
         else:
             self._state = _state_from_dict(self._state, state_dict["rule_state"], "rule_state")
         self.num_steps = int(state_dict["num_steps"])
-        self.history = [dict(r) for r in state_dict["history"]]
+        self.history = self._new_history(dict(r) for r in state_dict["history"])
