@@ -30,14 +30,14 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-import numpy as np
 from array_api_compat import array_namespace
+
+from uncertlr._arrays import quiet as _quiet
 
 Array = Any
 
@@ -143,16 +143,6 @@ def _convert(x: Array, xp: Any, like: Array, name: str) -> Array:
         raise TypeError(
             f"{name} ({type(x).__name__}) cannot be converted to an array like {type(like).__name__}: {exc}"
         ) from exc
-
-
-@contextlib.contextmanager
-def _quiet(xp: Any) -> Iterator[None]:
-    """numpy warns on overflow; the callers check the result themselves (torch and jax do not warn)."""
-    if "numpy" in getattr(xp, "__name__", ""):
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            yield
-    else:
-        yield
 
 
 def _check_result(x: Array, what: str, xp: Any) -> Array:

@@ -55,7 +55,6 @@ rule can be checkpointed.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
 from dataclasses import dataclass
@@ -63,6 +62,8 @@ from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 from array_api_compat import array_namespace
+
+from uncertlr._arrays import quiet as _quiet
 
 Array = Any
 
@@ -115,18 +116,6 @@ def namespace(x: Array) -> Any:
     if mod.startswith(("jax", "jaxlib")):
         return sys.modules["jax.numpy"]
     return array_namespace(x)
-
-
-_NO_CONTEXT = contextlib.nullcontext()
-
-
-def _quiet(xp: Any) -> contextlib.AbstractContextManager[Any]:
-    """numpy warns on inf/NaN arithmetic that the rules handle on purpose; torch and jax do not.
-
-    (A plain function returning a context manager: this runs every optimizer step, and a
-    ``@contextmanager`` generator costs several times as much as ``np.errstate`` itself.)
-    """
-    return np.errstate(all="ignore") if xp is np else _NO_CONTEXT
 
 
 def _clip_min(xp: Any, x: Array, lo: Any) -> Array:
