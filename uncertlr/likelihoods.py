@@ -1,5 +1,8 @@
 """Observation models, shared by the torch and JAX backends.
 
+Both backends check targets with :func:`check_labels` / :func:`check_targets` and compute
+the Gaussian log-likelihood with :func:`normal_log_prob`, written once on the array API.
+
 Example:
     >>> from uncertlr import likelihoods
     >>> likelihoods.Categorical()
@@ -14,7 +17,22 @@ import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-__all__ = ["Categorical", "Likelihood", "Normal", "NormalPrediction", "as_likelihood"]
+from uncertlr._arrays import compat_namespace, is_concrete, namespace
+
+Array = Any
+
+__all__ = [
+    "Categorical",
+    "Likelihood",
+    "Normal",
+    "NormalPrediction",
+    "as_likelihood",
+    "check_labels",
+    "check_targets",
+    "normal_log_prob",
+]
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 @dataclass(frozen=True)
@@ -98,3 +116,72 @@ class NormalPrediction(NamedTuple):
             ([[10.0, 12.0]], [[4.0, 1.0]])
         """
         return NormalPrediction(self.mean * scale + loc, self.variance * (scale * scale))
+
+
+def normal_log_prob(y: Array, mean: Array, scale: Array | float) -> Array:
+    """Elementwise ``log N(y | mean, scale²)`` (any array library; ``scale`` a number or an array).
+
+    Example:
+        >>> import numpy as np
+        >>> round(float(normal_log_prob(np.zeros(1), np.zeros(1), 1.0)[0]), 4)
+        -0.9189
+    """
+    xp = namespace(mean)
+    log_scale = math.log(scale) if isinstance(scale, (int, float)) else xp.log(scale)
+    return -0.5 * ((y - mean) / scale) ** 2 - log_scale - _HALF_LOG_2PI
+
+
+def check_labels(y: Any, n: int, num_classes: int, *, values: bool = True) -> None:
+    """Class labels ``y[N]`` for ``n`` inputs and ``num_classes`` classes, with errors that name the problem.
+
+    Args:
+        values: also check every label lies in ``[0, num_classes)`` (reads the labels back to
+            the host once; skipped for JAX tracers).
+
+    Raises:
+        TypeError: ``y`` is not an array of integers.
+        ValueError: ``y`` is not ``[n]``, or a label lies outside ``[0, num_classes)``.
+
+    Example:
+        >>> import numpy as np
+        >>> check_labels(np.array([0, 3]), 2, 3)
+        Traceback (most recent call last):
+        ...
+        ValueError: labels must lie in [0, 3); got values in [0, 3]
+    """
+    xp = compat_namespace(y, "labels")
+    if y.ndim != 1 or y.shape[0] != n:
+        raise ValueError(f"labels must have shape [N] = [{n}]; got {tuple(y.shape)}")
+    if not xp.isdtype(y.dtype, "integral"):
+        raise TypeError(f"labels must be an integer array of class indices; got dtype {y.dtype}")
+    if values and n and is_concrete(y):
+        lo, hi = int(xp.min(y)), int(xp.max(y))
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(f"labels must lie in [0, {num_classes}); got values in [{lo}, {hi}]")
+
+
+def check_targets(y: Any, shape: tuple[int, ...], *, values: bool = True) -> None:
+    """Regression targets ``y`` for outputs of ``shape``, with errors that name the problem.
+
+    Raises:
+        TypeError: ``y`` is not a floating-point array.
+        ValueError: ``y``'s shape differs from ``shape`` (no broadcasting), or (``values``) it
+            holds NaN or inf.
+
+    Example:
+        >>> import numpy as np
+        >>> check_targets(np.zeros(4), (4, 1))
+        Traceback (most recent call last):
+        ...
+        ValueError: regression targets must have the network output's shape (4, 1); got (4,) (reshape y, e.g. y[:, None], rather than rely on broadcasting)
+    """
+    xp = compat_namespace(y, "regression targets")
+    if tuple(y.shape) != tuple(shape):
+        raise ValueError(
+            f"regression targets must have the network output's shape {tuple(shape)}; got {tuple(y.shape)} "
+            "(reshape y, e.g. y[:, None], rather than rely on broadcasting)"
+        )
+    if not xp.isdtype(y.dtype, "real floating"):
+        raise TypeError(f"regression targets must be floating point; got dtype {y.dtype}")
+    if values and is_concrete(y) and not bool(xp.all(xp.isfinite(y))):
+        raise ValueError("regression targets contain NaN or inf")

@@ -1,68 +1,14 @@
-"""The LR modulator's rules: factors for the step an optimizer proposes, from uncertainty.
-
-A *rule* is a frozen dataclass of numbers with two pure methods::
-
-    state = rule.init(like)                 # like: an array of the backend, dtype and device to use
-    scale, state = rule.update(signal, state)
-
-The adapters (:class:`uncertlr.torch.Modulator`, ``uncertlr.jax.scale_by_uncertainty`` /
-``scale_by_grad_uncertainty``) multiply the base optimizer's proposed step by ``scale``;
-they never scale the gradient (Adam's step does not depend on the gradient's scale).
-The same rule objects serve both backends: ``update`` is written once on the array API,
-with no Python branching on values, so it runs under ``jax.jit`` and on a GPU without
-reading anything back to the host.
-
-Global rules (``per_parameter = False``) map a scalar signal ``u`` (batch predictive
-entropy, mutual information, a loss...) to one factor:
-
-* :class:`Ratio` (G1): ``s = clip((u / ū)^κ, s_min, s_max)``, ``ū`` the bias-corrected EMA of
-  past signals;
-* :class:`ZScore` (G2): ``s = s_max^tanh(κ z)``, ``z`` the running z-score of ``u``.
-
-Per-parameter rules (``per_parameter = True``) map :class:`ParamSignal` ``(grad, sigma)``
-of one tensor to an elementwise factor (``ref`` = the mean over the tensor):
-
-* :class:`SigmaRatio` (P1): ``s_j = clip((σ_j / ref)^κ)``;
-* :class:`GradSigmaRatio` (P2): ``s_j = clip((|ĝ_j| σ_j / ref)^κ)``, ``ĝ`` an EMA of the gradient;
-* :class:`VarianceRatio` (P3): ``s_j = clip((σ_j² / ref)^κ)`` (κ > 0 is the BGD/IVON direction,
-  larger steps where the posterior is wider).
-
-``κ < 0`` means "more uncertain, smaller step"; ``κ > 0`` the opposite. Every rule keeps
-``s = 1`` for its first ``warmup`` updates, and a non-finite signal (any element) holds the
-previous scale, leaves the running statistics untouched and is counted in ``state.nonfinite``
-(for a global rule, so does a finite signal whose square overflows the state's dtype,
-``|u| > ~1.8e19`` in float32: it could not enter the running second moment).
-
-Example:
-    >>> import numpy as np
-    >>> from uncertlr.modulation import Ratio
-    >>> rule = Ratio(kappa=-0.5, warmup=2)
-    >>> state = rule.init()
-    >>> scales = []
-    >>> for u in [1.0, 1.0, 4.0, float("nan"), 0.25]:
-    ...     s, state = rule.update(u, state)
-    ...     scales.append(round(float(s), 3))
-    >>> scales
-    [1.0, 1.0, 0.5, 0.5, 2.0]
-    >>> int(state.nonfinite)
-    1
-
-Writing your own rule: any object with ``init(like)`` and ``update(signal, state)`` (and
-``per_parameter = True`` if it works elementwise) plugs into both adapters; use
-:func:`namespace` to get the array module, and keep numbers in dataclass fields so the
-rule can be checkpointed.
-"""
+"""The LR modulator's rules (G1, G2, P1-P3) as pure ``init``/``update`` pairs; see :mod:`uncertlr.modulation`."""
 
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
-from array_api_compat import array_namespace
 
+from uncertlr._arrays import clip, clip_min, float_dtype, full, namespace
 from uncertlr._arrays import quiet as _quiet
 
 Array = Any
@@ -75,8 +21,6 @@ __all__ = [
     "P3",
     "GlobalState",
     "GradSigmaRatio",
-    "GradientNoise",
-    "NoiseState",
     "ParamSignal",
     "ParamState",
     "Ratio",
@@ -84,66 +28,7 @@ __all__ = [
     "SigmaRatio",
     "VarianceRatio",
     "ZScore",
-    "confidence_weights",
-    "namespace",
 ]
-
-
-# --------------------------------------------------------------------------- array plumbing
-
-
-def namespace(x: Array) -> Any:
-    """The array module rules compute with for ``x``.
-
-    For torch tensors, jax arrays (tracers included) and numpy arrays this is ``torch``,
-    ``jax.numpy`` or ``numpy`` itself: the functions the rules use (``where``, ``clip``,
-    ``pow``, ``abs``, ``isfinite``, ``sqrt``, ``tanh``, ``exp``, ``log``, ``mean``, ``sum``,
-    ``asarray``, ``zeros_like``, ``finfo``) behave the same in the three, and calling them
-    directly avoids a wrapper layer that would cost more than the rule itself on small
-    tensors. Any other array library goes through ``array_api_compat.array_namespace``.
-
-    Example:
-        >>> import numpy as np
-        >>> namespace(np.zeros(3)) is np
-        True
-    """
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(x, torch.Tensor):
-        return torch
-    if isinstance(x, (np.ndarray, np.generic)):
-        return np
-    mod = type(x).__module__
-    if mod.startswith(("jax", "jaxlib")):
-        return sys.modules["jax.numpy"]
-    return array_namespace(x)
-
-
-def _clip_min(xp: Any, x: Array, lo: Any) -> Array:
-    """``clip(x, lo, None)``; numpy's ``clip`` wrapper is slow on 0-d arrays, ``maximum`` is one ufunc."""
-    return np.maximum(x, lo) if xp is np else xp.clip(x, lo, None)
-
-
-def _clip(xp: Any, x: Array, lo: Any, hi: Any) -> Array:
-    """``clip(x, lo, hi)`` (NaN propagates in both branches)."""
-    return np.minimum(np.maximum(x, lo), hi) if xp is np else xp.clip(x, lo, hi)
-
-
-def _float_dtype(xp: Any, like: Array) -> Any:
-    """float64 when ``like`` is float64, else float32 (statistics never run in half precision)."""
-    return xp.float64 if like.dtype == xp.float64 else xp.float32
-
-
-def _is_floating(xp: Any, x: Array) -> bool:
-    if hasattr(x, "is_floating_point"):  # torch
-        return bool(x.is_floating_point())
-    return bool(xp.isdtype(x.dtype, "real floating"))
-
-
-def _full(xp: Any, like: Array, value: float, dtype: Any) -> Array:
-    """A 0-d array of ``value`` on ``like``'s device."""
-    if xp is sys.modules.get("torch"):
-        return xp.full((), value, dtype=dtype, device=like.device)
-    return xp.full((), value, dtype=dtype)
 
 
 def _check_number(owner: str, field: str, value: Any) -> None:
@@ -209,9 +94,9 @@ def _global_init(like: Array | None) -> GlobalState:
     if like is None:
         like = np.zeros((), np.float32)
     xp = namespace(like)
-    dt = _float_dtype(xp, like)
-    zero = _full(xp, like, 0.0, dt)
-    return GlobalState(zero, zero, zero, zero, _full(xp, like, 1.0, dt), zero)
+    dt = float_dtype(xp, like)
+    zero = full(xp, like, 0.0, dt)
+    return GlobalState(zero, zero, zero, zero, full(xp, like, 1.0, dt), zero)
 
 
 def _global_step(
@@ -228,9 +113,9 @@ def _global_step(
         finite = xp.isfinite(u * u)
         u0 = xp.where(finite, u, 0.0)
         tiny = xp.finfo(state.scale.dtype).tiny
-        corr = _clip_min(xp, 1.0 - xp.pow(rule.decay, state.count), tiny)
+        corr = clip_min(xp, 1.0 - xp.pow(rule.decay, state.count), tiny)
         mean = state.mean / corr
-        var = _clip_min(xp, state.sq / corr - mean * mean, 0.0)
+        var = clip_min(xp, state.sq / corr - mean * mean, 0.0)
     active = (state.step >= rule.warmup) & (state.count > 0)
     return xp, u0, finite, mean, var, active, tiny
 
@@ -297,8 +182,8 @@ class Ratio:
         """The factor for this step's scalar ``signal`` and the new state."""
         xp, u0, finite, mean, _, active, tiny = _global_step(self, signal, state)
         with _quiet(xp):
-            ratio = _clip_min(xp, u0 / _clip_min(xp, mean, tiny), tiny)
-            s = _clip(xp, xp.pow(ratio, self.kappa), self.s_min, self.s_max)
+            ratio = clip_min(xp, u0 / clip_min(xp, mean, tiny), tiny)
+            s = clip(xp, xp.pow(ratio, self.kappa), self.s_min, self.s_max)
             return _global_finish(self, xp, s, u0, finite, active, state)
 
 
@@ -382,8 +267,8 @@ class ParamState(NamedTuple):
 
 def _param_init(like: Array, *, with_ema: bool) -> ParamState:
     xp = namespace(like)
-    dt = _float_dtype(xp, like)
-    zero = _full(xp, like, 0.0, dt)
+    dt = float_dtype(xp, like)
+    zero = full(xp, like, 0.0, dt)
     return ParamState(
         zero, xp.zeros_like(like, dtype=dt) if with_ema else zero, xp.ones_like(like, dtype=dt), zero
     )
@@ -538,115 +423,3 @@ class VarianceRatio(_PerParameterRule):
 
 #: Short names used in DESIGN.md, the demo (``bnn+g1``, ``bnn+p2``) and the benchmarks.
 G1, G2, P1, P2, P3 = Ratio, ZScore, SigmaRatio, GradSigmaRatio, VarianceRatio
-
-
-# --------------------------------------------------------------------------- σ for deterministic nets
-
-
-class NoiseState(NamedTuple):
-    """Running gradient moments of one tensor: ``count`` (0-d), ``mean`` and ``sq`` (shaped like it)."""
-
-    count: Array
-    mean: Array
-    sq: Array
-
-
-@dataclass(frozen=True)
-class GradientNoise:
-    """A per-weight uncertainty for deterministic weights: the std of the minibatch gradient.
-
-    ``σ_j = sqrt(max(E[g_j²] - E[g_j]², 0))`` from bias-corrected EMAs. Per-parameter rules
-    are scale-free (they compare each weight with its tensor's mean), so a gradient-noise
-    std can stand in for a posterior std: weights whose gradient fluctuates most across
-    minibatches are the ones the data pin down least. A non-finite gradient, or one whose
-    square overflows the dtype, leaves the moments untouched.
-
-    Example:
-        >>> import numpy as np
-        >>> est = GradientNoise(decay=0.5)
-        >>> state = est.init(np.zeros(2))
-        >>> for g in ([1.0, 1.0], [3.0, 1.0]):
-        ...     sigma, state = est.update(np.array(g), state)
-        >>> sigma.round(3).tolist()
-        [0.943, 0.0]
-    """
-
-    decay: float = 0.99
-
-    def __post_init__(self) -> None:
-        _check_number("GradientNoise", "decay", self.decay)
-        if not 0.0 <= self.decay < 1.0:
-            raise ValueError(f"GradientNoise: decay must be in [0, 1); got {self.decay!r}")
-
-    def init(self, like: Array) -> NoiseState:
-        """Zero moments for a tensor shaped like ``like``."""
-        xp = namespace(like)
-        dt = _float_dtype(xp, like)
-        z = xp.zeros_like(like, dtype=dt)
-        return NoiseState(_full(xp, like, 0.0, dt), z, z)
-
-    def update(self, grad: Array, state: NoiseState) -> tuple[Array, NoiseState]:
-        """Fold in one gradient; returns ``(sigma, state)``."""
-        xp = namespace(grad)
-        d = self.decay
-        with _quiet(xp):
-            # NaN/inf in the gradient, or a square that overflows (|g| > ~1.8e19 in float32), makes
-            # this sum non-finite: the step is left out of the moments instead of poisoning them
-            g2 = grad * grad
-            ok = xp.isfinite(xp.sum(g2))
-            mean = xp.where(ok, d * state.mean + (1.0 - d) * grad, state.mean)
-            sq = xp.where(ok, d * state.sq + (1.0 - d) * g2, state.sq)
-            count = state.count + xp.where(ok, 1.0, 0.0)
-            corr = xp.clip(1.0 - xp.pow(d, count), xp.finfo(state.count.dtype).tiny, None)
-            m = mean / corr
-            sigma = xp.sqrt(xp.clip(sq / corr - m * m, 0.0, None))
-            return sigma, NoiseState(count, mean, sq)
-
-
-# --------------------------------------------------------------------------- confidence-weighted losses
-
-
-def confidence_weights(
-    entropy: Array, *, kappa: float = -0.5, w_min: float = 0.25, w_max: float = 4.0, validate: bool = True
-) -> Array:
-    """Per-sample loss weights from per-sample predictive entropy, renormalised to mean 1.
-
-    ``w_i ∝ clip((h_i / mean h)^κ, w_min, w_max)``: with ``κ < 0`` confident samples
-    (low entropy) weigh more, uncertain ones less; ``κ > 0`` emphasises the uncertain ones
-    (a focal-loss-like weighting). Treat the weights as constants (detach / stop_gradient)
-    when multiplying a loss; :func:`uncertlr.torch.confidence_weighted_nll` does it for you.
-
-    Args:
-        entropy: ``[B]`` non-negative per-sample entropies (e.g. ``metrics.predictive_entropy``).
-        kappa: exponent κ.
-        w_min, w_max: bounds before renormalisation (``0 < w_min <= 1 <= w_max``); the
-            returned weights lie in ``[w_min / w_max, w_max / w_min]``.
-        validate: check for NaN/inf (reads values back to the host; skipped under ``jax.jit``).
-
-    Returns:
-        ``[B]`` weights with mean 1.
-
-    Example:
-        >>> import numpy as np
-        >>> w = confidence_weights(np.array([0.1, 0.1, 1.0, 2.0]))
-        >>> round(float(w.mean()), 6), bool(w[0] > w[2] > w[3])
-        (1.0, True)
-    """
-    xp = namespace(entropy)
-    if entropy.ndim != 1 or entropy.shape[0] == 0:
-        raise ValueError(f"entropy must have shape [B] with B >= 1; got {tuple(entropy.shape)}")
-    if not _is_floating(xp, entropy):
-        raise TypeError(f"entropy must be floating point; got dtype {entropy.dtype}")
-    for field, value in (("kappa", kappa), ("w_min", w_min), ("w_max", w_max)):
-        _check_number("confidence_weights", field, value)
-    if not (math.isfinite(kappa) and 0.0 < w_min <= 1.0 <= w_max < math.inf):
-        raise ValueError(
-            f"need finite kappa and 0 < w_min <= 1 <= w_max < inf; got {kappa!r}, [{w_min!r}, {w_max!r}]"
-        )
-    if validate and not type(entropy).__name__.endswith("Tracer") and not bool(xp.all(xp.isfinite(entropy))):
-        raise ValueError("entropy contains NaN or inf")
-    tiny = xp.finfo(entropy.dtype).tiny
-    with _quiet(xp):
-        ratio = (xp.clip(entropy, 0.0, None) + tiny) / (xp.mean(xp.clip(entropy, 0.0, None)) + tiny)
-        w = xp.clip(xp.pow(ratio, kappa), w_min, w_max)
-        return w / xp.mean(w)

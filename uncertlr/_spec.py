@@ -1,0 +1,93 @@
+"""The arguments both backends' ``bayesian()`` take, checked in one place.
+
+``uncertlr.torch.bayesian`` and ``uncertlr.jax.bayesian`` accept and refuse exactly the
+same values for the arguments they share (a cross-backend test holds them to it):
+
+* ``num_data``: an integer >= 1 (Python or numpy), the training-set size;
+* ``kl_weight``: a finite number > 0 (Pyro's and NumPyro's ``scale`` handlers refuse 0);
+* ``init_scale``: a finite number > 0;
+* ``prior``: an :mod:`uncertlr.priors` spec (default ``Normal(1.0)``);
+* ``likelihood``: a :mod:`uncertlr.likelihoods` spec or its name;
+* ``select``: a predicate or :class:`~uncertlr.select.Selector` (default: all parameters).
+
+Example:
+    >>> from uncertlr._spec import bnn_spec
+    >>> bnn_spec(num_data=100).kl_weight
+    1.0
+    >>> bnn_spec(num_data=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: num_data must be a positive integer (the training-set size); got 0
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, NamedTuple
+
+from uncertlr import likelihoods as _lik
+from uncertlr import priors as _priors
+from uncertlr.select import Predicate, Selector, as_selector
+
+__all__ = ["BNNSpec", "bnn_spec", "positive_float", "positive_int"]
+
+
+def positive_int(name: str, value: Any, *, what: str = "") -> int:
+    """``value`` as an ``int`` >= 1 (Python or numpy integers; never a bool); a ValueError naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer{what}; got {value!r}")
+    return int(value)
+
+
+def positive_float(name: str, value: Any) -> float:
+    """``value`` as a finite ``float`` > 0 (Python or numpy numbers; never a bool); a ValueError otherwise."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not (math.isfinite(value) and value > 0)
+    ):
+        raise ValueError(f"{name} must be a positive finite number; got {value!r}")
+    return float(value)
+
+
+class BNNSpec(NamedTuple):
+    """The checked, normalised arguments of ``bayesian()``."""
+
+    num_data: int
+    prior: _priors.Prior
+    likelihood: _lik.Likelihood
+    select: Selector
+    init_scale: float
+    kl_weight: float
+    validate: bool
+
+
+def bnn_spec(
+    *,
+    num_data: Any,
+    prior: _priors.Prior | None = None,
+    likelihood: _lik.Likelihood | str = "categorical",
+    select: Predicate | Selector | None = None,
+    init_scale: Any = 1e-3,
+    kl_weight: Any = 1.0,
+    validate: bool = True,
+) -> BNNSpec:
+    """Check and normalise the arguments both ``bayesian()`` functions share (see the module docs)."""
+    num_data = positive_int("num_data", num_data, what=" (the training-set size)")
+    kl_weight = positive_float("kl_weight", kl_weight)
+    init_scale = positive_float("init_scale", init_scale)
+    prior = _priors.Normal(1.0) if prior is None else prior
+    if not isinstance(prior, (_priors.Normal, _priors.FanInNormal, _priors.ScaleMixtureNormal)):
+        raise TypeError(f"prior must be an uncertlr.priors spec; got {type(prior).__name__}")
+    if not isinstance(validate, bool):
+        raise TypeError(f"validate must be True or False; got {validate!r}")
+    return BNNSpec(
+        num_data=num_data,
+        prior=prior,
+        likelihood=_lik.as_likelihood(likelihood),
+        select=as_selector(select),
+        init_scale=init_scale,
+        kl_weight=kl_weight,
+        validate=validate,
+    )
