@@ -222,7 +222,7 @@ def plot(rows, lrs, ranges, target, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from uncertlr.plotting import save_figure
+    from uncertlr.diagnostics.plots import save_figure
 
     fig, ax = plt.subplots(figsize=(10.5, 5), layout="constrained")
     for m, info in ranges.items():
@@ -277,7 +277,7 @@ def main(argv=None) -> int:
     data = load_task(args.task, args.data_dir)
     grid = [(m, lr, s) for s in seeds for m in methods for lr in lrs]
 
-    from uncertlr.torch.training import progress_bar
+    from uncertlr._progress import progress_bar
 
     rows = []
     with progress_bar() as bar:

@@ -11,8 +11,9 @@ Out-of-distribution pair (scored by the AUROC of mutual information, ``auroc_mi`
 * MNIST: Fashion-MNIST test images when those files are present (and the other way round),
   else shuffled pixels.
 
-Writes a run folder (``metrics.json`` with the same schema as ``uncertlr demo``,
-``history.json``, ``predictions.npz``, ``reliability.png``, ``uncertainty.png``).
+A configuration of the pipeline behind ``uncertlr demo`` (:mod:`uncertlr.app.pipeline`):
+it writes the same run folder (``metrics.json``, ``history.json``, ``predictions.npz``,
+``reliability.png``, ``uncertainty.png``, and the diagnostics report ``report.html``).
 
 Usage::
 
@@ -24,7 +25,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from collections.abc import Sequence
@@ -34,15 +34,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from uncertlr import priors
+from uncertlr import runfolder
+from uncertlr.app.pipeline import Method, NetFactory, Task, compare, results_table, save
 from uncertlr.data import Split, load_digits, load_mnist, shuffle_pixels
-from uncertlr.demo import results_table
-from uncertlr.evaluation import classification_summary
-from uncertlr.runs import new_run_dir, save_classification_run
-from uncertlr.torch import bayesian
-from uncertlr.torch.training import fit, progress_bar
 
 
 @dataclass(frozen=True)
@@ -98,14 +93,33 @@ def _ood(cfg: ImageConfig, split: Split, data_dir: str | None) -> tuple[np.ndarr
     raise ValueError(f"--ood {kind!r} does not apply to {cfg.dataset}")
 
 
-def _net(cfg: ImageConfig, shape: tuple[int, ...]) -> torch.nn.Module:
+def _net(cfg: ImageConfig, shape: tuple[int, ...]) -> NetFactory:
     from uncertlr_models import MLP, ImageCNN
 
     if cfg.model == "cnn":
-        return ImageCNN(shape[0], 10, channels=(16, 32) if shape[-1] <= 8 else (16, 32, 32))
+        return lambda: ImageCNN(shape[0], 10, channels=(16, 32) if shape[-1] <= 8 else (16, 32, 32))
     if cfg.model == "mlp":
-        return MLP(int(np.prod(shape)), (128, 128), 10)
+        return lambda: MLP(int(np.prod(shape)), (128, 128), 10)
     raise ValueError(f"model must be cnn or mlp; got {cfg.model!r}")
+
+
+def methods(cfg: ImageConfig) -> list[Method]:
+    """The deterministic net and the BNN, as the pipeline trains them."""
+    return [
+        Method(
+            "deterministic", bayesian=False, epochs=cfg.det_epochs, lr=cfg.det_lr, batch_size=cfg.batch_size
+        ),
+        Method(
+            "bnn",
+            epochs=cfg.epochs,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            kl_weight=cfg.kl_weight,
+            prior_scale=cfg.prior_scale,
+            init_scale=cfg.init_scale,
+            num_samples=cfg.num_samples,
+        ),
+    ]
 
 
 def run(
@@ -124,92 +138,41 @@ def run(
     split = _load(cfg, data_dir, download)
     x_ood, ood_desc = _ood(cfg, split, data_dir)
     n = len(split.x_train) if cfg.max_train is None else min(cfg.max_train, len(split.x_train))
-    x, y = torch.from_numpy(split.x_train[:n]), torch.from_numpy(split.y_train[:n])
-    xt, yt = torch.from_numpy(split.x_test), torch.from_numpy(split.y_test)
-    xo = torch.from_numpy(np.asarray(x_ood, dtype=np.float32))
+    t = torch.from_numpy
+    task = Task(
+        cfg.dataset,
+        t(split.x_train[:n]),
+        t(split.y_train[:n]),
+        t(split.x_test),
+        t(split.y_test),
+        t(np.asarray(x_ood, dtype=np.float32)),
+        ood_desc,
+    )
+    run_dir = runfolder.new_run_dir(out, f"images-{cfg.dataset}")
     console.print(
-        f"[bold]{cfg.dataset}[/]: {n} train / {len(xt)} test images {tuple(x.shape[1:])}, "
+        f"[bold]{cfg.dataset}[/]: {n} train / {len(task.x_test)} test images {tuple(task.x_train.shape[1:])}, "
         f"OOD = {ood_desc}; model {cfg.model}; torch {torch.__version__}, {torch.get_num_threads()} threads"
         + ("; [yellow]quick mode[/]" if cfg.quick else "")
     )
-    results: dict[str, dict[str, float]] = {}
-    preds: dict[str, np.ndarray] = {"labels": split.y_test}
-    histories: dict[str, list[dict[str, float]]] = {}
-    steps = math.ceil(n / cfg.batch_size)
-    with progress_bar() as bar:
-        for name in ("deterministic", "bnn"):
-            torch.manual_seed(cfg.seed)
-            gen = torch.Generator().manual_seed(cfg.seed)
-            t0 = time.perf_counter()
-            if name == "deterministic":
-                net = _net(cfg, tuple(x.shape[1:]))
-                opt = torch.optim.Adam(net.parameters(), lr=cfg.det_lr)
-                sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.det_epochs * steps)
-                hist = fit(
-                    lambda a, b: F.cross_entropy(net(a), b),
-                    opt,
-                    x,
-                    y,
-                    epochs=cfg.det_epochs,
-                    batch_size=cfg.batch_size,
-                    scheduler=sched,
-                    progress=bar,
-                    description=name,
-                    generator=gen,
-                )
-                net.eval()
-
-                def predict(a: torch.Tensor) -> torch.Tensor:
-                    return torch.cat([torch.softmax(net(c), -1) for c in a.split(2000)])[None]
-            else:
-                bnn = bayesian(
-                    _net(cfg, tuple(x.shape[1:])),
-                    num_data=n,
-                    prior=priors.Normal(cfg.prior_scale),
-                    kl_weight=cfg.kl_weight,
-                    init_scale=cfg.init_scale,
-                )
-                opt = torch.optim.Adam(bnn.parameters(), lr=cfg.lr)
-                sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs * steps)
-                hist = fit(
-                    bnn.elbo,
-                    opt,
-                    x,
-                    y,
-                    epochs=cfg.epochs,
-                    batch_size=cfg.batch_size,
-                    scheduler=sched,
-                    progress=bar,
-                    description=name,
-                    generator=gen,
-                )
-
-                def predict(a: torch.Tensor) -> torch.Tensor:
-                    return torch.cat(
-                        [bnn.predict(c, num_samples=cfg.num_samples) for c in a.split(2000)], dim=1
-                    )
-
-            with torch.no_grad():
-                p_in, p_out = predict(xt), predict(xo)
-            results[name] = {**classification_summary(p_in, yt, p_out), "seconds": time.perf_counter() - t0}
-            preds[f"{name}_test"] = p_in.numpy().astype(np.float32)
-            preds[f"{name}_ood"] = p_out.numpy().astype(np.float32)
-            histories[name] = hist
-
-    console.print(results_table(results, title=f"{cfg.dataset}: test set and OOD = {ood_desc}"))
-    run_dir = new_run_dir(out, f"images-{cfg.dataset}")
+    result = compare(task, methods(cfg), _net(cfg, tuple(task.x_train.shape[1:])), seed=cfg.seed)
+    console.print(results_table(result.results, title=f"{cfg.dataset}: test set and OOD = {ood_desc}"))
     doc = {
         "task": cfg.dataset,
         "seed": cfg.seed,
         "config": asdict(cfg),
         "ood": ood_desc,
         "total_seconds": time.perf_counter() - t_start,
-        "models": results,
     }
-    save_classification_run(run_dir, doc, predictions=preds, histories=histories, ood_label=ood_desc)
+    save(
+        result,
+        run_dir,
+        doc=doc,
+        inference=result.inference(num_samples=cfg.num_samples, seed=cfg.seed),
+        console=console,
+    )
     console.print(
         f"run folder: [bold]{run_dir}[/] (metrics.json, history.json, predictions.npz, reliability.png, "
-        f"uncertainty.png); {time.perf_counter() - t_start:.0f} s in all"
+        f"uncertainty.png, report.html); {time.perf_counter() - t_start:.0f} s in all"
     )
     return run_dir
 

@@ -9,8 +9,9 @@ One 64-16-10 tanh MLP (Flax linen, ``uncertlr_models.flax_mlp.FlaxMLP``), three 
 
 Prints an accuracy / calibration / uncertainty table (test set, and test images with
 shuffled pixels as the out-of-distribution set) and writes a run folder under ``--out``
-with ``metrics.json`` (schema ``uncertlr.metrics/1``), ``history.json``,
-``predictions.npz``, ``reliability.png`` and ``uncertainty.png``.
+through :func:`uncertlr.app.pipeline.save`, like every other example: ``metrics.json``
+(schema ``uncertlr.metrics/1``), ``history.json``, ``predictions.npz``, ``reliability.png``,
+``uncertainty.png`` and the diagnostics report of the SVI and NUTS posteriors (``report.html``).
 
 Usage:
     python examples/mcmc_digits.py                       # ~1-2 minutes on 2 CPU cores
@@ -31,13 +32,11 @@ import numpy as np
 import optax
 from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
 
-from uncertlr import metrics, priors
+from uncertlr import priors, runfolder
+from uncertlr.app.pipeline import Results, results_table, save
 from uncertlr.data import load_digits, shuffle_pixels
-from uncertlr.demo import results_table
-from uncertlr.evaluation import classification_summary
 from uncertlr.jax import bayesian, mcmc, svi
-from uncertlr.plotting import reliability_diagram, save_figure, uncertainty_histograms
-from uncertlr.runs import METRICS_SCHEMA, atomic_write, environment, new_run_dir, write_json
+from uncertlr.runfolder import classification_summary
 from uncertlr_models.flax_mlp import FlaxMLP
 
 
@@ -88,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     console = Console()
+    run = runfolder.new_run_dir(args.out, "mcmc_digits")
     split = load_digits(seed=args.seed)
     x, y = jnp.asarray(split.x_train), jnp.asarray(split.y_train.astype(np.int32))
     xt, yt = jnp.asarray(split.x_test), split.y_test
@@ -160,41 +160,32 @@ def main(argv: list[str] | None = None) -> int:
         f"max R-hat {n['rhat_test_ll_max']:.3f}"
     )
 
-    run = new_run_dir(args.out, "mcmc_digits")
-    env = environment()
-    write_json(
-        run / "metrics.json",
-        {
-            "schema": METRICS_SCHEMA,
-            "task": "digits",
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "seed": args.seed,
-            "device": jax.devices()[0].platform,
-            "versions": env["versions"],
-            "python": env["python"],
-            "config": {**vars(args), "out": str(args.out), **extra},
-            "ood": "test images with shuffled pixels",
-            "models": results,
-        },
+    doc = {
+        "task": "digits",
+        "seed": args.seed,
+        "device": jax.devices()[0].platform,
+        "config": {**vars(args), "out": str(args.out), **extra},
+        "ood": "test images with shuffled pixels",
+    }
+    preds = {k: np.asarray(v, np.float32) if k != "labels" else v for k, v in preds.items()}
+    inference = {}
+    try:
+        from uncertlr.diagnostics import to_inference_data
+
+        yt32 = jnp.asarray(yt.astype(np.int32))
+        inference = {
+            "svi": to_inference_data(fit, x=xt, y=yt32, num_samples=100, name="svi"),
+            "nuts": to_inference_data(res, x=xt, y=yt32, name="nuts"),
+        }
+    except ImportError as exc:  # the report extra is optional
+        console.print(f"no diagnostics report: {exc}", markup=False)
+    save(
+        Results(results, preds, histories, ood="shuffled pixels"),
+        run,
+        doc=doc,
+        inference=inference,
+        console=console,
     )
-    write_json(run / "history.json", histories)
-    atomic_write(
-        run / "predictions.npz",
-        lambda f: np.savez_compressed(
-            f, **{k: np.asarray(v, np.float32) if k != "labels" else v for k, v in preds.items()}
-        ),
-    )
-    save_figure(reliability_diagram({k: (preds[f"{k}_test"], yt) for k in results}), run / "reliability.png")
-    scores = {}
-    for k in results:
-        d_in, d_out = (
-            metrics.uncertainty_decomposition(preds[f"{k}_test"]),
-            metrics.uncertainty_decomposition(preds[f"{k}_ood"]),
-        )
-        scores[f"{k}: predictive entropy"] = (d_in.total, d_out.total)
-        if k != "deterministic":
-            scores[f"{k}: mutual information"] = (d_in.epistemic, d_out.epistemic)
-    save_figure(uncertainty_histograms(scores), run / "uncertainty.png")
     console.print(f"run folder: [bold]{run}[/]")
     return 0
 

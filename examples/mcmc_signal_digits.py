@@ -4,12 +4,13 @@ Every ``--refresh`` steps, :class:`uncertlr.jax.LastLayerMCMCSignal` runs NUTS (
 short warm-up) on a softmax head over the torch network's *current* penultimate features of
 a reference subset of the training set; between refreshes it scores each batch's
 posterior predictive entropy under the held draws. That signal drives the LR modulator
-(``uncertlr.torch.Modulator(uncertlr.modulation.Ratio())``, issue 3) when it is
-installed; without it the run records the signal only and says so.
+(``uncertlr.torch.Modulator(uncertlr.modulation.Ratio())``) in a training loop written out
+by hand (the loop is yours: the modulator only needs ``observe`` before ``step``).
 
 The same network is also trained without the signal (same seed, same batches) for the
-cost comparison. Writes a run folder under ``--out`` with ``metrics.json``,
-``history.json`` and ``predictions.npz``.
+cost comparison. Writes a run folder under ``--out`` through
+:func:`uncertlr.app.pipeline.save`, like every other example (``metrics.json``,
+``history.json``, ``predictions.npz``, ``reliability.png``, ``uncertainty.png``).
 
 Usage:
     python examples/mcmc_signal_digits.py            # ~1-2 minutes on 2 CPU cores
@@ -27,11 +28,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from uncertlr import runfolder
+from uncertlr.app.pipeline import Results, results_table, save
 from uncertlr.data import load_digits, shuffle_pixels
-from uncertlr.demo import results_table
-from uncertlr.evaluation import classification_summary
 from uncertlr.jax import LastLayerMCMCSignal
-from uncertlr.runs import METRICS_SCHEMA, atomic_write, environment, new_run_dir, write_json
+from uncertlr.modulation import Ratio
+from uncertlr.runfolder import classification_summary
+from uncertlr.torch import Modulator
 
 
 def make_net(seed: int) -> tuple[nn.Module, nn.Module]:
@@ -39,20 +42,10 @@ def make_net(seed: int) -> tuple[nn.Module, nn.Module]:
     return nn.Sequential(nn.Linear(64, 32), nn.Tanh()), nn.Linear(32, 10)
 
 
-def modulator_for(opt: torch.optim.Optimizer):
-    """The issue-3 LR modulator (G1 ratio rule) attached to ``opt``, or None when it is not installed."""
-    try:
-        from uncertlr.modulation import Ratio
-        from uncertlr.torch import Modulator
-    except ImportError:
-        return None
-    return Modulator(Ratio()).attach(opt)
-
-
-def train(x, y, *, epochs, batch, lr, seed, signal=None, reference=None, modulate=True):
+def train(x, y, *, epochs, batch, lr, seed, signal=None, reference=None):
     body, head = make_net(seed)
     opt = torch.optim.Adam([*body.parameters(), *head.parameters()], lr=lr)
-    mod = modulator_for(opt) if signal is not None and modulate else None
+    mod = Modulator(Ratio()).attach(opt) if signal is not None else None
     gen = torch.Generator().manual_seed(seed)
     history, step = [], 0
     t0 = time.perf_counter()
@@ -84,7 +77,7 @@ def train(x, y, *, epochs, batch, lr, seed, signal=None, reference=None, modulat
         with torch.no_grad():
             return torch.softmax(head(body(xx)), -1)[None].numpy()
 
-    return predict, history, seconds, mod is not None
+    return predict, history, seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     console = Console()
+    run = runfolder.new_run_dir(args.out, "mcmc_signal_digits")
     split = load_digits(seed=args.seed)
     x, y = torch.from_numpy(split.x_train), torch.from_numpy(split.y_train)
     xt, xo = (
@@ -112,9 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     reference = (x[ref_idx], y[ref_idx])
 
     results, histories, preds = {}, {}, {"labels": split.y_test}
-    predict, histories["deterministic"], sec, _ = train(
-        x, y, epochs=epochs, batch=64, lr=1e-2, seed=args.seed
-    )
+    predict, histories["deterministic"], sec = train(x, y, epochs=epochs, batch=64, lr=1e-2, seed=args.seed)
     results["deterministic"] = {
         **classification_summary(predict(xt), split.y_test, predict(xo)),
         "seconds": sec,
@@ -131,10 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         max_reference=512,
         rng_key=args.seed,
     )
-    predict, hist, sec, modulated = train(
+    predict, hist, sec = train(
         x, y, epochs=epochs, batch=64, lr=1e-2, seed=args.seed, signal=sig, reference=reference
     )
-    name = "mcmc_signal" if modulated else "mcmc_signal (recorded only)"
+    name = "mcmc_signal"
     histories[name] = hist
     results[name] = {
         **classification_summary(predict(xt), split.y_test, predict(xo)),
@@ -143,7 +135,6 @@ def main(argv: list[str] | None = None) -> int:
         "refreshes": sig.refreshes,
         "refresh_seconds": sig.refresh_seconds,
         "divergences": sig.divergences,
-        "modulated": modulated,
     }
     preds[f"{name}_test"], preds[f"{name}_ood"] = predict(xt), predict(xo)
     console.print(results_table(results, title="digits (torch) with a last-layer NUTS signal"))
@@ -155,30 +146,13 @@ def main(argv: list[str] | None = None) -> int:
         f"then {np.median(rest) if rest else float('nan'):.2f} s each); the run without it took "
         f"{results['deterministic']['seconds']:.1f} s; {r['divergences']} divergent transitions"
     )
-    if not modulated:
-        console.print(
-            "[yellow]uncertlr.torch.Modulator is not installed (issue 3): the signal was recorded only[/]"
-        )
-
-    run = new_run_dir(args.out, "mcmc_signal_digits")
-    env = environment()
-    write_json(
-        run / "metrics.json",
-        {
-            "schema": METRICS_SCHEMA,
-            "task": "digits",
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "seed": args.seed,
-            "device": "cpu",
-            "versions": env["versions"],
-            "python": env["python"],
-            "config": {**vars(args), "out": str(args.out), "epochs": epochs, "refresh": refresh},
-            "ood": "test images with shuffled pixels",
-            "models": results,
-        },
-    )
-    write_json(run / "history.json", histories)
-    atomic_write(run / "predictions.npz", lambda f: np.savez_compressed(f, **preds))
+    doc = {
+        "task": "digits",
+        "seed": args.seed,
+        "config": {**vars(args), "out": str(args.out), "epochs": epochs, "refresh": refresh},
+        "ood": "test images with shuffled pixels",
+    }
+    save(Results(results, preds, histories, ood="shuffled pixels"), run, doc=doc, console=console)
     console.print(f"run folder: [bold]{run}[/]")
     return 0
 

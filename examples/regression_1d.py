@@ -37,10 +37,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from statistics import NormalDist
@@ -48,15 +47,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from uncertlr import likelihoods, metrics, priors
+from uncertlr import metrics, runfolder
+from uncertlr.app.pipeline import Method, NetFactory, Task, compare, results_table, save
+from uncertlr.diagnostics.plots import save_figure
 from uncertlr.likelihoods import NormalPrediction
-from uncertlr.runs import METRICS_SCHEMA, atomic_write, environment, new_run_dir, write_json
-from uncertlr.torch import bayesian
-from uncertlr.torch.training import fit, progress_bar
-
-Predict = Callable[[torch.Tensor], NormalPrediction]
 
 #: The toy data's input ranges; the gap between them has no training data.
 TOY_RANGES = ((-4.0, -1.0), (1.0, 4.0))
@@ -119,162 +114,40 @@ def toy_data(n: int, *, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray
 # --------------------------------------------------------------------------- models
 
 
-class PointRegressor(nn.Module):
-    """A deterministic network with a learned homoskedastic noise std, fitted by maximum likelihood."""
-
-    def __init__(self, net: nn.Module, *, init_scale: float = 1.0):
-        super().__init__()
-        self.net = net
-        self.log_noise = nn.Parameter(torch.tensor(math.log(init_scale)))
-
-    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Mean Gaussian negative log-likelihood of ``y[B, D]`` (constant included)."""
-        var = torch.exp(2 * self.log_noise)
-        return (0.5 * (self.net(x) - y) ** 2 / var + self.log_noise + 0.5 * math.log(2 * math.pi)).mean()
-
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> NormalPrediction:
-        """A one-sample :class:`NormalPrediction` ``[1, N, D]`` (no epistemic part)."""
-        mean = self.net(x)[None]
-        return NormalPrediction(mean, torch.exp(2 * self.log_noise).expand_as(mean))
-
-
-def _net(cfg: RegressionConfig, in_features: int) -> nn.Module:
+def _net(cfg: RegressionConfig, in_features: int) -> NetFactory:
     from uncertlr_models import MLP
 
-    return MLP(in_features, cfg.hidden, 1, activation=cfg.activation)
+    return lambda: MLP(in_features, cfg.hidden, 1, activation=cfg.activation)
 
 
-def train_models(
-    cfg: RegressionConfig, x: torch.Tensor, y: torch.Tensor, *, bar: Any
-) -> tuple[dict[str, Predict], dict[str, list[dict[str, float]]], dict[str, float]]:
-    """Train the deterministic MLP and the BNN on ``(x[N, D], y[N, 1])``.
-
-    Returns:
-        ``predict`` functions (inputs → :class:`NormalPrediction` ``[S, N, 1]``), training
-        histories, and training seconds per model.
-    """
-    n = len(x)
-    steps = math.ceil(n / cfg.batch_size)
-    predictors: dict[str, Predict] = {}
-    histories: dict[str, list[dict[str, float]]] = {}
-    seconds: dict[str, float] = {}
-
-    torch.manual_seed(cfg.seed)
-    t0 = time.perf_counter()
-    det = PointRegressor(_net(cfg, x.shape[1]))
-    opt = torch.optim.AdamW(det.parameters(), lr=cfg.det_lr, weight_decay=cfg.det_weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.det_epochs * steps)
-    histories["deterministic"] = fit(
-        det.loss,
-        opt,
-        x,
-        y,
+def methods(cfg: RegressionConfig) -> list[Method]:
+    """The deterministic MLP (Gaussian likelihood with a learned noise, AdamW) and the BNN."""
+    det = Method(
+        "deterministic",
+        bayesian=False,
         epochs=cfg.det_epochs,
+        lr=cfg.det_lr,
         batch_size=cfg.batch_size,
-        scheduler=sched,
-        progress=bar,
-        description="deterministic",
-        generator=torch.Generator().manual_seed(cfg.seed),
+        optimizer="adamw",
+        weight_decay=cfg.det_weight_decay,
     )
-    det.eval()
-    predictors["deterministic"] = det.predict
-    seconds["deterministic"] = time.perf_counter() - t0
-
-    torch.manual_seed(cfg.seed)
-    t0 = time.perf_counter()
-    bnn = bayesian(
-        _net(cfg, x.shape[1]),
-        num_data=n,
-        prior=priors.Normal(cfg.prior_scale),
-        likelihood=likelihoods.Normal(),
-        kl_weight=cfg.kl_weight,
-        init_scale=cfg.init_scale,
-    )
-    opt = torch.optim.Adam(bnn.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs * steps)
-    histories["bnn"] = fit(
-        lambda a, b: bnn.elbo(a, b, num_particles=cfg.num_particles),
-        opt,
-        x,
-        y,
+    bnn = Method(
+        "bnn",
         epochs=cfg.epochs,
+        lr=cfg.lr,
         batch_size=cfg.batch_size,
-        scheduler=sched,
-        progress=bar,
-        description="bnn",
-        generator=torch.Generator().manual_seed(cfg.seed),
+        kl_weight=cfg.kl_weight,
+        prior_scale=cfg.prior_scale,
+        init_scale=cfg.init_scale,
+        num_particles=cfg.num_particles,
+        num_samples=cfg.num_samples,
     )
-    predictors["bnn"] = lambda a: bnn.predict(a, num_samples=cfg.num_samples)  # type: ignore[return-value]
-    seconds["bnn"] = time.perf_counter() - t0
-    return predictors, histories, seconds
-
-
-# --------------------------------------------------------------------------- evaluation
+    return [det, bnn]
 
 
 def _np(pred: NormalPrediction) -> NormalPrediction:
     """``[S, N, 1]`` tensors → ``[S, N]`` float64 numpy arrays."""
-    return NormalPrediction(
-        *(np.asarray(a.detach().cpu() if hasattr(a, "detach") else a, dtype=np.float64)[..., 0] for a in pred)
-    )
-
-
-def interval_coverage(pred: NormalPrediction, targets: np.ndarray, level: float) -> tuple[float, float]:
-    """Coverage and mean width of the central ``level`` predictive interval.
-
-    The interval is ``mean ± z·std`` of the predictive distribution's moments (posterior
-    mean of the means; total variance = aleatoric + epistemic), ``z`` the standard normal
-    quantile — exact for a deterministic Gaussian model, a moment-matched approximation of
-    the BNN's mixture of Gaussians.
-    """
-    mu = pred.mean.mean(0)
-    sd = np.sqrt(metrics.predictive_variance(pred.mean, pred.variance).total)
-    z = NormalDist().inv_cdf(0.5 + level / 2)
-    return float(np.mean(np.abs(targets - mu) <= z * sd)), float(np.mean(2 * z * sd))
-
-
-def regression_summary(pred: NormalPrediction, targets: np.ndarray) -> dict[str, float]:
-    """RMSE, NLL, 90% coverage and width, and mean noise / epistemic std of ``pred`` (``[S, N]``)."""
-    d = metrics.predictive_variance(pred.mean, pred.variance)
-    cov, width = interval_coverage(pred, targets, 0.9)
-    return {
-        "rmse": float(metrics.rmse(pred.mean, targets)),
-        "nll": float(metrics.gaussian_nll(pred.mean, pred.variance, targets)),
-        "coverage_90": cov,
-        "width_90": width,
-        "noise_std": float(np.mean(np.sqrt(d.aleatoric))),
-        "epistemic_std": float(np.mean(np.sqrt(d.epistemic))),
-    }
-
-
-#: Rows of the results table: (metrics.json key, label, format).
-TABLE_ROWS = (
-    ("rmse", "RMSE", ".3f"),
-    ("nll", "NLL per test point", ".3f"),
-    ("coverage_90", "90% interval coverage", ".3f"),
-    ("width_90", "90% interval width", ".3f"),
-    ("noise_std", "noise std (aleatoric)", ".3f"),
-    ("epistemic_std", "epistemic std, test", ".3f"),
-    ("epistemic_std_data", "epistemic std, on the data", ".3f"),
-    ("epistemic_std_gap", "epistemic std, in the gap", ".3f"),
-    ("gap_ratio", "gap / data epistemic std", ".2f"),
-    ("seconds", "seconds", ".1f"),
-)
-
-
-def results_table(results: dict[str, dict[str, float]], *, title: str) -> Any:
-    """A rich table: one column per model, one row per metric present in any model."""
-    from rich.table import Table
-
-    table = Table(title=title)
-    table.add_column("metric")
-    for name in results:
-        table.add_column(name, justify="right")
-    for key, label, fmt in TABLE_ROWS:
-        if any(key in r for r in results.values()):
-            table.add_row(label, *(format(r[key], fmt) if key in r else "-" for r in results.values()))
-    return table
+    return NormalPrediction(*(np.asarray(a.detach().cpu(), dtype=np.float64)[..., 0] for a in pred))
 
 
 # --------------------------------------------------------------------------- plots
@@ -329,7 +202,12 @@ def coverage_figure(preds: dict[str, NormalPrediction], targets: np.ndarray, *, 
     fig, ax = plt.subplots(figsize=(4.4, 4.0))
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="calibrated")
     for name, pred in preds.items():
-        ax.plot(levels, [interval_coverage(pred, targets, lv)[0] for lv in levels], lw=1.6, label=name)
+        ax.plot(
+            levels,
+            [runfolder.interval_coverage(pred.mean, pred.variance, targets, lv)[0] for lv in levels],
+            lw=1.6,
+            label=name,
+        )
     ax.set_xlabel("nominal interval level")
     ax.set_ylabel("observed coverage (test)")
     ax.set_title(title, fontsize=10)
@@ -370,8 +248,6 @@ def run(cfg: RegressionConfig, *, out: str | Path = "runs", console: Any = None)
     """Run the example; returns the run folder."""
     from rich.console import Console
 
-    from uncertlr.plotting import save_figure
-
     console = console or Console()
     t_start = time.perf_counter()
     if cfg.data == "toy":
@@ -395,30 +271,34 @@ def run(cfg: RegressionConfig, *, out: str | Path = "runs", console: Any = None)
         )
     else:
         raise ValueError(f"data must be toy or diabetes; got {cfg.data!r}")
-    x, y, xt = _tensor(x_np), _tensor(y_np), _tensor(xt_np)
-    targets = (yt_np[:, 0].astype(np.float64) * scale) + loc  # original units
+    task = Task(
+        f"regression-{cfg.data}",
+        _tensor(x_np),
+        _tensor(y_np),
+        _tensor(xt_np),
+        _tensor(yt_np),
+        y_loc=float(loc),
+        y_scale=float(scale),
+    )
+    targets = task.test_targets()  # original units
+    run_dir = runfolder.new_run_dir(out, f"regression-{cfg.data}")
     console.print(
         f"[bold]{cfg.data}[/]: {desc}; MLP {cfg.hidden} ({cfg.activation}); torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads" + ("; [yellow]quick mode[/]" if cfg.quick else "")
     )
-
-    with progress_bar() as bar:
-        predictors, histories, seconds = train_models(cfg, x, y, bar=bar)
-
-    preds: dict[str, NormalPrediction] = {}
+    result = compare(task, methods(cfg), _net(cfg, x_np.shape[1]), seed=cfg.seed)
+    preds = {
+        n: NormalPrediction(result.predictions[f"{n}_mean"], result.predictions[f"{n}_variance"])
+        for n in result.results
+    }
     if cfg.data == "diabetes":
         # predict the training mean with the training std (standardised units: N(0, 1))
         zero = np.zeros((1, len(xt_np)))
-        preds["mean baseline"] = NormalPrediction(zero, np.ones_like(zero)).rescale(loc=loc, scale=scale)
-    results: dict[str, dict[str, float]] = {}
-    for name, predict in predictors.items():
-        with torch.no_grad():
-            preds[name] = _np(predict(xt)).rescale(loc=loc, scale=scale)
-    for name, pred in preds.items():
-        results[name] = regression_summary(pred, targets)
-        if name in seconds:
-            results[name]["seconds"] = seconds[name]
-
+        base = NormalPrediction(zero, np.ones_like(zero)).rescale(loc=loc, scale=scale)
+        preds = {"mean baseline": base, **preds}
+        result.results = {"mean baseline": runfolder.regression_summary(base, targets), **result.results}
+        result.predictions.update(mean_baseline_mean=base.mean.astype(np.float32))
+        result.predictions.update(mean_baseline_variance=base.variance.astype(np.float32))
     grid_preds: dict[str, NormalPrediction] = {}
     grid = np.linspace(-6.0, 6.0, 241)
     if cfg.data == "toy":
@@ -426,53 +306,34 @@ def run(cfg: RegressionConfig, *, out: str | Path = "runs", console: Any = None)
         on_data = np.zeros_like(in_gap)
         for a, b in TOY_RANGES:
             on_data |= (grid >= a) & (grid <= b)
-        for name, predict in predictors.items():
-            with torch.no_grad():
-                grid_preds[name] = _np(predict(_tensor(grid[:, None])))
+        for name, trained in result.trained.items():
+            grid_preds[name] = _np(trained.predict(_tensor(grid[:, None])))
             epi = np.sqrt(metrics.predictive_variance(*grid_preds[name]).epistemic)
-            results[name]["epistemic_std_data"] = float(epi[on_data].mean())
-            results[name]["epistemic_std_gap"] = float(epi[in_gap].mean())
-            if results[name]["epistemic_std_data"] > 0:
-                results[name]["gap_ratio"] = (
-                    results[name]["epistemic_std_gap"] / results[name]["epistemic_std_data"]
-                )
+            r = result.results[name]
+            r["epistemic_std_data"] = float(epi[on_data].mean())
+            r["epistemic_std_gap"] = float(epi[in_gap].mean())
+            if r["epistemic_std_data"] > 0:
+                r["gap_ratio"] = r["epistemic_std_gap"] / r["epistemic_std_data"]
+        result.predictions.update(x_train=x_np, y_train=y_np, x_test=xt_np, grid=grid.astype(np.float32))
+        for name, pred in grid_preds.items():
+            result.predictions[f"{name}_grid_mean"] = pred.mean.astype(np.float32)
+            result.predictions[f"{name}_grid_variance"] = pred.variance.astype(np.float32)
 
     title = "toy: sin(x) with a gap in (-1, 1)" if cfg.data == "toy" else "diabetes (original units)"
-    console.print(results_table(results, title=f"{title}, test set"))
-
-    run_dir = new_run_dir(out, f"regression-{cfg.data}")
-    env = environment()
+    console.print(results_table(result.results, title=f"{title}, test set", rows=runfolder.REGRESSION_ROWS))
     doc = {
-        "schema": METRICS_SCHEMA,
         "task": f"regression-{cfg.data}",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "device": "cpu",
-        "versions": env["versions"],
-        "python": env["python"],
         "seed": cfg.seed,
         "config": asdict(cfg),
         "data": desc,
         "target_units": {"loc": loc, "scale": scale},
         "total_seconds": time.perf_counter() - t_start,
-        "models": results,
     }
-    write_json(run_dir / "metrics.json", doc)
-    write_json(run_dir / "history.json", histories)
-    arrays: dict[str, np.ndarray] = {"targets": targets.astype(np.float32)}
-    for name, pred in preds.items():
-        key = name.replace(" ", "_")
-        arrays[f"{key}_mean"] = pred.mean.astype(np.float32)
-        arrays[f"{key}_variance"] = pred.variance.astype(np.float32)
-    if cfg.data == "toy":
-        arrays.update(x_train=x_np, y_train=y_np, x_test=xt_np, grid=grid.astype(np.float32))
-        for name, pred in grid_preds.items():
-            arrays[f"{name}_grid_mean"] = pred.mean.astype(np.float32)
-            arrays[f"{name}_grid_variance"] = pred.variance.astype(np.float32)
-    atomic_write(run_dir / "predictions.npz", lambda f: np.savez_compressed(f, **arrays))
+    save(result, run_dir, doc=doc, console=console)
     save_figure(coverage_figure(preds, targets, title=title), run_dir / "coverage.png", dpi=130)
     if cfg.data == "toy":
         plot = "regression_1d.png"
-        save_figure(toy_figure(grid_preds, grid, x_np, y_np, results), run_dir / plot, dpi=130)
+        save_figure(toy_figure(grid_preds, grid, x_np, y_np, result.results), run_dir / plot, dpi=130)
     else:
         plot = "predictions.png"
         save_figure(predictions_figure(preds, targets, units=units), run_dir / plot, dpi=130)

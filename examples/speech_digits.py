@@ -12,9 +12,10 @@ train, 0-4 test) from log-mel spectrograms, then asks what the uncertainty is go
   test set as in-distribution and the test recordings at ``--ood-snr`` dB as the
   out-of-distribution set (``auroc_mi``: how well mutual information tells them apart).
 
-The "bnn+modulator" model (``uncertlr.torch.Modulator`` with the G1 ratio rule driven by the
-batch predictive entropy) runs when this uncertlr has the modulator; otherwise the script
-says so and runs the other two.
+The "bnn+modulator" model is the BNN with the LR modulator (``uncertlr.torch.Modulator``,
+the G1 ratio rule driven by the batch predictive entropy). The three models are trained and
+saved by the pipeline behind ``uncertlr demo`` (:mod:`uncertlr.app.pipeline`), which also
+writes the diagnostics report.
 
 Usage::
 
@@ -30,7 +31,6 @@ Features are cached under ``~/.cache/uncertlr/features`` (``--cache-dir``), neve
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -40,17 +40,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from uncertlr import metrics, priors
+from uncertlr import metrics, runfolder
+from uncertlr.app.pipeline import Method, NetFactory, Task, Trained, compare, results_table, save, train
 from uncertlr.data import LogMel, add_noise, fix_length, load_fsdd, read_recordings
-from uncertlr.demo import results_table
-from uncertlr.evaluation import classification_summary
-from uncertlr.runs import new_run_dir, save_classification_run
-from uncertlr.torch import bayesian
-from uncertlr.torch.training import fit, progress_bar
-
-Predict = Callable[[torch.Tensor], torch.Tensor]
+from uncertlr.diagnostics.plots import save_figure
+from uncertlr.modulation import G1
 
 
 @dataclass(frozen=True)
@@ -94,103 +89,32 @@ QUICK = dict(
 )
 
 
-def modulator_available() -> bool:
-    """True when this uncertlr has the LR modulator (``uncertlr.torch.Modulator``, ``uncertlr.modulation.G1``)."""
-    try:
-        from uncertlr.modulation import G1  # noqa: F401
-        from uncertlr.torch import Modulator  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _net(cfg: SpeechConfig) -> torch.nn.Module:
+def _net(cfg: SpeechConfig) -> NetFactory:
     from uncertlr_models import SpeechCNN, SpeechCRNN
 
     if cfg.model == "cnn":
-        return SpeechCNN(cfg.n_mels, 10)
+        return lambda: SpeechCNN(cfg.n_mels, 10)
     if cfg.model == "crnn":
-        return SpeechCRNN(cfg.n_mels, 10)
+        return lambda: SpeechCRNN(cfg.n_mels, 10)
     raise ValueError(f"model must be 'cnn' or 'crnn'; got {cfg.model!r}")
 
 
-def _steps(n: int, cfg: SpeechConfig, epochs: int) -> int:
-    return epochs * math.ceil(n / cfg.batch_size)
-
-
-def train_model(
-    name: str, cfg: SpeechConfig, x: torch.Tensor, y: torch.Tensor, *, epochs: int, bar: Any, label: str = ""
-) -> tuple[Predict, list[dict[str, float]]]:
-    """Train ``name`` ("deterministic", "bnn" or "bnn+modulator"); returns ``(predict, history)``.
-
-    ``predict(x)`` gives probabilities ``[S, N, 10]`` (``S = 1`` for the deterministic net).
-    """
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    desc = f"{name}{label}"
-    if name == "deterministic":
-        net = _net(cfg)
-        opt = torch.optim.Adam(net.parameters(), lr=cfg.det_lr)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, _steps(len(x), cfg, epochs))
-        hist = fit(
-            lambda xb, yb: F.cross_entropy(net(xb), yb),
-            opt,
-            x,
-            y,
-            epochs=epochs,
-            batch_size=cfg.batch_size,
-            scheduler=sched,
-            progress=bar,
-            description=desc,
-            generator=gen,
-        )
-        net.eval()
-
-        def predict_det(xx: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                return torch.softmax(net(xx), -1)[None]
-
-        return predict_det, hist
-
-    bnn = bayesian(
-        _net(cfg),
-        num_data=len(x),
-        prior=priors.Normal(cfg.prior_scale),
-        kl_weight=cfg.kl_weight,
-        init_scale=cfg.init_scale,
+def methods(cfg: SpeechConfig) -> list[Method]:
+    """The deterministic CNN, the BNN and the BNN with the LR modulator, as the pipeline trains them."""
+    det = Method(
+        "deterministic", bayesian=False, epochs=cfg.det_epochs, lr=cfg.det_lr, batch_size=cfg.batch_size
     )
-    opt = torch.optim.Adam(bnn.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, _steps(len(x), cfg, epochs))
-    before_step = None
-    mod = None
-    if name == "bnn+modulator":
-        from uncertlr.modulation import G1
-        from uncertlr.torch import Modulator, batch_entropy
-
-        mod = Modulator(G1(warmup=cfg.modulator_warmup)).attach(opt)
-
-        def before_step(out: Any) -> None:
-            mod.observe(batch_entropy(out.outputs))
-
-    elif name != "bnn":
-        raise ValueError(f"unknown model {name!r}")
-    hist = fit(
-        bnn.elbo,
-        opt,
-        x,
-        y,
-        epochs=epochs,
+    bnn = Method(
+        "bnn",
+        epochs=cfg.epochs,
+        lr=cfg.lr,
         batch_size=cfg.batch_size,
-        scheduler=sched,
-        before_step=before_step,
-        progress=bar,
-        description=desc,
-        generator=gen,
+        kl_weight=cfg.kl_weight,
+        prior_scale=cfg.prior_scale,
+        init_scale=cfg.init_scale,
+        num_samples=cfg.num_samples,
     )
-    if mod is not None:
-        for rec, m in zip(hist, mod.history, strict=False):
-            rec.update(signal=float(m["signal"]), scale=float(m["scale"]), lr=float(m["lr"]))
-    return (lambda xx: bnn.predict(xx, num_samples=cfg.num_samples)), hist
+    return [det, bnn, replace(bnn, name="bnn+modulator", rule=G1(warmup=cfg.modulator_warmup))]
 
 
 def _standardise(train: np.ndarray) -> Callable[[np.ndarray], torch.Tensor]:
@@ -284,8 +208,6 @@ def run(
     """Run the example; returns the run folder."""
     from rich.console import Console
 
-    from uncertlr.plotting import save_figure
-
     console = console or Console()
     t_start = time.perf_counter()
     feat = LogMel(n_mels=cfg.n_mels, num_frames=cfg.num_frames, top_db=cfg.top_db)
@@ -297,99 +219,85 @@ def run(
     held = cfg.held_out_speaker or speakers[-1]
     if held not in speakers:
         raise ValueError(f"--held-out-speaker {held!r} is not in the data; speakers: {speakers}")
+    run_dir = runfolder.new_run_dir(out, "speech-digits")
     std = _standardise(split.x_train)
-    x, y = std(split.x_train), torch.from_numpy(split.y_train)
-    xt, yt = std(split.x_test), torch.from_numpy(split.y_test)
     test_waves = read_recordings(split.test)
     noisy = {snr: std(_noisy_features(test_waves, feat, snr, cfg.seed + 1)) for snr in cfg.snrs}
     x_ood = (
         noisy[cfg.ood_snr] if cfg.ood_snr in noisy else std(_noisy_features(test_waves, feat, cfg.ood_snr, 7))
     )
-
+    task = Task(
+        "fsdd",
+        std(split.x_train),
+        torch.from_numpy(split.y_train),
+        std(split.x_test),
+        torch.from_numpy(split.y_test),
+        x_ood,
+        f"{cfg.ood_snr:g} dB SNR",
+    )
     # held-out speaker: every recording of the other speakers trains, all of `held`'s test
     spk_split = load_fsdd(
         data_dir, features=feat, keep=keep, cache_dir=cache_dir, split="speaker", test_speakers=[held]
     )
     std_h = _standardise(spk_split.x_train)
-    xh, yh = std_h(spk_split.x_train), torch.from_numpy(spk_split.y_train)
-    xh_test, yh_test = std_h(spk_split.x_test), torch.from_numpy(spk_split.y_test)
-
-    names = ["deterministic", "bnn"]
-    has_mod = modulator_available()
-    if has_mod:
-        names.append("bnn+modulator")
+    held_task = Task(
+        "fsdd-speaker",
+        std_h(spk_split.x_train),
+        torch.from_numpy(spk_split.y_train),
+        std_h(spk_split.x_test),
+        torch.from_numpy(spk_split.y_test),
+    )
     console.print(
-        f"[bold]FSDD spoken digits[/]: {len(x)} train / {len(xt)} test recordings (official split), "
-        f"speakers {', '.join(speakers)}; log-mel {feat.shape}; model {cfg.model}; "
+        f"[bold]FSDD spoken digits[/]: {len(task.x_train)} train / {len(task.x_test)} test recordings "
+        f"(official split), speakers {', '.join(speakers)}; log-mel {feat.shape}; model {cfg.model}; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads"
         + ("; [yellow]quick mode[/]" if cfg.quick else "")
     )
-    if not has_mod:
-        console.print(
-            "[yellow]bnn+modulator skipped[/]: this uncertlr has no uncertlr.torch.Modulator / "
-            "uncertlr.modulation.G1 yet"
-        )
 
-    results: dict[str, dict[str, float]] = {}
-    preds: dict[str, np.ndarray] = {"labels": split.y_test}
-    histories: dict[str, list[dict[str, float]]] = {}
     per_speaker: dict[str, dict[str, float]] = {}
     sweep: dict[str, dict[str, dict[str, float]]] = {}
-    clean: dict[str, dict[str, float]] = {}
     heldout: dict[str, dict[str, float]] = {}
-    with progress_bar() as bar:
-        for name in names:
-            t0 = time.perf_counter()
-            epochs = cfg.det_epochs if name == "deterministic" else cfg.epochs
-            predict, hist = train_model(name, cfg, x, y, epochs=epochs, bar=bar)
-            with torch.no_grad():
-                p_in, p_out = predict(xt), predict(x_ood)
-                seconds = time.perf_counter() - t0
-                task = bar.add_task(f"{name}: SNR sweep", total=len(cfg.snrs), info="")
-                for snr in cfg.snrs:
-                    p = predict(noisy[snr])
-                    d = metrics.uncertainty_decomposition(p)
-                    sweep.setdefault(name, {})[f"{snr:g}"] = {
-                        "accuracy": float(metrics.accuracy(p, yt)),
-                        "entropy": float(d.total.mean()),
-                        "mi": float(d.epistemic.mean()),
-                    }
-                    bar.update(task, advance=1)
-            summary = classification_summary(p_in, yt, p_out)
-            clean[name] = {
-                "accuracy": summary["accuracy"],
-                "entropy": summary["entropy_in"],
-                "mi": summary["mi_in"],
-            }
-            hit = (p_in.mean(0).argmax(-1) == yt).numpy()
-            per_speaker[name] = {s: float(hit[split.speakers_test == s].mean()) for s in speakers}
-            # the same model trained without `held`
-            t1 = time.perf_counter()
-            predict_h, _ = train_model(
-                name, cfg, xh, yh, epochs=cfg.heldout_epochs, bar=bar, label=f" (without {held})"
-            )
-            with torch.no_grad():
-                ph = predict_h(xh_test)
-            dh = metrics.uncertainty_decomposition(ph)
-            heldout[name] = {
-                "accuracy": float(metrics.accuracy(ph, yh_test)),
-                "ece": float(metrics.ece(ph, yh_test)),
-                "entropy": float(dh.total.mean()),
-                "mi": float(dh.epistemic.mean()),
-            }
-            seconds += time.perf_counter() - t1
-            results[name] = {
-                **summary,
-                **{f"heldout_{k}": v for k, v in heldout[name].items()},
-                "seconds": seconds,
-            }
-            preds[f"{name}_test"] = p_in.numpy().astype(np.float32)
-            preds[f"{name}_ood"] = p_out.numpy().astype(np.float32)
-            histories[name] = hist
+    net = _net(cfg)
 
+    def after(trained: Trained, bar: Any) -> dict[str, float]:
+        """The SNR sweep, and the same method retrained without ``held``."""
+        name, yt = trained.method.name, task.y_test
+        task_id = bar.add_task(f"{name}: SNR sweep", total=len(cfg.snrs), info="") if bar else None
+        for snr in cfg.snrs:
+            p = trained.predict(noisy[snr])
+            d = metrics.uncertainty_decomposition(p)
+            sweep.setdefault(name, {})[f"{snr:g}"] = {
+                "accuracy": float(metrics.accuracy(p, yt)),
+                "entropy": float(d.total.mean()),
+                "mi": float(d.epistemic.mean()),
+            }
+            if bar:
+                bar.update(task_id, advance=1)
+        method_h = replace(trained.method, epochs=cfg.heldout_epochs)
+        again = train(
+            held_task, method_h, net, seed=cfg.seed, progress=bar or False, label=f" (without {held})"
+        )
+        ph = again.predict(held_task.x_test)
+        dh = metrics.uncertainty_decomposition(ph)
+        heldout[name] = {
+            "accuracy": float(metrics.accuracy(ph, held_task.y_test)),
+            "ece": float(metrics.ece(ph, held_task.y_test)),
+            "entropy": float(dh.total.mean()),
+            "mi": float(dh.epistemic.mean()),
+        }
+        return {f"heldout_{k}": v for k, v in heldout[name].items()}
+
+    result = compare(task, methods(cfg), net, seed=cfg.seed, after=after)
+    for name in result.results:  # accuracy per speaker, from the saved test predictions
+        hit = result.predictions[f"{name}_test"].mean(0).argmax(-1) == split.y_test
+        per_speaker[name] = {s: float(hit[split.speakers_test == s].mean()) for s in speakers}
+    clean = {
+        n: {"accuracy": r["accuracy"], "entropy": r["entropy_in"], "mi": r["mi_in"]}
+        for n, r in result.results.items()
+    }
     console.print(
         results_table(
-            results,
+            result.results,
             rows=MAIN_ROWS,
             title=f"FSDD official split; noisy = test at {cfg.ood_snr:g} dB SNR; held-out speaker = {held}",
         )
@@ -413,36 +321,41 @@ def run(
     }
     console.print(results_table(flat, rows=snr_rows, title="SNR sweep (white noise on the test recordings)"))
 
-    run_dir = new_run_dir(out, "speech-digits")
     doc = {
         "task": "fsdd",
         "seed": cfg.seed,
         "config": asdict(cfg),
         "data": {
-            "train": len(x),
-            "test": len(xt),
+            "train": len(task.x_train),
+            "test": len(task.x_test),
             "speakers": speakers,
             "split": "official (index 0-4 test)",
             "features": asdict(feat),
         },
         "ood": f"test recordings with white noise at {cfg.ood_snr:g} dB SNR",
-        "held_out_speaker": {"speaker": held, "train": len(xh), "test": len(xh_test), "models": heldout},
+        "held_out_speaker": {
+            "speaker": held,
+            "train": len(held_task.x_train),
+            "test": len(held_task.x_test),
+            "models": heldout,
+        },
         "per_speaker_accuracy": per_speaker,
         "snr_sweep": {"clean": clean, "by_snr": sweep},
-        "modulator": "included"
-        if has_mod
-        else "not available in this uncertlr (uncertlr.torch.Modulator missing)",
         "total_seconds": time.perf_counter() - t_start,
-        "models": results,
     }
-    save_classification_run(
-        run_dir, doc, predictions=preds, histories=histories, ood_label=f"{cfg.ood_snr:g} dB SNR"
+    save(
+        result,
+        run_dir,
+        doc=doc,
+        inference=result.inference(num_samples=cfg.num_samples, seed=cfg.seed),
+        console=console,
     )
     save_figure(_snr_plot(sweep, clean), run_dir / "snr_sweep.png")
     save_figure(_per_speaker_plot(per_speaker), run_dir / "per_speaker.png")
     console.print(
         f"run folder: [bold]{run_dir}[/] (metrics.json, history.json, predictions.npz, reliability.png, "
-        f"snr_sweep.png, per_speaker.png, uncertainty.png); {time.perf_counter() - t_start:.0f} s in all"
+        f"snr_sweep.png, per_speaker.png, uncertainty.png, report.html); "
+        f"{time.perf_counter() - t_start:.0f} s in all"
     )
     return run_dir
 

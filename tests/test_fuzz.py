@@ -714,7 +714,7 @@ def test_modulator_holds_nonfinite_signals_and_refuses_bad_ones(seq, rule):
         prev_scale = rec["scale"]
         assert opt.param_groups[0]["lr"] == 0.1
         assert all(torch.isfinite(p).all() for p in net.parameters())
-        assert int(mod._state.nonfinite) == expected_nonfinite
+        assert int(mod.rule_state.nonfinite) == expected_nonfinite
 
 
 numbers_or_junk = st.one_of(

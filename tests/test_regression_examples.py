@@ -16,7 +16,8 @@ from hypothesis.extra import numpy as hnp
 
 from uncertlr import metrics
 from uncertlr.likelihoods import NormalPrediction
-from uncertlr.runs import METRICS_SCHEMA, read_json
+from uncertlr._io import read_json
+from uncertlr.runfolder import METRICS_SCHEMA
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "regression_1d.py"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

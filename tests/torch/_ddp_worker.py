@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from uncertlr.modulation import Ratio
 from uncertlr.torch import Modulator, batch_entropy, bayesian
 from uncertlr.torch.distributed import ELBOLoss, init_from_env
-from uncertlr.torch.training import fit
+from uncertlr.torch import fit
 from uncertlr_models import MLP
 
 

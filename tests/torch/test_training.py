@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from uncertlr.torch import bayesian
-from uncertlr.torch.training import fit
+from uncertlr.torch import fit
 
 
 def test_fit_records_history_and_calls_before_step():

@@ -37,8 +37,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from uncertlr._io import atomic_write
+from uncertlr._progress import progress_task
 from uncertlr.data.paths import cache_dir as _cache_dir
-from uncertlr.runs import atomic_write
 
 __all__ = [
     "MFCC",
@@ -461,16 +462,7 @@ def wav_features(
             except (OSError, ValueError):
                 pass  # unreadable cache: recompute and replace it
     waves = []
-    own = progress is True
-    bar = None
-    if progress is not False and progress is not None:
-        from uncertlr.torch.training import progress_bar
-
-        bar = progress_bar(transient=True) if own else progress
-    task = bar.add_task("reading audio", total=len(files), info="") if bar is not None else None
-    if own:
-        bar.start()
-    try:
+    with progress_task(progress, "reading audio", len(files), transient=True) as advance:
         for f in files:
             w, rate = read_wav(f)
             if rate != features.sample_rate:
@@ -478,11 +470,7 @@ def wav_features(
                     f"{f}: sample rate {rate} Hz, but the features expect {features.sample_rate} Hz"
                 )
             waves.append(w)
-            if bar is not None:
-                bar.update(task, advance=1)
-    finally:
-        if own:
-            bar.stop()
+            advance()
     out = features(waves).numpy().astype(np.float32) if waves else np.zeros((0, *features.shape), np.float32)
     if cache_file is not None:
         atomic_write(cache_file, lambda fh: np.save(fh, out))

@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
@@ -30,7 +29,8 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from uncertlr.runs import atomic_write
+from uncertlr._io import atomic_write
+from uncertlr._progress import progress_task
 
 __all__ = ["ChecksumError", "download", "extract_archive", "file_digest", "verify_checksum"]
 
@@ -103,7 +103,13 @@ def download(
         h = hashlib.new(algorithm)
         with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310
             total = response.headers.get("Content-Length") if hasattr(response, "headers") else None
-            with _progress(progress, f"downloading {dest.name}", int(total) if total else None) as advance:
+            with progress_task(
+                progress,
+                f"downloading {dest.name}",
+                int(total) if total else None,
+                transient=True,
+                transfer=True,
+            ) as advance:
                 for block in iter(lambda: response.read(_BLOCK), b""):
                     out.write(block)
                     h.update(block)
@@ -117,24 +123,6 @@ def download(
 
     atomic_write(dest, fetch)
     return dest
-
-
-@contextlib.contextmanager
-def _progress(show: bool, description: str, total: int | None) -> Any:
-    if not show:
-        yield lambda n: None
-        return
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        transient=True,
-    ) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n: bar.update(task, advance=n)
 
 
 def _safe_target(root: Path, name: str, archive: Path) -> Path:

@@ -25,10 +25,10 @@ from typing import Literal
 
 import numpy as np
 
+from uncertlr._io import atomic_write
 from uncertlr.data.digits import Split
 from uncertlr.data.fetch import download as _download
 from uncertlr.data.paths import data_dir
-from uncertlr.runs import atomic_write
 
 __all__ = ["MNIST_SOURCES", "load_mnist", "read_idx", "write_idx"]
 

@@ -1,5 +1,14 @@
 """The PyTorch backend: Bayesian networks built with Pyro from any ``torch.nn.Module``.
 
+* :func:`bayesian` / :class:`BNN` — the Bayesian network (``bnn.elbo``, ``bnn.loss``,
+  ``bnn.predict``, ``bnn.posterior_scale``, Pyro ``bnn.model``/``bnn.guide``);
+* :func:`batch_entropy`, :func:`batch_mutual_information`, :func:`confidence_weighted_nll` —
+  uncertainty signals from the outputs the step already has;
+* :class:`Modulator` — the LR modulator for any ``torch.optim`` optimizer;
+* :func:`fit` / :class:`StepGuard` — a small explicit loop and its numerical guard;
+* :func:`save_checkpoint` / :func:`load_checkpoint` — resumable, pickle-free checkpoints;
+* :mod:`uncertlr.torch.distributed` — ``torchrun`` data parallelism.
+
 Example:
     >>> import torch
     >>> from uncertlr.torch import bayesian
@@ -18,20 +27,24 @@ except ImportError as exc:  # pragma: no cover - exercised only without the core
     ) from exc
 
 from uncertlr.torch.bnn import BNN, ELBOTerms, NormalPrediction, bayesian
-from uncertlr.torch.modulation import (
-    Modulator,
-    batch_entropy,
-    batch_mutual_information,
-    confidence_weighted_nll,
-)
+from uncertlr.torch.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from uncertlr.torch.loop import LoopState, StepGuard, fit
+from uncertlr.torch.modulator import Modulator
+from uncertlr.torch.signals import batch_entropy, batch_mutual_information, confidence_weighted_nll
 
 __all__ = [
     "BNN",
+    "Checkpoint",
     "ELBOTerms",
+    "LoopState",
     "Modulator",
     "NormalPrediction",
+    "StepGuard",
     "batch_entropy",
     "batch_mutual_information",
     "bayesian",
     "confidence_weighted_nll",
+    "fit",
+    "load_checkpoint",
+    "save_checkpoint",
 ]

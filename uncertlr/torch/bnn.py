@@ -25,21 +25,22 @@ import math
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
-import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from pyro import poutine
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from uncertlr import likelihoods as _lik
 from uncertlr import priors as _priors
+from uncertlr._spec import bnn_spec, positive_int
 from uncertlr.likelihoods import NormalPrediction
 from uncertlr.metrics import LayerSpread, layer_spread
-from uncertlr.select import Predicate, Selector, as_selector
+from uncertlr.select import Predicate, Selector
+from uncertlr.torch._likelihood import LikelihoodModule
 from uncertlr.torch._meanfield import MeanFieldNormal
+from uncertlr.torch._modules import fan_in, named_shape_errors, owner
 from uncertlr.torch._rnn import vmappable_rnns
 
 __all__ = ["BNN", "ELBOTerms", "NormalPrediction", "bayesian"]
@@ -66,111 +67,6 @@ class ELBOTerms(NamedTuple):
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _check_labels(y: Any, batch: int, num_classes: int, *, values: bool = True) -> None:
-    """Validate class labels ``y[B]`` against ``batch`` rows and ``num_classes`` (one host sync when ``values``).
-
-    Raises:
-        TypeError: ``y`` is not an integer tensor.
-        ValueError: ``y`` is not ``[batch]``, or (``values``) a label lies outside ``[0, num_classes)``.
-    """
-    if not isinstance(y, Tensor):
-        raise TypeError(f"labels must be a torch.Tensor of class indices; got {type(y).__name__}")
-    if y.dim() != 1 or y.shape[0] != batch:
-        raise ValueError(f"labels must have shape [B] = [{batch}]; got {tuple(y.shape)}")
-    if y.dtype.is_floating_point or y.dtype == torch.bool or y.dtype.is_complex:
-        raise TypeError(f"labels must be an integer tensor of class indices; got dtype {y.dtype}")
-    if values and y.numel():
-        lo, hi = int(y.min()), int(y.max())
-        if lo < 0 or hi >= num_classes:
-            raise ValueError(f"labels must lie in [0, {num_classes}); got values in [{lo}, {hi}]")
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
-    return int(value)
-
-
-def _owner(net: nn.Module, name: str) -> tuple[nn.Module, str]:
-    *path, leaf = name.split(".")
-    mod = net
-    for p in path:
-        mod = getattr(mod, p)
-    return mod, leaf
-
-
-def _fan_in(net: nn.Module, name: str, param: Tensor) -> int:
-    mod, leaf = _owner(net, name)
-    if isinstance(mod, nn.Embedding):
-        return 1
-    if param.dim() >= 2:
-        return int(math.prod(param.shape[1:]))
-    sibling = getattr(mod, leaf.replace("bias", "weight"), None) if "bias" in leaf else None
-    if not isinstance(sibling, Tensor) or sibling.dim() < 2:
-        sibling = getattr(mod, "weight", None) if leaf != "weight" else None
-    if isinstance(sibling, Tensor) and sibling.dim() >= 2:
-        return int(math.prod(sibling.shape[1:]))
-    return 1
-
-
-class _LikelihoodModule(nn.Module):
-    """Torch realisation of a likelihood spec (holds the learned noise, if any)."""
-
-    def __init__(self, spec: _lik.Categorical | _lik.Normal):
-        super().__init__()
-        self.spec = spec
-        if isinstance(spec, _lik.Normal) and spec.learned:
-            self.log_noise = nn.Parameter(torch.tensor(math.log(spec.init_scale)))
-        else:
-            self.log_noise = None
-
-    @property
-    def noise_scale(self) -> Tensor | float:
-        if self.log_noise is not None:
-            return self.log_noise.exp()
-        assert isinstance(self.spec, _lik.Normal) and self.spec.scale is not None
-        return float(self.spec.scale)
-
-    def check(self, outputs: Tensor, y: Tensor) -> None:
-        """Validate targets against one particle's outputs ``[B, ...]``."""
-        if isinstance(self.spec, _lik.Categorical):
-            if outputs.dim() != 2:
-                raise ValueError(
-                    f"Categorical likelihood needs network outputs [B, C] (logits); got {tuple(outputs.shape)}"
-                )
-            _check_labels(y, outputs.shape[0], outputs.shape[1])
-        else:
-            if y.shape != outputs.shape:
-                raise ValueError(
-                    f"regression targets must have the network output's shape {tuple(outputs.shape)}; got {tuple(y.shape)} "
-                    "(reshape y, e.g. y[:, None], rather than rely on broadcasting)"
-                )
-            if not y.dtype.is_floating_point:
-                raise TypeError(f"regression targets must be floating point; got dtype {y.dtype}")
-            if not torch.isfinite(y).all():
-                raise ValueError("regression targets contain NaN or inf")
-
-    def nll(self, outputs: Tensor, y: Tensor) -> Tensor:
-        """Mean negative log-likelihood over particles and the batch; ``outputs[K, B, ...]``."""
-        if isinstance(self.spec, _lik.Categorical):
-            # cross_entropy wants int64 (or uint8) targets: int32/int16 labels are just as valid
-            return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), y.long().repeat(outputs.shape[0]))
-        scale = self.noise_scale
-        var = scale * scale
-        log_scale = self.log_noise if self.log_noise is not None else math.log(scale)  # type: ignore[arg-type]
-        per = 0.5 * (outputs - y) ** 2 / var + log_scale + 0.5 * math.log(2 * math.pi)
-        return per.sum(tuple(range(2, per.dim()))).mean() if per.dim() > 2 else per.mean()
-
-    def observe(self, outputs: Tensor, y: Tensor | None, num_data: int) -> None:
-        """The Pyro observation site ``obs`` (subsampled plate ``data`` of size ``num_data``)."""
-        with pyro.plate("data", num_data, subsample_size=outputs.shape[0]):
-            if isinstance(self.spec, _lik.Categorical):
-                pyro.sample("obs", dist.Categorical(logits=outputs), obs=y)
-            else:
-                d = dist.Normal(outputs, self.noise_scale)
-                pyro.sample("obs", d.to_event(outputs.dim() - 1) if outputs.dim() > 1 else d, obs=y)
 
 
 # --------------------------------------------------------------------------- the BNN
@@ -203,7 +99,7 @@ class BNN(nn.Module):
         self.num_data = int(num_data)
         self.kl_weight = float(kl_weight)
         self.validate = bool(validate)
-        self.likelihood_module = _LikelihoodModule(likelihood)
+        self.likelihood_module = LikelihoodModule(likelihood)
 
         names = [n for n, _ in self.net.named_parameters()]
         if not names:
@@ -211,7 +107,7 @@ class BNN(nn.Module):
         bound = select.bind(names)
         chosen: dict[str, Tensor] = {}
         for n, p in self.net.named_parameters():
-            if bound(n, _owner(self.net, n)[0]) and p.requires_grad:
+            if bound(n, owner(self.net, n)[0]) and p.requires_grad:
                 chosen[n] = p
         aliases: dict[int, list[str]] = {}
         for n, p in self.net.named_parameters(remove_duplicate=False):
@@ -222,12 +118,12 @@ class BNN(nn.Module):
         if not chosen:
             raise ValueError(f"select={select!r} chose none of the network's parameters {names[:6]}...")
 
-        fan_ins = {n: _fan_in(self.net, n, p) for n, p in chosen.items()}
+        fan_ins = {n: fan_in(self.net, n, p) for n, p in chosen.items()}
         self.posterior = MeanFieldNormal({n: p.detach() for n, p in chosen.items()}, init_scale)
         # Random parameters become non-persistent buffers holding the initial weights; every
         # forward pass replaces them with posterior draws through functional_call.
         for n in chosen:
-            mod, leaf = _owner(self.net, n)
+            mod, leaf = owner(self.net, n)
             t = mod._parameters.pop(leaf)
             mod.register_buffer(leaf, t.detach().clone(), persistent=False)
 
@@ -295,7 +191,7 @@ class BNN(nn.Module):
         """A deterministic copy of the network with every random parameter at its posterior mean."""
         net = copy.deepcopy(self.net)
         for n, t in self.posterior_loc().items():
-            mod, leaf = _owner(net, n)
+            mod, leaf = owner(net, n)
             del mod._buffers[leaf]
             mod.register_parameter(leaf, nn.Parameter(t.clone()))
         return net
@@ -328,7 +224,7 @@ class BNN(nn.Module):
 
     def _outputs(self, flat_w: Tensor, x: Tensor) -> Tensor:
         """Network outputs ``[K, B, ...]`` for flat weights ``[P]`` (K = 1) or ``[K, P]``; vmap when ``K > 1``."""
-        with _named_shape_errors(x):
+        with named_shape_errors(x):
             return self._outputs_unchecked(flat_w, x)
 
     def _outputs_unchecked(self, flat_w: Tensor, x: Tensor) -> Tensor:
@@ -363,7 +259,7 @@ class BNN(nn.Module):
             >>> tuple(terms.outputs.shape)
             (2, 8, 3)
         """
-        num_particles = _positive_int("num_particles", num_particles)
+        num_particles = positive_int("num_particles", num_particles)
         self._check_input(x)
         if not isinstance(y, Tensor):
             raise TypeError(f"y must be a torch.Tensor; got {type(y).__name__}")
@@ -380,7 +276,7 @@ class BNN(nn.Module):
             zero = torch.zeros_like(self.prior_prec)
             entropy_const = -0.5 * post.num_params * math.log(2 * math.pi * math.e)
             flat_w, neg_entropy = post.sample_kl(eps, None, zero, entropy_const)
-            log_prior = self._mixture_log_prior(flat_w)
+            log_prior = self.prior.log_prob(flat_w).sum(-1)  # type: ignore[union-attr]
             kl = neg_entropy - (log_prior if flat_w.dim() == 1 else log_prior.mean())
         outputs = self._outputs(flat_w, x)
         if self.validate:
@@ -419,14 +315,6 @@ class BNN(nn.Module):
         """
         return self.elbo(x, y, num_particles=num_particles).loss
 
-    def _mixture_log_prior(self, flat_w: Tensor) -> Tensor:
-        pr = self.prior
-        assert isinstance(pr, _priors.ScaleMixtureNormal)
-        log_pi = torch.tensor([math.log(pr.pi), math.log1p(-pr.pi)], dtype=flat_w.dtype, device=flat_w.device)
-        scales = torch.tensor([pr.scale1, pr.scale2], dtype=flat_w.dtype, device=flat_w.device)
-        comp = dist.Normal(torch.zeros_like(scales), scales).log_prob(flat_w.unsqueeze(-1)) + log_pi
-        return torch.logsumexp(comp, dim=-1).sum(-1)
-
     def forward(self, x: Tensor) -> Tensor:
         """Outputs of the network under one posterior draw, ``[B, ...]``."""
         self._check_input(x)
@@ -449,7 +337,7 @@ class BNN(nn.Module):
         Vectorised over samples with ``torch.func.vmap``; when ``S * P`` is large the draws
         are processed in a few chunks (never one sample at a time).
         """
-        num_samples = _positive_int("num_samples", num_samples)
+        num_samples = positive_int("num_samples", num_samples)
         self._check_input(x)
         chunk = max(1, min(num_samples, PREDICT_CHUNK_ELEMENTS // max(1, self.posterior.num_params)))
         outs = []
@@ -458,7 +346,7 @@ class BNN(nn.Module):
             for start in range(0, num_samples, chunk):
                 k = min(chunk, num_samples - start)
                 flat_w = torch.addcmul(loc, scale, self._noise(k))
-                with _named_shape_errors(x):
+                with named_shape_errors(x):
                     outs.append(vmap(lambda w: self._call(self.posterior.unflatten(w), x))(flat_w))
         return torch.cat(outs) if len(outs) > 1 else outs[0]
 
@@ -554,26 +442,6 @@ class BNN(nn.Module):
         return out
 
 
-@contextlib.contextmanager
-def _named_shape_errors(x: Tensor) -> Iterator[None]:
-    """Turn a shape or dtype mismatch deep in the user's forward (an opaque RuntimeError) into a named error."""
-    try:
-        yield
-    except RuntimeError as e:
-        if any(k in str(e) for k in ("dtype", "scalar type", "not implemented for")):
-            raise TypeError(
-                f"the network cannot be applied to x of dtype {x.dtype} (shape {tuple(x.shape)}); cast x to the "
-                f"dtype the network expects (floating point for Linear/Conv, integer indices for Embedding). "
-                f"torch said: {e}"
-            ) from e
-        if any(k in str(e) for k in ("shape", "size", "dimension", "must match", "Expected")):
-            raise ValueError(
-                f"the network cannot be applied to x of shape {tuple(x.shape)} (dtype {x.dtype}); "
-                f"check the input shape it expects. torch said: {e}"
-            ) from e
-        raise
-
-
 def bayesian(
     net: nn.Module,
     *,
@@ -599,7 +467,7 @@ def bayesian(
             (see :mod:`uncertlr.select`); the rest stay deterministic. Default: all.
         init_scale: initial posterior std of every random weight; the posterior means
             start at the network's current weights.
-        kl_weight: multiplies the KL term (1 = the ELBO; < 1 a tempered posterior).
+        kl_weight: multiplies the KL term (1 = the ELBO; < 1 a tempered posterior); must be > 0.
         validate: check inputs and targets each call (shapes, dtypes, NaN/inf, label range).
 
     Example:
@@ -613,20 +481,13 @@ def bayesian(
     """
     if not isinstance(net, nn.Module):
         raise TypeError(f"net must be a torch.nn.Module; got {type(net).__name__}")
-    if isinstance(num_data, bool) or not isinstance(num_data, int) or num_data < 1:
-        raise ValueError(f"num_data must be a positive integer (the training-set size); got {num_data!r}")
-    if not (math.isfinite(kl_weight) and kl_weight >= 0):
-        raise ValueError(f"kl_weight must be finite and >= 0; got {kl_weight!r}")
-    prior = _priors.Normal(1.0) if prior is None else prior
-    if not isinstance(prior, (_priors.Normal, _priors.FanInNormal, _priors.ScaleMixtureNormal)):
-        raise TypeError(f"prior must be an uncertlr.priors spec; got {type(prior).__name__}")
-    return BNN(
-        net,
-        prior=prior,
-        likelihood=_lik.as_likelihood(likelihood),
-        select=as_selector(select),
+    spec = bnn_spec(
         num_data=num_data,
+        prior=prior,
+        likelihood=likelihood,
+        select=select,
         init_scale=init_scale,
         kl_weight=kl_weight,
         validate=validate,
     )
+    return BNN(net, **spec._asdict())

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from uncertlr.runs import atomic_write, environment
+from uncertlr._io import atomic_write, environment
 
 __all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "load_checkpoint", "save_checkpoint"]
 

@@ -2,7 +2,7 @@
 
 Every process holds the whole BNN; :class:`ELBOLoss` lets
 ``torch.nn.parallel.DistributedDataParallel`` average the ELBO's gradients across
-processes, and :func:`~uncertlr.torch.training.fit`'s ``shard=(rank, world_size)``
+processes, and :func:`~uncertlr.torch.fit`'s ``shard=(rank, world_size)``
 gives each process its share of every global batch. With the same seed on every
 process, all processes draw the same weight noise, so N processes on batches of
 B/N compute exactly the gradient one process computes on the batch of B.
@@ -12,7 +12,7 @@ Example (``train.py``, run with ``torchrun --nproc_per_node=2 train.py``)::
     from torch.nn.parallel import DistributedDataParallel as DDP
     from uncertlr.torch import bayesian
     from uncertlr.torch.distributed import ELBOLoss, init_from_env
-    from uncertlr.torch.training import fit
+    from uncertlr.torch import fit
 
     info = init_from_env()                     # gloo on CPU, NCCL on GPU
     torch.manual_seed(0)                       # the same seed on every process
@@ -69,8 +69,12 @@ def init_from_env(backend: str | None = None) -> DistInfo:
 
 
 def all_reduce_mean(value: Tensor) -> Tensor:
-    """The mean of ``value`` over all processes (``value`` itself without a process group)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    """The mean of ``value`` over all processes (``value`` itself without a process group).
+
+    Used by :class:`~uncertlr.torch.Modulator` on a global rule's signal, so every replica
+    applies the same factor.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
         return value
     out = value.detach().clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)

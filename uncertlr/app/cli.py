@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint"
     )
-    from uncertlr.train import DATASETS, TrainConfig
+    from uncertlr.app.train import DATASETS, TrainConfig
 
     defaults = TrainConfig()
     t.add_argument("--data", default=defaults.data, choices=sorted(DATASETS))
@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         import torch
 
-        from uncertlr.demo import DemoConfig, run_demo
+        from uncertlr.app.demo import DemoConfig, run_demo
 
         torch.set_num_threads(max(1, torch.get_num_threads()))
         cfg = DemoConfig(seed=args.seed)
@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "train":
         from dataclasses import fields
 
-        from uncertlr.train import TrainConfig, run_training
+        from uncertlr.app.train import TrainConfig, run_training
 
         values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name != "hidden"}
         cfg = TrainConfig(hidden=tuple(int(h) for h in args.hidden.split(",") if h), **values)
@@ -96,19 +96,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _report(run_dir: str) -> int:
     from rich.console import Console
+    from rich.markup import escape
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     try:
         from uncertlr.diagnostics import report
     except ImportError as exc:
-        console.print(f"[red]error[/]: {exc}")
+        console.print(f"[red]error[/]: {escape(str(exc))}")
         return 1
     try:
         path = report(run_dir, progress=True)
     except (FileNotFoundError, ValueError) as exc:
-        console.print(f"[red]error[/]: {exc}")
+        console.print(f"[red]error[/]: {escape(str(exc))}")
         return 1
-    console.print(f"report: [bold]{path}[/]")
+    console.print(f"report: [bold]{escape(str(path))}[/]")
     return 0
 
 

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from uncertlr.cli import main
-from uncertlr.evaluation import CLASSIFICATION_KEYS
-from uncertlr.runs import METRICS_SCHEMA
+from uncertlr.app.cli import main
+from uncertlr.runfolder import CLASSIFICATION_KEYS, METRICS_SCHEMA
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import time
 import pytest
 import torch
 
-from uncertlr.cli import main
-from uncertlr.runs import read_json
+from uncertlr.app.cli import main
+from uncertlr._io import read_json
 
 ARGS = [
     "--epochs",
@@ -29,7 +29,7 @@ ARGS = [
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-c", "import sys; from uncertlr.cli import main; sys.exit(main())", *args]
+    return [sys.executable, "-c", "import sys; from uncertlr.app.cli import main; sys.exit(main())", *args]
 
 
 def _env():

@@ -28,69 +28,39 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 
-from uncertlr import priors
-from uncertlr.data import load_digits, shuffle_pixels
-from uncertlr.evaluation import classification_summary
+from uncertlr import runfolder
+from uncertlr._io import read_json, write_json
+from uncertlr.app.demo import BNNConfig, digits_task, mlp_factory
+from uncertlr.app.pipeline import (
+    Comparison,
+    Task,
+    Trained,
+    evaluate,
+    merge_modulator_history,
+    predictor,
+    save,
+    setup,
+)
 from uncertlr.modulation import GradSigmaRatio, Ratio
-from uncertlr.runs import new_run_dir, read_json, save_classification_run, write_json, write_report
-from uncertlr.torch import Modulator, batch_entropy, bayesian
-from uncertlr.torch.checkpoint import load_checkpoint, save_checkpoint
+from uncertlr.torch import LoopState, fit, load_checkpoint, save_checkpoint
 from uncertlr.torch.distributed import ELBOLoss, init_from_env
-from uncertlr.torch.training import LoopState, fit
 
 __all__ = ["DATASETS", "MODULATORS", "TrainConfig", "TrainResult", "run_training"]
 
 #: ``--modulator`` choices: name -> rule (the same rules as the demo's ``bnn+g1`` / ``bnn+p2``).
 MODULATORS: dict[str, Any] = {"none": None, "g1": Ratio(kappa=-0.5), "p2": GradSigmaRatio(kappa=-0.5)}
 
-
-class Dataset(NamedTuple):
-    """Tensors for a classification run: train, test and an out-of-distribution set."""
-
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    x_ood: torch.Tensor
-    num_classes: int
-    ood: str
-
-
-def _digits(seed: int) -> Dataset:
-    s = load_digits(seed=seed)
-    t = torch.from_numpy
-    return Dataset(
-        t(s.x_train),
-        t(s.y_train),
-        t(s.x_test),
-        t(s.y_test),
-        t(shuffle_pixels(s.x_test, seed=seed + 1)),
-        s.num_classes,
-        "test images with shuffled pixels",
-    )
-
-
-#: Datasets ``uncertlr train --data NAME`` knows: name -> loader(seed) -> Dataset.
-DATASETS: dict[str, Callable[[int], Dataset]] = {"digits": _digits}
+#: Datasets ``uncertlr train --data NAME`` knows: name -> task(seed).
+DATASETS: dict[str, Callable[[int], Task]] = {"digits": digits_task}
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(BNNConfig):
     """Settings of a training run (saved as ``config.json`` in the run folder)."""
 
     data: str = "digits"
-    hidden: tuple[int, ...] = (128, 128)
-    epochs: int = 150
-    batch_size: int = 64
-    lr: float = 1e-2
-    kl_weight: float = 0.1
-    prior_scale: float = 1.0
-    init_scale: float = 1e-3
-    num_samples: int = 64
-    seed: int = 0
     checkpoint_every: int = 500
     max_consecutive_skips: int = 5
     modulator: str = "none"
@@ -109,6 +79,10 @@ class TrainConfig:
         if "hidden" in d:
             d["hidden"] = tuple(d["hidden"])
         return cls(**d)
+
+    @property
+    def model_name(self) -> str:
+        return "bnn" if self.modulator == "none" else f"bnn+{self.modulator}"
 
 
 class TrainResult(NamedTuple):
@@ -151,6 +125,20 @@ def _any_rank(flag: bool, world_size: int) -> bool:
     return bool(t.item() > 0)
 
 
+def _config(
+    config: TrainConfig | None, resume: str | Path | None, console: Any
+) -> tuple[TrainConfig, Path | None]:
+    if resume is None:
+        return config or TrainConfig(), None
+    run_dir = Path(resume)
+    if not (run_dir / "checkpoint.pt").is_file():
+        raise FileNotFoundError(f"cannot resume: {run_dir / 'checkpoint.pt'} does not exist")
+    cfg = TrainConfig.from_dict(read_json(run_dir / "config.json"))
+    if config is not None and config != cfg:
+        console.print("[yellow]--resume uses the run's saved configuration; other options are ignored[/]")
+    return cfg, run_dir
+
+
 def run_training(
     out: str | Path = "runs",
     config: TrainConfig | None = None,
@@ -161,59 +149,33 @@ def run_training(
     """Train (or resume) a Bayesian MLP; returns the run folder, the step reached and the exit code."""
     from rich.console import Console
 
-    from uncertlr_models import MLP
-
     info = init_from_env()
     main_proc = info.rank == 0
     console = console or Console(quiet=not main_proc)
-    run_dir: Path | None
-    if resume is not None:
-        run_dir = Path(resume)
-        if not (run_dir / "checkpoint.pt").is_file():
-            raise FileNotFoundError(f"cannot resume: {run_dir / 'checkpoint.pt'} does not exist")
-        cfg = TrainConfig.from_dict(read_json(run_dir / "config.json"))
-        if config is not None and config != cfg:
-            console.print("[yellow]--resume uses the run's saved configuration; other options are ignored[/]")
-    else:
-        cfg = config or TrainConfig()
-        run_dir = None
+    cfg, run_dir = _config(config, resume, console)
     if cfg.data not in DATASETS:
         raise ValueError(f"unknown dataset {cfg.data!r}; known: {sorted(DATASETS)}")
 
-    data = DATASETS[cfg.data](cfg.seed)
-    torch.manual_seed(cfg.seed)  # the same seed on every process: identical weight noise everywhere
-    bnn = bayesian(
-        MLP(data.x_train.shape[1], cfg.hidden, data.num_classes),
-        num_data=len(data.x_train),
-        prior=priors.Normal(cfg.prior_scale),
-        kl_weight=cfg.kl_weight,
-        init_scale=cfg.init_scale,
-    )
-    bnn.to(info.device)
+    task = DATASETS[cfg.data](cfg.seed)
+    method = cfg.method(cfg.model_name, MODULATORS[cfg.modulator])
+    # the same seed on every process: identical weight noise everywhere
+    net = mlp_factory(task.x_train.shape[1], cfg.hidden, task.num_classes)
+    s = setup(task, method, net, seed=cfg.seed, device=info.device)
+    bnn, opt, sched, mod = s.model, s.optimizer, s.scheduler, s.modulator
     loss_fn: Any = ELBOLoss(bnn)
     if info.world_size > 1:
         loss_fn = torch.nn.parallel.DistributedDataParallel(loss_fn, broadcast_buffers=False)
-    opt = torch.optim.Adam(bnn.parameters(), lr=cfg.lr)
-    rule = MODULATORS[cfg.modulator]
-    mod: Modulator | None = None
-    before_step = None
-    if rule is not None:
-        # each process observes its own shard's entropy; the modulator all-reduces it (mean)
-        mod = Modulator(rule, sigma=bnn if rule.per_parameter else None).attach(opt)
-        before_step = lambda terms: mod.observe(batch_entropy(terms.outputs))  # noqa: E731
-    steps_per_epoch = -(-len(data.x_train) // cfg.batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, cfg.epochs * steps_per_epoch))
+    total = cfg.epochs * -(-len(task.x_train) // cfg.batch_size)
     gen = torch.Generator().manual_seed(cfg.seed)
     start, history = 0, []
-    if resume is not None:
-        assert run_dir is not None
+    if run_dir is not None:
         ckpt = load_checkpoint(
             run_dir / "checkpoint.pt", model=bnn, optimizer=opt, scheduler=sched, modulator=mod, generator=gen
         )
         start, history = ckpt.step, ckpt.history
-        console.print(f"resuming {run_dir} at step {start} of {cfg.epochs * steps_per_epoch}")
+        console.print(f"resuming {run_dir} at step {start} of {total}")
     elif main_proc:
-        run_dir = new_run_dir(out, "train")
+        run_dir = runfolder.new_run_dir(out, "train")
         write_json(run_dir / "config.json", asdict(cfg))
 
     def checkpoint(state: LoopState) -> None:
@@ -239,7 +201,7 @@ def run_training(
             checkpoint(state)
         return stop
 
-    x, y = data.x_train.to(info.device), data.y_train.to(info.device)
+    x, y = task.x_train.to(info.device), task.y_train.to(info.device)
     t0 = time.perf_counter()
     with stopper.installed():
         console.print(f"training started: {cfg.data}, {info.world_size} process(es), run folder {run_dir}")
@@ -251,10 +213,10 @@ def run_training(
             epochs=cfg.epochs,
             batch_size=cfg.batch_size,
             scheduler=sched,
-            before_step=before_step,
+            before_step=s.before_step,
             generator=gen,
             progress=main_proc,
-            description="bnn",
+            description=method.name,
             start_step=start,
             history=history,
             on_step=on_step,
@@ -262,7 +224,7 @@ def run_training(
             shard=(info.rank, info.world_size) if info.world_size > 1 else None,
         )
     step = len(history)
-    if stopper.signum is not None and step < cfg.epochs * steps_per_epoch:
+    if stopper.signum is not None and step < total:
         name = signal.Signals(stopper.signum).name
         console.print(
             f"[bold yellow]{name}[/] at step {step}: checkpoint written to {run_dir}/checkpoint.pt; "
@@ -273,62 +235,47 @@ def run_training(
     if main_proc:
         assert run_dir is not None
         checkpoint(LoopState(step, cfg.epochs - 1, gen.get_state(), history, None))  # type: ignore[arg-type]
-        _write_results(run_dir, cfg, bnn, mod, data, history, seconds, info.world_size, console)
+        if mod is not None:
+            merge_modulator_history(history, mod)
+        _write_results(
+            run_dir, cfg, task, Trained(method, bnn, predictor(bnn, method), history), seconds, info, console
+        )
     return TrainResult(run_dir, step, 0)
 
 
 def _write_results(
-    run_dir: Path,
-    cfg: TrainConfig,
-    bnn: Any,
-    mod: Modulator | None,
-    data: Dataset,
-    history: list[dict[str, float]],
-    seconds: float,
-    world_size: int,
-    console: Any,
+    run_dir: Path, cfg: TrainConfig, task: Task, trained: Trained, seconds: float, info: Any, console: Any
 ) -> None:
-    name = "bnn" if mod is None else f"bnn+{cfg.modulator}"
-    device = bnn.posterior.loc.device
-    with torch.no_grad():
-        p_in = bnn.predict(data.x_test.to(device), num_samples=cfg.num_samples).cpu()
-        p_out = bnn.predict(data.x_ood.to(device), num_samples=cfg.num_samples).cpu()
-    summary = {
-        **classification_summary(p_in, data.y_test, p_out),
-        "seconds": seconds,
-        "skipped_steps": sum(h.get("skipped", 0.0) for h in history),
+    device = trained.model.posterior.loc.device
+    on_device = Task(
+        task.name,
+        task.x_train,
+        task.y_train,
+        task.x_test.to(device),
+        task.y_test,
+        task.x_ood.to(device),
+        task.ood,
+    )
+    summary, arrays = evaluate(trained, on_device)
+    summary.update(seconds=seconds, skipped_steps=sum(h.get("skipped", 0.0) for h in trained.history))
+    name = trained.method.name
+    result = Comparison(
+        results={name: summary},
+        predictions={"labels": task.y_test.numpy(), **arrays},
+        histories={name: trained.history},
+        ood=task.ood,
+        task=task,
+        trained={name: trained},
+    )
+    doc = {
+        "task": cfg.data,
+        "seed": cfg.seed,
+        "device": str(device),
+        "world_size": info.world_size,
+        "config": asdict(cfg),
+        "ood": task.ood,
     }
-    if mod is not None:  # the modulator's signal and factor beside each applied step's loss and lr
-        applied = (rec for rec in history if not rec.get("skipped"))
-        for rec, m in zip(applied, mod.history):
-            rec.update({k: m[k] for k in ("signal", "scale", "scale_min", "scale_max") if k in m})
-    save_classification_run(
-        run_dir,
-        {
-            "task": cfg.data,
-            "seed": cfg.seed,
-            "device": str(device),
-            "world_size": world_size,
-            "config": asdict(cfg),
-            "ood": data.ood,
-            "models": {name: summary},
-        },
-        predictions={
-            "labels": data.y_test.numpy(),
-            f"{name}_test": p_in.numpy().astype(np.float32),
-            f"{name}_ood": p_out.numpy().astype(np.float32),
-        },
-        histories={name: history},
-        ood_label=data.ood,
-    )
-    write_report(
-        run_dir,
-        {name: bnn},
-        data.x_test,
-        data.y_test,
-        num_samples=cfg.num_samples,
-        seed=cfg.seed,
-        console=console,
-    )
+    inference = result.inference(num_samples=cfg.num_samples, seed=cfg.seed)
+    save(result, run_dir, doc=doc, inference=inference, console=console)
     console.print(json.dumps({k: round(v, 4) for k, v in summary.items()}))
     console.print(f"run folder: [bold]{run_dir}[/]")

@@ -1,0 +1,510 @@
+"""The LR modulator for any ``torch.optim`` optimizer.
+
+``Modulator(rule).attach(optimizer)`` registers a step pre-hook and a step post-hook on
+that optimizer (never the process-wide hooks) that scale the step the optimizer proposes.
+The facade holds what every mode shares (the signal, the history, checkpoints); one small
+class per mode does the scaling:
+
+* a **global** rule (:class:`~uncertlr.modulation.Ratio`, :class:`~uncertlr.modulation.ZScore`)
+  turns the signal passed to :meth:`Modulator.observe` into a factor ``s`` and runs the step
+  with ``lr = base_lr * s`` in every param group; the base learning rates are put back right
+  after the step, so LR schedulers, ``optimizer.state_dict()`` and your logs only ever see
+  the base schedule;
+* a **per-parameter** rule (:class:`~uncertlr.modulation.SigmaRatio`,
+  :class:`~uncertlr.modulation.GradSigmaRatio`, :class:`~uncertlr.modulation.VarianceRatio`)
+  snapshots the modulated parameters before the step and afterwards sets
+  ``θ = θ_before + s ⊙ (θ_after - θ_before)`` with ``torch._foreach`` ops.
+
+Where σ comes from for a per-parameter rule (``sigma=``):
+
+* a :class:`~uncertlr.torch.BNN`: its posterior std ``bnn.posterior.scale`` for
+  ``bnn.posterior.loc``, with the rule's reference mean taken per named random parameter
+  (one weight matrix or bias vector at a time). Only the posterior *means* are modulated:
+  ``log_scale`` (the posterior's own width), the likelihood noise and any deterministic
+  parameters take their optimizer's plain step;
+* ``None``: a gradient-noise estimate (:class:`~uncertlr.modulation.GradientNoise`) for every
+  parameter the optimizer holds — for deterministic networks;
+* a callable returning ``{parameter: sigma tensor shaped like it}`` for anything else
+  (a Laplace approximation, MCMC draws...); parameters it leaves out are not modulated.
+
+Under ``torch.distributed`` (when a process group is initialised) the signal of a global
+rule is all-reduced (mean, :func:`uncertlr.torch.distributed.all_reduce_mean`) before the
+rule sees it, so every replica applies the same factor; per-parameter rules need no
+reduction because replicas hold the same parameters and (after DDP's all-reduce) the same
+gradients.
+
+Example:
+    >>> import torch
+    >>> from uncertlr.modulation import Ratio
+    >>> from uncertlr.torch import Modulator, batch_entropy
+    >>> net = torch.nn.Linear(4, 3)
+    >>> opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    >>> mod = Modulator(Ratio(warmup=0)).attach(opt)
+    >>> for _ in range(3):
+    ...     opt.zero_grad()
+    ...     logits = net(torch.randn(8, 4))
+    ...     torch.nn.functional.cross_entropy(logits, torch.randint(0, 3, (8,))).backward()
+    ...     mod.observe(batch_entropy(logits))
+    ...     opt.step()
+    >>> opt.param_groups[0]["lr"], sorted(mod.history[-1])
+    (0.1, ['lr', 'scale', 'signal', 'step'])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from uncertlr.modulation import GradientNoise, ParamSignal, Rule
+from uncertlr.torch.bnn import BNN
+from uncertlr.torch.distributed import all_reduce_mean
+
+__all__ = ["STATE_KEYS", "Modulator"]
+
+#: Keys of :meth:`Modulator.state_dict`, in order.
+STATE_KEYS = ("rule", "num_steps", "rule_state", "noise_state", "history")
+
+SigmaSource = BNN | Callable[[], Mapping[Tensor, Tensor]] | None
+
+
+def _rule_id(rule: Any) -> dict[str, Any]:
+    fields = dataclasses.asdict(rule) if dataclasses.is_dataclass(rule) else {"repr": repr(rule)}
+    return {"class": f"{type(rule).__module__}.{type(rule).__qualname__}", "fields": fields}
+
+
+def _is_numpy(x: Any) -> bool:
+    return isinstance(x, (np.ndarray, np.generic))
+
+
+def _state_to_dict(state: Any) -> dict[str, Tensor]:
+    return {
+        k: torch.from_numpy(np.array(v)) if _is_numpy(v) else v.detach().clone()
+        for k, v in state._asdict().items()
+    }
+
+
+def _state_from_dict(like: Any, saved: Mapping[str, Tensor], where: str) -> Any:
+    fields = like._fields
+    if set(saved) != set(fields):
+        raise ValueError(f"{where}: saved state has keys {sorted(saved)}, expected {sorted(fields)}")
+    out = {}
+    for k in fields:
+        ref, v = getattr(like, k), saved[k]
+        if tuple(v.shape) != tuple(ref.shape):
+            raise ValueError(f"{where}.{k}: saved shape {tuple(v.shape)} does not match {tuple(ref.shape)}")
+        if _is_numpy(ref):
+            out[k] = np.array(v.detach().cpu().numpy(), dtype=ref.dtype)
+        else:
+            out[k] = v.detach().to(device=ref.device, dtype=ref.dtype).clone()
+    return type(like)(**out)
+
+
+def _as_signal(signal: Any) -> Tensor:
+    """A real scalar (tensor, numpy/jax array or number) as a 0-d float32 tensor on its device."""
+    if isinstance(signal, Tensor):
+        t = signal.detach()
+    elif isinstance(signal, numbers.Real):
+        t = torch.tensor(float(signal))
+    elif hasattr(signal, "__array__") and np.asarray(signal).dtype.kind in "biuf":  # numpy, jax
+        t = torch.as_tensor(np.asarray(signal, dtype=np.float64))
+    else:
+        raise TypeError(
+            f"the signal must be a real scalar (tensor, array or number); got {type(signal).__name__}"
+        )
+    if t.is_complex():
+        raise TypeError(f"the signal must be real; got dtype {t.dtype}")
+    if t.numel() != 1:
+        raise ValueError(f"the signal must be a scalar; got shape {tuple(t.shape)} (reduce it, e.g. .mean())")
+    return t.reshape(()).float()
+
+
+# --------------------------------------------------------------------------- global mode
+
+
+class _GlobalMode:
+    """One factor per step from the signal, applied through every param group's learning rate."""
+
+    def __init__(self, rule: Rule, params: list[Tensor]):
+        self.rule = rule
+        dev = params[0].device
+        # On the CPU the scalar state lives in numpy: the same rule code, a few times less
+        # per-op overhead than 0-d torch tensors. Elsewhere it stays on the device (no sync).
+        like = np.zeros((), np.float32) if dev.type == "cpu" else torch.zeros((), device=dev)
+        self.state = rule.init(like)
+        self.last_scale: Any = None
+        self._saved_lr: list[Any] | None = None
+
+    def before_step(self, optimizer: torch.optim.Optimizer, u: Tensor | None) -> dict[str, float]:
+        if u is None:
+            raise RuntimeError(
+                "Modulator: call observe(signal) before every optimizer.step() "
+                "(a global rule needs this step's signal)"
+            )
+        if _is_numpy(self.state.scale):
+            s, self.state = self.rule.update(np.float32(float(u)), self.state)
+        else:
+            s, self.state = self.rule.update(u.to(self.state.scale.device), self.state)
+        self.last_scale = s
+        factor = float(s)
+        self._saved_lr = [g["lr"] for g in optimizer.param_groups]
+        for g in optimizer.param_groups:
+            g["lr"] = g["lr"] * factor
+        return {"signal": float(u), "scale": factor, "lr": float(self._saved_lr[0]) * factor}
+
+    def restore(self, optimizer: torch.optim.Optimizer | None) -> None:
+        """Put the base learning rates back (after the step, or after a step that raised)."""
+        if self._saved_lr is not None and optimizer is not None:
+            for g, lr in zip(optimizer.param_groups, self._saved_lr):
+                g["lr"] = lr
+        self._saved_lr = None
+
+    def after_step(self, optimizer: torch.optim.Optimizer) -> dict[str, float] | None:
+        self.restore(optimizer)
+        return None
+
+    def scale(self) -> Tensor | None:
+        s = self.last_scale
+        return torch.as_tensor(np.asarray(s)) if _is_numpy(s) else s
+
+    def state_dict(self) -> tuple[Any, Any]:
+        return _state_to_dict(self.state), None
+
+    def load(self, rule_state: Any, noise_state: Any) -> None:
+        self.state = _state_from_dict(self.state, rule_state, "rule_state")
+
+
+# --------------------------------------------------------------------------- per-parameter mode
+
+
+@dataclasses.dataclass
+class _Target:
+    """One modulated optimizer parameter, split into segments (per named parameter for a BNN)."""
+
+    param: Tensor
+    sizes: list[int]
+    states: list[Any]
+    noise: list[Any] | None = None
+    scales: list[Tensor] | None = None
+    before: Tensor | None = None
+
+
+class _PerParameterMode:
+    """Elementwise factors from ``(grad, σ)``, applied to the update after the step (foreach lerp)."""
+
+    def __init__(self, rule: Rule, sigma: SigmaSource, noise: GradientNoise, params: list[Tensor]):
+        self.rule, self.sigma, self.noise = rule, sigma, noise
+        self.targets = self._build_targets(params)
+        self._step_targets: list[_Target] = []
+
+    def _build_targets(self, params: list[Tensor]) -> list[_Target]:
+        rule = self.rule
+        if isinstance(self.sigma, BNN):
+            post = self.sigma.posterior
+            if id(post.loc) not in {id(p) for p in params}:
+                raise ValueError(
+                    "bnn.posterior.loc is not among the optimizer's parameters; "
+                    "build the optimizer over bnn.parameters()"
+                )
+            sizes = list(post.sizes)
+            return [_Target(post.loc, sizes, [rule.init(s) for s in post.loc.detach().split(sizes)])]
+        if self.sigma is None:
+            flats = [(p, p.detach().reshape(-1)) for p in params if p.requires_grad]
+            return [_Target(p, [f.numel()], [rule.init(f)], [self.noise.init(f)]) for p, f in flats]
+        mapping = self.sigma()
+        out = [_Target(p, [p.numel()], [rule.init(p.detach().reshape(-1))]) for p in params if p in mapping]
+        if not out:
+            raise ValueError("sigma() returned no parameter that the optimizer holds")
+        return out
+
+    def _sigmas(
+        self, t: _Target, grads: list[Tensor], sigma_map: Mapping[Tensor, Tensor] | None
+    ) -> list[Tensor]:
+        if isinstance(self.sigma, BNN):
+            return list(self.sigma.posterior.scale.detach().split(t.sizes))
+        if sigma_map is not None:
+            return [sigma_map[t.param].detach().reshape(-1)]
+        out = []
+        for i, gi in enumerate(grads):
+            sg, t.noise[i] = self.noise.update(gi, t.noise[i])  # type: ignore[index]
+            out.append(sg)
+        return out
+
+    def before_step(self, optimizer: torch.optim.Optimizer, u: Tensor | None) -> None:
+        self._step_targets = []
+        with torch.no_grad():
+            sigma_map = self.sigma() if self.sigma is not None and not isinstance(self.sigma, BNN) else None
+            for t in self.targets:
+                g = t.param.grad
+                if g is None:
+                    continue
+                if g.is_sparse:
+                    raise TypeError("the Modulator does not support sparse gradients")
+                gs = list(g.reshape(-1).split(t.sizes))
+                scales = []
+                for i, (gi, si) in enumerate(zip(gs, self._sigmas(t, gs, sigma_map))):
+                    s, t.states[i] = self.rule.update(ParamSignal(gi, si), t.states[i])
+                    scales.append(s)
+                t.scales = scales
+                t.before = t.param.detach().clone()
+                self._step_targets.append(t)
+
+    def restore(self, optimizer: torch.optim.Optimizer | None) -> None:
+        return None
+
+    def after_step(self, optimizer: torch.optim.Optimizer) -> dict[str, float] | None:
+        targets, self._step_targets = self._step_targets, []
+        if not targets:
+            return None
+        with torch.no_grad():
+            befores: list[Tensor] = []
+            afters: list[Tensor] = []
+            scales: list[Tensor] = []
+            for t in targets:
+                befores += t.before.view(-1).split(t.sizes)  # type: ignore[union-attr]
+                afters += t.param.detach().view(-1).split(t.sizes)
+                scales += [s.to(t.param.dtype) for s in t.scales]  # type: ignore[union-attr]
+            # before + s * (after - before), written into the snapshot, then copied back
+            torch._foreach_lerp_(befores, afters, scales)
+            for t in targets:
+                t.param.detach().copy_(t.before)  # type: ignore[arg-type]
+                t.before = None
+            n = sum(s.numel() for s in scales)
+            return {
+                "scale": float(torch.stack([s.sum() for s in scales]).sum()) / n,
+                "scale_min": float(torch.stack([s.min() for s in scales]).min()),
+                "scale_max": float(torch.stack([s.max() for s in scales]).max()),
+                "lr": float(optimizer.param_groups[0]["lr"]),
+            }
+
+    def scale(self) -> list[Tensor] | None:
+        if not self.targets or self.targets[0].scales is None:
+            return None
+        return [
+            torch.cat([s.reshape(-1) for s in t.scales]).view_as(t.param) for t in self.targets if t.scales
+        ]
+
+    def state_dict(self) -> tuple[Any, Any]:
+        rule_state = [[_state_to_dict(s) for s in t.states] for t in self.targets]
+        noise_state = [[_state_to_dict(s) for s in t.noise] if t.noise else None for t in self.targets]
+        return rule_state, noise_state
+
+    def load(self, rule_state: Any, noise_state: Any) -> None:
+        if len(rule_state) != len(self.targets) or any(
+            len(a) != len(t.states) for a, t in zip(rule_state, self.targets)
+        ):
+            raise ValueError("Modulator state_dict does not match the optimizer's modulated parameters")
+        for ti, (t, st) in enumerate(zip(self.targets, rule_state)):
+            t.states = [
+                _state_from_dict(cur, s, f"rule_state[{ti}][{i}]")
+                for i, (cur, s) in enumerate(zip(t.states, st))
+            ]
+            ns = noise_state[ti]
+            if (ns is None) != (t.noise is None):
+                raise ValueError("Modulator state_dict: gradient-noise state does not match the sigma source")
+            if t.noise is not None:
+                t.noise = [
+                    _state_from_dict(cur, s, f"noise_state[{ti}][{i}]")
+                    for i, (cur, s) in enumerate(zip(t.noise, ns))
+                ]
+
+
+# --------------------------------------------------------------------------- the facade
+
+
+class Modulator:
+    """Scales each step of a ``torch.optim`` optimizer by a modulation rule's factor.
+
+    Args:
+        rule: a rule from :mod:`uncertlr.modulation` (or your own object with ``init``/``update``).
+        sigma: per-parameter rules only: a :class:`~uncertlr.torch.BNN`, ``None`` (gradient-noise
+            σ for every parameter), or a callable returning ``{parameter: σ}`` (see the module docs).
+        noise: the gradient-noise estimator used when ``sigma`` is ``None``.
+        record: append ``{step, signal, scale, lr}`` to :attr:`history` every step (for a
+            per-parameter rule ``scale`` is the mean factor over the modulated weights, with
+            ``scale_min``/``scale_max``). Recording reads a few numbers back to the host.
+        max_history: keep only the newest ``max_history`` records (a ``collections.deque``
+            ring buffer), so a run of millions of steps does not grow without bound (each
+            record is ~0.4 KB); ``None`` keeps them all in a list.
+
+    Attributes:
+        history: the records, oldest first.
+        num_steps: optimizer steps taken while attached.
+
+    Call :meth:`observe` once before every ``optimizer.step()`` with a global rule (a step
+    without a fresh signal raises). Checkpoint with :meth:`state_dict` next to the
+    optimizer's and the scheduler's; the LR schedule itself is untouched.
+    """
+
+    def __init__(
+        self,
+        rule: Rule,
+        *,
+        sigma: SigmaSource = None,
+        noise: GradientNoise | None = None,
+        record: bool = True,
+        max_history: int | None = None,
+    ):
+        if max_history is not None and (
+            isinstance(max_history, bool) or not isinstance(max_history, int) or max_history < 1
+        ):
+            raise ValueError(f"max_history must be an integer >= 1 or None; got {max_history!r}")
+        if not (callable(getattr(rule, "init", None)) and callable(getattr(rule, "update", None))):
+            raise TypeError(f"rule must have init() and update(signal, state); got {type(rule).__name__}")
+        self.rule = rule
+        self.per_parameter = bool(getattr(rule, "per_parameter", False))
+        if sigma is not None and not self.per_parameter:
+            raise ValueError(f"sigma= is for per-parameter rules; {type(rule).__name__} is a global rule")
+        if sigma is not None and not (isinstance(sigma, BNN) or callable(sigma)):
+            raise TypeError(
+                f"sigma must be a BNN, a callable returning {{param: sigma}} or None; got {type(sigma).__name__}"
+            )
+        self.sigma = sigma
+        self.noise = noise if noise is not None else GradientNoise()
+        self.record = bool(record)
+        self.max_history = max_history
+        self.history: list[dict[str, float]] | deque[dict[str, float]] = self._new_history([])
+        self.num_steps = 0
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._handles: list[Any] = []
+        self._mode: _GlobalMode | _PerParameterMode | None = None
+        self._pending: Tensor | None = None
+        self._signal_value: float | None = None
+        self._pending_load: Mapping[str, Any] | None = None
+
+    # ------------------------------------------------------------------ attaching
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> Modulator:
+        """Register the step hooks on ``optimizer``; returns ``self``."""
+        if self._optimizer is not None:
+            raise RuntimeError("this Modulator is already attached; call detach() first")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer; got {type(optimizer).__name__}")
+        if any("lr" not in g for g in optimizer.param_groups):
+            raise ValueError("every param group of the optimizer needs an 'lr' entry")
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        if not params:
+            raise ValueError("the optimizer has no parameters")
+        self._mode = (
+            _PerParameterMode(self.rule, self.sigma, self.noise, params)
+            if self.per_parameter
+            else _GlobalMode(self.rule, params)
+        )
+        self._optimizer = optimizer
+        self._handles = [
+            optimizer.register_step_pre_hook(self._pre_hook),
+            optimizer.register_step_post_hook(self._post_hook),
+        ]
+        if self._pending_load is not None:
+            saved, self._pending_load = self._pending_load, None
+            self.load_state_dict(saved)
+        return self
+
+    def detach(self) -> None:
+        """Remove the hooks (restoring the base learning rates if a step was interrupted)."""
+        if self._mode is not None:
+            self._mode.restore(self._optimizer)
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self._optimizer = None
+
+    def _new_history(
+        self, records: Iterable[dict[str, float]]
+    ) -> list[dict[str, float]] | deque[dict[str, float]]:
+        if self.max_history is None:
+            return list(records)
+        return deque(records, maxlen=self.max_history)
+
+    # ------------------------------------------------------------------ per-step API
+
+    def observe(self, signal: Tensor | float) -> None:
+        """Give the rule this step's scalar signal (call before ``optimizer.step()``).
+
+        For a per-parameter rule the signal is optional and only recorded in :attr:`history`.
+        A tensor stays on its device (no host sync); a NaN or inf is allowed — the rule holds
+        its previous factor and counts it.
+        """
+        self._pending = _as_signal(signal)
+
+    @property
+    def last_scale(self) -> Tensor | list[Tensor] | None:
+        """The factor of the last step: a 0-d tensor (global rule) or one tensor per modulated
+        parameter, shaped like it (per-parameter rule); ``None`` before the first step."""
+        return None if self._mode is None else self._mode.scale()
+
+    @property
+    def rule_state(self) -> Any:
+        """The rule's current state: one state (global rule; e.g. ``.nonfinite``, the count of held
+        non-finite signals) or, per-parameter, one list of states per modulated parameter (one per
+        segment); ``None`` before :meth:`attach`."""
+        if isinstance(self._mode, _GlobalMode):
+            return self._mode.state
+        if isinstance(self._mode, _PerParameterMode):
+            return [list(t.states) for t in self._mode.targets]
+        return None
+
+    def _pre_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        assert self._mode is not None
+        self._mode.restore(optimizer)  # a previous step that raised never reached the post-hook
+        u, self._pending = self._pending, None
+        if u is not None:
+            u = all_reduce_mean(u)
+        rec = self._mode.before_step(optimizer, u)
+        if rec is not None and self.record:
+            self.history.append({"step": float(self.num_steps), **rec})
+        self._signal_value = None if u is None or not self.record else float(u)
+
+    def _post_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        assert self._mode is not None
+        rec = self._mode.after_step(optimizer)
+        self.num_steps += 1
+        if rec is not None and self.record:
+            if self._signal_value is not None:
+                rec["signal"] = self._signal_value
+            self.history.append({"step": float(self.num_steps - 1), **rec})
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """The modulator's state under the keys :data:`STATE_KEYS` (tensors are cloned)."""
+        if self._mode is not None:
+            rule_state, noise_state = self._mode.state_dict()
+        else:  # not attached yet: no targets (per-parameter) and no state (global)
+            rule_state, noise_state = ([], []) if self.per_parameter else (None, None)
+        return {
+            "rule": _rule_id(self.rule),
+            "num_steps": self.num_steps,
+            "rule_state": rule_state,
+            "noise_state": noise_state,
+            "history": [dict(r) for r in self.history],
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output; training then continues exactly as it would have.
+
+        Must match the rule (class and fields). Before :meth:`attach` the state is kept and
+        applied when attaching (a per-parameter rule needs the optimizer's parameters).
+        """
+        keys = set(state_dict)
+        if keys != set(STATE_KEYS):
+            raise KeyError(
+                f"Modulator state_dict: missing {sorted(set(STATE_KEYS) - keys)}, "
+                f"unexpected {sorted(keys - set(STATE_KEYS))}"
+            )
+        if state_dict["rule"] != _rule_id(self.rule):
+            raise ValueError(
+                f"Modulator state_dict was saved for rule {state_dict['rule']}, not {_rule_id(self.rule)}"
+            )
+        if self._mode is None or self._optimizer is None:
+            self._pending_load = state_dict
+            return
+        self._mode.load(state_dict["rule_state"], state_dict["noise_state"])
+        self.num_steps = int(state_dict["num_steps"])
+        self.history = self._new_history(dict(r) for r in state_dict["history"])
