@@ -32,7 +32,9 @@ from uncertlr.diagnostics.convert import (
     history_dataset,
     inference_kind,
     model_name,
+    spread_source,
     to_inference_data,
+    weight_subset,
 )
 from uncertlr.diagnostics.reporting import SECTIONS, load_posteriors, posterior_filename, report
 from uncertlr.diagnostics.summary import RHAT_THRESHOLD, convergence_warnings, summarize
@@ -52,6 +54,8 @@ __all__ = [
     "model_name",
     "posterior_filename",
     "report",
+    "spread_source",
     "summarize",
     "to_inference_data",
+    "weight_subset",
 ]
