@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 
-from uncertlr import metrics as _metrics
 from uncertlr.diagnostics import _html
 from uncertlr.diagnostics._arviz import az
 from uncertlr.diagnostics.convert import (
@@ -42,7 +41,15 @@ from uncertlr.diagnostics.convert import (
     model_name,
     to_inference_data,
 )
-from uncertlr.diagnostics.plots import energy_plot, rank_plot
+from uncertlr.diagnostics.plots import (
+    energy_plot,
+    figure_png,
+    layer_spread_plot,
+    ood_figure,
+    rank_plot,
+    reliability_figure,
+    training_curves,
+)
 from uncertlr.diagnostics.summary import RHAT_THRESHOLD, summarize
 from uncertlr.evaluation import SUMMARY_ROWS
 from uncertlr.runs import METRICS_SCHEMA, atomic_write, read_json, write_json
@@ -192,18 +199,17 @@ def report(
     labels = preds.get("labels")
     tested = [n for n in meta.get("models", {}) if f"{n}_test" in preds] if labels is not None else []
     if tested:
-        jobs.append(("reliability", lambda: _reliability(preds, tested)))
+        jobs.append(("reliability", lambda: reliability_figure(preds, tested)))
         if any(f"{n}_ood" in preds for n in tested):
-            jobs.append(("uncertainty", lambda: _uncertainty(preds, tested)))
+            jobs.append(("uncertainty", lambda: ood_figure(preds, tested)))
     if spreads:
-        jobs.append(("spread", lambda: _spread(spreads)))
+        jobs.append(("spread", lambda: layer_spread_plot(spreads)))
     for n in mcmc:
         jobs.append((f"rank:{n}", lambda n=n: rank_plot(posteriors[n], _rank_labels(summaries[n]))))
         if summaries[n]["energy_recorded"]:
             jobs.append((f"energy:{n}", lambda n=n: energy_plot(posteriors[n])))
     if any(history.values()):
-        jobs.append(("training", lambda: _training(history)))
-    from uncertlr.plotting import figure_png
+        jobs.append(("training", lambda: training_curves({k: v for k, v in history.items() if v})))
 
     with _progress(progress, len(jobs) + 1) as advance:
         for key, make in jobs:
@@ -229,39 +235,6 @@ def report(
 
 
 # --------------------------------------------------------------------------- figures
-
-
-def _reliability(preds: Mapping[str, np.ndarray], names: list[str]) -> Any:
-    from uncertlr.plotting import reliability_diagram
-
-    return reliability_diagram({n: (preds[f"{n}_test"], preds["labels"]) for n in names})
-
-
-def _uncertainty(preds: Mapping[str, np.ndarray], names: list[str]) -> Any:
-    from uncertlr.plotting import uncertainty_histograms
-
-    scores = {}
-    for n in names:
-        if f"{n}_ood" not in preds:
-            continue
-        d_in = _metrics.uncertainty_decomposition(preds[f"{n}_test"])
-        d_out = _metrics.uncertainty_decomposition(preds[f"{n}_ood"])
-        scores[f"{n}: predictive entropy"] = (d_in.total, d_out.total)
-        if preds[f"{n}_test"].ndim == 3 and preds[f"{n}_test"].shape[0] > 1:
-            scores[f"{n}: mutual information"] = (d_in.epistemic, d_out.epistemic)
-    return uncertainty_histograms(scores)
-
-
-def _spread(spreads: Mapping[str, Any]) -> Any:
-    from uncertlr.plotting import layer_spread_plot
-
-    return layer_spread_plot(spreads)
-
-
-def _training(history: Mapping[str, Any]) -> Any:
-    from uncertlr.plotting import training_curves
-
-    return training_curves({k: v for k, v in history.items() if v})
 
 
 def _rank_labels(summary: Mapping[str, Any], num_weights: int = 4) -> list[str]:
