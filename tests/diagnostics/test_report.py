@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 
@@ -105,7 +106,9 @@ def test_user_strings_are_escaped(tmp_path, small_bnn_idata):
 
 
 def test_interrupted_write_leaves_previous_report(tmp_path, small_bnn_idata, monkeypatch):
-    import uncertlr.diagnostics.reporting as mod
+    mod = importlib.import_module(
+        "uncertlr.diagnostics.report"
+    )  # the module; the package's `report` is the function
 
     run = write_run(tmp_path / "run")
     report(run, inference={"bnn": small_bnn_idata}, progress=False)
@@ -148,7 +151,7 @@ def test_cli_report_rebuilds(tmp_path, small_bnn_idata, capsys):
 
 
 def test_minimal_run_folder_and_bad_metrics(tmp_path):
-    from uncertlr.runs import METRICS_SCHEMA
+    from uncertlr.runfolder import METRICS_SCHEMA
 
     run = tmp_path / "bare"
     run.mkdir()

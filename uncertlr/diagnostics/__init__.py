@@ -36,7 +36,7 @@ from uncertlr.diagnostics.convert import (
     to_inference_data,
     weight_subset,
 )
-from uncertlr.diagnostics.reporting import SECTIONS, load_posteriors, posterior_filename, report
+from uncertlr.diagnostics.report import SECTIONS, load_posteriors, posterior_filename, report
 from uncertlr.diagnostics.summary import RHAT_THRESHOLD, convergence_warnings, summarize
 
 __all__ = [
