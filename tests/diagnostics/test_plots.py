@@ -1,6 +1,11 @@
-"""Figures: the run-folder figures against independent computations, and atomic PNGs."""
+"""Figures: the run-folder figures against independent computations, atomic PNGs, and plots without ArviZ."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -74,3 +79,49 @@ def test_save_figure_writes_a_png_atomically(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in path.parent.iterdir()] == ["curves.png"]  # no temporary file left
     assert not plt.fignum_exists(fig.number)  # closed
+
+
+def test_figures_work_without_arviz():
+    """The matplotlib figures need no ArviZ; the ArviZ-backed names fail with the actionable message."""
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["arviz"] = None  # as if the report extra were not installed
+        import numpy as np
+        import uncertlr.diagnostics.plots as plots
+        import uncertlr.diagnostics as diagnostics
+
+        p = np.full((2, 4, 3), 1 / 3)
+        preds = {"labels": np.zeros(4, dtype=int), "m_test": p, "m_ood": p}
+        plots.figure_png(plots.reliability_figure(preds, ["m"]))
+        plots.figure_png(diagnostics.ood_figure(preds, ["m"]))
+        for name in ("to_inference_data", "report", "SECTIONS"):
+            try:
+                getattr(diagnostics, name)
+            except ImportError as exc:
+                print(name, exc)
+            else:
+                raise SystemExit(name + " did not raise")
+        try:
+            from uncertlr.diagnostics import report
+        except ImportError as exc:
+            print("from-import", exc)
+        try:
+            plots.rank_plot(None, ["w"])
+        except ImportError as exc:
+            print("rank_plot", exc)
+        assert "uncertlr.diagnostics.convert" not in sys.modules
+        """
+    )
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == [
+        "to_inference_data",
+        "report",
+        "SECTIONS",
+        "from-import",
+        "rank_plot",
+    ]
+    assert all("pip install 'uncertlr[report]'" in line for line in lines)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -168,3 +170,14 @@ def test_minimal_run_folder_and_bad_metrics(tmp_path):
         report(run, progress=False)
     with pytest.raises(FileNotFoundError, match="no metrics.json"):
         report(tmp_path, progress=False)
+
+
+def test_package_report_stays_the_function_when_its_module_is_imported_first():
+    code = (
+        "import importlib, uncertlr.diagnostics as d\n"
+        "m = importlib.import_module('uncertlr.diagnostics.report')\n"
+        "from uncertlr.diagnostics import report\n"
+        "assert report is m.report and d.report is m.report, report\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
