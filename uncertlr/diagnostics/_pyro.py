@@ -121,7 +121,7 @@ def _predictive(
             if n in data:
                 latent.add(n)
                 continue
-            fn = site["fn"]
+            fn: Any = site["fn"]  # a Pyro distribution
             if n not in dims:
                 dims[n] = site_dims(n, _np(site["value"]).ndim, len(fn.batch_shape), site["cond_indep_stack"])
             if site["is_observed"]:

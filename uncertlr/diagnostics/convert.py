@@ -136,7 +136,7 @@ def to_inference_data(
     elif y is not None:
         raise ValueError("y was given without x")
     kwargs = dict(kwargs or {})
-    opts = dict(num_samples=num_samples, max_weights=max_weights, rng_seed=rng_seed)
+    opts: dict[str, Any] = dict(num_samples=num_samples, max_weights=max_weights, rng_seed=rng_seed)
 
     kind = _result_kind(result)
     if kind == "idata":

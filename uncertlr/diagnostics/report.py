@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import json
 import re
@@ -97,6 +98,10 @@ def load_posteriors(run_dir: str | Path) -> dict[str, Any]:
     return out
 
 
+def _write_bytes(data: bytes, f: Any) -> None:
+    f.write(data)
+
+
 def _netcdf_bytes(idata: Any) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "posterior.nc"
@@ -159,9 +164,9 @@ def report(
     if spreads:
         jobs.append(("spread", lambda: layer_spread_plot(spreads)))
     for n in mcmc:
-        jobs.append((f"rank:{n}", lambda n=n: rank_plot(posteriors[n], _rank_labels(summaries[n]))))
+        jobs.append((f"rank:{n}", functools.partial(rank_plot, posteriors[n], _rank_labels(summaries[n]))))
         if summaries[n]["energy_recorded"]:
-            jobs.append((f"energy:{n}", lambda n=n: energy_plot(posteriors[n])))
+            jobs.append((f"energy:{n}", functools.partial(energy_plot, posteriors[n])))
     if any(history.values()):
         jobs.append(("training", lambda: training_curves({k: v for k, v in history.items() if v})))
 
@@ -183,7 +188,7 @@ def report(
         advance(description="report: writing")
     # everything is rendered: now write, each file atomically, the page last
     for fname, data in files.items():
-        atomic_write(run / fname, lambda f, data=data: f.write(data))
+        atomic_write(run / fname, functools.partial(_write_bytes, data))
     write_json(run / "summary.json", summary)
     return atomic_write(run / "report.html", lambda f: f.write(html.encode("utf-8")))
 
