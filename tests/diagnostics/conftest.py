@@ -56,7 +56,7 @@ def write_run(run, names=("deterministic", "bnn"), *, seed=0):
     """A hand-made run folder: metrics.json, history.json and predictions.npz for ``names``."""
     import json
 
-    from uncertlr.runs import METRICS_SCHEMA
+    from uncertlr.runfolder import METRICS_SCHEMA
 
     rng = np.random.default_rng(seed)
     run.mkdir(parents=True, exist_ok=True)

@@ -18,10 +18,11 @@ from uncertlr.diagnostics import (
     history_dataset,
     inference_kind,
     model_name,
+    spread_source,
     to_inference_data,
+    weight_subset,
 )
 from uncertlr.diagnostics._arviz import az
-from uncertlr.diagnostics.convert import spread_source, weight_subset
 from uncertlr.torch import bayesian
 
 
@@ -220,20 +221,21 @@ def test_pyro_svi_with_autoguide():
     max_weights=st.one_of(st.none(), st.integers(1, 40)),
 )
 def test_weight_subset_is_bounded_sorted_and_spans_the_parameter(shape, max_weights):
-    from uncertlr.diagnostics.convert import _Subset
-
-    sub = _Subset("p", tuple(shape), max_weights)
     size = int(np.prod(shape))
     draws = np.arange(2 * size, dtype=float).reshape(2, *shape)
-    kept = sub.take(draws)
+    idata = to_inference_data(types.SimpleNamespace(samples={"p": draws}), max_weights=max_weights)
+    kept = idata.posterior["p"]
     if max_weights is None or size <= max_weights:
-        assert sub.index is None and kept.shape == draws.shape and sub.kept == size
+        assert kept.dims == ("chain", "draw", *(f"p_dim_{i}" for i in range(len(shape))))
+        np.testing.assert_array_equal(kept.values[0], draws)
+        assert weight_subset(idata)["p"] == {"size": size, "kept": size}
     else:
-        idx = sub.index
-        assert 1 <= len(idx) <= max_weights and sub.kept == len(idx)
+        assert kept.dims == ("chain", "draw", "p_index")
+        idx = kept["p_index"].values
+        assert 1 <= len(idx) <= max_weights and weight_subset(idata)["p"] == {"size": size, "kept": len(idx)}
         assert np.all(np.diff(idx) > 0) and idx[-1] == size - 1 and (idx[0] == 0)
         np.testing.assert_array_equal(
-            kept, draws.reshape(2, size)[:, idx]
+            kept.values[0], draws.reshape(2, size)[:, idx]
         )  # the flat elements named by the coord
 
 

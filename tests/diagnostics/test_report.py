@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -105,7 +108,9 @@ def test_user_strings_are_escaped(tmp_path, small_bnn_idata):
 
 
 def test_interrupted_write_leaves_previous_report(tmp_path, small_bnn_idata, monkeypatch):
-    import uncertlr.diagnostics.reporting as mod
+    mod = importlib.import_module(
+        "uncertlr.diagnostics.report"
+    )  # the module; the package's `report` is the function
 
     run = write_run(tmp_path / "run")
     report(run, inference={"bnn": small_bnn_idata}, progress=False)
@@ -148,7 +153,7 @@ def test_cli_report_rebuilds(tmp_path, small_bnn_idata, capsys):
 
 
 def test_minimal_run_folder_and_bad_metrics(tmp_path):
-    from uncertlr.runs import METRICS_SCHEMA
+    from uncertlr.runfolder import METRICS_SCHEMA
 
     run = tmp_path / "bare"
     run.mkdir()
@@ -165,3 +170,14 @@ def test_minimal_run_folder_and_bad_metrics(tmp_path):
         report(run, progress=False)
     with pytest.raises(FileNotFoundError, match="no metrics.json"):
         report(tmp_path, progress=False)
+
+
+def test_package_report_stays_the_function_when_its_module_is_imported_first():
+    code = (
+        "import importlib, uncertlr.diagnostics as d\n"
+        "m = importlib.import_module('uncertlr.diagnostics.report')\n"
+        "from uncertlr.diagnostics import report\n"
+        "assert report is m.report and d.report is m.report, report\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr

@@ -1,7 +1,10 @@
-"""Diagnostics: ArviZ ``InferenceData`` for every backend, and a self-contained HTML report per run.
+"""Diagnostics: every figure, ArviZ ``InferenceData`` for every backend, and a self-contained HTML report per run.
 
-Needs the ``report`` extra (ArviZ 0.23.x): ``pip install 'uncertlr[report]'``. Every
-ArviZ call of uncertlr lives in this package.
+The figures (:mod:`uncertlr.diagnostics.plots`) need only matplotlib and are imported with
+the package. Everything else needs the ``report`` extra (ArviZ 0.23.x), ``pip install
+'uncertlr[report]'``: those names are imported on first use, and without ArviZ using one
+raises an ImportError that says how to install it. Every ArviZ call of uncertlr lives in
+this package.
 
 * :func:`to_inference_data` — a Pyro SVI BNN, a NumPyro MCMC or SVI result, or a training
   history as ``InferenceData`` (weights, or a bounded subset of them for big networks,
@@ -9,7 +12,12 @@ ArviZ call of uncertlr lives in this package.
 * :func:`summarize` / :func:`convergence_warnings` — ``arviz.summary`` on predictive
   quantities and weights, divergences, energy BFMI, plain-language warnings;
 * :func:`report` — ``report.html``, ``posterior-<model>.nc`` and ``summary.json`` in a run
-  folder (also ``uncertlr report RUN_DIR``).
+  folder (also ``uncertlr report RUN_DIR``). ``uncertlr.diagnostics.report`` is this
+  function, also once its module is imported; the module itself is
+  ``importlib.import_module("uncertlr.diagnostics.report")``;
+* :func:`reliability_figure`, :func:`ood_figure`, :func:`training_curves`,
+  :func:`layer_spread_plot`, :func:`rank_plot`, :func:`energy_plot`... — every figure, see
+  :mod:`uncertlr.diagnostics.plots`.
 
 Example:
     >>> import torch
@@ -23,21 +31,69 @@ Example:
     ['mean_entropy', 'mean_log_likelihood']
 """
 
-from uncertlr.diagnostics.convert import (
-    HISTORY_GROUP,
-    MAX_WEIGHTS,
-    PREDICTIVE_QUANTITIES,
-    SPREAD_GROUP,
-    add_history,
-    history_dataset,
-    inference_kind,
-    model_name,
-    to_inference_data,
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+from uncertlr.diagnostics.plots import (
+    CURVES,
+    energy_plot,
+    figure_png,
+    layer_spread_plot,
+    ood_figure,
+    rank_plot,
+    reliability_diagram,
+    reliability_figure,
+    save_figure,
+    select_series,
+    training_curves,
+    uncertainty_histograms,
 )
-from uncertlr.diagnostics.reporting import SECTIONS, load_posteriors, posterior_filename, report
-from uncertlr.diagnostics.summary import RHAT_THRESHOLD, convergence_warnings, summarize
+
+if TYPE_CHECKING:  # the names below are imported on first use (they need ArviZ)
+    from uncertlr.diagnostics.convert import (
+        HISTORY_GROUP,
+        MAX_WEIGHTS,
+        PREDICTIVE_QUANTITIES,
+        SPREAD_GROUP,
+        add_history,
+        history_dataset,
+        inference_kind,
+        model_name,
+        spread_source,
+        to_inference_data,
+        weight_subset,
+    )
+    from uncertlr.diagnostics.report import SECTIONS, load_posteriors, posterior_filename, report
+    from uncertlr.diagnostics.summary import RHAT_THRESHOLD, convergence_warnings, summarize
+
+#: The public names that need ArviZ, and the submodule defining each.
+_ARVIZ_NAMES = {
+    **dict.fromkeys(
+        (
+            "HISTORY_GROUP",
+            "MAX_WEIGHTS",
+            "PREDICTIVE_QUANTITIES",
+            "SPREAD_GROUP",
+            "add_history",
+            "history_dataset",
+            "inference_kind",
+            "model_name",
+            "spread_source",
+            "to_inference_data",
+            "weight_subset",
+        ),
+        "convert",
+    ),
+    **dict.fromkeys(("RHAT_THRESHOLD", "convergence_warnings", "summarize"), "summary"),
+    **dict.fromkeys(("SECTIONS", "load_posteriors", "posterior_filename", "report"), "report"),
+}
 
 __all__ = [
+    "CURVES",
     "HISTORY_GROUP",
     "MAX_WEIGHTS",
     "PREDICTIVE_QUANTITIES",
@@ -46,12 +102,56 @@ __all__ = [
     "SPREAD_GROUP",
     "add_history",
     "convergence_warnings",
+    "energy_plot",
+    "figure_png",
     "history_dataset",
     "inference_kind",
+    "layer_spread_plot",
     "load_posteriors",
     "model_name",
+    "ood_figure",
     "posterior_filename",
+    "rank_plot",
+    "reliability_diagram",
+    "reliability_figure",
     "report",
+    "save_figure",
+    "select_series",
+    "spread_source",
     "summarize",
     "to_inference_data",
+    "training_curves",
+    "uncertainty_histograms",
+    "weight_subset",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import an ArviZ-backed name on first use (PEP 562); without ArviZ, the ImportError of ``_arviz``."""
+    module = _ARVIZ_NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later look-ups find it without this hook
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_ARVIZ_NAMES})
+
+
+class _Package(types.ModuleType):
+    """This package's module type: the submodule ``report`` never hides the function ``report``.
+
+    Importing a submodule binds it as an attribute of its package, after the submodule has
+    run; that would replace the function :func:`report` by the module ``report`` whenever the
+    module is imported first (``pytest --doctest-modules`` does). Only that binding is refused.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _ARVIZ_NAMES.get(name) == name:
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -32,6 +32,10 @@ per draw whose R-hat/ESS are free of the permutation symmetry that inflates weig
 ``mean_log_likelihood`` (mean over data points of ``log p(y_n | w)``) and ``mean_entropy`` (mean
 over data points of the entropy of ``p(· | x_n, w)``).
 
+This module dispatches; the converters are one per library, as in ArviZ
+(:mod:`uncertlr.diagnostics._pyro`, :mod:`uncertlr.diagnostics._numpyro`), and the
+library-neutral assembly of the groups is :mod:`uncertlr.diagnostics._dataset`.
+
 Example:
     >>> import torch
     >>> from uncertlr.torch import bayesian
@@ -46,14 +50,27 @@ Example:
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
-from uncertlr.diagnostics._arviz import az, xr
-from uncertlr.metrics import layer_spread
+from uncertlr.diagnostics._arviz import az
+from uncertlr.diagnostics._dataset import (
+    ATTR_KIND,
+    ATTR_MODEL,
+    ATTR_SPREAD,
+    ATTR_SUBSET,
+    HISTORY_GROUP,
+    MAX_WEIGHTS,
+    PREDICTIVE_QUANTITIES,
+    SPREAD_GROUP,
+    from_samples,
+    get_attr,
+    groups,
+    history_dataset,
+    set_attrs,
+)
+from uncertlr.diagnostics._numpyro import from_numpyro_mcmc, from_numpyro_svi
+from uncertlr.diagnostics._pyro import from_pyro
 
 __all__ = [
     "HISTORY_GROUP",
@@ -64,22 +81,10 @@ __all__ = [
     "history_dataset",
     "inference_kind",
     "model_name",
+    "spread_source",
     "to_inference_data",
+    "weight_subset",
 ]
-
-#: Default bound on the elements kept per parameter in the ``posterior`` group.
-MAX_WEIGHTS = 32
-#: Scalar predictive quantities per draw, stored in ``posterior_predictive``.
-PREDICTIVE_QUANTITIES = ("mean_log_likelihood", "mean_entropy")
-#: Group holding the training history.
-HISTORY_GROUP = "training_history"
-#: Group holding the per-layer posterior spread.
-SPREAD_GROUP = "layer_spread"
-
-_ATTR_MODEL = "uncertlr_model"
-_ATTR_KIND = "uncertlr_inference"
-_ATTR_SUBSET = "uncertlr_weight_subset"
-_ATTR_SPREAD = "uncertlr_spread_source"
 
 
 # --------------------------------------------------------------------------- public entry point
@@ -131,27 +136,27 @@ def to_inference_data(
     elif y is not None:
         raise ValueError("y was given without x")
     kwargs = dict(kwargs or {})
-    opts = dict(num_samples=num_samples, max_weights=max_weights, rng_seed=rng_seed)
+    opts: dict[str, Any] = dict(num_samples=num_samples, max_weights=max_weights, rng_seed=rng_seed)
 
     kind = _result_kind(result)
     if kind == "idata":
         idata = result
     elif kind == "history":
         idata = az.InferenceData(**{HISTORY_GROUP: history_dataset(result)})
-        _set_attrs(idata, {_ATTR_KIND: "history"})
+        set_attrs(idata, {ATTR_KIND: "history"})
     elif kind == "numpyro-mcmc":
-        idata = _from_numpyro_mcmc(getattr(result, "mcmc", result), tuple(args), kwargs, **opts)
+        idata = from_numpyro_mcmc(getattr(result, "mcmc", result), tuple(args), kwargs, **opts)
     elif kind == "numpyro-svi":
         p = params if params is not None else getattr(result, "params", None)
         if p is None:
             raise ValueError("a NumPyro SVI posterior needs its parameters: pass params=svi_result.params")
-        idata = _from_numpyro_svi(result.model, result.guide, p, tuple(args), kwargs, **opts)
+        idata = from_numpyro_svi(result.model, result.guide, p, tuple(args), kwargs, **opts)
     elif kind == "samples":
-        idata = _from_samples(result.samples, max_weights=max_weights)
+        idata = from_samples(result.samples, max_weights=max_weights)
     else:
         spread = result.posterior_spread() if callable(getattr(result, "posterior_spread", None)) else None
         sampler = getattr(result, "sample_parameters", None) if spread is not None else None
-        idata = _from_pyro(
+        idata = from_pyro(
             result.model,
             result.guide,
             tuple(args),
@@ -163,7 +168,7 @@ def to_inference_data(
     if history is not None:
         add_history(idata, history)
     if name is not None:
-        _set_attrs(idata, {_ATTR_MODEL: str(name)})
+        set_attrs(idata, {ATTR_MODEL: str(name)})
     return idata
 
 
@@ -193,25 +198,9 @@ def _result_kind(result: Any) -> str:
 # --------------------------------------------------------------------------- attributes
 
 
-def _groups(idata: Any) -> list[Any]:
-    return [getattr(idata, g) for g in idata.groups()]
-
-
-def _set_attrs(idata: Any, attrs: Mapping[str, Any]) -> None:
-    for ds in _groups(idata):
-        ds.attrs.update(attrs)
-
-
-def _get_attr(idata: Any, key: str) -> Any:
-    for ds in _groups(idata):
-        if key in ds.attrs:
-            return ds.attrs[key]
-    return None
-
-
 def model_name(idata: Any) -> str | None:
     """The model name recorded by :func:`to_inference_data` (``name=``), or None."""
-    value = _get_attr(idata, _ATTR_MODEL)
+    value = get_attr(idata, ATTR_MODEL)
     return None if value is None else str(value)
 
 
@@ -220,7 +209,7 @@ def inference_kind(idata: Any) -> str:
 
     Data not written by uncertlr count as MCMC when ``sample_stats`` has ``diverging``.
     """
-    kind = _get_attr(idata, _ATTR_KIND)
+    kind = get_attr(idata, ATTR_KIND)
     if kind is not None:
         return str(kind)
     if "sample_stats" in idata.groups() and "diverging" in idata.sample_stats:
@@ -230,60 +219,17 @@ def inference_kind(idata: Any) -> str:
 
 def weight_subset(idata: Any) -> dict[str, dict[str, int]]:
     """Per parameter: ``{"size": elements in the network, "kept": elements in posterior}``."""
-    raw = _get_attr(idata, _ATTR_SUBSET)
+    raw = get_attr(idata, ATTR_SUBSET)
     return json.loads(raw) if raw else {}
 
 
 def spread_source(idata: Any) -> str | None:
     """Where ``layer_spread`` came from: ``"guide"`` (exact) or ``"draws"``."""
-    value = _get_attr(idata, _ATTR_SPREAD)
+    value = get_attr(idata, ATTR_SPREAD)
     return None if value is None else str(value)
 
 
 # --------------------------------------------------------------------------- history
-
-
-def history_dataset(records: Sequence[Mapping[str, Any]]) -> Any:
-    """Training records ``[{step, epoch, loss, lr, nll?, kl?, signal?, scale?}, ...]`` as an ``xarray.Dataset``.
-
-    One variable per numeric key (missing or non-numeric entries become NaN), along
-    dimension ``step`` whose coordinate is the records' ``step`` when present, strictly
-    increasing, else ``0 .. len - 1``.
-
-    Example:
-        >>> ds = history_dataset([{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5, "lr": 0.1}])
-        >>> list(ds.data_vars), ds["lr"].values.tolist()
-        (['loss', 'lr'], [nan, 0.1])
-    """
-    if isinstance(records, Mapping) or not all(isinstance(r, Mapping) for r in records):
-        raise TypeError(
-            "a training history must be a list of records (dicts such as {'step': 1, 'loss': 0.5})"
-        )
-    keys: list[str] = []
-    for r in records:
-        for k, v in r.items():
-            if k not in keys and _is_number(v):
-                keys.append(str(k))
-    n = len(records)
-    steps = np.arange(n)
-    if "step" in keys:
-        s = np.array([_num(r.get("step")) for r in records])
-        if np.all(np.isfinite(s)) and (n < 2 or np.all(np.diff(s) > 0)):
-            steps = s.astype(np.int64)
-    data = {
-        k: ("step", np.array([_num(r.get(k)) for r in records], dtype=np.float64))
-        for k in keys
-        if k != "step"
-    }
-    return xr.Dataset(data, coords={"step": steps})
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-
-
-def _num(v: Any) -> float:
-    return float(v) if _is_number(v) else math.nan
 
 
 def add_history(idata: Any, records: Sequence[Mapping[str, Any]]) -> Any:
@@ -299,408 +245,7 @@ def add_history(idata: Any, records: Sequence[Mapping[str, Any]]) -> Any:
 
 
 def _first_attrs(idata: Any) -> Mapping[str, Any] | None:
-    for ds in _groups(idata):
+    for ds in groups(idata):
         if ds.attrs:
             return ds.attrs
     return None
-
-
-# --------------------------------------------------------------------------- shared pieces
-
-
-class _Subset:
-    """Which elements of one parameter the ``posterior`` group keeps."""
-
-    def __init__(self, name: str, shape: tuple[int, ...], max_weights: int | None):
-        self.name, self.shape = name, tuple(int(s) for s in shape)
-        self.size = math.prod(self.shape)
-        if max_weights is None or self.size <= max_weights:
-            self.index = None
-            self.dims = [f"{name}_dim_{i}" for i in range(len(self.shape))]
-            self.kept = self.size
-        else:
-            self.index = np.unique(np.linspace(0, self.size - 1, max_weights).round().astype(np.int64))
-            self.dims = [f"{name}_index"]
-            self.kept = len(self.index)
-
-    def take(self, draws: np.ndarray) -> np.ndarray:
-        """``draws[..., *shape]`` (any leading axes) -> the kept elements."""
-        if self.index is None:
-            return draws
-        lead = draws.shape[: draws.ndim - len(self.shape)]
-        return draws.reshape(*lead, self.size)[..., self.index]
-
-    @property
-    def coords(self) -> dict[str, np.ndarray]:
-        return {} if self.index is None else {self.dims[0]: self.index}
-
-
-def _spread_from_draws(draws: Mapping[str, np.ndarray], sample_axes: int) -> dict[str, Any]:
-    """Per-layer spread from draws ``{name: [*sample axes, *shape]}`` (sites with a zero std are left out)."""
-    loc, scale = {}, {}
-    for n, v in draws.items():
-        v = np.asarray(v, dtype=np.float64)
-        flat = v.reshape(-1, *v.shape[sample_axes:])
-        if flat.shape[0] < 2:
-            continue
-        sd = flat.std(axis=0, ddof=1)
-        if np.all(sd > 0) and np.all(np.isfinite(sd)):
-            loc[n], scale[n] = flat.mean(axis=0), sd
-    return layer_spread(loc, scale) if loc else {}
-
-
-def _spread_dataset(spread: Mapping[str, Any]) -> Any:
-    layers = list(spread)
-    return xr.Dataset(
-        {
-            "mean_scale": ("layer", np.array([float(spread[k].mean_scale) for k in layers])),
-            "mean_snr": ("layer", np.array([float(spread[k].mean_snr) for k in layers])),
-            "size": ("layer", np.array([int(spread[k].size) for k in layers], dtype=np.int64)),
-        },
-        coords={"layer": np.array(layers, dtype=object) if layers else np.array([], dtype=str)},
-    )
-
-
-def _site_dims(name: str, ndim: int, batch_ndim: int, frames: Sequence[Any]) -> list[str]:
-    """Dimension names of an observed site's value: plate names where plates sit, defaults elsewhere."""
-    dims = [f"{name}_dim_{i}" for i in range(ndim)]
-    for f in frames:
-        dim = getattr(f, "dim", None)
-        if dim is not None and -batch_ndim <= dim < 0 and getattr(f, "name", None):
-            dims[batch_ndim + dim] = str(f.name)
-    return dims
-
-
-def _assemble(
-    posterior: dict[str, np.ndarray],
-    subsets: Mapping[str, _Subset],
-    predictive: dict[str, Any] | None,
-    *,
-    spread: Mapping[str, Any],
-    spread_from: str,
-    kind: str,
-    base: Any = None,
-) -> Any:
-    """Build the InferenceData from draws ``[chain, draw, ...]`` (already subset) and predictive pieces."""
-    coords: dict[str, Any] = {}
-    dims: dict[str, list[str]] = {}
-    for n, sub in subsets.items():
-        coords.update(sub.coords)
-        dims[n] = sub.dims
-    groups: dict[str, Any] = {}
-    if base is None:
-        groups["posterior"] = az.from_dict(posterior=posterior, coords=coords, dims=dims).posterior
-    else:
-        groups.update({g: getattr(base, g) for g in base.groups() if g != "observed_data"})
-        groups["posterior"] = _subset_dataset(base.posterior, subsets)
-    if predictive is not None:
-        pd = predictive
-        # log-likelihoods have the sites' batch dims only (no event dims): their own dims
-        ll_dims = {n: pd["dims"][n][: np.ndim(v) - 2] for n, v in pd["ll"].items()}
-        groups["posterior_predictive"] = az.from_dict(
-            posterior_predictive=pd["pp"], dims=pd["dims"]
-        ).posterior_predictive
-        if pd["ll"]:
-            groups["log_likelihood"] = az.from_dict(log_likelihood=pd["ll"], dims=ll_dims).log_likelihood
-        if pd["observed"]:
-            groups["observed_data"] = az.from_dict(
-                observed_data=pd["observed"], dims=pd["dims"]
-            ).observed_data
-    groups[SPREAD_GROUP] = _spread_dataset(spread)
-    idata = az.InferenceData(**groups)
-    subset_info = {n: {"size": s.size, "kept": s.kept} for n, s in subsets.items()}
-    _set_attrs(idata, {_ATTR_KIND: kind, _ATTR_SUBSET: json.dumps(subset_info), _ATTR_SPREAD: spread_from})
-    return idata
-
-
-def _subset_dataset(ds: Any, subsets: Mapping[str, _Subset]) -> Any:
-    out = {}
-    for n, da in ds.data_vars.items():
-        sub = subsets.get(str(n))
-        if sub is None or sub.index is None:
-            out[n] = da
-            continue
-        vals = sub.take(np.asarray(da.values))
-        out[n] = xr.DataArray(
-            vals,
-            dims=("chain", "draw", sub.dims[0]),
-            coords={"chain": da["chain"], "draw": da["draw"], sub.dims[0]: sub.index},
-        )
-    return xr.Dataset(out, attrs=dict(ds.attrs))
-
-
-def _quantities(
-    ll_sum: np.ndarray, ll_count: int, h_sum: np.ndarray | None, h_count: int
-) -> dict[str, np.ndarray]:
-    q = {}
-    if ll_count:
-        q["mean_log_likelihood"] = ll_sum / ll_count
-    if h_sum is not None and h_count:
-        q["mean_entropy"] = h_sum / h_count
-    return q
-
-
-# --------------------------------------------------------------------------- Pyro SVI
-
-
-def _np(t: Any) -> np.ndarray:
-    return t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
-
-
-def _from_pyro(
-    model: Any,
-    guide: Any,
-    args: tuple,
-    kwargs: dict,
-    *,
-    num_samples: int,
-    max_weights: int | None,
-    rng_seed: int,
-    spread: Mapping[str, Any] | None,
-    sample_parameters: Any = None,
-) -> Any:
-    """Draws from the guide (``sample_parameters(S)`` when the result has it), then the model replayed on each."""
-    import torch
-    from pyro import poutine
-    from pyro.poutine.util import site_is_subsample
-
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(rng_seed)
-        if sample_parameters is not None:  # an uncertlr BNN: one vectorised draw of every random parameter
-            draws = {n: _np(v) for n, v in sample_parameters(num_samples).items()}
-        else:
-            if not args and not kwargs:
-                raise ValueError(
-                    "a Pyro model and guide need their data to draw from the guide: pass x= (and y=)"
-                )
-            per_draw: dict[str, list[np.ndarray]] = {}
-            for _ in range(num_samples):
-                gtr = poutine.trace(guide).get_trace(*args, **kwargs)
-                for n, site in gtr.nodes.items():
-                    if (
-                        site["type"] == "sample"
-                        and not site["is_observed"]
-                        and not site_is_subsample(site)
-                        and not site["infer"].get("is_auxiliary")
-                    ):
-                        per_draw.setdefault(n, []).append(_np(site["value"]))
-            draws = {n: np.stack(v) for n, v in per_draw.items()}
-        if not draws:
-            raise ValueError("the guide has no latent sample sites: nothing to convert")
-        predictive = None
-        if args or kwargs:
-            predictive = _pyro_predictive(model, draws, args, kwargs, num_samples, poutine, site_is_subsample)
-    if predictive is not None:  # guide sites the model does not sample (e.g. auxiliary ones) are not weights
-        latent = predictive.pop("latent")
-        draws = {n: v for n, v in draws.items() if n in latent}
-    subsets = {n: _Subset(n, v.shape[1:], max_weights) for n, v in draws.items()}
-    posterior = {n: subsets[n].take(v)[None] for n, v in draws.items()}
-    if spread is None:
-        spread_from = "draws"
-        spread = _spread_from_draws(draws, sample_axes=1)
-    else:
-        spread_from = "guide"
-    return _assemble(posterior, subsets, predictive, spread=spread, spread_from=spread_from, kind="svi")
-
-
-def _pyro_predictive(
-    model: Any,
-    draws: Mapping[str, np.ndarray],
-    args: tuple,
-    kwargs: dict,
-    num_samples: int,
-    poutine: Any,
-    site_is_subsample: Any,
-) -> dict[str, Any] | None:
-    """Replay ``model`` on each draw: log-likelihood and posterior predictive of its other sample sites."""
-    import torch
-
-    ll: dict[str, list[np.ndarray]] = {}
-    pp: dict[str, list[np.ndarray]] = {}
-    observed: dict[str, np.ndarray] = {}
-    site_dims: dict[str, list[str]] = {}
-    latent: set[str] = set()
-    ll_sum, h_sum = np.zeros(num_samples), np.zeros(num_samples)
-    ll_count = h_count = 0
-    has_entropy = True
-    for s in range(num_samples):
-        data = {n: torch.as_tensor(v[s]) for n, v in draws.items()}
-        mtr = poutine.trace(poutine.condition(model, data=data)).get_trace(*args, **kwargs)
-        n_ll = n_h = 0
-        for n, site in mtr.nodes.items():
-            if site["type"] != "sample" or site_is_subsample(site):
-                continue
-            if n in data:
-                latent.add(n)
-                continue
-            fn = site["fn"]
-            if n not in site_dims:
-                site_dims[n] = _site_dims(
-                    n, _np(site["value"]).ndim, len(fn.batch_shape), site["cond_indep_stack"]
-                )
-            if site["is_observed"]:
-                lp = _np(fn.log_prob(site["value"]))
-                ll.setdefault(n, []).append(lp)
-                ll_sum[s] += lp.sum()
-                n_ll += lp.size
-                pp.setdefault(n, []).append(_np(fn.sample()))
-                observed[n] = _np(site["value"])
-            else:
-                pp.setdefault(n, []).append(_np(site["value"]))
-            if has_entropy:
-                try:
-                    h = _np(fn.entropy())
-                except (NotImplementedError, AttributeError):
-                    has_entropy = False
-                else:
-                    h_sum[s] += h.sum()
-                    n_h += h.size
-        ll_count, h_count = n_ll, n_h
-    if not pp:
-        return None
-    pred = {n: np.stack(v)[None] for n, v in pp.items()}
-    pred.update(
-        {
-            k: v[None]
-            for k, v in _quantities(ll_sum, ll_count, h_sum if has_entropy else None, h_count).items()
-        }
-    )
-    return {
-        "pp": pred,
-        "ll": {n: np.stack(v)[None] for n, v in ll.items()},
-        "observed": observed,
-        "dims": site_dims,
-        "latent": latent,
-    }
-
-
-# --------------------------------------------------------------------------- NumPyro
-
-
-def _numpyro_predictive(
-    model: Any, samples: Mapping[str, Any], args: tuple, kwargs: dict, rng_seed: int
-) -> dict | None:
-    """Log-likelihood, posterior predictive and predictive quantities for draws ``{site: [chain, draw, ...]}``."""
-    import jax
-    import jax.numpy as jnp
-    from numpyro import handlers
-
-    first = next(iter(samples.values()))
-    nc, nd = int(first.shape[0]), int(first.shape[1])
-    flat = {k: jnp.reshape(v, (nc * nd, *v.shape[2:])) for k, v in samples.items()}
-
-    def run(sample: Mapping[str, Any], key: Any) -> Any:
-        return handlers.trace(handlers.seed(handlers.substitute(model, data=sample), key)).get_trace(
-            *args, **kwargs
-        )
-
-    tr0 = run({k: v[0] for k, v in flat.items()}, jax.random.PRNGKey(rng_seed))
-    sites = [n for n, s in tr0.items() if s["type"] == "sample" and n not in flat]
-    if not sites:
-        return None
-    obs_sites = [n for n in sites if tr0[n]["is_observed"]]
-    entropy = True
-    for n in sites:
-        try:
-            tr0[n]["fn"].entropy()
-        except (NotImplementedError, AttributeError):
-            entropy = False
-    dims = {
-        n: _site_dims(
-            n, jnp.ndim(tr0[n]["value"]), len(tr0[n]["fn"].batch_shape), tr0[n].get("cond_indep_stack", ())
-        )
-        for n in sites
-    }
-
-    def one(sample: Mapping[str, Any], key: Any) -> dict[str, Any]:
-        k1, k2 = jax.random.split(key)
-        tr = run(sample, k1)
-        out: dict[str, Any] = {}
-        for n in sites:
-            fn = tr[n]["fn"]
-            if n in obs_sites:
-                out["ll/" + n] = fn.log_prob(tr[n]["value"])
-                out["pp/" + n] = fn.sample(k2)
-            else:
-                out["pp/" + n] = tr[n]["value"]
-            if entropy:
-                out["h/" + n] = fn.entropy()
-        return out
-
-    keys = jax.random.split(jax.random.PRNGKey(rng_seed + 1), nc * nd)
-    res = {k: np.asarray(v) for k, v in jax.vmap(one)(flat, keys).items()}
-
-    def shaped(v: np.ndarray) -> np.ndarray:
-        return v.reshape(nc, nd, *v.shape[1:])
-
-    ll = {n: shaped(res["ll/" + n]) for n in obs_sites}
-    pp = {n: shaped(res["pp/" + n]) for n in sites}
-    ll_sum = sum((v.reshape(nc, nd, -1).sum(-1) for v in ll.values()), np.zeros((nc, nd)))
-    ll_count = sum(int(np.prod(v.shape[2:])) for v in ll.values())
-    h_sum, h_count = None, 0
-    if entropy:
-        hs = [shaped(res["h/" + n]) for n in sites]
-        h_sum = sum((h.reshape(nc, nd, -1).sum(-1) for h in hs), np.zeros((nc, nd)))
-        h_count = sum(int(np.prod(h.shape[2:])) for h in hs)
-    pp.update(_quantities(ll_sum, ll_count, h_sum, h_count))
-    observed = {n: np.asarray(tr0[n]["value"]) for n in obs_sites}
-    return {"pp": pp, "ll": ll, "observed": observed, "dims": dims}
-
-
-def _from_numpyro_mcmc(
-    mcmc: Any, args: tuple, kwargs: dict, *, num_samples: int, max_weights: int | None, rng_seed: int
-) -> Any:
-    del num_samples  # MCMC keeps its own draws
-    base = az.from_numpyro(mcmc, log_likelihood=False)
-    samples = mcmc.get_samples(group_by_chain=True)
-    latent = {n: np.asarray(v) for n, v in samples.items() if n in base.posterior}
-    subsets = {n: _Subset(n, v.shape[2:], max_weights) for n, v in latent.items()}
-    spread = _spread_from_draws(latent, sample_axes=2)
-    if not args and not kwargs:
-        args, kwargs = tuple(getattr(mcmc, "_args", ())), dict(getattr(mcmc, "_kwargs", {}) or {})
-    predictive = _numpyro_predictive(mcmc.sampler.model, samples, args, kwargs, rng_seed)
-    return _assemble({}, subsets, predictive, spread=spread, spread_from="draws", kind="mcmc", base=base)
-
-
-def _from_samples(samples: Mapping[str, Any], *, max_weights: int | None) -> Any:
-    """Posterior draws ``{site: [S, ...]}`` alone (no model to replay): one chain, spread from the draws."""
-    draws = {str(n): np.asarray(v) for n, v in samples.items()}
-    if any(v.ndim == 0 for v in draws.values()):
-        raise ValueError("samples must be {site: draws} with the draws along the first axis")
-    subsets = {n: _Subset(n, v.shape[1:], max_weights) for n, v in draws.items()}
-    posterior = {n: subsets[n].take(v)[None] for n, v in draws.items()}
-    spread = _spread_from_draws(draws, sample_axes=1)
-    return _assemble(posterior, subsets, None, spread=spread, spread_from="draws", kind="svi")
-
-
-def _from_numpyro_svi(
-    model: Any,
-    guide: Any,
-    params: Mapping[str, Any],
-    args: tuple,
-    kwargs: dict,
-    *,
-    num_samples: int,
-    max_weights: int | None,
-    rng_seed: int,
-) -> Any:
-    import jax
-    from numpyro import handlers
-    from numpyro.infer import Predictive
-
-    draws = Predictive(guide, params=params, num_samples=num_samples)(
-        jax.random.PRNGKey(rng_seed), *args, **kwargs
-    )
-    one = {k: v[0] for k, v in draws.items()}
-    mtr = handlers.trace(
-        handlers.seed(handlers.substitute(model, data=one), jax.random.PRNGKey(0))
-    ).get_trace(*args, **kwargs)
-    latent = [n for n, s in mtr.items() if s["type"] == "sample" and not s["is_observed"] and n in draws]
-    if not latent:
-        raise ValueError("the guide samples none of the model's latent sites: nothing to convert")
-    full = {n: np.asarray(draws[n])[None] for n in latent}
-    subsets = {n: _Subset(n, v.shape[2:], max_weights) for n, v in full.items()}
-    spread = _spread_from_draws(full, sample_axes=2)
-    posterior = {n: subsets[n].take(v) for n, v in full.items()}
-    predictive = _numpyro_predictive(model, {n: draws[n][None] for n in latent}, args, kwargs, rng_seed + 1)
-    return _assemble(posterior, subsets, predictive, spread=spread, spread_from="draws", kind="svi")

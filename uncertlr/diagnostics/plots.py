@@ -1,26 +1,309 @@
-"""ArviZ plots for MCMC runs: rank plots and the energy plot (matplotlib, Agg backend).
+"""Every figure of uncertlr (matplotlib, Agg backend): calibration, uncertainty, training, spread, MCMC.
+
+Figures of plain arrays (numpy, torch or jax), which need only matplotlib:
+
+* :func:`reliability_diagram`, :func:`uncertainty_histograms`, :func:`training_curves`,
+  :func:`layer_spread_plot`;
+* :func:`reliability_figure` and :func:`ood_figure`: the same two figures drawn from a run's
+  predictions (``labels``, ``{name}_test``, ``{name}_ood``; see :mod:`uncertlr.runfolder`),
+  the ``reliability.png`` / ``uncertainty.png`` of a run folder and the report's sections.
+
+Figures of an ``InferenceData`` (:func:`rank_plot`, :func:`energy_plot`) need ArviZ, the
+``report`` extra; it is imported when they are called, so the others work without it.
+Every function returns a ``matplotlib.figure.Figure``; :func:`figure_png` renders one to PNG
+bytes and :func:`save_figure` writes it atomically.
 
 Example:
     >>> import numpy as np
-    >>> from uncertlr.diagnostics._arviz import az
-    >>> from uncertlr.diagnostics.plots import rank_plot
-    >>> idata = az.from_dict(posterior={"w": np.random.default_rng(0).normal(size=(2, 100, 3))})
-    >>> fig = rank_plot(idata, ["w[0]", "w[2]"])
-    >>> len(fig.axes)
-    2
+    >>> rng = np.random.default_rng(0)
+    >>> preds = {"labels": rng.integers(0, 3, 50),
+    ...          "net_test": rng.dirichlet(np.ones(3), size=(1, 50)),
+    ...          "bnn_test": rng.dirichlet(np.ones(3), size=(4, 50)),
+    ...          "bnn_ood": rng.dirichlet(np.ones(3), size=(4, 20))}
+    >>> png = figure_png(reliability_figure(preds, ["net", "bnn"]))
+    >>> [ax.get_title().split("\\n")[0] for ax in ood_figure(preds, ["net", "bnn"]).axes]
+    ['bnn: predictive entropy', 'bnn: mutual information']
+    >>> ood_figure(preds, ["net"]) is None  # no out-of-distribution predictions for "net"
+    True
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import io
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-import numpy as np
-from matplotlib.figure import Figure
+import matplotlib
 
-from uncertlr.diagnostics._arviz import az, quiet_plots
+matplotlib.use("Agg", force=False)
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
-__all__ = ["energy_plot", "rank_plot", "select_series"]
+from uncertlr import metrics  # noqa: E402
+from uncertlr._io import atomic_write  # noqa: E402
+
+__all__ = [
+    "CURVES",
+    "energy_plot",
+    "figure_png",
+    "layer_spread_plot",
+    "ood_figure",
+    "rank_plot",
+    "reliability_diagram",
+    "reliability_figure",
+    "save_figure",
+    "select_series",
+    "training_curves",
+    "uncertainty_histograms",
+]
+
+
+def _np(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu()
+    return np.asarray(x)
+
+
+# --------------------------------------------------------------------------- calibration and uncertainty
+
+
+def reliability_diagram(models: Mapping[str, tuple[Any, Any]], *, num_bins: int = 15) -> Figure:
+    """Accuracy against confidence per model, with bin counts underneath.
+
+    Args:
+        models: name -> ``(probs[S, N, C] or [N, C], labels[N])``.
+        num_bins: equal-width confidence bins.
+    """
+    fig, (ax, axc) = plt.subplots(2, 1, figsize=(5.5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfect calibration")
+    width = 1.0 / num_bins
+    for i, (name, (probs, labels)) in enumerate(models.items()):
+        p, y = _np(probs), _np(labels)
+        b = metrics.reliability_bins(p, y, num_bins=num_bins)
+        mid = (b.lower + b.upper) / 2
+        keep = b.count > 0
+        e = float(metrics.ece(p, y, num_bins=num_bins))
+        ax.plot(mid[keep], b.accuracy[keep], marker="o", ms=4, label=f"{name} (ECE {e:.3f})")
+        off = (i - (len(models) - 1) / 2) * width / max(len(models), 1)
+        axc.bar(mid + off, b.count, width=width / max(len(models), 1), alpha=0.8)
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title("Reliability diagram")
+    axc.set_xlabel("confidence (top-class probability of the model average)")
+    axc.set_ylabel("count")
+    axc.set_yscale("symlog")
+    fig.tight_layout()
+    return fig
+
+
+def uncertainty_histograms(scores: Mapping[str, tuple[Any, Any]], *, title: str = "") -> Figure:
+    """Histograms of an uncertainty score in- vs out-of-distribution, one panel per entry.
+
+    Args:
+        scores: panel label -> ``(score_in[N_in], score_out[N_out])``.
+        title: the figure's title (none when empty).
+    """
+    n = len(scores)
+    fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.2), squeeze=False)
+    for ax, (label, (s_in, s_out)) in zip(axes[0], scores.items()):
+        a, b = _np(s_in).ravel(), _np(s_out).ravel()
+        hi = float(max(a.max(initial=0), b.max(initial=0))) or 1.0
+        bins = np.linspace(0, hi, 31)
+        ax.hist(a, bins=bins, alpha=0.6, label="in-distribution", density=True)
+        ax.hist(b, bins=bins, alpha=0.6, label="out-of-distribution", density=True)
+        auroc = float(metrics.ood_auroc(a, b))
+        ax.set_title(f"{label}\nAUROC {auroc:.3f}", fontsize=9)
+        ax.set_xlabel("nats")
+    axes[0][0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def _require(predictions: Mapping[str, Any], keys: Sequence[str]) -> None:
+    missing = [k for k in keys if k not in predictions]
+    if missing:
+        raise KeyError(
+            f"the predictions lack {missing}: a run's predictions hold 'labels' and, per model, "
+            "'{name}_test' (and '{name}_ood') probabilities [S, N, C]"
+        )
+
+
+def reliability_figure(predictions: Mapping[str, Any], names: Sequence[str]) -> Figure:
+    """:func:`reliability_diagram` of the models ``names`` from a run's predictions.
+
+    Args:
+        predictions: ``labels[N]`` and, per model, ``{name}_test`` probabilities ``[S, N, C]``
+            (or ``[N, C]``), as :func:`uncertlr.runfolder.read_predictions` returns them.
+        names: the models to draw, in legend order.
+
+    Raises:
+        KeyError: ``labels`` or a model's ``{name}_test`` is missing (the message names them).
+    """
+    _require(predictions, ["labels", *(f"{n}_test" for n in names)])
+    return reliability_diagram({n: (predictions[f"{n}_test"], predictions["labels"]) for n in names})
+
+
+def ood_figure(predictions: Mapping[str, Any], names: Sequence[str], *, title: str = "") -> Figure | None:
+    """Uncertainty in- vs out-of-distribution from a run's predictions, or None when there is none.
+
+    One panel of predictive entropy (total uncertainty) per model of ``names`` with
+    ``{name}_ood`` predictions, and one of mutual information (its epistemic part) for
+    sampled models (``S > 1``); each panel's title gives the OOD AUROC of that score.
+
+    Args:
+        predictions: per model ``{name}_test`` and ``{name}_ood`` probabilities ``[S, N, C]``
+            (or ``[N, C]``), as :func:`uncertlr.runfolder.read_predictions` returns them.
+        names: the models to draw; those without ``{name}_ood`` are left out.
+        title: the figure's title, e.g. ``"in-distribution vs rotated digits"``.
+
+    Returns:
+        The figure, or None when no model of ``names`` has ``{name}_ood``.
+    """
+    ood = [n for n in names if f"{n}_ood" in predictions]
+    _require(predictions, [f"{n}_test" for n in ood])
+    scores = {}
+    for n in ood:
+        test = predictions[f"{n}_test"]
+        d_in = metrics.uncertainty_decomposition(test)
+        d_out = metrics.uncertainty_decomposition(predictions[f"{n}_ood"])
+        scores[f"{n}: predictive entropy"] = (d_in.total, d_out.total)
+        if np.ndim(test) == 3 and np.shape(test)[0] > 1:
+            scores[f"{n}: mutual information"] = (d_in.epistemic, d_out.epistemic)
+    return uncertainty_histograms(scores, title=title) if scores else None
+
+
+# --------------------------------------------------------------------------- training and spread
+
+#: Quantities :func:`training_curves` draws, in panel order, with their axis labels.
+CURVES = (
+    ("loss", "loss"),
+    ("signal", "uncertainty signal"),
+    ("scale", "step scale"),
+    ("lr", "learning rate"),
+)
+
+
+def _smooth(v: np.ndarray, window: int) -> np.ndarray:
+    """Moving average that ignores NaN (same length; NaN where the window holds no finite value)."""
+    ok = np.isfinite(v)
+    kernel = np.ones(window)
+    num = np.convolve(np.where(ok, v, 0.0), kernel, mode="same")
+    den = np.convolve(ok.astype(float), kernel, mode="same")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.maximum(den, 1), np.nan)
+
+
+def training_curves(histories: Mapping[str, Any], *, keys: tuple[tuple[str, str], ...] = CURVES) -> Figure:
+    """Training curves: one panel per quantity that any history holds (loss, signal, scale, lr).
+
+    Args:
+        histories: model name -> records ``[{step, loss, lr, signal?, scale?, ...}]``.
+            Noisy curves (loss, signal) are drawn faintly with a moving average on top.
+        keys: ``(record key, axis label)`` pairs to draw, in panel order.
+
+    Example:
+        >>> fig = training_curves({"bnn": [{"step": i, "loss": 1 / (i + 1), "lr": 0.01} for i in range(50)]})
+        >>> [ax.get_ylabel() for ax in fig.axes]
+        ['loss', 'learning rate']
+    """
+    present = [
+        (k, label)
+        for k, label in keys
+        if any(isinstance(r, Mapping) and _finite_number(r.get(k)) for h in histories.values() for r in h)
+    ]
+    if not present:
+        raise ValueError(f"no history holds any of {[k for k, _ in keys]}")
+    fig, axes = plt.subplots(len(present), 1, figsize=(7.5, 2.3 * len(present)), sharex=True, squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (key, label) in zip(axes[:, 0], present):
+        for i, (name, records) in enumerate(histories.items()):
+            recs = [r for r in records if isinstance(r, Mapping)]
+            v = np.array([float(r[key]) if _finite_number(r.get(key)) else np.nan for r in recs])
+            if not np.isfinite(v).any():
+                continue
+            steps = np.array(
+                [
+                    float(r.get("step", j)) if _finite_number(r.get("step", j)) else j
+                    for j, r in enumerate(recs)
+                ]
+            )
+            c = colors[i % len(colors)]
+            if key in ("loss", "signal") and len(v) > 20:
+                ax.plot(steps, v, color=c, alpha=0.25, lw=0.6)
+                ax.plot(steps, _smooth(v, max(5, len(v) // 50)), color=c, lw=1.4, label=name)
+            else:
+                ax.plot(steps, v, color=c, lw=1.2, label=name)
+        ax.set_ylabel(label)
+        finite = [
+            float(r[key])
+            for h in histories.values()
+            for r in h
+            if isinstance(r, Mapping) and _finite_number(r.get(key))
+        ]
+        if key == "loss" and finite and min(finite) > 0 and max(finite) / min(finite) > 50:
+            ax.set_yscale("log")
+        ax.legend(fontsize=8, loc="upper right")
+    axes[-1, 0].set_xlabel("optimizer step")
+    fig.tight_layout()
+    return fig
+
+
+def _finite_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def layer_spread_plot(spreads: Mapping[str, Mapping[str, Any]]) -> Figure:
+    """Per-layer posterior spread: mean σ and mean ``|μ|/σ`` per layer, one bar per model.
+
+    Args:
+        spreads: model name -> layer -> :class:`~uncertlr.metrics.LayerSpread` (or a dict with
+            ``mean_scale`` and ``mean_snr``), e.g. ``{"bnn": bnn.posterior_spread()}``.
+
+    Example:
+        >>> fig = layer_spread_plot({"bnn": {"fc1": {"mean_scale": 0.1, "mean_snr": 3.0}}})
+        >>> [ax.get_title() for ax in fig.axes]
+        ['mean posterior std σ', 'mean |μ| / σ (signal-to-noise)']
+    """
+    layers: list[str] = []
+    for s in spreads.values():
+        layers += [k for k in s if k not in layers]
+    if not layers:
+        raise ValueError("no layer spreads to plot")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.6 + 0.45 * len(layers) * max(1, len(spreads)) ** 0.5 + 1.4))
+    height = 0.8 / max(len(spreads), 1)
+    y = np.arange(len(layers))
+    for ax, field, title in (
+        (axes[0], "mean_scale", "mean posterior std σ"),
+        (axes[1], "mean_snr", "mean |μ| / σ (signal-to-noise)"),
+    ):
+        for i, (name, s) in enumerate(spreads.items()):
+            vals = [_field(s.get(k), field) for k in layers]
+            ax.barh(y + (i - (len(spreads) - 1) / 2) * height, vals, height=height, label=name)
+        ax.set_yticks(y, layers, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_title(title, fontsize=10)
+    axes[0].set_ylabel("layer")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _field(entry: Any, field: str) -> float:
+    if entry is None:
+        return np.nan
+    v = entry[field] if isinstance(entry, Mapping) else getattr(entry, field)
+    return np.nan if v is None else float(v)
+
+
+# --------------------------------------------------------------------------- MCMC (ArviZ)
 
 
 def select_series(idata: Any, labels: Sequence[str]) -> dict[str, np.ndarray]:
@@ -59,8 +342,18 @@ def rank_plot(idata: Any, labels: Sequence[str], *, columns: int = 3) -> Figure:
     """Rank plots (``arviz.plot_rank``) of the scalar quantities named by ``labels``.
 
     Each panel shows, per chain, the histogram of the ranks of its draws among all
-    chains' draws: flat and alike when the chains agree.
+    chains' draws: flat and alike when the chains agree. Needs ArviZ (the report extra).
+
+    Example:
+        >>> import numpy as np
+        >>> from uncertlr.diagnostics._arviz import az
+        >>> idata = az.from_dict(posterior={"w": np.random.default_rng(0).normal(size=(2, 100, 3))})
+        >>> fig = rank_plot(idata, ["w[0]", "w[2]"])
+        >>> len(fig.axes)
+        2
     """
+    from uncertlr.diagnostics._arviz import az, quiet_plots  # the optional report extra
+
     series = select_series(idata, labels)
     data = az.from_dict(posterior=series)
     n = len(series)
@@ -86,7 +379,9 @@ def rank_plot(idata: Any, labels: Sequence[str], *, columns: int = 3) -> Figure:
 
 
 def energy_plot(idata: Any) -> Figure:
-    """``arviz.plot_energy``: marginal energy vs energy transitions (needs ``sample_stats.energy``)."""
+    """``arviz.plot_energy``: marginal energy vs energy transitions (needs ``sample_stats.energy`` and ArviZ)."""
+    from uncertlr.diagnostics._arviz import az, quiet_plots  # the optional report extra
+
     if "sample_stats" not in idata.groups() or "energy" not in idata.sample_stats:
         raise ValueError("no energy in sample_stats: run NumPyro's MCMC with extra_fields=('energy',)")
     with quiet_plots():
@@ -94,3 +389,22 @@ def energy_plot(idata: Any) -> Figure:
     fig = np.atleast_1d(ax).ravel()[0].figure
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------- output
+
+
+def figure_png(fig: Figure, *, dpi: int = 110) -> bytes:
+    """Render ``fig`` to PNG bytes and close it (for embedding in HTML)."""
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)
+    return buf.getvalue()
+
+
+def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 110) -> Path:
+    """Save ``fig`` as PNG atomically (:func:`uncertlr._io.atomic_write`) and close it; returns the path."""
+    png = figure_png(fig, dpi=dpi)
+    return atomic_write(path, lambda f: f.write(png))

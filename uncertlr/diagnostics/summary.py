@@ -23,7 +23,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -47,7 +47,9 @@ BFMI_THRESHOLD = 0.3
 _COLUMNS = ("mean", "sd", "mcse_mean", "mcse_sd", "ess_bulk", "ess_tail", "r_hat")
 
 
-def _table(idata: Any, group: str, var_names: list[str], kind: str) -> dict[str, dict[str, float | None]]:
+def _table(
+    idata: Any, group: str, var_names: list[str], kind: Literal["all", "stats"]
+) -> dict[str, dict[str, float | None]]:
     if not var_names:
         return {}
     df = az.summary(idata, group=group, var_names=var_names, kind=kind, round_to="none")
@@ -77,7 +79,7 @@ def summarize(idata: Any) -> dict[str, Any]:
     if "posterior" in groups:
         post = idata.posterior
         out["chains"], out["draws"] = int(post.sizes["chain"]), int(post.sizes["draw"])
-    stats_kind = "all" if kind == "mcmc" else "stats"
+    stats_kind: Literal["all", "stats"] = "all" if kind == "mcmc" else "stats"
     pred_vars: list[str] = []
     if "posterior_predictive" in groups:
         pred_vars = [q for q in PREDICTIVE_QUANTITIES if q in idata.posterior_predictive]

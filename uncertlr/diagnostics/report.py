@@ -1,8 +1,9 @@
 """``report(run_dir)``: a self-contained HTML report of a run folder, beside ``posterior-*.nc`` and ``summary.json``.
 
-Reads what a run leaves in its folder — ``metrics.json`` (required), ``history.json``,
-``predictions.npz`` and one ``posterior-<model>.nc`` per Bayesian model (an ArviZ
-``InferenceData``, see :func:`~uncertlr.diagnostics.to_inference_data`) — and writes
+Reads what a run leaves in its folder (through :mod:`uncertlr.runfolder`) — ``metrics.json``
+(required), ``history.json``, the arrays it plots from ``predictions.npz`` and one
+``posterior-<model>.nc`` per Bayesian model (an ArviZ ``InferenceData``, see
+:func:`~uncertlr.diagnostics.to_inference_data`) — and writes
 
 * ``report.html``: every image embedded as a ``data:`` URI, no external resource, every
   user-supplied string escaped; sections :data:`SECTIONS`;
@@ -20,19 +21,21 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
+import functools
 import hashlib
 import json
 import re
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from uncertlr import metrics as _metrics
+from uncertlr import __version__
+from uncertlr._io import atomic_write, write_json
+from uncertlr._progress import progress_task
 from uncertlr.diagnostics import _html
 from uncertlr.diagnostics._arviz import az
 from uncertlr.diagnostics.convert import (
@@ -42,10 +45,17 @@ from uncertlr.diagnostics.convert import (
     model_name,
     to_inference_data,
 )
-from uncertlr.diagnostics.plots import energy_plot, rank_plot
+from uncertlr.diagnostics.plots import (
+    energy_plot,
+    figure_png,
+    layer_spread_plot,
+    ood_figure,
+    rank_plot,
+    reliability_figure,
+    training_curves,
+)
 from uncertlr.diagnostics.summary import RHAT_THRESHOLD, summarize
-from uncertlr.evaluation import SUMMARY_ROWS
-from uncertlr.runs import METRICS_SCHEMA, atomic_write, read_json, write_json
+from uncertlr.runfolder import SUMMARY_ROWS, read_history, read_metrics, read_predictions
 
 __all__ = ["SECTIONS", "SUMMARY_SCHEMA", "load_posteriors", "posterior_filename", "report"]
 
@@ -88,44 +98,15 @@ def load_posteriors(run_dir: str | Path) -> dict[str, Any]:
     return out
 
 
+def _write_bytes(data: bytes, f: Any) -> None:
+    f.write(data)
+
+
 def _netcdf_bytes(idata: Any) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "posterior.nc"
         idata.to_netcdf(str(path))
         return path.read_bytes()
-
-
-# --------------------------------------------------------------------------- progress
-
-
-@contextlib.contextmanager
-def _progress(progress: Any, total: int) -> Iterator[Callable[[str], None]]:
-    """Yield ``advance(description)``; a rich progress bar when ``progress`` is True or a ``Progress``."""
-    if progress is False or progress is None:
-        yield lambda _desc: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    own = progress is True
-    bar = (
-        Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            transient=False,
-        )
-        if own
-        else progress
-    )
-    ctx = bar if own else contextlib.nullcontext(bar)
-    with ctx:
-        task = bar.add_task("report", total=total)
-
-        def advance(desc: str) -> None:
-            bar.update(task, advance=1, description=f"report: {desc}")
-
-        yield advance
 
 
 # --------------------------------------------------------------------------- report
@@ -144,37 +125,22 @@ def report(
             ``predictions.npz`` and ``posterior-*.nc`` are used when present).
         inference: extra or newer posteriors, ``{model name: InferenceData or anything
             to_inference_data accepts}``; they replace stored ones of the same name.
-        progress: True for a rich progress bar, False for none, or a ``rich.progress.Progress``.
+        progress: True for a progress bar, False for none, or a ``rich.progress.Progress``
+            to add the report's task to (:func:`uncertlr._progress.progress_task`).
 
     Returns:
         The path of ``report.html``.
 
     Raises:
         FileNotFoundError: ``run_dir`` or its ``metrics.json`` is missing.
-        ValueError: ``metrics.json`` does not follow the ``uncertlr.metrics/1`` schema.
+        ValueError: ``metrics.json`` does not follow the ``uncertlr.metrics/1`` schema, or
+            ``history.json`` / ``predictions.npz`` cannot be read (the message names the file).
     """
     run = Path(run_dir)
-    if not run.is_dir():
-        raise FileNotFoundError(f"run folder {run} does not exist")
-    if not (run / "metrics.json").is_file():
-        raise FileNotFoundError(f"{run} has no metrics.json: is it a run folder written by `uncertlr demo`?")
-    meta = read_json(run / "metrics.json")
-    if (
-        not isinstance(meta, dict)
-        or meta.get("schema") != METRICS_SCHEMA
-        or not isinstance(meta.get("models", {}), dict)
-    ):
-        raise ValueError(
-            f"{run / 'metrics.json'} is not an {METRICS_SCHEMA} file (schema {meta.get('schema')!r})"
-        )
-    history = read_json(run / "history.json") if (run / "history.json").is_file() else {}
-    if not isinstance(history, dict):
-        raise ValueError(f"{run / 'history.json'} must map model names to lists of records")
-    history = {str(k): v for k, v in history.items() if isinstance(v, list)}
-    preds: dict[str, np.ndarray] = {}
-    if (run / "predictions.npz").is_file():
-        with np.load(run / "predictions.npz") as f:
-            preds = {k: f[k] for k in f.files}
+    meta = read_metrics(run)
+    history = read_history(run)
+    plotted = [f"{n}{part}" for n in meta.get("models", {}) for part in ("_test", "_ood")]
+    preds = read_predictions(run, ["labels", *plotted])
 
     posteriors = load_posteriors(run)
     for name, obj in (inference or {}).items():
@@ -192,24 +158,23 @@ def report(
     labels = preds.get("labels")
     tested = [n for n in meta.get("models", {}) if f"{n}_test" in preds] if labels is not None else []
     if tested:
-        jobs.append(("reliability", lambda: _reliability(preds, tested)))
+        jobs.append(("reliability", lambda: reliability_figure(preds, tested)))
         if any(f"{n}_ood" in preds for n in tested):
-            jobs.append(("uncertainty", lambda: _uncertainty(preds, tested)))
+            jobs.append(("uncertainty", lambda: ood_figure(preds, tested)))
     if spreads:
-        jobs.append(("spread", lambda: _spread(spreads)))
+        jobs.append(("spread", lambda: layer_spread_plot(spreads)))
     for n in mcmc:
-        jobs.append((f"rank:{n}", lambda n=n: rank_plot(posteriors[n], _rank_labels(summaries[n]))))
+        jobs.append((f"rank:{n}", functools.partial(rank_plot, posteriors[n], _rank_labels(summaries[n]))))
         if summaries[n]["energy_recorded"]:
-            jobs.append((f"energy:{n}", lambda n=n: energy_plot(posteriors[n])))
+            jobs.append((f"energy:{n}", functools.partial(energy_plot, posteriors[n])))
     if any(history.values()):
-        jobs.append(("training", lambda: _training(history)))
-    from uncertlr.plotting import figure_png
+        jobs.append(("training", lambda: training_curves({k: v for k, v in history.items() if v})))
 
-    with _progress(progress, len(jobs) + 1) as advance:
+    with progress_task(progress, "report", len(jobs) + 1) as advance:
         for key, make in jobs:
             figures[key] = figure_png(make())
-            advance(key)
-        html = _render(run, meta, history, preds, tested, posteriors, summaries, mcmc, figures)
+            advance(description=f"report: {key}")
+        html = _render(run, meta, history, posteriors, summaries, mcmc, figures)
         files = {posterior_filename(n): _netcdf_bytes(idata) for n, idata in posteriors.items()}
         summary = {
             "schema": SUMMARY_SCHEMA,
@@ -220,48 +185,15 @@ def report(
             "models": {n: {**s, "posterior_file": posterior_filename(n)} for n, s in summaries.items()},
             "warnings": [{"model": n, "message": w} for n, s in summaries.items() for w in s["warnings"]],
         }
-        advance("writing")
+        advance(description="report: writing")
     # everything is rendered: now write, each file atomically, the page last
     for fname, data in files.items():
-        atomic_write(run / fname, lambda f, data=data: f.write(data))
+        atomic_write(run / fname, functools.partial(_write_bytes, data))
     write_json(run / "summary.json", summary)
     return atomic_write(run / "report.html", lambda f: f.write(html.encode("utf-8")))
 
 
 # --------------------------------------------------------------------------- figures
-
-
-def _reliability(preds: Mapping[str, np.ndarray], names: list[str]) -> Any:
-    from uncertlr.plotting import reliability_diagram
-
-    return reliability_diagram({n: (preds[f"{n}_test"], preds["labels"]) for n in names})
-
-
-def _uncertainty(preds: Mapping[str, np.ndarray], names: list[str]) -> Any:
-    from uncertlr.plotting import uncertainty_histograms
-
-    scores = {}
-    for n in names:
-        if f"{n}_ood" not in preds:
-            continue
-        d_in = _metrics.uncertainty_decomposition(preds[f"{n}_test"])
-        d_out = _metrics.uncertainty_decomposition(preds[f"{n}_ood"])
-        scores[f"{n}: predictive entropy"] = (d_in.total, d_out.total)
-        if preds[f"{n}_test"].ndim == 3 and preds[f"{n}_test"].shape[0] > 1:
-            scores[f"{n}: mutual information"] = (d_in.epistemic, d_out.epistemic)
-    return uncertainty_histograms(scores)
-
-
-def _spread(spreads: Mapping[str, Any]) -> Any:
-    from uncertlr.plotting import layer_spread_plot
-
-    return layer_spread_plot(spreads)
-
-
-def _training(history: Mapping[str, Any]) -> Any:
-    from uncertlr.plotting import training_curves
-
-    return training_curves({k: v for k, v in history.items() if v})
 
 
 def _rank_labels(summary: Mapping[str, Any], num_weights: int = 4) -> list[str]:
@@ -300,8 +232,6 @@ def _render(
     run: Path,
     meta: dict,
     history: dict,
-    preds: dict,
-    tested: list[str],
     posteriors: dict,
     summaries: dict,
     mcmc: list[str],
@@ -457,8 +387,6 @@ def _render(
             + "".join(f"<li><strong>{esc(n)}</strong>: {esc(w)}</li>" for n, w in all_warnings)
             + "</ul></div>"
         )
-    from uncertlr import __version__
-
     return _html.page(
         title=f"uncertlr report: {run.name}",
         subtitle=" · ".join(

@@ -1,0 +1,127 @@
+"""Figures: the run-folder figures against independent computations, atomic PNGs, and plots without ArviZ."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from uncertlr.diagnostics.plots import (
+    ood_figure,
+    reliability_figure,
+    save_figure,
+    training_curves,
+)
+
+
+@pytest.fixture
+def predictions():
+    """A run's predictions: ``net`` a point estimate (S = 1) without OOD data, ``bnn`` sampled (S = 5) with."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 80)
+
+    def probs(s, n, sharp):
+        logits = sharp * np.eye(3)[labels[:n]][None] + rng.normal(size=(s, n, 3))
+        return np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+
+    return {
+        "labels": labels,
+        "net_test": probs(1, 80, 3.0),
+        "bnn_test": probs(5, 80, 3.0),
+        "bnn_ood": probs(5, 40, 0.0),
+    }
+
+
+def _entropy(p: np.ndarray) -> np.ndarray:
+    return -(p * np.log(p)).sum(-1)
+
+
+def test_reliability_figure_draws_every_model(predictions):
+    fig = reliability_figure(predictions, ["net", "bnn"])
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend[0] == "perfect calibration"
+    assert [t.split(" (ECE")[0] for t in legend[1:]] == ["net", "bnn"]
+    plt.close(fig)
+    with pytest.raises(KeyError, match="other_test"):
+        reliability_figure(predictions, ["net", "other"])
+    with pytest.raises(KeyError, match="labels"):
+        reliability_figure({"net_test": predictions["net_test"]}, ["net"])
+
+
+def test_ood_figure_panels_and_auroc(predictions):
+    fig = ood_figure(predictions, ["net", "bnn"], title="in-distribution vs noise")
+    titles = [ax.get_title() for ax in fig.axes]
+    # net has no OOD predictions; bnn is sampled, so it gets a mutual-information panel too
+    assert [t.split("\n")[0] for t in titles] == ["bnn: predictive entropy", "bnn: mutual information"]
+    assert fig._suptitle.get_text() == "in-distribution vs noise"
+    # independent: entropy of the mean probabilities and MI by hand, AUROC by scikit-learn
+    p_in, p_out = predictions["bnn_test"], predictions["bnn_ood"]
+    h_in, h_out = _entropy(p_in.mean(0)), _entropy(p_out.mean(0))
+    mi_in, mi_out = h_in - _entropy(p_in).mean(0), h_out - _entropy(p_out).mean(0)
+    for title, (a, b) in zip(titles, ((h_in, h_out), (mi_in, mi_out))):
+        auroc = roc_auc_score(np.r_[np.zeros(len(a)), np.ones(len(b))], np.r_[a, b])
+        assert title.endswith(f"AUROC {auroc:.3f}")
+    plt.close(fig)
+    assert ood_figure(predictions, ["net"]) is None
+    assert ood_figure({"labels": predictions["labels"]}, []) is None
+
+
+def test_save_figure_writes_a_png_atomically(tmp_path):
+    fig = training_curves({"m": [{"step": i, "loss": 1.0 / (i + 1)} for i in range(30)]})
+    path = save_figure(fig, tmp_path / "sub" / "curves.png")
+    assert path == tmp_path / "sub" / "curves.png"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in path.parent.iterdir()] == ["curves.png"]  # no temporary file left
+    assert not plt.fignum_exists(fig.number)  # closed
+
+
+def test_figures_work_without_arviz():
+    """The matplotlib figures need no ArviZ; the ArviZ-backed names fail with the actionable message."""
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["arviz"] = None  # as if the report extra were not installed
+        import numpy as np
+        import uncertlr.diagnostics.plots as plots
+        import uncertlr.diagnostics as diagnostics
+
+        p = np.full((2, 4, 3), 1 / 3)
+        preds = {"labels": np.zeros(4, dtype=int), "m_test": p, "m_ood": p}
+        plots.figure_png(plots.reliability_figure(preds, ["m"]))
+        plots.figure_png(diagnostics.ood_figure(preds, ["m"]))
+        for name in ("to_inference_data", "report", "SECTIONS"):
+            try:
+                getattr(diagnostics, name)
+            except ImportError as exc:
+                print(name, exc)
+            else:
+                raise SystemExit(name + " did not raise")
+        try:
+            from uncertlr.diagnostics import report
+        except ImportError as exc:
+            print("from-import", exc)
+        try:
+            plots.rank_plot(None, ["w"])
+        except ImportError as exc:
+            print("rank_plot", exc)
+        assert "uncertlr.diagnostics.convert" not in sys.modules
+        """
+    )
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == [
+        "to_inference_data",
+        "report",
+        "SECTIONS",
+        "from-import",
+        "rank_plot",
+    ]
+    assert all("pip install 'uncertlr[report]'" in line for line in lines)
