@@ -28,6 +28,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check uncertlr models tests benchmarks examples
 	$(BIN)/ruff format --check uncertlr models tests benchmarks examples
+	$(BIN)/lint-imports
 
 # Baselines for the benchmarks: IVON (GPL-3.0, used only as a baseline) and TyXe (--no-deps, or it replaces torch).
 bench-deps: $(STAMP)

@@ -12,9 +12,7 @@ this package.
 * :func:`summarize` / :func:`convergence_warnings` — ``arviz.summary`` on predictive
   quantities and weights, divergences, energy BFMI, plain-language warnings;
 * :func:`report` — ``report.html``, ``posterior-<model>.nc`` and ``summary.json`` in a run
-  folder (also ``uncertlr report RUN_DIR``). ``uncertlr.diagnostics.report`` is this
-  function, also once its module is imported; the module itself is
-  ``importlib.import_module("uncertlr.diagnostics.report")``;
+  folder (also ``uncertlr report RUN_DIR``);
 * :func:`reliability_figure`, :func:`ood_figure`, :func:`training_curves`,
   :func:`layer_spread_plot`, :func:`rank_plot`, :func:`energy_plot`... — every figure, see
   :mod:`uncertlr.diagnostics.plots`.
@@ -34,8 +32,6 @@ Example:
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 from uncertlr.diagnostics.plots import (
@@ -54,6 +50,7 @@ from uncertlr.diagnostics.plots import (
 )
 
 if TYPE_CHECKING:  # the names below are imported on first use (they need ArviZ)
+    from uncertlr.diagnostics._report import SECTIONS, load_posteriors, posterior_filename, report
     from uncertlr.diagnostics.convert import (
         HISTORY_GROUP,
         MAX_WEIGHTS,
@@ -67,7 +64,6 @@ if TYPE_CHECKING:  # the names below are imported on first use (they need ArviZ)
         to_inference_data,
         weight_subset,
     )
-    from uncertlr.diagnostics.report import SECTIONS, load_posteriors, posterior_filename, report
     from uncertlr.diagnostics.summary import RHAT_THRESHOLD, convergence_warnings, summarize
 
 #: The public names that need ArviZ, and the submodule defining each.
@@ -89,7 +85,7 @@ _ARVIZ_NAMES = {
         "convert",
     ),
     **dict.fromkeys(("RHAT_THRESHOLD", "convergence_warnings", "summarize"), "summary"),
-    **dict.fromkeys(("SECTIONS", "load_posteriors", "posterior_filename", "report"), "report"),
+    **dict.fromkeys(("SECTIONS", "load_posteriors", "posterior_filename", "report"), "_report"),
 }
 
 __all__ = [
@@ -138,20 +134,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *_ARVIZ_NAMES})
-
-
-class _Package(types.ModuleType):
-    """This package's module type: the submodule ``report`` never hides the function ``report``.
-
-    Importing a submodule binds it as an attribute of its package, after the submodule has
-    run; that would replace the function :func:`report` by the module ``report`` whenever the
-    module is imported first (``pytest --doctest-modules`` does). Only that binding is refused.
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, types.ModuleType) and _ARVIZ_NAMES.get(name) == name:
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
