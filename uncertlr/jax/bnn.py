@@ -33,9 +33,10 @@ from numpyro.distributions import constraints
 
 from uncertlr import likelihoods as _lik
 from uncertlr import priors as _priors
+from uncertlr._spec import bnn_spec
 from uncertlr.jax._networks import FanIn, Network, as_network
 from uncertlr.likelihoods import NormalPrediction
-from uncertlr.select import Predicate, Selector, as_selector
+from uncertlr.select import Predicate, Selector
 
 __all__ = ["BNN", "NOISE_SITE", "bayesian"]
 
@@ -192,7 +193,7 @@ class BNN:
             )
         s = jnp.asarray(noise_scale, dtype=outputs.dtype)
         s = s.reshape(s.shape + (1,) * (outputs.ndim - s.ndim))
-        lp = dist.Normal(outputs, s).log_prob(y)
+        lp = _lik.normal_log_prob(y, outputs, s)
         return lp.reshape(lp.shape[:2] + (-1,)).sum(-1)
 
     # ------------------------------------------------------------------ validation
@@ -238,25 +239,9 @@ class BNN:
                 f"x and y must have the same batch size; got {x.shape[0]} and {y.shape[0] if y.ndim else 'a scalar'}"
             )
         if categorical:
-            if y.ndim != 1:
-                raise ValueError(f"labels must have shape [N] = [{x.shape[0]}]; got {tuple(y.shape)}")
-            if not jnp.issubdtype(y.dtype, jnp.integer):
-                raise TypeError(f"labels must be an integer array of class indices; got dtype {y.dtype}")
-            if self.validate:
-                yy = np.asarray(y)
-                lo, hi = int(yy.min()), int(yy.max())
-                if lo < 0 or hi >= out[1]:
-                    raise ValueError(f"labels must lie in [0, {out[1]}); got values in [{lo}, {hi}]")
+            _lik.check_labels(y, x.shape[0], out[1], values=self.validate)
         else:
-            if tuple(y.shape) != out:
-                raise ValueError(
-                    f"regression targets must have the network output's shape {out}; got {tuple(y.shape)} "
-                    "(reshape y, e.g. y[:, None], rather than rely on broadcasting)"
-                )
-            if not jnp.issubdtype(y.dtype, jnp.floating):
-                raise TypeError(f"regression targets must be floating point; got dtype {y.dtype}")
-            if self.validate and not np.isfinite(np.asarray(y)).all():
-                raise ValueError("regression targets contain NaN or inf")
+            _lik.check_targets(y, out, values=self.validate)
         return x, jnp.asarray(y)
 
     # ------------------------------------------------------------------ NumPyro programs
@@ -374,23 +359,23 @@ def bayesian(
         >>> bnn.random_names, bnn.fixed_names
         (['layers_2.kernel', 'layers_2.bias'], ['layers_0.kernel', 'layers_0.bias'])
     """
-    if isinstance(num_data, bool) or not isinstance(num_data, (int, np.integer)) or num_data < 1:
-        raise ValueError(f"num_data must be a positive integer (the training-set size); got {num_data!r}")
-    if not (isinstance(kl_weight, (int, float)) and math.isfinite(kl_weight) and kl_weight > 0):
-        raise ValueError(f"kl_weight must be finite and > 0; got {kl_weight!r}")
-    if not (isinstance(init_scale, (int, float)) and math.isfinite(init_scale) and init_scale > 0):
-        raise ValueError(f"init_scale must be positive and finite; got {init_scale!r}")
-    prior = _priors.Normal(1.0) if prior is None else prior
-    if not isinstance(prior, (_priors.Normal, _priors.FanInNormal, _priors.ScaleMixtureNormal)):
-        raise TypeError(f"prior must be an uncertlr.priors spec; got {type(prior).__name__}")
-    network = as_network(net, params=params, per_example=per_example, fan_in=fan_in)
-    return BNN(
-        network,
+    spec = bnn_spec(
+        num_data=num_data,
         prior=prior,
-        likelihood=_lik.as_likelihood(likelihood),
-        select=as_selector(select),
-        num_data=int(num_data),
+        likelihood=likelihood,
+        select=select,
         init_scale=init_scale,
         kl_weight=kl_weight,
         validate=validate,
+    )
+    network = as_network(net, params=params, per_example=per_example, fan_in=fan_in)
+    return BNN(
+        network,
+        prior=spec.prior,
+        likelihood=spec.likelihood,
+        select=spec.select,
+        num_data=spec.num_data,
+        init_scale=spec.init_scale,
+        kl_weight=spec.kl_weight,
+        validate=spec.validate,
     )
