@@ -21,7 +21,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "uncertlr.jax needs the jax extra: pip install 'uncertlr[jax]' (jax, jaxlib, numpyro, optax)"
     ) from exc
 
-from uncertlr.jax.bnn import BNN, bayesian
+from uncertlr.jax.bnn import BNN, ELBOTerms, bayesian
 from uncertlr.jax.inference import (
     DATA_AXIS,
     DivergenceWarning,
@@ -39,6 +39,7 @@ __all__ = [
     "BNN",
     "DATA_AXIS",
     "DivergenceWarning",
+    "ELBOTerms",
     "LastLayerMCMCSignal",
     "MCMCResult",
     "NormalPrediction",

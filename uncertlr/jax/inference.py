@@ -24,7 +24,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -39,9 +39,8 @@ from numpyro.infer.initialization import init_to_sample, init_to_uniform, init_t
 
 from uncertlr import likelihoods as _lik
 from uncertlr import metrics
-from uncertlr import priors as _priors
 from uncertlr._progress import progress_bar
-from uncertlr.jax.bnn import BNN, NOISE_SITE
+from uncertlr.jax.bnn import BNN, NOISE_SITE, ELBOTerms
 from uncertlr.likelihoods import NormalPrediction
 from uncertlr.metrics import LayerSpread, layer_spread
 
@@ -353,52 +352,6 @@ def mcmc(
 # --------------------------------------------------------------------------- SVI
 
 
-class _Terms(NamedTuple):
-    nll: Array
-    kl: Array
-    outputs: Array | None
-
-
-def _meanfield_loss(bnn: BNN, num_particles: int) -> Callable[..., tuple[Array, _Terms]]:
-    """The negative ELBO per data point for ``bnn.guide`` with an analytic KL (MC for scale-mixture priors).
-
-    Equals ``TraceMeanField_ELBO().loss(..., bnn.model, bnn.guide, ...) / num_data`` for the same draw
-    (tested), computed without tracing the model, and keeps the network outputs for signals.
-    """
-    names = bnn.random_names
-    mixture = isinstance(bnn.prior, _priors.ScaleMixtureNormal)
-
-    def loss(params: Mapping[str, Array], key: Array, x: Array, y: Array) -> tuple[Array, _Terms]:
-        keys = jax.random.split(key, len(names))
-        loc = {n: params[f"{n}_loc"] for n in names}
-        scale = {n: params[f"{n}_scale"] for n in names}
-        w = {
-            n: loc[n] + scale[n] * jax.random.normal(k, (num_particles, *bnn.shapes[n]), loc[n].dtype)
-            for k, n in zip(keys, names)
-        }
-        fixed = {n: params[n] for n in bnn.fixed_names}
-        outputs = jax.vmap(lambda wk: bnn.apply(wk, x, fixed))(w)
-        nll = -bnn.log_likelihood(outputs, y, params.get(NOISE_SITE)).mean()
-        kl = jnp.zeros((), outputs.dtype)
-        for n in names:
-            if mixture:
-                entropy = jnp.sum(jnp.log(scale[n])) + 0.5 * scale[n].size * math.log(2 * math.pi * math.e)
-                log_p = jax.vmap(bnn.prior_distribution(n).log_prob)(w[n]).mean()
-                kl = kl - entropy - log_p
-            else:
-                p_loc = bnn.network.values[n] if bnn.prior.centered else bnn.prior.loc
-                p_scale = bnn.prior_scale[n]
-                kl = kl + jnp.sum(
-                    math.log(p_scale)
-                    - jnp.log(scale[n])
-                    + (scale[n] ** 2 + (loc[n] - p_loc) ** 2) / (2 * p_scale**2)
-                    - 0.5
-                )
-        return nll + bnn.kl_weight * kl / bnn.num_data, _Terms(nll, kl, outputs)
-
-    return loss
-
-
 def _param_sites(fn: Callable[..., Any], key: Array, *args: Any) -> dict[str, tuple[Array, Any]]:
     tr = handlers.trace(handlers.seed(fn, key)).get_trace(*args)
     return {
@@ -640,14 +593,16 @@ def svi(
     xb0, yb0 = x[:batch_size], y[:batch_size]
     if guide == "meanfield":
         guide_fn: Any = bnn.guide
-        loss_fn = _meanfield_loss(bnn, num_particles)
+
+        def loss_fn(params: Mapping[str, Array], k: Array, xb: Array, yb: Array) -> ELBOTerms:
+            return bnn.elbo(params, k, xb, yb, num_particles=num_particles)
     elif guide == "auto_normal":
         guide_fn = AutoNormal(
             bnn.model, init_loc_fn=init_to_value(values=bnn.initial_values()), init_scale=bnn.init_scale
         )
         elbo = TraceMeanField_ELBO(num_particles=num_particles)
 
-        def loss_fn(params: Mapping[str, Array], k: Array, xb: Array, yb: Array) -> tuple[Array, _Terms]:
+        def loss_fn(params: Mapping[str, Array], k: Array, xb: Array, yb: Array) -> ELBOTerms:
             k1, k2 = jax.random.split(k)
             value = elbo.loss(k1, params, bnn.model, guide_fn, xb, yb) / bnn.num_data
             outputs = None
@@ -658,7 +613,7 @@ def svi(
                     {nm: draws[nm] for nm in bnn.random_names}
                 )
             nan = jnp.full((), jnp.nan)
-            return value, _Terms(nan, nan, outputs)
+            return ELBOTerms(value, nan, nan, outputs)
     else:
         raise ValueError(f"guide must be 'meanfield' or 'auto_normal'; got {guide!r}")
 
@@ -681,10 +636,13 @@ def svi(
     def step(uu: Any, state: Any, k: Array, xb: Array, yb: Array) -> tuple[Any, Any, Array]:
         if axis is not None:
             k = jax.random.fold_in(k, jax.lax.axis_index(axis))
-        (value, terms), grads = jax.value_and_grad(lambda v: loss_fn(constrain(v), k, xb, yb), has_aux=True)(
-            uu
-        )
-        stats = jnp.stack([value, terms.nll, terms.kl])
+
+        def objective(v: Any) -> tuple[Array, ELBOTerms]:
+            terms = loss_fn(constrain(v), k, xb, yb)
+            return terms.loss, terms
+
+        (_, terms), grads = jax.value_and_grad(objective, has_aux=True)(uu)
+        stats = jnp.stack([terms.loss, terms.nll, terms.kl])
         if axis is not None:
             grads, stats = jax.lax.pmean((grads, stats), axis)
         extra = dict(extra_args(constrain(uu))) if extra_args is not None else {}
