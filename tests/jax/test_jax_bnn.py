@@ -17,8 +17,7 @@ from numpyro import handlers
 from numpyro.infer import TraceMeanField_ELBO
 
 from uncertlr import likelihoods, metrics, priors, select
-from uncertlr.jax import NormalPrediction, bayesian, mcmc, svi
-from uncertlr.jax.inference import _meanfield_loss
+from uncertlr.jax import ELBOTerms, NormalPrediction, bayesian, mcmc, svi
 from uncertlr_models.eqx_mlp import EqxMLP
 from uncertlr_models.flax_mlp import FlaxMLP
 
@@ -123,22 +122,52 @@ def test_model_and_guide_sites():
 
 @pytest.mark.parametrize(
     "prior",
-    [priors.Normal(0.7), priors.FanInNormal(), priors.Normal(0.5, centered=True)],
-    ids=["normal", "fanin", "centered"],
+    [
+        priors.Normal(0.7),
+        priors.FanInNormal(),
+        priors.Normal(0.5, centered=True),
+        priors.ScaleMixtureNormal(),
+    ],
+    ids=["normal", "fanin", "centered", "mixture"],
 )
 def test_meanfield_loss_equals_numpyro_trace_meanfield_elbo(prior):
-    """Our fused loss is NumPyro's TraceMeanField_ELBO / N (many particles: both are unbiased; KL is analytic)."""
+    """bnn.elbo is NumPyro's TraceMeanField_ELBO / N (many particles: both are unbiased; the KL is analytic,
+    or for the mixture an exact entropy plus a Monte Carlo cross-entropy)."""
     net, variables, _ = _flax()
     bnn = bayesian(net, params=variables, num_data=40, prior=prior, init_scale=0.05)
     params = {}
     for n in bnn.random_names:
         params[f"{n}_loc"] = bnn.network.values[n] + 0.1
         params[f"{n}_scale"] = jnp.full(bnn.shapes[n], 0.05)
-    ours = float(_meanfield_loss(bnn, 4000)(params, jax.random.key(1), X, Y)[0])
+    terms = bnn.elbo(params, jax.random.key(1), X, Y, num_particles=4000)
+    assert isinstance(terms, ELBOTerms) and terms.outputs.shape == (4000, 12, 3)
+    ours = float(terms.loss)
     ref = float(
         TraceMeanField_ELBO(num_particles=4000).loss(jax.random.key(2), params, bnn.model, bnn.guide, X, Y)
     )
     assert ours == pytest.approx(ref / 40, rel=2e-3)
+
+
+def test_elbo_is_jittable_and_splits_into_its_terms():
+    """bnn.elbo under jit gives the eager numbers, and loss = nll + kl_weight * kl / num_data."""
+    bnn = bayesian(
+        lambda p, x: x @ p["w"] + p["b"],
+        params={"w": jnp.zeros((5, 2)), "b": jnp.zeros(2)},
+        num_data=30,
+        kl_weight=0.5,
+        likelihood=likelihoods.Normal(),
+    )
+    params = {"w_loc": jnp.ones((5, 2)), "w_scale": jnp.full((5, 2), 0.1), "b_loc": jnp.zeros(2)}
+    params |= {"b_scale": jnp.full(2, 0.2), "noise_scale": jnp.asarray(0.5)}
+    y = jnp.zeros((12, 2))
+    eager = bnn.elbo(params, 3, X, y, num_particles=2)
+    jitted = jax.jit(bnn.elbo, static_argnames="num_particles")(
+        params, jax.random.key(3), X, y, num_particles=2
+    )
+    for a, b in zip(eager, jitted):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    assert eager.outputs.shape == (2, 12, 2)
+    assert float(eager.loss) == pytest.approx(float(eager.nll + 0.5 * eager.kl / 30), rel=1e-6)
 
 
 @settings(max_examples=15)
@@ -158,7 +187,7 @@ def test_meanfield_kl_term_matches_numpyro_kl_divergence(loc, scale, p_loc, p_sc
         likelihood=likelihoods.Normal(scale=1.0),
     )
     params = {"w_loc": jnp.full((1, 1), loc), "w_scale": jnp.full((1, 1), scale)}
-    kl = float(_meanfield_loss(bnn, 1)(params, KEY, jnp.ones((1, 1)), jnp.ones((1, 1)))[1].kl)
+    kl = float(bnn.elbo(params, KEY, jnp.ones((1, 1)), jnp.ones((1, 1))).kl)
     ref = float(dist.kl_divergence(dist.Normal(loc, scale), dist.Normal(p_loc, p_scale)))
     assert kl == pytest.approx(ref, rel=1e-4, abs=1e-6)
 

@@ -1,6 +1,17 @@
 """The JAX backend: NumPyro BNNs from Flax/Equinox models and the LR modulator as optax transformations.
 
-Needs the ``jax`` extra: ``pip install 'uncertlr[jax]'``.
+Needs the ``jax`` extra: ``pip install 'uncertlr[jax]'``. The public names live in
+
+* :mod:`uncertlr.jax.bnn` — :func:`bayesian` makes a :class:`BNN` (NumPyro model, mean-field
+  guide, ``bnn.elbo`` returning :class:`ELBOTerms`);
+* :mod:`uncertlr.jax.svi` — :func:`svi` (minibatch VI with any optax optimizer), :class:`SVIResult`,
+  :func:`posterior_scale_args`, :data:`DATA_AXIS`;
+* :mod:`uncertlr.jax.mcmc` — :func:`mcmc` (NUTS/HMC), :class:`MCMCResult`, :class:`DivergenceWarning`;
+* :mod:`uncertlr.jax.modulation` — :func:`scale_by_uncertainty`, :func:`scale_by_grad_uncertainty`;
+* :mod:`uncertlr.jax.signals` — :class:`LastLayerMCMCSignal`.
+
+Both results share ``predict(x, num_samples=S)`` (``[S, N, C]`` probabilities or a
+:class:`NormalPrediction`), ``sample_outputs``, ``posterior_loc``/``posterior_scale``/``posterior_spread``.
 
 Example:
     >>> import jax, jax.numpy as jnp, optax
@@ -21,24 +32,18 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "uncertlr.jax needs the jax extra: pip install 'uncertlr[jax]' (jax, jaxlib, numpyro, optax)"
     ) from exc
 
-from uncertlr.jax.bnn import BNN, bayesian
-from uncertlr.jax.inference import (
-    DATA_AXIS,
-    DivergenceWarning,
-    MCMCResult,
-    SVIResult,
-    mcmc,
-    posterior_scale_args,
-    svi,
-)
+from uncertlr.jax.bnn import BNN, ELBOTerms, bayesian
+from uncertlr.jax.mcmc import DivergenceWarning, MCMCResult, mcmc
 from uncertlr.jax.modulation import scale_by_grad_uncertainty, scale_by_uncertainty
 from uncertlr.jax.signals import LastLayerMCMCSignal
+from uncertlr.jax.svi import DATA_AXIS, SVIResult, posterior_scale_args, svi
 from uncertlr.likelihoods import NormalPrediction
 
 __all__ = [
     "BNN",
     "DATA_AXIS",
     "DivergenceWarning",
+    "ELBOTerms",
     "LastLayerMCMCSignal",
     "MCMCResult",
     "NormalPrediction",

@@ -10,6 +10,9 @@ the selected ones random with a prior from :mod:`uncertlr.priors`, and returns a
   and the observation site ``obs`` in a subsampled ``data`` plate of size ``num_data``;
 * ``bnn.guide(x, y=None)`` — the mean-field Normal guide (means start at the network's
   weights, std ``init_scale``), the same family as the torch backend's;
+* ``bnn.elbo(params, rng_key, x, y)`` — the negative ELBO of that guide per data point
+  (analytic KL where it exists) as :class:`ELBOTerms`, jittable, like the torch backend's
+  ``bnn.elbo``.
 
 Run inference with :func:`uncertlr.jax.mcmc` (NUTS/HMC) or :func:`uncertlr.jax.svi`;
 both return results with ``predict(x, num_samples=S)`` giving ``[S, N, C]`` probabilities
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,11 +36,12 @@ from numpyro.distributions import constraints
 
 from uncertlr import likelihoods as _lik
 from uncertlr import priors as _priors
+from uncertlr._spec import bnn_spec, positive_int
 from uncertlr.jax._networks import FanIn, Network, as_network
 from uncertlr.likelihoods import NormalPrediction
-from uncertlr.select import Predicate, Selector, as_selector
+from uncertlr.select import Predicate, Selector
 
-__all__ = ["BNN", "NOISE_SITE", "bayesian"]
+__all__ = ["BNN", "NOISE_SITE", "ELBOTerms", "bayesian"]
 
 Array = Any
 
@@ -45,6 +49,23 @@ Array = Any
 NOISE_SITE = "noise_scale"
 #: Upper bound on ``num_samples * P`` weight elements evaluated at once by ``sample_outputs``.
 PREDICT_CHUNK_ELEMENTS = 2**25
+
+
+class ELBOTerms(NamedTuple):
+    """One evaluation of the negative ELBO on a minibatch (all per data point), as on the torch side.
+
+    Attributes:
+        loss: ``nll + kl_weight * kl / num_data`` — what to minimise (0-d).
+        nll: expected negative log-likelihood per data point, averaged over particles (0-d).
+        kl: ``KL(q || p)`` of the whole posterior (0-d; Monte Carlo where no closed form).
+        outputs: the network's raw outputs for each particle, ``[K, B, ...]`` (logits for
+            classification) — reuse them for uncertainty signals without a second forward pass.
+    """
+
+    loss: Array
+    nll: Array
+    kl: Array
+    outputs: Array
 
 
 class BNN:
@@ -192,8 +213,61 @@ class BNN:
             )
         s = jnp.asarray(noise_scale, dtype=outputs.dtype)
         s = s.reshape(s.shape + (1,) * (outputs.ndim - s.ndim))
-        lp = dist.Normal(outputs, s).log_prob(y)
+        lp = _lik.normal_log_prob(y, outputs, s)
         return lp.reshape(lp.shape[:2] + (-1,)).sum(-1)
+
+    # ------------------------------------------------------------------ the loss
+
+    def elbo(
+        self, params: Mapping[str, Array], rng_key: Any, x: Array, y: Array, *, num_particles: int = 1
+    ) -> ELBOTerms:
+        """Negative ELBO terms of the mean-field guide on a minibatch ``(x[B, ...], y[B, ...])``, per data point.
+
+        ``loss = E_q[-log p(y | x, w)] / B + kl_weight * KL(q || p) / num_data``, the
+        expectation estimated with ``num_particles`` reparameterised weight draws (the KL is
+        exact for Normal priors, Monte Carlo with an exact entropy for ``ScaleMixtureNormal``).
+        It equals ``TraceMeanField_ELBO().loss(key, params, bnn.model, bnn.guide, x, y) / num_data``
+        in expectation, without tracing the model. Pure and jittable (``num_particles`` static);
+        ``x`` and ``y`` are not checked here (see :meth:`check_data`).
+
+        Args:
+            params: the guide's ``{name}_loc`` and ``{name}_scale`` (positive) per random
+                parameter, every deterministic parameter by name, and ``noise_scale`` when the
+                noise std is learned — the NumPyro sites of ``bnn.model`` and ``bnn.guide``.
+            rng_key: a JAX PRNG key or an integer seed.
+
+        Example:
+            >>> import jax.numpy as jnp
+            >>> from uncertlr.jax import bayesian
+            >>> bnn = bayesian(lambda p, x: x @ p["w"], params={"w": jnp.zeros((4, 3))}, num_data=100)
+            >>> params = {"w_loc": jnp.zeros((4, 3)), "w_scale": jnp.full((4, 3), 0.1)}
+            >>> terms = bnn.elbo(params, 0, jnp.ones((8, 4)), jnp.zeros(8, jnp.int32), num_particles=2)
+            >>> terms.outputs.shape
+            (2, 8, 3)
+        """
+        num_particles = positive_int("num_particles", num_particles)
+        key = jax.random.key(int(rng_key)) if isinstance(rng_key, (int, np.integer)) else rng_key
+        names = self.random_names
+        loc = {n: params[f"{n}_loc"] for n in names}
+        scale = {n: params[f"{n}_scale"] for n in names}
+        w = {
+            n: loc[n] + scale[n] * jax.random.normal(k, (num_particles, *self.shapes[n]), loc[n].dtype)
+            for k, n in zip(jax.random.split(key, len(names)), names)
+        }
+        fixed = {n: params[n] for n in self.fixed_names}
+        outputs = jax.vmap(lambda wk: self.apply(wk, x, fixed))(w)
+        nll = -self.log_likelihood(outputs, y, params.get(NOISE_SITE)).mean()
+        kl = sum((self._kl(n, loc[n], scale[n], w[n]) for n in names), jnp.zeros((), outputs.dtype))
+        return ELBOTerms(nll + self.kl_weight * kl / self.num_data, nll, kl, outputs)
+
+    def _kl(self, name: str, loc: Array, scale: Array, w: Array) -> Array:
+        """``KL(q || p)`` of one random parameter: exact for Normal priors; for the scale mixture the
+        exact entropy of ``q`` and a Monte Carlo cross-entropy over the particles ``w[K, *shape]``."""
+        if isinstance(self.prior, _priors.ScaleMixtureNormal):
+            log_p = self.prior.log_prob(w).reshape(w.shape[0], -1).sum(-1).mean()
+            return -_priors.normal_entropy(scale).sum() - log_p
+        p_loc = self.network.values[name] if self.prior.centered else self.prior.loc
+        return _priors.normal_kl(loc, scale, p_loc, self.prior_scale[name]).sum()
 
     # ------------------------------------------------------------------ validation
 
@@ -238,25 +312,9 @@ class BNN:
                 f"x and y must have the same batch size; got {x.shape[0]} and {y.shape[0] if y.ndim else 'a scalar'}"
             )
         if categorical:
-            if y.ndim != 1:
-                raise ValueError(f"labels must have shape [N] = [{x.shape[0]}]; got {tuple(y.shape)}")
-            if not jnp.issubdtype(y.dtype, jnp.integer):
-                raise TypeError(f"labels must be an integer array of class indices; got dtype {y.dtype}")
-            if self.validate:
-                yy = np.asarray(y)
-                lo, hi = int(yy.min()), int(yy.max())
-                if lo < 0 or hi >= out[1]:
-                    raise ValueError(f"labels must lie in [0, {out[1]}); got values in [{lo}, {hi}]")
+            _lik.check_labels(y, x.shape[0], out[1], values=self.validate)
         else:
-            if tuple(y.shape) != out:
-                raise ValueError(
-                    f"regression targets must have the network output's shape {out}; got {tuple(y.shape)} "
-                    "(reshape y, e.g. y[:, None], rather than rely on broadcasting)"
-                )
-            if not jnp.issubdtype(y.dtype, jnp.floating):
-                raise TypeError(f"regression targets must be floating point; got dtype {y.dtype}")
-            if self.validate and not np.isfinite(np.asarray(y)).all():
-                raise ValueError("regression targets contain NaN or inf")
+            _lik.check_targets(y, out, values=self.validate)
         return x, jnp.asarray(y)
 
     # ------------------------------------------------------------------ NumPyro programs
@@ -374,23 +432,23 @@ def bayesian(
         >>> bnn.random_names, bnn.fixed_names
         (['layers_2.kernel', 'layers_2.bias'], ['layers_0.kernel', 'layers_0.bias'])
     """
-    if isinstance(num_data, bool) or not isinstance(num_data, (int, np.integer)) or num_data < 1:
-        raise ValueError(f"num_data must be a positive integer (the training-set size); got {num_data!r}")
-    if not (isinstance(kl_weight, (int, float)) and math.isfinite(kl_weight) and kl_weight > 0):
-        raise ValueError(f"kl_weight must be finite and > 0; got {kl_weight!r}")
-    if not (isinstance(init_scale, (int, float)) and math.isfinite(init_scale) and init_scale > 0):
-        raise ValueError(f"init_scale must be positive and finite; got {init_scale!r}")
-    prior = _priors.Normal(1.0) if prior is None else prior
-    if not isinstance(prior, (_priors.Normal, _priors.FanInNormal, _priors.ScaleMixtureNormal)):
-        raise TypeError(f"prior must be an uncertlr.priors spec; got {type(prior).__name__}")
-    network = as_network(net, params=params, per_example=per_example, fan_in=fan_in)
-    return BNN(
-        network,
+    spec = bnn_spec(
+        num_data=num_data,
         prior=prior,
-        likelihood=_lik.as_likelihood(likelihood),
-        select=as_selector(select),
-        num_data=int(num_data),
+        likelihood=likelihood,
+        select=select,
         init_scale=init_scale,
         kl_weight=kl_weight,
         validate=validate,
+    )
+    network = as_network(net, params=params, per_example=per_example, fan_in=fan_in)
+    return BNN(
+        network,
+        prior=spec.prior,
+        likelihood=spec.likelihood,
+        select=spec.select,
+        num_data=spec.num_data,
+        init_scale=spec.init_scale,
+        kl_weight=spec.kl_weight,
+        validate=spec.validate,
     )

@@ -23,7 +23,7 @@ import numpy as np
 
 from uncertlr import likelihoods, metrics, priors
 from uncertlr.jax.bnn import bayesian
-from uncertlr.jax.inference import DivergenceWarning, MCMCResult, mcmc
+from uncertlr.jax.mcmc import DivergenceWarning, MCMCResult, mcmc
 
 __all__ = ["LastLayerMCMCSignal"]
 
