@@ -34,8 +34,12 @@ from benchmarks._common import base_parser, print_table, write_results  # noqa: 
 from uncertlr import metrics, priors  # noqa: E402
 from uncertlr.data import load_digits  # noqa: E402
 from uncertlr.modulation import GradSigmaRatio, Ratio  # noqa: E402
-from uncertlr.torch import Modulator, batch_entropy, bayesian  # noqa: E402
-from uncertlr.torch import fit  # noqa: E402
+from uncertlr.torch import (  # noqa: E402
+    Modulator,
+    batch_entropy,
+    bayesian,
+    fit,  # noqa: E402
+)
 from uncertlr_models import MLP  # noqa: E402
 
 RULES = {"g1": lambda: Ratio(kappa=-0.5), "p2": lambda: GradSigmaRatio(kappa=-0.5)}

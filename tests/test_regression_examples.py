@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from uncertlr import metrics
-from uncertlr.likelihoods import NormalPrediction
 from uncertlr._io import read_json
+from uncertlr.likelihoods import NormalPrediction
 from uncertlr.runfolder import METRICS_SCHEMA
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "regression_1d.py"

@@ -11,8 +11,8 @@ import time
 import pytest
 import torch
 
-from uncertlr.app.cli import main
 from uncertlr._io import read_json
+from uncertlr.app.cli import main
 
 ARGS = [
     "--epochs",

@@ -13,9 +13,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from uncertlr.modulation import Ratio
-from uncertlr.torch import Modulator, batch_entropy, bayesian
+from uncertlr.torch import Modulator, batch_entropy, bayesian, fit
 from uncertlr.torch.distributed import ELBOLoss, init_from_env
-from uncertlr.torch import fit
 from uncertlr_models import MLP
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from uncertlr.torch import bayesian
+from uncertlr.torch import bayesian, fit
 from uncertlr.torch.checkpoint import load_checkpoint, save_checkpoint
-from uncertlr.torch import fit
 from uncertlr_models import MLP
 
 N, EPOCHS, BATCH = 48, 3, 10  # 5 steps per epoch (the last batch is short)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from uncertlr.torch import bayesian
-from uncertlr.torch import fit
+from uncertlr.torch import bayesian, fit
 
 
 def test_fit_records_history_and_calls_before_step():

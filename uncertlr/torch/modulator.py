@@ -63,6 +63,7 @@ import torch
 from torch import Tensor
 
 from uncertlr.modulation import GradientNoise, ParamSignal, Rule
+from uncertlr.torch._state import is_numpy, rule_id, state_from_dict, state_to_dict
 from uncertlr.torch.bnn import BNN
 from uncertlr.torch.distributed import all_reduce_mean
 
@@ -72,38 +73,6 @@ __all__ = ["STATE_KEYS", "Modulator"]
 STATE_KEYS = ("rule", "num_steps", "rule_state", "noise_state", "history")
 
 SigmaSource = BNN | Callable[[], Mapping[Tensor, Tensor]] | None
-
-
-def _rule_id(rule: Any) -> dict[str, Any]:
-    fields = dataclasses.asdict(rule) if dataclasses.is_dataclass(rule) else {"repr": repr(rule)}
-    return {"class": f"{type(rule).__module__}.{type(rule).__qualname__}", "fields": fields}
-
-
-def _is_numpy(x: Any) -> bool:
-    return isinstance(x, (np.ndarray, np.generic))
-
-
-def _state_to_dict(state: Any) -> dict[str, Tensor]:
-    return {
-        k: torch.from_numpy(np.array(v)) if _is_numpy(v) else v.detach().clone()
-        for k, v in state._asdict().items()
-    }
-
-
-def _state_from_dict(like: Any, saved: Mapping[str, Tensor], where: str) -> Any:
-    fields = like._fields
-    if set(saved) != set(fields):
-        raise ValueError(f"{where}: saved state has keys {sorted(saved)}, expected {sorted(fields)}")
-    out = {}
-    for k in fields:
-        ref, v = getattr(like, k), saved[k]
-        if tuple(v.shape) != tuple(ref.shape):
-            raise ValueError(f"{where}.{k}: saved shape {tuple(v.shape)} does not match {tuple(ref.shape)}")
-        if _is_numpy(ref):
-            out[k] = np.array(v.detach().cpu().numpy(), dtype=ref.dtype)
-        else:
-            out[k] = v.detach().to(device=ref.device, dtype=ref.dtype).clone()
-    return type(like)(**out)
 
 
 def _as_signal(signal: Any) -> Tensor:
@@ -147,7 +116,7 @@ class _GlobalMode:
                 "Modulator: call observe(signal) before every optimizer.step() "
                 "(a global rule needs this step's signal)"
             )
-        if _is_numpy(self.state.scale):
+        if is_numpy(self.state.scale):
             s, self.state = self.rule.update(np.float32(float(u)), self.state)
         else:
             s, self.state = self.rule.update(u.to(self.state.scale.device), self.state)
@@ -171,13 +140,13 @@ class _GlobalMode:
 
     def scale(self) -> Tensor | None:
         s = self.last_scale
-        return torch.as_tensor(np.asarray(s)) if _is_numpy(s) else s
+        return torch.as_tensor(np.asarray(s)) if is_numpy(s) else s
 
     def state_dict(self) -> tuple[Any, Any]:
-        return _state_to_dict(self.state), None
+        return state_to_dict(self.state), None
 
     def load(self, rule_state: Any, noise_state: Any) -> None:
-        self.state = _state_from_dict(self.state, rule_state, "rule_state")
+        self.state = state_from_dict(self.state, rule_state, "rule_state")
 
 
 # --------------------------------------------------------------------------- per-parameter mode
@@ -291,8 +260,8 @@ class _PerParameterMode:
         ]
 
     def state_dict(self) -> tuple[Any, Any]:
-        rule_state = [[_state_to_dict(s) for s in t.states] for t in self.targets]
-        noise_state = [[_state_to_dict(s) for s in t.noise] if t.noise else None for t in self.targets]
+        rule_state = [[state_to_dict(s) for s in t.states] for t in self.targets]
+        noise_state = [[state_to_dict(s) for s in t.noise] if t.noise else None for t in self.targets]
         return rule_state, noise_state
 
     def load(self, rule_state: Any, noise_state: Any) -> None:
@@ -302,7 +271,7 @@ class _PerParameterMode:
             raise ValueError("Modulator state_dict does not match the optimizer's modulated parameters")
         for ti, (t, st) in enumerate(zip(self.targets, rule_state)):
             t.states = [
-                _state_from_dict(cur, s, f"rule_state[{ti}][{i}]")
+                state_from_dict(cur, s, f"rule_state[{ti}][{i}]")
                 for i, (cur, s) in enumerate(zip(t.states, st))
             ]
             ns = noise_state[ti]
@@ -310,7 +279,7 @@ class _PerParameterMode:
                 raise ValueError("Modulator state_dict: gradient-noise state does not match the sigma source")
             if t.noise is not None:
                 t.noise = [
-                    _state_from_dict(cur, s, f"noise_state[{ti}][{i}]")
+                    state_from_dict(cur, s, f"noise_state[{ti}][{i}]")
                     for i, (cur, s) in enumerate(zip(t.noise, ns))
                 ]
 
@@ -479,7 +448,7 @@ class Modulator:
         else:  # not attached yet: no targets (per-parameter) and no state (global)
             rule_state, noise_state = ([], []) if self.per_parameter else (None, None)
         return {
-            "rule": _rule_id(self.rule),
+            "rule": rule_id(self.rule),
             "num_steps": self.num_steps,
             "rule_state": rule_state,
             "noise_state": noise_state,
@@ -498,9 +467,9 @@ class Modulator:
                 f"Modulator state_dict: missing {sorted(set(STATE_KEYS) - keys)}, "
                 f"unexpected {sorted(keys - set(STATE_KEYS))}"
             )
-        if state_dict["rule"] != _rule_id(self.rule):
+        if state_dict["rule"] != rule_id(self.rule):
             raise ValueError(
-                f"Modulator state_dict was saved for rule {state_dict['rule']}, not {_rule_id(self.rule)}"
+                f"Modulator state_dict was saved for rule {state_dict['rule']}, not {rule_id(self.rule)}"
             )
         if self._mode is None or self._optimizer is None:
             self._pending_load = state_dict
