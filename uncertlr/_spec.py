@@ -1,4 +1,4 @@
-"""The arguments both backends' ``bayesian()`` take, checked in one place.
+"""The arguments both backends' ``bayesian()`` take, checked in one place, and what ``bnn.elbo`` returns.
 
 ``uncertlr.torch.bayesian`` and ``uncertlr.jax.bayesian`` accept and refuse exactly the
 same values for the arguments they share (a cross-backend test holds them to it):
@@ -30,7 +30,7 @@ from uncertlr import likelihoods as _lik
 from uncertlr import priors as _priors
 from uncertlr.select import Predicate, Selector, as_selector
 
-__all__ = ["BNNSpec", "bnn_spec", "positive_float", "positive_int"]
+__all__ = ["BNNSpec", "ELBOTerms", "bnn_spec", "positive_float", "positive_int"]
 
 
 def positive_int(name: str, value: Any, *, what: str = "") -> int:
@@ -49,6 +49,25 @@ def positive_float(name: str, value: Any) -> float:
     ):
         raise ValueError(f"{name} must be a positive finite number; got {value!r}")
     return float(value)
+
+
+class ELBOTerms(NamedTuple):
+    """One evaluation of the negative ELBO on a minibatch (all per data point), on either backend.
+
+    Returned by ``bnn.elbo`` of :mod:`uncertlr.torch` (tensors) and :mod:`uncertlr.jax` (arrays).
+
+    Attributes:
+        loss: ``nll + kl_weight * kl / num_data`` — what to minimise (0-d).
+        nll: expected negative log-likelihood per data point, averaged over particles (0-d).
+        kl: ``KL(q || p)`` of the whole posterior (0-d; Monte Carlo where no closed form).
+        outputs: the network's raw outputs for each particle, ``[K, B, ...]`` (logits for
+            classification) — reuse them for uncertainty signals without a second forward pass.
+    """
+
+    loss: Any
+    nll: Any
+    kl: Any
+    outputs: Any
 
 
 class BNNSpec(NamedTuple):

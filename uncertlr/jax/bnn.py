@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +36,7 @@ from numpyro.distributions import constraints
 
 from uncertlr import likelihoods as _lik
 from uncertlr import priors as _priors
-from uncertlr._spec import bnn_spec, positive_int
+from uncertlr._spec import ELBOTerms, bnn_spec, positive_int
 from uncertlr.jax._networks import FanIn, Network, as_network
 from uncertlr.likelihoods import NormalPrediction
 from uncertlr.select import Predicate, Selector
@@ -49,23 +49,6 @@ Array = Any
 NOISE_SITE = "noise_scale"
 #: Upper bound on ``num_samples * P`` weight elements evaluated at once by ``sample_outputs``.
 PREDICT_CHUNK_ELEMENTS = 2**25
-
-
-class ELBOTerms(NamedTuple):
-    """One evaluation of the negative ELBO on a minibatch (all per data point), as on the torch side.
-
-    Attributes:
-        loss: ``nll + kl_weight * kl / num_data`` — what to minimise (0-d).
-        nll: expected negative log-likelihood per data point, averaged over particles (0-d).
-        kl: ``KL(q || p)`` of the whole posterior (0-d; Monte Carlo where no closed form).
-        outputs: the network's raw outputs for each particle, ``[K, B, ...]`` (logits for
-            classification) — reuse them for uncertainty signals without a second forward pass.
-    """
-
-    loss: Array
-    nll: Array
-    kl: Array
-    outputs: Array
 
 
 class BNN:
@@ -442,13 +425,4 @@ def bayesian(
         validate=validate,
     )
     network = as_network(net, params=params, per_example=per_example, fan_in=fan_in)
-    return BNN(
-        network,
-        prior=spec.prior,
-        likelihood=spec.likelihood,
-        select=spec.select,
-        num_data=spec.num_data,
-        init_scale=spec.init_scale,
-        kl_weight=spec.kl_weight,
-        validate=spec.validate,
-    )
+    return BNN(network, **spec._asdict())

@@ -23,7 +23,7 @@ import contextlib
 import copy
 import math
 from collections.abc import Iterator, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -34,7 +34,7 @@ from torch.func import functional_call, vmap
 
 from uncertlr import likelihoods as _lik
 from uncertlr import priors as _priors
-from uncertlr._spec import bnn_spec, positive_int
+from uncertlr._spec import ELBOTerms, bnn_spec, positive_int
 from uncertlr.likelihoods import NormalPrediction
 from uncertlr.metrics import LayerSpread, layer_spread
 from uncertlr.select import Predicate, Selector
@@ -47,23 +47,6 @@ __all__ = ["BNN", "ELBOTerms", "NormalPrediction", "bayesian"]
 
 #: Upper bound on ``num_samples * P`` weight elements materialised at once by ``predict``.
 PREDICT_CHUNK_ELEMENTS = 2**25
-
-
-class ELBOTerms(NamedTuple):
-    """One evaluation of the negative ELBO on a minibatch (all per data point).
-
-    Attributes:
-        loss: ``nll + kl_weight * kl / num_data`` — what to minimise (0-d).
-        nll: expected negative log-likelihood per data point, averaged over particles (0-d).
-        kl: ``KL(q || p)`` of the whole posterior (0-d; Monte Carlo where no closed form).
-        outputs: the network's raw outputs for each particle, ``[K, B, ...]`` (logits for
-            classification) — reuse them for uncertainty signals without a second forward pass.
-    """
-
-    loss: Tensor
-    nll: Tensor
-    kl: Tensor
-    outputs: Tensor
 
 
 # --------------------------------------------------------------------------- helpers
