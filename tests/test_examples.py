@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from uncertlr._io import read_json
-from uncertlr.runfolder import METRICS_SCHEMA
+from uncertlr.runfolder import METRICS_SCHEMA, read_history, read_metrics
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -32,7 +31,7 @@ def test_help(name, capsys):
 
 
 def _check_run(run: Path, models: set[str]) -> dict:
-    doc = read_json(run / "metrics.json")
+    doc = read_metrics(run)
     assert doc["schema"] == METRICS_SCHEMA and set(doc["models"]) == models
     for m in doc["models"].values():
         for key in (
@@ -50,7 +49,7 @@ def _check_run(run: Path, models: set[str]) -> dict:
             "seconds",
         ):
             assert math.isfinite(m[key]), key
-    hist = read_json(run / "history.json")
+    hist = read_history(run)
     assert set(hist) == models and all(len(h) > 0 and "loss" in h[0] for h in hist.values())
     import numpy as np
 

@@ -15,9 +15,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from uncertlr import metrics
-from uncertlr._io import read_json
 from uncertlr.likelihoods import NormalPrediction
-from uncertlr.runfolder import METRICS_SCHEMA
+from uncertlr.runfolder import METRICS_SCHEMA, read_history, read_metrics
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "regression_1d.py"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -43,13 +42,13 @@ def _check_png(path: Path) -> None:
 
 
 def _check_run(run: Path, models: set[str]) -> dict:
-    doc = read_json(run / "metrics.json")
+    doc = read_metrics(run)
     assert doc["schema"] == METRICS_SCHEMA and set(doc["models"]) == models
     for name, m in doc["models"].items():
         for key in FIELDS:
             assert isinstance(m[key], float) and math.isfinite(m[key]), (name, key)
         assert 0.75 <= m["coverage_90"] <= 0.99, (name, m["coverage_90"])
-    hist = read_json(run / "history.json")
+    hist = read_history(run)
     assert set(hist) == models - {"mean baseline"}
     assert all(len(h) > 0 and math.isfinite(h[-1]["loss"]) for h in hist.values())
     with np.load(run / "predictions.npz") as p:

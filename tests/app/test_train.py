@@ -11,8 +11,8 @@ import time
 import pytest
 import torch
 
-from uncertlr._io import read_json
 from uncertlr.app.cli import main
+from uncertlr.runfolder import read_history, read_metrics
 
 ARGS = [
     "--epochs",
@@ -85,7 +85,7 @@ def test_signal_writes_checkpoint_and_resume_is_bit_identical(tmp_path, uninterr
     assert "Traceback" not in err and "uncertlr train --resume" in out.replace("\n", "")
     (run,) = tmp_path.iterdir()
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
-    total = read_json(uninterrupted / "metrics.json")["config"]["epochs"] * 85
+    total = read_metrics(uninterrupted)["config"]["epochs"] * 85
     assert 0 < ckpt["step"] < total
     assert not (run / "metrics.json").exists()  # results are written only by a finished run
 
@@ -98,13 +98,13 @@ def test_signal_writes_checkpoint_and_resume_is_bit_identical(tmp_path, uninterr
     for k in a:
         assert torch.equal(a[k], b[k]), k
     # the RNG stream continues exactly too, so even the sampled predictions agree (wall time aside)
-    got, ref = (read_json(r / "metrics.json")["models"][name] for r in (run, uninterrupted))
+    got, ref = (read_metrics(r)["models"][name] for r in (run, uninterrupted))
     assert {k: v for k, v in got.items() if k != "seconds"} == {
         k: v for k, v in ref.items() if k != "seconds"
     }
     if modulator != "none":  # the modulator's record continues across the resume
-        hist = read_json(run / "history.json")[name]
-        assert hist == read_json(uninterrupted / "history.json")[name]
+        hist = read_history(run)[name]
+        assert hist == read_history(uninterrupted)[name]
         assert all("scale" in h for h in hist) and len({h["scale"] for h in hist}) > 1
 
 
@@ -113,7 +113,7 @@ def test_train_in_process_and_bad_resume(tmp_path):
         main(["train", "--out", str(tmp_path), "--epochs", "2", "--hidden", "8", "--num-samples", "2"]) == 0
     )
     (run,) = tmp_path.iterdir()
-    m = read_json(run / "metrics.json")
+    m = read_metrics(run)
     assert m["models"]["bnn"]["skipped_steps"] == 0 and m["task"] == "digits"
     assert {
         "checkpoint.pt",

@@ -17,9 +17,9 @@ from uncertlr.data import (
     fsdd_folder,
     list_recordings,
     verify_checksum,
+    write_wav,
 )
 from uncertlr.data import fsdd as fsdd_mod
-from uncertlr.data.audio import _write_wav
 
 
 def test_digest_and_verification(tmp_path):
@@ -85,7 +85,7 @@ def test_fsdd_download_path_with_a_local_archive(tmp_path, monkeypatch):
     wavs.mkdir()
     members = {}
     for d in range(3):
-        _write_wav(wavs / f"{d}_ann_0.wav", [0.1, -0.1] * 200, 8000)
+        write_wav(wavs / f"{d}_ann_0.wav", [0.1, -0.1] * 200, 8000)
         members[f"free-spoken-digit-dataset-1.0.9/recordings/{d}_ann_0.wav"] = (
             wavs / f"{d}_ann_0.wav"
         ).read_bytes()

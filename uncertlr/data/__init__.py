@@ -6,7 +6,7 @@
 * :func:`load_fsdd` — the Free Spoken Digit Dataset as log-mel or MFCC features (official
   or speaker-held-out split), with :func:`list_recordings`, :func:`split_recordings`.
 * :class:`LogMel`, :class:`MFCC`, :func:`log_mel_spectrogram`, :func:`mfcc`,
-  :func:`read_wav`, :func:`add_noise`, :func:`wav_features` (cached on disk).
+  :func:`read_wav` / :func:`write_wav`, :func:`add_noise`, :func:`wav_features` (cached on disk).
 * :func:`load_mnist` (MNIST, Fashion-MNIST), :func:`read_idx`, :func:`write_idx`.
 * :func:`load_diabetes` — sklearn's diabetes regression data, standardised.
 * ``download=True`` on the FSDD and MNIST loaders fetches from the public sources and
@@ -29,6 +29,7 @@ from uncertlr.data.audio import (
     mfcc,
     read_wav,
     wav_features,
+    write_wav,
 )
 from uncertlr.data.digits import Split, load_digits, shuffle_pixels
 from uncertlr.data.fetch import ChecksumError, download, extract_archive, file_digest, verify_checksum
@@ -74,6 +75,7 @@ __all__ = [
     "read_idx",
     "read_recordings",
     "read_wav",
+    "write_wav",
     "shuffle_pixels",
     "split_recordings",
     "verify_checksum",

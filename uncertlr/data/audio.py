@@ -51,6 +51,7 @@ __all__ = [
     "mfcc",
     "read_wav",
     "wav_features",
+    "write_wav",
 ]
 
 _FEATURE_VERSION = 1  # bump when the feature computation changes (invalidates caches)
@@ -113,8 +114,17 @@ def _check_wav_header(path: Path) -> None:
             f.seek(pos)
 
 
-def _write_wav(path: Path, samples: np.ndarray, sample_rate: int) -> None:
-    """16-bit PCM mono WAV (for tests and examples); written atomically."""
+def write_wav(path: str | os.PathLike[str], samples: Any, sample_rate: int) -> Path:
+    """Write ``samples[T]`` in ``[-1, 1]`` as a 16-bit PCM mono WAV, atomically; returns the path.
+
+    The inverse of :func:`read_wav` up to 16-bit quantisation (values outside ``[-1, 1]`` clip).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> path = write_wav(pathlib.Path(tempfile.mkdtemp()) / "a.wav", [0.0, 0.5, -0.5], 8000)
+        >>> read_wav(path)[1], [round(float(v), 3) for v in read_wav(path)[0]]
+        (8000, [0.0, 0.5, -0.5])
+    """
     pcm = np.clip(np.round(np.asarray(samples, dtype=np.float64) * 32767), -32768, 32767).astype("<i2")
 
     def write(f: Any) -> None:
@@ -124,7 +134,7 @@ def _write_wav(path: Path, samples: np.ndarray, sample_rate: int) -> None:
             w.setframerate(sample_rate)
             w.writeframes(pcm.tobytes())
 
-    atomic_write(path, write)
+    return atomic_write(path, write)
 
 
 # --------------------------------------------------------------------------- waveform helpers
