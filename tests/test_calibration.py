@@ -1,0 +1,72 @@
+"""uncertlr.calibration: temperature scaling against a brute-force fit, on every array library."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.special import log_softmax, softmax
+
+from uncertlr import metrics
+from uncertlr.calibration import Temperature, fit_temperature
+
+
+def _data(seed, n=400, c=4, scale=3.0):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(n, c)) * scale
+    labels = np.array([rng.choice(c, p=softmax(z / scale)) for z in logits])  # the truth is T = scale
+    return logits, labels
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**16), scale=st.floats(0.3, 5.0))
+def test_fit_matches_a_brute_force_grid_on_logits(seed, scale):
+    logits, labels = _data(seed, scale=scale)
+    t = fit_temperature(softmax(logits, axis=1), labels).value
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20), 4001))
+    nll = [-np.mean(log_softmax(logits / g, axis=1)[np.arange(len(labels)), labels]) for g in grid]
+    best = grid[int(np.argmin(nll))]
+    assert t == pytest.approx(best, rel=3e-3)
+    # classic temperature scaling: the same as dividing the logits
+    np.testing.assert_allclose(
+        Temperature(t)(softmax(logits, axis=1)), softmax(logits / t, axis=1), atol=1e-10
+    )
+
+
+def test_it_calibrates_an_overconfident_model_and_keeps_its_predictions():
+    logits, labels = _data(0, n=2000, scale=4.0)
+    probs = softmax(logits, axis=1)
+    t = fit_temperature(probs[:1000], labels[:1000])
+    before, after = metrics.ece(probs[1000:], labels[1000:]), metrics.ece(t(probs[1000:]), labels[1000:])
+    assert t.value > 2.0 and after < 0.5 * before
+    assert (t(probs).argmax(1) == probs.argmax(1)).all()
+
+
+def test_samples_keep_their_shape_and_sum_to_one_in_every_library():
+    rng = np.random.default_rng(1)
+    p = rng.dirichlet(np.ones(3), size=(5, 20))
+    for arr in (p, torch.from_numpy(p)):
+        out = Temperature(2.0)(arr)
+        assert type(out) is type(arr) and tuple(out.shape) == (5, 20, 3)
+        assert np.allclose(np.asarray(out).sum(-1), 1.0)
+    np.testing.assert_allclose(Temperature(1.0)(p), p, atol=1e-12)
+    y = rng.integers(0, 3, 20)
+    assert fit_temperature(torch.from_numpy(p), torch.from_numpy(y)) == fit_temperature(p, y)
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0, float("nan"), float("inf"), True, "2"])
+def test_bad_temperatures_and_inputs_are_refused(value):
+    with pytest.raises(ValueError, match="temperature"):
+        Temperature(value)
+
+
+def test_bad_fit_inputs_name_the_problem():
+    p = np.full((4, 3), 1 / 3)
+    with pytest.raises(ValueError, match="labels must lie in"):
+        fit_temperature(p, np.array([0, 1, 2, 3]))
+    with pytest.raises(ValueError, match="bounds"):
+        fit_temperature(p, np.array([0, 1, 2, 0]), bounds=(2.0, 3.0))
+    with pytest.raises(ValueError, match="logits"):
+        fit_temperature(np.full((4, 3), 2.0), np.array([0, 1, 2, 0]))

@@ -1,0 +1,104 @@
+"""Post-hoc calibration: temperature scaling for any classifier's predictive samples.
+
+Temperature scaling (Guo et al., 2017) divides a classifier's logits by one number ``T``
+fitted on held-out data; it fixes over- (``T > 1``) or under-confidence (``T < 1``) without
+changing which class is predicted. Here it works on probabilities, so it serves every method
+behind uncertlr's ``predict`` — deterministic nets (``[1, N, C]`` or ``[N, C]``), BNNs,
+ensembles, MCMC — and keeps their ``[S, N, C]`` shape: each sample's log-probabilities are
+divided by ``T`` and renormalised (for ``S = 1`` this is exactly classic temperature scaling,
+since ``log softmax(z) = z - const``), and ``T`` minimises the NLL of the tempered model
+average on the validation set.
+
+Example:
+    >>> import numpy as np
+    >>> from uncertlr.calibration import fit_temperature
+    >>> rng = np.random.default_rng(0)
+    >>> logits = rng.normal(size=(500, 3)) * 4                     # an over-confident classifier
+    >>> labels = np.array([rng.choice(3, p=np.exp(l / 4) / np.exp(l / 4).sum()) for l in logits])
+    >>> probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    >>> t = fit_temperature(probs, labels)
+    >>> bool(2.5 < t.value < 6.0), t(probs).shape
+    (True, (500, 3))
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+
+from uncertlr.likelihoods import check_labels
+from uncertlr.metrics._checks import _check_probs
+
+Array = Any
+
+__all__ = ["Temperature", "fit_temperature"]
+
+
+def _tempered(logp: Array, temperature: Any, xp: Any) -> Array:
+    """Softmax of ``logp / T`` over the last axis (max-shifted)."""
+    z = logp / temperature
+    z = z - xp.max(z, axis=-1, keepdims=True)
+    e = xp.exp(z)
+    return e / xp.sum(e, axis=-1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class Temperature:
+    """A fitted temperature; call it on probabilities ``[S, N, C]`` or ``[N, C]`` of any array library.
+
+    Attributes:
+        value: ``T > 0`` (``T > 1`` softens over-confident predictions).
+    """
+
+    value: float
+
+    def __post_init__(self) -> None:
+        if isinstance(self.value, bool) or not (
+            isinstance(self.value, (int, float)) and math.isfinite(self.value) and self.value > 0
+        ):
+            raise ValueError(f"the temperature must be a positive finite number; got {self.value!r}")
+
+    def __call__(self, probs: Array) -> Array:
+        """Tempered probabilities, same shape, dtype and library as ``probs``."""
+        squeeze = getattr(probs, "ndim", 0) == 2
+        xp, p = _check_probs(probs)
+        tiny = xp.finfo(p.dtype).tiny
+        out = _tempered(xp.log(xp.clip(p, tiny, None)), self.value, xp)
+        return out[0] if squeeze else out
+
+
+def fit_temperature(
+    probs: Array, labels: Array, *, bounds: tuple[float, float] = (0.05, 20.0)
+) -> Temperature:
+    """The temperature that minimises the NLL of the tempered model average on ``(probs, labels)``.
+
+    Args:
+        probs: validation predictions ``[S, N, C]`` (or ``[N, C]``) of any array library.
+        labels: ``[N]`` integer labels.
+        bounds: the search interval for ``T`` (a bounded 1-D search over ``log T``, on the host,
+            in float64).
+
+    Returns:
+        A :class:`Temperature` (apply it to the test predictions of the same model).
+    """
+    lo, hi = bounds
+    if not (0 < lo < 1 < hi < math.inf):
+        raise ValueError(f"bounds must satisfy 0 < low < 1 < high < inf; got {bounds!r}")
+    _, p = _check_probs(probs)
+    host = np.asarray(p.detach().cpu() if hasattr(p, "detach") else p, dtype=np.float64)
+    y = np.asarray(labels.detach().cpu() if hasattr(labels, "detach") else labels)
+    check_labels(y, host.shape[1], host.shape[2])
+    y = y.astype(np.int64)
+    logp = np.log(np.clip(host, np.finfo(np.float64).tiny, None))
+    rows = np.arange(len(y))
+
+    def nll(log_t: float) -> float:
+        pbar = _tempered(logp, math.exp(log_t), np).mean(0)
+        return float(-np.mean(np.log(np.clip(pbar[rows, y], np.finfo(np.float64).tiny, None))))
+
+    res = minimize_scalar(nll, bounds=(math.log(lo), math.log(hi)), method="bounded", options={"xatol": 1e-6})
+    return Temperature(float(math.exp(res.x)))
