@@ -13,6 +13,10 @@ Conventions (shapes in every docstring):
 * regression predictions are ``mean[S, N, ...]`` and ``variance[S, N, ...]``
   (the per-sample predictive mean and noise variance).
 * labels are integer class indices ``labels[N]`` in ``[0, C)``.
+* scores for OOD detection and selective prediction are ``[N]``, higher = more uncertain
+  (entropy, mutual information, ``1 - max p̄``): :func:`ood_auroc`, :func:`fpr_at_tpr`,
+  :func:`aupr_in`/:func:`aupr_out` take in- and out-of-distribution scores; :func:`aurc`,
+  :func:`eaurc` and :func:`risk_coverage` take scores and whether each prediction is correct.
 
 The information-theoretic decomposition (sample axis first, ``p̄ = mean_s p_s``):
 
@@ -40,8 +44,9 @@ from uncertlr.metrics._calibration import (
     reliability_bins,
 )
 from uncertlr.metrics._checks import PROB_SUM_ATOL
-from uncertlr.metrics._ood import ood_auroc
+from uncertlr.metrics._ood import aupr_in, aupr_out, fpr_at_tpr, ood_auroc
 from uncertlr.metrics._regression import gaussian_nll, rmse
+from uncertlr.metrics._selective import RiskCoverage, aurc, eaurc, risk_coverage
 from uncertlr.metrics._uncertainty import (
     LayerSpread,
     UncertaintyDecomposition,
@@ -59,13 +64,19 @@ __all__ = [
     "PROB_SUM_ATOL",
     "LayerSpread",
     "ReliabilityBins",
+    "RiskCoverage",
     "UncertaintyDecomposition",
     "VarianceDecomposition",
     "accuracy",
     "adaptive_ece",
+    "aupr_in",
+    "aupr_out",
+    "aurc",
     "brier",
+    "eaurc",
     "ece",
     "expected_entropy",
+    "fpr_at_tpr",
     "gaussian_nll",
     "layer_spread",
     "mean_probs",
@@ -75,6 +86,7 @@ __all__ = [
     "predictive_entropy",
     "predictive_variance",
     "reliability_bins",
+    "risk_coverage",
     "rmse",
     "uncertainty_decomposition",
 ]
