@@ -3,7 +3,9 @@
 * :class:`MLP` — fully connected, any input shape (flattened);
 * :class:`ImageCNN` — a small CNN for 8x8 digits and 28x28 MNIST-format images;
 * :class:`SpeechCNN`, :class:`SpeechCRNN` — a small CNN and a CNN + GRU for log-mel / MFCC
-  speech features ``[B, bands, frames]``.
+  speech features ``[B, bands, frames]``;
+* :class:`TinyTextTransformer` — a Transformer text classifier with Hugging Face's calling
+  convention (``forward(input_ids, attention_mask)`` returning an output with ``.logits``).
 
 None uses batch norm, so every weight can be made Bayesian with
 :func:`uncertlr.torch.bayesian` and evaluated for many posterior samples at once.
@@ -16,5 +18,6 @@ Example:
 from uncertlr_models.cnn import ImageCNN
 from uncertlr_models.mlp import MLP
 from uncertlr_models.speech import SpeechCNN, SpeechCRNN
+from uncertlr_models.text import ClassifierOutput, TinyTextTransformer
 
-__all__ = ["MLP", "ImageCNN", "SpeechCNN", "SpeechCRNN"]
+__all__ = ["MLP", "ClassifierOutput", "ImageCNN", "SpeechCNN", "SpeechCRNN", "TinyTextTransformer"]

@@ -30,7 +30,7 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
+from torch.func import vmap
 
 from uncertlr import likelihoods as _lik
 from uncertlr import priors as _priors
@@ -38,6 +38,7 @@ from uncertlr._spec import ELBOTerms, bnn_spec, positive_int
 from uncertlr.likelihoods import NormalPrediction
 from uncertlr.metrics import LayerSpread, layer_spread
 from uncertlr.select import Predicate, Selector
+from uncertlr.torch._adapters import Adapter, Inputs, Output
 from uncertlr.torch._likelihood import LikelihoodModule
 from uncertlr.torch._meanfield import MeanFieldNormal
 from uncertlr.torch._modules import fan_in, named_shape_errors, owner
@@ -75,9 +76,11 @@ class BNN(nn.Module):
         init_scale: float,
         kl_weight: float,
         validate: bool,
+        adapter: Adapter | None = None,
     ):
         super().__init__()
         self.net = copy.deepcopy(net)
+        self.adapter = adapter or Adapter()
         self.prior = prior
         self.num_data = int(num_data)
         self.kl_weight = float(kl_weight)
@@ -181,33 +184,37 @@ class BNN(nn.Module):
 
     # ------------------------------------------------------------------ validation
 
-    def _check_input(self, x: Any) -> None:
-        if not isinstance(x, Tensor):
-            raise TypeError(f"x must be a torch.Tensor; got {type(x).__name__}")
+    def _check_input(self, x: Any) -> Tensor:
+        """Check every tensor of the batch ``x``; return the one that stands for it (see ``_adapters``)."""
+        for name, t in self.adapter.tensors(x):
+            self._check_tensor(t, name)
+        return self.adapter.lead(x)
+
+    def _check_tensor(self, x: Tensor, name: str) -> None:
         ref = self.posterior.loc
         if x.device != ref.device:
             raise ValueError(
-                f"x is on {x.device} but the BNN's parameters are on {ref.device}; move one with .to()"
+                f"{name} is on {x.device} but the BNN's parameters are on {ref.device}; move one with .to()"
             )
         if x.dim() == 0 or x.shape[0] == 0:
-            raise ValueError(f"x must have a non-empty batch axis first; got shape {tuple(x.shape)}")
+            raise ValueError(f"{name} must have a non-empty batch axis first; got shape {tuple(x.shape)}")
         if x.dtype.is_floating_point:
             if x.dtype != ref.dtype:
                 raise TypeError(
-                    f"x has dtype {x.dtype} but the BNN's parameters are {ref.dtype}; cast x (x.to({ref.dtype}))"
+                    f"{name} has dtype {x.dtype} but the BNN's parameters are {ref.dtype}; cast it (.to({ref.dtype}))"
                 )
             # one reduction; the elementwise check runs only if the sum is not finite (NaN/inf, or overflow)
             if self.validate and not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
-                raise ValueError("x contains NaN or inf")
+                raise ValueError(f"{name} contains NaN or inf")
 
     # ------------------------------------------------------------------ forward passes
 
-    def _call(self, weights: Mapping[str, Tensor], x: Tensor) -> Tensor:
-        return functional_call(self.net, dict(weights), (x,), strict=False)
+    def _call(self, weights: Mapping[str, Tensor], x: Any) -> Tensor:
+        return self.adapter.call(self.net, weights, x)
 
     def _outputs(self, flat_w: Tensor, x: Tensor) -> Tensor:
         """Network outputs ``[K, B, ...]`` for flat weights ``[P]`` (K = 1) or ``[K, P]``; vmap when ``K > 1``."""
-        with named_shape_errors(x):
+        with named_shape_errors(self.adapter.lead(x)):
             return self._outputs_unchecked(flat_w, x)
 
     def _outputs_unchecked(self, flat_w: Tensor, x: Tensor) -> Tensor:
@@ -243,12 +250,12 @@ class BNN(nn.Module):
             (2, 8, 3)
         """
         num_particles = positive_int("num_particles", num_particles)
-        self._check_input(x)
+        lead = self._check_input(x)
         if not isinstance(y, Tensor):
             raise TypeError(f"y must be a torch.Tensor; got {type(y).__name__}")
-        if y.shape[:1] != x.shape[:1]:
+        if y.shape[:1] != lead.shape[:1]:
             raise ValueError(
-                f"x and y must have the same batch size; got {x.shape[0]} and {y.shape[0] if y.dim() else 'a scalar'}"
+                f"x and y must have the same batch size; got {lead.shape[0]} and {y.shape[0] if y.dim() else 'a scalar'}"
             )
         post = self.posterior
         eps = self._noise(None if num_particles == 1 else num_particles)
@@ -267,7 +274,7 @@ class BNN(nn.Module):
         nll = self.likelihood_module.nll(outputs, y)
         loss = nll + self.kl_weight * kl / self.num_data
         if self.validate and not torch.isfinite(loss.detach()):
-            raise ValueError(self._diagnose_nonfinite(x, outputs.detach(), kl.detach()))
+            raise ValueError(self._diagnose_nonfinite(lead, outputs.detach(), kl.detach()))
         return ELBOTerms(loss, nll, kl, outputs)
 
     def _diagnose_nonfinite(self, x: Tensor, outputs: Tensor, kl: Tensor) -> str:
@@ -321,7 +328,7 @@ class BNN(nn.Module):
         are processed in a few chunks (never one sample at a time).
         """
         num_samples = positive_int("num_samples", num_samples)
-        self._check_input(x)
+        lead = self._check_input(x)
         chunk = max(1, min(num_samples, PREDICT_CHUNK_ELEMENTS // max(1, self.posterior.num_params)))
         outs = []
         with torch.no_grad(), self._eval_mode(), vmappable_rnns(self.net):
@@ -329,7 +336,7 @@ class BNN(nn.Module):
             for start in range(0, num_samples, chunk):
                 k = min(chunk, num_samples - start)
                 flat_w = torch.addcmul(loc, scale, self._noise(k))
-                with named_shape_errors(x):
+                with named_shape_errors(lead):
                     outs.append(vmap(lambda w: self._call(self.posterior.unflatten(w), x))(flat_w))
         return torch.cat(outs) if len(outs) > 1 else outs[0]
 
@@ -353,7 +360,7 @@ class BNN(nn.Module):
         """
         out = self.sample_outputs(x, num_samples=num_samples)
         if self.validate:
-            self._check_predicted(x, out)
+            self._check_predicted(self.adapter.lead(x), out)
         if isinstance(self.likelihood, _lik.Categorical):
             return torch.softmax(out, dim=-1)
         with torch.no_grad():
@@ -435,6 +442,8 @@ def bayesian(
     init_scale: float = 1e-3,
     kl_weight: float = 1.0,
     validate: bool = True,
+    inputs: Inputs = None,
+    output: Output = None,
 ) -> BNN:
     """Make a Bayesian neural network from any ``torch.nn.Module`` (which is left untouched).
 
@@ -452,6 +461,13 @@ def bayesian(
             start at the network's current weights.
         kl_weight: multiplies the KL term (1 = the ELBO; < 1 a tempered posterior); must be > 0.
         validate: check inputs and targets each call (shapes, dtypes, NaN/inf, label range).
+        inputs: how a batch ``x`` reaches ``net.forward``: ``None`` (one tensor), ``"positional"``
+            (a tuple of tensors: ``net(*x)``), ``"keywords"`` (a dict: ``net(**x)``), a tuple of
+            names (those keys of a dict batch, as keyword arguments) or ``x -> (args, kwargs)``.
+        output: where the logits (or regression means) are in what ``forward`` returns: ``None``
+            (a tensor), a key or attribute name (``"logits"`` of a dict, dataclass or Hugging
+            Face ``ModelOutput``), a tuple index, or ``result -> tensor``. Example:
+            ``bayesian(net, ..., inputs=("input_ids", "attention_mask"), output="logits")``.
 
     Example:
         >>> import torch
@@ -473,4 +489,4 @@ def bayesian(
         kl_weight=kl_weight,
         validate=validate,
     )
-    return BNN(net, **spec._asdict())
+    return BNN(net, **spec._asdict(), adapter=Adapter(inputs, output))
