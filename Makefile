@@ -9,14 +9,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench bench-deps clean
+.PHONY: demo test lint docs bench bench-deps clean
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "uncertlr needs Python >= 3.10 (3.11 is tested)"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e ".[jax,report,audio,dev]"
+	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e ".[jax,report,audio,lightning,docs,dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -30,6 +30,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check uncertlr models tests benchmarks examples
 	$(BIN)/lint-imports
 
+# The documentation site (mkdocs-material + mkdocstrings) into site/; any warning fails the build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 # Baselines for the benchmarks: IVON (GPL-3.0, used only as a baseline) and TyXe (--no-deps, or it replaces torch).
 bench-deps: $(STAMP)
 	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt ivon-opt==0.1.3
@@ -39,4 +43,4 @@ bench: bench-deps
 	$(BIN)/python benchmarks/step_time.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis benchmarks/results
+	rm -rf $(VENV) .pytest_cache .hypothesis benchmarks/results site

@@ -40,7 +40,9 @@ def dist(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_wheel_contents_and_metadata(dist):
     (wheel,) = dist.glob("*.whl")
-    assert wheel.name == f"uncertlr-{uncertlr.__version__}-py3-none-any.whl"  # the version comes from one place
+    assert (
+        wheel.name == f"uncertlr-{uncertlr.__version__}-py3-none-any.whl"
+    )  # the version comes from one place
     names = set(zipfile.ZipFile(wheel).namelist())
     for must in (
         "uncertlr/py.typed",
@@ -73,7 +75,9 @@ def test_sdist_holds_what_a_user_needs_to_build_and_test(dist):
         "models/text.py",
     ):  # fmt: skip
         assert must in names, must
-    assert not any("__pycache__" in n or n.startswith(("runs/", "site/", "benchmarks/results")) for n in names)
+    assert not any(
+        "__pycache__" in n or n.startswith(("runs/", "site/", "benchmarks/results")) for n in names
+    )
 
 
 @pytest.mark.slow

@@ -3,7 +3,6 @@ optimization give exactly the steps of a hand-written loop; fit, checkpoint and 
 
 from __future__ import annotations
 
-import copy
 import warnings
 
 import pytest
@@ -108,7 +107,9 @@ def test_steps_equal_a_hand_written_loop(manual):
     (mod,) = callback.modulators
     assert mod.num_steps == ref_mod.num_steps == 12
     # the signal of every step is the one logged in that step (not the previous one), and it drove that step
-    assert [r["signal"] for r in mod.history] == pytest.approx([r["signal"] for r in ref_mod.history], abs=1e-6)
+    assert [r["signal"] for r in mod.history] == pytest.approx(
+        [r["signal"] for r in ref_mod.history], abs=1e-6
+    )
     assert [r["scale"] for r in mod.history] == pytest.approx([r["scale"] for r in ref_mod.history], abs=1e-6)
     assert len({round(r["scale"], 6) for r in mod.history}) > 3  # the factor really varied
     torch.testing.assert_close(module.bnn.posterior.loc, ref_module.bnn.posterior.loc, atol=1e-5, rtol=0)
@@ -173,7 +174,9 @@ def test_scale_is_logged():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(module, _loader())
-    assert float(trainer.callback_metrics["modulator/scale"]) == pytest.approx(callback.modulators[0].history[-1]["scale"])
+    assert float(trainer.callback_metrics["modulator/scale"]) == pytest.approx(
+        callback.modulators[0].history[-1]["scale"]
+    )
 
 
 def test_refusals():

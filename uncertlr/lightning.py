@@ -115,7 +115,9 @@ class ModulatorCallback(pl.Callback):
         chosen = []
         for i in indices:
             if not 0 <= i < len(optimizers):
-                raise IndexError(f"optimizers={self.optimizer_indices}: the module has {len(optimizers)} optimizer(s)")
+                raise IndexError(
+                    f"optimizers={self.optimizer_indices}: the module has {len(optimizers)} optimizer(s)"
+                )
             chosen.append(optimizers[i])
         if not chosen:
             raise ValueError("ModulatorCallback: the LightningModule configured no optimizer to modulate")
@@ -149,7 +151,9 @@ class ModulatorCallback(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._detach_all()
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
         self._detach_all()  # puts the base learning rates back if a step was interrupted
 
     # ------------------------------------------------------------------ the signal
@@ -203,7 +207,9 @@ class ModulatorCallback(pl.Callback):
             mod.load_state_dict(st)
 
 
-def _run_closure_first(optimizer: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _run_closure_first(
+    optimizer: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     """Step pre-hook: evaluate ``optimizer.step(closure)``'s closure now; the step then gets its result.
 
     Lightning observes the step's signal inside the closure; the modulator's pre-hook, which

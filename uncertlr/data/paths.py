@@ -8,8 +8,8 @@
    next to a shared data folder, as in this project's CI);
 4. ``<cache dir>/data`` — where ``download=True`` puts data sets for everybody else.
 
-:func:`cache_dir` is ``$UNCERTLR_CACHE``, else ``$XDG_CACHE_HOME/uncertlr``, else
-``~/.cache/uncertlr``.
+:func:`cache_dir` is ``$UNCERTLR_CACHE``, else the platform's user cache folder (``platformdirs``: ``$XDG_CACHE_HOME/uncertlr``, else
+``~/.cache/uncertlr`` on Linux).
 
 Example:
     >>> import os
@@ -23,6 +23,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import platformdirs
+
 __all__ = ["cache_dir", "data_dir"]
 
 #: Environment variable naming the data folder.
@@ -34,16 +36,15 @@ _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def cache_dir() -> Path:
-    """The cache folder: ``$UNCERTLR_CACHE``, ``$XDG_CACHE_HOME/uncertlr`` or ``~/.cache/uncertlr``.
+    """The cache folder: ``$UNCERTLR_CACHE``, else the platform's user cache folder for ``uncertlr``.
 
     The folder is not created here; whoever writes to it does that.
     """
     env = os.environ.get(CACHE_ENV)
     if env:
         return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "uncertlr"
+    # platformdirs: $XDG_CACHE_HOME or ~/.cache on Linux, ~/Library/Caches on macOS, %LOCALAPPDATA% on Windows
+    return platformdirs.user_cache_path("uncertlr", appauthor=False)
 
 
 def data_dir(path: str | os.PathLike[str] | None = None) -> Path:

@@ -83,7 +83,9 @@ class AURC(_UncertaintyMetric):
 
     def update(self, preds: Tensor, labels: Tensor) -> None:
         if preds.dim() < 2:
-            raise ValueError(f"{type(self).__name__} needs probabilities [S, N, C] or [N, C]; got shape {tuple(preds.shape)}")
+            raise ValueError(
+                f"{type(self).__name__} needs probabilities [S, N, C] or [N, C]; got shape {tuple(preds.shape)}"
+            )
         self.flags.append(_m.mean_probs(preds.detach()).argmax(-1) == labels)
         self.scores.append(_score(preds, self.uncertainty))
 

@@ -1,0 +1,151 @@
+"""Every Python block of README.md and docs/ runs, in order, as a reader would run it (Sybil).
+
+Blocks of one file share a namespace. A hidden ``<!-- fixtures: NAME -->`` comment before a
+block starts a fresh namespace holding the small data and objects the prose assumes the reader
+already has (``MyNet``, ``train_set``, ``loader``, ``x``, ``y``, ...): :data:`FIXTURES` below.
+The blocks run in a temporary folder, so the files they write (``ckpt.pt``, run folders) go there.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+sybil = pytest.importorskip("sybil")
+from sybil import Region, Sybil  # noqa: E402
+from sybil.parsers.markdown import ClearNamespaceParser, PythonCodeBlockParser, SkipParser  # noqa: E402
+from sybil.parsers.markdown.lexers import DirectiveInHTMLCommentLexer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def _digits(n: int = 320):
+    from uncertlr.data import load_digits
+
+    s = load_digits(seed=0)
+    return s.x_train[:n], s.y_train[:n], s.x_test[:100], s.y_test[:100]
+
+
+def _torch() -> dict[str, Any]:
+    import torch
+
+    from uncertlr.torch import bayesian
+
+    xtr, ytr, xte, yte = _digits()
+    x, y = torch.from_numpy(xtr), torch.from_numpy(ytr)
+    train_set = torch.utils.data.TensorDataset(x, y)
+
+    class MyNet(torch.nn.Sequential):
+        """The reader's network: an MLP for 8x8 digits."""
+
+        def __init__(self):
+            super().__init__(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+
+    torch.manual_seed(0)
+    net = MyNet()
+    bnn = bayesian(net, num_data=len(x))
+    return {
+        "torch": torch,
+        "MyNet": MyNet,
+        "net": net,
+        "train_set": train_set,
+        "loader": torch.utils.data.DataLoader(train_set, batch_size=64, shuffle=True),
+        "x": x,
+        "y": y,
+        "x_test": torch.from_numpy(xte),
+        "y_test": torch.from_numpy(yte),
+        "bnn": bnn,
+        "opt": torch.optim.Adam(bnn.parameters(), lr=1e-3),
+    }
+
+
+def _jax() -> dict[str, Any]:
+    import jax
+
+    from uncertlr import priors
+    from uncertlr.jax import bayesian
+    from uncertlr_models.flax_mlp import FlaxMLP
+
+    xtr, ytr, xte, yte = _digits(200)
+    net = FlaxMLP(hidden=(16,), out_features=10)
+    variables = net.init(jax.random.key(0), xtr[:1])
+    bnn = bayesian(net, params=variables, num_data=len(xtr), prior=priors.Normal(1.0))
+    return {"x": xtr, "y": ytr, "x_test": xte, "y_test": yte, "bnn": bnn}
+
+
+def _report() -> dict[str, Any]:
+    """The torch fixtures plus a small run folder at the path the README names."""
+    from uncertlr import runfolder
+
+    ns = _torch()
+    probs = ns["bnn"].predict(ns["x_test"], num_samples=4).numpy()
+    run = Path("runs/demo-20261125-093221")
+    run.mkdir(parents=True)
+    runfolder.save_run(
+        run,
+        {"task": "digits", "models": {"bnn": runfolder.classification_summary(probs, ns["y_test"].numpy())}},
+        predictions={"labels": ns["y_test"].numpy(), "bnn_test": probs},
+        histories={"bnn": [{"step": 0, "loss": 1.0, "lr": 1e-3}]},
+    )
+    return ns
+
+
+FIXTURES: dict[str, Callable[[], dict[str, Any]]] = {
+    "torch": _torch,
+    "jax": _jax,
+    "report": _report,
+    "none": dict,
+}
+
+
+class FixturesParser:
+    """``<!-- fixtures: NAME -->``: clear the namespace and load :data:`FIXTURES` [NAME] into it."""
+
+    def __init__(self) -> None:
+        self.lexer = DirectiveInHTMLCommentLexer("fixtures")
+
+    def __call__(self, document):
+        for lexed in self.lexer(document):
+            name = lexed.lexemes["arguments"].strip()
+            if name not in FIXTURES:
+                raise ValueError(f"{document.path}: unknown fixtures {name!r}; known: {sorted(FIXTURES)}")
+            yield Region(lexed.start, lexed.end, name, self.evaluate)
+
+    @staticmethod
+    def evaluate(example) -> None:
+        example.namespace.clear()
+        example.namespace.update(FIXTURES[example.parsed]())
+
+
+PARSERS = [FixturesParser(), ClearNamespaceParser(), SkipParser(), PythonCodeBlockParser()]
+
+
+def test_documents_have_code():
+    assert (ROOT / "docs" / "index.md").is_file()
+    blocks = {p.name: sum(1 for _ in Sybil(PARSERS).parse(p)) for p in DOCUMENTS}
+    assert blocks["README.md"] >= 7
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", DOCUMENTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_code_blocks_run(path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    np.random.seed(0)
+    document = Sybil(PARSERS).parse(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        os.environ.setdefault("MPLBACKEND", "Agg")
+        for example in document:
+            try:
+                example.evaluate()
+            except Exception as exc:
+                raise AssertionError(
+                    f"{path.name}, line {example.line}: {type(exc).__name__}: {exc}"
+                ) from exc
