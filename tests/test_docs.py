@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 sybil = pytest.importorskip("sybil")
@@ -137,7 +136,6 @@ def test_documents_have_code():
 @pytest.mark.parametrize("path", DOCUMENTS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_code_blocks_run(path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    np.random.seed(0)
     document = Sybil(PARSERS).parse(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
