@@ -47,9 +47,11 @@ from typing import Any
 import numpy as np
 
 from uncertlr import metrics
+from uncertlr.calibration import fit_temperature
 from uncertlr._io import atomic_write, environment, read_json, write_json
 
 __all__ = [
+    "CALIBRATED_KEYS",
     "CLASSIFICATION_KEYS",
     "HISTORY_FILE",
     "METRICS_FILE",
@@ -90,7 +92,12 @@ CLASSIFICATION_KEYS = (
     "mi_ood",
     "auroc_mi",
     "auroc_entropy",
+    "aurc",
+    "fpr95_entropy",
 )
+
+#: Keys :func:`classification_summary` adds when given validation predictions (temperature scaling).
+CALIBRATED_KEYS = ("temperature", "nll_ts", "ece_ts")
 
 #: How tables show a classification run's ``metrics.json`` entries: (key, label, format), in order.
 SUMMARY_ROWS = (
@@ -98,12 +105,17 @@ SUMMARY_ROWS = (
     ("nll", "NLL", ".3f"),
     ("brier", "Brier", ".3f"),
     ("ece", "ECE (15 bins)", ".3f"),
+    ("temperature", "temperature (fitted on validation)", ".2f"),
+    ("nll_ts", "NLL, temperature-scaled", ".3f"),
+    ("ece_ts", "ECE, temperature-scaled", ".3f"),
+    ("aurc", "AURC (1 - max p)", ".4f"),
     ("entropy_in", "entropy, test", ".3f"),
     ("mi_in", "mutual information, test", ".3f"),
     ("entropy_ood", "entropy, OOD", ".3f"),
     ("mi_ood", "mutual information, OOD", ".3f"),
     ("auroc_mi", "OOD AUROC of MI", ".3f"),
     ("auroc_entropy", "OOD AUROC of entropy", ".3f"),
+    ("fpr95_entropy", "FPR at 95% TPR, entropy", ".3f"),
     ("seconds", "seconds", ".1f"),
 )
 
@@ -144,7 +156,13 @@ def new_run_dir(root: str | os.PathLike[str], name: str) -> Path:
 
 
 def classification_summary(
-    probs: Any, labels: Any, probs_ood: Any | None = None, *, num_bins: int = 15
+    probs: Any,
+    labels: Any,
+    probs_ood: Any | None = None,
+    *,
+    num_bins: int = 15,
+    probs_val: Any | None = None,
+    labels_val: Any | None = None,
 ) -> dict[str, float]:
     """Accuracy, NLL, Brier, ECE, adaptive ECE, mean uncertainties and OOD AUROCs as Python floats.
 
@@ -156,7 +174,13 @@ def classification_summary(
         probs_ood: predictions on out-of-distribution inputs ``[S, M, C]``; when given, adds
             ``entropy_ood``, ``mi_ood`` and the AUROC of telling the two sets apart by mutual
             information (``auroc_mi``; 0.5 for point predictions, which have none) and by
-            predictive entropy (``auroc_entropy``).
+            predictive entropy (``auroc_entropy``), and the false-positive rate at 95% true-positive
+            rate of the latter (``fpr95_entropy``).
+        probs_val, labels_val: validation predictions and labels; when given, a temperature is
+            fitted on them (:func:`uncertlr.calibration.fit_temperature`) and applied to ``probs``:
+            ``temperature``, ``nll_ts``, ``ece_ts``.
+
+    ``aurc`` is the area under the risk-coverage curve of rejecting by ``1 - max p̄``.
 
     Example:
         >>> import numpy as np
@@ -178,6 +202,16 @@ def classification_summary(
         "aleatoric_in": float(d_in.aleatoric.mean()),
         "mi_in": float(d_in.epistemic.mean()),
     }
+    pbar = _host(metrics.mean_probs(probs))
+    out["aurc"] = float(metrics.aurc(1 - pbar.max(-1), pbar.argmax(-1) == _host(labels)))
+    if probs_val is not None:
+        t = fit_temperature(probs_val, labels_val)
+        tempered = t(probs)
+        out.update(
+            temperature=t.value,
+            nll_ts=float(metrics.nll(tempered, labels)),
+            ece_ts=float(metrics.ece(tempered, labels, num_bins=num_bins)),
+        )
     if probs_ood is not None:
         d_out = metrics.uncertainty_decomposition(probs_ood)
         out.update(
@@ -186,6 +220,7 @@ def classification_summary(
             mi_ood=float(d_out.epistemic.mean()),
             auroc_mi=float(metrics.ood_auroc(d_in.epistemic, d_out.epistemic)),
             auroc_entropy=float(metrics.ood_auroc(d_in.total, d_out.total)),
+            fpr95_entropy=float(metrics.fpr_at_tpr(d_in.total, d_out.total)),
         )
     return out
 

@@ -80,19 +80,30 @@ class DemoConfig(BNNConfig):
         return [det, self.method()] + [self.method(name, rule) for name, rule in MODULATED.items()]
 
 
-def digits_task(seed: int) -> Task:
-    """sklearn's digits (75/25 split by ``seed``); OOD = the test images with shuffled pixels."""
+#: Fraction of the training split held out for fitting the temperature (post-hoc calibration).
+VALIDATION_FRACTION = 0.2
+
+
+def digits_task(seed: int, *, validation: bool = False) -> Task:
+    """sklearn's digits (75/25 split by ``seed``); OOD = the test images with shuffled pixels.
+
+    With ``validation``, the last :data:`VALIDATION_FRACTION` of the (already shuffled) training
+    split is held out: the models never train on it, and each model's temperature is fitted on it.
+    """
     s = load_digits(seed=seed)
     t = torch.from_numpy
     ood = t(shuffle_pixels(s.x_test, seed=seed + 1))
+    n_fit = len(s.x_train) - (round(VALIDATION_FRACTION * len(s.x_train)) if validation else 0)
     return Task(
         "digits",
-        t(s.x_train),
-        t(s.y_train),
+        t(s.x_train[:n_fit]),
+        t(s.y_train[:n_fit]),
         t(s.x_test),
         t(s.y_test),
         ood,
         "test images with shuffled pixels",
+        x_val=t(s.x_train[n_fit:]) if validation else None,
+        y_val=t(s.y_train[n_fit:]) if validation else None,
     )
 
 
@@ -119,7 +130,7 @@ def run_demo(
 
     cfg = config or DemoConfig()
     console = console or Console()
-    task = digits_task(cfg.seed)
+    task = digits_task(cfg.seed, validation=True)
     run = runfolder.new_run_dir(out, "demo")  # before training: an unwritable --out fails at once
     net = net or mlp_factory(task.x_train.shape[1], cfg.hidden, 10)
     console.print(

@@ -80,6 +80,8 @@ class Task:
 
     Regression targets may be standardised for training: ``y_loc``/``y_scale`` map them back
     (``y * y_scale + y_loc``), and every regression metric is reported in the original units.
+    A classification task with a validation split (``x_val``/``y_val``, carved from the training
+    data) gets a temperature fitted on it for every model (``temperature``, ``nll_ts``, ``ece_ts``).
     """
 
     name: str
@@ -91,6 +93,8 @@ class Task:
     ood: str = ""
     y_loc: float = 0.0
     y_scale: float = 1.0
+    x_val: Tensor | None = None
+    y_val: Tensor | None = None
 
     def test_targets(self) -> np.ndarray:
         """The test labels, or the test targets in original units (a trailing output axis of 1 dropped)."""
@@ -332,7 +336,8 @@ def evaluate(trained: Trained, task: Task) -> tuple[dict[str, float], dict[str, 
     arrays = {f"{name}_test": p_in.cpu().numpy().astype(np.float32)}
     if p_out is not None:
         arrays[f"{name}_ood"] = p_out.cpu().numpy().astype(np.float32)
-    return runfolder.classification_summary(p_in, task.y_test, p_out), arrays
+    val = {} if task.x_val is None else {"probs_val": trained.predict(task.x_val), "labels_val": task.y_val}
+    return runfolder.classification_summary(p_in, task.y_test, p_out, **val), arrays
 
 
 @dataclass
