@@ -10,7 +10,7 @@
 * ``transformer`` — synthetic pointer task: ``[p, c_1 … c_16]`` with ``p`` one of 16 position
   tokens and ``c_i`` one of 16 content tokens; the label is ``c_p`` (16 classes). One pre-norm
   Transformer block (``nn.MultiheadAttention``, d = 32, 4 heads, MLP 64), read out at the
-  pointer's position (3,000 / 1,000 sequences).
+  pointer's position (2,000 / 1,000 sequences).
 
 Every task holds out the last 15% of its (shuffled) training set as a validation split, used
 only by the ReduceLROnPlateau baseline (which trains on the remaining 85%).
@@ -129,7 +129,7 @@ def load_task(name: str, data_dir: Path | None = None) -> Task:
         xte = torch.from_numpy(((s.x_test - mu) / sd).astype(np.float32))
         return Task(
             name, False, xtr, ytr, xte, torch.from_numpy(s.y_test),
-            lambda: SpeechCNN(40, 10, channels=(8, 16, 32)), epochs=8, quick_epochs=3, batch=64,
+            lambda: SpeechCNN(40, 10, channels=(8, 16, 32)), epochs=4, quick_epochs=2, batch=64,
             patience_epochs=1, kl_weight=0.1,
         )  # fmt: skip
     if name == "diabetes":
@@ -139,7 +139,7 @@ def load_task(name: str, data_dir: Path | None = None) -> Task:
         xtr, ytr = _shuffled(s.x_train, s.y_train[:, None])
         return Task(
             name, True, xtr, ytr, torch.from_numpy(s.x_test), torch.from_numpy(s.y_test[:, None]),
-            lambda: MLP(10, (50,), 1), epochs=150, quick_epochs=50, batch=64,
+            lambda: MLP(10, (50,), 1), epochs=100, quick_epochs=40, batch=64,
             patience_epochs=5, kl_weight=1.0,
         )  # fmt: skip
     if name == "hetero":
@@ -155,12 +155,12 @@ def load_task(name: str, data_dir: Path | None = None) -> Task:
         (x, y), (xt, yt) = draw(512), draw(1024)
         return Task(
             name, True, torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(xt), torch.from_numpy(yt),
-            lambda: MLP(1, (50, 50), 1, activation="tanh"), epochs=80, quick_epochs=30, batch=64,
+            lambda: MLP(1, (50, 50), 1, activation="tanh"), epochs=60, quick_epochs=20, batch=64,
             patience_epochs=3, kl_weight=0.1,
         )  # fmt: skip
     if name == "transformer":
         rng = np.random.default_rng(0)
-        (x, y), (xt, yt) = _pointer_data(3000, rng), _pointer_data(1000, rng)
+        (x, y), (xt, yt) = _pointer_data(2000, rng), _pointer_data(1000, rng)
         return Task(
             name, False, torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(xt), torch.from_numpy(yt),
             lambda: PointerTransformer(32, 17, 16), epochs=10, quick_epochs=4, batch=64,

@@ -40,6 +40,7 @@ Usage:
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import statistics
@@ -318,6 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     load0, cpu0, t0 = os.getloadavg(), time.process_time(), time.perf_counter()
     rows: list[dict[str, Any]] = []
     matched: dict[tuple[float, int], float] = {}
+    # every finished run is appended here at once, so an interrupted grid loses nothing
+    partial = (args.json or RESULTS_DIR / f"lr_robustness_{task.name}.json").with_suffix(".partial.jsonl")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_text("")
     with progress_bar() as bar:
         job = bar.add_task(f"lr robustness ({args.task})", total=len(grid), info="")
         for m, lr, s in grid:
@@ -325,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
             if m == args.matched and row.get("factor_mean") is not None:
                 matched[(lr, s)] = row["factor_mean"]
             rows.append(row)
+            with partial.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
             what = "nll" if task.regression else "accuracy"
             bar.update(job, advance=1, info=f"{m} lr={lr:g} seed={s}: {what} {row.get(what, float('nan')):.3f}")
     load = {"loadavg_start": load0, "loadavg_end": os.getloadavg(),

@@ -265,7 +265,7 @@ class DivergenceGuard:
         recover: multiplier per quiet step (``>= 1``; 1 = the cut is permanent).
         cooldown: steps after a cut during which spikes are counted but do not cut again.
         decay: EMA decay of the moments.
-        warmup: signals before a z-score can count as a spike.
+        warmup: signals before a z-score can count as a spike (at least 2).
         s_min: floor on the factor; eps: floor on the standard deviation.
 
     Example:
@@ -313,7 +313,7 @@ class DivergenceGuard:
             mean = state.mean / corr
             var = clip_min(xp, state.sq / corr - mean * mean, 0.0)
             z = (u0 - mean) / xp.sqrt(var + self.eps * self.eps)
-            spike = ~finite | ((state.count >= self.warmup) & (z > self.threshold))
+            spike = ~finite | ((state.count >= max(self.warmup, 2)) & (z > self.threshold))
             cut = spike & (state.cool <= 0.0)
             quiet = ~spike
             scale = xp.where(
