@@ -188,8 +188,10 @@ def _noise_variance(noise: BNN | Tensor | float, outputs: Tensor) -> Tensor:
         raise TypeError(
             f"noise must be the noise std (a number or a tensor) or the BNN; got {type(noise).__name__}"
         )
-    sd = noise.detach() if isinstance(noise, Tensor) else torch.tensor(float(noise))
-    sd = sd.to(device=outputs.device, dtype=outputs.dtype)
+    if isinstance(noise, Tensor):
+        sd = noise.detach().to(device=outputs.device, dtype=outputs.dtype)
+    else:
+        sd = torch.tensor(float(noise), device=outputs.device, dtype=outputs.dtype)
     one = outputs[0]
     try:
         var = torch.broadcast_to(sd * sd, one.shape)
