@@ -63,7 +63,9 @@ class Run:
     """One training run. ``step(xb, yb)`` trains a minibatch; ``predict(x, S)`` returns
     ``[S, N, C]`` probabilities (classification) or ``(mean [S, N, 1], variance [S, N, 1])``."""
 
-    def __init__(self, method: str, lr: float, task: Any, *, num_data: int, total_steps: int, matched_lr=None):
+    def __init__(
+        self, method: str, lr: float, task: Any, *, num_data: int, total_steps: int, matched_lr=None
+    ):
         self.method, self.task, self.regression = method, task, task.regression
         self.sched = self.plateau_sched = self.mod = self.bnn = None
         self.signal_kind = None
@@ -114,7 +116,9 @@ class Run:
                 rule = plateau(patience)
             elif method == "bnn+uwarmup+uplateau":
                 horizon = 2 * task.steps_per_epoch(num_data)
-                rule = Product((UncertaintyWarmup(start=0.1, release=0.5, horizon=horizon), plateau(patience)))
+                rule = Product(
+                    (UncertaintyWarmup(start=0.1, release=0.5, horizon=horizon), plateau(patience))
+                )
             elif method == "bnn+guard(loss)":
                 rule = DivergenceGuard(threshold=4.0, cut=0.5, recover=1.0, cooldown=patience // 2)
             if rule is not None:

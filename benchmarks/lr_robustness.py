@@ -289,8 +289,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--methods", nargs="+", default=None, choices=METHODS)
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the task's)")
-    p.add_argument("--matched", default="bnn+uplateau", help="the variant bnn+lr-matched copies the mean factor of")
-    p.add_argument("--png", type=Path, default=None, help="plot (default benchmarks/results/lr_robustness_TASK.png)")
+    p.add_argument(
+        "--matched", default="bnn+uplateau", help="the variant bnn+lr-matched copies the mean factor of"
+    )
+    p.add_argument(
+        "--png", type=Path, default=None, help="plot (default benchmarks/results/lr_robustness_TASK.png)"
+    )
     args = p.parse_args(argv)
     if args.quick and args.task != "digits":
         p.error("--quick runs the digits task only")
@@ -333,17 +337,16 @@ def main(argv: list[str] | None = None) -> int:
             with partial.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
             what = "nll" if task.regression else "accuracy"
-            bar.update(job, advance=1, info=f"{m} lr={lr:g} seed={s}: {what} {row.get(what, float('nan')):.3f}")
+            bar.update(
+                job, advance=1, info=f"{m} lr={lr:g} seed={s}: {what} {row.get(what, float('nan')):.3f}"
+            )
     load = {"loadavg_start": load0, "loadavg_end": os.getloadavg(),
             "cpu_seconds": time.process_time() - cpu0, "wall_seconds": time.perf_counter() - t0}  # fmt: skip
 
     summary, details, best = summarize(task, rows, lrs)
     by = {d["method"]: d for d in details}
     adam = next((s["range_95"] for s in summary if s["method"] == "adam-constant"), None)
-    table = [
-        {**s, **by[s["method"]], "vs_adam": s["range_95"] / adam if adam else None}
-        for s in summary
-    ]
+    table = [{**s, **by[s["method"]], "vs_adam": s["range_95"] / adam if adam else None} for s in summary]
     metric = "NLL" if task.regression else "accuracy"
     print_table(
         f"LR robustness on {task.name}: {len(lrs)} LRs × {len(seeds)} seeds × {epochs} epochs "
@@ -356,12 +359,22 @@ def main(argv: list[str] | None = None) -> int:
          ("mean_score_over_grid", "mean over grid", ".3f"), ("steps_to_95_at_best", "steps to 95%", ".0f"),
          ("factor_mean", "factor mean", ".2f"), ("factor_min", "min", ".3f"), ("factor_max", "max", ".2f")],
     )  # fmt: skip
-    per_lr = [{"method": d["method"], **{f"{lr:g}": v for lr, v in zip(lrs, d["score_per_lr"])}} for d in details]
+    per_lr = [
+        {"method": d["method"], **{f"{lr:g}": v for lr, v in zip(lrs, d["score_per_lr"])}} for d in details
+    ]
     print_table("seed-mean score per base LR", per_lr,
                 [("method", "method", "s")] + [(f"{lr:g}", f"{lr:g}", ".3f") for lr in lrs])  # fmt: skip
     png = args.png or RESULTS_DIR / f"lr_robustness_{task.name}.png"
     done = [r for r in rows if "score" in r]
-    plot(task, done, lrs, details, best, png, f"{task.name}: score vs base LR ({len(seeds)} seeds, {epochs} epochs)")
+    plot(
+        task,
+        done,
+        lrs,
+        details,
+        best,
+        png,
+        f"{task.name}: score vs base LR ({len(seeds)} seeds, {epochs} epochs)",
+    )
     print(f"wrote {png}")
     write_results(
         f"lr_robustness_{task.name}",

@@ -236,7 +236,9 @@ def test_controllers_run_on_numpy_torch_and_jax_alike():
     ]
     for rule in rules:
         ref, _ = _run(rule, us)
-        np.testing.assert_allclose(_run(rule, [torch.tensor(u) for u in us], torch.zeros(()))[0], ref, rtol=1e-6)
+        np.testing.assert_allclose(
+            _run(rule, [torch.tensor(u) for u in us], torch.zeros(()))[0], ref, rtol=1e-6
+        )
         np.testing.assert_allclose(_run(rule, [jnp.asarray(u) for u in us], jnp.zeros(()))[0], ref, rtol=1e-6)
 
 

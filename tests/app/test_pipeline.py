@@ -45,7 +45,6 @@ def test_modulated_methods_record_signal_and_scale():
         Method("det", bayesian=False, rule=Ratio())
 
 
-
 def test_a_regression_bnn_is_modulated_by_its_predictive_variance():
     """Not by the entropy of its one-column outputs (0, which pinned G1 at its maximum factor)."""
     reg = train(

@@ -110,7 +110,10 @@ def test_batch_signal_twins_match_torch_and_metrics():
     np.testing.assert_allclose(float(js.batch_predictive_variance(jnp.asarray(out), jnp.asarray(noise))),
                                d.total.mean(), rtol=1e-5)  # fmt: skip
     pairs = [
-        (ts.batch_predictive_variance(out, noise), js.batch_predictive_variance(jnp.asarray(out), jnp.asarray(noise))),
+        (
+            ts.batch_predictive_variance(out, noise),
+            js.batch_predictive_variance(jnp.asarray(out), jnp.asarray(noise)),
+        ),
         (ts.batch_aleatoric_variance(out, 0.3), js.batch_aleatoric_variance(jnp.asarray(out), 0.3)),
         (ts.batch_epistemic_variance(out), js.batch_epistemic_variance(jnp.asarray(out))),
         (ts.batch_entropy(logits), js.batch_entropy(jnp.asarray(logits))),

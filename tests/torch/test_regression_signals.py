@@ -17,8 +17,8 @@ from uncertlr.torch import (
     batch_entropy,
     batch_epistemic_variance,
     batch_mutual_information,
-    bayesian,
     batch_predictive_variance,
+    bayesian,
     elbo_signal,
 )
 

@@ -469,7 +469,9 @@ class Product:
             if not (callable(getattr(r, "init", None)) and callable(getattr(r, "update", None))):
                 raise TypeError(f"Product: {type(r).__name__} is not a rule (init/update)")
             if getattr(r, "per_parameter", False):
-                raise ValueError(f"Product: {type(r).__name__} is a per-parameter rule; only global rules combine")
+                raise ValueError(
+                    f"Product: {type(r).__name__} is a per-parameter rule; only global rules combine"
+                )
 
     def init(self, like: Array | None = None) -> ProductState:
         """The rules' initial states and the product of their initial factors."""
