@@ -93,11 +93,12 @@ def reference_nll(task: Any) -> float:
 
 
 def score(task: Any, row: dict[str, Any], ref: float) -> float:
-    """Higher is better: accuracy, or the NLL improvement over the reference (0 for a diverged run)."""
+    """Higher is better: accuracy, or the NLL improvement over the reference floored at 0 (no better than
+    predicting the training mean); a diverged run scores 0."""
     v = row["nll"] if task.regression else row["accuracy"]
     if not math.isfinite(v):
         return 0.0
-    return ref - v if task.regression else v
+    return max(ref - v, 0.0) if task.regression else v
 
 
 # --------------------------------------------------------------------------- one run
@@ -320,6 +321,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from uncertlr._progress import progress_bar
 
+    if args.from_json is not None:
+        old = json.loads(args.from_json.read_text())
+        rows, load = old["rows"], old["load"]
+        lrs, seeds, epochs = old["config"]["lrs"], old["config"]["seeds"], old["config"]["epochs"]
+        methods = old["config"]["methods"]
+        return _report(args, task, rows, lrs, seeds, epochs, methods, load)
     load0, cpu0, t0 = os.getloadavg(), time.process_time(), time.perf_counter()
     rows: list[dict[str, Any]] = []
     matched: dict[tuple[float, int], float] = {}
@@ -342,7 +349,13 @@ def main(argv: list[str] | None = None) -> int:
             )
     load = {"loadavg_start": load0, "loadavg_end": os.getloadavg(),
             "cpu_seconds": time.process_time() - cpu0, "wall_seconds": time.perf_counter() - t0}  # fmt: skip
+    return _report(args, task, rows, lrs, seeds, epochs, methods, load)
 
+
+def _report(
+    args: Any, task: Any, rows: list, lrs: list, seeds: list, epochs: int, methods: list, load: dict
+) -> int:
+    """Print the tables, draw the plot and write the JSON of a finished grid."""
     summary, details, best = summarize(task, rows, lrs)
     by = {d["method"]: d for d in details}
     adam = next((s["range_95"] for s in summary if s["method"] == "adam-constant"), None)
