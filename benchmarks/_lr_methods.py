@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from uncertlr import likelihoods, priors
-from uncertlr.modulation import DivergenceGuard, Product, Ratio, UncertaintyPlateau, UncertaintyWarmup
+from uncertlr.modulation import Product, Ratio, UncertaintyPlateau, UncertaintyWarmup
 from uncertlr.torch import Modulator, batch_entropy, batch_predictive_variance, bayesian, elbo_signal
 
 __all__ = ["DETERMINISTIC", "METHODS", "MODULATED", "Run"]
@@ -34,10 +34,10 @@ DETERMINISTIC = (
     "ivon",
     "adam+uplateau",
 )
-BAYESIAN = ("bnn", "bnn+g1", "bnn+uplateau", "bnn+uwarmup+uplateau", "bnn+guard(loss)", "bnn+lr-matched")
+BAYESIAN = ("bnn", "bnn+g1", "bnn+uplateau", "bnn+uwarmup+uplateau", "bnn+lr-matched")
 METHODS = DETERMINISTIC + BAYESIAN
 #: Methods whose step a Modulator scales (the ``modulated`` flag of the JSON summary).
-MODULATED = ("adam+uplateau", "bnn+g1", "bnn+uplateau", "bnn+uwarmup+uplateau", "bnn+guard(loss)")
+MODULATED = ("adam+uplateau", "bnn+g1", "bnn+uplateau", "bnn+uwarmup+uplateau")
 #: Needs the optional ``bench`` extra.
 OPTIONAL = {"schedulefree": "schedulefree", "prodigy": "prodigyopt", "dog": "dog", "ivon": "ivon"}
 
@@ -119,11 +119,9 @@ class Run:
                 rule = Product(
                     (UncertaintyWarmup(start=0.1, release=0.5, horizon=horizon), plateau(patience))
                 )
-            elif method == "bnn+guard(loss)":
-                rule = DivergenceGuard(threshold=4.0, cut=0.5, recover=1.0, cooldown=patience // 2)
             if rule is not None:
                 self.mod = Modulator(rule).attach(self.opt)
-                self.signal_kind = "loss" if method == "bnn+guard(loss)" else "elbo"
+                self.signal_kind = "elbo"
                 self._elbo_signal = elbo_signal(self.bnn)
 
     # ------------------------------------------------------------------ training
@@ -157,8 +155,6 @@ class Run:
         return value
 
     def _signal(self, loss: Tensor, extra: Any) -> Tensor:
-        if self.signal_kind == "loss":
-            return loss.detach()
         if self.signal_kind == "elbo":
             return self._elbo_signal(extra)
         if self.regression:  # deterministic regressor: its noise variance (no epistemic part)

@@ -12,7 +12,6 @@ invocation (``--task``: digits, fsdd, diabetes, hetero, transformer; see
   bnn+g1                            + Modulator(Ratio(κ=-0.5)) on the batch entropy / predictive variance
   bnn+uplateau                      + UncertaintyPlateau (armed; patience = cooldown = the task's epochs)
   bnn+uwarmup+uplateau              + UncertaintyWarmup(start 0.1, release 0.5, 2-epoch horizon) × the plateau
-  bnn+guard(loss)                   + DivergenceGuard on the training loss (z > 4 cuts the factor by 2)
   bnn+lr-matched                    the BNN at a constant LR = base LR × the mean factor that the
                                     ``--matched`` variant applied in the same (LR, seed) run
 
@@ -55,7 +54,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks._common import RESULTS_DIR, base_parser, print_table, write_results  # noqa: E402
-from benchmarks._lr_methods import METHODS, MODULATED, OPTIONAL, Run  # noqa: E402
+from benchmarks._lr_methods import METHODS, OPTIONAL, Run  # noqa: E402
 from benchmarks._lr_tasks import TASKS, load_task  # noqa: E402
 from uncertlr import metrics  # noqa: E402
 
@@ -233,7 +232,7 @@ def summarize(task: Any, rows: list[dict[str, Any]], lrs: list[float]) -> tuple[
         summary.append({
             "task": task.name,
             "method": m,
-            "modulated": m in MODULATED,
+            "modulated": any(r.get("factor_mean") is not None for r in done if r["method"] == m),
             "range_95": info["range"],
             "best_lr": info["best_lr"],
             "best_metric": statistics.fmean(vals),
@@ -295,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--png", type=Path, default=None, help="plot (default benchmarks/results/lr_robustness_TASK.png)"
+    )
+    p.add_argument(
+        "--from-json", type=Path, default=None, help="summarise the runs of an earlier --json file again"
     )
     args = p.parse_args(argv)
     if args.quick and args.task != "digits":

@@ -1,4 +1,4 @@
-"""uncertlr.modulation.controllers: plateau, guard, warm-up and product against plain float loops, bounds,
+"""uncertlr.modulation.controllers: plateau, warm-up and product against plain float loops, bounds,
 arming, non-finite signals, numpy/torch/jax agreement."""
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from uncertlr.modulation import (
-    DivergenceGuard,
     Product,
     Ratio,
     SigmaRatio,
@@ -78,30 +77,6 @@ def _ref_plateau(r: UncertaintyPlateau, us):
     return out
 
 
-def _ref_guard(r: DivergenceGuard, us):
-    out, mean, sq, count, scale, cool = [], 0.0, 0.0, 0, 1.0, 0
-    for u in us:
-        finite = math.isfinite(u)
-        spike = not finite
-        if finite and count >= max(r.warmup, 2):
-            corr = 1 - r.decay**count
-            mu = mean / corr
-            var = max(sq / corr - mu * mu, 0.0)
-            spike = (u - mu) / math.sqrt(var + r.eps**2) > r.threshold
-        if spike and cool <= 0:
-            scale, cool = max(scale * r.cut, r.s_min), r.cooldown
-        else:
-            cool = max(cool - 1, 0)
-            if not spike:
-                scale = min(max(scale * r.recover, r.s_min), 1.0)
-        if not spike:
-            mean = r.decay * mean + (1 - r.decay) * u
-            sq = r.decay * sq + (1 - r.decay) * u * u
-            count += 1
-        out.append(scale)
-    return out
-
-
 def _ref_warmup(r: UncertaintyWarmup, us):
     out, ema, count, initial, scale = [], 0.0, 0, 0.0, r.start
     for step, u in enumerate(us):
@@ -162,35 +137,6 @@ def test_plateau_cuts_once_armed_and_stalled():
     assert got[-1] == pytest.approx(0.5**4)
 
 
-guards = st.builds(
-    DivergenceGuard,
-    threshold=st.floats(0.5, 5.0),
-    cut=st.floats(0.1, 0.9),
-    recover=st.sampled_from([1.0, 1.01, 1.5]),
-    cooldown=st.integers(0, 5),
-    decay=st.sampled_from([0.0, 0.5, 0.9]),
-    warmup=st.integers(0, 5),
-)
-
-
-@settings(deadline=None, max_examples=60)
-@given(guards, with_bad)
-def test_guard_matches_a_float_loop_and_treats_nonfinite_as_a_spike(rule, us):
-    got, state = _run(rule, us, F64)
-    np.testing.assert_allclose(got, _ref_guard(rule, us), rtol=1e-4)
-    assert all(rule.s_min - 1e-7 <= s <= 1.0 for s in got)
-    assert int(state.nonfinite) == sum(not math.isfinite(u) for u in us)
-    assert int(state.alarms) >= int(state.nonfinite)
-
-
-def test_guard_cuts_on_a_spike_and_recovers():
-    rule = DivergenceGuard(threshold=3.0, cut=0.5, recover=2.0, cooldown=0, warmup=4, decay=0.9)
-    got, state = _run(rule, [1.0, 1.1, 0.9, 1.0, 1.05, 100.0])
-    assert got[-1] == 0.5 and int(state.alarm) == 1
-    s, state = rule.update(1.0, state)
-    assert float(s) == 1.0 and int(state.alarm) == 0
-
-
 warmups = st.builds(
     UncertaintyWarmup,
     start=st.floats(0.01, 1.0),
@@ -230,7 +176,6 @@ def test_controllers_run_on_numpy_torch_and_jax_alike():
     us = [2.0, 1.8, 1.0, 0.9, 0.9, 0.9, math.nan, 0.9, 30.0, 0.9, 0.9, 0.9]
     rules = [
         UncertaintyPlateau(patience=2, cooldown=1),
-        DivergenceGuard(warmup=3, threshold=2.0, recover=1.1),
         UncertaintyWarmup(horizon=6, anneal=0.5),
         Product((UncertaintyWarmup(), UncertaintyPlateau(patience=1))),
     ]
@@ -267,9 +212,7 @@ def test_bad_fields_and_signals_are_named():
     with pytest.raises(ValueError, match="arm"):
         UncertaintyPlateau(arm=0.0)
     with pytest.raises(TypeError, match="threshold"):
-        DivergenceGuard(threshold="4")
-    with pytest.raises(ValueError, match="recover"):
-        DivergenceGuard(recover=0.5)
+        UncertaintyPlateau(threshold="0")
     with pytest.raises(ValueError, match="release"):
         UncertaintyWarmup(release=1.0)
     with pytest.raises(ValueError, match="horizon"):

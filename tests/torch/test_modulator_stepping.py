@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from uncertlr.modulation import (
-    DivergenceGuard,
     GradSigmaRatio,
     Product,
     Ratio,
@@ -26,7 +25,6 @@ GLOBAL_RULES = [
     Ratio(warmup=2),
     ZScore(warmup=2),
     UncertaintyPlateau(patience=2, cooldown=1, decay=0.0),
-    DivergenceGuard(warmup=2, threshold=1.0, recover=1.05),
     UncertaintyWarmup(start=0.2, horizon=5),
     Product((UncertaintyWarmup(start=0.5), UncertaintyPlateau(patience=1, cooldown=0))),
 ]

@@ -31,7 +31,6 @@ Controllers with memory (:mod:`uncertlr.modulation.controllers`) keep a *persist
 which G1/G2 (returning to ~1 at steady state) cannot:
 
 * :class:`UncertaintyPlateau`: decay when the smoothed signal stops falling (armed first);
-* :class:`DivergenceGuard`: cut on a spike (z-score or NaN/inf), then recover slowly;
 * :class:`UncertaintyWarmup`: the factor follows the signal relative to its initial level;
 * :class:`Product`: several global rules, factors multiplied.
 
@@ -65,8 +64,6 @@ from __future__ import annotations
 
 from uncertlr._arrays import namespace
 from uncertlr.modulation.controllers import (
-    DivergenceGuard,
-    GuardState,
     PlateauState,
     Product,
     ProductState,
@@ -94,7 +91,6 @@ from uncertlr.modulation.rules import (
 from uncertlr.modulation.weighting import confidence_weights
 
 __all__ = [
-    "DivergenceGuard",
     "G1",
     "G2",
     "P1",
@@ -103,7 +99,6 @@ __all__ = [
     "GlobalState",
     "GradSigmaRatio",
     "GradientNoise",
-    "GuardState",
     "NoiseState",
     "ParamSignal",
     "ParamState",

@@ -10,15 +10,17 @@ multiplies the base learning rate until the controller itself changes it:
   steps; no validation set. It is *armed* only once the smoothed signal has fallen by
   ``1 - arm`` of its initial level, so a run at a small LR, whose signal sits at its
   initial level for a while, is not mistaken for a plateau.
-* :class:`DivergenceGuard` — cuts the factor when the signal spikes (running z-score above
-  ``threshold``, or a NaN/inf signal) and lets it recover slowly; its ``state.alarm`` tells an
-  adapter that this step spiked (the torch adapter can then restore a snapshot).
 * :class:`UncertaintyWarmup` — the factor follows the smoothed signal relative to its
   *initial* level: ``start`` at the initial level, 1 once the signal has fallen to
   ``release`` × initial (or after ``horizon`` steps at the latest), and with
   ``anneal > 0`` smaller again as the signal keeps falling.
 * :class:`Product` — several global rules at once, the factors multiplied (e.g. a warm-up
   and a plateau).
+
+A divergence guard (cut the factor on a z-score spike of the loss, recover slowly) was built and
+measured too (``BENCHMARKS.md``, issue 12) and deleted: on digits its false alarms at small LRs cut
+runs that were training fine (0.19 instead of 0.88 accuracy at 1e-4 on one seed), and where it
+helped at large LRs the plateau helped more.
 
 Every controller is a frozen dataclass with pure ``init``/``update`` on the array API (numpy,
 torch, jax; jit-safe, no branching on values), like the rules in :mod:`uncertlr.modulation.rules`,
@@ -51,8 +53,6 @@ from uncertlr._arrays import quiet as _quiet
 Array = Any
 
 __all__ = [
-    "DivergenceGuard",
-    "GuardState",
     "PlateauState",
     "Product",
     "ProductState",
@@ -218,119 +218,6 @@ class UncertaintyPlateau:
                 armed=xp.where(armed, 1.0, 0.0),
                 scale=scale,
                 cuts=state.cuts + xp.where(cut, 1.0, 0.0),
-                nonfinite=state.nonfinite + xp.where(finite, 0.0, 1.0),
-            )
-            new = _cast(xp, state.scale.dtype, new)
-            return new.scale, new
-
-
-# --------------------------------------------------------------------------- divergence guard
-
-
-class GuardState(NamedTuple):
-    """State of :class:`DivergenceGuard` (0-d float arrays).
-
-    Attributes:
-        step, count: updates so far / signals folded into the moments (spikes are not).
-        mean, sq: EMAs of the signal and its square (not bias-corrected).
-        scale: the factor; ``cool``: steps until the next cut can happen.
-        alarm: 1 if this step spiked (an adapter may restore a snapshot); ``alarms``: spikes so far.
-        nonfinite: non-finite signals (each is a spike).
-    """
-
-    step: Array
-    count: Array
-    mean: Array
-    sq: Array
-    scale: Array
-    cool: Array
-    alarm: Array
-    alarms: Array
-    nonfinite: Array
-
-
-@dataclass(frozen=True)
-class DivergenceGuard:
-    """Cut the factor when the signal spikes; recover slowly.
-
-    A spike is a running z-score ``(u - ū) / sd(u)`` above ``threshold`` (after ``warmup``
-    signals), or a NaN/inf signal. A spike multiplies the factor by ``cut`` (down to
-    ``s_min``; at most once per ``cooldown`` steps) and is kept out of the running moments;
-    every step without a spike multiplies the factor by ``recover`` (up to 1). Feed it the
-    training loss (a spike of the loss is what divergence looks like) or an uncertainty.
-
-    Attributes:
-        threshold: z-score that counts as a spike.
-        cut: multiplier per spike, in ``(0, 1)``.
-        recover: multiplier per quiet step (``>= 1``; 1 = the cut is permanent).
-        cooldown: steps after a cut during which spikes are counted but do not cut again.
-        decay: EMA decay of the moments.
-        warmup: signals before a z-score can count as a spike (at least 2).
-        s_min: floor on the factor; eps: floor on the standard deviation.
-
-    Example:
-        >>> rule = DivergenceGuard(warmup=3, recover=1.0)
-        >>> state = rule.init()
-        >>> for u in [1.0, 1.1, 0.9, 1.0, 50.0]:
-        ...     s, state = rule.update(u, state)
-        >>> float(s), int(state.alarm)
-        (0.5, 1)
-    """
-
-    threshold: float = 4.0
-    cut: float = 0.5
-    recover: float = 1.002
-    cooldown: int = 10
-    decay: float = 0.99
-    warmup: int = 20
-    s_min: float = 1e-3
-    eps: float = 1e-8
-
-    per_parameter: ClassVar[bool] = False
-
-    def __post_init__(self) -> None:
-        n = type(self).__name__
-        _num(n, "threshold", self.threshold, 0.0, math.inf, lo_open=True, hi_open=True)
-        _num(n, "cut", self.cut, 0.0, 1.0, lo_open=True, hi_open=True)
-        _num(n, "recover", self.recover, 1.0, math.inf, lo_open=False, hi_open=True)
-        _num(n, "decay", self.decay, 0.0, 1.0, lo_open=False, hi_open=True)
-        _num(n, "s_min", self.s_min, 0.0, 1.0, lo_open=True, hi_open=False)
-        _num(n, "eps", self.eps, 0.0, math.inf, lo_open=True, hi_open=True)
-        for f in ("cooldown", "warmup"):
-            _steps(n, f, getattr(self, f))
-
-    def init(self, like: Array | None = None) -> GuardState:
-        """Initial state (0-d arrays of ``like``'s backend and device; numpy float32 if ``None``)."""
-        _, _, z = _zeros(like, 9)
-        return GuardState(z[0], z[1], z[2], z[3], z[4] + 1.0, z[5], z[6], z[7], z[8])
-
-    def update(self, signal: Any, state: GuardState) -> tuple[Array, GuardState]:
-        """The factor for this step's scalar ``signal`` and the new state."""
-        xp, u0, finite = _signal(self, signal, state.scale)
-        with _quiet(xp):
-            tiny = xp.finfo(state.scale.dtype).tiny
-            corr = clip_min(xp, 1.0 - xp.pow(self.decay, state.count), tiny)
-            mean = state.mean / corr
-            var = clip_min(xp, state.sq / corr - mean * mean, 0.0)
-            z = (u0 - mean) / xp.sqrt(var + self.eps * self.eps)
-            spike = ~finite | ((state.count >= max(self.warmup, 2)) & (z > self.threshold))
-            cut = spike & (state.cool <= 0.0)
-            quiet = ~spike
-            scale = xp.where(
-                cut,
-                clip_min(xp, state.scale * self.cut, self.s_min),
-                xp.where(quiet, clip(xp, state.scale * self.recover, self.s_min, 1.0), state.scale),
-            )
-            d = self.decay
-            new = GuardState(
-                step=state.step + 1.0,
-                count=state.count + xp.where(quiet, 1.0, 0.0),
-                mean=xp.where(quiet, d * state.mean + (1.0 - d) * u0, state.mean),
-                sq=xp.where(quiet, d * state.sq + (1.0 - d) * u0 * u0, state.sq),
-                scale=scale,
-                cool=xp.where(cut, float(self.cooldown), clip_min(xp, state.cool - 1.0, 0.0)),
-                alarm=xp.where(spike, 1.0, 0.0),
-                alarms=state.alarms + xp.where(spike, 1.0, 0.0),
                 nonfinite=state.nonfinite + xp.where(finite, 0.0, 1.0),
             )
             new = _cast(xp, state.scale.dtype, new)
