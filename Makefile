@@ -34,9 +34,9 @@ lint: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
-# Baselines for the benchmarks: IVON (GPL-3.0, used only as a baseline) and TyXe (--no-deps, or it replaces torch).
+# Baselines for the benchmarks: the `bench` extra (Schedule-Free, Prodigy, DoG, IVON: GPL-3.0, used only as a baseline) and TyXe (--no-deps, or it replaces torch).
 bench-deps: $(STAMP)
-	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt ivon-opt==0.1.3
+	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e '.[bench]'
 	$(BIN)/python -m pip install --quiet --no-deps tyxe==0.0.2
 
 bench: bench-deps

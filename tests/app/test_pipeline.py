@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from uncertlr import runfolder
+from uncertlr import likelihoods, runfolder
 from uncertlr.app.pipeline import Method, Results, Task, compare, evaluate, results_table, save, setup, train
 from uncertlr.modulation import GradSigmaRatio, Ratio
 
@@ -43,8 +43,21 @@ def test_modulated_methods_record_signal_and_scale():
     assert all("scale_min" in r and r["scale_min"] <= r["scale"] <= r["scale_max"] for r in p2.history)
     with pytest.raises(ValueError, match="Bayesian"):
         Method("det", bayesian=False, rule=Ratio())
-    with pytest.raises(ValueError, match="classification signal"):
-        setup(_task(regression=True), Method("bnn+g1", rule=Ratio()), lambda: torch.nn.Linear(4, 1), seed=0)
+
+
+def test_a_regression_bnn_is_modulated_by_its_predictive_variance():
+    """Not by the entropy of its one-column outputs (0, which pinned G1 at its maximum factor)."""
+    reg = train(
+        _task(regression=True),
+        Method("bnn+g1", epochs=4, rule=Ratio(warmup=0)),
+        lambda: torch.nn.Linear(4, 1),
+        seed=0,
+        progress=False,
+    )
+    signals = [r["signal"] for r in reg.history]
+    assert signals[0] == pytest.approx(likelihoods.Normal().init_scale ** 2)  # one particle: noise² only
+    assert all(u > 0 for u in signals) and len(set(signals)) > 1  # follows the learned noise
+    assert any(r["scale"] < 2.0 for r in reg.history[1:])
 
 
 def test_compare_and_save_write_the_run_folder(tmp_path):

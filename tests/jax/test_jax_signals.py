@@ -89,3 +89,41 @@ def test_bad_signal_input_is_named():
         sig.refresh(np.full((6, 2), np.nan, np.float32), np.zeros(6, int))
     with pytest.raises(ValueError, match=r"features \[N, D\] and labels \[N\]"):
         sig.refresh(np.zeros((6, 2), np.float32), np.zeros(5, int))
+
+
+def test_batch_signal_twins_match_torch_and_metrics():
+    """uncertlr.jax.signals' batch signals: the torch names, the torch numbers, the metrics' decomposition."""
+    import jax.numpy as jnp
+
+    from uncertlr import metrics
+    from uncertlr.jax import signals as js
+    from uncertlr.torch import signals as ts
+
+    names = {"batch_entropy", "batch_mutual_information", "batch_predictive_variance",
+             "batch_epistemic_variance", "batch_aleatoric_variance"}  # fmt: skip
+    assert names <= set(js.__all__) and names <= set(ts.__all__)
+    g = torch.Generator().manual_seed(3)
+    out = torch.randn(4, 6, 2, generator=g)
+    noise = 0.2 + torch.rand(6, 2, generator=g)
+    logits = torch.randn(4, 6, 5, generator=g)
+    d = metrics.predictive_variance(out.numpy(), (noise**2).expand_as(out).numpy())
+    np.testing.assert_allclose(float(js.batch_predictive_variance(jnp.asarray(out), jnp.asarray(noise))),
+                               d.total.mean(), rtol=1e-5)  # fmt: skip
+    pairs = [
+        (
+            ts.batch_predictive_variance(out, noise),
+            js.batch_predictive_variance(jnp.asarray(out), jnp.asarray(noise)),
+        ),
+        (ts.batch_aleatoric_variance(out, 0.3), js.batch_aleatoric_variance(jnp.asarray(out), 0.3)),
+        (ts.batch_epistemic_variance(out), js.batch_epistemic_variance(jnp.asarray(out))),
+        (ts.batch_entropy(logits), js.batch_entropy(jnp.asarray(logits))),
+        (ts.batch_entropy(logits[0]), js.batch_entropy(jnp.asarray(logits[0]))),
+        (ts.batch_mutual_information(logits), js.batch_mutual_information(jnp.asarray(logits))),
+    ]
+    for t, j in pairs:
+        np.testing.assert_allclose(float(t), float(j), rtol=2e-5)
+    for fn in (js.batch_entropy, js.batch_mutual_information):
+        with pytest.raises(ValueError, match="regression mean"):
+            fn(jnp.zeros((2, 8, 1)))
+    with pytest.raises(ValueError, match="broadcast"):
+        js.batch_predictive_variance(jnp.zeros((2, 3)), jnp.ones(4))

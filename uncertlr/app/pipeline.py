@@ -48,7 +48,7 @@ from uncertlr import likelihoods, priors, runfolder
 from uncertlr._progress import progress_bar
 from uncertlr.diagnostics.plots import ood_figure, reliability_figure, save_figure
 from uncertlr.likelihoods import NormalPrediction
-from uncertlr.torch import BNN, Modulator, batch_entropy, bayesian, fit
+from uncertlr.torch import BNN, Modulator, bayesian, elbo_signal, fit
 
 __all__ = [
     "Comparison",
@@ -126,7 +126,8 @@ class Method:
         kl_weight, prior_scale, init_scale, num_particles: the BNN (``priors.Normal(prior_scale)``).
         num_samples: posterior samples per prediction.
         rule: an :mod:`uncertlr.modulation` rule; the step is then modulated by the batch's
-            predictive entropy (global rules, from the ELBO's own outputs) or per weight by
+            predictive entropy (global rules on a classifier) or predictive variance (global
+            rules on a regressor), both from the ELBO's own outputs, or per weight by
             ``|grad| × posterior std`` (per-parameter rules).
     """
 
@@ -211,10 +212,8 @@ def setup(
     mod, before_step = None, None
     if method.rule is not None:
         per_param = bool(getattr(method.rule, "per_parameter", False))
-        if task.regression and not per_param:
-            raise ValueError(f"{method.name}: a global rule needs a classification signal (batch entropy)")
         mod = Modulator(method.rule, sigma=model if per_param else None).attach(opt)
-        before_step = _observe_entropy(mod)
+        before_step = _observe_signal(mod, model)
     return Setup(model, loss, opt, sched, mod, before_step)
 
 
@@ -226,9 +225,11 @@ def _particles(bnn: BNN, k: int) -> Callable[[Tensor, Tensor], Any]:
     return lambda x, y: bnn.elbo(x, y, num_particles=k)
 
 
-def _observe_entropy(mod: Modulator) -> Callable[[Any], None]:
-    """``before_step`` for ``fit``: the batch's predictive entropy from the ELBO's own outputs."""
-    return lambda terms: mod.observe(batch_entropy(terms.outputs))
+def _observe_signal(mod: Modulator, bnn: BNN) -> Callable[[Any], None]:
+    """``before_step`` for ``fit``: the batch's predictive entropy (classifier) or predictive
+    variance (regressor, Normal likelihood) from the ELBO's own outputs (:func:`elbo_signal`)."""
+    signal = elbo_signal(bnn)
+    return lambda terms: mod.observe(signal(terms))
 
 
 def merge_modulator_history(history: list[dict[str, float]], mod: Modulator) -> None:

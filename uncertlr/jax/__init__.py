@@ -8,7 +8,8 @@ Needs the ``jax`` extra: ``pip install 'uncertlr[jax]'``. The public names live 
   :func:`posterior_scale_args`, :data:`DATA_AXIS`;
 * :mod:`uncertlr.jax.mcmc` — :func:`mcmc` (NUTS/HMC), :class:`MCMCResult`, :class:`DivergenceWarning`;
 * :mod:`uncertlr.jax.modulation` — :func:`scale_by_uncertainty`, :func:`scale_by_grad_uncertainty`;
-* :mod:`uncertlr.jax.signals` — :class:`LastLayerMCMCSignal`.
+* :mod:`uncertlr.jax.signals` — :class:`LastLayerMCMCSignal` and the batch signals
+  (:func:`batch_entropy`, :func:`batch_predictive_variance` and its parts...).
 
 Both results share ``predict(x, num_samples=S)`` (``[S, N, C]`` probabilities or a
 :class:`NormalPrediction`), ``sample_outputs``, ``posterior_loc``/``posterior_scale``/``posterior_spread``.
@@ -35,7 +36,14 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from uncertlr.jax.bnn import BNN, ELBOTerms, bayesian
 from uncertlr.jax.mcmc import DivergenceWarning, MCMCResult, mcmc
 from uncertlr.jax.modulation import scale_by_grad_uncertainty, scale_by_uncertainty
-from uncertlr.jax.signals import LastLayerMCMCSignal
+from uncertlr.jax.signals import (
+    LastLayerMCMCSignal,
+    batch_aleatoric_variance,
+    batch_entropy,
+    batch_epistemic_variance,
+    batch_mutual_information,
+    batch_predictive_variance,
+)
 from uncertlr.jax.svi import DATA_AXIS, SVIResult, posterior_scale_args, svi
 from uncertlr.likelihoods import NormalPrediction
 
@@ -48,6 +56,11 @@ __all__ = [
     "MCMCResult",
     "NormalPrediction",
     "SVIResult",
+    "batch_aleatoric_variance",
+    "batch_entropy",
+    "batch_epistemic_variance",
+    "batch_mutual_information",
+    "batch_predictive_variance",
     "bayesian",
     "mcmc",
     "posterior_scale_args",

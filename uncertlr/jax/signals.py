@@ -1,4 +1,15 @@
-"""MCMC-informed uncertainty signals for the LR modulator.
+"""Uncertainty signals for the LR modulator on the JAX side: batch signals and an MCMC-informed one.
+
+Batch signals (the twins of :mod:`uncertlr.torch.signals`, same names and numbers; 0-d arrays,
+jit-safe, from the outputs ``bnn.elbo`` already computed for ``K`` weight draws):
+
+* :func:`batch_entropy`, :func:`batch_mutual_information` — for classifiers (logits ``[K, B, C]``,
+  ``C >= 2``; a single output column, a regression mean, is refused);
+* :func:`batch_predictive_variance`, :func:`batch_epistemic_variance`,
+  :func:`batch_aleatoric_variance` — for a Normal likelihood (outputs are the means
+  ``[K, B, ...]``; the noise std is ``params["noise_scale"]`` when it is learned).
+
+MCMC-informed:
 
 :class:`LastLayerMCMCSignal` treats a network's penultimate features as fixed and puts
 a Bayesian softmax-regression head on them: every ``refresh_every`` steps it runs NUTS
@@ -25,13 +36,115 @@ from uncertlr import likelihoods, metrics, priors
 from uncertlr.jax.bnn import bayesian
 from uncertlr.jax.mcmc import DivergenceWarning, MCMCResult, mcmc
 
-__all__ = ["LastLayerMCMCSignal"]
+__all__ = [
+    "LastLayerMCMCSignal",
+    "batch_aleatoric_variance",
+    "batch_entropy",
+    "batch_epistemic_variance",
+    "batch_mutual_information",
+    "batch_predictive_variance",
+]
 
 _KINDS: dict[str, Callable[..., Any]] = {
     "entropy": metrics.predictive_entropy,
     "mutual_information": metrics.mutual_information,
     "expected_entropy": metrics.expected_entropy,
 }
+
+
+def _logits(logits: Any) -> jax.Array:
+    lg = jnp.asarray(logits)
+    if lg.ndim not in (2, 3) or lg.size == 0:
+        raise ValueError(f"logits must have shape [B, C] or [K, B, C], none empty; got {lg.shape}")
+    if not jnp.issubdtype(lg.dtype, jnp.floating):
+        raise TypeError(f"logits must be floating point; got dtype {lg.dtype}")
+    if lg.shape[-1] < 2:
+        raise ValueError(
+            f"logits must have at least 2 classes on their last axis; got shape {lg.shape}. One output "
+            "per example is a regression mean (Normal likelihood), whose entropy is 0: use "
+            "batch_predictive_variance / batch_epistemic_variance / batch_aleatoric_variance"
+        )
+    return jax.lax.stop_gradient(lg if lg.ndim == 3 else lg[None])
+
+
+def batch_entropy(logits: Any) -> jax.Array:
+    """Mean predictive entropy of a batch (nats, 0-d) from logits ``[B, C]`` or ``[K, B, C]``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> round(float(batch_entropy(jnp.zeros((5, 4)))), 4) == round(float(jnp.log(4.0)), 4)
+        True
+    """
+    return jnp.mean(metrics.predictive_entropy(jax.nn.softmax(_logits(logits), -1), validate=False))
+
+
+def batch_mutual_information(logits: Any) -> jax.Array:
+    """Mean mutual information (epistemic part) of a batch from ``logits[K, B, C]`` (0-d; 0 for K = 1).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> float(batch_mutual_information(jnp.array([[[5.0, 0.0]], [[0.0, 5.0]]]))) > 0.5
+        True
+    """
+    return jnp.mean(metrics.mutual_information(jax.nn.softmax(_logits(logits), -1), validate=False))
+
+
+def _means(outputs: Any) -> jax.Array:
+    out = jnp.asarray(outputs)
+    if out.ndim < 2 or out.size == 0:
+        raise ValueError(
+            f"outputs must have shape [K, B, ...] (K weight draws first; a deterministic net's outputs "
+            f"as out[None]), none empty; got shape {out.shape}"
+        )
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise TypeError(f"outputs must be floating point; got dtype {out.dtype}")
+    return jax.lax.stop_gradient(out)
+
+
+def _noise_var(noise_scale: Any, out: jax.Array) -> jax.Array:
+    if isinstance(noise_scale, bool) or noise_scale is None:
+        raise TypeError(f"noise_scale must be the noise std (a number or an array); got {noise_scale!r}")
+    sd = jax.lax.stop_gradient(jnp.asarray(noise_scale, dtype=out.dtype))
+    try:
+        return jnp.broadcast_to(sd * sd, out.shape[1:])
+    except ValueError as exc:
+        raise ValueError(
+            f"noise_scale of shape {sd.shape} does not broadcast to one draw's outputs {out.shape[1:]}"
+        ) from exc
+
+
+def batch_epistemic_variance(outputs: Any) -> jax.Array:
+    """Mean over the batch of the variance of the means across the ``K`` draws of ``outputs[K, B, ...]``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> float(batch_epistemic_variance(jnp.array([[0.0, 1.0], [2.0, 1.0]])))
+        0.5
+    """
+    return jnp.mean(jnp.var(_means(outputs), axis=0))
+
+
+def batch_aleatoric_variance(outputs: Any, noise_scale: Any) -> jax.Array:
+    """Mean over the batch of the noise variance ``noise_scale²`` (a number or an array broadcastable to ``[B, ...]``).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> float(batch_aleatoric_variance(jnp.zeros((1, 4)), 0.5))
+        0.25
+    """
+    return jnp.mean(_noise_var(noise_scale, _means(outputs)))
+
+
+def batch_predictive_variance(outputs: Any, noise_scale: Any) -> jax.Array:
+    """Mean over the batch of the predictive variance: noise variance + variance of the means (0-d).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> float(batch_predictive_variance(jnp.array([[0.0, 1.0], [2.0, 1.0]]), 1.0))
+        1.5
+    """
+    out = _means(outputs)
+    return jnp.mean(_noise_var(noise_scale, out)) + jnp.mean(jnp.var(out, axis=0))
 
 
 def _host(a: Any, name: str, *, dtype: Any) -> np.ndarray:

@@ -27,6 +27,13 @@ of one tensor to an elementwise factor (``ref`` = the mean over the tensor):
 * :class:`VarianceRatio` (P3): ``s_j = clip((σ_j² / ref)^κ)`` (κ > 0 is the BGD/IVON direction,
   larger steps where the posterior is wider).
 
+Controllers with memory (:mod:`uncertlr.modulation.controllers`) keep a *persistent* factor,
+which G1/G2 (returning to ~1 at steady state) cannot:
+
+* :class:`UncertaintyPlateau`: decay when the smoothed signal stops falling (armed first);
+* :class:`UncertaintyWarmup`: the factor follows the signal relative to its initial level;
+* :class:`Product`: several global rules, factors multiplied.
+
 ``κ < 0`` means "more uncertain, smaller step"; ``κ > 0`` the opposite. Every rule keeps
 ``s = 1`` for its first ``warmup`` updates, and a non-finite signal (any element) holds the
 previous scale, leaves the running statistics untouched and is counted in ``state.nonfinite``
@@ -56,6 +63,14 @@ rule can be checkpointed.
 from __future__ import annotations
 
 from uncertlr._arrays import namespace
+from uncertlr.modulation.controllers import (
+    PlateauState,
+    Product,
+    ProductState,
+    UncertaintyPlateau,
+    UncertaintyWarmup,
+    WarmupState,
+)
 from uncertlr.modulation.noise import GradientNoise, NoiseState
 from uncertlr.modulation.rules import (
     G1,
@@ -87,10 +102,16 @@ __all__ = [
     "NoiseState",
     "ParamSignal",
     "ParamState",
+    "PlateauState",
+    "Product",
+    "ProductState",
     "Ratio",
     "Rule",
     "SigmaRatio",
+    "UncertaintyPlateau",
+    "UncertaintyWarmup",
     "VarianceRatio",
+    "WarmupState",
     "ZScore",
     "confidence_weights",
     "namespace",

@@ -2,7 +2,8 @@
 
 * :func:`bayesian` / :class:`BNN` — the Bayesian network (``bnn.elbo``, ``bnn.loss``,
   ``bnn.predict``, ``bnn.posterior_scale``, Pyro ``bnn.model``/``bnn.guide``);
-* :func:`batch_entropy`, :func:`batch_mutual_information`, :func:`confidence_weighted_nll` —
+* :func:`batch_entropy`, :func:`batch_mutual_information`, :func:`confidence_weighted_nll`,
+  :func:`batch_predictive_variance` (and its epistemic / aleatoric parts), :func:`elbo_signal` —
   uncertainty signals from the outputs the step already has;
 * :class:`Modulator` — the LR modulator for any ``torch.optim`` optimizer;
 * :func:`fit` / :class:`StepGuard` — a small explicit loop and its numerical guard;
@@ -30,7 +31,15 @@ from uncertlr.torch.bnn import BNN, ELBOTerms, NormalPrediction, bayesian
 from uncertlr.torch.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from uncertlr.torch.loop import LoopState, StepGuard, fit
 from uncertlr.torch.modulator import Modulator
-from uncertlr.torch.signals import batch_entropy, batch_mutual_information, confidence_weighted_nll
+from uncertlr.torch.signals import (
+    batch_aleatoric_variance,
+    batch_entropy,
+    batch_epistemic_variance,
+    batch_mutual_information,
+    batch_predictive_variance,
+    confidence_weighted_nll,
+    elbo_signal,
+)
 
 __all__ = [
     "BNN",
@@ -40,10 +49,14 @@ __all__ = [
     "Modulator",
     "NormalPrediction",
     "StepGuard",
+    "batch_aleatoric_variance",
     "batch_entropy",
+    "batch_epistemic_variance",
     "batch_mutual_information",
+    "batch_predictive_variance",
     "bayesian",
     "confidence_weighted_nll",
+    "elbo_signal",
     "fit",
     "load_checkpoint",
     "save_checkpoint",

@@ -8,8 +8,9 @@ class per mode does the scaling:
 * a **global** rule (:class:`~uncertlr.modulation.Ratio`, :class:`~uncertlr.modulation.ZScore`)
   turns the signal passed to :meth:`Modulator.observe` into a factor ``s`` and runs the step
   with ``lr = base_lr * s`` in every param group; the base learning rates are put back right
-  after the step, so LR schedulers, ``optimizer.state_dict()`` and your logs only ever see
-  the base schedule;
+  after the step (also when it raises), so LR schedulers, ``optimizer.state_dict()`` and
+  your logs only ever see the base schedule; in a closure step (``optimizer.step(closure)``)
+  the factor scales the update instead (``uncertlr/torch/_stepping.py``);
 * a **per-parameter** rule (:class:`~uncertlr.modulation.SigmaRatio`,
   :class:`~uncertlr.modulation.GradSigmaRatio`, :class:`~uncertlr.modulation.VarianceRatio`)
   snapshots the modulated parameters before the step and afterwards sets
@@ -63,7 +64,8 @@ import torch
 from torch import Tensor
 
 from uncertlr.modulation import GradientNoise, ParamSignal, Rule
-from uncertlr.torch._state import is_numpy, rule_id, state_from_dict, state_to_dict
+from uncertlr.torch._state import rule_id, state_from_dict, state_to_dict
+from uncertlr.torch._stepping import GlobalMode, attached_modulator, install_step_guard, remove_step_guard
 from uncertlr.torch.bnn import BNN
 from uncertlr.torch.distributed import all_reduce_mean
 
@@ -92,61 +94,6 @@ def _as_signal(signal: Any) -> Tensor:
     if t.numel() != 1:
         raise ValueError(f"the signal must be a scalar; got shape {tuple(t.shape)} (reduce it, e.g. .mean())")
     return t.reshape(()).float()
-
-
-# --------------------------------------------------------------------------- global mode
-
-
-class _GlobalMode:
-    """One factor per step from the signal, applied through every param group's learning rate."""
-
-    def __init__(self, rule: Rule, params: list[Tensor]):
-        self.rule = rule
-        dev = params[0].device
-        # On the CPU the scalar state lives in numpy: the same rule code, a few times less
-        # per-op overhead than 0-d torch tensors. Elsewhere it stays on the device (no sync).
-        like = np.zeros((), np.float32) if dev.type == "cpu" else torch.zeros((), device=dev)
-        self.state = rule.init(like)
-        self.last_scale: Any = None
-        self._saved_lr: list[Any] | None = None
-
-    def before_step(self, optimizer: torch.optim.Optimizer, u: Tensor | None) -> dict[str, float]:
-        if u is None:
-            raise RuntimeError(
-                "Modulator: call observe(signal) before every optimizer.step() "
-                "(a global rule needs this step's signal)"
-            )
-        if is_numpy(self.state.scale):
-            s, self.state = self.rule.update(np.float32(float(u)), self.state)
-        else:
-            s, self.state = self.rule.update(u.to(self.state.scale.device), self.state)
-        self.last_scale = s
-        factor = float(s)
-        self._saved_lr = [g["lr"] for g in optimizer.param_groups]
-        for g in optimizer.param_groups:
-            g["lr"] = g["lr"] * factor
-        return {"signal": float(u), "scale": factor, "lr": float(self._saved_lr[0]) * factor}
-
-    def restore(self, optimizer: torch.optim.Optimizer | None) -> None:
-        """Put the base learning rates back (after the step, or after a step that raised)."""
-        if self._saved_lr is not None and optimizer is not None:
-            for g, lr in zip(optimizer.param_groups, self._saved_lr):
-                g["lr"] = lr
-        self._saved_lr = None
-
-    def after_step(self, optimizer: torch.optim.Optimizer) -> dict[str, float] | None:
-        self.restore(optimizer)
-        return None
-
-    def scale(self) -> Tensor | None:
-        s = self.last_scale
-        return torch.as_tensor(np.asarray(s)) if is_numpy(s) else s
-
-    def state_dict(self) -> tuple[Any, Any]:
-        return state_to_dict(self.state), None
-
-    def load(self, rule_state: Any, noise_state: Any) -> None:
-        self.state = state_from_dict(self.state, rule_state, "rule_state")
 
 
 # --------------------------------------------------------------------------- per-parameter mode
@@ -307,8 +254,14 @@ class Modulator:
         num_steps: optimizer steps taken while attached.
 
     Call :meth:`observe` once before every ``optimizer.step()`` with a global rule (a step
-    without a fresh signal raises). Checkpoint with :meth:`state_dict` next to the
-    optimizer's and the scheduler's; the LR schedule itself is untouched.
+    without a fresh signal raises), or inside the closure of ``optimizer.step(closure)``
+    (Lightning's automatic optimization, LBFGS): the signal observed by the closure's first
+    call drives that step, and the factor is then applied to the update itself. One
+    modulator per optimizer (a second :meth:`attach` raises). If ``optimizer.step`` raises,
+    the base learning rates are put back before the exception propagates (and a global
+    rule's state and record are as if the step had not been taken). Checkpoint with
+    :meth:`state_dict` next to the optimizer's and the scheduler's; the LR schedule itself
+    is untouched.
     """
 
     def __init__(
@@ -342,7 +295,11 @@ class Modulator:
         self.num_steps = 0
         self._optimizer: torch.optim.Optimizer | None = None
         self._handles: list[Any] = []
-        self._mode: _GlobalMode | _PerParameterMode | None = None
+        self._guard: Any = None
+        self._closure_step = False
+        self._step_began = False
+        self._record_appended = False
+        self._mode: GlobalMode | _PerParameterMode | None = None
         self._pending: Tensor | None = None
         self._signal_value: float | None = None
         self._pending_load: Mapping[str, Any] | None = None
@@ -350,11 +307,20 @@ class Modulator:
     # ------------------------------------------------------------------ attaching
 
     def attach(self, optimizer: torch.optim.Optimizer) -> Modulator:
-        """Register the step hooks on ``optimizer``; returns ``self``."""
+        """Register the step hooks on ``optimizer``; returns ``self``.
+
+        One modulator per optimizer: a second one would scale (and put back) the same learning
+        rates, so attaching to an optimizer that already has one raises.
+        """
         if self._optimizer is not None:
             raise RuntimeError("this Modulator is already attached; call detach() first")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer; got {type(optimizer).__name__}")
+        if attached_modulator(optimizer, Modulator) is not None:
+            raise RuntimeError(
+                "this optimizer already has a Modulator attached; one modulator per optimizer "
+                "(detach() the other first, or combine rules with uncertlr.modulation.Product)"
+            )
         if any("lr" not in g for g in optimizer.param_groups):
             raise ValueError("every param group of the optimizer needs an 'lr' entry")
         params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -363,13 +329,14 @@ class Modulator:
         self._mode = (
             _PerParameterMode(self.rule, self.sigma, self.noise, params)
             if self.per_parameter
-            else _GlobalMode(self.rule, params)
+            else GlobalMode(self.rule, params)
         )
         self._optimizer = optimizer
         self._handles = [
             optimizer.register_step_pre_hook(self._pre_hook),
             optimizer.register_step_post_hook(self._post_hook),
         ]
+        self._guard = install_step_guard(optimizer, self._abort_step)
         if self._pending_load is not None:
             saved, self._pending_load = self._pending_load, None
             self.load_state_dict(saved)
@@ -382,6 +349,9 @@ class Modulator:
         for h in self._handles:
             h.remove()
         self._handles = []
+        if self._guard is not None and self._optimizer is not None:
+            remove_step_guard(self._optimizer, self._guard)
+        self._guard = None
         self._optimizer = None
 
     def _new_history(
@@ -413,31 +383,73 @@ class Modulator:
         """The rule's current state: one state (global rule; e.g. ``.nonfinite``, the count of held
         non-finite signals) or, per-parameter, one list of states per modulated parameter (one per
         segment); ``None`` before :meth:`attach`."""
-        if isinstance(self._mode, _GlobalMode):
+        if isinstance(self._mode, GlobalMode):
             return self._mode.state
         if isinstance(self._mode, _PerParameterMode):
             return [list(t.states) for t in self._mode.targets]
         return None
 
-    def _pre_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    def _pre_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
         assert self._mode is not None
         self._mode.restore(optimizer)  # a previous step that raised never reached the post-hook
+        self._step_began = self._record_appended = False
+        # args are the step's own arguments, the optimizer first: (optimizer, closure=None)
+        closure = kwargs.get("closure") if "closure" in kwargs else (args[1] if len(args) > 1 else None)
+        self._closure_step = closure is not None
+        if closure is None:
+            self._begin_step(optimizer, in_closure=False)
+            return None
+        # the signal is observed inside the closure: begin the step once it has run the first time
+        # (LBFGS calls it again during its line search; those calls only evaluate)
+
+        def modulated_closure() -> Any:
+            out = closure()
+            if not self._step_began:
+                self._begin_step(optimizer, in_closure=True)
+            return out
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": modulated_closure}
+        return (args[0], modulated_closure, *args[2:]), kwargs
+
+    def _begin_step(self, optimizer: torch.optim.Optimizer, *, in_closure: bool) -> None:
+        assert self._mode is not None
+        self._step_began = True
         u, self._pending = self._pending, None
         if u is not None:
             u = all_reduce_mean(u)
-        rec = self._mode.before_step(optimizer, u)
+        if isinstance(self._mode, GlobalMode):
+            rec = self._mode.before_step(optimizer, u, in_closure=in_closure)
+        else:
+            rec = self._mode.before_step(optimizer, u)
         if rec is not None and self.record:
             self.history.append({"step": float(self.num_steps), **rec})
+            self._record_appended = True
         self._signal_value = None if u is None or not self.record else float(u)
 
     def _post_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         assert self._mode is not None
         rec = self._mode.after_step(optimizer)
         self.num_steps += 1
+        if self._closure_step:  # signals observed by later closure calls (a line search) belong to no step
+            self._pending = None
+        self._closure_step = self._step_began = self._record_appended = False
         if rec is not None and self.record:
             if self._signal_value is not None:
                 rec["signal"] = self._signal_value
             self.history.append({"step": float(self.num_steps - 1), **rec})
+
+    def _abort_step(self) -> None:
+        """``optimizer.step`` raised: base learning rates back, the step's record and (global rule) state undone."""
+        if isinstance(self._mode, GlobalMode):
+            self._mode.abort(self._optimizer)
+        elif self._mode is not None:
+            self._mode.restore(self._optimizer)
+        if self._record_appended and self.history:
+            self.history.pop()
+        if self._closure_step:
+            self._pending = None
+        self._closure_step = self._step_began = self._record_appended = False
 
     # ------------------------------------------------------------------ checkpoints
 
