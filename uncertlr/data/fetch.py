@@ -332,7 +332,7 @@ def _stage(
                     f"{archive}: refusing to extract member {name!r}: a {kind} (only files are allowed)"
                 )
             budget.check(name, size)  # what the header declares, before reading a byte
-            tmp = staging / str(len(staged))
+            tmp = staging / str(budget.members)  # unique: one per entry read
             with open_member() as src, open(tmp, "wb") as out:
                 budget.copy(name, src, out)
             staged.pop(dest.joinpath(*parts), None)  # a later member of the same name wins, as with tar
