@@ -44,7 +44,13 @@ def build(seed: int = 0) -> dict[str, Any]:
     opt = torch.optim.Adam(bnn.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 20)
     mod = Modulator(Ratio(warmup=1)).attach(opt)
-    return {"model": bnn, "optimizer": opt, "scheduler": sched, "modulator": mod, "generator": torch.Generator()}
+    return {
+        "model": bnn,
+        "optimizer": opt,
+        "scheduler": sched,
+        "modulator": mod,
+        "generator": torch.Generator(),
+    }
 
 
 def write_reference(path: Path) -> None:
@@ -72,7 +78,11 @@ def write_reference(path: Path) -> None:
         **objs,
         step=len(hist),
         history=hist,
-        extra={"config": {"lr": 1e-2, "hidden": [8], "name": "fuzz"}, "seconds": 1.5, "tensor": torch.arange(5.0)},
+        extra={
+            "config": {"lr": 1e-2, "hidden": [8], "name": "fuzz"},
+            "seconds": 1.5,
+            "tensor": torch.arange(5.0),
+        },
     )
 
 

@@ -8,11 +8,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-import uncertlr.torch._predict as predict_mod
 import uncertlr.torch.bnn as bnn_mod
-from uncertlr import likelihoods
+from uncertlr import _spec, likelihoods
+from uncertlr._spec import chunk_plan
 from uncertlr.torch import bayesian
-from uncertlr.torch._predict import activation_bytes_per_row, chunk_plan
+from uncertlr.torch._predict import activation_bytes_per_row
 
 
 def _net(out=3):
@@ -52,7 +52,7 @@ def test_chunked_predict_equals_a_loop_over_draws(n, s, max_batch, weight_elemen
     eps = torch.randn(s, bnn.posterior.num_params)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(bnn_mod, "PREDICT_CHUNK_ELEMENTS", weight_elements)
-        mp.setattr(predict_mod, "MEMORY_BUDGET", budget)
+        mp.setattr(_spec, "MEMORY_BUDGET", budget)
         taken = _scripted_noise(bnn, eps)
         got = bnn.predict(x, num_samples=s, max_batch=max_batch)
     assert taken[0] == s  # every draw sampled once, however many input chunks it was applied to
@@ -107,7 +107,7 @@ def test_large_inputs_are_split_into_row_chunks(monkeypatch):
     calls = []
     real = bnn._call
     monkeypatch.setattr(bnn, "_call", lambda w, x: calls.append(x.shape[0]) or real(w, x))
-    monkeypatch.setattr(predict_mod, "MEMORY_BUDGET", 64 * 1024)
+    monkeypatch.setattr(_spec, "MEMORY_BUDGET", 64 * 1024)
     probs = bnn.predict(torch.randn(5000, 5), num_samples=16)
     assert probs.shape == (16, 5000, 3) and torch.allclose(probs.sum(-1), torch.ones(16, 5000))
     rows = calls[1:]  # after the probe

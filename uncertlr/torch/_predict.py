@@ -22,27 +22,15 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
+from uncertlr import _spec
+from uncertlr._spec import MEMORY_BUDGET, chunk_plan
 from uncertlr.torch._modules import named_shape_errors
 from uncertlr.torch._rnn import vmappable_rnns
 
-__all__ = ["MEMORY_BUDGET", "ChunkPlan", "activation_bytes_per_row", "chunk_plan", "chunked_outputs"]
+__all__ = ["MEMORY_BUDGET", "activation_bytes_per_row", "chunked_outputs"]
 
-#: Bytes of activations (inputs included) one vmapped forward pass may hold: k draws × m inputs.
-MEMORY_BUDGET = 256 << 20
 #: Rows of the probe that measures the activations of one input.
 _PROBE_ROWS = 4
-
-
-class ChunkPlan:
-    """``draws`` weight samples × ``rows`` inputs per forward pass."""
-
-    __slots__ = ("draws", "rows")
-
-    def __init__(self, draws: int, rows: int):
-        self.draws, self.rows = draws, rows
-
-    def __repr__(self) -> str:
-        return f"ChunkPlan(draws={self.draws}, rows={self.rows})"
 
 
 def _tensor_bytes(obj: Any) -> int:
@@ -78,35 +66,6 @@ def activation_bytes_per_row(net: torch.nn.Module, call: Callable[[Tensor], Any]
     return max(1, math.ceil(total / probe.shape[0]))
 
 
-def chunk_plan(
-    *,
-    num_samples: int,
-    num_rows: int,
-    num_params: int,
-    row_bytes: int,
-    weight_elements: int,
-    memory_budget: int = MEMORY_BUDGET,
-    max_batch: int | None = None,
-) -> ChunkPlan:
-    """Draws per chunk (``draws × P ≤ weight_elements``) and rows per chunk (``draws × rows × row_bytes ≤ memory_budget``,
-    or ``max_batch`` rows when given).
-
-    Example:
-        >>> chunk_plan(num_samples=256, num_rows=10_000, num_params=1000, row_bytes=4096, weight_elements=2**25)
-        ChunkPlan(draws=256, rows=256)
-        >>> chunk_plan(num_samples=8, num_rows=10, num_params=1000, row_bytes=4096, weight_elements=2**25)
-        ChunkPlan(draws=8, rows=10)
-    """
-    draws = max(1, min(num_samples, weight_elements // max(1, num_params)))
-    if max_batch is not None:
-        return ChunkPlan(draws, min(num_rows, max_batch))
-    rows = memory_budget // (draws * row_bytes)
-    if rows < 1:  # even one row is too much for this many draws at once: fewer draws
-        draws = max(1, min(draws, memory_budget // row_bytes))
-        rows = 1
-    return ChunkPlan(draws, max(1, min(num_rows, rows)))
-
-
 def chunked_outputs(
     bnn: Any,
     x: Tensor,
@@ -124,7 +83,7 @@ def chunked_outputs(
         bnn: a :class:`~uncertlr.torch.BNN` (its ``posterior``, ``net``, ``_call``, ``_noise``).
         weight_elements: most ``draws × P`` weight elements at once.
         max_batch: inputs per forward pass (default: as many as ``memory_budget`` allows).
-        memory_budget: bytes of activations per forward pass (default :data:`MEMORY_BUDGET`).
+        memory_budget: bytes of activations per forward pass (default :data:`uncertlr._spec.MEMORY_BUDGET`).
         check: called as ``check(x_chunk, outputs_chunk)`` before ``transform`` (validation).
         transform: applied to each chunk of outputs (e.g. a softmax), written into the result.
     """
@@ -144,7 +103,7 @@ def chunked_outputs(
             num_params=post.num_params,
             row_bytes=row_bytes,
             weight_elements=weight_elements,
-            memory_budget=MEMORY_BUDGET if memory_budget is None else memory_budget,
+            memory_budget=_spec.MEMORY_BUDGET if memory_budget is None else memory_budget,
             max_batch=max_batch,
         )
         result: Tensor | None = None
