@@ -306,3 +306,17 @@ def test_the_missing_extra_hint_keeps_its_brackets(tmp_path, finished_run):
     )
     assert res.returncode == 2 and "uncertlr[report]" in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_demo_lists_only_the_files_it_wrote(tmp_path, monkeypatch):
+    from rich.console import Console
+
+    import uncertlr.app.pipeline as pipeline
+    from uncertlr.app.demo import DemoConfig, run_demo
+
+    monkeypatch.setattr(pipeline.Comparison, "inference", lambda self, **k: {})  # as without ArviZ
+    console = Console(record=True, width=400)
+    run = run_demo(tmp_path / "[runs]", DemoConfig(epochs=1, det_epochs=1, num_samples=2), console=console)
+    text = console.export_text()
+    assert not (run / "report.html").exists() and "report.html" not in text
+    assert f"run folder: {run} (history.json, metrics.json, predictions.npz, reliability.png, uncertainty.png)" in text
