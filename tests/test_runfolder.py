@@ -121,7 +121,9 @@ def test_a_run_folder_lock_is_exclusive_and_released(tmp_path):
     from uncertlr.runfolder import RunFolderBusy, lock_run_dir
 
     with lock_run_dir(tmp_path):
-        with pytest.raises(RunFolderBusy, match=f"in use by another uncertlr process \\(pid {os.getpid()}\\)"):
+        with pytest.raises(
+            RunFolderBusy, match=f"in use by another uncertlr process \\(pid {os.getpid()}\\)"
+        ):
             with lock_run_dir(tmp_path):
                 pass
     with lock_run_dir(tmp_path):  # released on leaving the block (or when the process dies)

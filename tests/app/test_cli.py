@@ -319,4 +319,7 @@ def test_demo_lists_only_the_files_it_wrote(tmp_path, monkeypatch):
     run = run_demo(tmp_path / "[runs]", DemoConfig(epochs=1, det_epochs=1, num_samples=2), console=console)
     text = console.export_text()
     assert not (run / "report.html").exists() and "report.html" not in text
-    assert f"run folder: {run} (history.json, metrics.json, predictions.npz, reliability.png, uncertainty.png)" in text
+    assert (
+        f"run folder: {run} (history.json, metrics.json, predictions.npz, reliability.png, uncertainty.png)"
+        in text
+    )
