@@ -244,6 +244,8 @@ def test_too_many_members_are_refused(tmp_path):
         ("/etc/passwd", "absolute path"),
         ("a/../../x", "'..'"),
         ("..\\evil.txt", "'..'"),
+        ("\\\\server\\share\\x.txt", "absolute path"),
+        ("//server/share/x.txt", "absolute path"),
     ],
 )
 def test_unportable_or_escaping_names_are_refused(tmp_path, name, why):
@@ -271,8 +273,23 @@ def test_a_damaged_member_is_a_value_error_naming_it_and_leaves_nothing(tmp_path
     tgz = tmp_path / "t.tar.gz"
     _write_archive(tgz, "tgz", [("a.bin", os.urandom(50_000)), ("b.bin", os.urandom(50_000))])
     tgz.write_bytes(tgz.read_bytes()[:60_000])
-    with pytest.raises(ValueError, match=r"t.tar.gz: member '.*' cannot be read \((EOFError|ReadError)"):
+    with pytest.raises(
+        ValueError,
+        match=r"t.tar.gz: (member|the entry after member) '.*' cannot be read \((EOFError|ReadError)",
+    ):
         extract_archive(tgz, tmp_path / "out")
+    assert _tree(tmp_path / "out") == {}
+
+
+def test_a_damaged_header_is_not_a_quiet_end_of_the_archive(tmp_path):
+    arc = tmp_path / "h.tar"
+    _write_archive(arc, "tar", [("a.txt", b"first"), ("b.txt", b"second"), ("c.txt", b"third")])
+    data = bytearray(arc.read_bytes())
+    second = data.index(b"b.txt")  # the second header starts with its name
+    data[second + 148 : second + 156] = b"0000000\0"  # a wrong header checksum
+    arc.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"h.tar: the entry after member 'a.txt' cannot be read"):
+        extract_archive(arc, tmp_path / "out")
     assert _tree(tmp_path / "out") == {}
 
 

@@ -159,7 +159,7 @@ def _safe_parts(parts: tuple[str, ...], name: str, archive: Path) -> tuple[str, 
 
     if not parts:
         return parts
-    if parts[0] == "/":
+    if parts[0].startswith("/"):  # "/x", and "//server/share" (a UNC path once backslashes are slashes)
         raise refuse("an absolute path would land outside the destination folder")
     for part in parts:
         if part == "..":
@@ -224,9 +224,16 @@ def _members(archive: Path) -> Generator[tuple[str, str, int, Callable[[], IO[by
     except tarfile.TarError as exc:
         raise ValueError(f"{archive} is not a zip or tar archive ({exc})") from exc
     with tf:
+        last = ""
         while (member := tf.next()) is not None:
             kind = "file" if member.isfile() else "dir" if member.isdir() else "link or device"
             yield member.name, kind, member.size, functools.partial(_tar_open, tf, member)
+            last = member.name
+        # tarfile ends quietly at a damaged header; a real end is zero blocks
+        tf.fileobj.seek(tf.offset)
+        if tf.fileobj.read(tarfile.RECORDSIZE).strip(b"\0"):
+            where = f"the entry after member {last!r}" if last else "the first entry"
+            raise ValueError(f"{archive}: {where} cannot be read (its header is damaged)")
 
 
 def _tar_open(tf: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
@@ -319,13 +326,15 @@ def _stage(
     """Read every member into ``staging``; returns ``{final path: (staged file, member name)}``."""
     staged: dict[Path, tuple[Path, str]] = {}
     members = _members(archive)
-    name = ""
+    name: str | None = None  # the member being read; None between members
+    last = ""
     try:
         for name, kind, size, open_member in members:
             budget.entry(name)
             parts = PurePosixPath(name.replace("\\", "/")).parts
             parts = _safe_parts(parts, name, archive)[strip_components:]
             if not parts or kind == "dir" or (include is not None and not include("/".join(parts))):
+                last, name = name, None
                 continue
             if kind != "file":
                 raise ValueError(
@@ -337,8 +346,12 @@ def _stage(
                 budget.copy(name, src, out)
             staged.pop(dest.joinpath(*parts), None)  # a later member of the same name wins, as with tar
             staged[dest.joinpath(*parts)] = (tmp, name)
+            last, name = name, None
     except _READ_ERRORS as exc:
-        where = f"member {name!r}" if name else "the archive"
+        if name is not None:
+            where = f"member {name!r}"
+        else:  # the entry's own header is damaged: name where it is
+            where = f"the entry after member {last!r}" if last else "the first entry"
         raise ValueError(f"{archive}: {where} cannot be read ({type(exc).__name__}: {exc})") from exc
     finally:
         members.close()
