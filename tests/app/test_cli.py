@@ -234,6 +234,16 @@ def test_ctrl_c_in_demo_is_one_line_status_130_and_leaves_no_empty_folder(tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
+def test_ctrl_c_before_the_first_checkpoint_leaves_no_folder(tmp_path, capsys, monkeypatch):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "setup", interrupted)
+    assert main(["train", "--out", str(tmp_path), *SMALL]) == 130
+    assert "interrupted (Ctrl-C)" in _one_line_error(capsys, "train")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_brackets_in_paths_are_printed_as_text_not_markup(tmp_path):
     out = tmp_path / "runs-[exp1]" / "a[/]b"  # "[/]" used to crash rich, "[exp1]" to vanish
     res = subprocess.run(

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -160,20 +161,29 @@ def run_training(
     main_proc = info.rank == 0
     console = console or Console(quiet=not main_proc, highlight=False)
     cfg, run_dir = _config(config, Path(resume) if resume is not None else None, overrides, console)
-    with contextlib.ExitStack() as stack:
-        if main_proc:
-            if run_dir is None:
-                try:
-                    run_dir = runfolder.new_run_dir(
-                        out, "train"
-                    )  # before any work: an unwritable --out fails now
-                except OSError as exc:
-                    raise UserError(f"cannot create a run folder under {out}: {exc}") from exc
-                stack.enter_context(runfolder.lock_run_dir(run_dir))
-                write_json(run_dir / "config.json", asdict(cfg))
-            else:
-                stack.enter_context(runfolder.lock_run_dir(run_dir))
-        return _train(cfg, run_dir, resume is not None, info, console)
+    fresh = False
+    try:
+        with contextlib.ExitStack() as stack:
+            if main_proc:
+                if run_dir is None:
+                    try:  # before any work: an unwritable --out fails now
+                        run_dir, fresh = runfolder.new_run_dir(out, "train"), True
+                    except OSError as exc:
+                        raise UserError(f"cannot create a run folder under {out}: {exc}") from exc
+                    stack.enter_context(runfolder.lock_run_dir(run_dir))
+                    write_json(run_dir / "config.json", asdict(cfg))
+                else:
+                    stack.enter_context(runfolder.lock_run_dir(run_dir))
+            return _train(cfg, run_dir, resume is not None, info, console)
+    except BaseException:
+        # stopped before the first checkpoint: a folder that cannot be resumed is not left behind
+        if (
+            fresh
+            and run_dir is not None
+            and {p.name for p in run_dir.iterdir()} <= {"config.json", runfolder.LOCK_FILE}
+        ):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def _train(cfg: TrainConfig, run_dir: Path | None, resuming: bool, info: Any, console: Any) -> TrainResult:
