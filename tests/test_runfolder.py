@@ -110,3 +110,21 @@ def test_regression_summary_against_scipy():
     assert s["noise_std"] == pytest.approx(np.mean(np.sqrt(var.mean(0))))
     with pytest.raises(ValueError, match="level"):
         runfolder.interval_coverage(mean, var, y, 1.5)
+
+
+def test_a_run_folder_lock_is_exclusive_and_released(tmp_path):
+    """Issue 13: a second holder is refused with the first one's pid; the lock goes with its holder."""
+    import os
+
+    import pytest
+
+    from uncertlr.runfolder import RunFolderBusy, lock_run_dir
+
+    with lock_run_dir(tmp_path):
+        with pytest.raises(
+            RunFolderBusy, match=f"in use by another uncertlr process \\(pid {os.getpid()}\\)"
+        ):
+            with lock_run_dir(tmp_path):
+                pass
+    with lock_run_dir(tmp_path):  # released on leaving the block (or when the process dies)
+        pass

@@ -70,7 +70,8 @@ def progress_task(
     Args:
         progress: ``True`` (a bar of its own, started and stopped here), ``False``/``None``
             (``advance`` does nothing) or a ``rich.progress.Progress`` that the caller runs.
-        description: the task's label.
+        description: the task's label (shown as plain text: brackets in model names or paths
+            are not read as rich markup).
         total: units of work (``None``: unknown).
         completed: units already done (a resumed run).
         transient, transfer: for a bar of its own, see :func:`progress_bar`.
@@ -78,13 +79,15 @@ def progress_task(
     if progress is False or progress is None:
         yield _nothing
         return
+    from rich.markup import escape  # labels carry model names and paths: never rich markup
+
     own = progress is True
     bar = progress_bar(transient=transient, transfer=transfer) if own else progress
-    task = bar.add_task(description, total=total, completed=completed, info="")
+    task = bar.add_task(escape(description), total=total, completed=completed, info="")
 
     def advance(n: int = 1, *, description: str | None = None, info: str | None = None) -> None:
-        fields: dict[str, Any] = {} if info is None else {"info": info}
-        bar.update(task, advance=n, **({"description": description} if description else {}), **fields)
+        fields: dict[str, Any] = {} if info is None else {"info": escape(info)}
+        bar.update(task, advance=n, **({"description": escape(description)} if description else {}), **fields)
 
     if own:
         bar.start()

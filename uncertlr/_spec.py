@@ -10,6 +10,9 @@ same values for the arguments they share (a cross-backend test holds them to it)
 * ``likelihood``: a :mod:`uncertlr.likelihoods` spec or its name;
 * ``select``: a predicate or :class:`~uncertlr.select.Selector` (default: all parameters).
 
+Both backends' ``predict`` split their work the same way, by :func:`chunk_plan` under
+:data:`MEMORY_BUDGET`, so memory stays bounded whatever the number of draws and inputs.
+
 Example:
     >>> from uncertlr._spec import bnn_spec
     >>> bnn_spec(num_data=100).kl_weight
@@ -30,7 +33,16 @@ from uncertlr import likelihoods as _lik
 from uncertlr import priors as _priors
 from uncertlr.select import Predicate, Selector, as_selector
 
-__all__ = ["BNNSpec", "ELBOTerms", "bnn_spec", "positive_float", "positive_int"]
+__all__ = [
+    "MEMORY_BUDGET",
+    "BNNSpec",
+    "ChunkPlan",
+    "ELBOTerms",
+    "bnn_spec",
+    "chunk_plan",
+    "positive_float",
+    "positive_int",
+]
 
 
 def positive_int(name: str, value: Any, *, what: str = "") -> int:
@@ -110,3 +122,46 @@ def bnn_spec(
         kl_weight=kl_weight,
         validate=validate,
     )
+
+
+# --------------------------------------------------------------------------- bounded-memory predict (both backends)
+
+#: Bytes of activations (inputs included) one vectorised forward pass of ``predict`` may hold:
+#: ``draws × rows × bytes per row``. Both backends' ``predict`` split draws and inputs to stay under it.
+MEMORY_BUDGET = 256 << 20
+
+
+class ChunkPlan(NamedTuple):
+    """``draws`` weight samples × ``rows`` inputs per vectorised forward pass."""
+
+    draws: int
+    rows: int
+
+
+def chunk_plan(
+    *,
+    num_samples: int,
+    num_rows: int,
+    num_params: int,
+    row_bytes: int,
+    weight_elements: int,
+    memory_budget: int = MEMORY_BUDGET,
+    max_batch: int | None = None,
+) -> ChunkPlan:
+    """Draws per chunk (``draws × P ≤ weight_elements``) and rows per chunk (``draws × rows × row_bytes ≤ memory_budget``,
+    or ``max_batch`` rows when given).
+
+    Example:
+        >>> chunk_plan(num_samples=256, num_rows=10_000, num_params=1000, row_bytes=4096, weight_elements=2**25)
+        ChunkPlan(draws=256, rows=256)
+        >>> chunk_plan(num_samples=8, num_rows=10, num_params=1000, row_bytes=4096, weight_elements=2**25)
+        ChunkPlan(draws=8, rows=10)
+    """
+    draws = max(1, min(num_samples, weight_elements // max(1, num_params)))
+    if max_batch is not None:
+        return ChunkPlan(draws, min(num_rows, max_batch))
+    rows = memory_budget // (draws * row_bytes)
+    if rows < 1:  # even one row is too much for this many draws at once: fewer draws
+        draws = max(1, min(draws, memory_budget // row_bytes))
+        rows = 1
+    return ChunkPlan(draws, max(1, min(num_rows, rows)))

@@ -14,7 +14,11 @@ A run folder (``new_run_dir(root, name)``, never an existing one) holds:
 * ``predictions.npz`` — ``labels`` (or ``targets``), and per model ``{name}_test`` (and
   ``{name}_ood``): ``[S, N, C]`` probabilities (regression: ``{name}_mean``, ``{name}_var``);
 * ``history.json`` — ``{name: [{step, loss, lr, signal?, scale?, ...}, ...]}``;
-* figures and the diagnostics report (written by the layers above: :mod:`uncertlr.diagnostics`).
+* figures and the diagnostics report (written by the layers above: :mod:`uncertlr.diagnostics`);
+* ``.uncertlr-lock`` — held (:func:`lock_run_dir`) by the process training in or writing the
+  folder, so a second ``uncertlr train --resume`` or ``uncertlr report`` of the same folder
+  is refused instead of racing it; the operating system releases it when the process ends,
+  however it ends.
 
 Every file is written atomically (:func:`uncertlr._io.atomic_write`), so a crash or a second
 run cannot destroy earlier results. The per-model summaries are computed here
@@ -36,10 +40,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any
@@ -47,20 +52,23 @@ from typing import Any
 import numpy as np
 
 from uncertlr import metrics
-from uncertlr.calibration import fit_temperature
 from uncertlr._io import atomic_write, environment, read_json, write_json
+from uncertlr.calibration import fit_temperature
 
 __all__ = [
     "CALIBRATED_KEYS",
     "CLASSIFICATION_KEYS",
     "HISTORY_FILE",
+    "LOCK_FILE",
     "METRICS_FILE",
     "METRICS_SCHEMA",
     "PREDICTIONS_FILE",
     "REGRESSION_ROWS",
     "SUMMARY_ROWS",
+    "RunFolderBusy",
     "classification_summary",
     "interval_coverage",
+    "lock_run_dir",
     "new_run_dir",
     "read_history",
     "read_metrics",
@@ -76,6 +84,7 @@ METRICS_SCHEMA = "uncertlr.metrics/1"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.npz"
 HISTORY_FILE = "history.json"
+LOCK_FILE = ".uncertlr-lock"
 
 #: Keys of :func:`classification_summary` (the per-model entries of ``metrics.json``).
 CLASSIFICATION_KEYS = (
@@ -150,6 +159,62 @@ def new_run_dir(root: str | os.PathLike[str], name: str) -> Path:
         except FileExistsError:
             continue
     raise RuntimeError(f"could not create a new run folder under {root}")
+
+
+class RunFolderBusy(RuntimeError):
+    """Another process holds the run folder's lock (it is training in it or writing it)."""
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def lock_run_dir(run: str | os.PathLike[str]) -> Iterator[Path]:
+    """Hold the run folder's lock (``.uncertlr-lock``) while the block runs; yields the folder.
+
+    The lock is an advisory ``flock`` on the lock file: the operating system drops it when the
+    holder exits, even by ``kill -9``, so a crashed run never leaves its folder locked.
+
+    Raises:
+        RunFolderBusy: another process holds the lock (the message gives its pid).
+        FileNotFoundError / NotADirectoryError / PermissionError: the folder cannot hold a lock file.
+
+    Example:
+        >>> import tempfile
+        >>> run = new_run_dir(tempfile.mkdtemp(), "demo")
+        >>> with lock_run_dir(run):
+        ...     pass
+    """
+    run = Path(run)
+    path = run / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if not _try_lock(fd):
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise RunFolderBusy(
+                f"{run} is in use by another uncertlr process{who}; wait for it to finish or use another folder"
+            )
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield run
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 # --------------------------------------------------------------------------- per-model summaries
@@ -288,6 +353,16 @@ def regression_summary(prediction: Any, targets: Any) -> dict[str, float]:
 # --------------------------------------------------------------------------- files
 
 
+def _read_json(path: Path) -> Any:
+    """``read_json`` with every way a damaged file fails as a ValueError naming it."""
+    try:
+        return read_json(path)
+    except RecursionError as exc:
+        raise ValueError(f"{path} is nested too deeply to read") from exc
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError, so are huge ints
+        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+
+
 def write_metrics(run: str | os.PathLike[str], doc: Mapping[str, Any]) -> Path:
     """Write ``metrics.json``: the envelope (schema, created, device, versions, python) and ``doc``.
 
@@ -309,7 +384,7 @@ def read_metrics(run: str | os.PathLike[str]) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: the folder or its ``metrics.json`` is missing.
-        ValueError: the file is not ``uncertlr.metrics/1`` JSON (the message names the file).
+        ValueError: the file is not valid ``uncertlr.metrics/1`` JSON (the message names the file).
     """
     run = Path(run)
     if not run.is_dir():
@@ -317,7 +392,7 @@ def read_metrics(run: str | os.PathLike[str]) -> dict[str, Any]:
     path = run / METRICS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{run} has no {METRICS_FILE}: is it a run folder written by uncertlr?")
-    meta = read_json(path)
+    meta = _read_json(path)
     if not isinstance(meta, dict) or meta.get("schema") != METRICS_SCHEMA:
         schema = meta.get("schema") if isinstance(meta, dict) else type(meta).__name__
         raise ValueError(f"{path} is not an {METRICS_SCHEMA} file (schema {schema!r})")
@@ -340,7 +415,7 @@ def read_history(run: str | os.PathLike[str]) -> dict[str, list[Any]]:
     path = Path(run) / HISTORY_FILE
     if not path.is_file():
         return {}
-    history = read_json(path)
+    history = _read_json(path)
     if not isinstance(history, dict):
         raise ValueError(f"{path} must map model names to lists of records")
     return {str(k): v for k, v in history.items() if isinstance(v, list)}

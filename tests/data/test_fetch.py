@@ -103,3 +103,211 @@ def test_fsdd_download_path_with_a_local_archive(tmp_path, monkeypatch):
     assert folder == root / "fsdd" / "recordings"
     assert [r.digit for r in list_recordings(folder)] == [0, 1, 2]
     assert not (folder.parent / "README.md").exists()
+
+
+# --------------------------------------------------------------------------- issue 13: budgets, names, no leftovers
+
+import os  # noqa: E402
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from uncertlr.data.fetch import MAX_BYTES  # noqa: E402
+
+
+def _tree(folder):
+    """Every path under ``folder`` (hidden ones too) with its bytes (None for folders)."""
+    out = {}
+    for root, dirs, files in os.walk(folder):
+        for d in dirs:
+            out[os.path.relpath(os.path.join(root, d), folder)] = None
+        for f in files:
+            p = os.path.join(root, f)
+            out[os.path.relpath(p, folder)] = open(p, "rb").read()  # noqa: SIM115
+    return out
+
+
+def _write_archive(path, kind, members):
+    if kind == "zip":
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+            for name, data in members:
+                zf.writestr(name, data)
+    else:
+        with tarfile.open(path, "w:gz" if kind == "tgz" else "w") as tf:
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+
+
+_names = st.lists(st.sampled_from("abcxyz"), min_size=1, max_size=3).map("/".join)
+_member = st.tuples(_names, st.integers(0, 3000), st.sampled_from([b"\0", b"ab", b"\x17q"]))
+
+
+@pytest.mark.filterwarnings("ignore:Duplicate name")
+@given(
+    kind=st.sampled_from(["zip", "tar", "tgz"]),
+    members=st.lists(_member, min_size=1, max_size=6),
+    max_bytes=st.integers(0, 12_000),
+    max_members=st.integers(1, 8),
+)
+def test_no_archive_writes_more_than_its_budget(tmp_path_factory, kind, members, max_bytes, max_members):
+    tmp = tmp_path_factory.mktemp("arc")
+    members = [(n, (b * size)[:size]) for n, size, b in members]
+    arc = tmp / f"a.{kind}"
+    _write_archive(arc, kind, members)
+    dest = tmp / "out"
+    dest.mkdir()
+    (dest / "keep.txt").write_bytes(b"earlier")
+    before = _tree(dest)
+    names = [n for n, _ in members]
+    clash = any(
+        other.startswith(n + "/") for n in names for other in names
+    )  # a file and a folder of one name
+    final = dict(members)  # a later member of the same name wins
+    fits = sum(len(d) for _, d in members) <= max_bytes and len(members) <= max_members
+    try:
+        written = extract_archive(arc, dest, max_bytes=max_bytes, max_members=max_members)
+    except ValueError as exc:
+        assert str(arc) in str(exc) and ("member" in str(exc) or "budget" in str(exc))
+        assert _tree(dest) == before  # all or nothing: no partial file, no .part, no staging folder
+        assert not fits or clash
+        return
+    assert fits and not clash
+    assert sum(p.stat().st_size for p in written) <= max_bytes
+    assert {str(p.relative_to(dest)): p.read_bytes() for p in written} == final
+    files = {k: v for k, v in _tree(dest).items() if v is not None}
+    assert files == {**{k: v for k, v in before.items() if v is not None}, **final}
+
+
+def test_a_zip_bomb_is_refused_before_it_is_inflated(tmp_path):
+    arc = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(arc, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        zf.writestr("zeros.bin", b"\0" * (64 << 20))  # 64 MiB of zeros in ~64 KiB
+    assert arc.stat().st_size < 200_000
+    with pytest.raises(ValueError, match=r"member 'zeros.bin' \(67,108,864 bytes\).*budget of 1,048,576"):
+        extract_archive(arc, tmp_path / "out", max_bytes=1 << 20)
+    assert _tree(tmp_path / "out") == {}
+    assert MAX_BYTES == 1 << 30
+
+
+def _sparse_tar(path, realsize):
+    """A GNU sparse (PAX 1.0) member: a few bytes on disk that expand to ``realsize`` bytes."""
+    sparse_map = f"1\n{realsize - 1}\n1\n".encode().ljust(512, b"\0")
+    data = sparse_map + b"x"
+    info = tarfile.TarInfo("GNUSparseFile.0/big.bin")
+    info.size = len(data)
+    info.pax_headers = {
+        "GNU.sparse.major": "1",
+        "GNU.sparse.minor": "0",
+        "GNU.sparse.name": "big.bin",
+        "GNU.sparse.realsize": str(realsize),
+    }
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tf:
+        tf.addfile(info, io.BytesIO(data))
+
+
+def test_a_sparse_tar_cannot_expand_past_the_budget(tmp_path):
+    arc = tmp_path / "sparse.tar"
+    _sparse_tar(arc, 4 << 30)  # a 10 KiB file claiming 4 GiB
+    assert arc.stat().st_size < 20_000
+    with pytest.raises(ValueError, match=r"member 'big.bin' \(4,294,967,296 bytes\).*budget"):
+        extract_archive(arc, tmp_path / "out")
+    assert _tree(tmp_path / "out") == {}
+    _sparse_tar(arc, 5000)  # within the budget it extracts to its real size
+    (p,) = extract_archive(arc, tmp_path / "out2")
+    assert p.name == "big.bin" and p.stat().st_size == 5000 and p.read_bytes()[-1:] == b"x"
+
+
+def test_too_many_members_are_refused(tmp_path):
+    arc = tmp_path / "many.tar"
+    _write_archive(arc, "tar", [(f"f{i}", b"") for i in range(30)])
+    with pytest.raises(ValueError, match=r"member 'f20' is entry number 21, over the budget of 20 entries"):
+        extract_archive(arc, tmp_path / "out", max_members=20)
+    assert _tree(tmp_path / "out") == {}
+
+
+@pytest.mark.parametrize(
+    "name, why",
+    [
+        ("C:foo/x.txt", "drive letter"),
+        ("C:/x.txt", "drive letter"),
+        ("d/file.txt:stream", "drive letter or stream"),
+        ("CON", "reserved device name"),
+        ("docs/aux.txt", "reserved device name"),
+        ("nul.tar.gz", "reserved device name"),
+        ("a/LPT1", "reserved device name"),
+        ("com\u00b9.log", "reserved device name"),
+        ("trailing.", "ending in '.'"),
+        ("space /x", "ending in '.' or ' '"),
+        ("bell\x07.txt", "control characters"),
+        ("/etc/passwd", "absolute path"),
+        ("a/../../x", "'..'"),
+        ("..\\evil.txt", "'..'"),
+        ("\\\\server\\share\\x.txt", "absolute path"),
+        ("//server/share/x.txt", "absolute path"),
+    ],
+)
+def test_unportable_or_escaping_names_are_refused(tmp_path, name, why):
+    for kind in ("zip", "tar"):
+        arc = tmp_path / f"a.{kind}"
+        _write_archive(arc, kind, [("ok.txt", b"fine"), (name, b"x")])
+        with pytest.raises(ValueError) as err:
+            extract_archive(arc, tmp_path / "out")
+        assert repr(name) in str(err.value) and why in str(err.value)
+        assert _tree(tmp_path / "out") == {}  # ok.txt came first, and is not left behind either
+
+
+def test_a_damaged_member_is_a_value_error_naming_it_and_leaves_nothing(tmp_path):
+    arc = tmp_path / "crc.zip"
+    with zipfile.ZipFile(arc, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("first.txt", b"first")
+        zf.writestr("second.txt", b"hello world")
+    data = bytearray(arc.read_bytes())
+    data[data.index(b"hello world")] ^= 0x01  # stored data no longer matches its CRC
+    arc.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"member 'second.txt' cannot be read \(BadZipFile: Bad CRC-32"):
+        extract_archive(arc, tmp_path / "out")
+    assert _tree(tmp_path / "out") == {}  # no .part file, no first.txt
+    # a truncated tar.gz
+    tgz = tmp_path / "t.tar.gz"
+    _write_archive(tgz, "tgz", [("a.bin", os.urandom(50_000)), ("b.bin", os.urandom(50_000))])
+    tgz.write_bytes(tgz.read_bytes()[:60_000])
+    with pytest.raises(
+        ValueError,
+        match=r"t.tar.gz: (member|the entry after member) '.*' cannot be read \((EOFError|ReadError)",
+    ):
+        extract_archive(tgz, tmp_path / "out")
+    assert _tree(tmp_path / "out") == {}
+
+
+def test_a_damaged_header_is_not_a_quiet_end_of_the_archive(tmp_path):
+    arc = tmp_path / "h.tar"
+    _write_archive(arc, "tar", [("a.txt", b"first"), ("b.txt", b"second"), ("c.txt", b"third")])
+    data = bytearray(arc.read_bytes())
+    second = data.index(b"b.txt")  # the second header starts with its name
+    data[second + 148 : second + 156] = b"0000000\0"  # a wrong header checksum
+    arc.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"h.tar: the entry after member 'a.txt' cannot be read"):
+        extract_archive(arc, tmp_path / "out")
+    assert _tree(tmp_path / "out") == {}
+
+
+def test_clashes_name_the_member(tmp_path):
+    arc = tmp_path / "clash.tar"
+    _write_archive(arc, "tar", [("a", b"file"), ("a/b", b"under a file")])
+    with pytest.raises(ValueError, match=r"member 'a' would replace a folder"):
+        extract_archive(arc, tmp_path / "out")
+    (tmp_path / "out2" / "x").mkdir(parents=True)
+    _write_archive(arc, "tar", [("x", b"a file where a folder is")])
+    with pytest.raises(ValueError, match=r"member 'x' would replace a folder"):
+        extract_archive(arc, tmp_path / "out2")
+    link = tmp_path / "link.tar"
+    with tarfile.open(link, "w") as tf:
+        info = tarfile.TarInfo("l")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tf.addfile(info)
+    with pytest.raises(ValueError, match=r"member 'l': a link or device"):
+        extract_archive(link, tmp_path / "out3")
+    with pytest.raises(ValueError, match="max_bytes must be an integer >= 0"):
+        extract_archive(link, tmp_path / "out3", max_bytes=-1)

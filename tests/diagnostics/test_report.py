@@ -144,8 +144,9 @@ def test_cli_report_rebuilds(tmp_path, small_bnn_idata, capsys):
     assert main(["report", str(run)]) == 0
     html = _html(run)
     assert "<h2>Posterior spread per layer</h2>" in html and "posterior-bnn.nc keeps" in html
-    assert main(["report", str(tmp_path / "missing")]) == 1
-    assert "does not exist" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "missing")]) == 2  # a user's mistake: one line, status 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "Traceback" not in err
 
 
 def test_minimal_run_folder_and_bad_metrics(tmp_path):

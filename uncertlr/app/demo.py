@@ -16,68 +16,57 @@ under-confident (ECE ~0.1, see README "Why the demo tempers the KL").
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import contextlib
+import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
+from rich.markup import escape
 
 from uncertlr import runfolder
+from uncertlr.app.config import BNNConfig, DemoConfig, UserError
 from uncertlr.app.pipeline import Method, NetFactory, Task, compare, results_table, save
 from uncertlr.data import load_digits, shuffle_pixels
 from uncertlr.modulation import GradSigmaRatio, Ratio
 
-__all__ = ["MODULATED", "BNNConfig", "DemoConfig", "digits_task", "mlp_factory", "run_demo"]
+__all__ = [
+    "MODULATED",
+    "BNNConfig",
+    "DemoConfig",
+    "demo_methods",
+    "digits_task",
+    "method_for",
+    "mlp_factory",
+    "run_demo",
+]
 
 #: The modulated BNNs the demo trains after ``deterministic`` and ``bnn``: name -> rule.
 MODULATED = {"bnn+g1": Ratio(kappa=-0.5), "bnn+p2": GradSigmaRatio(kappa=-0.5)}
 
 
-@dataclass(frozen=True)
-class BNNConfig:
-    """The Bayesian MLP's settings, shared by ``uncertlr demo`` and ``uncertlr train``."""
-
-    seed: int = 0
-    hidden: tuple[int, ...] = (128, 128)
-    epochs: int = 150
-    batch_size: int = 64
-    lr: float = 1e-2
-    kl_weight: float = 0.1
-    prior_scale: float = 1.0
-    init_scale: float = 1e-3
-    num_samples: int = 64
-
-    def method(self, name: str = "bnn", rule: Any = None) -> Method:
-        """The pipeline :class:`~uncertlr.app.pipeline.Method` for the BNN (optionally modulated)."""
-        return Method(
-            name,
-            epochs=self.epochs,
-            lr=self.lr,
-            batch_size=self.batch_size,
-            kl_weight=self.kl_weight,
-            prior_scale=self.prior_scale,
-            init_scale=self.init_scale,
-            num_samples=self.num_samples,
-            rule=rule,
-        )
+def method_for(cfg: BNNConfig, name: str = "bnn", rule: Any = None) -> Method:
+    """The pipeline :class:`~uncertlr.app.pipeline.Method` for the BNN of ``cfg`` (optionally modulated)."""
+    return Method(
+        name,
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        kl_weight=cfg.kl_weight,
+        prior_scale=cfg.prior_scale,
+        init_scale=cfg.init_scale,
+        num_samples=cfg.num_samples,
+        rule=rule,
+    )
 
 
-@dataclass(frozen=True)
-class DemoConfig(BNNConfig):
-    """Settings of the digits demo (all recorded in ``metrics.json``)."""
-
-    det_lr: float = 3e-3
-    det_epochs: int = 60
-
-    def methods(self) -> list[Method]:
-        det = Method(
-            "deterministic",
-            bayesian=False,
-            epochs=self.det_epochs,
-            lr=self.det_lr,
-            batch_size=self.batch_size,
-        )
-        return [det, self.method()] + [self.method(name, rule) for name, rule in MODULATED.items()]
+def demo_methods(cfg: DemoConfig) -> list[Method]:
+    """``deterministic``, ``bnn`` and the modulated BNNs of :data:`MODULATED`, in that order."""
+    det = Method(
+        "deterministic", bayesian=False, epochs=cfg.det_epochs, lr=cfg.det_lr, batch_size=cfg.batch_size
+    )
+    return [det, method_for(cfg)] + [method_for(cfg, name, rule) for name, rule in MODULATED.items()]
 
 
 #: Fraction of the training split held out for fitting the temperature (post-hoc calibration).
@@ -121,23 +110,47 @@ def run_demo(
     net: NetFactory | None = None,
     console: Any = None,
 ) -> Path:
-    """Run the demo and return its run folder (created fresh under ``out``).
+    """Run the demo and return its run folder (created fresh under ``out``, before any training).
+
+    The folder is locked while the demo writes it; if the demo is interrupted before it saved
+    anything, the empty folder is removed again.
 
     Args:
         net: the network factory (default: the reference MLP with ``config.hidden``).
+
+    Raises:
+        UserError: no run folder can be created under ``out``.
     """
     from rich.console import Console
 
     cfg = config or DemoConfig()
-    console = console or Console()
+    console = console or Console(highlight=False)
+    try:
+        run = runfolder.new_run_dir(out, "demo")  # before training: an unwritable --out fails at once
+    except OSError as exc:
+        raise UserError(f"cannot create a run folder under {out}: {exc}") from exc
+    try:
+        with runfolder.lock_run_dir(run):
+            _run(run, cfg, net, console)
+    except BaseException:
+        if {p.name for p in run.iterdir()} <= {runfolder.LOCK_FILE}:  # nothing saved yet: leave no trace
+            with contextlib.suppress(OSError):
+                shutil.rmtree(run)
+        raise
+    files = sorted(p.name for p in run.iterdir() if not p.name.startswith("."))
+    console.print(f"run folder: [bold]{escape(str(run))}[/] ({escape(', '.join(files))})")
+    return run
+
+
+def _run(run: Path, cfg: DemoConfig, net: NetFactory | None, console: Any) -> None:
     task = digits_task(cfg.seed, validation=True)
-    run = runfolder.new_run_dir(out, "demo")  # before training: an unwritable --out fails at once
     net = net or mlp_factory(task.x_train.shape[1], cfg.hidden, 10)
     console.print(
         f"[bold]uncertlr demo[/]: digits, {len(task.x_train)} train / {len(task.x_test)} test images, "
-        f"OOD = test images with shuffled pixels; torch {torch.__version__}, {torch.get_num_threads()} threads"
+        f"OOD = test images with shuffled pixels; torch {escape(torch.__version__)}, "
+        f"{torch.get_num_threads()} threads"
     )
-    result = compare(task, cfg.methods(), net, seed=cfg.seed)
+    result = compare(task, demo_methods(cfg), net, seed=cfg.seed)
     console.print(results_table(result.results, title="digits: test set and shuffled-pixel OOD set"))
     doc = {"task": "digits", "seed": cfg.seed, "config": asdict(cfg), "ood": task.ood}
     save(
@@ -147,8 +160,3 @@ def run_demo(
         inference=result.inference(num_samples=cfg.num_samples, seed=cfg.seed),
         console=console,
     )
-    console.print(
-        f"run folder: [bold]{run}[/] (metrics.json, reliability.png, uncertainty.png, predictions.npz, "
-        "history.json, posterior-*.nc, summary.json, report.html)"
-    )
-    return run

@@ -432,13 +432,15 @@ def results_table(
     that any model has."""
     from rich.table import Table
 
-    table = Table(title=title)
+    table = Table(title=escape(title))  # model names and titles are text, never rich markup
     table.add_column("metric")
     for name in results:
-        table.add_column(name, justify="right")
+        table.add_column(escape(str(name)), justify="right")
     for key, label, fmt in rows:
         if any(key in r for r in results.values()):
-            table.add_row(label, *(format(r[key], fmt) if key in r else "-" for r in results.values()))
+            table.add_row(
+                escape(label), *(format(r[key], fmt) if key in r else "-" for r in results.values())
+            )
     return table
 
 

@@ -5,7 +5,13 @@
 * SIGINT (Ctrl-C) or SIGTERM (a scheduler's preemption) finishes the current step, writes a
   final checkpoint and exits with ``128 + signal number`` and a message saying how to resume.
 * ``uncertlr train --resume RUN_DIR`` continues from the checkpoint with the saved
-  configuration; the result is bit-identical to an uninterrupted run on the CPU.
+  configuration; the result is bit-identical to an uninterrupted run on the CPU, and the
+  recorded ``seconds`` are the training time of all parts together. Settings that do not
+  change the trajectory (:attr:`TrainConfig.RESUMABLE_OVERRIDES`) may be changed on resume.
+* The run folder is locked (:func:`uncertlr.runfolder.lock_run_dir`) while a process trains
+  in it: a second ``--resume`` of the same folder is refused at once.
+* A damaged checkpoint or ``config.json``, or a run folder that cannot be created, raises
+  :class:`~uncertlr.app.config.UserError` (a ``ValueError``) naming the file, before training.
 * Under ``torchrun --nproc_per_node=N`` the same command trains data-parallel
   (``DistributedDataParallel``; gloo on CPU, NCCL on GPU): ``--batch-size`` is the global
   batch, every process draws the same weight noise, and only rank 0 writes files.
@@ -21,18 +27,21 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import signal
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from rich.markup import escape
 
 from uncertlr import runfolder
 from uncertlr._io import read_json, write_json
-from uncertlr.app.demo import BNNConfig, digits_task, mlp_factory
+from uncertlr.app.config import DATASET_NAMES, TrainConfig, UserError
+from uncertlr.app.demo import digits_task, method_for, mlp_factory
 from uncertlr.app.pipeline import (
     Comparison,
     Task,
@@ -52,37 +61,9 @@ __all__ = ["DATASETS", "MODULATORS", "TrainConfig", "TrainResult", "run_training
 #: ``--modulator`` choices: name -> rule (the same rules as the demo's ``bnn+g1`` / ``bnn+p2``).
 MODULATORS: dict[str, Any] = {"none": None, "g1": Ratio(kappa=-0.5), "p2": GradSigmaRatio(kappa=-0.5)}
 
-#: Datasets ``uncertlr train --data NAME`` knows: name -> task(seed).
+#: Datasets ``uncertlr train --data NAME`` knows: name -> task(seed) (names: ``config.DATASET_NAMES``).
 DATASETS: dict[str, Callable[[int], Task]] = {"digits": digits_task}
-
-
-@dataclass(frozen=True)
-class TrainConfig(BNNConfig):
-    """Settings of a training run (saved as ``config.json`` in the run folder)."""
-
-    data: str = "digits"
-    checkpoint_every: int = 500
-    max_consecutive_skips: int = 5
-    modulator: str = "none"
-
-    def __post_init__(self) -> None:
-        if self.modulator not in MODULATORS:
-            raise ValueError(f"unknown modulator {self.modulator!r}; choose one of {sorted(MODULATORS)}")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown training settings in config: {sorted(unknown)}")
-        d = dict(d)
-        if "hidden" in d:
-            d["hidden"] = tuple(d["hidden"])
-        return cls(**d)
-
-    @property
-    def model_name(self) -> str:
-        return "bnn" if self.modulator == "none" else f"bnn+{self.modulator}"
+assert tuple(DATASETS) == DATASET_NAMES
 
 
 class TrainResult(NamedTuple):
@@ -126,17 +107,31 @@ def _any_rank(flag: bool, world_size: int) -> bool:
 
 
 def _config(
-    config: TrainConfig | None, resume: str | Path | None, console: Any
+    config: TrainConfig | None, resume: Path | None, overrides: Mapping[str, Any] | None, console: Any
 ) -> tuple[TrainConfig, Path | None]:
     if resume is None:
-        return config or TrainConfig(), None
+        return config or TrainConfig(**(overrides or {})), None
     run_dir = Path(resume)
     if not (run_dir / "checkpoint.pt").is_file():
-        raise FileNotFoundError(f"cannot resume: {run_dir / 'checkpoint.pt'} does not exist")
-    cfg = TrainConfig.from_dict(read_json(run_dir / "config.json"))
-    if config is not None and config != cfg:
-        console.print("[yellow]--resume uses the run's saved configuration; other options are ignored[/]")
-    return cfg, run_dir
+        raise UserError(f"cannot resume: {run_dir / 'checkpoint.pt'} does not exist")
+    path = run_dir / "config.json"
+    try:
+        cfg = TrainConfig.from_dict(read_json(path))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError, TypeError) as exc:
+        raise UserError(f"cannot resume {run_dir}: {path} is damaged: {exc}") from exc
+    asked = dict(overrides or {}) if config is None else asdict(config)
+    allowed = {k: v for k, v in asked.items() if k in TrainConfig.RESUMABLE_OVERRIDES}
+    ignored = sorted(k for k, v in asked.items() if k not in allowed and getattr(cfg, k) != v)
+    if ignored:
+        console.print(
+            f"[yellow]--resume keeps the run's saved settings; ignoring {escape(', '.join(ignored))}[/]"
+        )
+    return replace(cfg, **allowed), run_dir
+
+
+def _saved_seconds(extra: Mapping[str, Any]) -> float:
+    s = extra.get("seconds", 0.0)
+    return float(s) if isinstance(s, (int, float)) and not isinstance(s, bool) and s >= 0 else 0.0
 
 
 def run_training(
@@ -144,20 +139,57 @@ def run_training(
     config: TrainConfig | None = None,
     *,
     resume: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
     console: Any = None,
 ) -> TrainResult:
-    """Train (or resume) a Bayesian MLP; returns the run folder, the step reached and the exit code."""
+    """Train (or resume) a Bayesian MLP; returns the run folder, the step reached and the exit code.
+
+    Args:
+        out: the folder that gets a new run folder (not used with ``resume``).
+        config: the settings of a new run (default :class:`TrainConfig`).
+        resume: a run folder to continue from its checkpoint, with its saved settings.
+        overrides: settings asked for by name (the command line's options); on resume only
+            :attr:`TrainConfig.RESUMABLE_OVERRIDES` are applied, the others are reported and ignored.
+
+    Raises:
+        UserError: the run folder cannot be created or is damaged (checkpoint, config.json).
+        RunFolderBusy: another process trains in the run folder.
+    """
     from rich.console import Console
 
     info = init_from_env()
     main_proc = info.rank == 0
-    console = console or Console(quiet=not main_proc)
-    cfg, run_dir = _config(config, resume, console)
-    if cfg.data not in DATASETS:
-        raise ValueError(f"unknown dataset {cfg.data!r}; known: {sorted(DATASETS)}")
+    console = console or Console(quiet=not main_proc, highlight=False)
+    cfg, run_dir = _config(config, Path(resume) if resume is not None else None, overrides, console)
+    fresh = False
+    try:
+        with contextlib.ExitStack() as stack:
+            if main_proc:
+                if run_dir is None:
+                    try:  # before any work: an unwritable --out fails now
+                        run_dir, fresh = runfolder.new_run_dir(out, "train"), True
+                    except OSError as exc:
+                        raise UserError(f"cannot create a run folder under {out}: {exc}") from exc
+                    stack.enter_context(runfolder.lock_run_dir(run_dir))
+                    write_json(run_dir / "config.json", asdict(cfg))
+                else:
+                    stack.enter_context(runfolder.lock_run_dir(run_dir))
+            return _train(cfg, run_dir, resume is not None, info, console)
+    except BaseException:
+        # stopped before the first checkpoint: a folder that cannot be resumed is not left behind
+        if (
+            fresh
+            and run_dir is not None
+            and {p.name for p in run_dir.iterdir()} <= {"config.json", runfolder.LOCK_FILE}
+        ):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
+
+def _train(cfg: TrainConfig, run_dir: Path | None, resuming: bool, info: Any, console: Any) -> TrainResult:
+    main_proc = info.rank == 0
     task = DATASETS[cfg.data](cfg.seed)
-    method = cfg.method(cfg.model_name, MODULATORS[cfg.modulator])
+    method = method_for(cfg, cfg.model_name, MODULATORS[cfg.modulator])
     # the same seed on every process: identical weight noise everywhere
     net = mlp_factory(task.x_train.shape[1], cfg.hidden, task.num_classes)
     s = setup(task, method, net, seed=cfg.seed, device=info.device)
@@ -167,16 +199,30 @@ def run_training(
         loss_fn = torch.nn.parallel.DistributedDataParallel(loss_fn, broadcast_buffers=False)
     total = cfg.epochs * -(-len(task.x_train) // cfg.batch_size)
     gen = torch.Generator().manual_seed(cfg.seed)
-    start, history = 0, []
-    if run_dir is not None:
-        ckpt = load_checkpoint(
-            run_dir / "checkpoint.pt", model=bnn, optimizer=opt, scheduler=sched, modulator=mod, generator=gen
-        )
-        start, history = ckpt.step, ckpt.history
-        console.print(f"resuming {run_dir} at step {start} of {total}")
-    elif main_proc:
-        run_dir = runfolder.new_run_dir(out, "train")
-        write_json(run_dir / "config.json", asdict(cfg))
+    start, history, seconds_before = 0, [], 0.0
+    if resuming:
+        assert run_dir is not None
+        try:
+            ckpt = load_checkpoint(
+                run_dir / "checkpoint.pt",
+                model=bnn,
+                optimizer=opt,
+                scheduler=sched,
+                modulator=mod,
+                generator=gen,
+            )
+        except (ValueError, FileNotFoundError) as exc:
+            raise UserError(f"cannot resume {run_dir}: {exc}") from exc
+        start, history, seconds_before = ckpt.step, ckpt.history, _saved_seconds(ckpt.extra)
+        if start > total:
+            raise UserError(
+                f"cannot resume {run_dir}: its checkpoint is at step {start}, past the run's {total} steps"
+            )
+        console.print(f"resuming {escape(str(run_dir))} at step {start} of {total}")
+    t0 = time.perf_counter()
+
+    def seconds() -> float:
+        return seconds_before + (time.perf_counter() - t0)
 
     def checkpoint(state: LoopState) -> None:
         if main_proc:
@@ -190,7 +236,7 @@ def run_training(
                 generator=state.resume_generator_state,
                 step=state.step,
                 history=state.history,
-                extra={"config": asdict(cfg)},
+                extra={"config": asdict(cfg), "seconds": seconds()},
             )
 
     stopper = _StopOnSignal()
@@ -202,9 +248,11 @@ def run_training(
         return stop
 
     x, y = task.x_train.to(info.device), task.y_train.to(info.device)
-    t0 = time.perf_counter()
     with stopper.installed():
-        console.print(f"training started: {cfg.data}, {info.world_size} process(es), run folder {run_dir}")
+        console.print(
+            f"training started: {escape(cfg.data)}, {info.world_size} process(es), "
+            f"run folder {escape(str(run_dir))}"
+        )
         history = fit(
             loss_fn,
             opt,
@@ -227,19 +275,17 @@ def run_training(
     if stopper.signum is not None and step < total:
         name = signal.Signals(stopper.signum).name
         console.print(
-            f"[bold yellow]{name}[/] at step {step}: checkpoint written to {run_dir}/checkpoint.pt; "
-            f"continue with: uncertlr train --resume {run_dir}"
+            f"[bold yellow]{name}[/] at step {step}: checkpoint written to "
+            f"{escape(str(run_dir / 'checkpoint.pt'))}; continue with: uncertlr train --resume {escape(str(run_dir))}"
         )
         return TrainResult(run_dir, step, 128 + stopper.signum)
-    seconds = time.perf_counter() - t0
     if main_proc:
         assert run_dir is not None
         checkpoint(LoopState(step, cfg.epochs - 1, gen.get_state(), history, None))  # type: ignore[arg-type]
         if mod is not None:
             merge_modulator_history(history, mod)
-        _write_results(
-            run_dir, cfg, task, Trained(method, bnn, predictor(bnn, method), history), seconds, info, console
-        )
+        trained = Trained(method, bnn, predictor(bnn, method), history)
+        _write_results(run_dir, cfg, task, trained, seconds(), info, console)
     return TrainResult(run_dir, step, 0)
 
 
@@ -277,5 +323,5 @@ def _write_results(
     }
     inference = result.inference(num_samples=cfg.num_samples, seed=cfg.seed)
     save(result, run_dir, doc=doc, inference=inference, console=console)
-    console.print(json.dumps({k: round(v, 4) for k, v in summary.items()}))
-    console.print(f"run folder: [bold]{run_dir}[/]")
+    console.print(escape(json.dumps({k: round(v, 4) for k, v in summary.items()})))
+    console.print(f"run folder: [bold]{escape(str(run_dir))}[/]")

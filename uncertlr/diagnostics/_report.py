@@ -12,6 +12,12 @@ Reads what a run leaves in its folder (through :mod:`uncertlr.runfolder`) — ``
 * ``summary.json``: per model, ``arviz.summary`` numbers, divergences, per-layer spread and
   the plain-language warnings.
 
+Each section fails alone: a damaged optional file (``history.json``, ``predictions.npz``, a
+``posterior-*.nc``) or a figure that cannot be drawn puts a warning naming the file and the
+field in its section, and the rest renders. Only ``metrics.json`` is required. The report
+reads just the arrays it plots from ``predictions.npz``, one draw at a time
+(:mod:`uncertlr.diagnostics._predictions`).
+
 Everything is rendered in memory first, then each file is written atomically
 (temporary file + rename), so an interrupted report leaves the previous one intact.
 
@@ -24,27 +30,20 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import hashlib
-import json
 import re
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import Any, TypeVar
 
 from uncertlr import __version__
 from uncertlr._io import atomic_write, write_json
 from uncertlr._progress import progress_task
 from uncertlr.diagnostics import _html
 from uncertlr.diagnostics._arviz import az
-from uncertlr.diagnostics.convert import (
-    PREDICTIVE_QUANTITIES,
-    add_history,
-    inference_kind,
-    model_name,
-    to_inference_data,
-)
+from uncertlr.diagnostics._predictions import read_prediction_summaries
+from uncertlr.diagnostics._sections import Context, render_sections
+from uncertlr.diagnostics.convert import add_history, inference_kind, model_name, to_inference_data
 from uncertlr.diagnostics.plots import (
     energy_plot,
     figure_png,
@@ -55,7 +54,7 @@ from uncertlr.diagnostics.plots import (
     training_curves,
 )
 from uncertlr.diagnostics.summary import RHAT_THRESHOLD, summarize
-from uncertlr.runfolder import SUMMARY_ROWS, read_history, read_metrics, read_predictions
+from uncertlr.runfolder import HISTORY_FILE, PREDICTIONS_FILE, read_history, read_metrics
 
 __all__ = ["SECTIONS", "SUMMARY_SCHEMA", "load_posteriors", "posterior_filename", "report"]
 
@@ -70,9 +69,8 @@ SECTIONS = (
     ("training", "Training curves"),
 )
 SUMMARY_SCHEMA = "uncertlr.summary/1"
-#: Most weight rows shown per model in the HTML summary table (summary.json has them all).
-MAX_TABLE_ROWS = 20
-_EXTRA_ROWS = (("adaptive_ece", "adaptive ECE", ".3f"),)
+
+T = TypeVar("T")
 
 
 def posterior_filename(name: str) -> str:
@@ -88,13 +86,30 @@ def posterior_filename(name: str) -> str:
     return f"posterior-{slug}.nc"
 
 
-def load_posteriors(run_dir: str | Path) -> dict[str, Any]:
-    """``{model name: InferenceData}`` from the ``posterior-*.nc`` files of a run folder (loaded into memory)."""
+def load_posteriors(
+    run_dir: str | Path, *, on_error: Callable[[Path, Exception], None] | None = None
+) -> dict[str, Any]:
+    """``{model name: InferenceData}`` from the ``posterior-*.nc`` files of a run folder (loaded into memory).
+
+    Args:
+        on_error: called with the file and the error for a file that cannot be read, which is
+            then skipped; without it such a file raises ``ValueError`` naming it.
+    """
     out = {}
     for path in sorted(Path(run_dir).glob("posterior-*.nc")):
-        with az.rc_context({"data.load": "eager"}):
-            idata = az.from_netcdf(path)
-        out[model_name(idata) or path.stem.removeprefix("posterior-")] = idata
+        try:
+            with az.rc_context({"data.load": "eager"}):
+                idata = az.from_netcdf(path)
+            name = model_name(idata) or path.stem.removeprefix("posterior-")
+        except Exception as exc:  # noqa: BLE001 - netCDF/HDF5 readers fail in many ways on a damaged file
+            err = ValueError(
+                f"{path} is not a readable ArviZ InferenceData file: {type(exc).__name__}: {exc}"
+            )
+            if on_error is None:
+                raise err from exc
+            on_error(path, err)
+            continue
+        out[name] = idata
     return out
 
 
@@ -107,6 +122,25 @@ def _netcdf_bytes(idata: Any) -> bytes:
         path = Path(tmp) / "posterior.nc"
         idata.to_netcdf(str(path))
         return path.read_bytes()
+
+
+def _said(what: str, exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc)
+    return text if what in text else f"{what}: {text}"
+
+
+def _attempt(
+    notes: dict[str, list[str]], sections: tuple[str, ...], what: str, fn: Callable[[], T], default: T
+) -> T:
+    """``fn()``, or ``default`` with a note naming ``what`` in each of ``sections`` when it raises."""
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - one damaged optional input must not abort the report
+        for sid in sections:
+            text = _said(what, exc)
+            if text not in notes.setdefault(sid, []):
+                notes[sid].append(text)
+        return default
 
 
 # --------------------------------------------------------------------------- report
@@ -133,48 +167,68 @@ def report(
 
     Raises:
         FileNotFoundError: ``run_dir`` or its ``metrics.json`` is missing.
-        ValueError: ``metrics.json`` does not follow the ``uncertlr.metrics/1`` schema, or
-            ``history.json`` / ``predictions.npz`` cannot be read (the message names the file).
+        ValueError: ``metrics.json`` is damaged or does not follow the ``uncertlr.metrics/1``
+            schema (the message names the file). Any other damaged file costs only its section.
     """
     run = Path(run_dir)
     meta = read_metrics(run)
-    history = read_history(run)
-    plotted = [f"{n}{part}" for n in meta.get("models", {}) for part in ("_test", "_ood")]
-    preds = read_predictions(run, ["labels", *plotted])
+    models = meta.get("models", {})
+    names = [str(n) for n in models]
+    notes: dict[str, list[str]] = {}
+    history = _attempt(notes, ("training",), HISTORY_FILE, lambda: read_history(run), {})
+    preds: dict[str, Any] = {}
+    for key in ["labels", *(f"{n}{part}" for n in names for part in ("_test", "_ood"))]:
+        needs = ("uncertainty",) if key.endswith("_ood") else ("reliability", "uncertainty")
+        preds.update(
+            _attempt(
+                notes, needs, PREDICTIONS_FILE, functools.partial(read_prediction_summaries, run, [key]), {}
+            )
+        )
 
-    posteriors = load_posteriors(run)
+    def unreadable(path: Path, exc: Exception) -> None:
+        for sid in ("spread", "mcmc"):
+            notes.setdefault(sid, []).append(str(exc))
+
+    posteriors = load_posteriors(run, on_error=unreadable)
     for name, obj in (inference or {}).items():
-        idata = obj if isinstance(obj, az.InferenceData) else to_inference_data(obj)
-        posteriors[str(name)] = to_inference_data(idata, name=str(name))
-    for name, idata in posteriors.items():
+        name = str(name)
+        idata = _attempt(
+            notes,
+            ("spread", "mcmc"),
+            f"the posterior of {name!r}",
+            lambda obj=obj: _as_idata(obj, name),
+            None,
+        )
+        if idata is not None:
+            posteriors[name] = idata
+    summaries: dict[str, dict[str, Any]] = {}
+    for name, idata in list(posteriors.items()):
         if history.get(name):
-            add_history(idata, history[name])
-    summaries = {name: summarize(idata) for name, idata in posteriors.items()}
+            _attempt(
+                notes,
+                ("training",),
+                f"{HISTORY_FILE}[{name!r}]",
+                functools.partial(add_history, idata, history[name]),
+                None,
+            )
+        what = f"{posterior_filename(name)} (model {name!r})"
+        summary = _attempt(notes, ("spread", "mcmc"), what, functools.partial(summarize, idata), None)
+        if summary is None:
+            del posteriors[name]  # neither summarised nor rewritten: its file stays as it was
+        else:
+            summaries[name] = summary
     mcmc = [n for n in posteriors if inference_kind(posteriors[n]) == "mcmc"]
-    spreads = {n: s["layer_spread"] for n, s in summaries.items() if s.get("layer_spread")}
+    jobs = _figure_jobs(preds, names, history, posteriors, summaries, mcmc)
 
     figures: dict[str, bytes] = {}
-    jobs: list[tuple[str, Callable[[], Any]]] = []
-    labels = preds.get("labels")
-    tested = [n for n in meta.get("models", {}) if f"{n}_test" in preds] if labels is not None else []
-    if tested:
-        jobs.append(("reliability", lambda: reliability_figure(preds, tested)))
-        if any(f"{n}_ood" in preds for n in tested):
-            jobs.append(("uncertainty", lambda: ood_figure(preds, tested)))
-    if spreads:
-        jobs.append(("spread", lambda: layer_spread_plot(spreads)))
-    for n in mcmc:
-        jobs.append((f"rank:{n}", functools.partial(rank_plot, posteriors[n], _rank_labels(summaries[n]))))
-        if summaries[n]["energy_recorded"]:
-            jobs.append((f"energy:{n}", functools.partial(energy_plot, posteriors[n])))
-    if any(history.values()):
-        jobs.append(("training", lambda: training_curves({k: v for k, v in history.items() if v})))
-
     with progress_task(progress, "report", len(jobs) + 1) as advance:
-        for key, make in jobs:
-            figures[key] = figure_png(make())
+        for key, section, what, make in jobs:
+            png = _attempt(notes, (section,), what, lambda make=make: figure_png(make()), None)
+            if png is not None:
+                figures[key] = png
             advance(description=f"report: {key}")
-        html = _render(run, meta, history, posteriors, summaries, mcmc, figures)
+        ctx = Context(run, meta, history, posteriors, summaries, mcmc, figures, posterior_filename, notes)
+        html = _render(ctx)
         files = {posterior_filename(n): _netcdf_bytes(idata) for n, idata in posteriors.items()}
         summary = {
             "schema": SUMMARY_SCHEMA,
@@ -184,6 +238,7 @@ def report(
             "rhat_threshold": RHAT_THRESHOLD,
             "models": {n: {**s, "posterior_file": posterior_filename(n)} for n, s in summaries.items()},
             "warnings": [{"model": n, "message": w} for n, s in summaries.items() for w in s["warnings"]],
+            "skipped": {sid: list(texts) for sid, texts in notes.items() if texts},
         }
         advance(description="report: writing")
     # everything is rendered: now write, each file atomically, the page last
@@ -191,6 +246,11 @@ def report(
         atomic_write(run / fname, functools.partial(_write_bytes, data))
     write_json(run / "summary.json", summary)
     return atomic_write(run / "report.html", lambda f: f.write(html.encode("utf-8")))
+
+
+def _as_idata(obj: Any, name: str) -> Any:
+    idata = obj if isinstance(obj, az.InferenceData) else to_inference_data(obj)
+    return to_inference_data(idata, name=name)
 
 
 # --------------------------------------------------------------------------- figures
@@ -203,183 +263,80 @@ def _rank_labels(summary: Mapping[str, Any], num_weights: int = 4) -> list[str]:
     return labels + [k for k, _ in weights[:num_weights]]
 
 
+def _check_lengths(preds: Mapping[str, Any], keys: list[str]) -> None:
+    """Every model's predictions must cover the ``labels`` (the message names the arrays)."""
+    n = len(preds["labels"])
+    for k in keys:
+        if k in preds and preds[k].mean.shape[0] != n:
+            raise ValueError(
+                f"{PREDICTIONS_FILE}: {k!r} has {preds[k].mean.shape[0]} inputs but 'labels' has {n}"
+            )
+
+
+def _figure_jobs(
+    preds: Mapping[str, Any],
+    names: list[str],
+    history: Mapping[str, list[Any]],
+    posteriors: Mapping[str, Any],
+    summaries: Mapping[str, Mapping[str, Any]],
+    mcmc: list[str],
+) -> list[tuple[str, str, str, Callable[[], Any]]]:
+    """``(figure key, section, what it draws from, make)`` for every figure the run's files allow."""
+    jobs: list[tuple[str, str, str, Callable[[], Any]]] = []
+    tested = [n for n in names if f"{n}_test" in preds] if "labels" in preds else []
+    if tested:
+        test_keys = [f"{n}_test" for n in tested]
+
+        def reliability() -> Any:
+            _check_lengths(preds, test_keys)
+            return reliability_figure(preds, tested)
+
+        jobs.append(
+            (
+                "reliability",
+                "reliability",
+                f"{PREDICTIONS_FILE} ('labels', {', '.join(map(repr, test_keys))})",
+                reliability,
+            )
+        )
+        if any(f"{n}_ood" in preds for n in tested):
+            ood_keys = [f"{n}_ood" for n in tested if f"{n}_ood" in preds]
+            jobs.append(
+                (
+                    "uncertainty",
+                    "uncertainty",
+                    f"{PREDICTIONS_FILE} ({', '.join(map(repr, test_keys + ood_keys))})",
+                    lambda: ood_figure(preds, tested),
+                )
+            )
+    spreads = {n: s["layer_spread"] for n, s in summaries.items() if s.get("layer_spread")}
+    if spreads:
+        jobs.append(("spread", "spread", "the posteriors' layer spread", lambda: layer_spread_plot(spreads)))
+    for n in mcmc:
+        what = posterior_filename(n)
+        jobs.append(
+            (
+                f"rank:{n}",
+                "mcmc",
+                what,
+                functools.partial(rank_plot, posteriors[n], _rank_labels(summaries[n])),
+            )
+        )
+        if summaries[n]["energy_recorded"]:
+            jobs.append((f"energy:{n}", "mcmc", what, functools.partial(energy_plot, posteriors[n])))
+    curves = {k: v for k, v in history.items() if v}
+    if curves:
+        jobs.append(("training", "training", HISTORY_FILE, lambda: training_curves(curves)))
+    return jobs
+
+
 # --------------------------------------------------------------------------- HTML
 
 
-def _fmt(v: Any, fmt: str = ".3g") -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, (bool, np.bool_)):
-        return str(v)
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    if isinstance(v, (float, np.floating)):
-        return format(float(v), fmt) if np.isfinite(v) else "–"
-    if isinstance(v, (dict, list, tuple)):
-        return json.dumps(v, default=str)
-    return str(v)
-
-
-def _img(figures: Mapping[str, bytes], key: str, alt: str) -> str:
-    return _html.image(figures[key], alt) if key in figures else ""
-
-
-def _note(text: str) -> str:
-    return f'<p class="note">{_html.esc(text)}</p>'
-
-
-def _render(
-    run: Path,
-    meta: dict,
-    history: dict,
-    posteriors: dict,
-    summaries: dict,
-    mcmc: list[str],
-    figures: dict[str, bytes],
-) -> str:
+def _render(ctx: Context) -> str:
     esc = _html.esc
-    models = meta.get("models", {})
-    sections: dict[str, str] = {}
-
-    # run metadata
-    skip = {"models", "versions", "config", "schema"}
-    rows = [("run folder", run.name)] + [(k, _fmt(v)) for k, v in meta.items() if k not in skip]
-    inner = _html.table(["field", "value"], rows)
-    if isinstance(meta.get("config"), dict) and meta["config"]:
-        inner += "<h3>Configuration</h3>" + _html.table(
-            ["setting", "value"], [(k, _fmt(v)) for k, v in meta["config"].items()]
-        )
-    if isinstance(meta.get("versions"), dict) and meta["versions"]:
-        inner += "<h3>Package versions</h3>" + _html.table(
-            ["package", "version"], list(meta["versions"].items())
-        )
-    sections["metadata"] = inner
-
-    # metrics
-    if models:
-        rows_spec = [r for r in SUMMARY_ROWS] + [
-            r for r in _EXTRA_ROWS if r[0] not in {k for k, _, _ in SUMMARY_ROWS}
-        ]
-        present = [r for r in rows_spec if any(isinstance(m, dict) and r[0] in m for m in models.values())]
-        body = [
-            [label] + [_fmt(m.get(key) if isinstance(m, dict) else None, fmt) for m in models.values()]
-            for key, label, fmt in present
-        ]
-        sections["metrics"] = _html.table(["metric", *models], body) + _note(
-            "Test set; OOD AUROC tells the test set from the out-of-distribution set"
-            + (f" ({meta['ood']})" if meta.get("ood") else "")
-            + " by each uncertainty score."
-        )
-    else:
-        sections["metrics"] = _note("metrics.json lists no models.")
-
-    # reliability and uncertainty
-    if "reliability" in figures:
-        sections["reliability"] = _img(figures, "reliability", "Reliability diagram") + _note(
-            "Accuracy against confidence in 15 equal-width bins; the dashed diagonal is perfect calibration."
-        )
-    else:
-        sections["reliability"] = _note(
-            "No predictions.npz with test-set predictions and labels in this run folder."
-        )
-    if "uncertainty" in figures:
-        sections["uncertainty"] = _img(
-            figures, "uncertainty", "Predictive entropy and mutual information histograms"
-        ) + _note(
-            "Predictive entropy is total uncertainty; mutual information is its epistemic part (zero for a point estimate)."
-        )
-    else:
-        sections["uncertainty"] = _note("No out-of-distribution predictions in this run folder.")
-
-    # posterior spread
-    spread_models = [n for n, s in summaries.items() if s.get("layer_spread")]
-    if spread_models:
-        layers: list[str] = []
-        for n in spread_models:
-            layers += [k for k in summaries[n]["layer_spread"] if k not in layers]
-        header = ["layer"] + [
-            f"{n}: {what}" for n in spread_models for what in ("size", "mean σ", "mean |μ|/σ")
-        ]
-        body = []
-        for layer in layers:
-            row = [layer]
-            for n in spread_models:
-                e = summaries[n]["layer_spread"].get(layer) or {}
-                row += [_fmt(e.get("size")), _fmt(e.get("mean_scale")), _fmt(e.get("mean_snr"))]
-            body.append(row)
-        notes = []
-        for n in spread_models:
-            s = summaries[n]
-            src = (
-                "exactly from the variational posterior"
-                if s.get("spread_source") == "guide"
-                else "from the posterior draws"
-            )
-            sub = s.get("weight_subset") or {}
-            size, kept = sum(v["size"] for v in sub.values()), sum(v["kept"] for v in sub.values())
-            notes.append(
-                f"{n}: spread computed {src}; {posterior_filename(n)} keeps {kept} of {size} weights "
-                f"({s.get('chains')} chain(s) × {s.get('draws')} draws)."
-            )
-        sections["spread"] = (
-            _img(figures, "spread", "Posterior spread per layer")
-            + _html.table(header, body)
-            + "".join(_note(t) for t in notes)
-        )
-    else:
-        sections["spread"] = _note("No model in this run has a posterior (posterior-*.nc).")
-
-    # MCMC
-    if mcmc:
-        parts = []
-        for n in mcmc:
-            s = summaries[n]
-            parts.append(f"<h3>{esc(n)}</h3>")
-            div = s["divergences"]
-            facts = [("chains", s.get("chains")), ("draws per chain", s.get("draws")), ("divergences", div)]
-            if s.get("bfmi"):
-                facts.append(("energy BFMI per chain", ", ".join(_fmt(b, ".2f") for b in s["bfmi"])))
-            parts.append(_html.table(["", ""], [(k, _fmt(v)) for k, v in facts]))
-            if s["warnings"]:
-                parts += [f'<p class="warn">{esc(w)}</p>' for w in s["warnings"]]
-            else:
-                parts.append(f'<p class="ok">No divergences and every R-hat is at most {RHAT_THRESHOLD}.</p>')
-            parts.append(_summary_table(s))
-            parts.append(_img(figures, f"rank:{n}", f"Rank plots of {n}"))
-            parts.append(
-                _note(
-                    "Rank plots: per chain, a histogram of its draws' ranks among all chains; "
-                    "flat and alike when the chains agree."
-                )
-            )
-            if f"energy:{n}" in figures:
-                parts.append(_img(figures, f"energy:{n}", f"Energy plot of {n}"))
-                parts.append(
-                    _note(
-                        "Energy plot: the energy-transition distribution should be as wide as the marginal energy."
-                    )
-                )
-            else:
-                parts.append(_note("Energy not recorded: run NumPyro's MCMC with extra_fields=('energy',)."))
-        sections["mcmc"] = "".join(parts)
-    else:
-        sections["mcmc"] = _note(
-            "No model in this run was fit by MCMC. R-hat, ESS and divergences describe Markov chains; "
-            "draws from a variational posterior are independent, so check its training curve instead."
-        )
-
-    # training
-    if "training" in figures:
-        keys = sorted({k for h in history.values() for r in h if isinstance(r, dict) for k in r})
-        sections["training"] = _img(figures, "training", "Training curves") + _note(
-            "Recorded per optimizer step: "
-            + ", ".join(keys)
-            + ". Noisy curves are drawn faintly with a moving average."
-        )
-    else:
-        sections["training"] = _note("No history.json in this run folder.")
-
-    all_warnings = [(n, w) for n, s in summaries.items() for w in s["warnings"]]
+    sections = render_sections(ctx, [sid for sid, _ in SECTIONS])
+    all_warnings = [(n, w) for n, s in ctx.summaries.items() for w in s["warnings"]]
     banner = ""
     if all_warnings:
         banner = (
@@ -387,37 +344,13 @@ def _render(
             + "".join(f"<li><strong>{esc(n)}</strong>: {esc(w)}</li>" for n, w in all_warnings)
             + "</ul></div>"
         )
+    meta = ctx.meta
     return _html.page(
-        title=f"uncertlr report: {run.name}",
+        title=f"uncertlr report: {ctx.run.name}",
         subtitle=" · ".join(
-            str(x) for x in (meta.get("task"), meta.get("created"), ", ".join(map(str, models))) if x
+            str(x) for x in (meta.get("task"), meta.get("created"), ", ".join(map(str, ctx.models))) if x
         ),
         sections=[(i, t, sections[i]) for i, t in SECTIONS],
         banner=banner,
         footer=f"uncertlr {__version__}, ArviZ {az.__version__}; generated {_dt.datetime.now():%Y-%m-%d %H:%M:%S}.",
     )
-
-
-def _summary_table(s: Mapping[str, Any]) -> str:
-    cols = ["mean", "sd", "mcse_mean", "mcse_sd", "ess_bulk", "ess_tail", "r_hat"]
-    weights = sorted(s["weights"].items(), key=lambda kv: -(kv[1].get("r_hat") or 0.0))
-    rows = list(s["predictive"].items()) + weights[:MAX_TABLE_ROWS]
-    body, bad = [], set()
-    for i, (label, st) in enumerate(rows):
-        body.append(
-            [label]
-            + [
-                _fmt(st.get(c), ".0f" if c.startswith("ess") else ".3f" if c == "r_hat" else ".3g")
-                for c in cols
-            ]
-        )
-        if (st.get("r_hat") or 0.0) > RHAT_THRESHOLD:
-            bad.add((i, len(cols)))
-    out = _html.table(["quantity", *cols], body, bad=bad)
-    more = len(s["weights"]) - min(len(s["weights"]), MAX_TABLE_ROWS)
-    note = (
-        f"Predictive quantities ({', '.join(q for q in PREDICTIVE_QUANTITIES if q in s['predictive'])}) first, "
-        "then the weights with the largest R-hat"
-    )
-    note += f"; {more} more weights in summary.json." if more else "."
-    return out + _note(note)

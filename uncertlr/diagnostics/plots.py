@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import io
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -44,6 +45,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from uncertlr import metrics  # noqa: E402
 from uncertlr._io import atomic_write  # noqa: E402
+from uncertlr.diagnostics._predictions import PredictionSummary  # noqa: E402
 
 __all__ = [
     "CURVES",
@@ -51,6 +53,7 @@ __all__ = [
     "figure_png",
     "layer_spread_plot",
     "ood_figure",
+    "plain_text",
     "rank_plot",
     "reliability_diagram",
     "reliability_figure",
@@ -62,9 +65,30 @@ __all__ = [
 
 
 def _np(x: Any) -> np.ndarray:
+    if isinstance(x, PredictionSummary):
+        return x.mean
     if hasattr(x, "detach"):
         x = x.detach().cpu()
     return np.asarray(x)
+
+
+def plain_text(label: Any) -> str:
+    r"""``label`` as literal matplotlib text: ``$`` would start mathtext (and a broken formula such as
+    ``$\undefinedmacro$`` fails when the figure is drawn), so it is escaped.
+
+    Example:
+        >>> plain_text("net $x$")
+        'net \\$x\\$'
+    """
+    return str(label).replace("$", r"\$")
+
+
+def _decomposition(p: Any) -> tuple[np.ndarray, np.ndarray, int]:
+    """(predictive entropy, mutual information, number of draws) of ``[S, N, C]``/``[N, C]`` or a summary."""
+    if isinstance(p, PredictionSummary):
+        return p.total, p.epistemic, p.num_samples
+    d = metrics.uncertainty_decomposition(p)
+    return _np(d.total), _np(d.epistemic), int(np.shape(p)[0]) if np.ndim(p) == 3 else 1
 
 
 # --------------------------------------------------------------------------- calibration and uncertainty
@@ -86,7 +110,7 @@ def reliability_diagram(models: Mapping[str, tuple[Any, Any]], *, num_bins: int 
         mid = (b.lower + b.upper) / 2
         keep = b.count > 0
         e = float(metrics.ece(p, y, num_bins=num_bins))
-        ax.plot(mid[keep], b.accuracy[keep], marker="o", ms=4, label=f"{name} (ECE {e:.3f})")
+        ax.plot(mid[keep], b.accuracy[keep], marker="o", ms=4, label=plain_text(f"{name} (ECE {e:.3f})"))
         off = (i - (len(models) - 1) / 2) * width / max(len(models), 1)
         axc.bar(mid + off, b.count, width=width / max(len(models), 1), alpha=0.8)
     ax.set_ylabel("accuracy")
@@ -117,11 +141,11 @@ def uncertainty_histograms(scores: Mapping[str, tuple[Any, Any]], *, title: str 
         ax.hist(a, bins=bins, alpha=0.6, label="in-distribution", density=True)
         ax.hist(b, bins=bins, alpha=0.6, label="out-of-distribution", density=True)
         auroc = float(metrics.ood_auroc(a, b))
-        ax.set_title(f"{label}\nAUROC {auroc:.3f}", fontsize=9)
+        ax.set_title(plain_text(f"{label}\nAUROC {auroc:.3f}"), fontsize=9)
         ax.set_xlabel("nats")
     axes[0][0].legend(fontsize=8)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(plain_text(title))
     fig.tight_layout()
     return fig
 
@@ -140,7 +164,8 @@ def reliability_figure(predictions: Mapping[str, Any], names: Sequence[str]) -> 
 
     Args:
         predictions: ``labels[N]`` and, per model, ``{name}_test`` probabilities ``[S, N, C]``
-            (or ``[N, C]``), as :func:`uncertlr.runfolder.read_predictions` returns them.
+            (or ``[N, C]``), as :func:`uncertlr.runfolder.read_predictions` returns them, or
+            their :class:`~uncertlr.diagnostics._predictions.PredictionSummary` (what the report streams).
         names: the models to draw, in legend order.
 
     Raises:
@@ -170,12 +195,11 @@ def ood_figure(predictions: Mapping[str, Any], names: Sequence[str], *, title: s
     _require(predictions, [f"{n}_test" for n in ood])
     scores = {}
     for n in ood:
-        test = predictions[f"{n}_test"]
-        d_in = metrics.uncertainty_decomposition(test)
-        d_out = metrics.uncertainty_decomposition(predictions[f"{n}_ood"])
-        scores[f"{n}: predictive entropy"] = (d_in.total, d_out.total)
-        if np.ndim(test) == 3 and np.shape(test)[0] > 1:
-            scores[f"{n}: mutual information"] = (d_in.epistemic, d_out.epistemic)
+        total_in, mi_in, draws = _decomposition(predictions[f"{n}_test"])
+        total_out, mi_out, _ = _decomposition(predictions[f"{n}_ood"])
+        scores[f"{n}: predictive entropy"] = (total_in, total_out)
+        if draws > 1:
+            scores[f"{n}: mutual information"] = (mi_in, mi_out)
     return uncertainty_histograms(scores, title=title) if scores else None
 
 
@@ -237,9 +261,9 @@ def training_curves(histories: Mapping[str, Any], *, keys: tuple[tuple[str, str]
             c = colors[i % len(colors)]
             if key in ("loss", "signal") and len(v) > 20:
                 ax.plot(steps, v, color=c, alpha=0.25, lw=0.6)
-                ax.plot(steps, _smooth(v, max(5, len(v) // 50)), color=c, lw=1.4, label=name)
+                ax.plot(steps, _smooth(v, max(5, len(v) // 50)), color=c, lw=1.4, label=plain_text(name))
             else:
-                ax.plot(steps, v, color=c, lw=1.2, label=name)
+                ax.plot(steps, v, color=c, lw=1.2, label=plain_text(name))
         ax.set_ylabel(label)
         finite = [
             float(r[key])
@@ -256,7 +280,12 @@ def training_curves(histories: Mapping[str, Any], *, keys: tuple[tuple[str, str]
 
 
 def _finite_number(v: Any) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and np.isfinite(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:  # an int too large for a float (JSON allows 10**400)
+        return False
 
 
 def layer_spread_plot(spreads: Mapping[str, Mapping[str, Any]]) -> Figure:
@@ -285,8 +314,8 @@ def layer_spread_plot(spreads: Mapping[str, Mapping[str, Any]]) -> Figure:
     ):
         for i, (name, s) in enumerate(spreads.items()):
             vals = [_field(s.get(k), field) for k in layers]
-            ax.barh(y + (i - (len(spreads) - 1) / 2) * height, vals, height=height, label=name)
-        ax.set_yticks(y, layers, fontsize=8)
+            ax.barh(y + (i - (len(spreads) - 1) / 2) * height, vals, height=height, label=plain_text(name))
+        ax.set_yticks(y, [plain_text(layer) for layer in layers], fontsize=8)
         ax.invert_yaxis()
         ax.set_xscale("log")
         ax.set_title(title, fontsize=10)
@@ -354,7 +383,7 @@ def rank_plot(idata: Any, labels: Sequence[str], *, columns: int = 3) -> Figure:
     """
     from uncertlr.diagnostics._arviz import az, quiet_plots  # the optional report extra
 
-    series = select_series(idata, labels)
+    series = {plain_text(k): v for k, v in select_series(idata, labels).items()}
     data = az.from_dict(posterior=series)
     n = len(series)
     cols = min(columns, n)

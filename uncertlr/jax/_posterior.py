@@ -14,14 +14,14 @@ sits (``posterior_loc``/``posterior_scale``); the rest is written once here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uncertlr.jax.bnn import BNN, NOISE_SITE
+from uncertlr.jax.bnn import BNN, NOISE_SITE, PREDICT_CHUNK_ELEMENTS
 from uncertlr.likelihoods import NormalPrediction
 from uncertlr.metrics import LayerSpread, layer_spread
 
@@ -54,6 +54,11 @@ class _Posterior:
     """What MCMC and SVI results share: predictions and summaries from parameter draws."""
 
     bnn: BNN
+    #: Whether ``sample_parameters`` draws fresh values (SVI) rather than picking stored ones (MCMC).
+    _fresh_draws = False
+
+    def _next_key(self, rng_key: Any) -> Array:
+        return as_key(rng_key)
 
     def sample_parameters(self, num_samples: int | None = None, *, rng_key: Any = None) -> dict[str, Array]:
         raise NotImplementedError
@@ -64,17 +69,47 @@ class _Posterior:
     def _noise(self, draws: Mapping[str, Array]) -> Array | float | None:
         return draws.get(NOISE_SITE)
 
-    def sample_outputs(self, x: Array, *, num_samples: int | None = None, rng_key: Any = None) -> Array:
-        """Raw network outputs ``[S, N, ...]`` under ``S`` posterior draws (vectorised, jitted)."""
+    def _draws(self, num_samples: int | None, rng_key: Any) -> Iterator[dict[str, Array]]:
+        """Posterior draws in chunks of at most ``PREDICT_CHUNK_ELEMENTS`` weights (fresh draws are
+        sampled chunk by chunk; stored ones, such as MCMC's, are sliced)."""
+        per = max(1, PREDICT_CHUNK_ELEMENTS // max(1, self.bnn.num_params))
+        count = None if num_samples is None else as_count("num_samples", num_samples)
+        if not self._fresh_draws or count is None or count <= per:
+            draws = self.sample_parameters(num_samples, rng_key=rng_key)
+            total = int(next(iter(draws.values())).shape[0])
+            for s in range(0, total, per):
+                yield {k: v[s : s + per] for k, v in draws.items()}
+            return
+        keys = jax.random.split(self._next_key(rng_key), -(-count // per))
+        for i, key in enumerate(keys):
+            yield self.sample_parameters(min(per, count - i * per), rng_key=key)
+
+    def _outputs(
+        self, x: Array, num_samples: int | None, rng_key: Any, max_batch: int | None
+    ) -> tuple[Array, Any]:
+        outs, noises = [], []
+        for draws in self._draws(num_samples, rng_key):
+            weights = {n: draws[n] for n in self.bnn.random_names}
+            outs.append(self.bnn.sample_outputs(weights, x, self._fixed(), max_batch=max_batch))
+            noises.append(self._noise(draws))
+        out = outs[0] if len(outs) == 1 else jnp.concatenate(outs)
+        per_draw = noises[0] is not None and jnp.ndim(noises[0]) > 0
+        return out, (jnp.concatenate(noises) if per_draw and len(noises) > 1 else noises[0])
+
+    def sample_outputs(
+        self, x: Array, *, num_samples: int | None = None, rng_key: Any = None, max_batch: int | None = None
+    ) -> Array:
+        """Raw network outputs ``[S, N, ...]`` under ``S`` posterior draws (vectorised, jitted, in bounded memory)."""
         x, _ = self.bnn.check_data(x)
-        draws = self.sample_parameters(num_samples, rng_key=rng_key)
-        weights = {n: draws[n] for n in self.bnn.random_names}
-        return self.bnn.sample_outputs(weights, x, self._fixed())
+        return self._outputs(x, num_samples, rng_key, max_batch)[0]
 
     def predict(
-        self, x: Array, *, num_samples: int | None = None, rng_key: Any = None
+        self, x: Array, *, num_samples: int | None = None, rng_key: Any = None, max_batch: int | None = None
     ) -> Array | NormalPrediction:
         """Posterior predictive samples for inputs ``x[N, ...]``.
+
+        Memory is bounded: draws are sampled and evaluated a chunk at a time and the inputs
+        ``max_batch`` rows at a time (default: chosen from :data:`uncertlr._spec.MEMORY_BUDGET`).
 
         Returns:
             classification: probabilities ``[S, N, C]``;
@@ -82,15 +117,13 @@ class _Posterior:
             ``variance`` ``[S, N, ...]`` (the noise variance of each draw).
         """
         x, _ = self.bnn.check_data(x)
-        draws = self.sample_parameters(num_samples, rng_key=rng_key)
-        weights = {n: draws[n] for n in self.bnn.random_names}
-        out = self.bnn.sample_outputs(weights, x, self._fixed())
+        out, noise = self._outputs(x, num_samples, rng_key, max_batch)
         if self.bnn.validate and not bool(jnp.isfinite(out).all()):
             raise ValueError(
                 "the network's outputs are not finite (overflow; largest |x| = "
                 f"{float(jnp.abs(x).max()):.3g}); standardise the inputs"
             )
-        return self.bnn.to_prediction(out, self._noise(draws))
+        return self.bnn.to_prediction(out, noise)
 
     def posterior_loc(self) -> dict[str, Array]:
         """Posterior mean of every random parameter, ``{name: array shaped like the parameter}``."""

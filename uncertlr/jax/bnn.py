@@ -34,10 +34,12 @@ import numpyro.distributions as dist
 from numpyro import handlers
 from numpyro.distributions import constraints
 
+from uncertlr import _spec
 from uncertlr import likelihoods as _lik
 from uncertlr import priors as _priors
-from uncertlr._spec import ELBOTerms, bnn_spec, positive_int
+from uncertlr._spec import ELBOTerms, bnn_spec, chunk_plan, positive_int
 from uncertlr.jax._networks import FanIn, Network, as_network
+from uncertlr.jax._predict import activation_bytes_per_row
 from uncertlr.likelihoods import NormalPrediction
 from uncertlr.select import Predicate, Selector
 
@@ -156,18 +158,48 @@ class BNN:
         return self.network.apply(vals, x)
 
     def sample_outputs(
-        self, samples: Mapping[str, Array], x: Array, fixed: Mapping[str, Array] | None = None
+        self,
+        samples: Mapping[str, Array],
+        x: Array,
+        fixed: Mapping[str, Array] | None = None,
+        *,
+        max_batch: int | None = None,
     ) -> Array:
-        """Outputs ``[S, N, ...]`` for parameter draws ``{name: [S, *shape]}``, vectorised (chunked when large)."""
-        num = int(next(iter(samples.values())).shape[0])
-        chunk = max(1, min(num, PREDICT_CHUNK_ELEMENTS // max(1, self.num_params)))
-        if chunk not in self._outputs_jit:
+        """Outputs ``[S, N, ...]`` for parameter draws ``{name: [S, *shape]}``, vectorised, in bounded memory.
+
+        Draws go through ``jax.lax.map`` a chunk at a time (at most ``PREDICT_CHUNK_ELEMENTS``
+        weights at once) and the inputs ``max_batch`` rows at a time (default: as many as keep
+        the activations under :data:`uncertlr._spec.MEMORY_BUDGET`, measured on the network's jaxpr).
+        """
+        num, n = int(next(iter(samples.values())).shape[0]), int(x.shape[0])
+        row_bytes = (
+            1
+            if max_batch is not None
+            else activation_bytes_per_row(self.network.apply, self.network.values, x)
+        )
+        plan = chunk_plan(
+            num_samples=num,
+            num_rows=n,
+            num_params=self.num_params,
+            row_bytes=row_bytes,
+            weight_elements=PREDICT_CHUNK_ELEMENTS,
+            memory_budget=_spec.MEMORY_BUDGET,
+            max_batch=None if max_batch is None else positive_int("max_batch", max_batch),
+        )
+        if plan.draws not in self._outputs_jit:
+            chunk = plan.draws
 
             def run(samples: dict[str, Array], x: Array, fixed: dict[str, Array]) -> Array:
                 return jax.lax.map(lambda w: self.apply(w, x, fixed), samples, batch_size=chunk)
 
-            self._outputs_jit[chunk] = jax.jit(run)
-        return self._outputs_jit[chunk](dict(samples), x, dict(fixed or {}))
+            self._outputs_jit[plan.draws] = jax.jit(run)
+        run_jit, samples, fixed = self._outputs_jit[plan.draws], dict(samples), dict(fixed or {})
+        if plan.rows >= n:
+            return run_jit(samples, x, fixed)
+        pad = -n % plan.rows  # every chunk the same shape: one compilation (the pad repeats real rows)
+        xp = jnp.concatenate([x, x[:pad]]) if pad else x
+        parts = [run_jit(samples, xp[r : r + plan.rows], fixed) for r in range(0, n + pad, plan.rows)]
+        return jnp.concatenate(parts, axis=1)[:, :n]
 
     def to_prediction(
         self, outputs: Array, noise_scale: Array | float | None = None
@@ -258,9 +290,12 @@ class BNN:
         """Shape of the network's outputs for inputs ``x`` (traced abstractly, no compute)."""
         try:
             return tuple(jax.eval_shape(self.network.apply, self.network.values, x).shape)
-        except (TypeError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - Flax, Equinox and jax each raise their own shape errors
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise ValueError(
-                f"the network cannot be applied to x of shape {tuple(x.shape)} and dtype {x.dtype}: {exc}"
+                f"the network cannot be applied to x of shape {tuple(x.shape)} and dtype {x.dtype} "
+                f"(is x missing its batch axis, or does it have the wrong number of features?): "
+                f"{type(exc).__name__}: {first}"
             ) from exc
 
     def check_data(self, x: Any, y: Any = None) -> tuple[Array, Array | None]:

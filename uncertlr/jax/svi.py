@@ -98,6 +98,8 @@ class SVIResult(_Posterior):
         self.seconds = float(seconds)
         self._rng_key = rng_key
 
+    _fresh_draws = True
+
     @property
     def losses(self) -> np.ndarray:
         """The loss of every step, ``[num_steps]``."""
@@ -129,13 +131,15 @@ class SVIResult(_Posterior):
             for k, n in zip(keys, self.bnn.random_names)
         }
 
-    def sample_outputs(self, x: Array, *, num_samples: int | None = 32, rng_key: Any = None) -> Array:
-        return super().sample_outputs(x, num_samples=num_samples, rng_key=rng_key)
+    def sample_outputs(
+        self, x: Array, *, num_samples: int | None = 32, rng_key: Any = None, max_batch: int | None = None
+    ) -> Array:
+        return super().sample_outputs(x, num_samples=num_samples, rng_key=rng_key, max_batch=max_batch)
 
     def predict(
-        self, x: Array, *, num_samples: int | None = 32, rng_key: Any = None
+        self, x: Array, *, num_samples: int | None = 32, rng_key: Any = None, max_batch: int | None = None
     ) -> Array | NormalPrediction:
-        return super().predict(x, num_samples=num_samples, rng_key=rng_key)
+        return super().predict(x, num_samples=num_samples, rng_key=rng_key, max_batch=max_batch)
 
     def posterior_loc(self) -> dict[str, Array]:
         suffix = "_auto_loc" if self.guide_kind == "auto_normal" else "_loc"

@@ -46,7 +46,7 @@ from typing import Any
 from torch import Tensor, nn
 from torch.func import functional_call
 
-__all__ = ["Adapter", "Inputs", "Output"]
+__all__ = ["Adapter", "Inputs", "Output", "take_rows"]
 
 Inputs = str | Sequence[str] | Callable[[Any], tuple[Sequence[Any], Mapping[str, Any]]] | None
 Output = str | int | Callable[[Any], Tensor] | None
@@ -193,6 +193,20 @@ class Adapter:
         """``net``'s logits on the batch ``x`` with the parameters and buffers ``weights`` swapped in."""
         args, kwargs = self.arguments(x)
         return self.logits(functional_call(net, dict(weights), args, kwargs, strict=False))
+
+
+def take_rows(x: Any, start: int, stop: int) -> Any:
+    """Rows ``start:stop`` of a batch: of ``x`` itself, or of every tensor in its tuples, lists and dicts.
+
+    Non-tensor leaves and 0-d tensors are passed through unchanged (they hold no batch axis).
+    """
+    if isinstance(x, Tensor):
+        return x[start:stop] if x.dim() else x
+    if isinstance(x, Mapping):
+        return {k: take_rows(v, start, stop) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return type(x)(take_rows(v, start, stop) for v in x)
+    return x
 
 
 def _fields(result: Any) -> str:

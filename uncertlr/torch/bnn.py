@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -39,9 +40,11 @@ from uncertlr.likelihoods import NormalPrediction
 from uncertlr.metrics import LayerSpread, layer_spread
 from uncertlr.select import Predicate, Selector
 from uncertlr.torch._adapters import Adapter, Inputs, Output
+from uncertlr.torch._guards import check_predicted, nonfinite_cause, warn_if_probabilities
 from uncertlr.torch._likelihood import LikelihoodModule
 from uncertlr.torch._meanfield import MeanFieldNormal
 from uncertlr.torch._modules import fan_in, named_shape_errors, owner
+from uncertlr.torch._predict import chunked_outputs
 from uncertlr.torch._rnn import vmappable_rnns
 
 __all__ = ["BNN", "ELBOTerms", "NormalPrediction", "bayesian"]
@@ -240,6 +243,9 @@ class BNN(nn.Module):
         ``loss = E_q[-log p(y | x, w)] / B + kl_weight * KL(q || p) / num_data``, the
         expectation estimated with ``num_particles`` reparameterised weight draws (the
         KL is exact for Normal priors, Monte Carlo with an exact entropy otherwise).
+        A loss made non-finite by the data (inputs or targets too large) raises ``ValueError``;
+        one made non-finite by diverged parameters is returned, for :class:`~uncertlr.torch.StepGuard`
+        (and :func:`~uncertlr.torch.fit`) to skip and count.
 
         Example:
             >>> import torch
@@ -271,26 +277,15 @@ class BNN(nn.Module):
         outputs = self._outputs(flat_w, x)
         if self.validate:
             self.likelihood_module.check(outputs[0], y)
+            warn_if_probabilities(self, outputs)
         nll = self.likelihood_module.nll(outputs, y)
         loss = nll + self.kl_weight * kl / self.num_data
+        # bad data raise here; a diverging optimizer returns its non-finite loss for StepGuard to skip
         if self.validate and not torch.isfinite(loss.detach()):
-            raise ValueError(self._diagnose_nonfinite(lead, outputs.detach(), kl.detach()))
+            cause = nonfinite_cause(self, x, y, outputs.detach(), kl.detach())
+            if cause is not None:
+                raise ValueError(cause)
         return ELBOTerms(loss, nll, kl, outputs)
-
-    def _diagnose_nonfinite(self, x: Tensor, outputs: Tensor, kl: Tensor) -> str:
-        if not bool(
-            torch.isfinite(self.posterior.loc).all() and torch.isfinite(self.posterior.log_scale).all()
-        ):
-            return "the ELBO is not finite: the posterior parameters contain NaN or inf (training diverged; lower the LR)"
-        if not bool(torch.isfinite(outputs).all()):
-            big = x.abs().max().item() if x.dtype.is_floating_point else float(x.abs().max())
-            return (
-                f"the ELBO is not finite: the network's outputs overflow (largest |x| = {big:.3g}); "
-                "standardise the inputs"
-            )
-        if not bool(torch.isfinite(kl)):
-            return "the ELBO is not finite: the KL term overflowed (prior or posterior scale too extreme)"
-        return "the ELBO is not finite: the likelihood of the targets overflowed (check target scale)"
 
     def loss(self, x: Tensor, y: Tensor, *, num_particles: int = 1) -> Tensor:
         """The minibatch negative ELBO per data point (0-d, differentiable): ``elbo(x, y).loss``.
@@ -321,27 +316,33 @@ class BNN(nn.Module):
         finally:
             self.train(was)
 
-    def sample_outputs(self, x: Tensor, *, num_samples: int = 32) -> Tensor:
+    def sample_outputs(self, x: Tensor, *, num_samples: int = 32, max_batch: int | None = None) -> Tensor:
         """Raw network outputs ``[S, N, ...]`` under ``S`` posterior draws, in eval mode, without gradients.
 
-        Vectorised over samples with ``torch.func.vmap``; when ``S * P`` is large the draws
-        are processed in a few chunks (never one sample at a time).
+        Vectorised over samples with ``torch.func.vmap``, in chunks of draws and of inputs so
+        that memory stays bounded whatever ``S`` and ``N`` are (see :meth:`predict`).
         """
         num_samples = positive_int("num_samples", num_samples)
-        lead = self._check_input(x)
-        chunk = max(1, min(num_samples, PREDICT_CHUNK_ELEMENTS // max(1, self.posterior.num_params)))
-        outs = []
-        with torch.no_grad(), self._eval_mode(), vmappable_rnns(self.net):
-            loc, scale = self.posterior.loc, self.posterior.scale
-            for start in range(0, num_samples, chunk):
-                k = min(chunk, num_samples - start)
-                flat_w = torch.addcmul(loc, scale, self._noise(k))
-                with named_shape_errors(lead):
-                    outs.append(vmap(lambda w: self._call(self.posterior.unflatten(w), x))(flat_w))
-        return torch.cat(outs) if len(outs) > 1 else outs[0]
+        max_batch = None if max_batch is None else positive_int("max_batch", max_batch)
+        self._check_input(x)
+        return chunked_outputs(
+            self, x, num_samples, weight_elements=PREDICT_CHUNK_ELEMENTS, max_batch=max_batch
+        )
 
-    def predict(self, x: Tensor, *, num_samples: int = 32) -> Tensor | NormalPrediction:
+    def predict(
+        self, x: Tensor, *, num_samples: int = 32, max_batch: int | None = None
+    ) -> Tensor | NormalPrediction:
         """Posterior predictive samples for inputs ``x[N, ...]``.
+
+        Memory is bounded: the draws are evaluated a few at a time (at most
+        ``PREDICT_CHUNK_ELEMENTS`` weights at once) and the inputs ``max_batch`` rows at a time —
+        by default as many rows as keep the activations under
+        :data:`uncertlr.torch._predict.MEMORY_BUDGET` (256 MiB), measured on the network itself.
+        Only the result grows with ``S × N``.
+
+        Args:
+            num_samples: posterior draws ``S``.
+            max_batch: inputs per forward pass (default: chosen from the memory budget).
 
         Returns:
             classification: probabilities ``[S, N, C]``;
@@ -358,32 +359,27 @@ class BNN(nn.Module):
             >>> tuple(probs.shape), tuple(metrics.mutual_information(probs).shape)
             ((10, 5, 3), (5,))
         """
-        out = self.sample_outputs(x, num_samples=num_samples)
-        if self.validate:
-            self._check_predicted(self.adapter.lead(x), out)
-        if isinstance(self.likelihood, _lik.Categorical):
-            return torch.softmax(out, dim=-1)
+        num_samples = positive_int("num_samples", num_samples)
+        max_batch = None if max_batch is None else positive_int("max_batch", max_batch)
+        self._check_input(x)
+        categorical = isinstance(self.likelihood, _lik.Categorical)
+        out = chunked_outputs(
+            self,
+            x,
+            num_samples,
+            weight_elements=PREDICT_CHUNK_ELEMENTS,
+            max_batch=max_batch,
+            check=functools.partial(check_predicted, self) if self.validate else None,
+            transform=(lambda o: torch.softmax(o, dim=-1)) if categorical else None,
+        )
+        if categorical:
+            return out
         with torch.no_grad():
             scale = self.likelihood_module.noise_scale
             var = (
                 (scale * scale) if isinstance(scale, Tensor) else torch.tensor(scale * scale, dtype=out.dtype)
             )
             return NormalPrediction(out, var.to(out).expand_as(out))
-
-    def _check_predicted(self, x: Tensor, out: Tensor) -> None:
-        """Outputs ``[S, N, ...]`` must keep x's batch axis (``[S, N, C]`` logits for a classifier) and be finite."""
-        categorical = isinstance(self.likelihood, _lik.Categorical)
-        if out.dim() < 2 or out.shape[1] != x.shape[0] or (categorical and out.dim() != 3):
-            want = "[N, C] (logits)" if categorical else "[N, ...]"
-            raise ValueError(
-                f"the network's outputs for x of shape {tuple(x.shape)} have shape {tuple(out.shape[1:])}; "
-                f"predict needs {want} with N = {x.shape[0]} (is x missing its batch or feature axis?)"
-            )
-        if not bool(torch.isfinite(out).all()):
-            big = x.abs().max().item() if x.dtype.is_floating_point else float(x.abs().max())
-            raise ValueError(
-                f"the network's outputs are not finite (overflow; largest |x| = {big:.3g}); standardise the inputs"
-            )
 
     # ------------------------------------------------------------------ Pyro programs
 

@@ -237,12 +237,24 @@ class StepGuard:
             if not math.isfinite(value)
             else "the loss is finite but some gradients are not"
         )
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        huge = [
+            self._names.get(id(p), f"param{i}{tuple(p.shape)}")
+            for i, p in enumerate(params)
+            if p.numel() and not bool(torch.isfinite(p.detach().float().square().sum()))
+        ]
+        state = (
+            f"parameters that are non-finite or too large to square in float32: {', '.join(huge[:8])}"
+            f"{' ...' if len(huge) > 8 else ''} (the optimizer diverged before these steps)"
+            if huge
+            else "every parameter is finite"
+        )
         return (
             f"{self.consecutive} optimizer steps in a row were skipped because {cause}; "
             f"non-finite gradients in: {', '.join(bad[:8]) or 'none'}{' ...' if len(bad) > 8 else ''}; "
-            f"learning rate {lrs}. Likely causes: a learning rate too large for this model, NaN/inf in the "
-            "inputs or targets, or exploding gradients (lower the learning rate or clip gradients with "
-            "torch.nn.utils.clip_grad_norm_)."
+            f"{state}; learning rate {lrs}. Likely causes: a learning rate too large for this model, "
+            "NaN/inf in the inputs or targets, or exploding gradients (lower the learning rate or clip "
+            "gradients with torch.nn.utils.clip_grad_norm_)."
         )
 
     def state_dict(self) -> dict[str, Any]:
