@@ -4,6 +4,9 @@
   ``bnn.predict``, ``bnn.posterior_scale``, Pyro ``bnn.model``/``bnn.guide``);
 * :func:`batch_entropy`, :func:`batch_mutual_information`, :func:`confidence_weighted_nll` —
   uncertainty signals from the outputs the step already has;
+* :func:`deep_ensemble` / :class:`Ensemble`, :func:`mc_dropout` / :class:`MCDropout`,
+  :class:`LastLayerLaplace` — more posteriors behind the same ``predict(x, num_samples)``
+  (``bayesian(guide="lowrank" | "full")`` for correlated variational posteriors);
 * :class:`Modulator` — the LR modulator for any ``torch.optim`` optimizer;
 * :func:`fit` / :class:`StepGuard` — a small explicit loop and its numerical guard;
 * :func:`save_checkpoint` / :func:`load_checkpoint` — resumable, pickle-free checkpoints;
@@ -28,6 +31,9 @@ except ImportError as exc:  # pragma: no cover - exercised only without the core
 
 from uncertlr.torch.bnn import BNN, ELBOTerms, NormalPrediction, bayesian
 from uncertlr.torch.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from uncertlr.torch.dropout import MCDropout, mc_dropout
+from uncertlr.torch.ensemble import Ensemble, PointNetwork, deep_ensemble
+from uncertlr.torch.laplace import LastLayerLaplace
 from uncertlr.torch.loop import LoopState, StepGuard, fit
 from uncertlr.torch.modulator import Modulator
 from uncertlr.torch.signals import batch_entropy, batch_mutual_information, confidence_weighted_nll
@@ -36,15 +42,21 @@ __all__ = [
     "BNN",
     "Checkpoint",
     "ELBOTerms",
+    "Ensemble",
+    "LastLayerLaplace",
     "LoopState",
+    "MCDropout",
     "Modulator",
     "NormalPrediction",
+    "PointNetwork",
     "StepGuard",
     "batch_entropy",
     "batch_mutual_information",
     "bayesian",
     "confidence_weighted_nll",
+    "deep_ensemble",
     "fit",
     "load_checkpoint",
+    "mc_dropout",
     "save_checkpoint",
 ]

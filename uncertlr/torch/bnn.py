@@ -39,7 +39,7 @@ from uncertlr.likelihoods import NormalPrediction
 from uncertlr.metrics import LayerSpread, layer_spread
 from uncertlr.select import Predicate, Selector
 from uncertlr.torch._likelihood import LikelihoodModule
-from uncertlr.torch._meanfield import MeanFieldNormal
+from uncertlr.torch._lowrank import FullNormal, LowRankNormal, joint_guide, make_posterior
 from uncertlr.torch._modules import fan_in, named_shape_errors, owner
 from uncertlr.torch._rnn import vmappable_rnns
 
@@ -75,6 +75,8 @@ class BNN(nn.Module):
         init_scale: float,
         kl_weight: float,
         validate: bool,
+        guide: str = "meanfield",
+        rank: int | None = None,
     ):
         super().__init__()
         self.net = copy.deepcopy(net)
@@ -102,7 +104,9 @@ class BNN(nn.Module):
             raise ValueError(f"select={select!r} chose none of the network's parameters {names[:6]}...")
 
         fan_ins = {n: fan_in(self.net, n, p) for n, p in chosen.items()}
-        self.posterior = MeanFieldNormal({n: p.detach() for n, p in chosen.items()}, init_scale)
+        self.posterior = make_posterior(
+            guide, {n: p.detach() for n, p in chosen.items()}, init_scale, rank=rank
+        )
         # Random parameters become non-persistent buffers holding the initial weights; every
         # forward pass replaces them with posterior draws through functional_call.
         for n in chosen:
@@ -168,7 +172,7 @@ class BNN(nn.Module):
                 dtype=self.posterior.loc.dtype,
                 device=self.posterior.loc.device,
             )
-            return self.posterior.unflatten(torch.addcmul(self.posterior.loc, self.posterior.scale, eps))
+            return self.posterior.unflatten(self.posterior.draw(eps))
 
     def mean_network(self) -> nn.Module:
         """A deterministic copy of the network with every random parameter at its posterior mean."""
@@ -302,7 +306,7 @@ class BNN(nn.Module):
         """Outputs of the network under one posterior draw, ``[B, ...]``."""
         self._check_input(x)
         with torch.no_grad():
-            w = torch.addcmul(self.posterior.loc, self.posterior.scale, self._noise(None))
+            w = self.posterior.draw(self._noise(None))
         return self._call(self.posterior.unflatten(w), x)
 
     @contextlib.contextmanager
@@ -325,10 +329,9 @@ class BNN(nn.Module):
         chunk = max(1, min(num_samples, PREDICT_CHUNK_ELEMENTS // max(1, self.posterior.num_params)))
         outs = []
         with torch.no_grad(), self._eval_mode(), vmappable_rnns(self.net):
-            loc, scale = self.posterior.loc, self.posterior.scale
             for start in range(0, num_samples, chunk):
                 k = min(chunk, num_samples - start)
-                flat_w = torch.addcmul(loc, scale, self._noise(k))
+                flat_w = self.posterior.draw(self._noise(k))
                 with named_shape_errors(x):
                     outs.append(vmap(lambda w: self._call(self.posterior.unflatten(w), x))(flat_w))
         return torch.cat(outs) if len(outs) > 1 else outs[0]
@@ -416,7 +419,10 @@ class BNN(nn.Module):
         return out
 
     def guide(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
-        """The Pyro guide: the mean-field Normal posterior, one site per random parameter."""
+        """The Pyro guide: the mean-field Normal posterior, one site per random parameter
+        (a correlated posterior: one auxiliary joint site, see :func:`~uncertlr.torch._lowrank.joint_guide`)."""
+        if isinstance(self.posterior, (LowRankNormal, FullNormal)):
+            return joint_guide(self.posterior, self._slices(), self.kl_weight)
         loc, scale = self.posterior.loc, self.posterior.scale
         out = {}
         with poutine.scale(scale=self.kl_weight):
@@ -435,6 +441,8 @@ def bayesian(
     init_scale: float = 1e-3,
     kl_weight: float = 1.0,
     validate: bool = True,
+    guide: str = "meanfield",
+    rank: int | None = None,
 ) -> BNN:
     """Make a Bayesian neural network from any ``torch.nn.Module`` (which is left untouched).
 
@@ -452,6 +460,10 @@ def bayesian(
             start at the network's current weights.
         kl_weight: multiplies the KL term (1 = the ELBO; < 1 a tempered posterior); must be > 0.
         validate: check inputs and targets each call (shapes, dtypes, NaN/inf, label range).
+        guide: the posterior family: ``"meanfield"`` (default), ``"lowrank"`` (diagonal plus a
+            rank-``rank`` factor over all random parameters, default rank 10) or ``"full"`` (full
+            covariance; for a last layer). See :mod:`uncertlr.torch._lowrank`.
+        rank: columns of the low-rank factor (``guide="lowrank"`` only).
 
     Example:
         >>> import torch
@@ -473,4 +485,4 @@ def bayesian(
         kl_weight=kl_weight,
         validate=validate,
     )
-    return BNN(net, **spec._asdict())
+    return BNN(net, **spec._asdict(), guide=guide, rank=rank)
