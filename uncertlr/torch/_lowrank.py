@@ -5,7 +5,7 @@ parameters, ``scale``, ``unflatten``, ``draw``, ``sample_kl``), so the BNN, the 
 (which reads ``posterior.loc``/``posterior.scale``) and checkpoints treat them alike:
 
 * :class:`LowRankNormal` — ``q(w) = N(loc, diag(d²) + F Fᵀ)`` with ``d = exp(log_scale)`` and a
-  factor ``F[P, R]`` (``bayesian(net, guide="lowrank", rank=R)``). A draw costs ``P·R`` more
+  factor ``F = d ⊙ U``, ``U[P, R]`` (``bayesian(net, guide="lowrank", rank=R)``). A draw costs ``P·R`` more
   than mean-field; the KL to a diagonal Normal prior is exact (matrix determinant lemma);
 * :class:`FullNormal` — ``q(w) = N(loc, L Lᵀ)`` with a lower-triangular ``L`` whose diagonal is
   ``exp(log_scale)`` (``guide="full"``), for a last layer or another small set of weights
@@ -50,12 +50,17 @@ def _entropy_terms(
 
 
 class LowRankNormal(MeanFieldNormal):
-    """``q(w) = N(loc, diag(exp(log_scale)²) + factor factorᵀ)`` over the flat random parameters.
+    """``q(w) = N(loc, D^½ (I + U Uᵀ) D^½)`` with ``D = diag(exp(log_scale)²)`` and ``U[P, R]``.
+
+    The factor is stored relative to the diagonal std (``factor = d ⊙ U``, so
+    ``Σ = diag(d²) + factor factorᵀ``): the ``R × R`` capacitance ``I + UᵀU`` of the matrix
+    determinant lemma is then well conditioned however small ``d`` is, and an optimizer's steps
+    on ``U`` are relative to the posterior's own width, as its steps on ``log_scale`` are.
 
     Args:
         named_init: parameter name -> initial mean (the network's current weights).
-        init_scale: initial marginal posterior std of every weight (the factor starts at zero).
-        rank: columns ``R`` of ``factor`` (``1 <= R <= P``).
+        init_scale: initial marginal posterior std of every weight (``U`` starts at zero).
+        rank: columns ``R`` of the factor (``1 <= R <= P``).
 
     Example:
         >>> import torch
@@ -71,7 +76,7 @@ class LowRankNormal(MeanFieldNormal):
                 f"rank must be an integer in [1, {self.num_params}] (the number of random parameters); got {rank!r}"
             )
         self.rank = rank
-        self.factor = nn.Parameter(
+        self.relative_factor = nn.Parameter(
             torch.zeros(self.num_params, rank, dtype=self.loc.dtype, device=self.loc.device)
         )
 
@@ -81,24 +86,28 @@ class LowRankNormal(MeanFieldNormal):
         return self.log_scale.exp().clamp_min(torch.finfo(self.log_scale.dtype).tiny)
 
     @property
+    def factor(self) -> Tensor:
+        """The covariance factor ``d ⊙ U`` ``[P, R]`` (``Σ = diag(d²) + factor factorᵀ``)."""
+        return self.diag_scale[:, None] * self.relative_factor
+
+    @property
     def scale(self) -> Tensor:
-        """Marginal posterior std ``sqrt(d² + rowsum(F²))`` ``[P]`` (differentiable)."""
-        return (self.diag_scale.square() + self.factor.square().sum(-1)).sqrt()
+        """Marginal posterior std ``d sqrt(1 + rowsum(U²))`` ``[P]`` (differentiable)."""
+        return self.diag_scale * (1.0 + self.relative_factor.square().sum(-1)).sqrt()
 
     def draw(self, eps: Tensor) -> Tensor:
-        """Weights ``[..., P]`` for standard-normal ``eps[..., P]`` (the low-rank noise is drawn here)."""
+        """Weights ``loc + d ⊙ (eps + U z)`` ``[..., P]`` for standard-normal ``eps[..., P]`` (``z`` drawn here)."""
         z = torch.randn(*eps.shape[:-1], self.rank, dtype=eps.dtype, device=eps.device)
-        return self.loc + self.diag_scale * eps + z @ self.factor.T
+        return self.loc + self.diag_scale * (eps + z @ self.relative_factor.T)
 
     def covariance(self) -> Tensor:
         """The dense covariance ``[P, P]`` (for tests and small layers)."""
-        return torch.diag(self.diag_scale.square()) + self.factor @ self.factor.T
+        f = self.factor
+        return torch.diag(self.diag_scale.square()) + f @ f.T
 
     def _half_logdet(self) -> Tensor:
-        d2 = self.diag_scale.square()
-        cap = torch.eye(self.rank, dtype=d2.dtype, device=d2.device) + self.factor.T @ (
-            self.factor / d2[:, None]
-        )
+        u = self.relative_factor
+        cap = torch.eye(self.rank, dtype=u.dtype, device=u.device) + u.T @ u
         return self.log_scale.sum() + torch.linalg.cholesky(cap).diagonal().log().sum()
 
     def sample_kl(
@@ -106,9 +115,11 @@ class LowRankNormal(MeanFieldNormal):
     ) -> tuple[Tensor, Tensor]:
         """Weights ``[..., P]`` and the exact ``KL(q || N(prior_loc, 1/prior_prec))`` (autograd)."""
         diff = self.loc if prior_loc is None else self.loc - prior_loc
-        var = self.diag_scale.square() + self.factor.square().sum(-1)
         kl = _entropy_terms(
-            kl_const, -self._half_logdet(), torch.dot(var, prior_prec), torch.dot(diff * prior_prec, diff)
+            kl_const,
+            -self._half_logdet(),
+            torch.dot(self.scale.square(), prior_prec),
+            torch.dot(diff * prior_prec, diff),
         )
         return self.draw(eps), kl
 
@@ -118,7 +129,10 @@ class LowRankNormal(MeanFieldNormal):
 
 
 class FullNormal(MeanFieldNormal):
-    """``q(w) = N(loc, L Lᵀ)``: ``L`` lower-triangular, diagonal ``exp(log_scale)``, below it ``tril``.
+    """``q(w) = N(loc, L Lᵀ)`` with ``L = diag(d) (I + strictly_lower(U))``, ``d = exp(log_scale)``.
+
+    As for :class:`LowRankNormal`, the free parameters ``U[P, P]`` are relative to the diagonal
+    std, so optimizer steps on them scale with the posterior's width and ``log det L = Σ log d``.
 
     Args:
         named_init: parameter name -> initial mean.
@@ -139,14 +153,15 @@ class FullNormal(MeanFieldNormal):
                 f"at most {MAX_FULL_PARAMS} random parameters (a last layer: select=select.last_layer()), "
                 "or use guide='lowrank'"
             )
-        self.tril = nn.Parameter(
+        self.relative_tril = nn.Parameter(
             torch.zeros(self.num_params, self.num_params, dtype=self.loc.dtype, device=self.loc.device)
         )
 
     def scale_tril(self) -> Tensor:
         """``L[P, P]`` (differentiable)."""
         d = self.log_scale.exp().clamp_min(torch.finfo(self.log_scale.dtype).tiny)
-        return torch.tril(self.tril, -1) + torch.diag(d)
+        eye = torch.eye(self.num_params, dtype=d.dtype, device=d.device)
+        return d[:, None] * (torch.tril(self.relative_tril, -1) + eye)
 
     @property
     def scale(self) -> Tensor:
