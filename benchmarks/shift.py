@@ -435,6 +435,34 @@ def severity_curves(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[int,
     return {t: dict(v) for t, v in out.items()}
 
 
+def write_run(root: Path, summary: list[dict[str, Any]], curves: dict[str, Any], seeds: list[int]) -> Path:
+    """A run folder: ``metrics.json`` (each method on the first clean condition), ``shift.json``, the report."""
+    from uncertlr import runfolder
+    from uncertlr.diagnostics import report
+
+    run = runfolder.new_run_dir(root, "shift")
+    clean = next(
+        (c for c in ("digits-clean", "fsdd-clean") if any(r["condition"] == c for r in summary)), None
+    )
+    models = {
+        r["method"]: {k: r[k] for k in ("accuracy", "nll", "brier", "ece") if r.get(k) is not None}
+        for r in summary
+        if r["condition"] == clean
+    }
+    runfolder.write_metrics(
+        run,
+        {
+            "task": f"shift benchmark ({clean or 'regression'} in the metrics table)",
+            "seed": seeds[0],
+            "config": {"seeds": seeds},
+            "models": models,
+        },
+    )
+    runfolder.write_shift(run, summary, curves)
+    print(f"wrote {report(run, progress=False)}")
+    return run
+
+
 # --------------------------------------------------------------------------- tuning
 
 
@@ -575,13 +603,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print_table(
         "cost per method (seconds to train one model, ms to predict 1,000 inputs)",
-        summarise(rows, ("method",)),
-        [("method", "method", "s"), ("train_s", "train s", ".1f"), ("predict_ms_per_1000", "ms / 1k", ".1f")],
+        summarise([{**r, "task": r["condition"].split("-")[0]} for r in rows], ("task", "method")),
+        [
+            ("task", "task", "s"),
+            ("method", "method", "s"),
+            ("train_s", "train s", ".1f"),
+            ("predict_ms_per_1000", "ms / 1k", ".1f"),
+        ],
     )
     for k, v in g.items():
         print(f"goal {k}: {v}")
     if args.png:
         plot(rows, args.png)
+    if args.run_dir:
+        write_run(args.run_dir, summary, severity_curves(rows), args.seeds)
     configs = {"digits": asdict(DIGITS), "fsdd": asdict(FSDD), "regression": asdict(REGRESSION)}
     write_results(
         "shift",

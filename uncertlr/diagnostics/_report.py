@@ -38,6 +38,7 @@ from uncertlr._io import atomic_write, write_json
 from uncertlr._progress import progress_task
 from uncertlr.diagnostics import _html
 from uncertlr.diagnostics._arviz import az
+from uncertlr.diagnostics._shift import shift_section
 from uncertlr.diagnostics.convert import (
     PREDICTIVE_QUANTITIES,
     add_history,
@@ -68,6 +69,7 @@ SECTIONS = (
     ("spread", "Posterior spread per layer"),
     ("mcmc", "MCMC diagnostics"),
     ("training", "Training curves"),
+    ("shift", "Under distribution shift"),
 )
 SUMMARY_SCHEMA = "uncertlr.summary/1"
 #: Most weight rows shown per model in the HTML summary table (summary.json has them all).
@@ -378,6 +380,8 @@ def _render(
         )
     else:
         sections["training"] = _note("No history.json in this run folder.")
+
+    sections["shift"] = shift_section(run)
 
     all_warnings = [(n, w) for n, s in summaries.items() for w in s["warnings"]]
     banner = ""
