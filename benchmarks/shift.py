@@ -27,6 +27,7 @@ Usage::
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections import defaultdict
@@ -539,6 +540,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--png", type=Path, default=None, help="write the ECE/NLL-vs-severity figure here")
     p.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="also write a run folder (metrics, shift.json, report) here",
+    )
+    p.add_argument(
+        "--rows",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="summarise the rows of earlier --json files instead of training (e.g. tasks run in parallel)",
+    )
+    p.add_argument(
         "--tune", action="store_true", help="grid over the BNN's init σ, prior scale and KL weight"
     )
     p.add_argument(
@@ -572,6 +586,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_results("shift_tune", rows, args.json or RESULTS_DIR / "shift_tune.json", best=best)
         return 0
     rows: list[dict[str, Any]] = []
+    if args.rows:
+        for path in args.rows:
+            doc = json.loads(path.read_text())
+            rows += doc["rows"]
+            args.seeds = sorted(set(args.seeds) | set(doc.get("seeds", [])))
     n_models = len(args.methods)
     per_seed = {
         "digits": 2 * n_models,
@@ -579,8 +598,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "regression": 2 * (n_models - ("bnn-ensemble" in args.methods)),
     }
     total = sum(per_seed[t] for t in args.tasks) * len(args.seeds)
-    with progress_task(True, "shift benchmark", total) as advance:
-        for seed in args.seeds:
+    with progress_task(not args.rows, "shift benchmark", 0 if args.rows else total) as advance:
+        for seed in [] if args.rows else args.seeds:
             if "digits" in args.tasks:
                 rows += digits_rows(seed, args.methods, DIGITS, advance)
             if "fsdd" in args.tasks:

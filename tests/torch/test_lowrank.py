@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 
-import pyro
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from pyro import poutine
 from torch.distributions import MultivariateNormal, kl_divergence
 
 from uncertlr import priors, select
@@ -27,6 +27,7 @@ def _randomise(q: torch.nn.Module, seed: int) -> None:
             p.copy_(0.5 * torch.randn(p.shape, generator=g, dtype=p.dtype))
 
 
+@settings(max_examples=20)
 @given(seed=st.integers(0, 10_000), rank=st.integers(1, 6), prior_scale=st.floats(0.1, 3.0))
 def test_lowrank_kl_matches_torch_distributions(seed, rank, prior_scale):
     q = LowRankNormal(
@@ -48,6 +49,7 @@ def test_lowrank_kl_matches_torch_distributions(seed, rank, prior_scale):
     assert torch.allclose(q.scale, q.covariance().diagonal().sqrt())
 
 
+@settings(max_examples=20)
 @given(seed=st.integers(0, 10_000))
 def test_full_kl_matches_torch_distributions(seed):
     q = FullNormal({"w": torch.zeros(5, dtype=torch.float64)}, 0.3)
@@ -68,10 +70,10 @@ def test_draws_have_the_posterior_covariance(guide):
     kw = {"rank": 2} if guide == "lowrank" else {}
     q = make_posterior(guide, {"w": torch.zeros(4, dtype=torch.float64)}, 0.2, **({"rank": None} | kw))
     _randomise(q, 3)
-    draws = q.draw(torch.randn(200_000, 4, dtype=torch.float64))
+    draws = q.draw(torch.randn(50_000, 4, dtype=torch.float64))
     emp = torch.cov(draws.T)
-    assert torch.allclose(draws.mean(0), q.loc, atol=0.01)
-    assert torch.allclose(emp, q.covariance(), atol=0.02 * float(q.covariance().abs().max()))
+    assert torch.allclose(draws.mean(0), q.loc, atol=0.02)
+    assert torch.allclose(emp, q.covariance(), atol=0.04 * float(q.covariance().abs().max()))
 
 
 def test_bnn_predict_keeps_the_correlations():
@@ -79,6 +81,7 @@ def test_bnn_predict_keeps_the_correlations():
     net = torch.nn.Linear(2, 1, bias=False).double()
     bnn = bayesian(net, num_data=10, likelihood="normal", guide="full")
     with torch.no_grad():  # L = [[1, 0], [1, 1e-6]]: w1 = w0 + 1e-6 * noise
+        bnn.posterior.loc.zero_()
         bnn.posterior.log_scale.copy_(torch.tensor([0.0, math.log(1e-6)]))
         bnn.posterior.relative_tril[1, 0] = 1e6
     out = bnn.predict(torch.tensor([[1.0, -1.0]], dtype=torch.float64), num_samples=500).mean
@@ -87,28 +90,22 @@ def test_bnn_predict_keeps_the_correlations():
 
 
 @pytest.mark.parametrize("guide", ["lowrank", "full"])
-def test_loss_is_the_monte_carlo_elbo(guide):
-    """bnn.loss (analytic KL) and Pyro's Trace_ELBO on bnn.model/bnn.guide agree in expectation."""
-    torch.manual_seed(0)
+def test_pyro_programs_carry_the_posterior_density(guide):
+    """One guide draw replayed in bnn.model: the trace's ELBO is log p(y|w) + log p(w) - log q(w)."""
     sel = select.all() if guide == "lowrank" else select.last_layer()
-    bnn = bayesian(
-        _net(),
-        num_data=8,
-        guide=guide,
-        select=sel,
-        init_scale=0.3,
-        **({"rank": 3} if guide == "lowrank" else {}),
-    )
+    kw = {"rank": 3} if guide == "lowrank" else {}
+    bnn = bayesian(_net(), num_data=8, guide=guide, select=sel, init_scale=0.3, **kw)
     _randomise(bnn.posterior, 1)
     x, y = torch.randn(8, 3, dtype=torch.float64), torch.randint(0, 2, (8,))
-    ours = torch.stack([bnn.loss(x, y) for _ in range(4000)]).mean()
-    pyro_loss = (
-        torch.stack(
-            [pyro.infer.Trace_ELBO().differentiable_loss(bnn.model, bnn.guide, x, y) for _ in range(4000)]
-        ).mean()
-        / 8
-    )
-    assert abs(float(ours - pyro_loss)) < 0.03 * abs(float(ours)) + 0.02
+    guide_tr = poutine.trace(bnn.guide).get_trace(x, y)
+    model_tr = poutine.trace(poutine.replay(bnn.model, trace=guide_tr)).get_trace(x, y)
+    w = guide_tr.nodes["_posterior"]["value"]
+    loglik = -8 * torch.nn.functional.cross_entropy(bnn._outputs(w, x)[0], y)
+    prior = torch.distributions.Normal(0.0, 1.0).log_prob(w).sum()
+    expected = loglik + prior - bnn.posterior.distribution().log_prob(w)
+    assert torch.allclose(model_tr.log_prob_sum() - guide_tr.log_prob_sum(), expected)
+    # the per-parameter Delta sites hold exactly the joint draw
+    assert torch.equal(guide_tr.nodes[bnn.random_names[0]]["value"].reshape(-1), w[: bnn.posterior.sizes[0]])
 
 
 def test_training_reduces_the_loss_and_the_factor_learns():
@@ -118,7 +115,7 @@ def test_training_reduces_the_loss_and_the_factor_learns():
     bnn = bayesian(_net(), num_data=128, guide="lowrank", rank=2, init_scale=1e-2)
     opt = torch.optim.Adam(bnn.parameters(), lr=1e-2)
     first = float(bnn.loss(x, y))
-    for _ in range(300):
+    for _ in range(100):
         opt.zero_grad()
         bnn.loss(x, y, num_particles=2).backward()
         opt.step()
