@@ -101,6 +101,8 @@ def test_ensemble_refuses_bad_input():
         deep_ensemble(_mlp(), size=1)
     with pytest.raises(ValueError, match="reset_parameters"):
         deep_ensemble(torch.nn.ReLU(), size=2)
+    with pytest.raises(TypeError, match="needs a factory"):
+        deep_ensemble(bayesian(_mlp(), num_data=10), size=2)
     with pytest.raises(TypeError, match="must return a torch.nn.Module"):
         deep_ensemble(lambda: 3, size=2)
     with pytest.raises(ValueError, match="same likelihood"):

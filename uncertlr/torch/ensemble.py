@@ -236,6 +236,11 @@ def deep_ensemble(
     try:
         members: list[nn.Module] = []
         for m in range(size):
+            if isinstance(net, BNN):
+                raise TypeError(
+                    "an ensemble of BNNs needs a factory that builds each member, e.g. "
+                    "deep_ensemble(lambda: bayesian(MyNet(), num_data=N), size=3); a BNN cannot be re-initialised"
+                )
             if isinstance(net, nn.Module):
                 member: nn.Module = _reset(copy.deepcopy(net), seed + m)
             elif callable(net):

@@ -74,7 +74,7 @@ class LastLayerLaplace(nn.Module):
         if isinstance(model, PointNetwork):
             self.net, self.likelihood = model.net, model.likelihood
             if noise_scale is None and isinstance(self.likelihood, _lik.Normal):
-                noise_scale = float(model.likelihood_module.noise_scale)
+                noise_scale = float(torch.as_tensor(model.likelihood_module.noise_scale).detach())
         elif isinstance(model, nn.Module):
             self.net, self.likelihood = model, _likelihood(likelihood)
         else:
