@@ -43,6 +43,7 @@ class Config:
     ensemble_size: int = 5
     bnn_ensemble_size: int = 3
     num_samples: int = 32
+    time_pool: int = 1  # FSDD: average this many log-mel frames into one (input 40 x 64 / time_pool)
 
 
 @dataclass

@@ -57,7 +57,9 @@ from uncertlr.calibration import fit_temperature  # noqa: E402
 # The BNN's init σ, prior scale and KL weight: the best validation NLL of `python benchmarks/shift.py --tune --quick`
 # (digits, seed 0; BENCHMARKS.md), used for FSDD as well (not tuned there: the 2-core machine was shared).
 DIGITS = Config(hidden=(128, 128), det_epochs=60, det_lr=3e-3, bnn_epochs=150, bnn_lr=1e-2, init_scale=1e-2)
-FSDD = Config(hidden=(128, 128), det_epochs=30, det_lr=1e-3, bnn_epochs=40, bnn_lr=3e-3, init_scale=1e-2)
+FSDD = Config(
+    hidden=(128, 128), det_epochs=20, det_lr=1e-3, bnn_epochs=30, bnn_lr=3e-3, init_scale=1e-2, time_pool=4
+)
 REGRESSION = Config(
     hidden=(50, 50),
     activation="tanh",
@@ -196,10 +198,17 @@ def _fsdd_features(data_dir: Path | None) -> tuple[Any, Any]:
     return load_fsdd(data_dir, features=feat), feat
 
 
-def _standardiser(train: np.ndarray) -> Callable[[np.ndarray], torch.Tensor]:
+def _standardiser(train: np.ndarray, pool: int = 1) -> Callable[[np.ndarray], torch.Tensor]:
+    """Per-band standardisation on the training features, then the mean over ``pool`` frames."""
     mu = train.mean(axis=(0, 2), keepdims=True)
     sd = train.std(axis=(0, 2), keepdims=True) + 1e-6
-    return lambda a: torch.from_numpy(((a - mu) / sd).astype(np.float32))
+
+    def f(a: np.ndarray) -> torch.Tensor:
+        z = (a - mu) / sd
+        z = z.reshape(*z.shape[:2], z.shape[2] // pool, pool).mean(-1)
+        return torch.from_numpy(z.astype(np.float32))
+
+    return f
 
 
 def fsdd_corrupted(split: Any, feat: Any, cache: Path) -> dict[tuple[str, int], np.ndarray]:
@@ -230,9 +239,9 @@ def fsdd_rows(
 
     split, feat = _fsdd_features(data_dir)
     corrupted = fsdd_corrupted(split, feat, cache)
-    std = _standardiser(split.x_train)
+    std = _standardiser(split.x_train, cfg.time_pool)
     tr, va = _val_split(len(split.x_train), seed)
-    n_in = split.x_train.shape[1] * split.x_train.shape[2]
+    n_in = split.x_train.shape[1] * (split.x_train.shape[2] // cfg.time_pool)
     fitted = train_methods(
         tuple(methods),
         _mlp(n_in, cfg, 10),
@@ -248,7 +257,7 @@ def fsdd_rows(
     rows = _score_all(fitted, std(split.x_train[va]), split.y_train[va], sets, {"seed": seed})
     for speaker in sorted(set(split.speakers_train)):
         fold = load_fsdd(data_dir, features=LogMel(top_db=40.0), split="speaker", test_speakers=[speaker])
-        std = _standardiser(fold.x_train)
+        std = _standardiser(fold.x_train, cfg.time_pool)
         tr, va = _val_split(len(fold.x_train), seed)
         fitted = train_methods(
             tuple(methods),
@@ -491,14 +500,14 @@ def tune(quick: bool, data_dir: Path | None) -> list[dict[str, Any]]:
     )
     if not quick:
         fs, _ = _fsdd_features(data_dir)
-        std = _standardiser(fs.x_train)
+        std = _standardiser(fs.x_train, FSDD.time_pool)
         tr, va = _val_split(len(fs.x_train), 0)
         tasks.append(
             (
                 "fsdd",
                 FSDD,
                 (
-                    _mlp(2560, FSDD, 10),
+                    _mlp(fs.x_train.shape[1] * (fs.x_train.shape[2] // FSDD.time_pool), FSDD, 10),
                     std(fs.x_train[tr]),
                     _t(fs.y_train[tr]),
                     std(fs.x_train[va]),
