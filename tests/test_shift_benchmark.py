@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import _shift_data as D  # noqa: E402
 from benchmarks._shift_methods import aurc, classification_scores  # noqa: E402
-from benchmarks.shift import goals, severity_curves, summarise  # noqa: E402
+from benchmarks._shift_report import goals, severity_curves, summarise  # noqa: E402
 
 
 def _aurc_brute(probs, labels):
