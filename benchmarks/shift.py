@@ -8,9 +8,8 @@ scaling fitted on a validation split (``<method>+ts``). Conditions:
 * ``digits-clean`` / ``digits-corrupt``: sklearn digits, 5 corruptions (noise, blur, rotation,
   shift, contrast) × 5 severities of the test set; ``digits-far-ood``: shuffled pixels;
   ``digits-near-ood``: trained on digits 0-4, detect 5-9;
-* ``fsdd-clean`` / ``fsdd-corrupt``: FSDD official split, 4 corruptions of the test waveforms
-  (white noise, time shift, pitch/tempo, reverberation) × 5 severities;
-  ``fsdd-loso``: leave one speaker out, five folds;
+* ``fsdd-clean`` / ``fsdd-corrupt``: FSDD official split, 4 corruptions of the test waveforms (white noise,
+  time shift, pitch/tempo, reverberation) × 5 severities; ``fsdd-loso``: leave one speaker out, five folds;
 * ``diabetes-shift`` (trained on the lower 70% of BMI) and ``toy-extrapolation`` (regression).
 
 Each model is trained once per seed (and fold) and scored on every corruption of its test
@@ -20,7 +19,7 @@ severities and folds and carry the standard error over seeds (``*_se``).
 
 Usage::
 
-    python benchmarks/shift.py --quick                 # digits only, one seed (< 5 min on 2 cores)
+    python benchmarks/shift.py --quick                 # digits only, one seed (< 5 min on 2 idle cores)
     python benchmarks/shift.py --png docs/shift.png    # everything, 3 seeds
     python benchmarks/shift.py --tune                  # choose the BNN's init σ, prior scale, KL weight
 """
