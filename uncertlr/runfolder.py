@@ -73,11 +73,13 @@ __all__ = [
     "read_history",
     "read_metrics",
     "read_predictions",
+    "read_shift",
     "regression_summary",
     "save_run",
     "write_history",
     "write_metrics",
     "write_predictions",
+    "write_shift",
 ]
 
 METRICS_SCHEMA = "uncertlr.metrics/1"
@@ -85,6 +87,8 @@ METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.npz"
 HISTORY_FILE = "history.json"
 LOCK_FILE = ".uncertlr-lock"
+SHIFT_FILE = "shift.json"
+SHIFT_SCHEMA = "uncertlr.shift/1"
 
 #: Keys of :func:`classification_summary` (the per-model entries of ``metrics.json``).
 CLASSIFICATION_KEYS = (
@@ -459,3 +463,41 @@ def save_run(
     write_history(run, histories)
     write_predictions(run, predictions)
     return run
+
+
+# --------------------------------------------------------------------------- distribution-shift results
+
+
+def write_shift(
+    run: str | os.PathLike[str], summary: Iterable[Mapping[str, Any]], curves: Mapping[str, Any]
+) -> Path:
+    """Write ``shift.json``: results under distribution shift (``benchmarks/shift.py --run-dir``).
+
+    Args:
+        summary: rows ``{"condition", "method", "accuracy", "nll", "ece", "auroc", ...}``.
+        curves: ``{task: {method: {severity: {"ece", "nll", "accuracy"}}}}`` (severity 0 = clean).
+    """
+    return write_json(
+        Path(run) / SHIFT_FILE, {"schema": SHIFT_SCHEMA, "summary": list(summary), "curves": curves}
+    )
+
+
+def read_shift(run: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """``shift.json`` of a run folder (``{"summary": [...], "curves": {...}}``), or None when absent.
+
+    Raises:
+        ValueError: the file is not ``uncertlr.shift/1`` JSON with a summary list and a curves
+            mapping (the message names the file).
+    """
+    path = Path(run) / SHIFT_FILE
+    if not path.is_file():
+        return None
+    doc = read_json(path)
+    if (
+        not isinstance(doc, dict)
+        or doc.get("schema") != SHIFT_SCHEMA
+        or not isinstance(doc.get("summary"), list)
+        or not isinstance(doc.get("curves"), dict)
+    ):
+        raise ValueError(f"{path} is not an {SHIFT_SCHEMA} file with 'summary' rows and 'curves'")
+    return doc

@@ -44,11 +44,12 @@ import torch.nn.functional as F
 from rich.markup import escape
 from torch import Tensor, nn
 
-from uncertlr import likelihoods, priors, runfolder
+from uncertlr import likelihoods, runfolder
 from uncertlr._progress import progress_bar
+from uncertlr.app import _methods
 from uncertlr.diagnostics.plots import ood_figure, reliability_figure, save_figure
 from uncertlr.likelihoods import NormalPrediction
-from uncertlr.torch import BNN, Modulator, bayesian, elbo_signal, fit
+from uncertlr.torch import BNN, Modulator, batch_entropy, elbo_signal, fit
 
 __all__ = [
     "Comparison",
@@ -129,6 +130,10 @@ class Method:
             predictive entropy (global rules on a classifier) or predictive variance (global
             rules on a regressor), both from the ELBO's own outputs, or per weight by
             ``|grad| × posterior std`` (per-parameter rules).
+        guide, rank: the BNN's posterior family (``bayesian(guide=, rank=)``).
+        wrapper: ``""``, ``"ensemble"`` (``members`` independently initialised copies of the
+            network, or of the BNN when ``bayesian``), ``"mc-dropout"`` (rate ``dropout``) or
+            ``"laplace"`` (last-layer Laplace fitted on the trained deterministic network).
     """
 
     name: str
@@ -144,12 +149,16 @@ class Method:
     num_particles: int = 1
     num_samples: int = 32
     rule: Any = None
+    guide: str = "meanfield"
+    rank: int | None = None
+    wrapper: str = ""
+    members: int = 5
+    dropout: float = 0.1
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"optimizer must be 'adam' or 'adamw'; got {self.optimizer!r}")
-        if self.rule is not None and not self.bayesian:
-            raise ValueError(f"{self.name}: the pipeline modulates Bayesian methods only")
+        _methods.check(self)
 
 
 class PointRegressor(nn.Module):
@@ -187,15 +196,9 @@ def setup(
 ) -> Setup:
     """Seed torch, build the model (on ``device``), its loss, optimizer, cosine schedule and modulator."""
     torch.manual_seed(seed)
-    if method.bayesian:
-        model: nn.Module = bayesian(
-            net(),
-            num_data=len(task.x_train),
-            prior=priors.Normal(method.prior_scale),
-            likelihood=likelihoods.Normal() if task.regression else likelihoods.Categorical(),
-            kl_weight=method.kl_weight,
-            init_scale=method.init_scale,
-        )
+    built = _methods.build(method, net, num_data=len(task.x_train), regression=task.regression, seed=seed)
+    if built is not None:
+        model: nn.Module = built
         loss = model.elbo if method.num_particles == 1 else _particles(model, method.num_particles)
     elif task.regression:
         model = PointRegressor(net())
@@ -212,8 +215,9 @@ def setup(
     mod, before_step = None, None
     if method.rule is not None:
         per_param = bool(getattr(method.rule, "per_parameter", False))
-        mod = Modulator(method.rule, sigma=model if per_param else None).attach(opt)
-        before_step = _observe_signal(mod, model)
+        sigma = model if isinstance(model, BNN) else getattr(model, "parameter_scale", None)
+        mod = Modulator(method.rule, sigma=sigma if per_param else None).attach(opt)
+        before_step = _observe_signal(mod, model, method.name, task.regression, needed=not per_param)
     return Setup(model, loss, opt, sched, mod, before_step)
 
 
@@ -221,14 +225,25 @@ def _cross_entropy(net: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
     return lambda x, y: F.cross_entropy(net(x), y)
 
 
-def _particles(bnn: BNN, k: int) -> Callable[[Tensor, Tensor], Any]:
+def _particles(bnn: Any, k: int) -> Callable[[Tensor, Tensor], Any]:
     return lambda x, y: bnn.elbo(x, y, num_particles=k)
 
 
-def _observe_signal(mod: Modulator, bnn: BNN) -> Callable[[Any], None]:
+def _observe_signal(
+    mod: Modulator, model: Any, name: str, regression: bool, *, needed: bool
+) -> Callable[[Any], None] | None:
     """``before_step`` for ``fit``: the batch's predictive entropy (classifier) or predictive
-    variance (regressor, Normal likelihood) from the ELBO's own outputs (:func:`elbo_signal`)."""
-    signal = elbo_signal(bnn)
+    variance (regressor, Normal likelihood) from the ELBO's own outputs (:func:`elbo_signal`);
+    for other models with ELBO-like terms (e.g. an ensemble of BNNs), the entropy of their outputs.
+    A per-parameter rule (``needed=False``) only records the signal, where there is one."""
+    if isinstance(model, BNN):
+        signal = elbo_signal(model)
+    elif regression:
+        if not needed:
+            return None
+        raise ValueError(f"{name}: a global rule on a regressor needs a BNN (its predictive variance)")
+    else:
+        signal = lambda terms: batch_entropy(terms.outputs)  # noqa: E731
     return lambda terms: mod.observe(signal(terms))
 
 
@@ -252,10 +267,10 @@ def predictor(model: nn.Module, method: Method, chunk: int = 2000) -> Predict:
     """``predict(x)`` over row chunks of ``chunk`` inputs, without gradients, in eval mode."""
 
     def one(x: Tensor) -> Any:
-        if isinstance(model, BNN):
-            return model.predict(x, num_samples=method.num_samples)
         if isinstance(model, PointRegressor):
             return model.predict(x)
+        if hasattr(model, "predict"):  # a BNN, ensemble, MC dropout, Laplace: [S, N, C] or NormalPrediction
+            return model.predict(x, num_samples=method.num_samples)
         return torch.softmax(model(x), -1)[None]
 
     def predict(x: Tensor) -> Any:
@@ -303,7 +318,10 @@ def train(
     )
     if s.modulator is not None:
         merge_modulator_history(history, s.modulator)
-    return Trained(method, s.model, predictor(s.model, method, predict_chunk), history)
+    model = s.model
+    if method.wrapper == "laplace":
+        model = _methods.laplace(model, task.x_train, task.y_train)
+    return Trained(method, model, predictor(model, method, predict_chunk), history)
 
 
 def _squeeze(a: np.ndarray) -> np.ndarray:

@@ -67,6 +67,7 @@ SECTIONS = (
     ("spread", "Posterior spread per layer"),
     ("mcmc", "MCMC diagnostics"),
     ("training", "Training curves"),
+    ("shift", "Under distribution shift"),
 )
 SUMMARY_SCHEMA = "uncertlr.summary/1"
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from uncertlr.diagnostics import _html
+from uncertlr.diagnostics._shift import shift_section
 from uncertlr.diagnostics.convert import PREDICTIVE_QUANTITIES
 from uncertlr.diagnostics.summary import RHAT_THRESHOLD
 from uncertlr.runfolder import METRICS_FILE, SUMMARY_ROWS
@@ -254,6 +255,7 @@ RENDERERS: dict[str, Callable[[Context], str]] = {
     "spread": spread,
     "mcmc": mcmc,
     "training": training,
+    "shift": lambda ctx: shift_section(ctx.run),
 }
 
 

@@ -59,6 +59,7 @@ __all__ = [
     "reliability_figure",
     "save_figure",
     "select_series",
+    "shift_figure",
     "training_curves",
     "uncertainty_histograms",
 ]
@@ -421,6 +422,48 @@ def energy_plot(idata: Any) -> Figure:
 
 
 # --------------------------------------------------------------------------- output
+
+
+def shift_figure(curves: Mapping[str, Mapping[str, Mapping[Any, Mapping[str, float]]]]) -> Figure:
+    """ECE and NLL against corruption severity, one row of panels per task, one line per method.
+
+    Args:
+        curves: ``{task: {method: {severity: {"ece": ..., "nll": ...}}}}``; severity 0 is the
+            clean test set (keys may be ints or their strings, as read back from JSON).
+            Temperature-scaled variants (``"<method>+ts"``) are drawn dashed in their method's colour.
+
+    Example:
+        >>> fig = shift_figure({"digits": {"net": {0: {"ece": 0.02, "nll": 0.1}, 1: {"ece": 0.05, "nll": 0.3}}}})
+        >>> [ax.get_title() for ax in fig.axes]
+        ['digits: ECE', 'digits: NLL']
+    """
+    if not curves:
+        raise ValueError("shift_figure needs at least one task with severity curves")
+    fig, axes = plt.subplots(len(curves), 2, figsize=(11, 3.6 * len(curves)), squeeze=False)
+    colours: dict[str, Any] = {}
+    for row, (task, methods) in zip(axes, curves.items()):
+        for method, by_sev in methods.items():
+            base = method.removesuffix("+ts")
+            colours.setdefault(base, f"C{len(colours) % 10}")
+            sev = sorted(by_sev, key=float)
+            for ax, key in zip(row, ("ece", "nll")):
+                ax.plot(
+                    [float(s) for s in sev],
+                    [by_sev[s][key] for s in sev],
+                    marker="o",
+                    ms=3,
+                    color=colours[base],
+                    ls="--" if method.endswith("+ts") else "-",
+                    alpha=0.7 if method.endswith("+ts") else 1.0,
+                    label=method,
+                )
+        for ax, key in zip(row, ("ECE", "NLL")):
+            ax.set_title(f"{task}: {key}")
+            ax.set_xlabel("corruption severity (0 = clean)")
+            ax.grid(alpha=0.3)
+    axes[0][1].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
 
 
 def figure_png(fig: Figure, *, dpi: int = 110) -> bytes:

@@ -5,6 +5,9 @@
 * :func:`batch_entropy`, :func:`batch_mutual_information`, :func:`confidence_weighted_nll`,
   :func:`batch_predictive_variance` (and its epistemic / aleatoric parts), :func:`elbo_signal` —
   uncertainty signals from the outputs the step already has;
+* :func:`deep_ensemble` / :class:`Ensemble`, :func:`mc_dropout` / :class:`MCDropout`,
+  :class:`LastLayerLaplace` — more posteriors behind the same ``predict(x, num_samples)``
+  (``bayesian(guide="lowrank" | "full")`` for correlated variational posteriors);
 * :class:`Modulator` — the LR modulator for any ``torch.optim`` optimizer;
 * :func:`fit` / :class:`StepGuard` — a small explicit loop and its numerical guard;
 * :func:`save_checkpoint` / :func:`load_checkpoint` — resumable, pickle-free checkpoints;
@@ -29,6 +32,9 @@ except ImportError as exc:  # pragma: no cover - exercised only without the core
 
 from uncertlr.torch.bnn import BNN, ELBOTerms, NormalPrediction, bayesian
 from uncertlr.torch.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from uncertlr.torch.dropout import MCDropout, mc_dropout
+from uncertlr.torch.ensemble import Ensemble, PointNetwork, deep_ensemble
+from uncertlr.torch.laplace import LastLayerLaplace
 from uncertlr.torch.loop import LoopState, StepGuard, fit
 from uncertlr.torch.modulator import Modulator
 from uncertlr.torch.signals import (
@@ -45,9 +51,13 @@ __all__ = [
     "BNN",
     "Checkpoint",
     "ELBOTerms",
+    "Ensemble",
+    "LastLayerLaplace",
     "LoopState",
+    "MCDropout",
     "Modulator",
     "NormalPrediction",
+    "PointNetwork",
     "StepGuard",
     "batch_aleatoric_variance",
     "batch_entropy",
@@ -56,8 +66,10 @@ __all__ = [
     "batch_predictive_variance",
     "bayesian",
     "confidence_weighted_nll",
+    "deep_ensemble",
     "elbo_signal",
     "fit",
     "load_checkpoint",
+    "mc_dropout",
     "save_checkpoint",
 ]

@@ -100,6 +100,10 @@ class MeanFieldNormal(nn.Module):
         """Flat posterior std ``[P]`` (differentiable), floored at the dtype's smallest normal number."""
         return self.log_scale.exp().clamp_min(torch.finfo(self.log_scale.dtype).tiny)
 
+    def draw(self, eps: Tensor) -> Tensor:
+        """Weights ``loc + scale * eps`` ``[..., P]`` for standard-normal ``eps[..., P]`` (no KL)."""
+        return torch.addcmul(self.loc, self.scale, eps)
+
     def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
         """Split ``flat[..., P]`` into ``{name: tensor[..., *shape]}`` views."""
         lead = flat.shape[:-1]

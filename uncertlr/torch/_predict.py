@@ -97,7 +97,7 @@ def chunked_outputs(
     lead = bnn.adapter.lead(x)
     n = lead.shape[0]
     with torch.no_grad(), bnn._eval_mode(), vmappable_rnns(bnn.net):
-        loc, scale = post.loc, post.scale
+        loc = post.loc
         row_bytes = 1
         if max_batch is None:
             with named_shape_errors(lead):  # the probe is the first forward pass: name x's problems
@@ -116,7 +116,7 @@ def chunked_outputs(
         result: Tensor | None = None
         for s0 in range(0, num_samples, plan.draws):
             k = min(plan.draws, num_samples - s0)
-            flat_w = torch.addcmul(loc, scale, bnn._noise(k))
+            flat_w = post.draw(bnn._noise(k))  # mean-field, low-rank or full covariance
             for r0 in range(0, n, plan.rows):
                 xb = x if plan.rows >= n else take_rows(x, r0, r0 + plan.rows)
                 lead_b = lead[r0 : r0 + plan.rows]

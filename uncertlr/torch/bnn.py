@@ -42,7 +42,7 @@ from uncertlr.select import Predicate, Selector
 from uncertlr.torch._adapters import Adapter, Inputs, Output
 from uncertlr.torch._guards import check_predicted, nonfinite_cause, warn_if_probabilities
 from uncertlr.torch._likelihood import LikelihoodModule
-from uncertlr.torch._meanfield import MeanFieldNormal
+from uncertlr.torch._lowrank import FullNormal, LowRankNormal, joint_guide, make_posterior
 from uncertlr.torch._modules import fan_in, named_shape_errors, owner
 from uncertlr.torch._predict import chunked_outputs
 from uncertlr.torch._rnn import vmappable_rnns
@@ -80,6 +80,8 @@ class BNN(nn.Module):
         kl_weight: float,
         validate: bool,
         adapter: Adapter | None = None,
+        guide: str = "meanfield",
+        rank: int | None = None,
     ):
         super().__init__()
         self.net = copy.deepcopy(net)
@@ -108,7 +110,9 @@ class BNN(nn.Module):
             raise ValueError(f"select={select!r} chose none of the network's parameters {names[:6]}...")
 
         fan_ins = {n: fan_in(self.net, n, p) for n, p in chosen.items()}
-        self.posterior = MeanFieldNormal({n: p.detach() for n, p in chosen.items()}, init_scale)
+        self.posterior = make_posterior(
+            guide, {n: p.detach() for n, p in chosen.items()}, init_scale, rank=rank
+        )
         # Random parameters become non-persistent buffers holding the initial weights; every
         # forward pass replaces them with posterior draws through functional_call.
         for n in chosen:
@@ -174,7 +178,7 @@ class BNN(nn.Module):
                 dtype=self.posterior.loc.dtype,
                 device=self.posterior.loc.device,
             )
-            return self.posterior.unflatten(torch.addcmul(self.posterior.loc, self.posterior.scale, eps))
+            return self.posterior.unflatten(self.posterior.draw(eps))
 
     def mean_network(self) -> nn.Module:
         """A deterministic copy of the network with every random parameter at its posterior mean."""
@@ -304,7 +308,7 @@ class BNN(nn.Module):
         """Outputs of the network under one posterior draw, ``[B, ...]``."""
         self._check_input(x)
         with torch.no_grad():
-            w = torch.addcmul(self.posterior.loc, self.posterior.scale, self._noise(None))
+            w = self.posterior.draw(self._noise(None))
         return self._call(self.posterior.unflatten(w), x)
 
     @contextlib.contextmanager
@@ -419,7 +423,10 @@ class BNN(nn.Module):
         return out
 
     def guide(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
-        """The Pyro guide: the mean-field Normal posterior, one site per random parameter."""
+        """The Pyro guide: the mean-field Normal posterior, one site per random parameter
+        (a correlated posterior: one auxiliary joint site, see :func:`~uncertlr.torch._lowrank.joint_guide`)."""
+        if isinstance(self.posterior, (LowRankNormal, FullNormal)):
+            return joint_guide(self.posterior, self._slices(), self.kl_weight)
         loc, scale = self.posterior.loc, self.posterior.scale
         out = {}
         with poutine.scale(scale=self.kl_weight):
@@ -440,6 +447,8 @@ def bayesian(
     validate: bool = True,
     inputs: Inputs = None,
     output: Output = None,
+    guide: str = "meanfield",
+    rank: int | None = None,
 ) -> BNN:
     """Make a Bayesian neural network from any ``torch.nn.Module`` (which is left untouched).
 
@@ -464,6 +473,10 @@ def bayesian(
             (a tensor), a key or attribute name (``"logits"`` of a dict, dataclass or Hugging
             Face ``ModelOutput``), a tuple index, or ``result -> tensor``. Example:
             ``bayesian(net, ..., inputs=("input_ids", "attention_mask"), output="logits")``.
+        guide: the posterior family: ``"meanfield"`` (default), ``"lowrank"`` (diagonal plus a
+            rank-``rank`` factor over all random parameters, default rank 10) or ``"full"`` (full
+            covariance; for a last layer). See :mod:`uncertlr.torch._lowrank`.
+        rank: columns of the low-rank factor (``guide="lowrank"`` only).
 
     Example:
         >>> import torch
@@ -485,4 +498,4 @@ def bayesian(
         kl_weight=kl_weight,
         validate=validate,
     )
-    return BNN(net, **spec._asdict(), adapter=Adapter(inputs, output))
+    return BNN(net, **spec._asdict(), adapter=Adapter(inputs, output), guide=guide, rank=rank)

@@ -1,0 +1,175 @@
+"""Aggregation for ``benchmarks/shift.py``: summary rows with seed standard errors, the goal checks, the
+ECE/NLL-vs-severity curves and figure, and a run folder with the report's shift section."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# --------------------------------------------------------------------------- aggregation
+
+
+KEYS = (
+    "accuracy",
+    "nll",
+    "brier",
+    "ece",
+    "aurc",
+    "auroc",
+    "auroc_mi",
+    "rmse",
+    "coverage_90",
+    "train_s",
+    "predict_ms_per_1000",
+)
+
+
+def _mean_se(values: list[float]) -> tuple[float, float | None]:
+    a = np.asarray(values, dtype=np.float64)
+    return float(a.mean()), (float(a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else None)
+
+
+def summarise(
+    rows: list[dict[str, Any]], group: Sequence[str] = ("condition", "method")
+) -> list[dict[str, Any]]:
+    """Mean over everything but the seed (severities, corruptions, folds) per seed, then mean and SE over seeds."""
+    per: dict[tuple, dict[int, dict[str, list[float]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list))
+    )
+    for r in rows:
+        for k in KEYS:
+            if r.get(k) is not None:
+                per[tuple(r.get(g) for g in group)][r["seed"]][k].append(r[k])
+    out = []
+    for gkey, seeds in per.items():
+        row: dict[str, Any] = dict(zip(group, gkey))
+        for k in KEYS:
+            vals = [float(np.mean(s[k])) for s in seeds.values() if s.get(k)]
+            if vals:
+                row[k], row[f"{k}_se"] = _mean_se(vals)
+            elif k in ("accuracy", "nll", "ece", "auroc"):
+                row[k] = None
+        row["seeds"] = len(seeds)
+        out.append(row)
+    return out
+
+
+def goals(summary: list[dict[str, Any]], folds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's four goals, each with the numbers it was decided on."""
+    s = {(r["condition"], r["method"]): r for r in summary}
+    out: dict[str, Any] = {}
+    methods = sorted({m for _, m in s if m not in ("deterministic", "deterministic+ts")})
+    if folds:
+        fold_tab: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+        for r in folds:
+            fold_tab[r["method"]][r["fold"]] = r
+        det = fold_tab.get("deterministic", {})
+        best = None
+        for m in methods:
+            wins = 0
+            for fold, r in fold_tab.get(m, {}).items():
+                d = det.get(fold)
+                if d is None:
+                    continue
+                se_n = max(r.get("nll_se") or 0.0, d.get("nll_se") or 0.0)
+                se_e = max(r.get("ece_se") or 0.0, d.get("ece_se") or 0.0)
+                wins += (d["nll"] - r["nll"] > se_n) and (d["ece"] - r["ece"] > se_e)
+            if best is None or wins > best[1]:
+                best = (m, wins)
+        out["loso"] = {
+            "best_method": best[0] if best else None,
+            "folds_won": best[1] if best else 0,
+            "folds": len(det),
+            "met": bool(best and best[1] >= 4),
+        }
+    det = s.get(("digits-near-ood", "deterministic"))
+    if det:
+        cands = [
+            (max(r.get("auroc") or 0, r.get("auroc_mi") or 0), m)
+            for (c, m), r in s.items()
+            if c == "digits-near-ood"
+        ]
+        best_auc, best_m = max(cands)
+        out["near_ood"] = {
+            "deterministic_auroc_entropy": det["auroc"],
+            "best_method": best_m,
+            "best_auroc": best_auc,
+            "met": best_auc >= det["auroc"] + 0.05,
+        }
+    for task in ("digits", "fsdd"):
+        det_c, det_0 = s.get((f"{task}-corrupt", "deterministic")), s.get((f"{task}-clean", "deterministic"))
+        if not det_c or not det_0:
+            continue
+        ok = [
+            (s[(f"{task}-corrupt", m)]["ece"], m)
+            for m in methods
+            if (f"{task}-corrupt", m) in s and s[(f"{task}-clean", m)]["accuracy"] >= det_0["accuracy"] - 0.01
+        ]
+        ece, m = min(ok) if ok else (None, None)
+        out[f"{task}_corrupt"] = {
+            "deterministic_ece": det_c["ece"],
+            "best_method": m,
+            "best_ece": ece,
+            "met": ece is not None and ece <= 0.5 * det_c["ece"],
+        }
+        ts = [(r["ece"], m) for (c, m), r in s.items() if c == f"{task}-clean" and m.endswith("+ts")]
+        out[f"{task}_clean_ts"] = {
+            "best_ece": min(ts)[0],
+            "best_method": min(ts)[1],
+            "met": min(ts)[0] <= 0.01,
+            "all": {m: e for e, m in sorted(ts)},
+        }
+    return out
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """ECE and NLL against severity (0 = clean), mean over corruption types and seeds, per method."""
+    from uncertlr.diagnostics.plots import save_figure, shift_figure
+
+    save_figure(shift_figure(severity_curves(rows)), path)
+    print(f"wrote {path}")
+
+
+def severity_curves(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[int, dict[str, float]]]]:
+    """``{task: {method: {severity: {"ece", "nll", "accuracy"}}}}`` (severity 0 = the clean test set)."""
+    acc: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        c = r["condition"]
+        if c.endswith("-corrupt") or c.endswith("-clean"):
+            acc[(c.rsplit("-", 1)[0], r["method"], r["severity"])].append(r)
+    out: dict[str, dict[str, dict[int, dict[str, float]]]] = defaultdict(lambda: defaultdict(dict))
+    for (task, m, sev), rs in sorted(acc.items()):
+        out[task][m][int(sev)] = {k: float(np.mean([r[k] for r in rs])) for k in ("ece", "nll", "accuracy")}
+    return {t: dict(v) for t, v in out.items()}
+
+
+def write_run(root: Path, summary: list[dict[str, Any]], curves: dict[str, Any], seeds: list[int]) -> Path:
+    """A run folder: ``metrics.json`` (each method on the first clean condition), ``shift.json``, the report."""
+    from uncertlr import runfolder
+    from uncertlr.diagnostics import report
+
+    run = runfolder.new_run_dir(root, "shift")
+    clean = next(
+        (c for c in ("digits-clean", "fsdd-clean") if any(r["condition"] == c for r in summary)), None
+    )
+    models = {
+        r["method"]: {k: r[k] for k in ("accuracy", "nll", "brier", "ece") if r.get(k) is not None}
+        for r in summary
+        if r["condition"] == clean
+    }
+    runfolder.write_metrics(
+        run,
+        {
+            "task": f"shift benchmark ({clean or 'regression'} in the metrics table)",
+            "seed": seeds[0],
+            "config": {"seeds": seeds},
+            "models": models,
+        },
+    )
+    runfolder.write_shift(run, summary, curves)
+    print(f"wrote {report(run, progress=False)}")
+    return run

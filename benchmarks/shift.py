@@ -1,0 +1,499 @@
+"""Uncertainty under distribution shift: every uncertlr method against the deterministic net.
+
+Methods (``benchmarks/_shift_methods.py``): ``deterministic``, ``mc-dropout``, ``ensemble`` (5
+deterministic nets), ``laplace`` (last-layer, on the deterministic net), ``bnn`` (mean-field),
+``bnn-lowrank`` (rank 10), ``bnn-ensemble`` (3 BNNs), and each of them after temperature
+scaling fitted on a validation split (``<method>+ts``). Conditions:
+
+* ``digits-clean`` / ``digits-corrupt``: sklearn digits, 5 corruptions (noise, blur, rotation,
+  shift, contrast) × 5 severities of the test set; ``digits-far-ood``: shuffled pixels;
+  ``digits-near-ood``: trained on digits 0-4, detect 5-9;
+* ``fsdd-clean`` / ``fsdd-corrupt``: FSDD official split, 4 corruptions of the test waveforms (white noise,
+  time shift, pitch/tempo, reverberation) × 5 severities; ``fsdd-loso``: leave one speaker out, five folds;
+* ``diabetes-shift`` (trained on the lower 70% of BMI) and ``toy-extrapolation`` (regression).
+
+Each model is trained once per seed (and fold) and scored on every corruption of its test
+set. ``--json PATH`` writes ``{"summary": [{"condition", "method", "accuracy", "nll", "ece",
+"auroc", ...}], "rows": [...], "goals": {...}}``; ``summary`` rows average over seeds,
+severities and folds and carry the standard error over seeds (``*_se``).
+
+Usage::
+
+    python benchmarks/shift.py --quick                 # digits only, one seed (< 5 min on 2 idle cores)
+    python benchmarks/shift.py --png docs/shift.png    # everything, 3 seeds
+    python benchmarks/shift.py --tune                  # choose the BNN's init σ, prior scale, KL weight
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks import _shift_data as D  # noqa: E402
+from benchmarks._common import RESULTS_DIR, base_parser, print_table, write_results  # noqa: E402
+from benchmarks._shift_methods import (  # noqa: E402
+    METHODS,
+    Config,
+    classification_scores,
+    ood_scores,
+    regression_scores,
+    train_methods,
+)
+from benchmarks._shift_report import goals, plot, severity_curves, summarise, write_run  # noqa: E402
+from uncertlr._progress import progress_task  # noqa: E402
+from uncertlr.calibration import fit_temperature  # noqa: E402
+
+# BNN init σ, prior scale, KL weight: best validation NLL of `--tune --quick` (digits; BENCHMARKS.md), also for FSDD.
+DIGITS = Config(hidden=(128, 128), det_epochs=60, det_lr=3e-3, bnn_epochs=150, bnn_lr=1e-2, init_scale=1e-2)
+FSDD = Config(
+    hidden=(128, 128), det_epochs=20, det_lr=1e-3, bnn_epochs=30, bnn_lr=3e-3, init_scale=1e-2, time_pool=4
+)
+REGRESSION = Config(
+    hidden=(50, 50),
+    activation="tanh",
+    batch_size=32,
+    det_epochs=300,
+    det_lr=3e-3,
+    bnn_epochs=600,
+    bnn_lr=1e-2,
+    kl_weight=1.0,
+    num_samples=64,
+)
+VAL_FRACTION = 0.15
+
+
+def _mlp(in_features: int, cfg: Config, out: int) -> Callable[[], torch.nn.Module]:
+    from uncertlr_models import MLP
+
+    return lambda: MLP(in_features, cfg.hidden, out, activation=cfg.activation)
+
+
+def _val_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    perm = np.random.default_rng(seed).permutation(n)
+    k = int(round(VAL_FRACTION * n))
+    return perm[k:], perm[:k]
+
+
+def _t(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def _score_all(
+    fitted: dict[str, Any],
+    x_val: torch.Tensor,
+    y_val: np.ndarray,
+    sets: dict[tuple, tuple[torch.Tensor, np.ndarray]],
+    base: dict[str, Any],
+    ood: dict[tuple, tuple[tuple, torch.Tensor]] | None = None,
+) -> list[dict[str, Any]]:
+    """Rows for every method (and its ``+ts`` variant) on every evaluation set ``{key: (x, labels)}``.
+
+    ``key`` is ``(condition, corruption, severity)``; ``ood`` maps a condition key to ``(in-distribution
+    key, x_ood)``.
+    """
+    rows = []
+    for name, f in fitted.items():
+        temp = fit_temperature(f.predict(x_val).numpy(), y_val)
+        preds: dict[tuple, np.ndarray] = {}
+        for key, (x, _) in sets.items():
+            t0 = time.perf_counter()
+            preds[key] = f.predict(x).numpy()
+            ms = 1000 * (time.perf_counter() - t0) / len(x) * 1000
+        for variant, tf in ((name, lambda p: p), (f"{name}+ts", temp)):
+            for key, (_, y) in sets.items():
+                cond, corr, sev = key
+                rows.append(
+                    {
+                        **base,
+                        "condition": cond,
+                        "method": variant,
+                        "corruption": corr,
+                        "severity": sev,
+                        **classification_scores(tf(preds[key]), y),
+                        "train_s": f.train_seconds,
+                        "predict_ms_per_1000": ms,
+                        "temperature": temp.value,
+                    }
+                )
+            for key, (in_key, x_out) in (ood or {}).items():
+                p_out = tf(f.predict(x_out).numpy())
+                rows.append(
+                    {
+                        **base,
+                        "condition": key[0],
+                        "method": variant,
+                        "corruption": key[1],
+                        "severity": 0,
+                        **classification_scores(tf(preds[in_key]), sets[in_key][1]),
+                        **ood_scores(tf(preds[in_key]), p_out),
+                        "train_s": f.train_seconds,
+                        "predict_ms_per_1000": ms,
+                        "temperature": temp.value,
+                    }
+                )
+    return rows
+
+
+# --------------------------------------------------------------------------- conditions
+
+
+def digits_rows(seed: int, methods: Sequence[str], cfg: Config, advance: Any) -> list[dict[str, Any]]:
+    from uncertlr.data import load_digits, shuffle_pixels
+
+    split = load_digits(seed=0)
+    tr, va = _val_split(len(split.x_train), seed)
+    x_tr, y_tr = _t(split.x_train[tr]), _t(split.y_train[tr])
+    x_val, y_val = _t(split.x_train[va]), split.y_train[va]
+    fitted = train_methods(tuple(methods), _mlp(64, cfg, 10), x_tr, y_tr, cfg, seed=seed, advance=advance)
+    rng = np.random.default_rng(10_000 + seed)
+    sets = {("digits-clean", "none", 0): (_t(split.x_test), split.y_test)}
+    for kind in D.DIGIT_LEVELS:
+        for sev in D.SEVERITIES:
+            sets[("digits-corrupt", kind, sev)] = (
+                _t(D.corrupt_digits(split.x_test, kind, sev, rng)),
+                split.y_test,
+            )
+    ood = {
+        ("digits-far-ood", "shuffled-pixels"): (
+            ("digits-clean", "none", 0),
+            _t(shuffle_pixels(split.x_test, seed=seed)),
+        )
+    }
+    rows = _score_all(fitted, x_val, y_val, sets, {"seed": seed}, ood)
+    # near-OOD: train on 0-4, detect 5-9
+    lo_tr = split.y_train < 5
+    idx = np.flatnonzero(lo_tr)
+    tr, va = _val_split(len(idx), seed)
+    x5, y5 = _t(split.x_train[idx[tr]]), _t(split.y_train[idx[tr]])
+    fitted = train_methods(tuple(methods), _mlp(64, cfg, 5), x5, y5, cfg, seed=seed, advance=advance)
+    te_in, te_out = split.y_test < 5, split.y_test >= 5
+    sets = {("digits-near-ood-in", "none", 0): (_t(split.x_test[te_in]), split.y_test[te_in])}
+    ood = {("digits-near-ood", "digits-5-9"): (("digits-near-ood-in", "none", 0), _t(split.x_test[te_out]))}
+    rows += [
+        r
+        for r in _score_all(
+            fitted, _t(split.x_train[idx[va]]), split.y_train[idx[va]], sets, {"seed": seed}, ood
+        )
+        if r["condition"] == "digits-near-ood"
+    ]
+    return rows
+
+
+def _fsdd_features(data_dir: Path | None) -> tuple[Any, Any]:
+    from uncertlr.data import LogMel, load_fsdd
+
+    feat = LogMel(top_db=40.0)
+    return load_fsdd(data_dir, features=feat), feat
+
+
+def _standardiser(train: np.ndarray, pool: int = 1) -> Callable[[np.ndarray], torch.Tensor]:
+    """Per-band standardisation on the training features, then the mean over ``pool`` frames."""
+    mu = train.mean(axis=(0, 2), keepdims=True)
+    sd = train.std(axis=(0, 2), keepdims=True) + 1e-6
+
+    def f(a: np.ndarray) -> torch.Tensor:
+        z = (a - mu) / sd
+        z = z.reshape(*z.shape[:2], z.shape[2] // pool, pool).mean(-1)
+        return torch.from_numpy(z.astype(np.float32))
+
+    return f
+
+
+def fsdd_corrupted(split: Any, feat: Any, cache: Path) -> dict[tuple[str, int], np.ndarray]:
+    """Features of every corruption × severity of the official test split (computed once, cached in ``cache``)."""
+    from uncertlr.data import read_recordings
+
+    out = {}
+    waves = None
+    for kind in D.AUDIO_LEVELS:
+        for sev in D.SEVERITIES:
+            path = cache / f"fsdd-{kind}-{sev}-{feat.cache_key()[:12]}.npy"
+            if path.is_file():
+                out[(kind, sev)] = np.load(path)
+                continue
+            waves = waves if waves is not None else read_recordings(split.test)
+            rng = np.random.default_rng([sev, *map(ord, kind)])
+            cw = [D.corrupt_wave(w, kind, sev, rng, feat.num_samples) for w in waves]
+            out[(kind, sev)] = feat(cw).numpy().astype(np.float32)
+            cache.mkdir(parents=True, exist_ok=True)
+            np.save(path, out[(kind, sev)])
+    return out
+
+
+def fsdd_rows(
+    seed: int, methods: Sequence[str], cfg: Config, advance: Any, data_dir: Path | None, cache: Path
+) -> list[dict[str, Any]]:
+    from uncertlr.data import LogMel, load_fsdd
+
+    split, feat = _fsdd_features(data_dir)
+    corrupted = fsdd_corrupted(split, feat, cache)
+    std = _standardiser(split.x_train, cfg.time_pool)
+    tr, va = _val_split(len(split.x_train), seed)
+    n_in = split.x_train.shape[1] * (split.x_train.shape[2] // cfg.time_pool)
+    fitted = train_methods(
+        tuple(methods),
+        _mlp(n_in, cfg, 10),
+        std(split.x_train[tr]),
+        _t(split.y_train[tr]),
+        cfg,
+        seed=seed,
+        advance=advance,
+    )
+    sets = {("fsdd-clean", "none", 0): (std(split.x_test), split.y_test)}
+    for (kind, sev), x in corrupted.items():
+        sets[("fsdd-corrupt", kind, sev)] = (std(x), split.y_test)
+    rows = _score_all(fitted, std(split.x_train[va]), split.y_train[va], sets, {"seed": seed})
+    for speaker in sorted(set(split.speakers_train)):
+        fold = load_fsdd(data_dir, features=LogMel(top_db=40.0), split="speaker", test_speakers=[speaker])
+        std = _standardiser(fold.x_train, cfg.time_pool)
+        tr, va = _val_split(len(fold.x_train), seed)
+        fitted = train_methods(
+            tuple(methods),
+            _mlp(n_in, cfg, 10),
+            std(fold.x_train[tr]),
+            _t(fold.y_train[tr]),
+            cfg,
+            seed=seed,
+            advance=advance,
+        )
+        sets = {("fsdd-loso", speaker, 0): (std(fold.x_test), fold.y_test)}
+        rows += [
+            {**r, "fold": speaker}
+            for r in _score_all(fitted, std(fold.x_train[va]), fold.y_train[va], sets, {"seed": seed})
+        ]
+    return rows
+
+
+def regression_rows(seed: int, methods: Sequence[str], cfg: Config, advance: Any) -> list[dict[str, Any]]:
+    rows = []
+    for cond, make in D.REGRESSION.items():
+        d = make(seed)
+        fitted = train_methods(
+            tuple(m for m in methods if m != "bnn-ensemble"),
+            _mlp(d.x_train.shape[1], cfg, 1),
+            _t(d.x_train),
+            _t(d.y_train),
+            cfg,
+            seed=seed,
+            regression=True,
+            advance=advance,
+        )
+        for name, f in fitted.items():
+            t0 = time.perf_counter()
+            pred = f.predict(_t(d.x_test))
+            ms = 1000 * (time.perf_counter() - t0) / len(d.x_test) * 1000
+            rows.append(
+                {
+                    "seed": seed,
+                    "condition": cond,
+                    "method": name,
+                    "corruption": "none",
+                    "severity": 0,
+                    **regression_scores(pred, d.y_test, d.y_loc, d.y_scale),
+                    "train_s": f.train_seconds,
+                    "predict_ms_per_1000": ms,
+                }
+            )
+    return rows
+
+
+# --------------------------------------------------------------------------- tuning
+
+
+def tune(quick: bool, data_dir: Path | None) -> list[dict[str, Any]]:
+    """Validation NLL (seed 0, clean held-out training data) of the BNN over a grid of its three defaults."""
+    from uncertlr.data import load_digits
+
+    grid = [(i, p, k) for i in (1e-3, 1e-2, 3e-2) for p in (0.3, 1.0) for k in (0.1, 0.3, 1.0)]
+    tasks: list[tuple[str, Config, Any]] = []
+    split = load_digits(seed=0)
+    tr, va = _val_split(len(split.x_train), 0)
+    tasks.append(
+        (
+            "digits",
+            DIGITS,
+            (
+                _mlp(64, DIGITS, 10),
+                _t(split.x_train[tr]),
+                _t(split.y_train[tr]),
+                _t(split.x_train[va]),
+                split.y_train[va],
+            ),
+        )
+    )
+    if not quick:
+        fs, _ = _fsdd_features(data_dir)
+        std = _standardiser(fs.x_train, FSDD.time_pool)
+        tr, va = _val_split(len(fs.x_train), 0)
+        tasks.append(
+            (
+                "fsdd",
+                FSDD,
+                (
+                    _mlp(fs.x_train.shape[1] * (fs.x_train.shape[2] // FSDD.time_pool), FSDD, 10),
+                    std(fs.x_train[tr]),
+                    _t(fs.y_train[tr]),
+                    std(fs.x_train[va]),
+                    fs.y_train[va],
+                ),
+            )
+        )
+    rows = []
+    with progress_task(True, "tuning", len(grid) * len(tasks)) as advance:
+        for task, cfg, (net, x, y, xv, yv) in tasks:
+            for init, prior, kl in grid:
+                c = replace(cfg, init_scale=init, prior_scale=prior, kl_weight=kl)
+                f = train_methods(("bnn",), net, x, y, c, seed=0)["bnn"]
+                rows.append(
+                    {
+                        "task": task,
+                        "init_scale": init,
+                        "prior_scale": prior,
+                        "kl_weight": kl,
+                        **classification_scores(f.predict(xv).numpy(), yv),
+                        "train_s": f.train_seconds,
+                    }
+                )
+                advance()
+    return rows
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = base_parser(__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument(
+        "--tasks",
+        nargs="+",
+        default=["digits", "fsdd", "regression"],
+        choices=["digits", "fsdd", "regression"],
+    )
+    p.add_argument("--png", type=Path, default=None, help="write the ECE/NLL-vs-severity figure here")
+    p.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="also write a run folder (metrics, shift.json, report) here",
+    )
+    p.add_argument(
+        "--rows",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="summarise the rows of earlier --json files instead of training (e.g. tasks run in parallel)",
+    )
+    p.add_argument(
+        "--tune", action="store_true", help="grid over the BNN's init σ, prior scale and KL weight"
+    )
+    p.add_argument(
+        "--cache", type=Path, default=Path("/tmp/uncertlr-shift-cache"), help="corrupted FSDD features"
+    )
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.seeds, args.tasks = args.seeds[:1], ["digits"]
+    t_start = time.perf_counter()
+    if args.tune:
+        rows = tune(args.quick, args.data_dir)
+        print_table(
+            "BNN validation NLL",
+            rows,
+            [
+                ("task", "task", "s"),
+                ("init_scale", "init σ", "g"),
+                ("prior_scale", "prior", "g"),
+                ("kl_weight", "KL w", "g"),
+                ("nll", "val NLL", ".4f"),
+                ("ece", "val ECE", ".4f"),
+                ("accuracy", "val acc", ".4f"),
+            ],
+        )
+        best = {
+            t: min((r for r in rows if r["task"] == t), key=lambda r: r["nll"])
+            for t in {r["task"] for r in rows}
+        }
+        write_results("shift_tune", rows, args.json or RESULTS_DIR / "shift_tune.json", best=best)
+        return 0
+    rows: list[dict[str, Any]] = []
+    if args.rows:
+        for path in args.rows:
+            doc = json.loads(path.read_text())
+            rows += doc["rows"]
+            args.seeds = sorted(set(args.seeds) | set(doc.get("seeds", [])))
+    n_models = len(args.methods)
+    per_seed = {
+        "digits": 2 * n_models,
+        "fsdd": 6 * n_models,
+        "regression": 2 * (n_models - ("bnn-ensemble" in args.methods)),
+    }
+    total = sum(per_seed[t] for t in args.tasks) * len(args.seeds)
+    with progress_task(not args.rows, "shift benchmark", 0 if args.rows else total) as advance:
+        for seed in [] if args.rows else args.seeds:
+            if "digits" in args.tasks:
+                rows += digits_rows(seed, args.methods, DIGITS, advance)
+            if "fsdd" in args.tasks:
+                rows += fsdd_rows(seed, args.methods, FSDD, advance, args.data_dir, args.cache)
+            if "regression" in args.tasks:
+                rows += regression_rows(seed, args.methods, REGRESSION, advance)
+    summary = summarise(rows)
+    folds = summarise([r for r in rows if r["condition"] == "fsdd-loso"], ("fold", "method"))
+    g = goals(summary, folds)
+    cols = [("condition", "condition", "s"), ("method", "method", "s")]
+    print_table(
+        "shift benchmark: classification (mean over seeds, severities, folds)",
+        [r for r in summary if r.get("accuracy") is not None],
+        cols + [(k, k, ".3f") for k in ("accuracy", "nll", "ece", "aurc", "auroc", "auroc_mi")],
+    )
+    print_table(
+        "shift benchmark: regression",
+        [r for r in summary if r.get("rmse") is not None],
+        cols + [(k, k, ".3f") for k in ("nll", "rmse", "coverage_90")],
+    )
+    print_table(
+        "cost per method (seconds to train one model, ms to predict 1,000 inputs)",
+        summarise([{**r, "task": r["condition"].split("-")[0]} for r in rows], ("task", "method")),
+        [
+            ("task", "task", "s"),
+            ("method", "method", "s"),
+            ("train_s", "train s", ".1f"),
+            ("predict_ms_per_1000", "ms / 1k", ".1f"),
+        ],
+    )
+    for k, v in g.items():
+        print(f"goal {k}: {v}")
+    if args.png:
+        plot(rows, args.png)
+    if args.run_dir:
+        write_run(args.run_dir, summary, severity_curves(rows), args.seeds)
+    configs = {"digits": asdict(DIGITS), "fsdd": asdict(FSDD), "regression": asdict(REGRESSION)}
+    write_results(
+        "shift",
+        rows,
+        args.json,
+        summary=summary,
+        folds=folds,
+        goals=g,
+        curves=severity_curves(rows),
+        configs=configs,
+        seeds=args.seeds,
+        wall_seconds=time.perf_counter() - t_start,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

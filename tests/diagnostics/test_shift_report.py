@@ -1,0 +1,93 @@
+"""The report's shift section: drawn from shift.json when a run holds it, a note otherwise; shift_figure."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from conftest import write_run
+
+from uncertlr import runfolder
+from uncertlr.diagnostics import report
+from uncertlr.diagnostics.plots import shift_figure
+
+SUMMARY = [
+    {
+        "condition": "digits-corrupt",
+        "method": "deterministic",
+        "accuracy": 0.81,
+        "nll": 0.9,
+        "ece": 0.12,
+        "auroc": None,
+    },
+    {
+        "condition": "digits-near-ood",
+        "method": "bnn<script>",
+        "accuracy": 0.97,
+        "nll": 0.1,
+        "ece": 0.02,
+        "auroc": 0.91,
+    },
+]
+CURVES = {
+    "digits": {
+        "deterministic": {
+            "0": {"ece": 0.02, "nll": 0.1, "accuracy": 0.97},
+            "3": {"ece": 0.2, "nll": 1.2, "accuracy": 0.6},
+        },
+        "deterministic+ts": {
+            "0": {"ece": 0.01, "nll": 0.09, "accuracy": 0.97},
+            "3": {"ece": 0.1, "nll": 0.9, "accuracy": 0.6},
+        },
+    }
+}
+
+
+def _section(html: str) -> str:
+    return html.split('id="shift"', 1)[1].split("</section>", 1)[0]
+
+
+def test_report_draws_the_shift_section(tmp_path):
+    run = write_run(tmp_path / "run")
+    runfolder.write_shift(run, SUMMARY, CURVES)
+    html = report(run, progress=False).read_text(encoding="utf-8")
+    sec = _section(html)
+    assert len(re.findall(r'src="data:image/png;base64,', sec)) == 1
+    assert "digits-near-ood" in sec and "0.910" in sec
+    assert "<script>" not in sec and "bnn&lt;script&gt;" in sec  # user text is escaped
+
+
+def test_report_without_or_with_a_broken_shift_file(tmp_path):
+    run = write_run(tmp_path / "run")
+    html = report(run, progress=False).read_text(encoding="utf-8")
+    assert "No shift results in this run folder" in _section(html)
+    (run / runfolder.SHIFT_FILE).write_text(json.dumps({"schema": "other"}))
+    html = report(run, progress=False).read_text(encoding="utf-8")
+    assert "shift.json could not be read" in _section(html)
+    assert "Metrics" in html  # the other sections are unaffected
+
+
+def test_shift_file_round_trip_and_errors(tmp_path):
+    run = runfolder.new_run_dir(tmp_path, "r")
+    assert runfolder.read_shift(run) is None
+    runfolder.write_shift(run, SUMMARY, CURVES)
+    doc = runfolder.read_shift(run)
+    assert doc["summary"] == SUMMARY and doc["curves"] == CURVES
+    (run / runfolder.SHIFT_FILE).write_text(json.dumps({"schema": runfolder.SHIFT_SCHEMA, "summary": {}}))
+    with pytest.raises(ValueError, match="shift.json"):
+        runfolder.read_shift(run)
+
+
+def test_shift_figure_draws_each_method_and_dashes_temperature_scaling():
+    fig = shift_figure(CURVES)
+    ece, nll = fig.axes
+    assert [ax.get_title() for ax in fig.axes] == ["digits: ECE", "digits: NLL"]
+    lines = {ln.get_label(): ln for ln in ece.get_lines()}
+    assert list(lines["deterministic"].get_ydata()) == [0.02, 0.2]
+    assert list(lines["deterministic"].get_xdata()) == [0.0, 3.0]
+    assert lines["deterministic+ts"].get_linestyle() == "--"
+    assert lines["deterministic"].get_color() == lines["deterministic+ts"].get_color()
+    assert list(nll.get_lines()[0].get_ydata()) == [0.1, 1.2]
+    with pytest.raises(ValueError, match="at least one task"):
+        shift_figure({})

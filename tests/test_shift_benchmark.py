@@ -1,0 +1,162 @@
+"""benchmarks/shift.py: AURC, the corruptions, the summary's JSON contract and the goal checks on hand-made rows."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import _shift_data as D  # noqa: E402
+from benchmarks._shift_methods import aurc, classification_scores  # noqa: E402
+from benchmarks._shift_report import goals, severity_curves, summarise  # noqa: E402
+
+
+def _aurc_brute(probs, labels):
+    """Risk at every coverage k/N by explicit selection of the k most confident inputs."""
+    pbar = probs.mean(0)
+    conf, pred = pbar.max(-1), pbar.argmax(-1)
+    order = sorted(range(len(labels)), key=lambda i: (-conf[i], i))
+    risks = [np.mean([pred[i] != labels[i] for i in order[:k]]) for k in range(1, len(labels) + 1)]
+    return float(np.mean(risks))
+
+
+@settings(max_examples=40)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 40), s=st.integers(1, 4))
+def test_aurc_matches_a_brute_force_selection(seed, n, s):
+    rng = np.random.default_rng(seed)
+    probs = rng.dirichlet(np.ones(3), size=(s, n))
+    labels = rng.integers(0, 3, n)
+    assert aurc(probs, labels) == pytest.approx(_aurc_brute(probs, labels), abs=1e-12)
+    assert 0.0 <= aurc(probs, labels) <= 1.0
+
+
+def test_aurc_rewards_confidence_ranking():
+    labels = np.array([0, 0, 1, 1])
+    good = np.array(
+        [[[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.1, 0.9]]]
+    )  # the one error is the least confident
+    bad = np.array([[[0.9, 0.1], [0.8, 0.2], [0.99, 0.01], [0.1, 0.9]]])  # the error is the most confident
+    assert aurc(good, labels) < aurc(bad, labels)
+    assert classification_scores(good, labels)["accuracy"] == 0.75
+
+
+@pytest.mark.parametrize("kind", sorted(D.DIGIT_LEVELS))
+def test_digit_corruptions_keep_shape_and_range_and_grow_with_severity(kind):
+    from uncertlr.data import load_digits
+
+    x = load_digits(seed=0).x_test[:100]
+    diffs = []
+    for sev in D.SEVERITIES:
+        out = D.corrupt_digits(x, kind, sev, np.random.default_rng(0))
+        assert out.shape == x.shape and out.dtype == np.float32 and out.min() >= 0 and out.max() <= 1
+        diffs.append(float(np.abs(out - x).mean()))
+    assert diffs[-1] > diffs[0] > 0
+
+
+@pytest.mark.parametrize("kind", sorted(D.AUDIO_LEVELS))
+def test_audio_corruptions_fix_the_length_and_grow_with_severity(kind):
+    t = np.arange(6000) / 8000
+    w = (np.sin(2 * np.pi * 440 * t) * np.hanning(6000)).astype(np.float32)
+    clean = D._fix(w.astype(np.float64), 8064)
+    diffs = []
+    for sev in D.SEVERITIES:
+        out = D.corrupt_wave(w, kind, sev, np.random.default_rng(1), 8064)
+        assert out.shape == (8064,) and out.dtype == np.float32 and np.isfinite(out).all()
+        diffs.append(float(np.abs(out - clean).mean()))
+    assert diffs[-1] > diffs[0] > 0
+
+
+def test_time_shift_moves_the_window():
+    w = np.zeros(800, np.float32)
+    w[400] = 1.0
+    out = D.corrupt_wave(w, "time-shift", 1, np.random.default_rng(0), 1600)
+    assert abs(int(np.argmax(np.abs(out))) - 800) == 400  # 0.05 s at 8 kHz
+
+
+def test_regression_shifts():
+    d = D.diabetes_shift(0)
+    assert len(d.x_test) == 442 - int(0.7 * 442) and d.x_train.shape[1] == 10
+    assert d.x_test[:, 2].min() >= d.x_train[:, 2].max() - 1e-6  # tested above the training BMI range
+    t = D.toy_extrapolation(0)
+    outside = (t.x_test > t.x_train.max()) | (t.x_test < t.x_train.min())
+    assert outside.all()  # extrapolation only
+
+
+def _rows():
+    rows = []
+    for seed, noise in ((0, 0.0), (1, 0.02)):
+        for method, ece, nll in (("deterministic", 0.20, 1.0), ("bnn", 0.08, 0.7), ("bnn+ts", 0.005, 0.6)):
+            for sev in (1, 2):
+                rows.append(
+                    {
+                        "seed": seed,
+                        "condition": "digits-corrupt",
+                        "method": method,
+                        "severity": sev,
+                        "accuracy": 0.8,
+                        "nll": nll * sev,
+                        "ece": ece + noise,
+                        "aurc": 0.1,
+                    }
+                )
+            rows.append(
+                {
+                    "seed": seed,
+                    "condition": "digits-clean",
+                    "method": method,
+                    "severity": 0,
+                    "accuracy": 0.97 - (method == "bnn") * 0.02,
+                    "nll": 0.1,
+                    "ece": ece / 10 + noise,
+                    "aurc": 0.01,
+                }
+            )
+            rows.append(
+                {
+                    "seed": seed,
+                    "condition": "digits-near-ood",
+                    "method": method,
+                    "severity": 0,
+                    "accuracy": 0.99,
+                    "nll": 0.05,
+                    "ece": 0.01,
+                    "aurc": 0.0,
+                    "auroc": 0.8 + (method != "deterministic") * 0.1,
+                }
+            )
+    return rows
+
+
+def test_summary_rows_follow_the_json_contract():
+    summary = summarise(_rows())
+    keys = {(r["condition"], r["method"]) for r in summary}
+    assert ("digits-corrupt", "deterministic") in keys and len(keys) == 9
+    for r in summary:
+        assert {"condition", "method", "accuracy", "nll", "ece", "auroc"} <= set(r)
+        assert (r["auroc"] is None) == (r["condition"] != "digits-near-ood")
+    det = next(r for r in summary if r["condition"] == "digits-corrupt" and r["method"] == "deterministic")
+    assert det["nll"] == pytest.approx(1.5) and det["ece"] == pytest.approx(0.21)
+    assert det["ece_se"] == pytest.approx(np.std([0.20, 0.22], ddof=1) / np.sqrt(2))
+
+
+def test_goals_are_decided_on_the_numbers():
+    g = goals(summarise(_rows()), [])
+    assert g["near_ood"]["met"] and g["near_ood"]["best_auroc"] == pytest.approx(0.9)
+    # bnn loses 0.02 clean accuracy (more than 1 point): not eligible; bnn+ts keeps it and halves the ECE
+    assert g["digits_corrupt"]["best_method"] == "bnn+ts" and g["digits_corrupt"]["met"]
+    assert g["digits_corrupt"]["best_ece"] == pytest.approx(0.015)
+    assert g["digits_clean_ts"]["best_method"] == "bnn+ts"
+    assert g["digits_clean_ts"]["best_ece"] == pytest.approx(0.0105) and not g["digits_clean_ts"]["met"]
+
+
+def test_severity_curves_average_corruptions_and_include_the_clean_set():
+    curves = severity_curves(_rows())
+    assert set(curves) == {"digits"}
+    assert curves["digits"]["bnn"][0]["ece"] == pytest.approx(0.018)
+    assert curves["digits"]["bnn"][2]["nll"] == pytest.approx(1.4)

@@ -1,0 +1,272 @@
+"""Last-layer Laplace approximation (MacKay, 1992; Daxberger et al., 2021, "Laplace Redux") behind one ``predict``.
+
+A trained deterministic network's last ``nn.Linear`` layer gets a Gaussian posterior
+``N(θ*, (H + δ I)⁻¹)`` around its trained weights ``θ*`` (weight and bias, ``P = C (D + 1)``
+numbers), where ``H`` is the generalised Gauss-Newton matrix of the training NLL — exact for
+a last layer, since the outputs are linear in its weights:
+
+* categorical: ``H = Σ_n (diag p_n - p_n p_nᵀ) ⊗ φ̃_n φ̃_nᵀ`` (``φ̃ = [φ, 1]``, the layer's input);
+* Gaussian with noise std ``σ``: ``H = I / σ² ⊗ Σ_n φ̃_n φ̃_nᵀ`` (Bayesian linear regression on ``φ``).
+
+The prior precision ``δ`` is fitted by maximising the Laplace marginal likelihood
+``log p(D | θ*) - δ‖θ*‖²/2 + P/2 log δ - ½ Σ log(λ_i + δ)`` (``λ`` the eigenvalues of ``H``;
+one eigendecomposition, then a 1-D search), or given. ``predict`` samples the last layer's
+weights, so it returns ``[S, N, C]`` probabilities (or a
+:class:`~uncertlr.likelihoods.NormalPrediction`) like every other method.
+
+The full ``P × P`` GGN is kept (at most :data:`MAX_PARAMS` numbers a side; ``P = 1,290`` for a
+128-feature, 10-class head). laplace-torch was not used: it would add torchvision and nine
+other packages next to the pinned torch.
+
+Example:
+    >>> import torch
+    >>> from uncertlr.torch import LastLayerLaplace
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    >>> x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    >>> la = LastLayerLaplace(net).fit(x, y)
+    >>> la.prior_precision > 0, tuple(la.predict(x[:5], num_samples=8).shape)
+    (True, (8, 5, 3))
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from scipy.optimize import minimize_scalar
+from torch import Tensor, nn
+
+from uncertlr import likelihoods as _lik
+from uncertlr._spec import positive_int
+from uncertlr.likelihoods import NormalPrediction
+from uncertlr.torch.ensemble import PointNetwork, _likelihood
+
+__all__ = ["MAX_PARAMS", "LastLayerLaplace"]
+
+#: Most last-layer parameters (weight + bias) the full GGN is built for.
+MAX_PARAMS = 8192
+
+
+class LastLayerLaplace(nn.Module):
+    """A Laplace posterior over the last ``nn.Linear`` layer of a trained network.
+
+    The network is not copied: :meth:`fit` reads its current last-layer weights and
+    :meth:`predict` its current features; refit after training it further.
+
+    Args:
+        model: the trained network (its output must be the last Linear layer's output), or a
+            :class:`~uncertlr.torch.PointNetwork` (its likelihood and learned noise are used).
+        likelihood: ``"categorical"`` or ``"normal"`` for a plain network.
+        last_layer: the Linear layer's name (default: the last ``nn.Linear`` in ``named_modules()``).
+        noise_scale: Gaussian likelihood: the noise std (default: the model's learned noise, or
+            the root mean squared training residual).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        likelihood: _lik.Categorical | _lik.Normal | str = "categorical",
+        last_layer: str | None = None,
+        noise_scale: float | None = None,
+    ):
+        super().__init__()
+        if isinstance(model, PointNetwork):
+            self.net, self.likelihood = model.net, model.likelihood
+            if noise_scale is None and isinstance(self.likelihood, _lik.Normal):
+                noise_scale = float(torch.as_tensor(model.likelihood_module.noise_scale).detach())
+        elif isinstance(model, nn.Module):
+            self.net, self.likelihood = model, _likelihood(likelihood)
+        else:
+            raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+        linears = {n: m for n, m in self.net.named_modules() if isinstance(m, nn.Linear)}
+        if not linears:
+            raise ValueError(f"{type(self.net).__name__} has no nn.Linear layer for a last-layer Laplace")
+        name = last_layer if last_layer is not None else list(linears)[-1]
+        if name not in linears:
+            raise ValueError(
+                f"last_layer={name!r} is not an nn.Linear of the network; Linear layers: {list(linears)}"
+            )
+        self.layer_name = name
+        self.layer: nn.Linear = linears[name]
+        out_f, in_f = self.layer.weight.shape
+        self.num_params = out_f * (in_f + 1)
+        if self.num_params > MAX_PARAMS:
+            raise ValueError(
+                f"the last layer has {self.num_params} parameters; the full GGN is built for at most {MAX_PARAMS}"
+            )
+        if noise_scale is not None and not (math.isfinite(noise_scale) and noise_scale > 0):
+            raise ValueError(f"noise_scale must be positive and finite; got {noise_scale!r}")
+        self.noise_scale = noise_scale
+        self.prior_precision = math.nan
+        self._fitted = False
+
+    # ------------------------------------------------------------------ features
+
+    def _features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(φ̃[N, D + 1], outputs[N, C])`` at the current weights (no gradient)."""
+        store: dict[str, Tensor] = {}
+        handle = self.layer.register_forward_hook(lambda m, a, o: store.update(phi=a[0], out=o))
+        was = self.net.training
+        self.net.eval()
+        try:
+            with torch.no_grad():
+                out = self.net(x)
+        finally:
+            handle.remove()
+            self.net.train(was)
+        if "phi" not in store or store["out"].shape != out.shape or not torch.equal(store["out"], out):
+            raise ValueError(
+                f"the output of {type(self.net).__name__} must be the output of its last Linear layer "
+                f"({self.layer_name!r}) for a last-layer Laplace"
+            )
+        phi = store["phi"]
+        if phi.dim() != 2:
+            raise ValueError(f"the last layer's input must be [N, D]; got shape {tuple(phi.shape)}")
+        return torch.cat([phi, torch.ones_like(phi[:, :1])], 1).double(), out.double()
+
+    def _theta(self) -> Tensor:
+        """``W̃ = [W | b]`` flattened row-major ``[P]`` (float64)."""
+        w = self.layer.weight.detach().double()
+        b = (
+            self.layer.bias.detach().double()
+            if self.layer.bias is not None
+            else torch.zeros(w.shape[0], dtype=w.dtype)
+        )
+        return torch.cat([w, b[:, None]], 1).reshape(-1)
+
+    # ------------------------------------------------------------------ fitting
+
+    def fit(
+        self, x: Tensor, y: Tensor, *, prior_precision: float | str = "marglik", batch_size: int = 256
+    ) -> LastLayerLaplace:
+        """Build the GGN on the training data ``(x[N, ...], y[N])`` and set the prior precision.
+
+        Args:
+            prior_precision: ``"marglik"`` (maximise the marginal likelihood over
+                ``δ ∈ [1e-4, 1e6]``) or a positive number.
+            batch_size: rows per forward pass.
+
+        Returns:
+            ``self``.
+        """
+        batch_size = positive_int("batch_size", batch_size)
+        if x.shape[0] != y.shape[0] or x.shape[0] == 0:
+            raise ValueError(
+                f"x and y must have the same, non-zero number of rows; got {x.shape[0]} and {y.shape[0]}"
+            )
+        c = self.layer.weight.shape[0]
+        h = torch.zeros(c, self.layer.in_features + 1, c, self.layer.in_features + 1, dtype=torch.float64)
+        gram = torch.zeros(self.layer.in_features + 1, self.layer.in_features + 1, dtype=torch.float64)
+        loglik, sq = 0.0, 0.0
+        for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+            phi, out = self._features(xb)
+            if isinstance(self.likelihood, _lik.Categorical):
+                _lik.check_labels(yb, out.shape[0], out.shape[1])
+                p = torch.softmax(out, -1)
+                lam = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+                h += torch.einsum("nab,nd,ne->adbe", lam, phi, phi)
+                loglik += float(torch.log_softmax(out, -1).gather(1, yb.long()[:, None]).sum())
+            else:
+                yb2 = yb.double().reshape(out.shape)
+                gram += phi.T @ phi
+                sq += float((yb2 - out).square().sum())
+        if isinstance(self.likelihood, _lik.Categorical):
+            hmat = h.reshape(self.num_params, self.num_params)
+        else:
+            n_out = x.shape[0] * c
+            if self.noise_scale is None:
+                self.noise_scale = math.sqrt(sq / n_out)
+            s2 = self.noise_scale**2
+            hmat = torch.kron(torch.eye(c, dtype=torch.float64), gram) / s2
+            loglik = -0.5 * sq / s2 - 0.5 * n_out * math.log(2 * math.pi * s2)
+        self._loglik = loglik
+        self._theta_star = self._theta()
+        evals, evecs = torch.linalg.eigh(0.5 * (hmat + hmat.T))
+        self._evals, self._evecs = evals.clamp_min(0.0), evecs
+        if prior_precision == "marglik":
+            lo, hi = math.log(1e-4), math.log(1e6)
+            res = minimize_scalar(
+                lambda t: -self.log_marginal_likelihood(math.exp(t)),
+                bounds=(lo, hi),
+                method="bounded",
+                options={"xatol": 1e-5},
+            )
+            delta = math.exp(float(res.x))
+        elif (
+            isinstance(prior_precision, (int, float))
+            and not isinstance(prior_precision, bool)
+            and math.isfinite(prior_precision)
+            and prior_precision > 0
+        ):
+            delta = float(prior_precision)
+        else:
+            raise ValueError(
+                f"prior_precision must be 'marglik' or a positive number; got {prior_precision!r}"
+            )
+        self.prior_precision = delta
+        self._fitted = True
+        return self
+
+    def log_marginal_likelihood(self, prior_precision: float | None = None) -> float:
+        """The Laplace log marginal likelihood for prior precision ``δ`` (default: the fitted one)."""
+        self._check_fitted("log_marginal_likelihood", need_delta=prior_precision is None)
+        d = self.prior_precision if prior_precision is None else float(prior_precision)
+        theta2 = float(self._theta_star.square().sum())
+        return float(
+            self._loglik
+            - 0.5 * d * theta2
+            + 0.5 * self.num_params * math.log(d)
+            - 0.5 * torch.log(self._evals + d).sum()
+        )
+
+    def _check_fitted(self, what: str, need_delta: bool = True) -> None:
+        if not hasattr(self, "_evals") or (need_delta and not self._fitted):
+            raise RuntimeError(f"call fit(x, y) before {what}()")
+
+    def posterior_covariance(self) -> Tensor:
+        """``(H + δ I)⁻¹`` ``[P, P]`` (float64), parameters ordered as ``[W | b]`` row-major."""
+        self._check_fitted("posterior_covariance")
+        v = self._evecs
+        return (v / (self._evals + self.prior_precision)) @ v.T
+
+    def posterior_scale(self) -> dict[str, Tensor]:
+        """Posterior std of the last layer: ``{"<layer>.weight": [C, D], "<layer>.bias": [C]}``."""
+        self._check_fitted("posterior_scale")
+        var = ((self._evecs.square()) / (self._evals + self.prior_precision)).sum(1)
+        sd = var.sqrt().reshape(self.layer.weight.shape[0], -1).to(self.layer.weight.dtype)
+        out = {f"{self.layer_name}.weight": sd[:, :-1]}
+        if self.layer.bias is not None:
+            out[f"{self.layer_name}.bias"] = sd[:, -1]
+        return out
+
+    def parameter_scale(self) -> dict[Tensor, Tensor]:
+        """``{parameter: σ}`` of the last layer for the LR modulator's ``sigma=`` (per-parameter rules)."""
+        sd = self.posterior_scale()
+        out = {self.layer.weight: sd[f"{self.layer_name}.weight"]}
+        if self.layer.bias is not None:
+            out[self.layer.bias] = sd[f"{self.layer_name}.bias"]
+        return out
+
+    # ------------------------------------------------------------------ prediction
+
+    def sample_outputs(self, x: Tensor, *, num_samples: int = 32) -> Tensor:
+        """Outputs ``[S, N, C]`` under ``S`` draws of the last layer's weights (float32 like the net)."""
+        self._check_fitted("predict")
+        num_samples = positive_int("num_samples", num_samples)
+        phi, _ = self._features(x)
+        root = self._evecs / (self._evals + self.prior_precision).sqrt()  # Σ = root rootᵀ
+        eps = torch.randn(num_samples, self.num_params, dtype=torch.float64)
+        theta = (self._theta_star + eps @ root.T).reshape(num_samples, self.layer.weight.shape[0], -1)
+        return torch.einsum("nd,scd->snc", phi, theta).to(self.layer.weight.dtype)
+
+    def predict(self, x: Tensor, *, num_samples: int = 32) -> Tensor | NormalPrediction:
+        """``[S, N, C]`` probabilities, or a ``NormalPrediction`` (means ``[S, N, C]``, noise variance)."""
+        out = self.sample_outputs(x, num_samples=num_samples)
+        if isinstance(self.likelihood, _lik.Categorical):
+            return torch.softmax(out, -1)
+        var = torch.full_like(out, float(self.noise_scale) ** 2)  # type: ignore[arg-type]
+        return NormalPrediction(out, var)
+
+    def extra_repr(self) -> str:
+        return f"layer={self.layer_name!r}, P={self.num_params}, prior_precision={self.prior_precision:.4g}"
