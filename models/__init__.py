@@ -3,10 +3,12 @@
 * :class:`MLP` — fully connected, any input shape (flattened);
 * :class:`ImageCNN` — a small CNN for 8x8 digits and 28x28 MNIST-format images;
 * :class:`SpeechCNN`, :class:`SpeechCRNN` — a small CNN and a CNN + GRU for log-mel / MFCC
-  speech features ``[B, bands, frames]``.
+  speech features ``[B, bands, frames]``;
+* :class:`ResNet18` — ResNet-18 for 32x32 (or ImageNet-size) images, batch norm by default;
+* :class:`TransformerClassifier` — a small pre-norm Transformer encoder over token ids.
 
-None uses batch norm, so every weight can be made Bayesian with
-:func:`uncertlr.torch.bayesian` and evaluated for many posterior samples at once.
+Except ResNet18 with ``norm="batch"``, none uses batch norm, so every weight can be made
+Bayesian with :func:`uncertlr.torch.bayesian` and evaluated for many posterior samples at once.
 
 Example:
     >>> from uncertlr_models import MLP
@@ -15,6 +17,8 @@ Example:
 
 from uncertlr_models.cnn import ImageCNN
 from uncertlr_models.mlp import MLP
+from uncertlr_models.resnet import ResNet18
 from uncertlr_models.speech import SpeechCNN, SpeechCRNN
+from uncertlr_models.transformer import TransformerClassifier
 
-__all__ = ["MLP", "ImageCNN", "SpeechCNN", "SpeechCRNN"]
+__all__ = ["MLP", "ImageCNN", "ResNet18", "SpeechCNN", "SpeechCRNN", "TransformerClassifier"]

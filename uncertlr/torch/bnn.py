@@ -117,6 +117,9 @@ class BNN(nn.Module):
             ]
         )
         self.register_buffer("prior_prec", prior_scale.pow(-2))
+        # the same precision for every weight (a Normal prior): the KL kernel multiplies by a number
+        same = bool((self.prior_prec == self.prior_prec[0]).all())
+        self._prior_prec_number: float | None = float(self.prior_prec[0]) if same else None
         # constant part of KL(q || p) for a Normal prior: sum(log sigma_p) - P / 2
         self.register_buffer("kl_const", prior_scale.log().sum() - 0.5 * prior_scale.numel())
         if prior.centered:
@@ -253,12 +256,12 @@ class BNN(nn.Module):
         post = self.posterior
         eps = self._noise(None if num_particles == 1 else num_particles)
         if self._analytic_kl:
-            flat_w, kl = post.sample_kl(eps, self.prior_loc, self.prior_prec, self.kl_const)
+            prec = self.prior_prec if self._prior_prec_number is None else self._prior_prec_number
+            flat_w, kl = post.sample_kl(eps, self.prior_loc, prec, self.kl_const)
         else:
             # exact entropy of q plus a Monte Carlo estimate of the cross-entropy to the prior
-            zero = torch.zeros_like(self.prior_prec)
             entropy_const = -0.5 * post.num_params * math.log(2 * math.pi * math.e)
-            flat_w, neg_entropy = post.sample_kl(eps, None, zero, entropy_const)
+            flat_w, neg_entropy = post.sample_kl(eps, None, 0.0, entropy_const)
             log_prior = self.prior.log_prob(flat_w).sum(-1)  # type: ignore[union-attr]
             kl = neg_entropy - (log_prior if flat_w.dim() == 1 else log_prior.mean())
         outputs = self._outputs(flat_w, x)
