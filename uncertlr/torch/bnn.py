@@ -38,6 +38,7 @@ from uncertlr._spec import ELBOTerms, bnn_spec, positive_int
 from uncertlr.likelihoods import NormalPrediction
 from uncertlr.metrics import LayerSpread, layer_spread
 from uncertlr.select import Predicate, Selector
+from uncertlr.torch import _checks
 from uncertlr.torch._likelihood import LikelihoodModule
 from uncertlr.torch._meanfield import MeanFieldNormal
 from uncertlr.torch._modules import fan_in, named_shape_errors, owner
@@ -82,6 +83,7 @@ class BNN(nn.Module):
         self.num_data = int(num_data)
         self.kl_weight = float(kl_weight)
         self.validate = bool(validate)
+        self._checked = False  # values checked on the host once (see _checks.host_reads)
         self.likelihood_module = LikelihoodModule(likelihood)
 
         names = [n for n, _ in self.net.named_parameters()]
@@ -199,9 +201,20 @@ class BNN(nn.Module):
                 raise TypeError(
                     f"x has dtype {x.dtype} but the BNN's parameters are {ref.dtype}; cast x (x.to({ref.dtype}))"
                 )
+            if not self.validate:
+                return
+            if not self._host_checks():
+                _checks.assert_finite(x, "x contains NaN or inf")
             # one reduction; the elementwise check runs only if the sum is not finite (NaN/inf, or overflow)
-            if self.validate and not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
+            elif not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
                 raise ValueError("x contains NaN or inf")
+
+    def _host_checks(self, done: bool = False) -> bool:
+        """Whether value checks read back to the host now; ``done`` marks the end of a checked call."""
+        host = _checks.host_reads(self.posterior.loc, checked_before=self._checked)
+        if done and host:
+            self._checked = True
+        return host
 
     # ------------------------------------------------------------------ forward passes
 
@@ -266,10 +279,12 @@ class BNN(nn.Module):
             kl = neg_entropy - (log_prior if flat_w.dim() == 1 else log_prior.mean())
         outputs = self._outputs(flat_w, x)
         if self.validate:
-            self.likelihood_module.check(outputs[0], y)
+            self.likelihood_module.check(outputs[0], y, host=self._host_checks())
         nll = self.likelihood_module.nll(outputs, y)
         loss = nll + self.kl_weight * kl / self.num_data
-        if self.validate and not torch.isfinite(loss.detach()):
+        if self.validate and not self._host_checks(done=True):
+            _checks.assert_finite(loss.detach(), _checks.NONFINITE_LOSS)
+        elif self.validate and not torch.isfinite(loss.detach()):
             raise ValueError(self._diagnose_nonfinite(x, outputs.detach(), kl.detach()))
         return ELBOTerms(loss, nll, kl, outputs)
 
@@ -375,7 +390,11 @@ class BNN(nn.Module):
                 f"the network's outputs for x of shape {tuple(x.shape)} have shape {tuple(out.shape[1:])}; "
                 f"predict needs {want} with N = {x.shape[0]} (is x missing its batch or feature axis?)"
             )
-        if not bool(torch.isfinite(out).all()):
+        if not self._host_checks(done=True):
+            _checks.assert_finite(
+                out, "the network's outputs are not finite (overflow); standardise the inputs"
+            )
+        elif not bool(torch.isfinite(out).all()):
             big = x.abs().max().item() if x.dtype.is_floating_point else float(x.abs().max())
             raise ValueError(
                 f"the network's outputs are not finite (overflow; largest |x| = {big:.3g}); standardise the inputs"
