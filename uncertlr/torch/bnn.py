@@ -42,6 +42,7 @@ from uncertlr.torch import _checks
 from uncertlr.torch._likelihood import LikelihoodModule
 from uncertlr.torch._meanfield import MeanFieldNormal
 from uncertlr.torch._modules import fan_in, named_shape_errors, owner
+from uncertlr.torch._noise import standard_normal
 from uncertlr.torch._rnn import vmappable_rnns
 
 __all__ = ["BNN", "ELBOTerms", "NormalPrediction", "bayesian"]
@@ -239,9 +240,7 @@ class BNN(nn.Module):
 
     def _noise(self, num: int | None) -> Tensor:
         """Standard-normal noise ``[num, P]``, or ``[P]`` when ``num`` is None."""
-        loc = self.posterior.loc
-        shape = (loc.numel(),) if num is None else (num, loc.numel())
-        return torch.randn(shape, dtype=loc.dtype, device=loc.device)
+        return standard_normal(self.posterior.loc.detach(), num)
 
     def elbo(self, x: Tensor, y: Tensor, *, num_particles: int = 1) -> ELBOTerms:
         """Negative ELBO terms on a minibatch ``(x[B, ...], y[B, ...])``, per data point.
