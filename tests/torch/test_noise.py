@@ -49,6 +49,17 @@ def test_split_draw_is_reproduced_by_manual_seed_and_advances(two_threads):
     assert not torch.equal(a, b)
 
 
+def test_the_numbers_do_not_depend_on_the_thread_count(two_threads):
+    """Checkpoints, resumes and DDP replicas may run with other thread counts: the stream is the seed's."""
+    like = torch.zeros(5_001)
+    draws = []
+    for threads in (2, 1, 2):
+        torch.set_num_threads(threads)
+        torch.manual_seed(11)
+        draws.append(_noise.standard_normal(like, 2))
+    assert torch.equal(draws[0], draws[1]) and torch.equal(draws[0], draws[2])
+
+
 def test_small_draws_are_torch_randn():
     like = torch.zeros(50)
     torch.manual_seed(1)

@@ -2,11 +2,13 @@
 
 A BNN step draws one normal number per random weight (478,410 for a 784-400-400-10 MLP). On
 the CPU, ``torch.randn`` is single-threaded (one mt19937 stream, then Box-Muller), so the draw
-alone cost a third of the whole step. :func:`standard_normal` splits a large draw between the
-calling thread and one helper thread, each filling its half with ``Tensor.normal_`` from its own
-generator; the two generators are seeded from torch's default generator at every draw, so
-``torch.manual_seed`` still reproduces a run, and every element is an independent N(0, 1) draw
-of ATen's own sampler (exact in distribution, like ``torch.randn``; only the stream differs).
+alone cost a third of the whole step. :func:`standard_normal` fills the two halves of a large
+draw from two generators with ``Tensor.normal_``: the calling thread one half, a helper thread the
+other, at the same time. Both generators are seeded from torch's default generator at every
+draw, so ``torch.manual_seed`` still reproduces a run (with any number of threads: with one, the
+halves are filled one after the other, giving the same numbers), and every element is an
+independent N(0, 1) draw of ATen's own sampler (exact in distribution, like ``torch.randn``; only
+the stream differs).
 
 Under ``torch.compile`` the draw is one opaque custom op (``uncertlr::standard_normal``):
 inductor would otherwise replace ``torch.randn`` by its own counter-based generator, which on the
@@ -29,15 +31,19 @@ from torch import Tensor
 
 __all__ = ["PARALLEL_MIN_ELEMENTS", "standard_normal"]
 
-#: Draws of at least this many elements are split between two threads (on the CPU, with at least
-#: two torch threads); smaller ones go to ``torch.randn`` (the hand-off costs ~20-50 µs).
+#: CPU draws (float32/float64) of at least this many elements come from two generators, one per
+#: half (filled in parallel when torch has two or more threads, one after the other otherwise: the
+#: numbers depend on the seed only, never on the thread count); smaller draws are ``torch.randn``.
 PARALLEL_MIN_ELEMENTS = 1 << 17
 
 _SEED_BOUND = 1 << 62
 
 
 class _HalfFiller:
-    """A daemon thread that fills one half of a buffer while the caller fills the other half."""
+    """Two seeded generators, one per half of a buffer, and a helper thread that fills the second half.
+
+    The helper thread starts on the first parallel fill.
+    """
 
     def __init__(self) -> None:
         self.pid = os.getpid()
@@ -47,7 +53,7 @@ class _HalfFiller:
         self._go, self._done = threading.Event(), threading.Event()
         self._job: Tensor | None = None
         self._error: BaseException | None = None
-        threading.Thread(target=self._run, name="uncertlr-noise", daemon=True).start()
+        self._thread: threading.Thread | None = None
 
     def _run(self) -> None:
         while True:
@@ -59,18 +65,26 @@ class _HalfFiller:
                 self._error = e
             self._done.set()
 
-    def fill(self, out: Tensor) -> Tensor:
+    def fill(self, out: Tensor, *, parallel: bool) -> Tensor:
+        """Fill ``out`` with N(0, 1) draws: its first half from one generator, the second from the other."""
         flat = out.view(-1)
-        half = flat.numel() // 2
+        first, second = flat[: flat.numel() // 2], flat[flat.numel() // 2 :]
         with self.lock:
             seeds = torch.randint(_SEED_BOUND, (2,), dtype=torch.int64).tolist()
             for g, s in zip(self.generators, seeds):
                 g.manual_seed(s)
-            self._job, self._error = flat[half:], None
+            if not parallel:
+                first.normal_(generator=self.generators[0])
+                second.normal_(generator=self.generators[1])
+                return out
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="uncertlr-noise", daemon=True)
+                self._thread.start()
+            self._job, self._error = second, None
             self._done.clear()
             self._go.set()
             try:
-                flat[:half].normal_(generator=self.generators[0])
+                first.normal_(generator=self.generators[0])
                 self._done.wait()
             except BaseException:  # e.g. KeyboardInterrupt: the helper may still be writing
                 self.broken = True
@@ -113,9 +127,8 @@ def _draw(like: Tensor, num: int | None) -> Tensor:
         like.device.type == "cpu"
         and like.dtype in (torch.float32, torch.float64)
         and n >= PARALLEL_MIN_ELEMENTS
-        and torch.get_num_threads() > 1
     ):
-        return _filler().fill(torch.empty(shape, dtype=like.dtype))
+        return _filler().fill(torch.empty(shape, dtype=like.dtype), parallel=torch.get_num_threads() > 1)
     return torch.randn(shape, dtype=like.dtype, device=like.device)
 
 
