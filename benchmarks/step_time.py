@@ -375,7 +375,8 @@ def main(argv=None) -> int:
     )
     ours = next(r for r in rows if r["name"] == "uncertlr")["ratio"]
     print(f"uncertlr BNN step / deterministic step = {ours:.2f} (target <= {TARGET})")
-    zoo_table = zoo_rows(blocks, steps, repeats, clock) if args.zoo else []
+    # the zoo's steps cost 5-50x the MLP's: shorter blocks keep the run to minutes
+    zoo_table = zoo_rows(blocks, max(3, steps // 6), repeats, clock) if args.zoo else []
     if zoo_table:
         print_table(
             f"uncertlr BNN step vs the same network's deterministic Adam step, batch 64 (target <= {ZOO_TARGET})",
