@@ -23,7 +23,8 @@ class _SampleKL(torch.autograd.Function):
     ``prior_prec`` is a tensor ``[P]`` or, when every weight has the same prior precision (a
     :class:`~uncertlr.priors.Normal` prior), a number: the kernel then skips two elementwise
     products. Written for few passes over ``P``: the forward is two elementwise passes (``exp``
-    and the sample) and three reductions, the backward four or five elementwise passes; the
+    and the sample) and three reductions, the backward three elementwise passes (four with
+    several particles or a tensor precision); the
     only tensors kept for the backward are the noise, ``scale`` and ``(loc - prior_loc)``
     (times ``prior_prec`` for a tensor precision).
     """
@@ -67,7 +68,7 @@ class _SampleKL(torch.autograd.Function):
         ge = grad_w * eps
         if ge.dim() > 1:
             ge = ge.sum(0)
-        d_log_scale = ge.addcmul_(scale_prec, k).mul_(scale).sub_(grad_kl)
+        d_log_scale = torch.addcmul(-grad_kl, scale, ge.addcmul_(scale_prec, k))
         return d_loc, d_log_scale, None, None, None, None
 
 
