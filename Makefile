@@ -8,6 +8,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# pytest-xdist workers: sized for a 2-core CI machine (tests/conftest.py gives each worker its share
+# of the cores, so the workers' torch/XLA thread pools do not oversubscribe them)
+TEST_WORKERS ?= 2
 
 .PHONY: demo test lint docs bench bench-deps clean
 
@@ -22,8 +25,11 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 demo: $(STAMP)
 	$(BIN)/uncertlr demo
 
+# The whole suite, slow end-to-end tests included (`-m "not slow"` for a quick local run), with the
+# 15 slowest tests listed. --dist loadfile keeps a module's tests (and its module-scoped fixtures,
+# e.g. the demo run) in one worker.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check uncertlr models tests benchmarks examples

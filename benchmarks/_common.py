@@ -34,6 +34,12 @@ def base_parser(description: str) -> argparse.ArgumentParser:
         "--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)"
     )
     p.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time with the calling thread's CPU clock instead of the wall clock (implies --threads 1): "
+        "on a loaded machine it counts the work, not the waiting for a core",
+    )
+    p.add_argument(
         "--data-dir",
         type=Path,
         default=None,
@@ -43,20 +49,41 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 
 
 def interleaved_medians(
-    fns: Mapping[str, Callable[[], Any]], *, blocks: int, steps: int, warmup: int = 10
+    fns: Mapping[str, Callable[[], Any]],
+    *,
+    blocks: int,
+    steps: int,
+    warmup: int = 10,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, float]:
-    """Median seconds per call of each function, from ``blocks`` interleaved blocks of ``steps`` calls."""
+    """Median seconds per call of each function, from ``blocks`` interleaved blocks of ``steps`` calls.
+
+    ``clock``: ``time.perf_counter`` (wall) or ``time.thread_time`` (CPU time of the calling
+    thread; only meaningful when torch runs on that one thread, see ``--cpu-time``).
+    """
     for f in fns.values():
         for _ in range(warmup):
             f()
     per: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(blocks):
         for k, f in fns.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             for _ in range(steps):
                 f()
-            per[k].append((time.perf_counter() - t0) / steps)
+            per[k].append((clock() - t0) / steps)
     return {k: statistics.median(v) for k, v in per.items()}
+
+
+def setup_clock(args: argparse.Namespace) -> Callable[[], float]:
+    """Apply ``--threads`` / ``--cpu-time`` to torch; returns the clock ``interleaved_medians`` should use."""
+    import torch
+
+    if args.cpu_time:
+        torch.set_num_threads(1)
+        return time.thread_time
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return time.perf_counter
 
 
 def machine() -> dict[str, Any]:
@@ -64,6 +91,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
+        "load_average": [round(v, 2) for v in os.getloadavg()],  # others' work on a shared machine
     }
     try:
         import torch

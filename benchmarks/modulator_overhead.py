@@ -7,11 +7,13 @@ reads the factor back for ``history``). Ratios are median step time / median ste
 the matching unmodulated baseline over interleaved blocks.
 
 Rows:
-  deterministic                 plain MLP + Adam (baseline for the next three)
+  deterministic                 plain MLP + Adam (baseline for the next four)
+  deterministic (A/A)           a second copy of the baseline: its ratio is the noise floor
   deterministic + G1            global Ratio rule, softmax-entropy signal
   deterministic + P2 (noise σ)  per-parameter GradSigmaRatio, σ from the gradient-noise estimate
   deterministic + P1 (noise σ)  per-parameter SigmaRatio, σ from the gradient-noise estimate
-  bnn                           uncertlr.torch.bayesian(...) + Adam (baseline for the next two)
+  bnn                           uncertlr.torch.bayesian(...) + Adam (baseline for the next three)
+  bnn (A/A)                     a second copy of the BNN baseline (noise floor)
   bnn + G1                      global Ratio rule, predictive entropy of the ELBO's own outputs
   bnn + P2                      per-parameter GradSigmaRatio with σ = the posterior std
 
@@ -32,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from benchmarks._common import base_parser, interleaved_medians, print_table, write_results  # noqa: E402
+from benchmarks._common import base_parser, interleaved_medians, print_table, setup_clock, write_results  # noqa: E402
 from benchmarks.step_time import BATCH, NUM_DATA, mlp  # noqa: E402
 from uncertlr import priors  # noqa: E402
 from uncertlr.modulation import GradSigmaRatio, Ratio, SigmaRatio  # noqa: E402
@@ -84,19 +86,20 @@ def main(argv=None) -> int:
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=None, help="independent measurements (default 3, quick 1)")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    clock = setup_clock(args)
     torch.manual_seed(0)
     x, y = torch.randn(BATCH, 784), torch.randint(0, 10, (BATCH,))
     groups = {
         "deterministic": {
             "deterministic": (lambda: det_step(x, y), None),
+            "deterministic (A/A)": (lambda: det_step(x, y), "noise floor"),
             "deterministic + G1": (lambda: det_step(x, y, Ratio()), "global"),
             "deterministic + P2 (noise σ)": (lambda: det_step(x, y, GradSigmaRatio()), "per-parameter"),
             "deterministic + P1 (noise σ)": (lambda: det_step(x, y, SigmaRatio()), "per-parameter"),
         },
         "bnn": {
             "bnn": (lambda: bnn_step(x, y), None),
+            "bnn (A/A)": (lambda: bnn_step(x, y), "noise floor"),
             "bnn + G1": (lambda: bnn_step(x, y, Ratio()), "global"),
             "bnn + P2": (lambda: bnn_step(x, y, GradSigmaRatio()), "per-parameter"),
         },
@@ -106,7 +109,7 @@ def main(argv=None) -> int:
     rows = []
     for baseline, members in groups.items():
         fns = {name: build() for name, (build, _) in members.items()}
-        runs = [interleaved_medians(fns, blocks=blocks, steps=steps) for _ in range(repeats)]
+        runs = [interleaved_medians(fns, blocks=blocks, steps=steps, clock=clock) for _ in range(repeats)]
         for name, (_, kind) in members.items():
             ratios = [r[name] / r[baseline] for r in runs]
             ratio = sorted(ratios)[len(ratios) // 2]
@@ -126,7 +129,8 @@ def main(argv=None) -> int:
                 }
             )
     print_table(
-        f"Modulator overhead (batch {BATCH}, {repeats} repeats × {blocks} blocks × {steps} steps)",
+        f"Modulator overhead (batch {BATCH}, {torch.get_num_threads()} threads, "
+        f"{'CPU' if args.cpu_time else 'wall'} clock, {repeats} repeats × {blocks} blocks × {steps} steps)",
         rows,
         [
             ("method", "method", "s"),
@@ -138,7 +142,15 @@ def main(argv=None) -> int:
         ],
     )
     write_results(
-        "modulator_overhead", rows, args.json, config={"blocks": blocks, "steps": steps, "repeats": repeats}
+        "modulator_overhead",
+        rows,
+        args.json,
+        config={
+            "blocks": blocks,
+            "steps": steps,
+            "repeats": repeats,
+            "clock": "thread CPU time" if args.cpu_time else "wall",
+        },
     )
     return 0
 

@@ -6,22 +6,33 @@ median step time / median deterministic step time over interleaved blocks.
 
 Rows:
   deterministic        plain MLP, Adam, cross-entropy (the baseline)
+  deterministic (A/A)  a second copy of the baseline: its ratio is the run's noise floor
   uncertlr             uncertlr.torch.bayesian(...) + Adam over bnn.parameters() (exact mean-field ELBO)
   plain-torch MF       a straightforward hand-written mean-field step (softplus scales, autograd KL)
   pyro (hand-written)  PyroModule + PyroSample N(0,1) priors + AutoNormal + TraceMeanField_ELBO + torch Adam
   tyxe                 tyxe.VariationalBNN + AutoNormal, SVI step as in its fit() (skipped if it cannot import)
   ivon                 ivon-opt's IVON optimizer, 1 MC sample (skipped if it cannot import)
 
+  uncertlr compiled    torch.compile(bnn.loss) (--compile; its cold compile time is printed)
+  uncertlr, one noise stream   the noise from torch.randn instead of two threads (--variants)
+
+--zoo adds the networks a new user would try, each BNN step against the same network's
+deterministic Adam step (target <= 1.15): ImageCNN on 28x28 images (conv), SpeechCNN and
+SpeechCRNN on 40x64 log-mel features (conv; conv + GRU), TransformerClassifier on 64 tokens
+(attention); batch 64, synthetic data.
+
 Usage:
     python benchmarks/step_time.py            # full run (~2 minutes on 2 cores)
     python benchmarks/step_time.py --quick    # smoke run
     python benchmarks/step_time.py --profile  # also print where uncertlr's step spends its time
+    python benchmarks/step_time.py --zoo --no-baselines   # uncertlr on conv/recurrent/attention nets
 """
 
 from __future__ import annotations
 
 import math
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -30,12 +41,13 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from benchmarks._common import base_parser, interleaved_medians, print_table, write_results  # noqa: E402
+from benchmarks._common import base_parser, interleaved_medians, print_table, setup_clock, write_results  # noqa: E402
 
 DIMS = (784, 400, 400, 10)
 BATCH = 128
 NUM_DATA = 60_000
 TARGET = 2.0
+ZOO_TARGET = 1.15
 TYXE_NOTE: list[str] = []
 
 
@@ -68,6 +80,97 @@ def uncertlr_bnn(x, y):
         opt.step()
 
     return step
+
+
+def uncertlr_one_stream(x, y):
+    """uncertlr's step with the noise from ``torch.randn`` (one mt19937 stream on one thread)."""
+    from uncertlr.torch import _noise
+
+    step = uncertlr_bnn(x, y)
+
+    def one_stream():
+        saved, _noise.PARALLEL_MIN_ELEMENTS = _noise.PARALLEL_MIN_ELEMENTS, 2**62
+        try:
+            step()
+        finally:
+            _noise.PARALLEL_MIN_ELEMENTS = saved
+
+    return one_stream
+
+
+def uncertlr_compiled(x, y):
+    """uncertlr's step with ``torch.compile(bnn.loss)`` (inductor); the first call compiles."""
+    from uncertlr import priors
+    from uncertlr.torch import bayesian
+
+    bnn = bayesian(mlp(), num_data=NUM_DATA, prior=priors.Normal(1.0), init_scale=1e-3)
+    opt = torch.optim.Adam(bnn.parameters(), lr=1e-3)
+    loss = torch.compile(bnn.loss)
+
+    def step():
+        opt.zero_grad()
+        loss(x, y).backward()
+        opt.step()
+
+    return step
+
+
+def zoo() -> dict:
+    """name -> (network factory, inputs [64, ...]) for the conv / recurrent / attention rows."""
+    from uncertlr_models import ImageCNN, SpeechCNN, SpeechCRNN, TransformerClassifier
+
+    g = torch.Generator().manual_seed(0)
+    return {
+        "ImageCNN (conv, 28x28)": (lambda: ImageCNN(1, 10), torch.randn(64, 1, 28, 28, generator=g)),
+        "SpeechCNN (conv, 40x64)": (lambda: SpeechCNN(40, 10), torch.randn(64, 40, 64, generator=g)),
+        "SpeechCRNN (conv + GRU)": (lambda: SpeechCRNN(40, 10), torch.randn(64, 40, 64, generator=g)),
+        "Transformer (attention)": (
+            lambda: TransformerClassifier(1000, 10, d_model=128, heads=4, layers=2, max_len=64),
+            torch.randint(0, 1000, (64, 64), generator=g),
+        ),
+    }
+
+
+def zoo_rows(blocks: int, steps: int, repeats: int, clock=time.perf_counter) -> list[dict]:
+    from uncertlr import priors
+    from uncertlr.torch import bayesian
+
+    rows = []
+    y = torch.randint(0, 10, (64,))
+    for name, (make, x) in zoo().items():
+        torch.manual_seed(0)
+        net = make()
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        bnn = bayesian(make(), num_data=NUM_DATA, prior=priors.Normal(1.0), init_scale=1e-3)
+        bopt = torch.optim.Adam(bnn.parameters(), lr=1e-3)
+
+        def det(net=net, opt=opt, x=x):
+            opt.zero_grad()
+            F.cross_entropy(net(x), y).backward()
+            opt.step()
+
+        def bnn_step(bnn=bnn, bopt=bopt, x=x):
+            bopt.zero_grad()
+            bnn.loss(x, y).backward()
+            bopt.step()
+
+        runs = [
+            interleaved_medians({"det": det, "bnn": bnn_step}, blocks=blocks, steps=steps, clock=clock)
+            for _ in range(repeats)
+        ]
+        ratios = sorted(r["bnn"] / r["det"] for r in runs)
+        rows.append(
+            {
+                "name": name,
+                "params": sum(p.numel() for p in net.parameters()),
+                "det_ms": 1e3 * sorted(r["det"] for r in runs)[len(runs) // 2],
+                "ms": 1e3 * sorted(r["bnn"] for r in runs)[len(runs) // 2],
+                "ratio": ratios[len(ratios) // 2],
+                "ratio_min": ratios[0],
+                "ratio_max": ratios[-1],
+            }
+        )
+    return rows
 
 
 def plain_torch_meanfield(x, y):
@@ -188,25 +291,49 @@ def main(argv=None) -> int:
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of uncertlr's step")
     p.add_argument("--repeats", type=int, default=None, help="independent measurements (default 3, quick 1)")
+    p.add_argument(
+        "--compile", action="store_true", help="add torch.compile(bnn.loss) (minutes of cold compile)"
+    )
+    p.add_argument("--variants", action="store_true", help="add the alternatives tried (see BENCHMARKS.md)")
+    p.add_argument(
+        "--zoo", action="store_true", help="add conv / recurrent / attention networks (BNN vs deterministic)"
+    )
+    p.add_argument(
+        "--no-baselines", action="store_true", help="only deterministic and uncertlr (no Pyro, TyXe, IVON)"
+    )
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    clock = setup_clock(args)
     torch.manual_seed(0)
     x, y = torch.randn(BATCH, 784), torch.randint(0, 10, (BATCH,))
 
+    # a second, identical deterministic step: its ratio is the noise floor of this run
     builders = {
         "deterministic": deterministic,
+        "deterministic (A/A)": deterministic,
         "uncertlr": uncertlr_bnn,
-        "plain-torch MF": plain_torch_meanfield,
-        "pyro (hand-written)": pyro_handwritten,
-        "tyxe": tyxe_bnn,
-        "ivon": ivon_step,
     }
+    if args.compile:
+        builders["uncertlr compiled"] = uncertlr_compiled
+    if args.variants:
+        builders["uncertlr, one noise stream"] = uncertlr_one_stream
+    if not args.no_baselines:
+        builders.update(
+            {
+                "plain-torch MF": plain_torch_meanfield,
+                "pyro (hand-written)": pyro_handwritten,
+                "tyxe": tyxe_bnn,
+                "ivon": ivon_step,
+            }
+        )
     fns, notes = {}, {}
     for name, build in builders.items():
         try:
             fns[name] = build(x, y)
+            t0 = time.perf_counter()
             fns[name]()  # one step, so a baseline that fails at run time is skipped, not fatal
+            if name == "uncertlr compiled":
+                notes[name] = f"cold compile {time.perf_counter() - t0:.0f} s"
+                print(f"{name}: {notes[name]}")
         except Exception as e:  # noqa: BLE001 - optional baselines
             fns.pop(name, None)
             notes[name] = f"skipped: {type(e).__name__}: {e}"
@@ -215,7 +342,7 @@ def main(argv=None) -> int:
         (5, 10) if args.quick else (7, 60)
     )  # long blocks: the first step after a switch runs cold-cache
     repeats = args.repeats or (1 if args.quick else 3)
-    runs = [interleaved_medians(fns, blocks=blocks, steps=steps) for _ in range(repeats)]
+    runs = [interleaved_medians(fns, blocks=blocks, steps=steps, clock=clock) for _ in range(repeats)]
     rows = []
     for name in builders:
         if name not in fns:
@@ -229,11 +356,12 @@ def main(argv=None) -> int:
                 "ratio": ratios[len(ratios) // 2],
                 "ratio_min": ratios[0],
                 "ratio_max": ratios[-1],
-                "note": ", ".join(TYXE_NOTE) if name == "tyxe" else "",
+                "note": ", ".join(TYXE_NOTE) if name == "tyxe" else notes.get(name, ""),
             }
         )
     print_table(
-        f"step time vs deterministic Adam, 784-400-400-10 MLP, batch {BATCH}, {torch.get_num_threads()} threads "
+        f"step time vs deterministic Adam, 784-400-400-10 MLP, batch {BATCH}, {torch.get_num_threads()} threads, "
+        f"{'CPU' if args.cpu_time else 'wall'} clock "
         f"(median of {repeats} x {blocks} interleaved blocks of {steps} steps)",
         rows,
         [
@@ -247,6 +375,22 @@ def main(argv=None) -> int:
     )
     ours = next(r for r in rows if r["name"] == "uncertlr")["ratio"]
     print(f"uncertlr BNN step / deterministic step = {ours:.2f} (target <= {TARGET})")
+    # the zoo's steps cost 5-50x the MLP's: shorter blocks keep the run to minutes
+    zoo_table = zoo_rows(blocks, max(3, steps // 6), repeats, clock) if args.zoo else []
+    if zoo_table:
+        print_table(
+            f"uncertlr BNN step vs the same network's deterministic Adam step, batch 64 (target <= {ZOO_TARGET})",
+            zoo_table,
+            [
+                ("name", "network", "s"),
+                ("params", "parameters", ",d"),
+                ("det_ms", "det ms/step", ".2f"),
+                ("ms", "BNN ms/step", ".2f"),
+                ("ratio", "ratio", ".3f"),
+                ("ratio_min", "min", ".3f"),
+                ("ratio_max", "max", ".3f"),
+            ],
+        )
     write_results(
         "step_time",
         rows,
@@ -257,6 +401,9 @@ def main(argv=None) -> int:
         blocks=blocks,
         steps=steps,
         repeats=repeats,
+        clock="thread CPU time" if args.cpu_time else "wall",
+        zoo=zoo_table,
+        zoo_target=ZOO_TARGET,
     )
     if args.profile:
         print(profile_uncertlr(x, y))

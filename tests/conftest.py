@@ -9,9 +9,20 @@ import warnings
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-import numpy as np
-import pytest
-from hypothesis import HealthCheck, settings
+# Under pytest-xdist (`make test` runs `-n 2`) each worker gets its share of the cores: otherwise
+# every worker's OpenMP (torch) and Eigen (XLA) pools would take all of them and the workers would
+# fight over the cores. Set before torch or jax starts; subprocesses of a test inherit it.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _THREADS = max(1, (os.cpu_count() or 1) // _WORKERS)
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_var, str(_THREADS))
+    if _THREADS == 1:
+        os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+
+import numpy as np  # noqa: E402 - after the thread settings above
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 settings.register_profile(
     "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
@@ -43,6 +54,13 @@ def _clean_state():
     leaked = list(pyro.get_param_store().keys())
     pyro.clear_param_store()
     assert not leaked, f"test leaked Pyro params into the global store: {leaked}"
+
+
+def pytest_configure(config):
+    if _WORKERS > 1:  # torch may already be imported (plugins): set its pool size directly too
+        import torch
+
+        torch.set_num_threads(_THREADS)
 
 
 def pytest_addoption(parser):

@@ -27,12 +27,14 @@ STEPS = _steps()
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
+    """The full demo (its targets hold for its own configuration only): the slowest fixture of the suite."""
     out = tmp_path_factory.mktemp("runs")
     assert main(["demo", "--out", str(out)]) == 0
     (run,) = out.iterdir()
     return run
 
 
+@pytest.mark.slow
 def test_demo_meets_its_targets(demo_run):
     m = json.loads((demo_run / "metrics.json").read_text())
     bnn = m["models"]["bnn"]
@@ -47,6 +49,7 @@ def test_demo_meets_its_targets(demo_run):
         assert m["models"][name]["accuracy"] >= 0.93, name
 
 
+@pytest.mark.slow
 def test_run_folder_contents(demo_run):
     m = json.loads((demo_run / "metrics.json").read_text())
     assert m["schema"] == METRICS_SCHEMA and m["task"] == "digits"
@@ -85,6 +88,7 @@ def test_cli_version_and_usage(capsys):
     assert main([]) == 2 and "error" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_demo_leaves_a_report_and_report_rebuilds_it(demo_run, capsys):
     pytest.importorskip("arviz")
     from uncertlr.diagnostics import SECTIONS, load_posteriors

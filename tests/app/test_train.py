@@ -62,6 +62,7 @@ def uninterrupted(tmp_path_factory):
 
 
 # the modulator's rule state (running means, per-weight states) is part of the checkpoint too
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "sig, modulator", [(signal.SIGTERM, "none"), (signal.SIGINT, "g1"), (signal.SIGTERM, "p2")]
 )

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from uncertlr import likelihoods as _lik
+from uncertlr.torch import _checks
 
 __all__ = ["check_predicted", "nonfinite_cause", "warn_if_probabilities"]
 
@@ -81,6 +82,9 @@ def check_predicted(bnn: Any, x: Tensor, out: Tensor) -> None:
             f"the network's outputs for x of shape {tuple(x.shape)} have shape {tuple(out.shape[1:])}; "
             f"predict needs {want} with N = {x.shape[0]} (is x missing its batch or feature axis?)"
         )
+    if not bnn._host_checks(done=True):  # see uncertlr.torch._checks
+        _checks.assert_finite(out, "the network's outputs are not finite (overflow); standardise the inputs")
+        return
     if not _finite(out):
         raise ValueError(
             _input_overflow(bnn, x, None, "the prediction")
@@ -94,7 +98,11 @@ def check_predicted(bnn: Any, x: Tensor, out: Tensor) -> None:
 
 def warn_if_probabilities(bnn: Any, outputs: Tensor) -> None:
     """Warn (once per BNN) when a classifier's outputs ``[K, B, C]`` already are probabilities."""
-    if getattr(bnn, "_outputs_checked", False) or not isinstance(bnn.likelihood, _lik.Categorical):
+    if (
+        getattr(bnn, "_outputs_checked", False)
+        or not isinstance(bnn.likelihood, _lik.Categorical)
+        or torch.compiler.is_compiling()
+    ):
         return
     bnn._outputs_checked = True
     o = outputs[0].detach()

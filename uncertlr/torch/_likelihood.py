@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from uncertlr import likelihoods as _lik
+from uncertlr.torch import _checks
 
 __all__ = ["LikelihoodModule"]
 
@@ -37,16 +38,23 @@ class LikelihoodModule(nn.Module):
         assert isinstance(self.spec, _lik.Normal) and self.spec.scale is not None
         return float(self.spec.scale)
 
-    def check(self, outputs: Tensor, y: Tensor) -> None:
-        """Validate targets against one particle's outputs ``[B, ...]``."""
+    def check(self, outputs: Tensor, y: Tensor, *, host: bool = True) -> None:
+        """Validate targets against one particle's outputs ``[B, ...]``.
+
+        ``host=False``: the value checks are device-side asserts (see :mod:`uncertlr.torch._checks`).
+        """
         if isinstance(self.spec, _lik.Categorical):
             if outputs.dim() != 2:
                 raise ValueError(
                     f"Categorical likelihood needs network outputs [B, C] (logits); got {tuple(outputs.shape)}"
                 )
-            _lik.check_labels(y, outputs.shape[0], outputs.shape[1])
+            _lik.check_labels(y, outputs.shape[0], outputs.shape[1], values=host)
+            if not host:
+                _checks.assert_labels(y, outputs.shape[1])
         else:
-            _lik.check_targets(y, tuple(outputs.shape))
+            _lik.check_targets(y, tuple(outputs.shape), values=host)
+            if not host:
+                _checks.assert_finite(y, "regression targets contain NaN or inf")
 
     def nll(self, outputs: Tensor, y: Tensor) -> Tensor:
         """Mean negative log-likelihood over particles and the batch; ``outputs[K, B, ...]``."""

@@ -20,8 +20,13 @@ from torch import Tensor, nn
 class _SampleKL(torch.autograd.Function):
     """``(loc[P], log_scale[P], eps[P] or [K, P]) -> (w, kl)`` for prior ``N(prior_loc, 1/prior_prec)``.
 
-    The forward keeps ``(loc - prior_loc) * prior_prec`` and ``scale^2 * prior_prec``, which
-    are both needed for the KL value, so the backward is four passes over ``P``.
+    ``prior_prec`` is a tensor ``[P]`` or, when every weight has the same prior precision (a
+    :class:`~uncertlr.priors.Normal` prior), a number: the kernel then skips two elementwise
+    products. Written for few passes over ``P``: the forward is two elementwise passes (``exp``
+    and the sample) and three reductions, the backward three elementwise passes (four with
+    several particles or a tensor precision); the
+    only tensors kept for the backward are the noise, ``scale`` and ``(loc - prior_loc)``
+    (times ``prior_prec`` for a tensor precision).
     """
 
     @staticmethod
@@ -31,31 +36,39 @@ class _SampleKL(torch.autograd.Function):
         log_scale: Tensor,
         eps: Tensor,
         prior_loc: Tensor | None,  # type: ignore[override]
-        prior_prec: Tensor,
+        prior_prec: Tensor | float,
         kl_const: Tensor | float,
     ) -> tuple[Tensor, Tensor]:
-        scale = log_scale.exp().clamp_min_(torch.finfo(log_scale.dtype).tiny)  # exp underflows below ~-87
+        # exp underflows to 0 below log_scale ~ -103 (float32): w = loc, and every formula below
+        # (KL through log_scale itself, the gradients) is still exact in that limit
+        scale = log_scale.exp()
         w = torch.addcmul(loc, scale, eps)  # broadcasts over a leading particle dim
         diff = loc if prior_loc is None else loc - prior_loc
-        diff_prec = diff * prior_prec
-        var_prec = scale * scale
-        var_prec.mul_(prior_prec)
         # KL = sum[log sigma_p - log sigma + (sigma^2 + (mu - mu_p)^2) / (2 sigma_p^2) - 1/2]
-        kl = kl_const - log_scale.sum() + 0.5 * (var_prec.sum() + torch.dot(diff, diff_prec))
-        ctx.save_for_backward(diff_prec, var_prec, scale, eps)
+        if isinstance(prior_prec, Tensor):
+            diff_prec, scale_prec = diff * prior_prec, scale * prior_prec
+            quad = torch.dot(scale, scale_prec) + torch.dot(diff, diff_prec)
+        else:
+            diff_prec, scale_prec = diff, scale
+            quad = prior_prec * (torch.dot(scale, scale) + torch.dot(diff, diff))
+        kl = kl_const - log_scale.sum() + 0.5 * quad
+        ctx.prec = None if isinstance(prior_prec, Tensor) else prior_prec
+        ctx.save_for_backward(diff_prec, scale_prec, scale, eps)
         return w, kl
 
     @staticmethod
     def backward(ctx, grad_w: Tensor, grad_kl: Tensor):  # type: ignore[override]
-        diff_prec, var_prec, scale, eps = ctx.saved_tensors
+        diff_prec, scale_prec, scale, eps = ctx.saved_tensors
+        # a number precision c: diff_prec and scale_prec are (mu - mu_p) and sigma, times c below
+        k = grad_kl if ctx.prec is None else grad_kl * ctx.prec
         g_sum = grad_w if grad_w.dim() == 1 else grad_w.sum(0)
         # d/d loc = sum_k dL/dw_k + grad_kl * (mu - mu_p) / sigma_p^2
-        d_loc = torch.addcmul(g_sum, diff_prec, grad_kl)
-        # d/d log_scale = scale * sum_k dL/dw_k eps_k + grad_kl * (sigma^2 / sigma_p^2 - 1)
+        d_loc = torch.addcmul(g_sum, diff_prec, k)
+        # d/d log_scale = sigma * (sum_k dL/dw_k eps_k + grad_kl * sigma / sigma_p^2) - grad_kl
         ge = grad_w * eps
         if ge.dim() > 1:
             ge = ge.sum(0)
-        d_log_scale = ge.mul_(scale).addcmul_(var_prec, grad_kl).sub_(grad_kl)
+        d_log_scale = torch.addcmul(-grad_kl, scale, ge.addcmul_(scale_prec, k))
         return d_loc, d_log_scale, None, None, None, None
 
 
@@ -115,7 +128,11 @@ class MeanFieldNormal(nn.Module):
         return torch.cat([named[n].reshape(-1) for n in self.names])
 
     def sample_kl(
-        self, eps: Tensor, prior_loc: Tensor | None, prior_prec: Tensor, kl_const: Tensor | float
+        self, eps: Tensor, prior_loc: Tensor | None, prior_prec: Tensor | float, kl_const: Tensor | float
     ) -> tuple[Tensor, Tensor]:
-        """Weights ``[..., P]`` for standard-normal noise ``eps[..., P]`` and the analytic KL (a scalar)."""
+        """Weights ``[..., P]`` for standard-normal noise ``eps[..., P]`` and the analytic KL (a scalar).
+
+        ``prior_prec`` is the prior precision ``1 / sigma_p^2``: a tensor ``[P]``, or a number
+        when it is the same for every weight.
+        """
         return _SampleKL.apply(self.loc, self.log_scale, eps, prior_loc, prior_prec, kl_const)  # type: ignore[no-any-return]

@@ -39,11 +39,13 @@ from uncertlr._spec import ELBOTerms, bnn_spec, positive_int
 from uncertlr.likelihoods import NormalPrediction
 from uncertlr.metrics import LayerSpread, layer_spread
 from uncertlr.select import Predicate, Selector
+from uncertlr.torch import _checks
 from uncertlr.torch._adapters import Adapter, Inputs, Output
 from uncertlr.torch._guards import check_predicted, nonfinite_cause, warn_if_probabilities
 from uncertlr.torch._likelihood import LikelihoodModule
 from uncertlr.torch._lowrank import FullNormal, LowRankNormal, joint_guide, make_posterior
 from uncertlr.torch._modules import fan_in, named_shape_errors, owner
+from uncertlr.torch._noise import standard_normal
 from uncertlr.torch._predict import chunked_outputs
 from uncertlr.torch._rnn import vmappable_rnns
 
@@ -90,6 +92,7 @@ class BNN(nn.Module):
         self.num_data = int(num_data)
         self.kl_weight = float(kl_weight)
         self.validate = bool(validate)
+        self._checked = False  # values checked on the host once (see _checks.host_reads)
         self.likelihood_module = LikelihoodModule(likelihood)
 
         names = [n for n, _ in self.net.named_parameters()]
@@ -127,6 +130,9 @@ class BNN(nn.Module):
             ]
         )
         self.register_buffer("prior_prec", prior_scale.pow(-2))
+        # the same precision for every weight (a Normal prior): the KL kernel multiplies by a number
+        same = bool((self.prior_prec == self.prior_prec[0]).all())
+        self._prior_prec_number: float | None = float(self.prior_prec[0]) if same else None
         # constant part of KL(q || p) for a Normal prior: sum(log sigma_p) - P / 2
         self.register_buffer("kl_const", prior_scale.log().sum() - 0.5 * prior_scale.numel())
         if prior.centered:
@@ -210,9 +216,20 @@ class BNN(nn.Module):
                 raise TypeError(
                     f"{name} has dtype {x.dtype} but the BNN's parameters are {ref.dtype}; cast it (.to({ref.dtype}))"
                 )
+            if not self.validate:
+                return
+            if not self._host_checks():
+                _checks.assert_finite(x, f"{name} contains NaN or inf")
             # one reduction; the elementwise check runs only if the sum is not finite (NaN/inf, or overflow)
-            if self.validate and not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
+            elif not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
                 raise ValueError(f"{name} contains NaN or inf")
+
+    def _host_checks(self, done: bool = False) -> bool:
+        """Whether value checks read back to the host now; ``done`` marks the end of a checked call."""
+        host = _checks.host_reads(self.posterior.loc, checked_before=self._checked)
+        if done and host:
+            self._checked = True
+        return host
 
     # ------------------------------------------------------------------ forward passes
 
@@ -237,9 +254,7 @@ class BNN(nn.Module):
 
     def _noise(self, num: int | None) -> Tensor:
         """Standard-normal noise ``[num, P]``, or ``[P]`` when ``num`` is None."""
-        loc = self.posterior.loc
-        shape = (loc.numel(),) if num is None else (num, loc.numel())
-        return torch.randn(shape, dtype=loc.dtype, device=loc.device)
+        return standard_normal(self.posterior.loc.detach(), num)
 
     def elbo(self, x: Tensor, y: Tensor, *, num_particles: int = 1) -> ELBOTerms:
         """Negative ELBO terms on a minibatch ``(x[B, ...], y[B, ...])``, per data point.
@@ -270,22 +285,23 @@ class BNN(nn.Module):
         post = self.posterior
         eps = self._noise(None if num_particles == 1 else num_particles)
         if self._analytic_kl:
-            flat_w, kl = post.sample_kl(eps, self.prior_loc, self.prior_prec, self.kl_const)
+            prec = self.prior_prec if self._prior_prec_number is None else self._prior_prec_number
+            flat_w, kl = post.sample_kl(eps, self.prior_loc, prec, self.kl_const)
         else:
             # exact entropy of q plus a Monte Carlo estimate of the cross-entropy to the prior
-            zero = torch.zeros_like(self.prior_prec)
             entropy_const = -0.5 * post.num_params * math.log(2 * math.pi * math.e)
-            flat_w, neg_entropy = post.sample_kl(eps, None, zero, entropy_const)
+            flat_w, neg_entropy = post.sample_kl(eps, None, 0.0, entropy_const)
             log_prior = self.prior.log_prob(flat_w).sum(-1)  # type: ignore[union-attr]
             kl = neg_entropy - (log_prior if flat_w.dim() == 1 else log_prior.mean())
         outputs = self._outputs(flat_w, x)
         if self.validate:
-            self.likelihood_module.check(outputs[0], y)
+            self.likelihood_module.check(outputs[0], y, host=self._host_checks())
             warn_if_probabilities(self, outputs)
         nll = self.likelihood_module.nll(outputs, y)
         loss = nll + self.kl_weight * kl / self.num_data
         # bad data raise here; a diverging optimizer returns its non-finite loss for StepGuard to skip
-        if self.validate and not torch.isfinite(loss.detach()):
+        # (where host reads cost, the data checks above are device-side asserts and this one is skipped)
+        if self.validate and self._host_checks(done=True) and not torch.isfinite(loss.detach()):
             cause = nonfinite_cause(self, x, y, outputs.detach(), kl.detach())
             if cause is not None:
                 raise ValueError(cause)

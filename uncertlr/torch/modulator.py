@@ -53,7 +53,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import numbers
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -64,6 +63,7 @@ import torch
 from torch import Tensor
 
 from uncertlr.modulation import GradientNoise, ParamSignal, Rule
+from uncertlr.torch import _fused
 from uncertlr.torch._state import rule_id, state_from_dict, state_to_dict
 from uncertlr.torch._stepping import GlobalMode, attached_modulator, install_step_guard, remove_step_guard
 from uncertlr.torch.bnn import BNN
@@ -99,16 +99,53 @@ def _as_signal(signal: Any) -> Tensor:
 # --------------------------------------------------------------------------- per-parameter mode
 
 
-@dataclasses.dataclass
 class _Target:
-    """One modulated optimizer parameter, split into segments (per named parameter for a BNN)."""
+    """One modulated optimizer parameter, split into segments (per named parameter for a BNN).
 
-    param: Tensor
-    sizes: list[int]
-    states: list[Any]
-    noise: list[Any] | None = None
-    scales: list[Tensor] | None = None
-    before: Tensor | None = None
+    A built-in rule keeps its per-segment states flat in ``fused`` (:class:`~uncertlr.torch._fused.FusedRule`);
+    ``states`` and ``noise`` read and write them there, so checkpoints see the same lists either way.
+    """
+
+    def __init__(
+        self,
+        param: Tensor,
+        sizes: list[int],
+        states: list[Any],
+        noise: list[Any] | None = None,
+        *,
+        rule: Rule,
+        estimator: GradientNoise,
+    ):
+        self.param, self.sizes = param, sizes
+        self.fused = (
+            _fused.FusedRule(rule, sizes, states, estimator if noise else None, noise)
+            if _fused.supports(rule)
+            else None
+        )
+        self._states, self._noise = states, noise
+        self.scales: list[Tensor] | None = None  # this step's factors, one per segment
+        self.flat_scale: Tensor | None = None  # the same, flat (fused targets)
+        self.before: Tensor | None = None
+
+    @property
+    def states(self) -> list[Any]:
+        return self.fused.states if self.fused is not None else self._states
+
+    @states.setter
+    def states(self, value: list[Any]) -> None:
+        self._states = value
+        if self.fused is not None:
+            self.fused.load(value, self.fused.noise_states)
+
+    @property
+    def noise(self) -> list[Any] | None:
+        return self.fused.noise_states if self.fused is not None else self._noise
+
+    @noise.setter
+    def noise(self, value: list[Any] | None) -> None:
+        self._noise = value
+        if self.fused is not None:
+            self.fused.load(self.fused.states, value)
 
 
 class _PerParameterMode:
@@ -121,6 +158,7 @@ class _PerParameterMode:
 
     def _build_targets(self, params: list[Tensor]) -> list[_Target]:
         rule = self.rule
+        kw = {"rule": rule, "estimator": self.noise}
         if isinstance(self.sigma, BNN):
             post = self.sigma.posterior
             if id(post.loc) not in {id(p) for p in params}:
@@ -129,12 +167,14 @@ class _PerParameterMode:
                     "build the optimizer over bnn.parameters()"
                 )
             sizes = list(post.sizes)
-            return [_Target(post.loc, sizes, [rule.init(s) for s in post.loc.detach().split(sizes)])]
+            return [_Target(post.loc, sizes, [rule.init(s) for s in post.loc.detach().split(sizes)], **kw)]
         if self.sigma is None:
             flats = [(p, p.detach().reshape(-1)) for p in params if p.requires_grad]
-            return [_Target(p, [f.numel()], [rule.init(f)], [self.noise.init(f)]) for p, f in flats]
+            return [_Target(p, [f.numel()], [rule.init(f)], [self.noise.init(f)], **kw) for p, f in flats]
         mapping = self.sigma()
-        out = [_Target(p, [p.numel()], [rule.init(p.detach().reshape(-1))]) for p in params if p in mapping]
+        out = [
+            _Target(p, [p.numel()], [rule.init(p.detach().reshape(-1))], **kw) for p in params if p in mapping
+        ]
         if not out:
             raise ValueError("sigma() returned no parameter that the optimizer holds")
         return out
@@ -162,14 +202,33 @@ class _PerParameterMode:
                     continue
                 if g.is_sparse:
                     raise TypeError("the Modulator does not support sparse gradients")
-                gs = list(g.reshape(-1).split(t.sizes))
-                scales = []
-                for i, (gi, si) in enumerate(zip(gs, self._sigmas(t, gs, sigma_map))):
-                    s, t.states[i] = self.rule.update(ParamSignal(gi, si), t.states[i])
-                    scales.append(s)
-                t.scales = scales
-                t.before = t.param.detach().clone()
+                if t.fused is not None:
+                    t.flat_scale = t.fused.update(g.reshape(-1), *self._flat_sigma(t, sigma_map))
+                    t.scales = list(t.flat_scale.split(t.sizes))
+                else:
+                    gs = list(g.reshape(-1).split(t.sizes))
+                    scales = []
+                    for i, (gi, si) in enumerate(zip(gs, self._sigmas(t, gs, sigma_map))):
+                        s, t.states[i] = self.rule.update(ParamSignal(gi, si), t.states[i])
+                        scales.append(s)
+                    t.scales, t.flat_scale = scales, None
+                if t.before is None or t.before.shape != t.param.shape:
+                    t.before = torch.empty_like(t.param, memory_format=torch.contiguous_format)
+                t.before.copy_(t.param.detach())
                 self._step_targets.append(t)
+
+    def _flat_sigma(
+        self, t: _Target, sigma_map: Mapping[Tensor, Tensor] | None
+    ) -> tuple[Tensor | None, bool]:
+        """``(σ[P] or None for the gradient-noise estimate, whether the fused update may overwrite it)``."""
+        if isinstance(self.sigma, BNN):
+            return (
+                self.sigma.posterior.scale.detach(),
+                True,
+            )  # a fresh tensor (mean-field or low-rank marginals)
+        if sigma_map is not None:
+            return sigma_map[t.param].detach().reshape(-1), False
+        return None, True
 
     def restore(self, optimizer: torch.optim.Optimizer | None) -> None:
         return None
@@ -182,20 +241,28 @@ class _PerParameterMode:
             befores: list[Tensor] = []
             afters: list[Tensor] = []
             scales: list[Tensor] = []
+            stats: list[Tensor] = []  # one tensor per target (flat) or per segment
             for t in targets:
+                after = t.param.detach().view(-1)
+                if t.flat_scale is not None:
+                    # before + s * (after - before), in one pass, in place
+                    torch.lerp(t.before.view(-1), after, t.flat_scale.to(after.dtype), out=after)  # type: ignore[union-attr]
+                    stats.append(t.flat_scale)
+                    continue
                 befores += t.before.view(-1).split(t.sizes)  # type: ignore[union-attr]
-                afters += t.param.detach().view(-1).split(t.sizes)
+                afters += after.split(t.sizes)
                 scales += [s.to(t.param.dtype) for s in t.scales]  # type: ignore[union-attr]
-            # before + s * (after - before), written into the snapshot, then copied back
-            torch._foreach_lerp_(befores, afters, scales)
-            for t in targets:
-                t.param.detach().copy_(t.before)  # type: ignore[arg-type]
-                t.before = None
-            n = sum(s.numel() for s in scales)
+                stats += t.scales  # type: ignore[arg-type]
+            if befores:
+                # before + s * (after - before), written into the snapshot, then copied back
+                torch._foreach_lerp_(befores, afters, scales)
+                torch._foreach_copy_(afters, befores)
+            n = sum(s.numel() for s in stats)
+            lo_hi = torch.stack([torch.stack(s.aminmax()) for s in stats])
             return {
-                "scale": float(torch.stack([s.sum() for s in scales]).sum()) / n,
-                "scale_min": float(torch.stack([s.min() for s in scales]).min()),
-                "scale_max": float(torch.stack([s.max() for s in scales]).max()),
+                "scale": float(torch.stack([s.sum() for s in stats]).sum()) / n,
+                "scale_min": float(lo_hi[:, 0].min()),
+                "scale_max": float(lo_hi[:, 1].max()),
                 "lr": float(optimizer.param_groups[0]["lr"]),
             }
 

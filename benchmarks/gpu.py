@@ -1,0 +1,301 @@
+"""Step time of deterministic vs Bayesian training on an accelerator (or the CPU), predict throughput, NUTS.
+
+Runs unchanged on CUDA and on the CPU and records the device. For each network, in one
+process and interleaved blocks (ratios = median step time / median deterministic step time):
+
+  deterministic   the plain network, Adam, cross-entropy (the baseline)
+  bnn             uncertlr.torch.bayesian(net) + Adam over bnn.parameters(), bnn.elbo(x, y).loss
+  bnn + G1        + Modulator(Ratio()) on the batch entropy of the ELBO's own outputs
+  bnn + P2        + Modulator(GradSigmaRatio(), sigma=bnn)
+  bnn compiled    torch.compile(bnn.loss) (with --compile; the cold compile time is printed)
+
+Networks (synthetic data; the step time does not depend on the values):
+
+  mlp          784-400-400-10 ReLU MLP, batch 128 (the CPU worst case of BENCHMARKS.md)
+  resnet18     uncertlr_models.ResNet18 (torchvision's layout, CIFAR stem, batch norm), 32x32 RGB, batch 128
+  transformer  uncertlr_models.TransformerClassifier, 4 blocks of width 256, 4 heads, 128 tokens, batch 64
+
+Predict throughput: inputs x posterior samples per second of ``bnn.predict(x, num_samples=32)`` and,
+for reference, inputs per second of the deterministic network's forward pass in eval mode.
+NUTS: uncertlr.jax.mcmc on a 64-16-10 tanh BNN of 1,000 digits (2 chains x (200 + 200)) on
+JAX's default device (a GPU when jax has CUDA; the row says which).
+
+On CUDA every timed block ends with ``torch.cuda.synchronize()``. ``--quick`` shrinks every
+network, batch and count so the whole script runs in about a minute on 2 CPU cores (the numbers
+are then a smoke test, not a measurement).
+
+Usage:
+    python benchmarks/gpu.py                 # on the GPU machine (cuda if available)
+    python benchmarks/gpu.py --compile       # also the torch.compile row (minutes of cold compile)
+    python benchmarks/gpu.py --quick         # CPU smoke run
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # JAX must leave GPU memory to torch
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from benchmarks._common import base_parser, machine, print_table, write_results  # noqa: E402
+from uncertlr import priors  # noqa: E402
+from uncertlr.modulation import GradSigmaRatio, Ratio  # noqa: E402
+from uncertlr.torch import Modulator, batch_entropy, bayesian  # noqa: E402
+from uncertlr_models import ResNet18, TransformerClassifier  # noqa: E402
+
+GPU_TARGET_RESNET = 1.3  # the issue's goal for a BNN ResNet-18 step on a GPU
+
+
+def networks(quick: bool) -> dict[str, tuple[Callable[[], nn.Module], Callable[[torch.device], tuple]]]:
+    """name -> (network factory, data factory(device) -> (x, y))."""
+    if quick:
+        dims, batch, img, width, d_model, seq, blocks, tb = (64, 32, 10), 16, 16, 8, 32, 16, 1, 8
+    else:
+        dims, batch, img, width, d_model, seq, blocks, tb = (784, 400, 400, 10), 128, 32, 64, 256, 128, 4, 64
+    vocab = 1000
+
+    def mlp() -> nn.Module:
+        layers: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        return nn.Sequential(*layers[:-1])
+
+    def labels(n: int, dev: torch.device) -> torch.Tensor:
+        return torch.randint(0, 10, (n,), device=dev)
+
+    return {
+        "mlp": (mlp, lambda dev: (torch.randn(batch, dims[0], device=dev), labels(batch, dev))),
+        "resnet18": (
+            lambda: ResNet18(10, width=width),
+            lambda dev: (torch.randn(batch, 3, img, img, device=dev), labels(batch, dev)),
+        ),
+        "transformer": (
+            lambda: TransformerClassifier(vocab, 10, d_model=d_model, heads=4, layers=blocks, max_len=seq),
+            lambda dev: (torch.randint(0, vocab, (tb, seq), device=dev), labels(tb, dev)),
+        ),
+    }
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def timed_medians(fns: dict[str, Callable[[], object]], dev: torch.device, blocks: int, steps: int) -> dict:
+    """Median seconds per call over interleaved blocks; each block ends with a device synchronisation."""
+    for f in fns.values():
+        for _ in range(3):
+            f()
+    _sync(dev)
+    per: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(blocks):
+        for k, f in fns.items():
+            _sync(dev)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                f()
+            _sync(dev)
+            per[k].append((time.perf_counter() - t0) / steps)
+    return {k: statistics.median(v) for k, v in per.items()}
+
+
+def step_fns(make: Callable[[], nn.Module], x, y, dev: torch.device, compile_: bool) -> tuple[dict, dict]:
+    """The training steps of one network and the notes (cold compile time)."""
+    torch.manual_seed(0)
+    fns: dict[str, Callable[[], object]] = {}
+    notes: dict[str, str] = {}
+    net = make().to(dev)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+
+    def det() -> None:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+
+    fns["deterministic"] = det
+
+    def bnn_step(rule=None, compiled=False) -> Callable[[], None]:
+        torch.manual_seed(0)
+        bnn = bayesian(make(), num_data=50_000, prior=priors.Normal(1.0), init_scale=1e-3).to(dev)
+        bopt = torch.optim.Adam(bnn.parameters(), lr=1e-3)
+        mod = None
+        if rule is not None:
+            per_param = bool(getattr(rule, "per_parameter", False))
+            mod = Modulator(rule, sigma=bnn if per_param else None).attach(bopt)
+        elbo = torch.compile(bnn.elbo) if compiled else bnn.elbo
+
+        def step() -> None:
+            bopt.zero_grad(set_to_none=True)
+            terms = elbo(x, y)
+            terms.loss.backward()
+            if mod is not None and not mod.per_parameter:
+                mod.observe(batch_entropy(terms.outputs))
+            bopt.step()
+
+        return step
+
+    fns["bnn"] = bnn_step()
+    fns["bnn + G1"] = bnn_step(Ratio())
+    fns["bnn + P2"] = bnn_step(GradSigmaRatio())
+    if compile_:
+        step = bnn_step(compiled=True)
+        t0 = time.perf_counter()
+        step()
+        _sync(dev)
+        notes["bnn compiled"] = f"cold compile {time.perf_counter() - t0:.0f} s"
+        fns["bnn compiled"] = step
+    return fns, notes
+
+
+def predict_rows(name, make, x, dev, blocks: int, samples: int) -> list[dict]:
+    torch.manual_seed(0)
+    net = make().to(dev).eval()
+    bnn = bayesian(make(), num_data=50_000, init_scale=1e-3).to(dev)
+
+    def det_forward() -> None:
+        with torch.no_grad():
+            net(x)
+
+    def bnn_predict() -> None:
+        bnn.predict(x, num_samples=samples)
+
+    t = timed_medians({"det": det_forward, "bnn": bnn_predict}, dev, blocks, 3)
+    n = x.shape[0]
+    return [
+        {"network": name, "what": "deterministic forward", "per_s": n / t["det"], "unit": "inputs/s"},
+        {
+            "network": name,
+            "what": f"bnn.predict (S={samples})",
+            "per_s": n * samples / t["bnn"],
+            "unit": "input-samples/s",
+        },
+    ]
+
+
+def nuts_row(quick: bool) -> dict:
+    """NUTS with uncertlr.jax on JAX's default device; skipped (with the reason) if JAX is missing."""
+    try:
+        import jax
+        import jax.numpy as jnp
+        import numpy as np
+        from sklearn.datasets import load_digits
+
+        from uncertlr.jax import bayesian as jbayesian
+        from uncertlr.jax import mcmc
+        from uncertlr_models.flax_mlp import FlaxMLP
+    except ImportError as e:  # pragma: no cover - optional
+        return {"what": "NUTS", "note": f"skipped: {e}"}
+    x, y = load_digits(return_X_y=True)
+    x, y = jnp.asarray((x[:1000] / 16.0).astype(np.float32)), jnp.asarray(y[:1000].astype(np.int32))
+    net = FlaxMLP(hidden=(16,), out_features=10, activation="tanh")
+    bnn = jbayesian(
+        net, params=net.init(jax.random.key(1), x[:1]), num_data=x.shape[0], prior=priors.Normal(1.0)
+    )
+    n = 50 if quick else 200
+    res = mcmc(bnn, x, y, num_warmup=n, num_samples=n, num_chains=2, rng_key=0, progress=False)
+    return {
+        "what": f"NUTS 64-16-10 BNN, 1,000 digits, 2 chains x ({n} + {n})",
+        "device": str(jax.devices()[0]),
+        "seconds": res.seconds,
+        "draws_per_s": 2 * n / res.seconds,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = base_parser(__doc__.splitlines()[0])
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--compile", action="store_true", help="add the torch.compile(bnn.elbo) row")
+    p.add_argument("--networks", nargs="+", default=None, help="subset of: mlp resnet18 transformer")
+    p.add_argument("--no-nuts", action="store_true", help="skip the NUTS row")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    blocks, steps = (3, 3) if args.quick else (7, 20)
+    samples = 4 if args.quick else 32
+    nets = networks(args.quick)
+    chosen = args.networks or list(nets)
+    rows, predict, notes_all = [], [], {}
+    for name in chosen:
+        make, data = nets[name]
+        x, y = data(dev)
+        print(f"{name}: timing training steps on {dev} ...", flush=True)
+        fns, notes = step_fns(make, x, y, dev, args.compile)
+        t = timed_medians(fns, dev, blocks, steps)
+        for k, v in t.items():
+            rows.append(
+                {
+                    "network": name,
+                    "method": k,
+                    "ms": 1e3 * v,
+                    "ratio": v / t["deterministic"],
+                    "note": notes.get(k, ""),
+                }
+            )
+        notes_all.update({f"{name}/{k}": v for k, v in notes.items()})
+        predict += predict_rows(name, make, x, dev, blocks, samples)
+        del fns
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    info = machine()
+    info["device"] = str(dev)
+    if dev.type == "cuda":
+        info["device_name"] = torch.cuda.get_device_name(dev)
+        info["capability"] = ".".join(map(str, torch.cuda.get_device_capability(dev)))
+        info["cuda"] = torch.version.cuda
+        info["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
+    title = f"training step on {info.get('device_name', dev)} ({blocks} interleaved blocks x {steps} steps)"
+    print_table(
+        title,
+        rows,
+        [
+            ("network", "network", "s"),
+            ("method", "method", "s"),
+            ("ms", "ms/step", ".2f"),
+            ("ratio", "ratio", ".2f"),
+        ]
+        + [("note", "note", "s")],
+    )
+    print_table(
+        "predict throughput",
+        predict,
+        [
+            ("network", "network", "s"),
+            ("what", "what", "s"),
+            ("per_s", "per second", ",.0f"),
+            ("unit", "unit", "s"),
+        ],
+    )
+    nuts = None if args.no_nuts else nuts_row(args.quick)
+    if nuts is not None:
+        print("NUTS:", nuts)
+    resnet = next((r for r in rows if r["network"] == "resnet18" and r["method"] == "bnn"), None)
+    if resnet is not None:
+        print(
+            f"BNN ResNet-18 step / deterministic = {resnet['ratio']:.2f} (goal on a GPU <= {GPU_TARGET_RESNET})"
+        )
+    write_results(
+        "gpu_quick" if args.quick else "gpu",
+        rows,
+        args.json,
+        device=info,
+        predict=predict,
+        nuts=nuts,
+        blocks=blocks,
+        steps=steps,
+        notes=notes_all,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

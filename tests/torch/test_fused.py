@@ -1,0 +1,124 @@
+"""The fused per-parameter rule update (uncertlr.torch._fused) against the array-API reference rules."""
+
+from __future__ import annotations
+
+import hypothesis.strategies as st
+import pytest
+import torch
+from hypothesis import given
+
+from uncertlr.modulation import GradientNoise, GradSigmaRatio, ParamSignal, SigmaRatio, VarianceRatio
+from uncertlr.torch._fused import FusedRule, supports
+
+RULES = {"P1": SigmaRatio, "P2": GradSigmaRatio, "P3": VarianceRatio}
+
+
+def _reference(rule, sizes, grads, sigmas, noise=None):
+    """One ``rule.update`` (and ``noise.update``) per segment and step, as the unfused modulator does."""
+    states = [rule.init(torch.zeros(n)) for n in sizes]
+    noise_states = [noise.init(torch.zeros(n)) for n in sizes] if noise else None
+    out = []
+    for g, sig in zip(grads, sigmas):
+        scales = []
+        for i, (gi, si) in enumerate(zip(g.split(sizes), sig.split(sizes) if sig is not None else sizes)):
+            if noise is not None:
+                si, noise_states[i] = noise.update(gi, noise_states[i])
+            s, states[i] = rule.update(ParamSignal(gi, si), states[i])
+            scales.append(s)
+        out.append((torch.cat(scales), list(states)))
+    return out
+
+
+def _fused(rule, sizes, grads, sigmas, noise=None):
+    f = FusedRule(
+        rule,
+        sizes,
+        [rule.init(torch.zeros(n)) for n in sizes],
+        noise,
+        [noise.init(torch.zeros(n)) for n in sizes] if noise else None,
+    )
+    out = []
+    for g, sig in zip(grads, sigmas):
+        owned = sig.clone() if sig is not None else None
+        s = f.update(g, owned, sigma_owned=True)
+        out.append((s.clone(), [type(x)(*(v.clone() for v in x)) for x in f.states]))
+    return out
+
+
+def _inputs(draw_seed, sizes, steps, bad_step, scale_exp):
+    gen = torch.Generator().manual_seed(draw_seed)
+    p = sum(sizes)
+    grads = [torch.randn(p, generator=gen) * 10.0**scale_exp for _ in range(steps)]
+    sigmas = [torch.rand(p, generator=gen) + 1e-3 for _ in range(steps)]
+    if bad_step is not None:  # a NaN gradient and an inf sigma in the first segment only
+        grads[bad_step][0] = float("nan")
+        sigmas[min(bad_step + 1, steps - 1)][1 % sizes[0]] = float("inf")
+    grads[0][: sizes[0]] = 0.0  # a whole segment of zero gradient: P2's factors are exactly 1 there
+    return grads, sigmas
+
+
+@given(
+    name=st.sampled_from(sorted(RULES)),
+    sizes=st.lists(st.integers(1, 40), min_size=1, max_size=4),
+    steps=st.integers(1, 6),
+    warmup=st.integers(0, 3),
+    renormalize=st.booleans(),
+    decay=st.sampled_from([0.0, 0.5, 0.9]),
+    kappa=st.sampled_from([-1.0, -0.5, 0.5, 2.0]),
+    bad=st.booleans(),
+    seed=st.integers(0, 2**16),
+    scale_exp=st.integers(-20, 3),
+)
+def test_fused_rule_equals_one_reference_update_per_segment(
+    name, sizes, steps, warmup, renormalize, decay, kappa, bad, seed, scale_exp
+):
+    rule = RULES[name](kappa=kappa, warmup=warmup, renormalize=renormalize, decay=decay)
+    grads, sigmas = _inputs(seed, sizes, steps, steps // 2 if bad else None, scale_exp)
+    ref = _reference(rule, sizes, grads, sigmas)
+    got = _fused(rule, sizes, grads, sigmas)
+    for (s_ref, st_ref), (s_got, st_got) in zip(ref, got):
+        torch.testing.assert_close(s_got, s_ref, rtol=2e-5, atol=1e-6, equal_nan=True)
+        for a, b in zip(st_got, st_ref):
+            assert float(a.step) == float(b.step) and float(a.nonfinite) == float(b.nonfinite)
+            torch.testing.assert_close(a.ema, b.ema, rtol=1e-5, atol=1e-6 * 10.0**scale_exp, equal_nan=True)
+            torch.testing.assert_close(a.scale, b.scale, rtol=2e-5, atol=1e-6, equal_nan=True)
+
+
+@given(
+    name=st.sampled_from(sorted(RULES)),
+    size=st.integers(1, 50),
+    steps=st.integers(1, 6),
+    decay=st.sampled_from([0.0, 0.5, 0.99]),
+    bad=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_fused_gradient_noise_sigma_equals_the_reference_estimator(name, size, steps, decay, bad, seed):
+    rule, noise = RULES[name](warmup=1), GradientNoise(decay=decay)
+    grads, _ = _inputs(seed, [size], steps, steps // 2 if bad else None, 0)
+    ref = _reference(rule, [size], grads, [None] * steps, noise)
+    got = _fused(rule, [size], grads, [None] * steps, noise)
+    for (s_ref, _), (s_got, _) in zip(ref, got):
+        torch.testing.assert_close(s_got, s_ref, rtol=1e-4, atol=1e-5, equal_nan=True)
+
+
+def test_states_round_trip_and_only_builtin_rules_are_fused():
+    rule = GradSigmaRatio(warmup=0)
+    sizes = [3, 5]
+    f = FusedRule(rule, sizes, [rule.init(torch.zeros(n)) for n in sizes])
+    g, sig = torch.randn(8), torch.rand(8) + 0.1
+    f.update(g, sig)
+    saved = [type(s)(*(v.clone() for v in s)) for s in f.states]
+    nxt = f.update(g, sig).clone()
+    f.load(saved)
+    torch.testing.assert_close(f.update(g, sig), nxt, rtol=0, atol=0)
+    # sigma not owned: the caller's tensor is left untouched
+    keep = sig.clone()
+    f.update(g, sig)
+    assert torch.equal(sig, keep)
+
+    class Custom(SigmaRatio):
+        pass
+
+    assert supports(SigmaRatio()) and not supports(Custom())
+    with pytest.raises(TypeError, match="no fused update"):
+        FusedRule(Custom(), [2], [Custom().init(torch.zeros(2))])

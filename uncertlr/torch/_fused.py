@@ -1,0 +1,232 @@
+"""Fused per-parameter rule updates for the torch :class:`~uncertlr.torch.Modulator`.
+
+The rules P1-P3 (:class:`~uncertlr.modulation.SigmaRatio`, :class:`~uncertlr.modulation.GradSigmaRatio`,
+:class:`~uncertlr.modulation.VarianceRatio`) and the gradient-noise estimate
+(:class:`~uncertlr.modulation.GradientNoise`) are written once on the array API as pure functions
+of one tensor (``uncertlr.modulation``); written that way each step makes ~15 passes over every
+weight, each into a fresh tensor, plus one small op per named parameter. :class:`FusedRule`
+computes exactly the same factors for one flat tensor split into segments (a BNN's flat
+posterior mean, one segment per named parameter; or one deterministic parameter): elementwise
+work runs in place over the whole flat tensor at once, the per-segment means are one
+``torch._foreach_norm`` call, and the per-segment state lives in flat tensors. The per-segment
+:class:`~uncertlr.modulation.ParamState` / :class:`~uncertlr.modulation.NoiseState` values are
+views of those tensors, so checkpoints and ``Modulator.rule_state`` are unchanged. Every update
+allocates new state tensors (states stay immutable values, as in the reference).
+
+``tests/torch/test_fused.py`` holds it to the reference rules on random inputs (non-finite
+values, warm-up, both ``renormalize`` settings, several segments).
+
+Example:
+    >>> import torch
+    >>> from uncertlr.modulation import GradSigmaRatio
+    >>> rule = GradSigmaRatio(warmup=0, decay=0.0, renormalize=False)
+    >>> fused = FusedRule(rule, [3], [rule.init(torch.zeros(3))])
+    >>> fused.update(torch.tensor([1.0, -1.0, 4.0]), torch.tensor([1.0, 4.0, 1.0])).round(decimals=3)
+    tensor([1.7320, 0.8660, 0.8660])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from uncertlr.modulation import (
+    GradientNoise,
+    GradSigmaRatio,
+    NoiseState,
+    ParamState,
+    SigmaRatio,
+    VarianceRatio,
+)
+
+__all__ = ["FusedRule", "supports"]
+
+_MEASURES = {SigmaRatio: "sigma", GradSigmaRatio: "grad_sigma", VarianceRatio: "variance"}
+
+
+def supports(rule: object) -> bool:
+    """Whether ``rule`` is one of the built-in per-parameter rules (exactly; a subclass may change the math)."""
+    return type(rule) in _MEASURES
+
+
+def _host_ok(ok: Tensor) -> bool | None:
+    """``all(ok)`` read on the CPU (free there); ``None`` elsewhere (select on the device instead)."""
+    if ok.device.type == "cpu" and not torch.compiler.is_compiling():
+        return bool(ok.all())
+    return None
+
+
+class FusedRule:
+    """A built-in per-parameter rule over one flat tensor of ``sum(sizes)`` elements split into segments.
+
+    Args:
+        rule: a :class:`~uncertlr.modulation.SigmaRatio`, :class:`~uncertlr.modulation.GradSigmaRatio`
+            or :class:`~uncertlr.modulation.VarianceRatio` (see :func:`supports`).
+        sizes: the segment sizes; each segment gets its own reference mean, as with one
+            ``rule.update`` per segment.
+        states: one ``rule.init`` (or a restored) state per segment.
+        noise, noise_states: the gradient-noise estimator and its per-segment states, when σ
+            comes from the gradient's noise rather than from the caller.
+    """
+
+    def __init__(
+        self,
+        rule: SigmaRatio | GradSigmaRatio | VarianceRatio,
+        sizes: Sequence[int],
+        states: Sequence[ParamState],
+        noise: GradientNoise | None = None,
+        noise_states: Sequence[NoiseState] | None = None,
+    ):
+        if not supports(rule):
+            raise TypeError(f"no fused update for {type(rule).__name__}")
+        self.rule, self.measure = rule, _MEASURES[type(rule)]
+        self.sizes = list(sizes)
+        self.noise = noise
+        self.load(states, noise_states)
+
+    # ------------------------------------------------------------------ state
+
+    def load(self, states: Sequence[ParamState], noise_states: Sequence[NoiseState] | None = None) -> None:
+        """Take per-segment states (from ``rule.init`` or a checkpoint) into the flat layout."""
+        if len(states) != len(self.sizes):
+            raise ValueError(f"{len(states)} states for {len(self.sizes)} segments")
+        first = states[0].scale
+        self.dtype, self.device = first.dtype, first.device
+        self.tiny = torch.finfo(self.dtype).tiny
+        self.numel = torch.tensor(self.sizes, dtype=self.dtype, device=self.device)
+        self.step = torch.stack([s.step for s in states])
+        self.nonfinite = torch.stack([s.nonfinite for s in states])
+        self.scale = torch.cat([s.scale.reshape(-1) for s in states])
+        self._zero_ema = [s.ema for s in states] if self.measure != "grad_sigma" else None
+        self.ema = torch.cat([s.ema.reshape(-1) for s in states]) if self.measure == "grad_sigma" else None
+        # the warm-up test is a Python comparison: no host read per step
+        self._steps = [int(s.step) for s in states]
+        if self.noise is not None:
+            if noise_states is None or len(noise_states) != len(self.sizes):
+                raise ValueError("the gradient-noise estimate needs one state per segment")
+            self.count = torch.stack([s.count for s in noise_states])
+            self.mean = torch.cat([s.mean.reshape(-1) for s in noise_states])
+            self.sq = torch.cat([s.sq.reshape(-1) for s in noise_states])
+
+    @property
+    def states(self) -> list[ParamState]:
+        """Per-segment :class:`~uncertlr.modulation.ParamState` views of the flat state."""
+        emas = self.ema.split(self.sizes) if self.ema is not None else self._zero_ema
+        return [
+            ParamState(self.step[i], emas[i], s, self.nonfinite[i])  # type: ignore[index]
+            for i, s in enumerate(self.scale.split(self.sizes))
+        ]
+
+    @property
+    def noise_states(self) -> list[NoiseState] | None:
+        """Per-segment :class:`~uncertlr.modulation.NoiseState` views (``None`` without a noise estimate)."""
+        if self.noise is None:
+            return None
+        pairs = zip(self.mean.split(self.sizes), self.sq.split(self.sizes))
+        return [NoiseState(self.count[i], m, q) for i, (m, q) in enumerate(pairs)]
+
+    # ------------------------------------------------------------------ update
+
+    def _segment_mean(self, x: Tensor) -> Tensor:
+        """Per-segment means ``[num_segments]`` of ``x >= 0`` (NaN/inf propagate)."""
+        return torch.stack(torch._foreach_norm(x.split(self.sizes), 1)) / self.numel
+
+    def _scale_segments_(self, x: Tensor, factors: Tensor) -> None:
+        """``x[segment i] *= factors[i]`` in place."""
+        if len(self.sizes) == 1:
+            x.mul_(factors[0])
+        else:
+            torch._foreach_mul_(list(x.split(self.sizes)), list(factors.unbind()))
+
+    def _keep_old_(self, ok: Tensor, new: Tensor, old: Tensor) -> None:
+        """Where a segment is not ``ok``, put ``old`` back into (freshly allocated) ``new``."""
+        all_ok = _host_ok(ok)
+        if all_ok:
+            return
+        if all_ok is None:  # an accelerator, or tracing: select on the device
+            keep = ok.repeat_interleave(self.numel.long(), output_size=new.numel())
+            torch.where(keep, new, old, out=new)
+            return
+        for i, (n, o) in enumerate(zip(new.split(self.sizes), old.split(self.sizes))):
+            if not bool(ok[i]):
+                n.copy_(o)
+
+    def _noise_sigma(self, grad: Tensor) -> Tensor:
+        """Fold ``grad`` into the gradient moments; returns σ (a new tensor)."""
+        d = self.noise.decay  # type: ignore[union-attr]
+        g2 = grad * grad
+        # a non-finite gradient, or a square that overflows, leaves a segment's moments untouched
+        ok = torch.isfinite(self._segment_mean(g2))
+        mean = torch.lerp(self.mean, grad, 1.0 - d)
+        sq = torch.lerp(self.sq, g2, 1.0 - d, out=g2)
+        self._keep_old_(ok, mean, self.mean)
+        self._keep_old_(ok, sq, self.sq)
+        self.count = self.count + ok.to(self.count.dtype)
+        self.mean, self.sq = mean, sq
+        inv_corr = (
+            (1.0 - torch.pow(d, self.count)).clamp_min_(torch.finfo(self.count.dtype).tiny).reciprocal_()
+        )
+        # sigma = sqrt(max(sq / corr - (mean / corr)^2, 0))
+        m, var = self._times_segments(mean, inv_corr), self._times_segments(sq, inv_corr)
+        # square, then subtract (not addcmul: a fused multiply-add leaves a rounding residue where
+        # the reference's variance cancels to exactly 0, e.g. with decay 0)
+        return var.sub_(m.square_()).clamp_min_(0.0).sqrt_()
+
+    def _times_segments(self, x: Tensor, factors: Tensor) -> Tensor:
+        """A new tensor: ``x[segment i] * factors[i]``."""
+        if len(self.sizes) == 1:
+            return x * factors[0]
+        out = x.clone()
+        self._scale_segments_(out, factors)
+        return out
+
+    def update(self, grad: Tensor | None, sigma: Tensor | None, sigma_owned: bool = False) -> Tensor:
+        """The factors ``s[P]`` for this step (a new tensor; the state advances).
+
+        Args:
+            grad: the flat gradient ``[P]`` (needed by P2 and by the gradient-noise estimate).
+            sigma: the flat σ ``[P]``; ``None`` when the gradient-noise estimate supplies it.
+            sigma_owned: ``sigma`` is a temporary the update may overwrite.
+        """
+        rule = self.rule
+        if grad is not None:
+            grad = grad.to(self.dtype)
+        if sigma is None:
+            sigma, sigma_owned = self._noise_sigma(grad), True  # type: ignore[arg-type]
+        else:
+            sigma = sigma.to(self.dtype)
+        ema = None
+        if self.measure == "grad_sigma":
+            ema = torch.lerp(self.ema, grad, 1.0 - rule.decay)  # type: ignore[arg-type]
+            raw = sigma.mul_(ema) if sigma_owned else sigma * ema
+            raw.abs_()
+        elif self.measure == "variance":
+            raw = sigma.square_() if sigma_owned else sigma * sigma
+        else:
+            raw = sigma if sigma_owned else sigma.clone()
+        ref = self._segment_mean(raw)
+        ok = torch.isfinite(ref)
+        # ((raw + tiny) / (ref + tiny))^kappa: exactly 1 where a whole segment is 0
+        raw.add_(self.tiny)
+        self._scale_segments_(raw, (ref + self.tiny).reciprocal_())
+        active = [st >= rule.warmup for st in self._steps]
+        if all(active) or not any(active):
+            lo, hi = (rule.s_min, rule.s_max) if active[0] else (1.0, 1.0)
+            raw.pow_(rule.kappa).clamp_(lo, hi)
+        else:  # segments restored at different steps
+            raw.pow_(rule.kappa)
+            for a, seg in zip(active, raw.split(self.sizes)):
+                seg.clamp_(*((rule.s_min, rule.s_max) if a else (1.0, 1.0)))
+        if rule.renormalize:
+            self._scale_segments_(raw, self._segment_mean(raw).reciprocal_())
+        self._keep_old_(ok, raw, self.scale)
+        if ema is not None:
+            self._keep_old_(ok, ema, self.ema)  # type: ignore[arg-type]
+            self.ema = ema
+        self.scale = raw
+        self.step = self.step + 1.0
+        self.nonfinite = self.nonfinite + (~ok).to(self.nonfinite.dtype)
+        self._steps = [st + 1 for st in self._steps]
+        return raw

@@ -1,0 +1,143 @@
+"""The standard-normal noise of every mean-field training step, drawn fast on the CPU and under ``torch.compile``.
+
+A BNN step draws one normal number per random weight (478,410 for a 784-400-400-10 MLP). On
+the CPU, ``torch.randn`` is single-threaded (one mt19937 stream, then Box-Muller), so the draw
+alone cost a third of the whole step. :func:`standard_normal` fills the two halves of a large
+draw from two generators with ``Tensor.normal_``: the calling thread one half, a helper thread the
+other, at the same time. Both generators are seeded from torch's default generator at every
+draw, so ``torch.manual_seed`` still reproduces a run (with any number of threads: with one, the
+halves are filled one after the other, giving the same numbers), and every element is an
+independent N(0, 1) draw of ATen's own sampler (exact in distribution, like ``torch.randn``; only
+the stream differs).
+
+Under ``torch.compile`` the draw is one opaque custom op (``uncertlr::standard_normal``):
+inductor would otherwise replace ``torch.randn`` by its own counter-based generator, which on the
+CPU runs one Philox + Box-Muller per element in scalar code, several times slower than ATen's.
+
+Example:
+    >>> import torch
+    >>> eps = standard_normal(torch.zeros(3), 2)
+    >>> tuple(eps.shape), eps.dtype
+    ((2, 3), torch.float32)
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import torch
+from torch import Tensor
+
+__all__ = ["PARALLEL_MIN_ELEMENTS", "standard_normal"]
+
+#: CPU draws (float32/float64) of at least this many elements come from two generators, one per
+#: half (filled in parallel when torch has two or more threads, one after the other otherwise: the
+#: numbers depend on the seed only, never on the thread count); smaller draws are ``torch.randn``.
+PARALLEL_MIN_ELEMENTS = 1 << 17
+
+_SEED_BOUND = 1 << 62
+
+
+class _HalfFiller:
+    """Two seeded generators, one per half of a buffer, and a helper thread that fills the second half.
+
+    The helper thread starts on the first parallel fill.
+    """
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.broken = False  # a draw was interrupted while the helper was busy: use a new one
+        self.lock = threading.Lock()  # one draw at a time (callers on several threads take turns)
+        self.generators = (torch.Generator(), torch.Generator())
+        self._go, self._done = threading.Event(), threading.Event()
+        self._job: Tensor | None = None
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        while True:
+            self._go.wait()
+            self._go.clear()
+            try:
+                self._job.normal_(generator=self.generators[1])  # type: ignore[union-attr]
+            except BaseException as e:  # noqa: BLE001 - handed back to the caller
+                self._error = e
+            self._done.set()
+
+    def fill(self, out: Tensor, *, parallel: bool) -> Tensor:
+        """Fill ``out`` with N(0, 1) draws: its first half from one generator, the second from the other."""
+        flat = out.view(-1)
+        first, second = flat[: flat.numel() // 2], flat[flat.numel() // 2 :]
+        with self.lock:
+            seeds = torch.randint(_SEED_BOUND, (2,), dtype=torch.int64).tolist()
+            for g, s in zip(self.generators, seeds):
+                g.manual_seed(s)
+            if not parallel:
+                first.normal_(generator=self.generators[0])
+                second.normal_(generator=self.generators[1])
+                return out
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="uncertlr-noise", daemon=True)
+                self._thread.start()
+            self._job, self._error = second, None
+            self._done.clear()
+            self._go.set()
+            try:
+                first.normal_(generator=self.generators[0])
+                self._done.wait()
+            except BaseException:  # e.g. KeyboardInterrupt: the helper may still be writing
+                self.broken = True
+                raise
+            if self._error is not None:
+                raise self._error
+        return out
+
+
+_FILLER: _HalfFiller | None = None
+
+
+def _filler() -> _HalfFiller:
+    global _FILLER
+    if _FILLER is None or _FILLER.broken or _FILLER.pid != os.getpid():  # a forked child has no helper thread
+        _FILLER = _HalfFiller()
+    return _FILLER
+
+
+@torch.library.custom_op(
+    "uncertlr::standard_normal", mutates_args=(), tags=(torch.Tag.nondeterministic_seeded,)
+)
+def _standard_normal_op(like: Tensor, num: int) -> Tensor:
+    """:func:`standard_normal` as one opaque op for ``torch.compile`` (``num == 0``: ``[P]``).
+
+    Tagged as random, so the compiler never recomputes it in the backward or merges two calls.
+    """
+    return _draw(like, None if num == 0 else num)
+
+
+@_standard_normal_op.register_fake
+def _(like: Tensor, num: int) -> Tensor:
+    return like.new_empty((like.numel(),) if num == 0 else (num, like.numel()))
+
+
+def _draw(like: Tensor, num: int | None) -> Tensor:
+    shape = (like.numel(),) if num is None else (num, like.numel())
+    n = like.numel() * (num or 1)
+    if (
+        like.device.type == "cpu"
+        and like.dtype in (torch.float32, torch.float64)
+        and n >= PARALLEL_MIN_ELEMENTS
+    ):
+        return _filler().fill(torch.empty(shape, dtype=like.dtype), parallel=torch.get_num_threads() > 1)
+    return torch.randn(shape, dtype=like.dtype, device=like.device)
+
+
+def standard_normal(like: Tensor, num: int | None) -> Tensor:
+    """Independent N(0, 1) noise ``[num, P]`` (or ``[P]`` when ``num`` is None) like the flat ``like[P]``.
+
+    Drawn from generators seeded by torch's default generator (``torch.manual_seed`` reproduces
+    it), in eager mode and under ``torch.compile`` alike.
+    """
+    if torch.compiler.is_compiling():
+        return _standard_normal_op(like, 0 if num is None else num)
+    return _draw(like, num)
