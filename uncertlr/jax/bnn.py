@@ -140,6 +140,39 @@ class BNN:
         loc = self.network.values[name] if pr.centered else jnp.full(shape, float(pr.loc))
         return dist.Normal(loc, self.prior_scale[name]).to_event(len(shape))
 
+    def initial_params(self) -> dict[str, Array]:
+        """Where SVI with the mean-field guide starts: every ``numpyro.param`` site of ``model`` and ``guide``.
+
+        ``{name}_loc`` at the network's weights, ``{name}_scale`` at ``init_scale``, every
+        deterministic parameter at the network's value and ``noise_scale`` (when the noise
+        std is learned) at the likelihood's ``init_scale`` — constrained values, the same
+        sites NumPyro's ``SVI`` finds by tracing ``model`` and ``guide``, without tracing them.
+        """
+        out: dict[str, Array] = {}
+        for n in self.random_names:
+            v = self.network.values[n]
+            out[f"{n}_loc"] = v
+            out[f"{n}_scale"] = np.full(v.shape, self.init_scale, v.dtype)  # numpy: no eager XLA op
+        out.update(self.fixed_values())
+        if self.learned_noise:
+            out[NOISE_SITE] = np.asarray(self.likelihood.init_scale, np.float32)  # type: ignore[union-attr]
+        return out
+
+    def param_constraints(self) -> dict[str, Any]:
+        """The NumPyro constraint of every site in :meth:`initial_params` (positive for stds, real otherwise)."""
+        out = {f"{n}_loc": constraints.real for n in self.random_names}
+        out.update({f"{n}_scale": constraints.positive for n in self.random_names})
+        out.update({n: constraints.real for n in self.fixed_names})
+        if self.learned_noise:
+            out[NOISE_SITE] = constraints.positive
+        return out
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_outputs_jit"] = {}  # compiled functions are rebuilt on first use
+        state.pop("_svi_steps", None)  # uncertlr.jax.svi's compiled steps, likewise
+        return state
+
     # ------------------------------------------------------------------ forward passes
 
     def apply(
@@ -233,12 +266,21 @@ class BNN:
         names = self.random_names
         loc = {n: params[f"{n}_loc"] for n in names}
         scale = {n: params[f"{n}_scale"] for n in names}
-        w = {
-            n: loc[n] + scale[n] * jax.random.normal(k, (num_particles, *self.shapes[n]), loc[n].dtype)
-            for k, n in zip(jax.random.split(key, len(names)), names)
-        }
+        keys = jax.random.split(key, len(names))
         fixed = {n: params[n] for n in self.fixed_names}
-        outputs = jax.vmap(lambda wk: self.apply(wk, x, fixed))(w)
+        if num_particles == 1:  # the direct path: one forward pass, no vmap over a particle axis
+            w1 = {
+                n: loc[n] + scale[n] * jax.random.normal(k, self.shapes[n], loc[n].dtype)
+                for k, n in zip(keys, names)
+            }
+            outputs = self.apply(w1, x, fixed)[None]
+            w = {n: v[None] for n, v in w1.items()}
+        else:
+            w = {
+                n: loc[n] + scale[n] * jax.random.normal(k, (num_particles, *self.shapes[n]), loc[n].dtype)
+                for k, n in zip(keys, names)
+            }
+            outputs = jax.vmap(lambda wk: self.apply(wk, x, fixed))(w)
         nll = -self.log_likelihood(outputs, y, params.get(NOISE_SITE)).mean()
         kl = sum((self._kl(n, loc[n], scale[n], w[n]) for n in names), jnp.zeros((), outputs.dtype))
         return ELBOTerms(nll + self.kl_weight * kl / self.num_data, nll, kl, outputs)
