@@ -305,7 +305,21 @@ class SVIStep:
         if self.mesh is None:
             return fn
         rep, split = PartitionSpec(), PartitionSpec(DATA_AXIS)
-        return jax.shard_map(fn, mesh=self.mesh, in_specs=(rep, split, split), out_specs=(rep, rep))
+        mapped = jax.shard_map(fn, mesh=self.mesh, in_specs=(rep, split, split), out_specs=(rep, rep))
+        rows = NamedSharding(self.mesh, split)
+
+        axis_type = dict(zip(self.mesh.axis_names, self.mesh.axis_types))[DATA_AXIS]
+        explicit = axis_type == jax.sharding.AxisType.Explicit  # jax.make_mesh's default
+
+        def sharded(state: SVIState, xb: Array, yb: Array) -> tuple[SVIState, StepInfo]:
+            # each device its share of the rows
+            if explicit:
+                xb, yb = jax.reshard(xb, rows), jax.reshard(yb, rows)
+            else:
+                xb, yb = jax.lax.with_sharding_constraint((xb, yb), rows)
+            return mapped(state, xb, yb)
+
+        return sharded
 
     def __repr__(self) -> str:
         where = (
