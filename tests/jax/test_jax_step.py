@@ -51,16 +51,17 @@ def test_initial_params_are_the_sites_numpyro_finds_by_tracing(make):
 
 
 def test_single_particle_path_draws_the_documented_weights_and_is_unbiased():
-    """One particle skips the particle axis: w = loc + scale * N(0, 1) with one split key per tensor;
-    averaged over keys it is NumPyro's TraceMeanField_ELBO / N."""
+    """One particle skips the particle axis: w = loc + scale * ε, ε one N(0, 1) draw of all P weights
+    cut in registration order; averaged over keys it is NumPyro's TraceMeanField_ELBO / N."""
     bnn = _classifier(prior=priors.Normal(0.7), init_scale=0.05)
     params = {k: jnp.asarray(v) for k, v in bnn.initial_params().items()}
     terms = bnn.elbo(params, jax.random.key(3), X, Y)
     assert terms.outputs.shape == (1, 24, 3)
-    keys = jax.random.split(jax.random.key(3), len(bnn.random_names))
+    eps = np.asarray(jax.random.normal(jax.random.key(3), (bnn.num_params,)))
+    sizes = np.cumsum([0] + [int(np.prod(bnn.shapes[n])) for n in bnn.random_names])
     w = {
-        n: params[f"{n}_loc"] + params[f"{n}_scale"] * jax.random.normal(k, bnn.shapes[n])
-        for k, n in zip(keys, bnn.random_names)
+        n: params[f"{n}_loc"] + params[f"{n}_scale"] * eps[a:b].reshape(bnn.shapes[n])
+        for n, a, b in zip(bnn.random_names, sizes[:-1], sizes[1:])
     }
     np.testing.assert_allclose(
         np.asarray(terms.outputs[0]), np.asarray(bnn.apply(w, X)), rtol=1e-6, atol=1e-6

@@ -94,7 +94,7 @@ class CompiledLoop:
 
     def _run(self, state: SVIState, order: Array, x: Array, y: Array, limit: Array) -> tuple[Any, ...]:
         """Up to ``limit`` (<= length, within one epoch) steps: the state, ``StepInfo`` rows ``[length]``,
-        the steps run, and whether the last one's loss was not finite."""
+        the steps run, whether the last one's loss was not finite, and the constrained parameters."""
         shapes = jax.eval_shape(self.step.pure_update, state, x[: self.batch_size], y[: self.batch_size])[1]
         infos = jax.tree.map(lambda s: jnp.full((self.length, *s.shape), jnp.nan, s.dtype), shapes)
 
@@ -111,7 +111,7 @@ class CompiledLoop:
 
         init = (jnp.zeros((), jnp.int32), state, infos, jnp.zeros((), bool))
         count, state, infos, stop = lax.while_loop(cond, body, init)
-        return state, infos, count, stop
+        return state, infos, count, stop, self.step._constrain(state.params)
 
 
 def compiled_loop(step: SVIStep, n: int, batch_size: int, length: int) -> CompiledLoop:

@@ -33,6 +33,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from numpyro import handlers
 from numpyro.distributions import biject_to, constraints
+from numpyro.distributions.transforms import ExpTransform
 from numpyro.infer import TraceMeanField_ELBO
 from numpyro.infer.autoguide import AutoNormal
 from numpyro.infer.initialization import init_to_value
@@ -65,7 +66,8 @@ class SVIState(NamedTuple):
         params: ``{site: array}``, unconstrained (stds as ``log σ``, NumPyro's parametrisation).
         opt_state: the optax optimizer's state (a modulator's rule state included).
         rng_key: ``uint32[2]`` key data; step ``t`` draws its weights with ``fold_in(rng_key, t)``.
-        order_key: ``uint32[2]`` key data; epoch ``e`` visits the rows in ``permutation(fold_in(order_key, e))``.
+        order_key: ``uint32[2]`` data of the data-order key (``svi`` draws epoch ``e``'s row order from it
+            and ``e``).
         step: ``int32``, optimizer steps taken.
     """
 
@@ -163,7 +165,6 @@ class SVIStep:
             self._transforms = {s: biject_to(c) for s, c in bnn.param_constraints().items()}
         self.pure_update = self._sharded(self._update)
         self._update_jit = jax.jit(self.pure_update)
-        self._init_jit = jax.jit(self._init_unconstrained)
         self._params_jit = jax.jit(self._constrain)
         #: compiled loops of :func:`uncertlr.jax.svi`, by (rows, batch size, chunk length)
         self.loops: dict[tuple[int, int, int], Any] = {}
@@ -183,12 +184,10 @@ class SVIStep:
             start = self._check_params(params)
         else:
             start = self.bnn.initial_params() if self.guide_kind == "meanfield" else self._auto_start
-        k_noise, k_order = jax.random.split(_typed_key(rng_key))
-        u, opt_state = self._init_jit({k: jnp.asarray(v) for k, v in start.items()})
-        state = SVIState(
-            u, opt_state, jax.random.key_data(k_noise), jax.random.key_data(k_order), jnp.zeros((), jnp.int32)
-        )
-        return self.place(state)
+        noise_key = np.asarray(jax.random.key_data(_typed_key(rng_key)), np.uint32)
+        u, opt_state = self._init_unconstrained(start)
+        state = SVIState(u, opt_state, noise_key, derived_key(noise_key, "order"), np.zeros((), np.int32))
+        return self.place(jax.tree.map(jnp.asarray, state))
 
     def update(self, state: SVIState, x: Array, y: Array) -> tuple[SVIState, StepInfo]:
         """One optimizer step on the batch ``(x[B, ...], y[B, ...])`` (jitted once per batch shape).
@@ -276,8 +275,10 @@ class SVIStep:
         return {s: transforms[s](v) for s, v in u.items()}
 
     def _init_unconstrained(self, start: dict[str, Array]) -> tuple[dict[str, Array], Any]:
+        # eager on purpose: a handful of one-op programs that JAX compiles once per process and
+        # shape, where a jitted init would compile anew for every step (optimizer, BNN) built
         transforms = self._require_transforms()
-        u = {s: transforms[s].inv(v) for s, v in start.items()}
+        u = {s: jnp.asarray(_inverse(transforms[s], v)) for s, v in start.items()}
         return u, self._tx.init(u)
 
     def _update(self, state: SVIState, xb: Array, yb: Array) -> tuple[SVIState, StepInfo]:
@@ -472,6 +473,19 @@ def _typed_key(rng_key: Any) -> Array:
     if jax.random.key_data(key).shape != (2,):
         raise ValueError("rng_key must be an integer seed or a threefry key (jax.random.key(seed))")
     return key
+
+
+def _inverse(transform: Any, value: Any) -> Any:
+    """``transform.inv(value)``, on the host for numpy values of the std sites (``log``)."""
+    if isinstance(value, np.ndarray) and isinstance(transform, ExpTransform):
+        return np.log(value)
+    return transform.inv(jnp.asarray(value))
+
+
+def derived_key(key_data: Any, purpose: str) -> np.ndarray:
+    """Key data for another ``purpose`` (data order, prediction) derived from ``key_data`` on the host."""
+    salt = {"order": (0x9E3779B9, 0x7F4A7C15), "predict": (0x85EBCA6B, 0xC2B2AE35)}[purpose]
+    return np.asarray(key_data, np.uint32) ^ np.asarray(salt, np.uint32)
 
 
 def _learning_rate(opt_state: Any, dtype: Any) -> Array:

@@ -30,7 +30,14 @@ from uncertlr._progress import progress_task
 from uncertlr.jax._loop import compiled_loop, placement, records
 from uncertlr.jax._posterior import _Posterior, as_count, as_key, check_bnn
 from uncertlr.jax.bnn import BNN, NOISE_SITE
-from uncertlr.jax.step import DATA_AXIS, SVIState, SVIStep, make_auto_normal, posterior_scale_args
+from uncertlr.jax.step import (
+    DATA_AXIS,
+    SVIState,
+    SVIStep,
+    derived_key,
+    make_auto_normal,
+    posterior_scale_args,
+)
 from uncertlr.likelihoods import NormalPrediction
 
 __all__ = ["DATA_AXIS", "EarlyStopping", "SVIResult", "posterior_scale_args", "svi"]
@@ -38,8 +45,6 @@ __all__ = ["DATA_AXIS", "EarlyStopping", "SVIResult", "posterior_scale_args", "s
 Array = Any
 #: SVI steps kept per BNN (one per optimizer and options), least recently used dropped first.
 STEP_CACHE_SIZE = 4
-#: ``fold_in`` data of the key ``predict`` starts from (a step number no run reaches).
-_PREDICT_FOLD = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -89,19 +94,19 @@ class SVIResult(_Posterior):
         *,
         stopped_early: bool = False,
         best: tuple[int, float] | None = None,
+        params: dict[str, Array] | None = None,
     ):
         self.bnn = step.bnn
         self.model = step.bnn.model
         self.guide = step.guide
         self.guide_kind = step.guide_kind
         self.state = state
-        self.params = step.params(state)
+        self.params = step.params(state) if params is None else params
         self.history = history
         self.seconds = float(seconds)
         self.stopped_early = bool(stopped_early)
         self.best_step, self.best_value = best if best is not None else (None, None)
-        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng_key), _PREDICT_FOLD)
-        self._rng_key = np.asarray(jax.random.key_data(key))
+        self._rng_key = derived_key(state.rng_key, "predict")
 
     @property
     def opt_state(self) -> Any:
@@ -321,6 +326,7 @@ class _Run:
         self.starts: list[SVIState] = []  # the states the last two chunks started from
         self.best: tuple[int, float] | None = None
         self.best_state: SVIState | None = None
+        self.params: dict[str, Array] | None = None  # constrained parameters of self.state, when known
         self.waited = 0
         self.stopped_early = False
 
@@ -335,7 +341,7 @@ class _Run:
             if self.validation is not None:
                 limit = min(limit, self.validate_every - t % self.validate_every)
             start = self.state
-            new, infos, count, stop = loop.run(start, order, x, y, np.int32(limit))
+            new, infos, count, stop, params = loop.run(start, order, x, y, np.int32(limit))
             count, infos = int(count), jax.device_get(infos)
             if bool(stop):
                 self.history += records(infos, t, count - 1, self.loop.steps_per_epoch, **kw)
@@ -346,7 +352,7 @@ class _Run:
                     f"(exc.result holds the last state with finite parameters, after {int(self.state.step)} steps)"
                 )
             self.starts = (self.starts + [start])[-2:]
-            self.state = new
+            self.state, self.params = new, params
             self.history += records(infos, t, count, self.loop.steps_per_epoch, **kw)
             done += count
             advance(count, info=f"loss {self.history[-1]['loss']:.4f}")
@@ -368,6 +374,7 @@ class _Run:
                 break
         else:
             self.state = starts[0]
+        self.params = None
         del self.history[int(self.state.step) - self.first_step :]
 
     def _validate(self) -> None:
@@ -385,9 +392,16 @@ class _Run:
                 self.stopped_early = True
 
     def result(self, seconds: float) -> SVIResult:
-        state = self.best_state if self.stopped_early and self.best_state is not None else self.state
+        best = self.stopped_early and self.best_state is not None
+        state, params = (self.best_state, None) if best else (self.state, self.params)
         return SVIResult(
-            self.step, state, self.history, seconds, stopped_early=self.stopped_early, best=self.best
+            self.step,
+            state,  # type: ignore[arg-type]
+            self.history,
+            seconds,
+            stopped_early=self.stopped_early,
+            best=self.best,
+            params=params,
         )
 
 
