@@ -210,12 +210,11 @@ class SVIStep:
         return self._params_jit(state.params)
 
     def place(self, tree: Any) -> Any:
-        """``tree`` on this step's device, or replicated over its mesh."""
+        """``tree`` on this step's device (committed there, so that every state the loop sees has the
+        same placement and reuses one compiled program), or replicated over its mesh."""
         if self.mesh is not None:
             return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec()))
-        if self.device is not None:
-            return jax.device_put(tree, self.device)
-        return tree
+        return jax.device_put(tree, self.device if self.device is not None else _default_device())
 
     def check_state(self, state: Any) -> SVIState:
         """``state`` as an :class:`SVIState` of this step, or a ValueError naming what differs."""
@@ -480,6 +479,14 @@ def _inverse(transform: Any, value: Any) -> Any:
     if isinstance(value, np.ndarray) and isinstance(transform, ExpTransform):
         return np.log(value)
     return transform.inv(jnp.asarray(value))
+
+
+def _default_device() -> Any:
+    """JAX's default device (``jax.default_device`` / ``jax_default_device`` when set, else the first)."""
+    chosen = jax.config.jax_default_device
+    if isinstance(chosen, str):
+        return jax.devices(chosen)[0]
+    return chosen if chosen is not None else jax.devices()[0]
 
 
 def derived_key(key_data: Any, purpose: str) -> np.ndarray:
