@@ -55,7 +55,7 @@ def test_single_particle_path_draws_the_documented_weights_and_is_unbiased():
     cut in registration order; averaged over keys it is NumPyro's TraceMeanField_ELBO / N."""
     bnn = _classifier(prior=priors.Normal(0.7), init_scale=0.05)
     params = {k: jnp.asarray(v) for k, v in bnn.initial_params().items()}
-    terms = bnn.elbo(params, jax.random.key(3), X, Y)
+    terms = jax.jit(bnn.elbo)(params, jax.random.key(3), X, Y)
     assert terms.outputs.shape == (1, 24, 3)
     eps = np.asarray(jax.random.normal(jax.random.key(3), (bnn.num_params,)))
     sizes = np.cumsum([0] + [int(np.prod(bnn.shapes[n])) for n in bnn.random_names])
@@ -68,8 +68,11 @@ def test_single_particle_path_draws_the_documented_weights_and_is_unbiased():
     )
     logp = jax.nn.log_softmax(bnn.apply(w, X))[jnp.arange(24), Y]
     np.testing.assert_allclose(float(terms.nll), float(-logp.mean()), rtol=1e-6)
-    losses = jax.vmap(lambda k: bnn.elbo(params, k, X, Y).loss)(jax.random.split(jax.random.key(4), 3000))
-    ref = TraceMeanField_ELBO(num_particles=3000).loss(jax.random.key(5), params, bnn.model, bnn.guide, X, Y)
+    losses = jax.jit(jax.vmap(lambda k: bnn.elbo(params, k, X, Y).loss))(
+        jax.random.split(jax.random.key(4), 3000)
+    )
+    elbo = TraceMeanField_ELBO(num_particles=3000)
+    ref = jax.jit(lambda k: elbo.loss(k, params, bnn.model, bnn.guide, X, Y))(jax.random.key(5))
     assert float(losses.mean()) == pytest.approx(float(ref) / 24, rel=3e-3)
 
 
@@ -88,7 +91,7 @@ def test_update_is_plain_gradient_descent_on_the_documented_objective():
             p = {k: jnp.exp(v) if k.endswith("_scale") else v for k, v in u.items()}
             return bnn.elbo(p, key, X, Y).loss
 
-        value, grads = jax.value_and_grad(loss)(state.params)
+        value, grads = jax.jit(jax.value_and_grad(loss))(state.params)
         for k in state.params:
             np.testing.assert_allclose(
                 np.asarray(new.params[k]), np.asarray(state.params[k] - 0.1 * grads[k]), rtol=1e-5, atol=1e-7

@@ -113,22 +113,26 @@ def test_damaged_and_foreign_checkpoints_are_refused(run, tmp_path):
     assert path.read_bytes() == before  # a failed save leaves the previous checkpoint intact
 
 
-@pytest.mark.parametrize("guide", ["meanfield", "auto_normal"])
-def test_the_result_pickles(guide):
-    bnn = _bnn()
-    fit = svi(bnn, X, Y, optimizer=optax.adam(0.05), num_steps=4, guide=guide, progress=False)
-    back = pickle.loads(pickle.dumps(fit))
+def test_the_result_pickles(run):
+    bnn, kw, full = run
+    back = pickle.loads(pickle.dumps(full))
     assert isinstance(back, SVIResult)
-    np.testing.assert_equal(back.history, fit.history)
-    _same(back.state, fit.state)
+    np.testing.assert_equal(back.history, full.history)  # NaN == NaN here
+    _same(back.state, full.state)
     np.testing.assert_array_equal(
         np.asarray(back.predict(X, num_samples=3, rng_key=1)),
-        np.asarray(fit.predict(X, num_samples=3, rng_key=1)),
+        np.asarray(full.predict(X, num_samples=3, rng_key=1)),
     )
-    more = svi(
-        back.bnn, X, Y, optimizer=optax.adam(0.05), num_steps=2, guide=guide, state=back.state, progress=False
+    more = svi(back.bnn, X, Y, num_steps=2, state=back.state, **kw)
+    assert int(more.state.step) == 25
+    # AutoNormal's guide holds closures: it is rebuilt on loading (no steps: nothing to compile here)
+    auto = svi(_bnn(), X, Y, optimizer=optax.adam(0.05), num_steps=0, guide="auto_normal", progress=False)
+    back = pickle.loads(pickle.dumps(auto))
+    assert back.guide_kind == "auto_normal" and back.guide is not None
+    np.testing.assert_array_equal(
+        np.asarray(back.predict(X, num_samples=3, rng_key=1)),
+        np.asarray(auto.predict(X, num_samples=3, rng_key=1)),
     )
-    assert int(more.state.step) == 6
 
 
 def test_a_second_call_compiles_nothing(run):
@@ -141,8 +145,8 @@ def test_a_second_call_compiles_nothing(run):
     assert compiles == []
 
 
-def test_validation_and_early_stopping_restore_the_best_state():
-    bnn, opt = _bnn(), optax.adam(0.05)
+def test_validation_and_early_stopping_restore_the_best_state(run):
+    bnn, kw, _ = run
     scores = iter([5.0, 4.0, 3.0, 3.5, 3.2, 3.9, 1.0])  # best at the third validation, then 3 worse
 
     def validation(fit):
@@ -151,58 +155,45 @@ def test_validation_and_early_stopping_restore_the_best_state():
         return next(scores)
 
     seen: list[int] = []
-    fit = svi(
-        bnn, X, Y, optimizer=opt, num_steps=100, batch_size=12, validation=validation,
-        early_stopping=EarlyStopping(patience=3, restore_best=True), log_every=3, progress=False,
-    )  # fmt: skip
+    stop = EarlyStopping(patience=3, restore_best=True)
+    fit = svi(bnn, X, Y, num_steps=100, validation=validation, early_stopping=stop, **kw)
     assert seen == [4, 8, 12, 16, 20, 24]  # once per epoch of 4 steps, until stopped
     assert fit.stopped_early and (fit.best_step, fit.best_value) == (12, 3.0)
     assert len(fit.history) == 24 and [h.get("validation") for h in fit.history[3::4]][:3] == [5.0, 4.0, 3.0]
     assert int(fit.state.step) == 12
-    ref = svi(bnn, X, Y, optimizer=opt, num_steps=12, batch_size=12, log_every=3, progress=False)
+    ref = svi(bnn, X, Y, num_steps=12, **kw)
     _same(fit.state, ref.state)
     # a real validation function: held-out NLL of the posterior predictive
     nll = svi(
-        bnn, X, Y, optimizer=opt, num_steps=8, batch_size=12, validate_every=2, progress=False,
+        bnn, X, Y, num_steps=8, validate_every=2, **kw,
         validation=lambda f: float(metrics.nll(f.predict(X, num_samples=4, rng_key=0), Y)),
     )  # fmt: skip
     assert [h["step"] for h in nll.history if "validation" in h] == [1, 3, 5, 7]
 
 
-def test_a_failing_run_keeps_everything_up_to_the_last_good_step():
-    bnn = _bnn()
+def test_a_failing_run_keeps_everything_up_to_the_last_good_step(run):
+    bnn, kw, _ = run
+    sgd = {"optimizer": optax.sgd(10.0), "batch_size": 12, "log_every": 7, "progress": False}
     with pytest.raises(FloatingPointError, match="loss became") as info:
-        svi(bnn, X, Y, optimizer=optax.sgd(10.0), num_steps=50, batch_size=12, log_every=7, progress=False)
+        svi(bnn, X, Y, num_steps=50, **sgd)
     partial = info.value.result
     bad = int(partial.state.step)
     assert bad > 0 and len(partial.history) == bad and all(np.isfinite(h["loss"]) for h in partial.history)
     assert all(bool(jnp.isfinite(v).all()) for v in jax.tree.leaves(partial.params))
     assert f"after {bad} steps" in str(info.value) and bad > 7  # past the first chunk of 7 steps
-    ref = svi(bnn, X, Y, optimizer=optax.sgd(10.0), num_steps=bad, batch_size=12, log_every=7, progress=False)
-    _same(partial.state, ref.state)
-    # an exception from the user's own code (here: Ctrl-C in validation) carries the fit too
+    _same(partial.state, svi(bnn, X, Y, num_steps=bad, **sgd).state)
 
-    def interrupt(fit):
+    def interrupt(fit):  # an exception from the user's own code (Ctrl-C here) carries the fit too
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt) as info:
-        svi(
-            bnn,
-            X,
-            Y,
-            optimizer=optax.adam(0.01),
-            num_steps=50,
-            batch_size=12,
-            validation=interrupt,
-            progress=False,
-        )
+        svi(bnn, X, Y, num_steps=50, validation=interrupt, **kw)
     assert int(info.value.result.state.step) == 4 and len(info.value.result.history) == 4
 
 
-def test_bad_loop_arguments_are_named():
-    bnn = _bnn()
-    opt = optax.adam(0.1)
-    fit = svi(bnn, X, Y, optimizer=opt, num_steps=1, progress=False)
+def test_bad_loop_arguments_are_named(run):
+    bnn, kw, fit = run
+    opt = kw["optimizer"]
     cases = [
         ({"state": fit.state, "init_params": fit.params}, "not both"),
         ({"early_stopping": EarlyStopping()}, "needs validation"),
@@ -214,8 +205,18 @@ def test_bad_loop_arguments_are_named():
     ]
     for kwargs, match in cases:
         with pytest.raises(ValueError, match=match):
-            svi(bnn, X, Y, optimizer=opt, num_steps=1, progress=False, **kwargs)
+            svi(bnn, X, Y, num_steps=1, **{**kw, **kwargs})
     with pytest.raises(ValueError, match="patience"):
         EarlyStopping(patience=0)
     with pytest.raises(TypeError, match="SVIState"):
-        svi(bnn, X, Y, optimizer=opt, num_steps=1, state=fit.params, progress=False)
+        svi(bnn, X, Y, num_steps=1, state=fit.params, **kw)
+    with pytest.raises(TypeError, match="optax"):
+        svi(bnn, X, Y, num_steps=1, **{**kw, "optimizer": "adam"})
+    # the same jax arrays are checked once; other arrays are checked again
+    xj, yj = jnp.asarray(X), jnp.asarray(Y)
+    svi(bnn, xj, yj, num_steps=1, **kw)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        svi(bnn, xj.at[0, 0].set(jnp.nan), yj, num_steps=1, **kw)
+    with pytest.raises(ValueError, match="labels"):
+        svi(bnn, xj, yj.at[0].set(7), num_steps=1, **kw)
+    assert opt is kw["optimizer"]

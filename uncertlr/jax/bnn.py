@@ -170,7 +170,8 @@ class BNN:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_outputs_jit"] = {}  # compiled functions are rebuilt on first use
-        state.pop("_svi_steps", None)  # uncertlr.jax.svi's compiled steps, likewise
+        for key in [k for k in state if k.startswith("_svi_")]:  # uncertlr.jax.svi's caches, likewise
+            del state[key]
         return state
 
     # ------------------------------------------------------------------ forward passes

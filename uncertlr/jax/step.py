@@ -175,7 +175,7 @@ class SVIStep:
         """The starting state: the guide at its initial values (or ``params``), a fresh optimizer state.
 
         Args:
-            rng_key: a JAX PRNG key or an integer seed (split into the weight-noise and data-order keys).
+            rng_key: a JAX PRNG key or an integer seed: the weight-noise key (the data-order key is derived from it).
             x, y: a batch; needed only by ``guide="auto_normal"``, which traces the model to find its sites.
             params: start from these constrained parameters (e.g. ``fit.params``) instead.
         """

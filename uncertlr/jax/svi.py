@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -270,7 +271,7 @@ def svi(
         )
     if early_stopping is not None and validation is None:
         raise ValueError("early_stopping needs validation= (a function fit -> float, lower is better)")
-    x, y = bnn.check_data(x, y)
+    x, y = _checked_data(bnn, x, y)
     where, device = placement(data_parallel, devices, mesh)
     batch_size = _batch_size(bnn, x.shape[0], batch_size, where)
     step = _cached_step(bnn, optimizer, num_particles, guide, signal, extra_args, where, device)
@@ -403,6 +404,17 @@ class _Run:
             best=self.best,
             params=params,
         )
+
+
+def _checked_data(bnn: BNN, x: Any, y: Any) -> tuple[Array, Array]:
+    """``bnn.check_data(x, y)``, skipped when these very jax arrays (immutable) were checked by the last call."""
+    last = bnn.__dict__.get("_svi_checked")
+    if last is not None and last[0]() is x and last[1]() is y:
+        return x, y
+    xc, yc = bnn.check_data(x, y)
+    if xc is x and yc is y:  # jax arrays, passed through unchanged
+        bnn.__dict__["_svi_checked"] = (weakref.ref(x), weakref.ref(y))
+    return xc, yc
 
 
 def _cached_step(
