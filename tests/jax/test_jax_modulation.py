@@ -15,8 +15,16 @@ optax = pytest.importorskip("optax")
 torch = pytest.importorskip("torch")
 
 import jax.numpy as jnp  # noqa: E402
+from numpyro.infer import SVI, TraceMeanField_ELBO  # noqa: E402
 
-from uncertlr.jax.modulation import scale_by_grad_uncertainty, scale_by_uncertainty  # noqa: E402
+from uncertlr.jax import bayesian  # noqa: E402
+from uncertlr.jax.modulation import (  # noqa: E402
+    ScaleByUncertaintyState,
+    feed,
+    for_numpyro,
+    scale_by_grad_uncertainty,
+    scale_by_uncertainty,
+)
 from uncertlr.modulation import GradientNoise, GradSigmaRatio, Ratio, SigmaRatio, ZScore  # noqa: E402
 from uncertlr.torch import Modulator  # noqa: E402
 
@@ -184,3 +192,69 @@ def test_pmean_across_two_devices_under_jit():
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "PMEAN-OK" in res.stdout
+
+
+def _numpyro_svi(tx):
+    x = jax.random.normal(jax.random.key(0), (16, 3))
+    y = (x[:, 0] > 0).astype(jnp.int32)
+    bnn = bayesian(lambda p, x: x @ p["w"], params={"w": jnp.zeros((3, 2))}, num_data=16, init_scale=0.1)
+    svi = SVI(bnn.model, bnn.guide, tx, TraceMeanField_ELBO())
+    return svi, svi.init(jax.random.key(1), x, y), x, y
+
+
+def _host_scales(rule, signals):
+    out, st = [], rule.init(np.zeros((), np.float32))
+    for u in signals:
+        s, st = rule.update(np.float32(u), st)
+        out.append(float(s))
+    return out
+
+
+def test_the_modulator_runs_inside_numpyro_svi_on_fed_signals():
+    """for_numpyro + feed: each svi.update sees the value fed before it, exactly as a schedule of the
+    rule's factors computed on the host would scale the same Adam steps; feeding never recompiles."""
+    rule, signals = Ratio(warmup=1), [0.9, 1.1, 0.7, 2.5, 0.3, 1.0, 4.0, 0.5]
+    chain = lambda mid: optax.chain(optax.scale_by_adam(), mid, optax.scale_by_learning_rate(0.05))  # noqa: E731
+    svi, state, x, y = _numpyro_svi(for_numpyro(chain(scale_by_uncertainty(rule)), feed={"uncertainty": 0.0}))
+    update = jax.jit(svi.update)
+    for u in signals:
+        state = feed(state, uncertainty=u)
+        state, _ = update(state, x, y)
+    assert update._cache_size() == 1
+    want = jnp.asarray(_host_scales(rule, signals))
+    assert len(set(np.round(np.asarray(want), 5))) > 2
+    ref_svi, ref, _, _ = _numpyro_svi(chain(optax.scale_by_schedule(lambda count: want[count])))
+    ref_update = jax.jit(ref_svi.update)
+    for _ in signals:
+        ref, _ = ref_update(ref, x, y)
+    for k, v in ref_svi.get_params(ref).items():
+        np.testing.assert_allclose(np.asarray(svi.get_params(state)[k]), np.asarray(v), rtol=1e-5, atol=1e-7)
+
+
+def test_extra_args_reach_the_modulator_inside_numpyro_svi():
+    """extra_args(params, loss) is computed inside the step: here the loss itself is the signal."""
+    rule = Ratio(warmup=0)
+    tx = optax.chain(optax.scale_by_adam(), scale_by_uncertainty(rule), optax.scale_by_learning_rate(0.05))
+    svi, state, x, y = _numpyro_svi(for_numpyro(tx, extra_args=lambda params, loss: {"uncertainty": loss}))
+    losses = []
+    for _ in range(5):
+        state, loss = svi.update(state, x, y)
+        losses.append(float(loss))
+    mod = [s for s in jax.tree.leaves(state, is_leaf=lambda s: isinstance(s, ScaleByUncertaintyState))
+           if isinstance(s, ScaleByUncertaintyState)][0]  # fmt: skip
+    assert float(mod.rule_state.scale) == pytest.approx(_host_scales(rule, losses)[-1], rel=1e-5)
+
+
+def test_feed_refuses_what_would_break_or_recompile_the_step():
+    tx = for_numpyro(scale_by_uncertainty(Ratio()), feed={"uncertainty": 0.0})
+    state = tx.init(jnp.zeros(2))
+    with pytest.raises(ValueError, match="not among the names"):
+        feed(state, signal=1.0)
+    with pytest.raises(ValueError, match="keep its shape"):
+        feed(state, uncertainty=jnp.ones(2))
+    with pytest.raises(ValueError, match="no for_numpyro"):
+        feed(optax.adam(0.1).init(jnp.zeros(2)), uncertainty=1.0)
+    with pytest.raises(ValueError, match="extra_args"):
+        for_numpyro(optax.adam(0.1))
+    with pytest.raises(TypeError, match="GradientTransformation"):
+        for_numpyro("adam", feed={"uncertainty": 0.0})

@@ -4,10 +4,14 @@ Needs the ``jax`` extra: ``pip install 'uncertlr[jax]'``. The public names live 
 
 * :mod:`uncertlr.jax.bnn` — :func:`bayesian` makes a :class:`BNN` (NumPyro model, mean-field
   guide, ``bnn.elbo`` returning :class:`ELBOTerms`);
-* :mod:`uncertlr.jax.svi` — :func:`svi` (minibatch VI with any optax optimizer), :class:`SVIResult`,
-  :func:`posterior_scale_args`, :data:`DATA_AXIS`;
+* :mod:`uncertlr.jax.step` — :func:`svi_step`: one SVI step as a pure ``init``/``update`` pair
+  (:class:`SVIStep`, :class:`SVIState`, :class:`StepInfo`), :func:`posterior_scale_args`, :data:`DATA_AXIS`;
+* :mod:`uncertlr.jax.svi` — :func:`svi` (minibatch VI with any optax optimizer: resume, validation,
+  early stopping, devices), :class:`SVIResult`, :class:`EarlyStopping`;
+* :mod:`uncertlr.jax.checkpoint` — :func:`save_checkpoint`, :func:`load_checkpoint`;
 * :mod:`uncertlr.jax.mcmc` — :func:`mcmc` (NUTS/HMC), :class:`MCMCResult`, :class:`DivergenceWarning`;
-* :mod:`uncertlr.jax.modulation` — :func:`scale_by_uncertainty`, :func:`scale_by_grad_uncertainty`;
+* :mod:`uncertlr.jax.modulation` — :func:`scale_by_uncertainty`, :func:`scale_by_grad_uncertainty`,
+  :func:`for_numpyro` and :func:`feed` (the modulator inside ``numpyro.infer.SVI``);
 * :mod:`uncertlr.jax.signals` — :class:`LastLayerMCMCSignal` and the batch signals
   (:func:`batch_entropy`, :func:`batch_predictive_variance` and its parts...).
 
@@ -34,8 +38,9 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from uncertlr.jax.bnn import BNN, ELBOTerms, bayesian
+from uncertlr.jax.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from uncertlr.jax.mcmc import DivergenceWarning, MCMCResult, mcmc
-from uncertlr.jax.modulation import scale_by_grad_uncertainty, scale_by_uncertainty
+from uncertlr.jax.modulation import feed, for_numpyro, scale_by_grad_uncertainty, scale_by_uncertainty
 from uncertlr.jax.signals import (
     LastLayerMCMCSignal,
     batch_aleatoric_variance,
@@ -44,27 +49,38 @@ from uncertlr.jax.signals import (
     batch_mutual_information,
     batch_predictive_variance,
 )
-from uncertlr.jax.svi import DATA_AXIS, SVIResult, posterior_scale_args, svi
+from uncertlr.jax.step import DATA_AXIS, StepInfo, SVIState, SVIStep, posterior_scale_args, svi_step
+from uncertlr.jax.svi import EarlyStopping, SVIResult, svi
 from uncertlr.likelihoods import NormalPrediction
 
 __all__ = [
     "BNN",
+    "Checkpoint",
     "DATA_AXIS",
     "DivergenceWarning",
     "ELBOTerms",
+    "EarlyStopping",
     "LastLayerMCMCSignal",
     "MCMCResult",
     "NormalPrediction",
     "SVIResult",
+    "SVIState",
+    "SVIStep",
+    "StepInfo",
     "batch_aleatoric_variance",
     "batch_entropy",
     "batch_epistemic_variance",
     "batch_mutual_information",
     "batch_predictive_variance",
     "bayesian",
+    "feed",
+    "for_numpyro",
+    "load_checkpoint",
     "mcmc",
     "posterior_scale_args",
+    "save_checkpoint",
     "scale_by_grad_uncertainty",
     "scale_by_uncertainty",
     "svi",
+    "svi_step",
 ]

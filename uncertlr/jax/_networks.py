@@ -113,6 +113,69 @@ def _fan_ins(
     return out
 
 
+class _PytreeApply:
+    """``apply(values, x)``: rebuild the parameter pytree from ``{name: array}`` and call the network.
+
+    A top-level class rather than a closure, so that a BNN (and a fit holding one) pickles.
+    """
+
+    def __init__(self, treedef: Any, slots: list[tuple[str, bool]], constants: list[Any], call: Any):
+        self.treedef, self.slots, self.constants, self.call = treedef, slots, constants, call
+
+    def __call__(self, vals: Mapping[str, Array], x: Array) -> Array:
+        it = iter(self.constants)
+        return self.call(self.treedef.unflatten([vals[n] if ok else next(it) for n, ok in self.slots]), x)
+
+
+class _PerExample:
+    """``fn(params, x)`` vmapped over the batch axis of ``x``."""
+
+    def __init__(self, fn: Callable[[Any, Array], Array]):
+        self.fn = fn
+
+    def __call__(self, p: Any, x: Array) -> Array:
+        return jax.vmap(lambda xi: self.fn(p, xi))(x)
+
+
+class _LinenCall:
+    def __init__(self, module: Any, others: Mapping[str, Any]):
+        self.module, self.others = module, dict(others)
+
+    def __call__(self, p: Any, x: Array) -> Array:
+        return self.module.apply({"params": p, **self.others}, x)
+
+
+class _NnxCall:
+    def __init__(self, graphdef: Any, rest: Any):
+        self.graphdef, self.rest = graphdef, rest
+
+    def __call__(self, s: Any, x: Array) -> Array:
+        from flax import nnx
+
+        return nnx.merge(self.graphdef, s, self.rest)(x)
+
+
+class _Renamed:
+    """``apply`` of a network whose parameters are passed under other names (``{ours: theirs}``)."""
+
+    def __init__(self, apply: Callable[[Mapping[str, Array], Array], Array], back: Mapping[str, str]):
+        self.apply, self.back = apply, dict(back)
+
+    def __call__(self, vals: Mapping[str, Array], x: Array) -> Array:
+        return self.apply({self.back[n]: v for n, v in vals.items()}, x)
+
+
+class _EqxCall:
+    def __init__(self, static: Any, per_example: bool):
+        self.static, self.per_example = static, per_example
+
+    def __call__(self, p: Any, x: Array) -> Array:
+        import equinox as eqx
+
+        model = eqx.combine(p, self.static)
+        return jax.vmap(model)(x) if self.per_example else model(x)
+
+
 def _from_pytree(
     params: Any,
     call: Callable[[Any, Array], Array],
@@ -135,15 +198,7 @@ def _from_pytree(
     names = [n for n in (order or leaf_names) if n in values]
     names += [n for n in leaf_names if n in values and n not in names]
     constants = [v for (_, v), ok in zip(flat, is_param) if not ok]
-    slots = list(zip(leaf_names, is_param))
-
-    def rebuild(vals: Mapping[str, Array]) -> Any:
-        it = iter(constants)
-        return treedef.unflatten([vals[n] if ok else next(it) for n, ok in slots])
-
-    def apply(vals: Mapping[str, Array], x: Array) -> Array:
-        return call(rebuild(vals), x)
-
+    apply = _PytreeApply(treedef, list(zip(leaf_names, is_param)), constants, call)
     shapes = {n: tuple(v.shape) for n, v in values.items()}
     return Network(
         kind,
@@ -167,12 +222,9 @@ def _linen(module: Any, variables: Any) -> Network:
     else:
         params, others = variables, {}
 
-    def call(p: Any, x: Array) -> Array:
-        return module.apply({"params": p, **others}, x)
-
     return _from_pytree(
         params,
-        call,
+        _LinenCall(module, others),
         kind="flax.linen",
         out_axis=-1,
         order=_dict_order(params),
@@ -211,28 +263,21 @@ def _nnx(module: Any) -> Network:
 
     walk(module, "", None)
 
-    def call(s: Any, x: Array) -> Array:
-        return nnx.merge(graphdef, s, rest)(x)
-
     # State leaves sit under a trailing ``.value`` attribute: name parameters without it.
-    net = _from_pytree(state, call, kind="flax.nnx", out_axis=-1)
+    net = _from_pytree(state, _NnxCall(graphdef, rest), kind="flax.nnx", out_axis=-1)
     rename = {n: n[: -len(".value")] if n.endswith(".value") else n for n in net.names}
     back = {v: k for k, v in rename.items()}
     names = [n for n in order if n in back] + [rename[n] for n in net.names if rename[n] not in order]
     values = {n: net.values[back[n]] for n in names}
     embeddings = {n for n in names if n.rpartition(".")[2] == "embedding"}
     shapes = {n: tuple(v.shape) for n, v in values.items()}
-
-    def apply(vals: Mapping[str, Array], x: Array) -> Array:
-        return net.apply({back[n]: v for n, v in vals.items()}, x)
-
     return Network(
         "flax.nnx",
         tuple(names),
         values,
         {n: owners.get(n) for n in names},
         _fan_ins(names, shapes, out_axis=-1, embeddings=embeddings),
-        apply,
+        _Renamed(net.apply, back),
     )
 
 
@@ -240,10 +285,6 @@ def _equinox(module: Any, per_example: bool) -> Network:
     import equinox as eqx
 
     params, static = eqx.partition(module, eqx.is_inexact_array)
-
-    def call(p: Any, x: Array) -> Array:
-        model = eqx.combine(p, static)
-        return jax.vmap(model)(x) if per_example else model(x)
 
     owners: dict[str, Any] = {}
     embeddings: set[str] = set()
@@ -261,7 +302,14 @@ def _equinox(module: Any, per_example: bool) -> Network:
         owners[name] = owner
         if isinstance(owner, eqx.nn.Embedding):
             embeddings.add(name)
-    return _from_pytree(params, call, kind="equinox", out_axis=0, owners=owners, embeddings=embeddings)
+    return _from_pytree(
+        params,
+        _EqxCall(static, per_example),
+        kind="equinox",
+        out_axis=0,
+        owners=owners,
+        embeddings=embeddings,
+    )
 
 
 def _module_kind(obj: Any) -> str | None:
@@ -306,7 +354,7 @@ def as_network(
             raise ValueError(
                 "a plain apply function needs its parameters: bayesian(apply, params=pytree, ...)"
             )
-        call = net if not per_example else (lambda p, x: jax.vmap(lambda xi: net(p, xi))(x))
+        call = _PerExample(net) if per_example else net
         order = _dict_order(params) if isinstance(params, (Mapping, list, tuple)) else None
         out = _from_pytree(params, call, kind="function", out_axis=-1, order=order)
     else:
@@ -315,15 +363,7 @@ def as_network(
             f"got {type(net).__name__}"
         )
     if kind in ("flax.linen", "flax.nnx") and per_example:
-        inner = out.apply
-        out = Network(
-            out.kind,
-            out.names,
-            out.values,
-            out.owners,
-            out.fan_in,
-            lambda v, x: jax.vmap(lambda xi: inner(v, xi))(x),
-        )
+        out = Network(out.kind, out.names, out.values, out.owners, out.fan_in, _PerExample(out.apply))
     bad = [n for n, v in out.values.items() if not bool(np.isfinite(np.asarray(v)).all())]
     if bad:
         raise ValueError(f"the network's parameters contain NaN or inf: {bad}")

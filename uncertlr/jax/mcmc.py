@@ -6,15 +6,19 @@ the ``numpyro.infer.MCMC`` object as ``.mcmc`` (for ``arviz.from_numpyro``), the
 ``.samples`` and the number of divergent transitions as ``.num_divergences`` (a
 :class:`DivergenceWarning` is raised when it is not 0).
 
-Nothing here is device-specific: ``chain_method="parallel"`` runs one chain per device.
+``devices=`` chooses where: ``chain_method="parallel"`` runs one chain per device (default:
+the first ``num_chains`` visible devices), the other chain methods run on one device (default:
+JAX's default device).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -144,6 +148,7 @@ def mcmc(
     rng_key: Any = 0,
     progress: bool = True,
     jit_model_args: bool = False,
+    devices: Sequence[Any] | None = None,
 ) -> MCMCResult:
     """Sample the posterior of ``bnn`` given all the data ``(x[N, ...], y[N, ...])`` with NUTS or HMC.
 
@@ -166,6 +171,10 @@ def mcmc(
         jit_model_args: compile the sampler as a function of the data, so that
             ``result.mcmc.run(key, x2, y2)`` with same-shaped data reuses the compiled program
             (used by :class:`~uncertlr.jax.LastLayerMCMCSignal` refreshes).
+        devices: with ``chain_method="parallel"``, the devices to run one chain each on (at
+            least ``num_chains``; default: all visible); otherwise the one device to run on
+            (default: JAX's default device). GPUs and TPUs are chosen the same way
+            (``jax.devices("gpu")``).
 
     Returns:
         :class:`MCMCResult`. A :class:`DivergenceWarning` is emitted when any
@@ -197,6 +206,7 @@ def mcmc(
             f"MCMC conditions on the whole data set at every step: x has {x.shape[0]} rows but the BNN was "
             f"built with num_data={bnn.num_data}; build it with num_data={x.shape[0]}"
         )
+    method, device = _chain_devices(chain_method, num_chains, devices)
     key_init, key_run = jax.random.split(as_key(rng_key))
     strategy, init_params = _init_strategy(bnn, init, num_chains, key_init)
     model = bnn.mcmc_model
@@ -206,20 +216,47 @@ def mcmc(
         num_warmup=num_warmup,
         num_samples=num_samples,
         num_chains=num_chains,
-        chain_method=chain_method,
+        chain_method=method,
         thinning=thinning,
-        progress_bar=progress,
+        progress_bar=progress and not callable(method),
         jit_model_args=jit_model_args,
     )
     t0 = time.perf_counter()
-    sampler.run(
-        key_run, x, y, init_params=init_params, extra_fields=("energy", "potential_energy", "num_steps")
-    )
-    jax.block_until_ready(sampler.get_samples())
+    with jax.default_device(device) if device is not None else contextlib.nullcontext():
+        if device is not None:
+            x, y, init_params = jax.device_put((x, y, init_params), device)
+        sampler.run(
+            key_run, x, y, init_params=init_params, extra_fields=("energy", "potential_energy", "num_steps")
+        )
+        jax.block_until_ready(sampler.get_samples())
     result = MCMCResult(bnn, sampler, model, time.perf_counter() - t0)
     if result.num_divergences:
         _warn_divergences(result, num_chains * (num_samples // thinning if thinning > 1 else num_samples))
     return result
+
+
+def _chain_devices(
+    chain_method: str, num_chains: int, devices: Sequence[Any] | None
+) -> tuple[str | Callable[..., Any], Any]:
+    """NumPyro's ``chain_method`` (a ``pmap`` over the chosen devices) and the one device of the other methods."""
+    if devices is None:
+        return chain_method, None
+    devices = list(devices)
+    if not devices or not all(isinstance(d, jax.Device) for d in devices):
+        raise ValueError(f"devices must be a non-empty list of jax devices (jax.devices()); got {devices!r}")
+    if chain_method == "parallel":
+        if len(devices) < num_chains:
+            raise ValueError(
+                f"chain_method='parallel' runs one chain per device: {num_chains} chains need {num_chains} "
+                f"devices, got {len(devices)}"
+            )
+        return functools.partial(jax.pmap, devices=devices[:num_chains]), None
+    if len(devices) != 1:
+        raise ValueError(
+            f"chain_method={chain_method!r} runs on one device; got {len(devices)} "
+            "(use chain_method='parallel' for one chain per device)"
+        )
+    return chain_method, devices[0]
 
 
 def _init_strategy(

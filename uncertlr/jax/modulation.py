@@ -22,6 +22,15 @@ and are jit-safe (the rules never branch on values). Under ``pmap``/``shard_map`
 ``axis_name=``: the signal (and for per-parameter rules the gradient and σ) is averaged with
 ``jax.lax.pmean`` first, so every device applies the same factors.
 
+NumPyro's ``SVI`` hands an optax optimizer only the loss (``value=``); :func:`for_numpyro`
+wraps a transformation so that it receives keyword arguments computed from NumPyro's
+parameters and loss (``extra_args=``) or set by your loop between steps (``feed=`` with
+:func:`feed`)::
+
+    tx = for_numpyro(modulated_adam, feed={"uncertainty": 0.0})
+    svi = numpyro.infer.SVI(bnn.model, bnn.guide, tx, TraceMeanField_ELBO())
+    state = feed(state, uncertainty=u)        # before each svi.update(state, x, y)
+
 Example:
     >>> import jax.numpy as jnp, optax
     >>> from uncertlr.modulation import Ratio
@@ -36,6 +45,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -45,8 +55,11 @@ import optax
 from uncertlr.modulation import GradientNoise, ParamSignal, Rule
 
 __all__ = [
+    "ForwardState",
     "ScaleByGradUncertaintyState",
     "ScaleByUncertaintyState",
+    "feed",
+    "for_numpyro",
     "scale_by_grad_uncertainty",
     "scale_by_uncertainty",
 ]
@@ -221,3 +234,109 @@ def _flatten_like(treedef: Any, tree: Any, name: str) -> list[Any]:
             f"scale_by_grad_uncertainty: {name} must have the same structure as the updates"
         ) from exc
     return leaves
+
+
+class ForwardState(NamedTuple):
+    """State of :func:`for_numpyro`: the wrapped transformation's state and the values :func:`feed` set."""
+
+    inner: Any
+    fed: dict[str, Any]
+
+
+def for_numpyro(
+    transformation: optax.GradientTransformation,
+    *,
+    extra_args: Callable[[Any, Any], Mapping[str, Any]] | None = None,
+    feed: Mapping[str, Any] | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """``transformation`` for ``numpyro.infer.SVI``, with the keyword arguments NumPyro does not pass.
+
+    NumPyro's optax wrapper calls ``update(grads, state, params, value=loss)`` and nothing
+    else, so a modulator waiting for ``uncertainty=`` fails there. The wrapper forwards
+
+    * ``extra_args(params, loss) -> {name: value}``, computed inside the jitted SVI step from
+      NumPyro's parameters (unconstrained: a guide std is its log) and this step's loss, e.g.
+      ``lambda params, loss: {"uncertainty": loss}``;
+    * ``feed={name: initial value}``: values your loop sets before each ``svi.update`` with
+      :func:`feed` (e.g. the batch's predictive entropy); their shapes and dtypes are fixed.
+
+    Outside NumPyro (a plain optax loop) pass the keywords to ``update`` yourself instead.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, numpyro, numpyro.distributions as dist, optax
+        >>> from numpyro.infer import SVI, Trace_ELBO
+        >>> from uncertlr.modulation import Ratio
+        >>> def model(y):
+        ...     numpyro.sample("y", dist.Normal(numpyro.param("m", 0.0), 1.0), obs=y)
+        >>> tx = optax.chain(optax.scale_by_adam(), scale_by_uncertainty(Ratio()), optax.scale_by_learning_rate(0.1))
+        >>> svi = SVI(model, lambda y: None, for_numpyro(tx, feed={"uncertainty": 1.0}), Trace_ELBO())
+        >>> state = svi.init(jax.random.key(0), jnp.ones(5))
+        >>> for u in [1.0, 2.0, 0.5]:
+        ...     state = feed(state, uncertainty=u)
+        ...     state, loss = svi.update(state, jnp.ones(5))
+        >>> round(float(svi.get_params(state)["m"]), 3) > 0
+        True
+    """
+    if not isinstance(transformation, optax.GradientTransformation):
+        raise TypeError(
+            f"for_numpyro: transformation must be an optax.GradientTransformation; got {type(transformation).__name__}"
+        )
+    if extra_args is None and not feed:
+        raise ValueError(
+            "for_numpyro: give extra_args=(params, loss) -> dict, feed={name: initial value}, or both"
+        )
+    inner = optax.with_extra_args_support(transformation)
+    fed0 = {str(k): _strong(v) for k, v in (feed or {}).items()}
+
+    def init_fn(params: Any) -> ForwardState:
+        return ForwardState(inner.init(params), dict(fed0))
+
+    def update_fn(
+        updates: Any, state: ForwardState, params: Any = None, *, value: Any = None, **extra: Any
+    ) -> tuple[Any, ForwardState]:
+        kw = dict(state.fed)
+        if extra_args is not None:
+            kw.update(extra_args(params, value))
+        kw.update(extra)
+        updates, inner_state = inner.update(updates, state.inner, params, **kw)
+        return updates, ForwardState(inner_state, state.fed)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def feed(state: Any, **values: Any) -> Any:
+    """``state`` with the values :func:`for_numpyro` forwards at the next step replaced.
+
+    ``state`` is anything holding the wrapper's :class:`ForwardState`: a NumPyro ``SVIState``
+    or the optax state itself. A name the wrapper was not given, or a value of another
+    shape, is refused (it would recompile the step).
+    """
+    found: list[ForwardState] = []
+
+    def replace(s: Any) -> Any:
+        if not isinstance(s, ForwardState):
+            return s
+        found.append(s)
+        unknown = sorted(set(values) - set(s.fed))
+        if unknown:
+            raise ValueError(
+                f"feed: {unknown} not among the names given to for_numpyro(feed=...): {sorted(s.fed)}"
+            )
+        new = dict(s.fed)
+        for k, v in values.items():
+            v = _strong(v, s.fed[k].dtype)
+            if v.shape != s.fed[k].shape:
+                raise ValueError(f"feed: {k} must keep its shape {s.fed[k].shape}; got {v.shape}")
+            new[k] = v
+        return ForwardState(s.inner, new)
+
+    out = jax.tree.map(replace, state, is_leaf=lambda s: isinstance(s, ForwardState))
+    if not found:
+        raise ValueError("feed: the state holds no for_numpyro(...) optimizer state")
+    return out
+
+
+def _strong(value: Any, dtype: Any = None) -> Any:
+    """``value`` as an array of a fixed (not weak) dtype, so that feeding a Python float does not retrace."""
+    arr = jnp.asarray(value, dtype)
+    return jnp.array(arr, dtype=arr.dtype)

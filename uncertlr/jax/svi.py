@@ -1,64 +1,71 @@
-"""Stochastic VI for :class:`~uncertlr.jax.BNN`: :func:`svi`, its result :class:`SVIResult`,
-and the optimizer's per-step extra arguments.
+"""Stochastic VI for :class:`~uncertlr.jax.BNN`: :func:`svi` and its result :class:`SVIResult`.
 
-Each step draws weights from the guide, takes the gradient of the negative ELBO per data
-point (:meth:`uncertlr.jax.BNN.elbo` for the mean-field guide, NumPyro's
-``TraceMeanField_ELBO`` for ``AutoNormal``) and applies any optax optimizer. An uncertainty
-signal computed from that step's network outputs (``signal=``) and anything
-``extra_args(params)`` returns — e.g. :func:`posterior_scale_args`, the guide's σ — reach
-the optimizer's ``update`` as keyword arguments, which is how the LR modulator's optax
-transformations (:mod:`uncertlr.jax.modulation`) see them.
+:func:`svi` is the convenience loop on top of :func:`uncertlr.jax.svi_step`: it builds the
+step once per (BNN, optimizer, options) and keeps it, so a second call with the same shapes
+compiles nothing; it runs the steps inside ``lax.while_loop`` over device-resident,
+per-epoch permuted batches and reads the history back every ``log_every`` steps. It resumes
+from a saved :class:`~uncertlr.jax.SVIState` (``state=``) exactly, calls a validation
+function with early stopping, and places the work on the devices you choose.
 
 :class:`SVIResult` has the uncertainty API every result shares (``predict``,
-``sample_outputs``, ``posterior_loc``/``posterior_scale``/``posterior_spread``) and exposes
-``.model``, ``.guide``, ``.params`` and the training ``.history``.
-``svi(..., data_parallel=True)`` splits each batch across all devices (axis :data:`DATA_AXIS`).
+``sample_outputs``, ``posterior_loc``/``posterior_scale``/``posterior_spread``), exposes
+``.model``, ``.guide``, ``.params``, ``.state`` and the training ``.history``, and pickles.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, PartitionSpec
-from numpyro import handlers
-from numpyro.distributions import biject_to, constraints
-from numpyro.infer import TraceMeanField_ELBO
-from numpyro.infer.autoguide import AutoNormal
-from numpyro.infer.initialization import init_to_value
+from jax.sharding import Mesh
 
-from uncertlr import likelihoods as _lik
-from uncertlr import metrics
-from uncertlr._progress import Advance, progress_task
+from uncertlr._progress import progress_task
+from uncertlr.jax._loop import compiled_loop, placement, records
 from uncertlr.jax._posterior import _Posterior, as_count, as_key, check_bnn
-from uncertlr.jax.bnn import BNN, NOISE_SITE, ELBOTerms
+from uncertlr.jax.bnn import BNN, NOISE_SITE
+from uncertlr.jax.step import (
+    DATA_AXIS,
+    SVIState,
+    SVIStep,
+    derived_key,
+    make_auto_normal,
+    posterior_scale_args,
+)
 from uncertlr.likelihoods import NormalPrediction
 
-__all__ = ["DATA_AXIS", "SVIResult", "posterior_scale_args", "svi"]
+__all__ = ["DATA_AXIS", "EarlyStopping", "SVIResult", "posterior_scale_args", "svi"]
 
 Array = Any
-#: ``loss(params, rng_key, x, y) -> ELBOTerms``: the objective of one step (constrained params).
-_Objective = Callable[[Mapping[str, Array], Array, Array, Array], ELBOTerms]
-#: ``step(u, opt_state, rng_key, x, y) -> (u, opt_state, [loss, nll, kl, signal])``, jitted.
-_Step = Callable[[Any, Any, Array, Array, Array], tuple[Any, Any, Array]]
+#: SVI steps kept per BNN (one per optimizer and options), least recently used dropped first.
+STEP_CACHE_SIZE = 4
 
-#: Name of the device axis in data-parallel SVI (give it to collectives such as the modulator's ``axis_name``).
-DATA_AXIS = "data"
 
-_SIGNALS = {
-    "entropy": metrics.predictive_entropy,
-    "mutual_information": metrics.mutual_information,
-    "expected_entropy": metrics.expected_entropy,
-}
+@dataclass(frozen=True)
+class EarlyStopping:
+    """Stop :func:`svi` when the validation value has not improved for ``patience`` validations.
 
-# --------------------------------------------------------------------------- the result
+    Attributes:
+        patience: validations without an improvement of more than ``min_delta`` before stopping.
+        min_delta: the smallest decrease that counts as an improvement.
+        restore_best: return the state (and parameters) of the best validation instead of the last.
+    """
+
+    patience: int = 5
+    min_delta: float = 0.0
+    restore_best: bool = False
+
+    def __post_init__(self) -> None:
+        as_count("patience", self.patience)
+        if not (math.isfinite(self.min_delta) and self.min_delta >= 0):
+            raise ValueError(f"min_delta must be a finite number >= 0; got {self.min_delta!r}")
 
 
 class SVIResult(_Posterior):
@@ -70,33 +77,42 @@ class SVIResult(_Posterior):
         guide_kind: ``"meanfield"`` or ``"auto_normal"``.
         params: the fitted parameters by NumPyro site name (constrained values), so
             ``numpyro.infer.Predictive(result.model, guide=result.guide, params=result.params)`` works.
-        opt_state: the optimizer's final state.
+        state: the :class:`~uncertlr.jax.SVIState` to continue from (``svi(..., state=result.state)``).
         history: one record per step: ``step``, ``epoch``, ``loss`` (negative ELBO per data
             point), ``lr`` (NaN unless the optimizer exposes it), ``nll``/``kl`` (mean-field
-            guide) and ``signal`` (when a signal was requested).
+            guide), ``signal`` (when a signal was requested) and ``validation`` (on validation steps).
         seconds: wall time of the fit (compilation included).
+        stopped_early: whether :class:`EarlyStopping` ended the fit.
+        best_step, best_value: the best validation (None without ``validation``).
     """
 
     def __init__(
         self,
-        bnn: BNN,
-        guide: Any,
-        guide_kind: str,
-        params: dict[str, Array],
-        opt_state: Any,
+        step: SVIStep,
+        state: SVIState,
         history: list[dict[str, float]],
         seconds: float,
-        rng_key: Array,
+        *,
+        stopped_early: bool = False,
+        best: tuple[int, float] | None = None,
+        params: dict[str, Array] | None = None,
     ):
-        self.bnn = bnn
-        self.model = bnn.model
-        self.guide = guide
-        self.guide_kind = guide_kind
-        self.params = params
-        self.opt_state = opt_state
+        self.bnn = step.bnn
+        self.model = step.bnn.model
+        self.guide = step.guide
+        self.guide_kind = step.guide_kind
+        self.state = state
+        self.params = step.params(state) if params is None else params
         self.history = history
         self.seconds = float(seconds)
-        self._rng_key = rng_key
+        self.stopped_early = bool(stopped_early)
+        self.best_step, self.best_value = best if best is not None else (None, None)
+        self._rng_key = derived_key(state.rng_key, "predict")
+
+    @property
+    def opt_state(self) -> Any:
+        """The optimizer's final state (``state.opt_state``)."""
+        return self.state.opt_state
 
     _fresh_draws = True
 
@@ -108,8 +124,9 @@ class SVIResult(_Posterior):
     def _next_key(self, rng_key: Any) -> Array:
         if rng_key is not None:
             return as_key(rng_key)
-        self._rng_key, key = jax.random.split(self._rng_key)
-        return key
+        key, new = jax.random.split(jax.random.wrap_key_data(self._rng_key))
+        self._rng_key = np.asarray(jax.random.key_data(key))
+        return new
 
     def _fixed(self) -> dict[str, Array]:
         return {n: self.params[n] for n in self.bnn.fixed_names}
@@ -121,11 +138,8 @@ class SVIResult(_Posterior):
         """``{name: [num_samples, *shape]}`` draws from the guide (fresh ones each call unless ``rng_key`` is given)."""
         num_samples = as_count("num_samples", 32 if num_samples is None else num_samples)
         key = self._next_key(rng_key)
-        if self.guide_kind == "auto_normal":
-            draws = self.guide.sample_posterior(key, self.params, sample_shape=(num_samples,))
-            return {n: draws[n] for n in self.bnn.random_names}
-        keys = jax.random.split(key, len(self.bnn.random_names))
         loc, scale = self.posterior_loc(), self.posterior_scale()
+        keys = jax.random.split(key, len(self.bnn.random_names))
         return {
             n: loc[n] + scale[n] * jax.random.normal(k, (num_samples, *self.bnn.shapes[n]), loc[n].dtype)
             for k, n in zip(keys, self.bnn.random_names)
@@ -149,36 +163,20 @@ class SVIResult(_Posterior):
         suffix = "_auto_scale" if self.guide_kind == "auto_normal" else "_scale"
         return {n: self.params[n + suffix] for n in self.bnn.random_names}
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        if self.guide_kind == "auto_normal":
+            state["guide"] = None  # rebuilt on load (its prototype trace holds closures)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.guide is None:
+            self.guide = make_auto_normal(self.bnn)
+
     def __repr__(self) -> str:
         last = self.history[-1]["loss"] if self.history else math.nan
-        return f"SVIResult({self.guide_kind}, {len(self.history)} steps, final loss {last:.4g}, {self.seconds:.1f} s)"
-
-
-def posterior_scale_args(params: Mapping[str, Array]) -> dict[str, dict[str, Array]]:
-    """``{"posterior_scale": tree}`` for :func:`svi`'s ``extra_args``: σ of each weight's guide, shaped like the updates.
-
-    Each guide mean ``{name}_loc`` (``{name}_auto_loc`` for ``AutoNormal``) gets its guide's std;
-    every other parameter (the stds themselves, deterministic parameters, a learned noise)
-    gets ones, i.e. no relative preference within that tensor.
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> tree = posterior_scale_args({"w_loc": jnp.zeros(2), "w_scale": jnp.full(2, 0.1), "b": jnp.zeros(1)})
-        >>> {k: [round(x, 3) for x in v.tolist()] for k, v in tree["posterior_scale"].items()}
-        {'w_loc': [0.1, 0.1], 'w_scale': [1.0, 1.0], 'b': [1.0]}
-    """
-    out = {}
-    for k, v in params.items():
-        for loc, scale in (("_auto_loc", "_auto_scale"), ("_loc", "_scale")):
-            if k.endswith(loc) and k[: -len(loc)] + scale in params:
-                out[k] = params[k[: -len(loc)] + scale]
-                break
-        else:
-            out[k] = jnp.ones_like(v)
-    return {"posterior_scale": out}
-
-
-# --------------------------------------------------------------------------- fitting
+        return f"SVIResult({self.guide_kind}, step {int(self.state.step)}, final loss {last:.4g}, {self.seconds:.1f} s)"
 
 
 def svi(
@@ -193,8 +191,15 @@ def svi(
     guide: str = "meanfield",
     signal: str | Callable[[Array], Array] | None = None,
     extra_args: Callable[[dict[str, Array]], Mapping[str, Any]] | None = None,
-    data_parallel: bool = False,
+    state: SVIState | None = None,
     init_params: Mapping[str, Array] | None = None,
+    validation: Callable[[SVIResult], float] | None = None,
+    validate_every: int | None = None,
+    early_stopping: EarlyStopping | None = None,
+    data_parallel: bool = False,
+    devices: Sequence[Any] | None = None,
+    mesh: Mesh | None = None,
+    log_every: int = 50,
     rng_key: Any = 0,
     progress: Any = True,
 ) -> SVIResult:
@@ -210,7 +215,8 @@ def svi(
         optimizer: any ``optax.GradientTransformation``. When ``signal`` is given, the
             optimizer's ``update`` receives it as ``uncertainty=...`` (for
             ``GradientTransformationExtraArgs`` such as the LR modulator's transformations).
-        num_steps: optimizer steps.
+            Pass the same optimizer object again to reuse the compiled loop.
+        num_steps: optimizer steps in this call.
         batch_size: rows per step (default: all, i.e. full-batch VI).
         num_particles: weight draws per step.
         guide: ``"meanfield"`` (``bnn.guide``: the torch backend's family, analytic KL) or
@@ -221,15 +227,29 @@ def svi(
             callable ``outputs[K, B, ...] -> scalar``; recorded in ``history`` and passed to the optimizer.
         extra_args: ``extra_args(params) -> {name: value}``, called inside the jitted step with
             the current (constrained) parameters; its entries are passed to the optimizer's
-            ``update`` as keyword arguments — e.g. :func:`posterior_scale_args` gives
-            ``posterior_scale=`` (the guide's σ, shaped like the updates) for the modulator's
-            per-parameter ``scale_by_grad_uncertainty``.
-        data_parallel: split each batch across all devices (``jax.shard_map`` over the
-            axis :data:`DATA_AXIS`); gradients and losses are averaged with ``pmean``. The
-            signal is passed per device: give the modulator ``axis_name=DATA_AXIS``.
-        init_params: start from these parameters (e.g. a previous ``result.params``).
-        rng_key: a JAX PRNG key or an integer seed.
+            ``update`` as keyword arguments — e.g. :func:`posterior_scale_args`.
+        state: continue from this :class:`~uncertlr.jax.SVIState` (``fit.state``, or one
+            loaded with :func:`~uncertlr.jax.load_checkpoint`): parameters, optimizer and
+            modulator state, weight noise and data order go on exactly where they stopped.
+        init_params: start from these constrained parameters with a fresh optimizer state.
+        validation: ``validation(fit) -> float`` (lower is better), called with the fit so far
+            every ``validate_every`` steps (default: once per epoch); recorded as ``validation``.
+        early_stopping: an :class:`EarlyStopping` acting on ``validation``.
+        data_parallel: split each batch across ``devices`` (default: all visible), with the
+            same weight noise on every device, so N devices take exactly the step one device
+            takes on the whole batch; gradients, loss terms and the signal are averaged over
+            :data:`DATA_AXIS`.
+        devices: where to run: one device (default: JAX's default device), or several with ``data_parallel``.
+        mesh: a ``jax.sharding.Mesh`` with an axis :data:`DATA_AXIS`: data parallelism over it.
+        log_every: steps per compiled chunk: the history, progress bar and ``validation`` are
+            served between chunks.
+        rng_key: a JAX PRNG key or an integer seed (ignored with ``state``, which holds its keys).
         progress: True for a progress bar, False for none, or a ``rich.progress.Progress``.
+
+    Raises:
+        FloatingPointError: the loss became NaN/inf; like any exception raised during
+            training (Ctrl-C, an error in ``validation``), it carries the fit up to the last
+            good step as ``exc.result`` (an :class:`SVIResult`: resume with ``state=exc.result.state``).
 
     Example:
         >>> import jax, jax.numpy as jnp, optax
@@ -238,37 +258,205 @@ def svi(
         >>> x = jax.random.normal(jax.random.key(0), (64, 3)); y = (x[:, 0] > 0).astype(jnp.int32)
         >>> bnn = bayesian(lambda p, x: x @ p["w"] + p["b"], params={"w": jnp.zeros((3, 2)), "b": jnp.zeros(2)},
         ...                num_data=64, prior=priors.Normal(1.0))
-        >>> res = svi(bnn, x, y, optimizer=optax.adam(0.05), num_steps=200, batch_size=16, progress=False)
+        >>> opt = optax.adam(0.05)
+        >>> res = svi(bnn, x, y, optimizer=opt, num_steps=200, batch_size=16, progress=False)
         >>> res.predict(x, num_samples=8).shape, bool(res.losses[-20:].mean() < res.losses[:20].mean())
         ((8, 64, 2), True)
+        >>> more = svi(bnn, x, y, optimizer=opt, num_steps=100, batch_size=16, state=res.state, progress=False)
+        >>> int(more.state.step), more.history[0]["step"]
+        (300, 200.0)
     """
     check_bnn(bnn)
     num_steps = as_count("num_steps", num_steps, minimum=0)
-    num_particles = as_count("num_particles", num_particles)
-    if not isinstance(optimizer, optax.GradientTransformation):
-        raise TypeError(f"optimizer must be an optax.GradientTransformation; got {type(optimizer).__name__}")
-    x, y = bnn.check_data(x, y)
-    batch_size = _batch_size(bnn, x.shape[0], batch_size, data_parallel)
-    sig_fn = _signal_fn(signal, bnn, num_particles)
-    key, k_init, k_order = jax.random.split(as_key(rng_key), 3)
-    guide_fn, loss_fn = _objective(bnn, guide, num_particles, sig_fn)
-    u, constrain = _init_params(bnn, guide_fn, k_init, x[:batch_size], y[:batch_size], init_params)
-    tx = optax.with_extra_args_support(optimizer)
-    state = (u, tx.init(u), key)
-    step = _make_step(loss_fn, constrain, tx, sig_fn, extra_args, data_parallel)
-    batches = _batches(x.shape[0], batch_size, num_steps, k_order)
-    record = functools.partial(_record, terms=guide == "meanfield", signal=sig_fn is not None)
+    log_every = as_count("log_every", log_every)
+    if state is not None and init_params is not None:
+        raise ValueError(
+            "pass state= (to continue a run) or init_params= (to start from parameters), not both"
+        )
+    if early_stopping is not None and validation is None:
+        raise ValueError("early_stopping needs validation= (a function fit -> float, lower is better)")
+    x, y = _checked_data(bnn, x, y)
+    where, device = placement(data_parallel, devices, mesh)
+    batch_size = _batch_size(bnn, x.shape[0], batch_size, where)
+    step = _cached_step(bnn, optimizer, num_particles, guide, signal, extra_args, where, device)
+    step.prepare(x[:batch_size], y[:batch_size])
+    if state is not None:
+        state = step.place(step.check_state(state))
+    else:
+        state = step.init(rng_key, x[:batch_size], y[:batch_size], params=init_params)
+    loop = compiled_loop(step, x.shape[0], batch_size, log_every)
+    x, y = step.place((x, y))
+    every = loop.steps_per_epoch if validate_every is None else as_count("validate_every", validate_every)
+    run = _Run(step, loop, state, validation, every, early_stopping)
     t0 = time.perf_counter()
-    with progress_task(progress, f"SVI ({guide})", total=num_steps) as advance:
-        (u, opt_state, key), history = _train(step, state, x, y, batches, record, advance, data_parallel)
-    seconds = time.perf_counter() - t0
-    return SVIResult(bnn, guide_fn, guide, constrain(u), opt_state, history, seconds, key)
+    try:
+        with progress_task(progress, f"SVI ({guide})", total=num_steps) as advance:
+            run.train(x, y, num_steps, advance)
+    except BaseException as exc:
+        if not isinstance(exc, (GeneratorExit, SystemExit)):
+            _attach_result(exc, run, time.perf_counter() - t0)
+        raise
+    return run.result(time.perf_counter() - t0)
 
 
-# --------------------------------------------------------------------------- setup
+def _attach_result(exc: BaseException, run: _Run, seconds: float) -> None:
+    """Give ``exc`` the fit up to the last good step as ``exc.result`` (nothing trained is lost)."""
+    try:
+        exc.result = run.result(seconds)  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - never mask the original error
+        return
+    if hasattr(exc, "add_note"):
+        exc.add_note(
+            f"the fit up to step {int(run.state.step)} is in exc.result; continue it with "
+            "svi(..., state=exc.result.state)"
+        )
 
 
-def _batch_size(bnn: BNN, n: int, batch_size: int | None, data_parallel: bool) -> int:
+class _Run:
+    """The host side of one :func:`svi` call: chunks, history, validation and early stopping."""
+
+    def __init__(
+        self,
+        step: SVIStep,
+        loop: Any,
+        state: SVIState,
+        validation: Callable[[SVIResult], float] | None,
+        validate_every: int,
+        early_stopping: EarlyStopping | None,
+    ):
+        self.step, self.loop, self.state = step, loop, state
+        self.validation, self.validate_every, self.early_stopping = validation, validate_every, early_stopping
+        self.history: list[dict[str, float]] = []
+        self.first_step = int(state.step)
+        self.starts: list[SVIState] = []  # the states the last two chunks started from
+        self.best: tuple[int, float] | None = None
+        self.best_state: SVIState | None = None
+        self.params: dict[str, Array] | None = None  # constrained parameters of self.state, when known
+        self.waited = 0
+        self.stopped_early = False
+
+    def train(self, x: Array, y: Array, num_steps: int, advance: Any) -> None:
+        loop, done, order, epoch = self.loop, 0, None, -1
+        kw = {"terms": self.step.guide_kind == "meanfield", "signal": self.step.signal_fn is not None}
+        while done < num_steps and not self.stopped_early:
+            t = int(self.state.step)
+            if t // loop.steps_per_epoch != epoch:
+                order, epoch = loop.order(self.state), t // loop.steps_per_epoch
+            limit = min(loop.length, num_steps - done, loop.steps_left_in_epoch(self.state))
+            if self.validation is not None:
+                limit = min(limit, self.validate_every - t % self.validate_every)
+            start = self.state
+            new, infos, count, stop, params = loop.run(start, order, x, y, np.int32(limit))
+            count, infos = int(count), jax.device_get(infos)
+            if bool(stop):
+                self.history += records(infos, t, count - 1, self.loop.steps_per_epoch, **kw)
+                self._keep_last_good(x, y, t + count - 1)
+                loss = float(np.asarray(infos.loss)[count - 1])
+                raise FloatingPointError(
+                    f"loss became {loss} at step {t + count - 1}; lower the learning rate or check the data "
+                    f"(exc.result holds the last state with finite parameters, after {int(self.state.step)} steps)"
+                )
+            self.starts = (self.starts + [start])[-2:]
+            self.state, self.params = new, params
+            self.history += records(infos, t, count, self.loop.steps_per_epoch, **kw)
+            done += count
+            advance(count, info=f"loss {self.history[-1]['loss']:.4f}")
+            if self.validation is not None and int(self.state.step) % self.validate_every == 0:
+                self._validate()
+
+    def _keep_last_good(self, x: Array, y: Array, bad: int) -> None:
+        """Step ``bad`` gave a non-finite loss: recompute (the steps are deterministic) and keep the
+        latest state before it whose (constrained) parameters are all finite, and the history up to it."""
+        starts = self.starts + [self.state]
+        for target in range(bad, max(int(starts[0].step), bad - 8) - 1, -1):
+            start = next(s for s in reversed(starts) if int(s.step) <= target)
+            state = start
+            if target > int(start.step):
+                order = self.loop.order(start)
+                state = self.loop.run(start, order, x, y, np.int32(target - int(start.step)))[0]
+            if all(bool(jax.numpy.isfinite(v).all()) for v in jax.tree.leaves(self.step.params(state))):
+                self.state = state
+                break
+        else:
+            self.state = starts[0]
+        self.params = None
+        del self.history[int(self.state.step) - self.first_step :]
+
+    def _validate(self) -> None:
+        value = float(self.validation(self.result(math.nan)))  # type: ignore[misc]
+        self.history[-1]["validation"] = value
+        es = self.early_stopping
+        min_delta = es.min_delta if es is not None else 0.0
+        if self.best is None or value < self.best[1] - min_delta:
+            self.best, self.waited = (int(self.state.step), value), 0
+            if es is not None and es.restore_best:
+                self.best_state = self.state
+        else:
+            self.waited += 1
+            if es is not None and self.waited >= es.patience:
+                self.stopped_early = True
+
+    def result(self, seconds: float) -> SVIResult:
+        best = self.stopped_early and self.best_state is not None
+        state, params = (self.best_state, None) if best else (self.state, self.params)
+        return SVIResult(
+            self.step,
+            state,  # type: ignore[arg-type]
+            self.history,
+            seconds,
+            stopped_early=self.stopped_early,
+            best=self.best,
+            params=params,
+        )
+
+
+def _checked_data(bnn: BNN, x: Any, y: Any) -> tuple[Array, Array]:
+    """``bnn.check_data(x, y)``, skipped when these very jax arrays (immutable) were checked by the last call."""
+    last = bnn.__dict__.get("_svi_checked")
+    if last is not None and last[0]() is x and last[1]() is y:
+        return x, y
+    xc, yc = bnn.check_data(x, y)
+    if xc is x and yc is y:  # jax arrays, passed through unchanged
+        bnn.__dict__["_svi_checked"] = (weakref.ref(x), weakref.ref(y))
+    return xc, yc
+
+
+def _cached_step(
+    bnn: BNN,
+    optimizer: Any,
+    num_particles: int,
+    guide: str,
+    signal: Any,
+    extra_args: Any,
+    mesh: Mesh | None,
+    device: Any,
+) -> SVIStep:
+    """The :class:`SVIStep` for these options, built once per BNN (least recently used of ``STEP_CACHE_SIZE`` dropped)."""
+    key = (optimizer, num_particles, guide, signal, extra_args, mesh, device)
+    cache: OrderedDict[Any, SVIStep] = bnn.__dict__.setdefault("_svi_steps", OrderedDict())
+    try:
+        step = cache.pop(key)
+    except (KeyError, TypeError):  # TypeError: an unhashable option, never cached
+        step = SVIStep(
+            bnn,
+            optimizer,
+            num_particles=num_particles,
+            guide=guide,
+            signal=signal,
+            extra_args=extra_args,
+            mesh=mesh,
+            device=device,
+        )
+    try:
+        cache[key] = step
+    except TypeError:
+        return step
+    while len(cache) > STEP_CACHE_SIZE:
+        cache.popitem(last=False)
+    return step
+
+
+def _batch_size(bnn: BNN, n: int, batch_size: int | None, mesh: Mesh | None) -> int:
     """The checked batch size: at most ``n == bnn.num_data`` rows, a multiple of the devices when split."""
     if n != bnn.num_data:
         raise ValueError(
@@ -278,207 +466,10 @@ def _batch_size(bnn: BNN, n: int, batch_size: int | None, data_parallel: bool) -
     batch_size = n if batch_size is None else as_count("batch_size", batch_size)
     if batch_size > n:
         raise ValueError(f"batch_size={batch_size} exceeds the {n} rows of x")
-    num_devices = len(jax.devices())
-    if data_parallel and batch_size % num_devices:
+    num_devices = 1 if mesh is None else mesh.shape[DATA_AXIS]
+    if batch_size % num_devices:
         raise ValueError(
             f"data_parallel splits each batch across {num_devices} devices: "
             f"batch_size={batch_size} must be a multiple of {num_devices}"
         )
     return batch_size
-
-
-def _signal_fn(signal: Any, bnn: BNN, num_particles: int) -> Callable[[Array], Array] | None:
-    """``outputs[K, B, ...] -> scalar`` for ``signal`` (a name or a callable), or None for no signal."""
-    if signal is None:
-        return None
-    if callable(signal):
-        return signal
-    if signal not in _SIGNALS:
-        raise ValueError(
-            f"signal must be one of {sorted(_SIGNALS)} or a callable outputs -> scalar; got {signal!r}"
-        )
-    if not isinstance(bnn.likelihood, _lik.Categorical):
-        raise ValueError(
-            f"signal={signal!r} needs a classifier; pass a callable outputs[K, B, ...] -> scalar"
-        )
-    if signal == "mutual_information" and num_particles < 2:
-        raise ValueError(
-            "signal='mutual_information' needs num_particles >= 2 (it measures disagreement between draws)"
-        )
-    fn = _SIGNALS[signal]
-    return lambda outputs: jnp.mean(fn(jax.nn.softmax(outputs, axis=-1)))
-
-
-def _objective(
-    bnn: BNN, guide: str, num_particles: int, sig_fn: Callable[[Array], Array] | None
-) -> tuple[Any, _Objective]:
-    """The guide and the per-step objective for ``guide="meanfield"`` or ``"auto_normal"``."""
-    if guide == "meanfield":
-
-        def elbo(params: Mapping[str, Array], k: Array, xb: Array, yb: Array) -> ELBOTerms:
-            return bnn.elbo(params, k, xb, yb, num_particles=num_particles)
-
-        return bnn.guide, elbo
-    if guide == "auto_normal":
-        return _auto_normal(bnn, num_particles, sig_fn)
-    raise ValueError(f"guide must be 'meanfield' or 'auto_normal'; got {guide!r}")
-
-
-def _auto_normal(
-    bnn: BNN, num_particles: int, sig_fn: Callable[[Array], Array] | None
-) -> tuple[AutoNormal, _Objective]:
-    """NumPyro's ``AutoNormal`` (means at the network's weights) and its ``TraceMeanField_ELBO`` per data point.
-
-    ``nll``/``kl`` are NaN (the ELBO does not split them); ``outputs`` are drawn only for a signal.
-    """
-    guide = AutoNormal(
-        bnn.model, init_loc_fn=init_to_value(values=bnn.initial_values()), init_scale=bnn.init_scale
-    )
-    elbo = TraceMeanField_ELBO(num_particles=num_particles)
-
-    def loss(params: Mapping[str, Array], k: Array, xb: Array, yb: Array) -> ELBOTerms:
-        k1, k2 = jax.random.split(k)
-        value = elbo.loss(k1, params, bnn.model, guide, xb, yb) / bnn.num_data
-        outputs = None
-        if sig_fn is not None:
-            draws = guide.sample_posterior(k2, params, sample_shape=(num_particles,))
-            fixed = {nm: params[nm] for nm in bnn.fixed_names}
-            outputs = jax.vmap(lambda w: bnn.apply(w, xb, fixed))({nm: draws[nm] for nm in bnn.random_names})
-        nan = jnp.full((), jnp.nan)
-        return ELBOTerms(value, nan, nan, outputs)
-
-    return guide, loss
-
-
-def _init_params(
-    bnn: BNN, guide: Any, key: Array, xb: Array, yb: Array, init_params: Mapping[str, Array] | None
-) -> tuple[dict[str, Array], Callable[[Mapping[str, Array]], dict[str, Array]]]:
-    """The unconstrained starting point of every param site of model and guide, and ``constrain``."""
-    sites = {**_param_sites(bnn.model, key, xb, yb), **_param_sites(guide, key, xb, yb)}
-    if init_params is not None:
-        missing = sorted(set(sites) - set(init_params))
-        if missing:
-            raise ValueError(f"init_params lacks the parameters {missing[:5]}")
-        sites = {s: (jnp.asarray(init_params[s]), c) for s, (_, c) in sites.items()}
-    transforms = {s: biject_to(c) for s, (_, c) in sites.items()}
-
-    def constrain(uu: Mapping[str, Array]) -> dict[str, Array]:
-        return {s: transforms[s](v) for s, v in uu.items()}
-
-    return {s: transforms[s].inv(v) for s, (v, _) in sites.items()}, constrain
-
-
-# --------------------------------------------------------------------------- the loop
-
-
-def _make_step(
-    loss_fn: _Objective,
-    constrain: Callable[[Mapping[str, Array]], dict[str, Array]],
-    tx: optax.GradientTransformationExtraArgs,
-    sig_fn: Callable[[Array], Array] | None,
-    extra_args: Callable[[dict[str, Array]], Mapping[str, Any]] | None,
-    data_parallel: bool,
-) -> _Step:
-    """One jitted optimizer step on unconstrained parameters (``shard_map``-ped over :data:`DATA_AXIS`)."""
-    axis = DATA_AXIS if data_parallel else None
-
-    def objective(uu: Any, k: Array, xb: Array, yb: Array) -> tuple[Array, ELBOTerms]:
-        terms = loss_fn(constrain(uu), k, xb, yb)
-        return terms.loss, terms
-
-    def step(uu: Any, state: Any, k: Array, xb: Array, yb: Array) -> tuple[Any, Any, Array]:
-        if axis is not None:
-            k = jax.random.fold_in(k, jax.lax.axis_index(axis))
-        (_, terms), grads = jax.value_and_grad(objective, has_aux=True)(uu, k, xb, yb)
-        stats = jnp.stack([terms.loss, terms.nll, terms.kl])
-        if axis is not None:
-            grads, stats = jax.lax.pmean((grads, stats), axis)
-        extra = dict(extra_args(constrain(uu))) if extra_args is not None else {}
-        sig = jnp.full((), jnp.nan)
-        if sig_fn is not None:
-            local = sig_fn(terms.outputs)
-            extra["uncertainty"] = local
-            sig = jax.lax.pmean(local, axis) if axis is not None else local
-        updates, state = tx.update(grads, state, uu, **extra)
-        return optax.apply_updates(uu, updates), state, jnp.concatenate([stats, sig[None]])
-
-    if data_parallel:
-        mesh = Mesh(np.array(jax.devices()), (DATA_AXIS,))
-        rep, split = PartitionSpec(), PartitionSpec(DATA_AXIS)
-        step = jax.shard_map(
-            step, mesh=mesh, in_specs=(rep, rep, rep, split, split), out_specs=(rep, rep, rep)
-        )
-    return jax.jit(step)
-
-
-def _batches(n: int, batch_size: int, num_steps: int, key: Array) -> Iterator[tuple[int, np.ndarray]]:
-    """``(epoch, row indices)`` per step: shuffled epochs of ``n // batch_size`` equal batches (remainder skipped)."""
-    order_rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
-    steps_per_epoch = n // batch_size
-    order = np.arange(n)
-    for i in range(num_steps):
-        epoch, j = divmod(i, steps_per_epoch)
-        if j == 0 and batch_size < n:
-            order = order_rng.permutation(n)
-        yield epoch, order[j * batch_size : (j + 1) * batch_size]
-
-
-def _train(
-    step: _Step,
-    state: tuple[Any, Any, Array],
-    x: Array,
-    y: Array,
-    batches: Iterator[tuple[int, np.ndarray]],
-    record: Callable[[int, int, Array, Any], dict[str, float]],
-    advance: Advance,
-    data_parallel: bool,
-) -> tuple[tuple[Any, Any, Array], list[dict[str, float]]]:
-    """Run ``step`` over ``batches`` from ``state = (u, opt_state, key)``: the final state and one record per step."""
-    u, opt_state, key = state
-    history: list[dict[str, float]] = []
-    for i, (epoch, idx) in enumerate(batches):
-        key, k = jax.random.split(key)
-        try:
-            u, opt_state, stats = step(u, opt_state, k, x[idx], y[idx])
-        except Exception as exc:  # noqa: BLE001 - re-raised with the likely cause
-            if data_parallel and ("vma" in str(exc).lower() or "varying" in str(exc).lower()):
-                raise ValueError(
-                    "under data_parallel=True the optimizer's update varies across devices: an optimizer that "
-                    f"uses the signal must average it over the device axis (axis_name={DATA_AXIS!r})"
-                ) from exc
-            raise
-        history.append(record(i, epoch, stats, opt_state))
-        advance(info=f"loss {history[-1]['loss']:.4f}")
-    return (u, opt_state, key), history
-
-
-def _record(
-    i: int, epoch: int, stats: Array, opt_state: Any, *, terms: bool, signal: bool
-) -> dict[str, float]:
-    """The history record of step ``i`` from its ``[loss, nll, kl, signal]``; a non-finite loss stops the fit."""
-    loss, nll, kl, sig = (float(v) for v in np.asarray(stats))
-    if not math.isfinite(loss):
-        raise FloatingPointError(f"loss became {loss} at step {i}; lower the learning rate or check the data")
-    rec = {"step": float(i), "epoch": float(epoch), "loss": loss, "lr": _learning_rate(opt_state)}
-    if terms:
-        rec.update(nll=nll, kl=kl)
-    if signal:
-        rec["signal"] = sig
-    return rec
-
-
-def _param_sites(fn: Callable[..., Any], key: Array, *args: Any) -> dict[str, tuple[Array, Any]]:
-    tr = handlers.trace(handlers.seed(fn, key)).get_trace(*args)
-    return {
-        name: (site["value"], site["kwargs"].get("constraint", constraints.real))
-        for name, site in tr.items()
-        if site["type"] == "param"
-    }
-
-
-def _learning_rate(opt_state: Any) -> float:
-    """The learning rate when the optimizer exposes it (``optax.inject_hyperparams``), else NaN."""
-    for leaf in jax.tree_util.tree_leaves(opt_state, is_leaf=lambda s: hasattr(s, "hyperparams")):
-        if hasattr(leaf, "hyperparams") and "learning_rate" in leaf.hyperparams:
-            return float(leaf.hyperparams["learning_rate"])
-    return math.nan
