@@ -40,11 +40,10 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import os
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any
@@ -53,6 +52,7 @@ import numpy as np
 
 from uncertlr import metrics
 from uncertlr._io import atomic_write, environment, read_json, write_json
+from uncertlr._lock import LOCK_FILE, RunFolderBusy, lock_run_dir
 from uncertlr.calibration import fit_temperature
 
 __all__ = [
@@ -86,7 +86,6 @@ METRICS_SCHEMA = "uncertlr.metrics/1"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.npz"
 HISTORY_FILE = "history.json"
-LOCK_FILE = ".uncertlr-lock"
 SHIFT_FILE = "shift.json"
 SHIFT_SCHEMA = "uncertlr.shift/1"
 
@@ -163,62 +162,6 @@ def new_run_dir(root: str | os.PathLike[str], name: str) -> Path:
         except FileExistsError:
             continue
     raise RuntimeError(f"could not create a new run folder under {root}")
-
-
-class RunFolderBusy(RuntimeError):
-    """Another process holds the run folder's lock (it is training in it or writing it)."""
-
-
-def _try_lock(fd: int) -> bool:
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        import msvcrt
-
-        try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return False
-    return True
-
-
-@contextlib.contextmanager
-def lock_run_dir(run: str | os.PathLike[str]) -> Iterator[Path]:
-    """Hold the run folder's lock (``.uncertlr-lock``) while the block runs; yields the folder.
-
-    The lock is an advisory ``flock`` on the lock file: the operating system drops it when the
-    holder exits, even by ``kill -9``, so a crashed run never leaves its folder locked.
-
-    Raises:
-        RunFolderBusy: another process holds the lock (the message gives its pid).
-        FileNotFoundError / NotADirectoryError / PermissionError: the folder cannot hold a lock file.
-
-    Example:
-        >>> import tempfile
-        >>> run = new_run_dir(tempfile.mkdtemp(), "demo")
-        >>> with lock_run_dir(run):
-        ...     pass
-    """
-    run = Path(run)
-    path = run / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        if not _try_lock(fd):
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            who = f" (pid {holder})" if holder.isdigit() else ""
-            raise RunFolderBusy(
-                f"{run} is in use by another uncertlr process{who}; wait for it to finish or use another folder"
-            )
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield run
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
 
 
 # --------------------------------------------------------------------------- per-model summaries

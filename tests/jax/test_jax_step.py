@@ -12,7 +12,7 @@ from numpyro.infer import TraceMeanField_ELBO
 
 from uncertlr import likelihoods, priors, select
 from uncertlr.jax import StepInfo, SVIState, bayesian, svi, svi_step
-from uncertlr.jax.step import _param_sites
+from uncertlr.jax._host import param_sites as _param_sites
 from uncertlr_models.flax_mlp import FlaxMLP
 
 KEY = jax.random.key(0)

@@ -1,16 +1,19 @@
 """The models behind a pipeline :class:`~uncertlr.app.pipeline.Method`: BNNs (any guide), ensembles,
-MC dropout, and the post-hoc last-layer Laplace approximation."""
+MC dropout, the post-hoc last-layer Laplace approximation, and the deterministic regressor."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from uncertlr import likelihoods, priors
+from uncertlr.likelihoods import NormalPrediction
 from uncertlr.torch import LastLayerLaplace, bayesian, deep_ensemble, mc_dropout
 
-__all__ = ["WRAPPERS", "build", "check", "laplace"]
+__all__ = ["WRAPPERS", "PointRegressor", "build", "check", "laplace"]
 
 WRAPPERS = ("", "ensemble", "mc-dropout", "laplace")
 
@@ -61,3 +64,22 @@ def laplace(model: nn.Module, x: Tensor, y: Tensor) -> LastLayerLaplace:
         return LastLayerLaplace(model).fit(x, y)
     noise = float(log_noise.detach().exp())
     return LastLayerLaplace(model.net, likelihood="normal", noise_scale=noise).fit(x, y)  # type: ignore[arg-type]
+
+
+class PointRegressor(nn.Module):
+    """A deterministic network with a learned homoskedastic noise std, fitted by maximum likelihood."""
+
+    def __init__(self, net: nn.Module, *, init_scale: float = 1.0):
+        super().__init__()
+        self.net = net
+        self.log_noise = nn.Parameter(torch.tensor(math.log(init_scale)))
+
+    def loss(self, x: Tensor, y: Tensor) -> Tensor:
+        """Mean Gaussian negative log-likelihood of ``y[B, D]`` (constant included)."""
+        return -likelihoods.normal_log_prob(y, self.net(x), self.log_noise.exp()).mean()
+
+    @torch.no_grad()
+    def predict(self, x: Tensor) -> NormalPrediction:
+        """A one-sample :class:`NormalPrediction` ``[1, N, D]`` (no epistemic part)."""
+        mean = self.net(x)[None]
+        return NormalPrediction(mean, torch.exp(2 * self.log_noise).expand_as(mean))

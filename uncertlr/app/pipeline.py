@@ -44,9 +44,10 @@ import torch.nn.functional as F
 from rich.markup import escape
 from torch import Tensor, nn
 
-from uncertlr import likelihoods, runfolder
+from uncertlr import runfolder
 from uncertlr._progress import progress_bar
 from uncertlr.app import _methods
+from uncertlr.app._methods import PointRegressor
 from uncertlr.diagnostics.plots import ood_figure, reliability_figure, save_figure
 from uncertlr.likelihoods import NormalPrediction
 from uncertlr.torch import BNN, Modulator, batch_entropy, elbo_signal, fit
@@ -159,25 +160,6 @@ class Method:
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"optimizer must be 'adam' or 'adamw'; got {self.optimizer!r}")
         _methods.check(self)
-
-
-class PointRegressor(nn.Module):
-    """A deterministic network with a learned homoskedastic noise std, fitted by maximum likelihood."""
-
-    def __init__(self, net: nn.Module, *, init_scale: float = 1.0):
-        super().__init__()
-        self.net = net
-        self.log_noise = nn.Parameter(torch.tensor(math.log(init_scale)))
-
-    def loss(self, x: Tensor, y: Tensor) -> Tensor:
-        """Mean Gaussian negative log-likelihood of ``y[B, D]`` (constant included)."""
-        return -likelihoods.normal_log_prob(y, self.net(x), self.log_noise.exp()).mean()
-
-    @torch.no_grad()
-    def predict(self, x: Tensor) -> NormalPrediction:
-        """A one-sample :class:`NormalPrediction` ``[1, N, D]`` (no epistemic part)."""
-        mean = self.net(x)[None]
-        return NormalPrediction(mean, torch.exp(2 * self.log_noise).expand_as(mean))
 
 
 class Setup(NamedTuple):

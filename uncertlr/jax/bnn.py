@@ -38,6 +38,7 @@ from uncertlr import _spec
 from uncertlr import likelihoods as _lik
 from uncertlr import priors as _priors
 from uncertlr._spec import ELBOTerms, bnn_spec, chunk_plan, positive_int
+from uncertlr.jax import _validation
 from uncertlr.jax._networks import FanIn, Network, as_network
 from uncertlr.jax._predict import activation_bytes_per_row
 from uncertlr.likelihoods import NormalPrediction
@@ -345,15 +346,7 @@ class BNN:
 
     def output_shape(self, x: Array) -> tuple[int, ...]:
         """Shape of the network's outputs for inputs ``x`` (traced abstractly, no compute)."""
-        try:
-            return tuple(jax.eval_shape(self.network.apply, self.network.values, x).shape)
-        except Exception as exc:  # noqa: BLE001 - Flax, Equinox and jax each raise their own shape errors
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise ValueError(
-                f"the network cannot be applied to x of shape {tuple(x.shape)} and dtype {x.dtype} "
-                f"(is x missing its batch axis, or does it have the wrong number of features?): "
-                f"{type(exc).__name__}: {first}"
-            ) from exc
+        return _validation.output_shape(self, x)
 
     def check_data(self, x: Any, y: Any = None) -> tuple[Array, Array | None]:
         """Validate and convert ``x[N, ...]`` and targets ``y`` (labels ``[N]`` or regression targets).
@@ -362,36 +355,7 @@ class BNN:
             TypeError / ValueError naming the problem: not an array, empty, NaN/inf, batch-size
             mismatch, float or out-of-range labels, target shape different from the output's.
         """
-        if not isinstance(x, (np.ndarray, jax.Array)):
-            raise TypeError(f"x must be a numpy or jax array; got {type(x).__name__}")
-        if x.ndim == 0 or x.shape[0] == 0:
-            raise ValueError(f"x must have a non-empty batch axis first; got shape {tuple(x.shape)}")
-        if jnp.issubdtype(x.dtype, jnp.floating) and self.validate and not np.isfinite(np.asarray(x)).all():
-            raise ValueError("x contains NaN or inf")
-        x = jnp.asarray(x)
-        out = self.output_shape(x)
-        categorical = isinstance(self.likelihood, _lik.Categorical)
-        if (categorical and len(out) != 2) or not out or out[0] != x.shape[0]:
-            want = "[N, C] (logits)" if categorical else "[N, ...]"
-            raise ValueError(
-                f"the network's outputs for x of shape {tuple(x.shape)} have shape {out}; the "
-                f"{'Categorical' if categorical else 'Normal'} likelihood needs {want} with N = {x.shape[0]} "
-                "(is x missing its batch or feature axis?)"
-            )
-        if y is None:
-            return x, None
-        if not isinstance(y, (np.ndarray, jax.Array)):
-            raise TypeError(f"y must be a numpy or jax array; got {type(y).__name__}")
-        if y.ndim == 0 or y.shape[0] != x.shape[0]:
-            raise ValueError(
-                f"x and y must have the same batch size; got {x.shape[0]} and {y.shape[0] if y.ndim else 'a scalar'}"
-            )
-        y_host = np.asarray(y)  # checked on the host: no device round trips or one-op compiles
-        if categorical:
-            _lik.check_labels(y_host, x.shape[0], out[1], values=self.validate)
-        else:
-            _lik.check_targets(y_host, out, values=self.validate)
-        return x, jnp.asarray(y)
+        return _validation.check_data(self, x, y)
 
     # ------------------------------------------------------------------ NumPyro programs
 

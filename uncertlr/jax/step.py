@@ -31,16 +31,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from numpyro import handlers
-from numpyro.distributions import biject_to, constraints
-from numpyro.distributions.transforms import ExpTransform
+from numpyro.distributions import biject_to
 from numpyro.infer import TraceMeanField_ELBO
 from numpyro.infer.autoguide import AutoNormal
 from numpyro.infer.initialization import init_to_value
 
 from uncertlr import likelihoods as _lik
 from uncertlr import metrics
-from uncertlr.jax._posterior import as_count, as_key, check_bnn
+from uncertlr.jax._host import default_device, derived_key, inverse, learning_rate, param_sites, typed_key
+from uncertlr.jax._posterior import as_count, check_bnn
 from uncertlr.jax.bnn import BNN, ELBOTerms
 
 __all__ = ["DATA_AXIS", "SVIState", "SVIStep", "StepInfo", "posterior_scale_args", "svi_step"]
@@ -184,7 +183,7 @@ class SVIStep:
             start = self._check_params(params)
         else:
             start = self.bnn.initial_params() if self.guide_kind == "meanfield" else self._auto_start
-        noise_key = np.asarray(jax.random.key_data(_typed_key(rng_key)), np.uint32)
+        noise_key = np.asarray(jax.random.key_data(typed_key(rng_key)), np.uint32)
         u, opt_state = self._init_unconstrained(start)
         state = SVIState(u, opt_state, noise_key, derived_key(noise_key, "order"), np.zeros((), np.int32))
         return self.place(jax.tree.map(jnp.asarray, state))
@@ -214,7 +213,7 @@ class SVIStep:
         same placement and reuses one compiled program), or replicated over its mesh."""
         if self.mesh is not None:
             return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec()))
-        return jax.device_put(tree, self.device if self.device is not None else _default_device())
+        return jax.device_put(tree, self.device if self.device is not None else default_device())
 
     def check_state(self, state: Any) -> SVIState:
         """``state`` as an :class:`SVIState` of this step, or a ValueError naming what differs."""
@@ -240,7 +239,7 @@ class SVIStep:
                 "guide='auto_normal' traces the model to find its sites: pass a batch, init(key, x, y)"
             )
         key = jax.random.key(0)
-        sites = {**_param_sites(self.bnn.model, key, x, y), **_param_sites(self.guide, key, x, y)}
+        sites = {**param_sites(self.bnn.model, key, x, y), **param_sites(self.guide, key, x, y)}
         self._auto_start = {s: v for s, (v, _) in sites.items()}
         self._transforms = {s: biject_to(c) for s, (_, c) in sites.items()}
 
@@ -277,7 +276,7 @@ class SVIStep:
         # eager on purpose: a handful of one-op programs that JAX compiles once per process and
         # shape, where a jitted init would compile anew for every step (optimizer, BNN) built
         transforms = self._require_transforms()
-        u = {s: jnp.asarray(_inverse(transforms[s], v)) for s, v in start.items()}
+        u = {s: jnp.asarray(inverse(transforms[s], v)) for s, v in start.items()}
         return u, self._tx.init(u)
 
     def _update(self, state: SVIState, xb: Array, yb: Array) -> tuple[SVIState, StepInfo]:
@@ -298,7 +297,7 @@ class SVIStep:
             extra["uncertainty"] = stats[3]
         updates, opt_state = self._tx.update(grads, state.opt_state, state.params, **extra)
         params = optax.apply_updates(state.params, updates)
-        info = StepInfo(*stats, _learning_rate(opt_state, terms.loss.dtype))
+        info = StepInfo(*stats, learning_rate(opt_state, terms.loss.dtype))
         return SVIState(params, opt_state, state.rng_key, state.order_key, state.step + 1), info
 
     def _sharded(self, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -453,51 +452,3 @@ def _auto_normal(
         return ELBOTerms(value, nan, nan, outputs)
 
     return guide, loss
-
-
-def _param_sites(fn: Callable[..., Any], key: Array, *args: Any) -> dict[str, tuple[Array, Any]]:
-    tr = handlers.trace(handlers.seed(fn, key)).get_trace(*args)
-    return {
-        name: (site["value"], site["kwargs"].get("constraint", constraints.real))
-        for name, site in tr.items()
-        if site["type"] == "param"
-    }
-
-
-def _typed_key(rng_key: Any) -> Array:
-    """A threefry key array from an integer seed, a typed key or raw ``uint32[2]`` key data."""
-    key = as_key(rng_key)
-    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        key = jax.random.wrap_key_data(jnp.asarray(key, jnp.uint32))
-    if jax.random.key_data(key).shape != (2,):
-        raise ValueError("rng_key must be an integer seed or a threefry key (jax.random.key(seed))")
-    return key
-
-
-def _inverse(transform: Any, value: Any) -> Any:
-    """``transform.inv(value)``, on the host for numpy values of the std sites (``log``)."""
-    if isinstance(value, np.ndarray) and isinstance(transform, ExpTransform):
-        return np.log(value)
-    return transform.inv(jnp.asarray(value))
-
-
-def _default_device() -> Any:
-    """JAX's default device (``jax.default_device`` / ``jax_default_device`` when set, else the first)."""
-    chosen = jax.config.jax_default_device
-    if isinstance(chosen, str):
-        return jax.devices(chosen)[0]
-    return chosen if chosen is not None else jax.devices()[0]
-
-
-def derived_key(key_data: Any, purpose: str) -> np.ndarray:
-    """Key data for another ``purpose`` (data order, prediction) derived from ``key_data`` on the host."""
-    salt = {"order": (0x9E3779B9, 0x7F4A7C15), "predict": (0x85EBCA6B, 0xC2B2AE35)}[purpose]
-    return np.asarray(key_data, np.uint32) ^ np.asarray(salt, np.uint32)
-
-
-def _learning_rate(opt_state: Any, dtype: Any) -> Array:
-    """The learning rate when the optimizer exposes it (``optax.inject_hyperparams``), else NaN."""
-    for leaf in jax.tree_util.tree_leaves(opt_state, is_leaf=lambda s: hasattr(s, "hyperparams")):
-        if hasattr(leaf, "hyperparams") and "learning_rate" in leaf.hyperparams:
-            return jnp.asarray(leaf.hyperparams["learning_rate"], dtype)
-    return jnp.full((), jnp.nan, dtype)

@@ -25,7 +25,30 @@ from torch import Tensor
 from uncertlr import likelihoods as _lik
 from uncertlr.torch import _checks
 
-__all__ = ["check_predicted", "nonfinite_cause", "warn_if_probabilities"]
+__all__ = ["check_predicted", "check_tensor", "nonfinite_cause", "warn_if_probabilities"]
+
+
+def check_tensor(bnn: Any, x: Tensor, name: str) -> None:
+    """One tensor of a batch: on the BNN's device, a batch axis first, its dtype, and (``validate``) finite."""
+    ref = bnn.posterior.loc
+    if x.device != ref.device:
+        raise ValueError(
+            f"{name} is on {x.device} but the BNN's parameters are on {ref.device}; move one with .to()"
+        )
+    if x.dim() == 0 or x.shape[0] == 0:
+        raise ValueError(f"{name} must have a non-empty batch axis first; got shape {tuple(x.shape)}")
+    if x.dtype.is_floating_point:
+        if x.dtype != ref.dtype:
+            raise TypeError(
+                f"{name} has dtype {x.dtype} but the BNN's parameters are {ref.dtype}; cast it (.to({ref.dtype}))"
+            )
+        if not bnn.validate:
+            return
+        if not bnn._host_checks():
+            _checks.assert_finite(x, f"{name} contains NaN or inf")
+        # one reduction; the elementwise check runs only if the sum is not finite (NaN/inf, or overflow)
+        elif not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
+            raise ValueError(f"{name} contains NaN or inf")
 
 
 def _finite(t: Tensor) -> bool:

@@ -27,7 +27,6 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pyro
-import pyro.distributions as dist
 import torch
 from pyro import poutine
 from torch import Tensor, nn
@@ -41,12 +40,13 @@ from uncertlr.metrics import LayerSpread, layer_spread
 from uncertlr.select import Predicate, Selector
 from uncertlr.torch import _checks
 from uncertlr.torch._adapters import Adapter, Inputs, Output
-from uncertlr.torch._guards import check_predicted, nonfinite_cause, warn_if_probabilities
+from uncertlr.torch._guards import check_predicted, check_tensor, nonfinite_cause, warn_if_probabilities
 from uncertlr.torch._likelihood import LikelihoodModule
 from uncertlr.torch._lowrank import FullNormal, LowRankNormal, joint_guide, make_posterior
 from uncertlr.torch._modules import fan_in, named_shape_errors, owner
 from uncertlr.torch._noise import standard_normal
 from uncertlr.torch._predict import chunked_outputs
+from uncertlr.torch._programs import meanfield_guide, prior_site
 from uncertlr.torch._rnn import vmappable_rnns
 
 __all__ = ["BNN", "ELBOTerms", "NormalPrediction", "bayesian"]
@@ -200,29 +200,8 @@ class BNN(nn.Module):
     def _check_input(self, x: Any) -> Tensor:
         """Check every tensor of the batch ``x``; return the one that stands for it (see ``_adapters``)."""
         for name, t in self.adapter.tensors(x):
-            self._check_tensor(t, name)
+            check_tensor(self, t, name)
         return self.adapter.lead(x)
-
-    def _check_tensor(self, x: Tensor, name: str) -> None:
-        ref = self.posterior.loc
-        if x.device != ref.device:
-            raise ValueError(
-                f"{name} is on {x.device} but the BNN's parameters are on {ref.device}; move one with .to()"
-            )
-        if x.dim() == 0 or x.shape[0] == 0:
-            raise ValueError(f"{name} must have a non-empty batch axis first; got shape {tuple(x.shape)}")
-        if x.dtype.is_floating_point:
-            if x.dtype != ref.dtype:
-                raise TypeError(
-                    f"{name} has dtype {x.dtype} but the BNN's parameters are {ref.dtype}; cast it (.to({ref.dtype}))"
-                )
-            if not self.validate:
-                return
-            if not self._host_checks():
-                _checks.assert_finite(x, f"{name} contains NaN or inf")
-            # one reduction; the elementwise check runs only if the sum is not finite (NaN/inf, or overflow)
-            elif not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
-                raise ValueError(f"{name} contains NaN or inf")
 
     def _host_checks(self, done: bool = False) -> bool:
         """Whether value checks read back to the host now; ``done`` marks the end of a checked call."""
@@ -403,23 +382,6 @@ class BNN(nn.Module):
 
     # ------------------------------------------------------------------ Pyro programs
 
-    def _prior_site(self, name: str, shape: torch.Size, sl: slice) -> dist.Distribution:
-        pr = self.prior
-        ref = self.posterior.loc
-        if isinstance(pr, _priors.ScaleMixtureNormal):
-            mix = dist.Categorical(torch.tensor([pr.pi, 1 - pr.pi], dtype=ref.dtype, device=ref.device))
-            comp = dist.Normal(
-                torch.zeros(2, dtype=ref.dtype, device=ref.device),
-                torch.tensor([pr.scale1, pr.scale2], dtype=ref.dtype, device=ref.device),
-            )
-            return dist.MixtureSameFamily(mix, comp).expand(shape).to_event(len(shape))
-        loc = (
-            self.prior_loc[sl].view(shape)
-            if self.prior_loc is not None
-            else torch.zeros(shape, dtype=ref.dtype, device=ref.device)
-        )
-        return dist.Normal(loc, self.prior_prec[sl].rsqrt().view(shape)).to_event(len(shape))
-
     def _slices(self) -> Iterator[tuple[str, torch.Size, slice]]:
         start = 0
         for n, s, k in zip(self.posterior.names, self.posterior.shapes, self.posterior.sizes):
@@ -433,7 +395,7 @@ class BNN(nn.Module):
         algorithm; KL weighting (``kl_weight``) is applied with ``poutine.scale``.
         """
         with poutine.scale(scale=self.kl_weight):
-            weights = {n: pyro.sample(n, self._prior_site(n, s, sl)) for n, s, sl in self._slices()}
+            weights = {n: pyro.sample(n, prior_site(self, s, sl)) for n, s, sl in self._slices()}
         out = self._call(weights, x)
         self.likelihood_module.observe(out, y, self.num_data)
         return out
@@ -443,12 +405,7 @@ class BNN(nn.Module):
         (a correlated posterior: one auxiliary joint site, see :func:`~uncertlr.torch._lowrank.joint_guide`)."""
         if isinstance(self.posterior, (LowRankNormal, FullNormal)):
             return joint_guide(self.posterior, self._slices(), self.kl_weight)
-        loc, scale = self.posterior.loc, self.posterior.scale
-        out = {}
-        with poutine.scale(scale=self.kl_weight):
-            for n, s, sl in self._slices():
-                out[n] = pyro.sample(n, dist.Normal(loc[sl].view(s), scale[sl].view(s)).to_event(len(s)))
-        return out
+        return meanfield_guide(self.posterior, self._slices(), self.kl_weight)
 
 
 def bayesian(

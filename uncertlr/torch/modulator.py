@@ -55,16 +55,16 @@ from __future__ import annotations
 
 import numbers
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from uncertlr.modulation import GradientNoise, ParamSignal, Rule
-from uncertlr.torch import _fused
-from uncertlr.torch._state import rule_id, state_from_dict, state_to_dict
+from uncertlr.modulation import GradientNoise, Rule
+from uncertlr.torch._perparam import PerParameterMode, SigmaSource
+from uncertlr.torch._state import rule_id
 from uncertlr.torch._stepping import GlobalMode, attached_modulator, install_step_guard, remove_step_guard
 from uncertlr.torch.bnn import BNN
 from uncertlr.torch.distributed import all_reduce_mean
@@ -73,8 +73,6 @@ __all__ = ["STATE_KEYS", "Modulator"]
 
 #: Keys of :meth:`Modulator.state_dict`, in order.
 STATE_KEYS = ("rule", "num_steps", "rule_state", "noise_state", "history")
-
-SigmaSource = BNN | Callable[[], Mapping[Tensor, Tensor]] | None
 
 
 def _as_signal(signal: Any) -> Tensor:
@@ -94,208 +92,6 @@ def _as_signal(signal: Any) -> Tensor:
     if t.numel() != 1:
         raise ValueError(f"the signal must be a scalar; got shape {tuple(t.shape)} (reduce it, e.g. .mean())")
     return t.reshape(()).float()
-
-
-# --------------------------------------------------------------------------- per-parameter mode
-
-
-class _Target:
-    """One modulated optimizer parameter, split into segments (per named parameter for a BNN).
-
-    A built-in rule keeps its per-segment states flat in ``fused`` (:class:`~uncertlr.torch._fused.FusedRule`);
-    ``states`` and ``noise`` read and write them there, so checkpoints see the same lists either way.
-    """
-
-    def __init__(
-        self,
-        param: Tensor,
-        sizes: list[int],
-        states: list[Any],
-        noise: list[Any] | None = None,
-        *,
-        rule: Rule,
-        estimator: GradientNoise,
-    ):
-        self.param, self.sizes = param, sizes
-        self.fused = (
-            _fused.FusedRule(rule, sizes, states, estimator if noise else None, noise)
-            if _fused.supports(rule)
-            else None
-        )
-        self._states, self._noise = states, noise
-        self.scales: list[Tensor] | None = None  # this step's factors, one per segment
-        self.flat_scale: Tensor | None = None  # the same, flat (fused targets)
-        self.before: Tensor | None = None
-
-    @property
-    def states(self) -> list[Any]:
-        return self.fused.states if self.fused is not None else self._states
-
-    @states.setter
-    def states(self, value: list[Any]) -> None:
-        self._states = value
-        if self.fused is not None:
-            self.fused.load(value, self.fused.noise_states)
-
-    @property
-    def noise(self) -> list[Any] | None:
-        return self.fused.noise_states if self.fused is not None else self._noise
-
-    @noise.setter
-    def noise(self, value: list[Any] | None) -> None:
-        self._noise = value
-        if self.fused is not None:
-            self.fused.load(self.fused.states, value)
-
-
-class _PerParameterMode:
-    """Elementwise factors from ``(grad, σ)``, applied to the update after the step (foreach lerp)."""
-
-    def __init__(self, rule: Rule, sigma: SigmaSource, noise: GradientNoise, params: list[Tensor]):
-        self.rule, self.sigma, self.noise = rule, sigma, noise
-        self.targets = self._build_targets(params)
-        self._step_targets: list[_Target] = []
-
-    def _build_targets(self, params: list[Tensor]) -> list[_Target]:
-        rule = self.rule
-        kw = {"rule": rule, "estimator": self.noise}
-        if isinstance(self.sigma, BNN):
-            post = self.sigma.posterior
-            if id(post.loc) not in {id(p) for p in params}:
-                raise ValueError(
-                    "bnn.posterior.loc is not among the optimizer's parameters; "
-                    "build the optimizer over bnn.parameters()"
-                )
-            sizes = list(post.sizes)
-            return [_Target(post.loc, sizes, [rule.init(s) for s in post.loc.detach().split(sizes)], **kw)]
-        if self.sigma is None:
-            flats = [(p, p.detach().reshape(-1)) for p in params if p.requires_grad]
-            return [_Target(p, [f.numel()], [rule.init(f)], [self.noise.init(f)], **kw) for p, f in flats]
-        mapping = self.sigma()
-        out = [
-            _Target(p, [p.numel()], [rule.init(p.detach().reshape(-1))], **kw) for p in params if p in mapping
-        ]
-        if not out:
-            raise ValueError("sigma() returned no parameter that the optimizer holds")
-        return out
-
-    def _sigmas(
-        self, t: _Target, grads: list[Tensor], sigma_map: Mapping[Tensor, Tensor] | None
-    ) -> list[Tensor]:
-        if isinstance(self.sigma, BNN):
-            return list(self.sigma.posterior.scale.detach().split(t.sizes))
-        if sigma_map is not None:
-            return [sigma_map[t.param].detach().reshape(-1)]
-        out = []
-        for i, gi in enumerate(grads):
-            sg, t.noise[i] = self.noise.update(gi, t.noise[i])  # type: ignore[index]
-            out.append(sg)
-        return out
-
-    def before_step(self, optimizer: torch.optim.Optimizer, u: Tensor | None) -> None:
-        self._step_targets = []
-        with torch.no_grad():
-            sigma_map = self.sigma() if self.sigma is not None and not isinstance(self.sigma, BNN) else None
-            for t in self.targets:
-                g = t.param.grad
-                if g is None:
-                    continue
-                if g.is_sparse:
-                    raise TypeError("the Modulator does not support sparse gradients")
-                if t.fused is not None:
-                    t.flat_scale = t.fused.update(g.reshape(-1), *self._flat_sigma(t, sigma_map))
-                    t.scales = list(t.flat_scale.split(t.sizes))
-                else:
-                    gs = list(g.reshape(-1).split(t.sizes))
-                    scales = []
-                    for i, (gi, si) in enumerate(zip(gs, self._sigmas(t, gs, sigma_map))):
-                        s, t.states[i] = self.rule.update(ParamSignal(gi, si), t.states[i])
-                        scales.append(s)
-                    t.scales, t.flat_scale = scales, None
-                if t.before is None or t.before.shape != t.param.shape:
-                    t.before = torch.empty_like(t.param, memory_format=torch.contiguous_format)
-                t.before.copy_(t.param.detach())
-                self._step_targets.append(t)
-
-    def _flat_sigma(
-        self, t: _Target, sigma_map: Mapping[Tensor, Tensor] | None
-    ) -> tuple[Tensor | None, bool]:
-        """``(σ[P] or None for the gradient-noise estimate, whether the fused update may overwrite it)``."""
-        if isinstance(self.sigma, BNN):
-            return (
-                self.sigma.posterior.scale.detach(),
-                True,
-            )  # a fresh tensor (mean-field or low-rank marginals)
-        if sigma_map is not None:
-            return sigma_map[t.param].detach().reshape(-1), False
-        return None, True
-
-    def restore(self, optimizer: torch.optim.Optimizer | None) -> None:
-        return None
-
-    def after_step(self, optimizer: torch.optim.Optimizer) -> dict[str, float] | None:
-        targets, self._step_targets = self._step_targets, []
-        if not targets:
-            return None
-        with torch.no_grad():
-            befores: list[Tensor] = []
-            afters: list[Tensor] = []
-            scales: list[Tensor] = []
-            stats: list[Tensor] = []  # one tensor per target (flat) or per segment
-            for t in targets:
-                after = t.param.detach().view(-1)
-                if t.flat_scale is not None:
-                    # before + s * (after - before), in one pass, in place
-                    torch.lerp(t.before.view(-1), after, t.flat_scale.to(after.dtype), out=after)  # type: ignore[union-attr]
-                    stats.append(t.flat_scale)
-                    continue
-                befores += t.before.view(-1).split(t.sizes)  # type: ignore[union-attr]
-                afters += after.split(t.sizes)
-                scales += [s.to(t.param.dtype) for s in t.scales]  # type: ignore[union-attr]
-                stats += t.scales  # type: ignore[arg-type]
-            if befores:
-                # before + s * (after - before), written into the snapshot, then copied back
-                torch._foreach_lerp_(befores, afters, scales)
-                torch._foreach_copy_(afters, befores)
-            n = sum(s.numel() for s in stats)
-            lo_hi = torch.stack([torch.stack(s.aminmax()) for s in stats])
-            return {
-                "scale": float(torch.stack([s.sum() for s in stats]).sum()) / n,
-                "scale_min": float(lo_hi[:, 0].min()),
-                "scale_max": float(lo_hi[:, 1].max()),
-                "lr": float(optimizer.param_groups[0]["lr"]),
-            }
-
-    def scale(self) -> list[Tensor] | None:
-        if not self.targets or self.targets[0].scales is None:
-            return None
-        return [
-            torch.cat([s.reshape(-1) for s in t.scales]).view_as(t.param) for t in self.targets if t.scales
-        ]
-
-    def state_dict(self) -> tuple[Any, Any]:
-        rule_state = [[state_to_dict(s) for s in t.states] for t in self.targets]
-        noise_state = [[state_to_dict(s) for s in t.noise] if t.noise else None for t in self.targets]
-        return rule_state, noise_state
-
-    def load(self, rule_state: Any, noise_state: Any) -> None:
-        if len(rule_state) != len(self.targets) or any(
-            len(a) != len(t.states) for a, t in zip(rule_state, self.targets)
-        ):
-            raise ValueError("Modulator state_dict does not match the optimizer's modulated parameters")
-        for ti, (t, st) in enumerate(zip(self.targets, rule_state)):
-            t.states = [
-                state_from_dict(cur, s, f"rule_state[{ti}][{i}]")
-                for i, (cur, s) in enumerate(zip(t.states, st))
-            ]
-            ns = noise_state[ti]
-            if (ns is None) != (t.noise is None):
-                raise ValueError("Modulator state_dict: gradient-noise state does not match the sigma source")
-            if t.noise is not None:
-                t.noise = [
-                    state_from_dict(cur, s, f"noise_state[{ti}][{i}]")
-                    for i, (cur, s) in enumerate(zip(t.noise, ns))
-                ]
 
 
 # --------------------------------------------------------------------------- the facade
@@ -366,7 +162,7 @@ class Modulator:
         self._closure_step = False
         self._step_began = False
         self._record_appended = False
-        self._mode: GlobalMode | _PerParameterMode | None = None
+        self._mode: GlobalMode | PerParameterMode | None = None
         self._pending: Tensor | None = None
         self._signal_value: float | None = None
         self._pending_load: Mapping[str, Any] | None = None
@@ -394,7 +190,7 @@ class Modulator:
         if not params:
             raise ValueError("the optimizer has no parameters")
         self._mode = (
-            _PerParameterMode(self.rule, self.sigma, self.noise, params)
+            PerParameterMode(self.rule, self.sigma, self.noise, params)
             if self.per_parameter
             else GlobalMode(self.rule, params)
         )
@@ -452,7 +248,7 @@ class Modulator:
         segment); ``None`` before :meth:`attach`."""
         if isinstance(self._mode, GlobalMode):
             return self._mode.state
-        if isinstance(self._mode, _PerParameterMode):
+        if isinstance(self._mode, PerParameterMode):
             return [list(t.states) for t in self._mode.targets]
         return None
 

@@ -1,0 +1,74 @@
+"""Input checks of a JAX BNN (``bnn.check_data``, ``bnn.output_shape``), on the host, before anything compiles.
+
+Example:
+    >>> import jax.numpy as jnp
+    >>> from uncertlr.jax import bayesian
+    >>> bnn = bayesian(lambda p, x: x @ p["w"], params={"w": jnp.zeros((3, 2))}, num_data=10)
+    >>> output_shape(bnn, jnp.zeros((5, 3)))
+    (5, 2)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+from uncertlr import likelihoods as _lik
+
+__all__ = ["check_data", "output_shape"]
+
+
+def output_shape(bnn: Any, x: Array) -> tuple[int, ...]:
+    """Shape of the network's outputs for inputs ``x`` (traced abstractly, no compute)."""
+    try:
+        return tuple(jax.eval_shape(bnn.network.apply, bnn.network.values, x).shape)
+    except Exception as exc:  # noqa: BLE001 - Flax, Equinox and jax each raise their own shape errors
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ValueError(
+            f"the network cannot be applied to x of shape {tuple(x.shape)} and dtype {x.dtype} "
+            f"(is x missing its batch axis, or does it have the wrong number of features?): "
+            f"{type(exc).__name__}: {first}"
+        ) from exc
+
+
+def check_data(bnn: Any, x: Any, y: Any = None) -> tuple[Array, Array | None]:
+    """Validate and convert ``x[N, ...]`` and targets ``y`` (labels ``[N]`` or regression targets).
+
+    Raises:
+        TypeError / ValueError naming the problem: not an array, empty, NaN/inf, batch-size
+        mismatch, float or out-of-range labels, target shape different from the output's.
+    """
+    if not isinstance(x, (np.ndarray, jax.Array)):
+        raise TypeError(f"x must be a numpy or jax array; got {type(x).__name__}")
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise ValueError(f"x must have a non-empty batch axis first; got shape {tuple(x.shape)}")
+    if jnp.issubdtype(x.dtype, jnp.floating) and bnn.validate and not np.isfinite(np.asarray(x)).all():
+        raise ValueError("x contains NaN or inf")
+    x = jnp.asarray(x)
+    out = output_shape(bnn, x)
+    categorical = isinstance(bnn.likelihood, _lik.Categorical)
+    if (categorical and len(out) != 2) or not out or out[0] != x.shape[0]:
+        want = "[N, C] (logits)" if categorical else "[N, ...]"
+        raise ValueError(
+            f"the network's outputs for x of shape {tuple(x.shape)} have shape {out}; the "
+            f"{'Categorical' if categorical else 'Normal'} likelihood needs {want} with N = {x.shape[0]} "
+            "(is x missing its batch or feature axis?)"
+        )
+    if y is None:
+        return x, None
+    if not isinstance(y, (np.ndarray, jax.Array)):
+        raise TypeError(f"y must be a numpy or jax array; got {type(y).__name__}")
+    if y.ndim == 0 or y.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"x and y must have the same batch size; got {x.shape[0]} and {y.shape[0] if y.ndim else 'a scalar'}"
+        )
+    y_host = np.asarray(y)  # checked on the host: no device round trips or one-op compiles
+    if categorical:
+        _lik.check_labels(y_host, x.shape[0], out[1], values=bnn.validate)
+    else:
+        _lik.check_targets(y_host, out, values=bnn.validate)
+    return x, jnp.asarray(y)
