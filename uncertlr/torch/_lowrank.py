@@ -49,6 +49,11 @@ def _entropy_terms(
     return kl_const + neg_half_logdet + 0.5 * (trace_prec + maha)
 
 
+def _weighted_sum(v: Tensor, prec: Tensor | float) -> Tensor:
+    """``Σ v · prec`` for a precision per weight ``[P]`` or one shared by every weight (a number)."""
+    return torch.dot(v, prec) if isinstance(prec, Tensor) else v.sum() * prec
+
+
 class LowRankNormal(MeanFieldNormal):
     """``q(w) = N(loc, D^½ (I + U Uᵀ) D^½)`` with ``D = diag(exp(log_scale)²)`` and ``U[P, R]``.
 
@@ -111,15 +116,15 @@ class LowRankNormal(MeanFieldNormal):
         return self.log_scale.sum() + torch.linalg.cholesky(cap).diagonal().log().sum()
 
     def sample_kl(
-        self, eps: Tensor, prior_loc: Tensor | None, prior_prec: Tensor, kl_const: Tensor | float
+        self, eps: Tensor, prior_loc: Tensor | None, prior_prec: Tensor | float, kl_const: Tensor | float
     ) -> tuple[Tensor, Tensor]:
         """Weights ``[..., P]`` and the exact ``KL(q || N(prior_loc, 1/prior_prec))`` (autograd)."""
         diff = self.loc if prior_loc is None else self.loc - prior_loc
         kl = _entropy_terms(
             kl_const,
             -self._half_logdet(),
-            torch.dot(self.scale.square(), prior_prec),
-            torch.dot(diff * prior_prec, diff),
+            _weighted_sum(self.scale.square(), prior_prec),
+            _weighted_sum(diff * diff, prior_prec),
         )
         return self.draw(eps), kl
 
@@ -177,7 +182,7 @@ class FullNormal(MeanFieldNormal):
         return L @ L.T
 
     def sample_kl(
-        self, eps: Tensor, prior_loc: Tensor | None, prior_prec: Tensor, kl_const: Tensor | float
+        self, eps: Tensor, prior_loc: Tensor | None, prior_prec: Tensor | float, kl_const: Tensor | float
     ) -> tuple[Tensor, Tensor]:
         """Weights ``[..., P]`` and the exact KL to the diagonal Normal prior (autograd)."""
         L = self.scale_tril()
@@ -185,8 +190,8 @@ class FullNormal(MeanFieldNormal):
         kl = _entropy_terms(
             kl_const,
             -self.log_scale.sum(),
-            torch.dot(L.square().sum(-1), prior_prec),
-            torch.dot(diff * prior_prec, diff),
+            _weighted_sum(L.square().sum(-1), prior_prec),
+            _weighted_sum(diff * diff, prior_prec),
         )
         return self.loc + eps @ L.T, kl
 
