@@ -274,6 +274,9 @@ def test_ctrl_c_in_a_real_demo_is_one_line(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         env=_env(),
+        # as from a terminal: a shell's background job (e.g. `bash .ci/run &`) starts with SIGINT ignored,
+        # and Python then installs no KeyboardInterrupt handler
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     for line in proc.stdout:  # wait until it trains
         if "uncertlr demo" in line:
