@@ -13,6 +13,8 @@ from typing import NamedTuple
 import numpy as np
 from scipy import ndimage, signal
 
+from uncertlr.data import fix_length
+
 SEVERITIES = (1, 2, 3, 4, 5)
 
 # --------------------------------------------------------------------------- digits (8x8 images in [0, 1])
@@ -64,15 +66,6 @@ AUDIO_LEVELS = {
 SAMPLE_RATE = 8000
 
 
-def _fix(w: np.ndarray, length: int) -> np.ndarray:
-    n = len(w)
-    if n >= length:
-        s = (n - length) // 2
-        return w[s : s + length]
-    left = (length - n) // 2
-    return np.pad(w, (left, length - n - left))
-
-
 def corrupt_wave(
     w: np.ndarray, kind: str, severity: int, rng: np.random.Generator, length: int
 ) -> np.ndarray:
@@ -81,11 +74,11 @@ def corrupt_wave(
     w = np.asarray(w, dtype=np.float64)
     power = float(np.mean(w**2)) + 1e-12
     if kind == "noise":
-        fixed = _fix(w, length)
+        fixed = fix_length(w, length)
         return (fixed + rng.normal(0.0, math.sqrt(power / 10 ** (level / 10)), length)).astype(np.float32)
     if kind == "time-shift":
         k = int(round(level * SAMPLE_RATE)) * int(rng.choice([-1, 1]))
-        fixed = _fix(w, length)
+        fixed = fix_length(w, length)
         out = np.zeros_like(fixed)
         if k >= 0:
             out[k:] = fixed[: length - k]
@@ -95,7 +88,7 @@ def corrupt_wave(
     if kind == "pitch-tempo":
         r = level if rng.random() < 0.5 else 1.0 / level
         pos = np.arange(0.0, len(w) - 1, r)
-        return _fix(np.interp(pos, np.arange(len(w)), w), length).astype(np.float32)
+        return fix_length(np.interp(pos, np.arange(len(w)), w), length).astype(np.float32)
     if kind == "reverb":
         n = int(level * SAMPLE_RATE)
         t = np.arange(n) / SAMPLE_RATE
@@ -103,7 +96,7 @@ def corrupt_wave(
         ir[0] = 1.0
         out = signal.fftconvolve(w, ir)
         out *= math.sqrt(power / (float(np.mean(out**2)) + 1e-12))
-        return _fix(out, length).astype(np.float32)
+        return fix_length(out, length).astype(np.float32)
     raise ValueError(f"unknown audio corruption {kind!r}")
 
 

@@ -63,7 +63,7 @@ def test_digit_corruptions_keep_shape_and_range_and_grow_with_severity(kind):
 def test_audio_corruptions_fix_the_length_and_grow_with_severity(kind):
     t = np.arange(6000) / 8000
     w = (np.sin(2 * np.pi * 440 * t) * np.hanning(6000)).astype(np.float32)
-    clean = D._fix(w.astype(np.float64), 8064)
+    clean = D.fix_length(w.astype(np.float64), 8064)
     diffs = []
     for sev in D.SEVERITIES:
         out = D.corrupt_wave(w, kind, sev, np.random.default_rng(1), 8064)
