@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from uncertlr import likelihoods, priors
-from uncertlr.modulation import Product, Ratio, UncertaintyPlateau, UncertaintyWarmup
+from uncertlr.modulation import LayerScaleCap, Product, Ratio, UncertaintyPlateau, UncertaintyWarmup
 from uncertlr.torch import Modulator, batch_entropy, batch_predictive_variance, bayesian, elbo_signal
 
 __all__ = ["DETERMINISTIC", "METHODS", "MODULATED", "Run"]
@@ -34,10 +34,27 @@ DETERMINISTIC = (
     "ivon",
     "adam+uplateau",
 )
-BAYESIAN = ("bnn", "bnn+g1", "bnn+uplateau", "bnn+uwarmup+uplateau", "bnn+lr-matched")
+BAYESIAN = (
+    "bnn",
+    "bnn+g1",
+    "bnn+uplateau",
+    "bnn+uwarmup+uplateau",
+    "bnn+scalecap",
+    "bnn+uplateau+scalecap",
+    "bnn+lr-matched",
+)
 METHODS = DETERMINISTIC + BAYESIAN
 #: Methods whose step a Modulator scales (the ``modulated`` flag of the JSON summary).
-MODULATED = ("adam+uplateau", "bnn+g1", "bnn+uplateau", "bnn+uwarmup+uplateau")
+MODULATED = (
+    "adam+uplateau",
+    "bnn+g1",
+    "bnn+uplateau",
+    "bnn+uwarmup+uplateau",
+    "bnn+scalecap",
+    "bnn+uplateau+scalecap",
+)
+#: The per-layer trust region on the posterior log-std of the ``+scalecap`` variants.
+SCALE_CAP = 1e-3
 #: Needs the optional ``bench`` extra.
 OPTIONAL = {"schedulefree": "schedulefree", "prodigy": "prodigyopt", "dog": "dog", "ivon": "ivon"}
 
@@ -112,15 +129,18 @@ class Run:
             rule: Any = None
             if method == "bnn+g1":
                 rule = Ratio(kappa=-0.5)
-            elif method == "bnn+uplateau":
+            elif method in ("bnn+uplateau", "bnn+uplateau+scalecap"):
                 rule = plateau(patience)
             elif method == "bnn+uwarmup+uplateau":
                 horizon = 2 * task.steps_per_epoch(num_data)
                 rule = Product(
                     (UncertaintyWarmup(start=0.1, release=0.5, horizon=horizon), plateau(patience))
                 )
+            variance = LayerScaleCap(max_step=SCALE_CAP) if method.endswith("+scalecap") else None
+            if rule is not None or variance is not None:
+                sigma = self.bnn if variance is not None else None
+                self.mod = Modulator(rule, variance=variance, sigma=sigma).attach(self.opt)
             if rule is not None:
-                self.mod = Modulator(rule).attach(self.opt)
                 self.signal_kind = "elbo"
                 self._elbo_signal = elbo_signal(self.bnn)
 
@@ -144,7 +164,7 @@ class Run:
         else:
             loss, extra = self._loss(xb, yb)
             loss.backward()
-            if self.mod is not None:
+            if self.signal_kind is not None:
                 self.mod.observe(self._signal(loss, extra))
         value = float(loss.detach())
         if not math.isfinite(value):
@@ -174,7 +194,13 @@ class Run:
         """The applied factor of every step (empty for unmodulated methods)."""
         if self.mod is None:
             return []
-        return [r["scale"] for r in self.mod.history]
+        return [r.get("scale", 1.0) for r in self.mod.history]
+
+    def variance_factors(self) -> list[float]:
+        """The mean per-layer factor on the posterior log-std step, every step (``+scalecap`` only)."""
+        if self.mod is None:
+            return []
+        return [r["variance_scale"] for r in self.mod.history if "variance_scale" in r]
 
     # ------------------------------------------------------------------ prediction
 

@@ -12,6 +12,9 @@ invocation (``--task``: digits, fsdd, diabetes, hetero, transformer; see
   bnn+g1                            + Modulator(Ratio(κ=-0.5)) on the batch entropy / predictive variance
   bnn+uplateau                      + UncertaintyPlateau (armed; patience = cooldown = the task's epochs)
   bnn+uwarmup+uplateau              + UncertaintyWarmup(start 0.1, release 0.5, 2-epoch horizon) × the plateau
+  bnn+scalecap                      + LayerScaleCap(1e-3): per layer, the posterior log-std step
+                                    is cut to an RMS of 1e-3 (the posteriors' means keep Adam's step)
+  bnn+uplateau+scalecap             both
   bnn+lr-matched                    the BNN at a constant LR = base LR × the mean factor that the
                                     ``--matched`` variant applied in the same (LR, seed) run
 
@@ -139,7 +142,9 @@ def train_one(task: Any, method: str, lr: float, seed: int, *, epochs: int, matc
         row.update(accuracy=float("nan"), nll=float("nan"), ece=float("nan"))
     else:
         row.update(_final_metrics(task, run))
-    f = run.factors()
+    f, vf = run.factors(), run.variance_factors()
+    if vf:
+        row["variance_factor_mean"] = statistics.fmean(vf)
     row.update(
         factor_mean=statistics.fmean(f) if f else None,
         factor_min=min(f) if f else None,

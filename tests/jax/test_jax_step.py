@@ -141,3 +141,29 @@ def test_states_of_another_run_are_refused_by_name():
         adam.init(jax.random.key(0, impl="rbg"))
     with pytest.raises(ValueError, match="auto_normal.*pass a batch"):
         svi_step(bnn, optax.adam(0.1), guide="auto_normal").init(0)
+
+
+def test_cap_scale_step_cuts_each_layers_log_std_step_and_leaves_the_means_alone():
+    """svi_step with optax.chain(adam, cap_scale_step): every {name}_scale leaf (log σ to the optimizer)
+    moves by the cap in RMS on Adam's first step, every other leaf exactly as without it."""
+    from uncertlr.jax import cap_scale_step
+    from uncertlr.modulation import LayerScaleCap
+
+    bnn = _classifier(init_scale=0.1)
+    plain = svi_step(bnn, optax.adam(0.1))
+    capped = svi_step(bnn, optax.chain(optax.adam(0.1), cap_scale_step(LayerScaleCap(max_step=1e-3))))
+    s0, c0 = plain.init(5), capped.init(5)
+    s1, _ = plain.update(s0, X, Y)
+    c1, _ = capped.update(c0, X, Y)
+    scale_keys = [f"{n}_scale" for n in bnn.random_names]
+    assert scale_keys
+    for k in s0.params:
+        taken = np.asarray(c1.params[k] - c0.params[k])
+        proposed = np.asarray(s1.params[k] - s0.params[k])
+        if k in scale_keys:
+            assert np.sqrt(np.mean(taken**2)) == pytest.approx(1e-3, rel=1e-3)
+            np.testing.assert_allclose(taken, proposed * 1e-3 / np.sqrt(np.mean(proposed**2)), rtol=1e-3)
+        else:
+            np.testing.assert_array_equal(taken, proposed)
+    with pytest.raises(TypeError, match="per-layer rule"):
+        cap_scale_step(optax.adam(0.1))

@@ -40,7 +40,13 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from uncertlr.jax.bnn import BNN, ELBOTerms, bayesian
 from uncertlr.jax.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from uncertlr.jax.mcmc import DivergenceWarning, MCMCResult, mcmc
-from uncertlr.jax.modulation import feed, for_numpyro, scale_by_grad_uncertainty, scale_by_uncertainty
+from uncertlr.jax.modulation import (
+    cap_scale_step,
+    feed,
+    for_numpyro,
+    scale_by_grad_uncertainty,
+    scale_by_uncertainty,
+)
 from uncertlr.jax.signals import (
     LastLayerMCMCSignal,
     batch_aleatoric_variance,
@@ -79,6 +85,7 @@ __all__ = [
     "mcmc",
     "posterior_scale_args",
     "save_checkpoint",
+    "cap_scale_step",
     "scale_by_grad_uncertainty",
     "scale_by_uncertainty",
     "svi",

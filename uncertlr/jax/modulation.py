@@ -17,7 +17,11 @@ step the base optimizer proposes (never the gradient)::
   the raw gradient for the rule's gradient term (by default the incoming updates are used,
   which *are* the raw gradients when the transformation comes first in the chain).
 
-Both are ``optax.GradientTransformationExtraArgs``, keep their state in NamedTuples of arrays
+* :func:`cap_scale_step` takes a per-layer variance rule (:class:`~uncertlr.modulation.LayerScaleCap`)
+  and scales each posterior-std leaf's step (``{name}_scale``, the log σ the optimizer sees)
+  by one factor per leaf; place it *last* in the chain, so it sees the step itself.
+
+All three are ``optax.GradientTransformationExtraArgs``, keep their state in NamedTuples of arrays
 and are jit-safe (the rules never branch on values). Under ``pmap``/``shard_map`` pass
 ``axis_name=``: the signal (and for per-parameter rules the gradient and σ) is averaged with
 ``jax.lax.pmean`` first, so every device applies the same factors.
@@ -55,9 +59,11 @@ import optax
 from uncertlr.modulation import GradientNoise, ParamSignal, Rule
 
 __all__ = [
+    "CapScaleStepState",
     "ForwardState",
     "ScaleByGradUncertaintyState",
     "ScaleByUncertaintyState",
+    "cap_scale_step",
     "feed",
     "for_numpyro",
     "scale_by_grad_uncertainty",
@@ -218,6 +224,84 @@ def scale_by_grad_uncertainty(
             new_states.append(st)
         new_noise = None if noise_states is None else treedef.unflatten(noise_states)
         return treedef.unflatten(out), ScaleByGradUncertaintyState(treedef.unflatten(new_states), new_noise)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class CapScaleStepState(NamedTuple):
+    """State of :func:`cap_scale_step`: the per-layer rule's state over the posterior-std leaves."""
+
+    rule_state: Any
+
+
+def _scale_leaves(tree: Any) -> list[str]:
+    """The posterior-std keys of a flat parameter dict: ``{n}_scale`` beside ``{n}_loc`` (or ``_auto_``)."""
+    if not isinstance(tree, Mapping):
+        raise TypeError(
+            f"cap_scale_step: the updates must be a dict of named leaves; got {type(tree).__name__}"
+        )
+    out = []
+    for k in sorted(tree):
+        for loc, scale in (("_auto_loc", "_auto_scale"), ("_loc", "_scale")):
+            if k.endswith(scale) and k[: -len(scale)] + loc in tree:
+                out.append(k)
+                break
+    return out
+
+
+def cap_scale_step(rule: Any = None) -> optax.GradientTransformationExtraArgs:
+    """Scale each posterior-std leaf's step by a per-layer rule's factor (the JAX side of ``variance=``).
+
+    Every ``{name}_scale`` leaf with a ``{name}_loc`` beside it is one layer. The optimizer of
+    :func:`~uncertlr.jax.svi_step`, :func:`~uncertlr.jax.svi` and NumPyro's ``SVI`` steps the
+    *unconstrained* parameters, so the step of such a leaf is the step of ``log σ``; its RMS is the
+    rule's signal, and the rule's factor multiplies that leaf's step. Every other leaf (the means,
+    deterministic parameters, a learned noise) passes through unchanged. Put it last in the chain.
+
+    Args:
+        rule: a per-layer rule (default :class:`~uncertlr.modulation.LayerScaleCap` ``(1e-3)``).
+
+    Example:
+        >>> import jax.numpy as jnp, optax
+        >>> from uncertlr.modulation import LayerScaleCap
+        >>> tx = optax.chain(optax.sgd(1.0), cap_scale_step(LayerScaleCap(max_step=0.01)))
+        >>> params = {"w_loc": jnp.zeros(2), "w_scale": jnp.zeros(2)}
+        >>> updates, state = tx.update({"w_loc": jnp.ones(2), "w_scale": jnp.ones(2)}, tx.init(params))
+        >>> [round(float(v), 4) for v in updates["w_loc"]], [round(float(v), 4) for v in updates["w_scale"]]
+        ([-1.0, -1.0], [-0.01, -0.01])
+    """
+    from uncertlr.modulation import LayerScaleCap
+
+    rule = LayerScaleCap() if rule is None else rule
+    if not getattr(rule, "per_layer", False):
+        raise TypeError(
+            f"cap_scale_step takes a per-layer rule (e.g. LayerScaleCap); got {type(rule).__name__}"
+        )
+
+    def init_fn(params: Any) -> CapScaleStepState:
+        names = _scale_leaves(params)
+        dt = _dtype(params[names[0]]) if names else jnp.float32
+        return CapScaleStepState(rule.init(jnp.zeros(len(names), dt)))
+
+    def update_fn(
+        updates: Any, state: CapScaleStepState, params: Any = None, **extra: Any
+    ) -> tuple[Any, CapScaleStepState]:
+        del params, extra
+        names = _scale_leaves(updates)
+        if len(names) != state.rule_state.scale.shape[0]:
+            raise ValueError(
+                f"cap_scale_step: the state holds {state.rule_state.scale.shape[0]} layers, the updates "
+                f"{len(names)} posterior-std leaves ({names})"
+            )
+        if not names:
+            return updates, state
+        dt = state.rule_state.scale.dtype
+        rms = jnp.stack([jnp.sqrt(jnp.mean(jnp.square(updates[k].astype(dt)))) for k in names])
+        s, rule_state = rule.update(rms, state.rule_state)
+        out = dict(updates)
+        for i, k in enumerate(names):
+            out[k] = updates[k] * s[i].astype(updates[k].dtype)
+        return type(updates)(out) if not isinstance(updates, dict) else out, CapScaleStepState(rule_state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

@@ -34,6 +34,12 @@ which G1/G2 (returning to ~1 at steady state) cannot:
 * :class:`UncertaintyWarmup`: the factor follows the signal relative to its initial level;
 * :class:`Product`: several global rules, factors multiplied.
 
+Per-layer rules (``per_layer = True``, :mod:`uncertlr.modulation.layers`) act on a BNN's
+variance parameters, one factor per layer, given the RMS of each layer's proposed ``log σ``
+step (torch: ``Modulator(..., variance=rule, sigma=bnn)``; JAX: ``cap_scale_step``):
+
+* :class:`LayerScaleCap`: ``s_l = min(1, max_step / rms_l)``, a trust region on the posterior width.
+
 ``κ < 0`` means "more uncertain, smaller step"; ``κ > 0`` the opposite. Every rule keeps
 ``s = 1`` for its first ``warmup`` updates, and a non-finite signal (any element) holds the
 previous scale, leaves the running statistics untouched and is counted in ``state.nonfinite``
@@ -71,6 +77,7 @@ from uncertlr.modulation.controllers import (
     UncertaintyWarmup,
     WarmupState,
 )
+from uncertlr.modulation.layers import LayerCapState, LayerScaleCap
 from uncertlr.modulation.noise import GradientNoise, NoiseState
 from uncertlr.modulation.rules import (
     G1,
@@ -99,6 +106,8 @@ __all__ = [
     "GlobalState",
     "GradSigmaRatio",
     "GradientNoise",
+    "LayerCapState",
+    "LayerScaleCap",
     "NoiseState",
     "ParamSignal",
     "ParamState",

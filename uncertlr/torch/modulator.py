@@ -14,7 +14,11 @@ class per mode does the scaling:
 * a **per-parameter** rule (:class:`~uncertlr.modulation.SigmaRatio`,
   :class:`~uncertlr.modulation.GradSigmaRatio`, :class:`~uncertlr.modulation.VarianceRatio`)
   snapshots the modulated parameters before the step and afterwards sets
-  ``θ = θ_before + s ⊙ (θ_after - θ_before)`` with ``torch._foreach`` ops.
+  ``θ = θ_before + s ⊙ (θ_after - θ_before)`` with ``torch._foreach`` ops;
+* a **per-layer variance** rule (:class:`~uncertlr.modulation.LayerScaleCap`, passed as
+  ``variance=`` with ``sigma=bnn``) scales the step of each layer's posterior ``log σ``
+  (``uncertlr/torch/_variance.py``); it combines with any of the above, or runs alone
+  (``Modulator(None, variance=..., sigma=bnn)``).
 
 Where σ comes from for a per-parameter rule (``sigma=``):
 
@@ -66,13 +70,15 @@ from uncertlr.modulation import GradientNoise, Rule
 from uncertlr.torch._perparam import PerParameterMode, SigmaSource
 from uncertlr.torch._state import rule_id
 from uncertlr.torch._stepping import GlobalMode, attached_modulator, install_step_guard, remove_step_guard
+from uncertlr.torch._variance import NoRuleMode, VarianceMode
 from uncertlr.torch.bnn import BNN
 from uncertlr.torch.distributed import all_reduce_mean
 
 __all__ = ["STATE_KEYS", "Modulator"]
 
-#: Keys of :meth:`Modulator.state_dict`, in order.
-STATE_KEYS = ("rule", "num_steps", "rule_state", "noise_state", "history")
+#: Keys of :meth:`Modulator.state_dict`, in order (``variance_state`` may be absent from
+#: states saved before variance rules existed).
+STATE_KEYS = ("rule", "num_steps", "rule_state", "noise_state", "history", "variance_state")
 
 
 def _as_signal(signal: Any) -> Tensor:
@@ -101,9 +107,14 @@ class Modulator:
     """Scales each step of a ``torch.optim`` optimizer by a modulation rule's factor.
 
     Args:
-        rule: a rule from :mod:`uncertlr.modulation` (or your own object with ``init``/``update``).
+        rule: a rule from :mod:`uncertlr.modulation` (or your own object with ``init``/``update``);
+            ``None`` when only ``variance`` is wanted.
         sigma: per-parameter rules only: a :class:`~uncertlr.torch.BNN`, ``None`` (gradient-noise
             σ for every parameter), or a callable returning ``{parameter: σ}`` (see the module docs).
+            With ``variance``: the :class:`~uncertlr.torch.BNN` whose posterior it acts on.
+        variance: a per-layer rule for the BNN's posterior ``log σ`` step
+            (:class:`~uncertlr.modulation.LayerScaleCap`); history records then carry
+            ``variance_scale`` (mean factor over layers) and ``variance_scale_min``.
         noise: the gradient-noise estimator used when ``sigma`` is ``None``.
         record: append ``{step, signal, scale, lr}`` to :attr:`history` every step (for a
             per-parameter rule ``scale`` is the mean factor over the modulated weights, with
@@ -129,10 +140,11 @@ class Modulator:
 
     def __init__(
         self,
-        rule: Rule,
+        rule: Rule | None,
         *,
         sigma: SigmaSource = None,
         noise: GradientNoise | None = None,
+        variance: Any = None,
         record: bool = True,
         max_history: int | None = None,
     ):
@@ -140,11 +152,27 @@ class Modulator:
             isinstance(max_history, bool) or not isinstance(max_history, int) or max_history < 1
         ):
             raise ValueError(f"max_history must be an integer >= 1 or None; got {max_history!r}")
-        if not (callable(getattr(rule, "init", None)) and callable(getattr(rule, "update", None))):
+        if rule is None and variance is None:
+            raise TypeError("Modulator needs a rule, a variance rule (variance=), or both")
+        if rule is not None and not (
+            callable(getattr(rule, "init", None)) and callable(getattr(rule, "update", None))
+        ):
             raise TypeError(f"rule must have init() and update(signal, state); got {type(rule).__name__}")
+        if getattr(rule, "per_layer", False):
+            raise TypeError(
+                f"{type(rule).__name__} is a per-layer variance rule: pass it as variance=, with sigma=bnn"
+            )
+        if variance is not None:
+            if not getattr(variance, "per_layer", False):
+                raise TypeError(
+                    f"variance= takes a per-layer rule (e.g. LayerScaleCap); got {type(variance).__name__}"
+                )
+            if not isinstance(sigma, BNN):
+                raise TypeError("variance= needs sigma=bnn: the BNN whose posterior log-std it scales")
         self.rule = rule
+        self.variance = variance
         self.per_parameter = bool(getattr(rule, "per_parameter", False))
-        if sigma is not None and not self.per_parameter:
+        if sigma is not None and not self.per_parameter and variance is None:
             raise ValueError(f"sigma= is for per-parameter rules; {type(rule).__name__} is a global rule")
         if sigma is not None and not (isinstance(sigma, BNN) or callable(sigma)):
             raise TypeError(
@@ -162,7 +190,8 @@ class Modulator:
         self._closure_step = False
         self._step_began = False
         self._record_appended = False
-        self._mode: GlobalMode | PerParameterMode | None = None
+        self._mode: GlobalMode | PerParameterMode | NoRuleMode | None = None
+        self._variance: VarianceMode | None = None
         self._pending: Tensor | None = None
         self._signal_value: float | None = None
         self._pending_load: Mapping[str, Any] | None = None
@@ -189,11 +218,15 @@ class Modulator:
         params = [p for g in optimizer.param_groups for p in g["params"]]
         if not params:
             raise ValueError("the optimizer has no parameters")
-        self._mode = (
-            PerParameterMode(self.rule, self.sigma, self.noise, params)
-            if self.per_parameter
-            else GlobalMode(self.rule, params)
-        )
+        if self.rule is None:
+            self._mode = NoRuleMode()
+        elif self.per_parameter:
+            self._mode = PerParameterMode(self.rule, self.sigma, self.noise, params)
+        else:
+            self._mode = GlobalMode(self.rule, params)
+        if self.variance is not None:
+            assert isinstance(self.sigma, BNN)
+            self._variance = VarianceMode(self.variance, self.sigma, params)
         self._optimizer = optimizer
         self._handles = [
             optimizer.register_step_pre_hook(self._pre_hook),
@@ -252,6 +285,12 @@ class Modulator:
             return [list(t.states) for t in self._mode.targets]
         return None
 
+    @property
+    def variance_state(self) -> Any:
+        """The variance rule's state (e.g. :class:`~uncertlr.modulation.LayerCapState`, whose
+        ``capped`` counts the steps each layer was cut); ``None`` without a variance rule."""
+        return None if self._variance is None else self._variance.state
+
     def _pre_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
         assert self._mode is not None
         self._mode.restore(optimizer)  # a previous step that raised never reached the post-hook
@@ -285,6 +324,8 @@ class Modulator:
             rec = self._mode.before_step(optimizer, u, in_closure=in_closure)
         else:
             rec = self._mode.before_step(optimizer, u)
+        if self._variance is not None:
+            self._variance.before_step()
         if rec is not None and self.record:
             self.history.append({"step": float(self.num_steps), **rec})
             self._record_appended = True
@@ -293,6 +334,13 @@ class Modulator:
     def _post_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         assert self._mode is not None
         rec = self._mode.after_step(optimizer)
+        if self._variance is not None:
+            vrec = self._variance.after_step(self.record)
+            if vrec is not None:
+                if rec is not None:
+                    rec.update(vrec)
+                elif self._record_appended and self.history:  # a global rule recorded this step before it
+                    self.history[-1].update(vrec)
         self.num_steps += 1
         if self._closure_step:  # signals observed by later closure calls (a line search) belong to no step
             self._pending = None
@@ -308,6 +356,8 @@ class Modulator:
             self._mode.abort(self._optimizer)
         elif self._mode is not None:
             self._mode.restore(self._optimizer)
+        if self._variance is not None:
+            self._variance.drop()
         if self._record_appended and self.history:
             self.history.pop()
         if self._closure_step:
@@ -328,6 +378,7 @@ class Modulator:
             "rule_state": rule_state,
             "noise_state": noise_state,
             "history": [dict(r) for r in self.history],
+            "variance_state": None if self._variance is None else self._variance.state_dict(),
         }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -337,7 +388,7 @@ class Modulator:
         applied when attaching (a per-parameter rule needs the optimizer's parameters).
         """
         keys = set(state_dict)
-        if keys != set(STATE_KEYS):
+        if keys | {"variance_state"} != set(STATE_KEYS):
             raise KeyError(
                 f"Modulator state_dict: missing {sorted(set(STATE_KEYS) - keys)}, "
                 f"unexpected {sorted(keys - set(STATE_KEYS))}"
@@ -349,6 +400,24 @@ class Modulator:
         if self._mode is None or self._optimizer is None:
             self._pending_load = state_dict
             return
+        saved_variance = state_dict.get("variance_state")
+        if (saved_variance is None) != (self._variance is None):
+            raise ValueError(
+                "Modulator state_dict: "
+                + (
+                    "no variance rule state was saved"
+                    if saved_variance is None
+                    else "it holds a variance rule state"
+                )
+                + (
+                    ", but this Modulator has one"
+                    if self._variance is not None
+                    else ", but this Modulator has none"
+                )
+            )
+        variance_state = None if self._variance is None else self._variance.parse(saved_variance)
         self._mode.load(state_dict["rule_state"], state_dict["noise_state"])
+        if self._variance is not None:
+            self._variance.state = variance_state
         self.num_steps = int(state_dict["num_steps"])
         self.history = self._new_history(dict(r) for r in state_dict["history"])
