@@ -266,7 +266,8 @@ def plot(task: Any, rows: list, lrs: list, details: list, best: float, path: Pat
     from uncertlr.diagnostics.plots import save_figure
 
     fig, ax = plt.subplots(figsize=(11, 5), layout="constrained")
-    for d in details:
+    colors = plt.get_cmap("tab20").colors  # 15+ methods: tab10 would repeat colours
+    for i, d in enumerate(details):
         sd = [
             statistics.pstdev(v) if len(v := [r["score"] for r in rows
                                               if r["method"] == d["method"] and r["lr"] == lr
@@ -274,7 +275,8 @@ def plot(task: Any, rows: list, lrs: list, details: list, best: float, path: Pat
             for lr in lrs
         ]  # fmt: skip
         style = "-" if d["method"].startswith("bnn") else "--"
-        ax.errorbar(lrs, d["score_per_lr"], yerr=sd, marker="o", ms=3, ls=style, capsize=2, label=d["method"])
+        ax.errorbar(lrs, d["score_per_lr"], yerr=sd, marker="o", ms=3, ls=style, capsize=2, label=d["method"],
+                    color=colors[(2 * i) % 20 + (2 * i) // 20 % 2])  # fmt: skip
     ax.axhline(0.95 * best, color="grey", lw=0.8, ls=":", label="95% of the best")
     ax.set_xscale("log")
     ax.set_xlabel("base learning rate (Prodigy, DoG: multiplier × 1e-3)")
