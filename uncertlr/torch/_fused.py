@@ -130,8 +130,12 @@ class FusedRule:
     # ------------------------------------------------------------------ update
 
     def _segment_mean(self, x: Tensor) -> Tensor:
-        """Per-segment means ``[num_segments]`` of ``x >= 0`` (NaN/inf propagate)."""
-        return torch.stack(torch._foreach_norm(x.split(self.sizes), 1)) / self.numel
+        """Per-segment means ``[num_segments]`` of ``x >= 0`` (NaN/inf propagate).
+
+        One ``sum`` per segment: for ``x >= 0`` the same as the L1 norm, and ~10x faster on a CPU
+        (``_foreach_norm(·, 1)`` took 0.54 ms for a 478k-weight MLP, the sums 0.05 ms).
+        """
+        return torch.stack([seg.sum() for seg in x.split(self.sizes)]) / self.numel
 
     def _scale_segments_(self, x: Tensor, factors: Tensor) -> None:
         """``x[segment i] *= factors[i]`` in place."""
