@@ -26,10 +26,11 @@ demo: $(STAMP)
 	$(BIN)/uncertlr demo
 
 # The whole suite, slow end-to-end tests included (`-m "not slow"` for a quick local run), with the
-# 15 slowest tests listed. --dist loadfile keeps a module's tests (and its module-scoped fixtures,
-# e.g. the demo run) in one worker.
+# 15 slowest tests listed. --dist loadgroup hands out tests one by one, the slow ones first, except
+# that the modules in tests/conftest.py's KEEP_TOGETHER run in one worker each, so their expensive
+# module- or session-scoped fixtures (e.g. the demo run) are made once.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check uncertlr models tests benchmarks examples

@@ -63,6 +63,44 @@ def pytest_configure(config):
         torch.set_num_threads(_THREADS)
 
 
+# Test modules whose tests share an expensive module- or session-scoped fixture (the demo run, the
+# built wheel, a finished `uncertlr train` run, a NUTS run, a compiled SVI loop): under
+# `--dist loadgroup` each group runs in one worker, so its fixture is made once; every other test is
+# handed out on its own. (The `xdist_group` mark cannot do this here: pytest-xdist 3.8 renames the
+# marked tests through an attribute that pytest 9.2 no longer reads, so the mark is ignored.)
+KEEP_TOGETHER = {
+    "tests/app/test_cli.py": "cli",
+    "tests/app/test_demo.py": "demo",
+    "tests/test_build.py": "build",
+    "tests/jax/test_jax_svi.py": "jax-svi",
+    "tests/diagnostics/test_browser.py": "diagnostics-nuts",
+    "tests/diagnostics/test_convert.py": "diagnostics-nuts",
+    "tests/diagnostics/test_report.py": "diagnostics-nuts",
+}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadgroup`` with the groups of :data:`KEEP_TOGETHER`; other modes are xdist's own."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class Scheduler(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return KEEP_TOGETHER.get(nodeid.split("::", 1)[0]) or super()._split_scope(nodeid)
+
+    return Scheduler(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow end-to-end tests first (a stable sort: otherwise in collection order).
+
+    Under pytest-xdist (``--dist loadgroup``) the workers then start on the long tests and the short
+    ones fill in behind them, instead of one worker running a long test alone at the end.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def pytest_addoption(parser):
     parser.addoption(
         "--data-dir",

@@ -3,7 +3,9 @@
 Blocks of one file share a namespace. A hidden ``<!-- fixtures: NAME -->`` comment before a
 block starts a fresh namespace holding the small data and objects the prose assumes the reader
 already has (``MyNet``, ``train_set``, ``loader``, ``x``, ``y``, ...): :data:`FIXTURES` below.
-The blocks run in a temporary folder, so the files they write (``ckpt.pt``, run folders) go there.
+Nothing crosses such a comment, so each section it starts is a test of its own (the README's
+sections then run side by side under pytest-xdist). The blocks run in a temporary folder, so the
+files they write (``ckpt.pt``, run folders) go there.
 """
 
 from __future__ import annotations
@@ -132,21 +134,47 @@ class FixturesParser:
 PARSERS = [FixturesParser(), ClearNamespaceParser(), SkipParser(), PythonCodeBlockParser()]
 
 
+def _sections(path: Path) -> list[tuple[int, int]]:
+    """``path`` cut at its ``fixtures`` comments: (start, end) character offsets of each part with code.
+
+    Each ``fixtures`` comment starts a fresh namespace, so the parts are independent and run as
+    separate tests (xdist spreads them over its workers); the blocks before the first comment, if
+    any, form a part of their own. A document without Python blocks has no part.
+    """
+    examples = list(Sybil(PARSERS).parse(path))
+    starts = sorted({0, *(e.start for e in examples if e.region.evaluator is FixturesParser.evaluate)})
+    sections = zip(starts, [*starts[1:], None])
+    return [(a, b) for a, b in sections if any(a <= e.start and (b is None or e.start < b) for e in examples)]
+
+
+def _line(path: Path, offset: int) -> int:
+    return path.read_text().count("\n", 0, offset) + 1
+
+
+SECTIONS = [(path, *section) for path in DOCUMENTS for section in _sections(path)]
+
+
 def test_documents_have_code():
     assert (ROOT / "docs" / "index.md").is_file()
     blocks = {p.name: sum(1 for _ in Sybil(PARSERS).parse(p)) for p in DOCUMENTS}
     assert blocks["README.md"] >= 7
+    assert sum(1 for path, *_ in SECTIONS if path.name == "README.md") >= 6  # one test per section
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", DOCUMENTS, ids=lambda p: str(p.relative_to(ROOT)))
-def test_code_blocks_run(path, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "path, start, end",
+    SECTIONS,
+    ids=[f"{p.relative_to(ROOT)}:{_line(p, start)}" for p, start, _ in SECTIONS],
+)
+def test_code_blocks_run(path, start, end, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     document = Sybil(PARSERS).parse(path)
+    examples = [e for e in document if e.start >= start and (end is None or e.start < end)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         os.environ.setdefault("MPLBACKEND", "Agg")
-        for example in document:
+        for example in examples:
             try:
                 example.evaluate()
             except Exception as exc:
