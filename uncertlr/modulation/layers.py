@@ -45,7 +45,7 @@ class LayerCapState(NamedTuple):
         step: updates so far (0-d float).
         scale: the last factors, one per layer (``[L]``).
         capped: per layer, the updates on which its step was cut (``[L]`` float counts).
-        nonfinite: updates whose signal had a non-finite element (0-d float); each kept factor 1.
+        nonfinite: updates whose signal had a non-finite element (0-d float); each held the previous factors.
     """
 
     step: Array
@@ -60,9 +60,9 @@ class LayerScaleCap:
 
     ``rms_l`` is the root-mean-square of the ``log σ`` step the base optimizer proposes for
     layer ``l``; the factor shrinks that step to ``max_step`` in RMS and leaves smaller ones
-    alone (a per-layer, not per-weight, cut: the direction within the layer is Adam's). A
-    non-finite signal keeps factor 1 for every layer and is counted (a diverging run is the
-    business of :class:`~uncertlr.torch.StepGuard`, not of this rule).
+    alone (a per-layer, not per-weight, cut: the direction within the layer is Adam's). As for
+    every rule, a non-finite signal holds the previous factors and is counted (a diverging run is
+    the business of :class:`~uncertlr.torch.StepGuard`, not of this rule).
 
     Attributes:
         max_step: the largest RMS change of a layer's ``log σ`` per step (``e^max_step`` as a
@@ -113,7 +113,7 @@ class LayerScaleCap:
             cut = rms > self.max_step
             # where rms <= max_step the quotient is not used (and rms = 0 gives inf there, harmlessly)
             s = xp.where(cut, self.max_step / xp.where(cut, rms, 1.0), 1.0)
-            s = xp.asarray(xp.where(ok, s, 1.0), dtype=state.scale.dtype)
+            s = xp.asarray(xp.where(ok, s, state.scale), dtype=state.scale.dtype)
             hit = xp.asarray(xp.where(ok & cut, 1.0, 0.0), dtype=state.scale.dtype)
         new = LayerCapState(
             step=state.step + 1.0,
