@@ -30,6 +30,19 @@ __all__: list[str] = []
 Array = Any
 
 
+def guide_pairs(keys: Any) -> dict[str, str]:
+    """``{loc key: scale key}`` of the guide sites among ``keys``: ``{n}_loc``/``{n}_scale`` (mean-field)
+    or ``{n}_auto_loc``/``{n}_auto_scale`` (``AutoNormal``), when both are present."""
+    keys = set(keys)
+    out = {}
+    for k in keys:
+        for loc, scale in (("_auto_loc", "_auto_scale"), ("_loc", "_scale")):
+            if k.endswith(loc) and k[: -len(loc)] + scale in keys:
+                out[k] = k[: -len(loc)] + scale
+                break
+    return out
+
+
 def as_key(rng_key: Any) -> Array:
     """A JAX PRNG key from a key or an integer seed."""
     if isinstance(rng_key, (int, np.integer)):

@@ -56,6 +56,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from uncertlr.jax._posterior import guide_pairs
 from uncertlr.modulation import GradientNoise, ParamSignal, Rule
 
 __all__ = [
@@ -240,13 +241,7 @@ def _scale_leaves(tree: Any) -> list[str]:
         raise TypeError(
             f"cap_scale_step: the updates must be a dict of named leaves; got {type(tree).__name__}"
         )
-    out = []
-    for k in sorted(tree):
-        for loc, scale in (("_auto_loc", "_auto_scale"), ("_loc", "_scale")):
-            if k.endswith(scale) and k[: -len(scale)] + loc in tree:
-                out.append(k)
-                break
-    return out
+    return sorted(guide_pairs(tree).values())
 
 
 def cap_scale_step(rule: Any = None) -> optax.GradientTransformationExtraArgs:

@@ -39,7 +39,7 @@ from numpyro.infer.initialization import init_to_value
 from uncertlr import likelihoods as _lik
 from uncertlr import metrics
 from uncertlr.jax._host import default_device, derived_key, inverse, learning_rate, param_sites, typed_key
-from uncertlr.jax._posterior import as_count, check_bnn
+from uncertlr.jax._posterior import as_count, check_bnn, guide_pairs
 from uncertlr.jax.bnn import BNN, ELBOTerms
 
 __all__ = ["DATA_AXIS", "SVIState", "SVIStep", "StepInfo", "posterior_scale_args", "svi_step"]
@@ -107,15 +107,12 @@ def posterior_scale_args(params: Mapping[str, Array]) -> dict[str, dict[str, Arr
         >>> {k: [round(x, 3) for x in v.tolist()] for k, v in tree["posterior_scale"].items()}
         {'w_loc': [0.1, 0.1], 'w_scale': [1.0, 1.0], 'b': [1.0]}
     """
-    out = {}
-    for k, v in params.items():
-        for loc, scale in (("_auto_loc", "_auto_scale"), ("_loc", "_scale")):
-            if k.endswith(loc) and k[: -len(loc)] + scale in params:
-                out[k] = params[k[: -len(loc)] + scale]
-                break
-        else:
-            out[k] = jnp.ones_like(v)
-    return {"posterior_scale": out}
+    pairs = guide_pairs(params)
+    return {
+        "posterior_scale": {
+            k: params[pairs[k]] if k in pairs else jnp.ones_like(v) for k, v in params.items()
+        }
+    }
 
 
 class SVIStep:
