@@ -3,7 +3,7 @@
 Before the optimizer steps, the posterior's flat ``log_scale`` is copied; afterwards the step
 ``Δ = after − before`` is measured per layer (one named random parameter: ``posterior.sizes``),
 the per-layer rule (:class:`~uncertlr.modulation.LayerScaleCap`) turns the RMS of each layer's
-``Δ`` into a factor, and ``log_scale ← before + s_l Δ`` in one ``lerp``. The posterior means
+``Δ`` into a factor, and ``log_scale ← before + s_l Δ``. The posterior means
 (and any other parameter) keep their step. Used only by :class:`uncertlr.torch.Modulator`.
 """
 
@@ -37,10 +37,8 @@ class VarianceMode:
                 "build the optimizer over bnn.parameters()"
             )
         self.rule, self.param = rule, log_scale
-        sizes = torch.tensor(list(post.sizes), device=log_scale.device)
-        self.sizes = sizes.to(log_scale.dtype)
-        #: layer index of every element of the flat log_scale (for the per-layer sums and the gather)
-        self.segment = torch.repeat_interleave(torch.arange(len(post.sizes), device=log_scale.device), sizes)
+        self.split = list(post.sizes)
+        self.sizes = torch.tensor(self.split, dtype=log_scale.dtype, device=log_scale.device)
         self.state = rule.init(torch.zeros(len(post.sizes), dtype=log_scale.dtype, device=log_scale.device))
         self.before: Tensor | None = None
         self.last_scale: Tensor | None = None
@@ -66,11 +64,13 @@ class VarianceMode:
         with torch.no_grad():
             after = self.param.detach().view(-1)
             before = self.before.view(-1)
-            d = after - before
-            sq = torch.zeros_like(self.sizes).index_add_(0, self.segment, d * d)
+            steps = torch.sub(after, before).split(self.split)  # one view per layer: no gather
+            sq = torch.stack([step.dot(step) for step in steps])
             s, self.state = self.rule.update((sq / self.sizes).sqrt(), self.state)
             self.last_scale = s
-            torch.lerp(before, after, s.to(after.dtype)[self.segment], out=after)
+            # before + s_l (after - before), in place; lerp with s_l = 1 gives `after` exactly
+            for b, a, w in zip(before.split(self.split), after.split(self.split), s.to(after.dtype).unbind()):
+                torch.lerp(b, a, w, out=a)
             if not record:
                 return None
             return {
