@@ -68,8 +68,8 @@ def test_zero_step_is_left_alone():
 
 @pytest.mark.parametrize(
     "value, err, match",
-    [(0.0, ValueError, "> 0"), (-1e-3, ValueError, "> 0"), (math.inf, ValueError, "finite"),
-     (True, TypeError, "number"), ("1e-3", TypeError, "number")],
+    [(0.0, ValueError, r"max_step must be in \(0.0, inf\)"), (-1e-3, ValueError, r"must be in \(0.0, inf\)"),
+     (math.inf, TypeError, "finite number"), (True, TypeError, "number"), ("1e-3", TypeError, "number")],
 )  # fmt: skip
 def test_bad_max_step_is_named(value, err, match):
     with pytest.raises(err, match=match):

@@ -32,6 +32,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from uncertlr._arrays import float_dtype, full, namespace
 from uncertlr._arrays import quiet as _quiet
+from uncertlr.modulation.controllers import _num
 
 Array = Any
 
@@ -82,11 +83,7 @@ class LayerScaleCap:
     per_layer: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        v = self.max_step
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise TypeError(f"LayerScaleCap: max_step must be a number (int or float); got {v!r}")
-        if not (math.isfinite(v) and v > 0):
-            raise ValueError(f"LayerScaleCap: max_step must be finite and > 0; got {v!r}")
+        _num("LayerScaleCap", "max_step", self.max_step, 0.0, math.inf, lo_open=True, hi_open=True)
 
     def init(self, like: Array) -> LayerCapState:
         """Initial state for ``L`` layers; ``like`` is an ``[L]`` array (its backend, dtype, device)."""
