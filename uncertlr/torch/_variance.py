@@ -41,24 +41,23 @@ class VarianceMode:
         self.sizes = torch.tensor(self.split, dtype=log_scale.dtype, device=log_scale.device)
         self.state = rule.init(torch.zeros(len(post.sizes), dtype=log_scale.dtype, device=log_scale.device))
         self.before: Tensor | None = None
-        self.last_scale: Tensor | None = None
+        self._armed = False  # a snapshot of this step is waiting for after_step
 
     def before_step(self) -> None:
-        if self.param.grad is None:  # the optimizer will not move it: nothing to cap
-            self.before = None
+        self._armed = self.param.grad is not None  # without a gradient the optimizer will not move it
+        if not self._armed:
             return
         with torch.no_grad():
             if self.before is None or self.before.shape != self.param.shape:
                 self.before = torch.empty_like(self.param, memory_format=torch.contiguous_format)
             self.before.copy_(self.param.detach())
-        self._armed = True
 
     def drop(self) -> None:
         """The step raised: forget the snapshot (the parameters are whatever the optimizer left)."""
         self._armed = False
 
     def after_step(self, record: bool) -> dict[str, float] | None:
-        if self.before is None or not getattr(self, "_armed", False):
+        if not self._armed or self.before is None:
             return None
         self._armed = False
         with torch.no_grad():
@@ -67,7 +66,6 @@ class VarianceMode:
             steps = torch.sub(after, before).split(self.split)  # one view per layer: no gather
             sq = torch.stack([step.dot(step) for step in steps])
             s, self.state = self.rule.update((sq / self.sizes).sqrt(), self.state)
-            self.last_scale = s
             # before + s_l (after - before), in place; lerp with s_l = 1 gives `after` exactly
             for b, a, w in zip(before.split(self.split), after.split(self.split), s.to(after.dtype).unbind()):
                 torch.lerp(b, a, w, out=a)
