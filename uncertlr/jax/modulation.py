@@ -57,7 +57,7 @@ import jax.numpy as jnp
 import optax
 
 from uncertlr.jax._posterior import guide_pairs
-from uncertlr.modulation import GradientNoise, ParamSignal, Rule
+from uncertlr.modulation import GradientNoise, LayerScaleCap, ParamSignal, Rule
 
 __all__ = [
     "CapScaleStepState",
@@ -265,8 +265,6 @@ def cap_scale_step(rule: Any = None) -> optax.GradientTransformationExtraArgs:
         >>> [round(float(v), 4) for v in updates["w_loc"]], [round(float(v), 4) for v in updates["w_scale"]]
         ([-1.0, -1.0], [-0.01, -0.01])
     """
-    from uncertlr.modulation import LayerScaleCap
-
     rule = LayerScaleCap() if rule is None else rule
     if not getattr(rule, "per_layer", False):
         raise TypeError(

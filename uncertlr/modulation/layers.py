@@ -108,7 +108,7 @@ class LayerScaleCap:
         with _quiet(xp):
             ok = xp.all(xp.isfinite(rms))
             cut = rms > self.max_step
-            # where rms <= max_step the quotient is not used (and rms = 0 gives inf there, harmlessly)
+            # the quotient only where the step is cut (the inner where keeps 0 and NaN out of it)
             s = xp.where(cut, self.max_step / xp.where(cut, rms, 1.0), 1.0)
             s = xp.asarray(xp.where(ok, s, state.scale), dtype=state.scale.dtype)
             hit = xp.asarray(xp.where(ok & cut, 1.0, 0.0), dtype=state.scale.dtype)
