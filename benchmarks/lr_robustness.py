@@ -266,7 +266,8 @@ def plot(task: Any, rows: list, lrs: list, details: list, best: float, path: Pat
     from uncertlr.diagnostics.plots import save_figure
 
     fig, ax = plt.subplots(figsize=(11, 5), layout="constrained")
-    colors = plt.get_cmap("tab20").colors  # 15+ methods: tab10 would repeat colours
+    # 15+ methods: tab10 would repeat colours; tab20's ten dark shades first, then its ten light ones
+    colors = [c for pair in (0, 1) for c in plt.get_cmap("tab20").colors[pair::2]]
     for i, d in enumerate(details):
         sd = [
             statistics.pstdev(v) if len(v := [r["score"] for r in rows
@@ -276,7 +277,7 @@ def plot(task: Any, rows: list, lrs: list, details: list, best: float, path: Pat
         ]  # fmt: skip
         style = "-" if d["method"].startswith("bnn") else "--"
         ax.errorbar(lrs, d["score_per_lr"], yerr=sd, marker="o", ms=3, ls=style, capsize=2, label=d["method"],
-                    color=colors[(2 * i) % 20 + (2 * i) // 20 % 2])  # fmt: skip
+                    color=colors[i % 20])  # fmt: skip
     ax.axhline(0.95 * best, color="grey", lw=0.8, ls=":", label="95% of the best")
     ax.set_xscale("log")
     ax.set_xlabel("base learning rate (Prodigy, DoG: multiplier × 1e-3)")
