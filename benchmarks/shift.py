@@ -237,40 +237,29 @@ def fsdd_rows(
 
     split, feat = _fsdd_features(data_dir)
     corrupted = fsdd_corrupted(split, feat, cache)
-    std = _standardiser(split.x_train, cfg.time_pool)
-    tr, va = _val_split(len(split.x_train), seed)
     n_in = split.x_train.shape[1] * (split.x_train.shape[2] // cfg.time_pool)
-    fitted = train_methods(
-        tuple(methods),
-        _mlp(n_in, cfg, 10),
-        std(split.x_train[tr]),
-        _t(split.y_train[tr]),
-        cfg,
-        seed=seed,
-        advance=advance,
+
+    def fit_and_score(data: Any, sets: Callable[[Callable], dict]) -> list[dict[str, Any]]:
+        """Train every method on ``data``'s training split (less a validation part) and score ``sets(std)``."""
+        std = _standardiser(data.x_train, cfg.time_pool)
+        tr, va = _val_split(len(data.x_train), seed)
+        fitted = train_methods(
+            tuple(methods), _mlp(n_in, cfg, 10), std(data.x_train[tr]), _t(data.y_train[tr]), cfg,
+            seed=seed, advance=advance,
+        )  # fmt: skip
+        return _score_all(fitted, std(data.x_train[va]), data.y_train[va], sets(std), {"seed": seed})
+
+    rows = fit_and_score(
+        split,
+        lambda std: (
+            {("fsdd-clean", "none", 0): (std(split.x_test), split.y_test)}
+            | {("fsdd-corrupt", kind, sev): (std(x), split.y_test) for (kind, sev), x in corrupted.items()}
+        ),
     )
-    sets = {("fsdd-clean", "none", 0): (std(split.x_test), split.y_test)}
-    for (kind, sev), x in corrupted.items():
-        sets[("fsdd-corrupt", kind, sev)] = (std(x), split.y_test)
-    rows = _score_all(fitted, std(split.x_train[va]), split.y_train[va], sets, {"seed": seed})
     for speaker in sorted(set(split.speakers_train)):
         fold = load_fsdd(data_dir, features=LogMel(top_db=40.0), split="speaker", test_speakers=[speaker])
-        std = _standardiser(fold.x_train, cfg.time_pool)
-        tr, va = _val_split(len(fold.x_train), seed)
-        fitted = train_methods(
-            tuple(methods),
-            _mlp(n_in, cfg, 10),
-            std(fold.x_train[tr]),
-            _t(fold.y_train[tr]),
-            cfg,
-            seed=seed,
-            advance=advance,
-        )
-        sets = {("fsdd-loso", speaker, 0): (std(fold.x_test), fold.y_test)}
-        rows += [
-            {**r, "fold": speaker}
-            for r in _score_all(fitted, std(fold.x_train[va]), fold.y_train[va], sets, {"seed": seed})
-        ]
+        scored = fit_and_score(fold, lambda std: {("fsdd-loso", speaker, 0): (std(fold.x_test), fold.y_test)})  # noqa: B023
+        rows += [{**r, "fold": speaker} for r in scored]
     return rows
 
 
