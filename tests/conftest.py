@@ -8,6 +8,16 @@ import warnings
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# XLA compiles are most of the JAX tests' time: keep them in JAX's persistent compilation cache, shared by
+# the xdist workers (and their subprocesses) and kept between runs, so a program compiled by one test is
+# read back by the next one that builds the same program (on a warm cache tests/jax runs ~4x faster).
+# Your own JAX_COMPILATION_CACHE_DIR wins; JAX_ENABLE_COMPILATION_CACHE=false turns the cache off.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "jax-compile"),
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 # Under pytest-xdist (`make test` runs `-n 2`) each worker gets its share of the cores: otherwise
 # every worker's OpenMP (torch) and Eigen (XLA) pools would take all of them and the workers would

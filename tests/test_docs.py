@@ -80,7 +80,7 @@ def _jax() -> dict[str, Any]:
     from uncertlr.jax import bayesian
     from uncertlr_models.flax_mlp import FlaxMLP
 
-    xtr, ytr, xte, yte = _digits(200)
+    xtr, ytr, xte, yte = _digits(100)  # small: the README runs NUTS on it
     net = FlaxMLP(hidden=(16,), out_features=10)
     variables = net.init(jax.random.key(0), xtr[:1])
     bnn = bayesian(net, params=variables, num_data=len(xtr), prior=priors.Normal(1.0))
