@@ -33,6 +33,9 @@ class Config:
     batch_size: int = 64
     det_epochs: int = 60
     det_lr: float = 3e-3
+    # L2 weight decay (Adam's coupled form) of the non-Bayesian nets: deterministic, MC dropout, ensemble
+    # members; last-layer Laplace reuses the deterministic net, so it is then a Laplace around a MAP estimate
+    det_weight_decay: float = 0.0
     bnn_epochs: int = 150
     bnn_lr: float = 1e-2
     kl_weight: float = 0.1
@@ -55,9 +58,17 @@ class Fitted:
 
 
 def _fit(
-    model: Any, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float, cfg: Config, seed: int
+    model: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    lr: float,
+    cfg: Config,
+    seed: int,
+    weight_decay: float = 0.0,
 ) -> float:
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     total = max(1, epochs * math.ceil(len(x) / cfg.batch_size))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
     t0 = time.perf_counter()
@@ -147,7 +158,8 @@ def train_methods(
                 epochs, lr = cfg.bnn_epochs, cfg.bnn_lr
             else:
                 raise ValueError(f"unknown method {name!r}; known: {METHODS}")
-            secs = _fit(model, x, y, epochs=epochs, lr=lr, cfg=cfg, seed=seed)
+            wd = 0.0 if name.startswith("bnn") else cfg.det_weight_decay
+            secs = _fit(model, x, y, epochs=epochs, lr=lr, cfg=cfg, seed=seed, weight_decay=wd)
             out[name] = Fitted(_predictor(model, cfg.num_samples), secs)
         advance(description=f"trained {name}")
     return out

@@ -160,3 +160,43 @@ def test_severity_curves_average_corruptions_and_include_the_clean_set():
     assert set(curves) == {"digits"}
     assert curves["digits"]["bnn"][0]["ece"] == pytest.approx(0.018)
     assert curves["digits"]["bnn"][2]["nll"] == pytest.approx(1.4)
+
+
+def test_weight_decay_reaches_the_deterministic_nets_and_not_the_bnns(monkeypatch):
+    """``Config.det_weight_decay`` is the deterministic nets' L2 (Laplace's MAP net included); BNNs have a prior."""
+    import torch
+
+    from benchmarks import _shift_methods as M
+    from uncertlr_models import MLP
+
+    seen: dict[str, float] = {}
+    real_fit = M._fit
+
+    def spy(model, x, y, **kw):
+        seen[type(model).__name__] = kw["weight_decay"]
+        return real_fit(model, x, y, **kw)
+
+    monkeypatch.setattr(M, "_fit", spy)
+    cfg = M.Config(
+        hidden=(8,), det_epochs=2, bnn_epochs=2, batch_size=32, ensemble_size=2, det_weight_decay=0.5
+    )
+    x, y = torch.randn(64, 4), torch.arange(64) % 3
+    fitted = M.train_methods(
+        ("deterministic", "mc-dropout", "ensemble", "laplace", "bnn"),
+        lambda: MLP(4, (8,), 3),
+        x,
+        y,
+        cfg,
+        seed=0,
+    )
+    assert set(fitted) == {"deterministic", "mc-dropout", "ensemble", "laplace", "bnn"}
+    assert seen.pop("BNN") == 0.0
+    assert set(seen.values()) == {0.5} and len(seen) == 3  # the point net, the dropout net, the ensemble
+    # and it acts: a large decay leaves a smaller last layer than none
+    norms = []
+    for wd in (0.0, 0.5):
+        torch.manual_seed(0)
+        det = M.PointNetwork(MLP(4, (8,), 3), "categorical")
+        real_fit(det, x, y, epochs=20, lr=1e-2, cfg=cfg, seed=0, weight_decay=wd)
+        norms.append(float(sum(p.square().sum() for p in det.parameters())))
+    assert norms[1] < 0.5 * norms[0]
