@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -70,3 +72,23 @@ def test_bad_fit_inputs_name_the_problem():
         fit_temperature(p, np.array([0, 1, 2, 0]), bounds=(2.0, 3.0))
     with pytest.raises(ValueError, match="logits"):
         fit_temperature(np.full((4, 3), 2.0), np.array([0, 1, 2, 0]))
+
+
+def test_a_fit_at_a_bound_warns_and_names_the_error_count():
+    """A validation set without errors: the NLL keeps falling as T shrinks, so the fit runs to the bound."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(200, 3)) * 2
+    labels = logits.argmax(1)  # every validation input classified correctly
+    with pytest.warns(UserWarning, match=r"lower search bound 0\.05: with 0 misclassified of 200"):
+        t = fit_temperature(softmax(logits, axis=1), labels)
+    assert t.value == pytest.approx(0.05, rel=2e-2)
+    with warnings.catch_warnings():  # narrowed to never sharpen: ending at T = 1 is what was asked
+        warnings.simplefilter("error")
+        assert fit_temperature(softmax(logits, axis=1), labels, bounds=(1.0, 20.0)).value == pytest.approx(
+            1.0, rel=2e-2
+        )
+    # an interior optimum does not warn
+    logits, labels = _data(3, scale=2.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert 1.0 < fit_temperature(softmax(logits, axis=1), labels).value < 4.0

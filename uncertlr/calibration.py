@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,14 +81,19 @@ def fit_temperature(
         probs: validation predictions ``[S, N, C]`` (or ``[N, C]``) of any array library.
         labels: ``[N]`` integer labels.
         bounds: the search interval for ``T`` (a bounded 1-D search over ``log T``, on the host,
-            in float64).
+            in float64); it must contain 1. ``(1.0, 20.0)`` never sharpens a model.
 
     Returns:
         A :class:`Temperature` (apply it to the test predictions of the same model).
+
+    Warns:
+        UserWarning: when the fit ends at a bound of the search interval — typically a validation
+            set with (almost) no errors, on which the NLL keeps falling as ``T`` shrinks; such a
+            temperature sharpens the model and can make it badly over-confident under shift.
     """
     lo, hi = bounds
-    if not (0 < lo < 1 < hi < math.inf):
-        raise ValueError(f"bounds must satisfy 0 < low < 1 < high < inf; got {bounds!r}")
+    if not (0 < lo <= 1 <= hi < math.inf and lo < hi):
+        raise ValueError(f"bounds must satisfy 0 < low <= 1 <= high < inf, low < high; got {bounds!r}")
     _, p = _check_probs(probs)
     host = np.asarray(p.detach().cpu() if hasattr(p, "detach") else p, dtype=np.float64)
     y = np.asarray(labels.detach().cpu() if hasattr(labels, "detach") else labels)
@@ -101,4 +107,27 @@ def fit_temperature(
         return float(-np.mean(np.log(np.clip(pbar[rows, y], np.finfo(np.float64).tiny, None))))
 
     res = minimize_scalar(nll, bounds=(math.log(lo), math.log(hi)), method="bounded", options={"xatol": 1e-6})
-    return Temperature(float(math.exp(res.x)))
+    t = float(math.exp(res.x))
+    # a bound of 1 is the user's "never sharpen" (or "never soften"): ending there is what they asked for
+    at = (
+        "lower"
+        if lo != 1 and res.x < math.log(lo) + 1e-2
+        else "upper"
+        if hi != 1 and res.x > math.log(hi) - 1e-2
+        else None
+    )
+    if at is not None:
+        wrong = int((host.mean(0).argmax(-1) != y).sum())
+        warnings.warn(
+            f"the fitted temperature {t:.3g} is at the {at} search bound {lo if at == 'lower' else hi:g}: "
+            f"with {wrong} misclassified of {len(y)} validation inputs the NLL keeps falling "
+            + (
+                "as T shrinks, and the sharpened predictions can be badly over-confident on new data"
+                if at == "lower"
+                else "as T grows"
+            )
+            + "; fit on a larger validation set, or narrow bounds= (e.g. (1.0, 20.0) to never sharpen)",
+            UserWarning,
+            stacklevel=2,
+        )
+    return Temperature(t)
