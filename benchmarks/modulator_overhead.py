@@ -16,6 +16,8 @@ Rows:
   bnn (A/A)                     a second copy of the BNN baseline (noise floor)
   bnn + G1                      global Ratio rule, predictive entropy of the ELBO's own outputs
   bnn + P2                      per-parameter GradSigmaRatio with σ = the posterior std
+  bnn + P2 (σ recomputed)       the same without the posterior's cached σ (an exp per weight per step,
+                                as before the third session): what the cache saves
 
 Targets: <= 1.05 for global rules, <= 1.15 for per-parameter rules.
 
@@ -61,9 +63,12 @@ def det_step(x, y, rule=None):
     return step
 
 
-def bnn_step(x, y, rule=None):
+def bnn_step(x, y, rule=None, cached_scale=True):
     torch.manual_seed(0)
     bnn = bayesian(mlp(), num_data=NUM_DATA, prior=priors.Normal(1.0), init_scale=1e-3)
+    if not cached_scale:  # σ = exp(log σ) afresh every step instead of the last sample's
+        post = bnn.posterior
+        post.detached_scale = lambda: (post.scale.detach(), True)
     opt = torch.optim.Adam(bnn.parameters(), lr=1e-3)
     mod = None
     if rule is not None:
@@ -102,6 +107,10 @@ def main(argv=None) -> int:
             "bnn (A/A)": (lambda: bnn_step(x, y), "noise floor"),
             "bnn + G1": (lambda: bnn_step(x, y, Ratio()), "global"),
             "bnn + P2": (lambda: bnn_step(x, y, GradSigmaRatio()), "per-parameter"),
+            "bnn + P2 (σ recomputed)": (
+                lambda: bnn_step(x, y, GradSigmaRatio(), cached_scale=False),
+                "per-parameter",
+            ),
         },
     }
     repeats = args.repeats or (1 if args.quick else 3)

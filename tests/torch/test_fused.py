@@ -122,3 +122,51 @@ def test_states_round_trip_and_only_builtin_rules_are_fused():
     assert supports(SigmaRatio()) and not supports(Custom())
     with pytest.raises(TypeError, match="no fused update"):
         FusedRule(Custom(), [2], [Custom().init(torch.zeros(2))])
+
+
+def test_the_posterior_hands_the_modulator_its_last_sample_scale_only_while_it_is_current():
+    """The mean-field posterior's cached exp(log σ): reused after a forward, recomputed after any change."""
+    from uncertlr import priors
+    from uncertlr.torch import Modulator, bayesian
+
+    torch.manual_seed(0)
+    bnn = bayesian(torch.nn.Linear(4, 3), num_data=32, prior=priors.Normal(1.0), init_scale=0.1)
+    post = bnn.posterior
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    sc, fresh = post.detached_scale()  # no forward yet: computed afresh
+    assert fresh and torch.equal(sc, post.log_scale.detach().exp())
+    bnn.elbo(x, y).loss.backward()
+    sc, fresh = post.detached_scale()
+    assert not fresh and torch.equal(sc, post.log_scale.detach().exp())  # the forward's own tensor
+    assert post.detached_scale()[0] is sc
+    opt = torch.optim.Adam(bnn.parameters(), lr=0.1)
+    opt.step()  # log σ changed in place: the cache is stale
+    sc2, fresh = post.detached_scale()
+    assert fresh and torch.equal(sc2, post.log_scale.detach().exp()) and not torch.equal(sc2, sc)
+    bnn.elbo(x, y)
+    bnn.load_state_dict({k: v + 0.5 if k.endswith("log_scale") else v for k, v in bnn.state_dict().items()})
+    assert torch.equal(post.detached_scale()[0], post.log_scale.detach().exp())
+    with torch.no_grad():  # σ that underflows is floored, as posterior.scale does
+        post.log_scale[:2] = -200.0
+    bnn.elbo(x, y)
+    sc, fresh = post.detached_scale()
+    assert fresh and torch.equal(sc, post.scale.detach()) and float(sc.min()) > 0
+
+    # and the modulated steps are bit-identical with and without the cache
+    def run(cache: bool) -> list[torch.Tensor]:
+        torch.manual_seed(1)
+        net = bayesian(
+            torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)), num_data=32
+        )
+        if not cache:
+            net.posterior.detached_scale = lambda: (net.posterior.scale.detach(), True)
+        o = torch.optim.Adam(net.parameters(), lr=1e-2)
+        Modulator(GradSigmaRatio(warmup=0), sigma=net).attach(o)
+        for _ in range(6):
+            o.zero_grad()
+            net.elbo(x, y).loss.backward()
+            o.step()
+        return [p.detach().clone() for p in net.parameters()]
+
+    for a, b in zip(run(True), run(False)):
+        assert torch.equal(a, b)

@@ -18,7 +18,10 @@ from torch import Tensor, nn
 
 
 class _SampleKL(torch.autograd.Function):
-    """``(loc[P], log_scale[P], eps[P] or [K, P]) -> (w, kl)`` for prior ``N(prior_loc, 1/prior_prec)``.
+    """``(loc[P], log_scale[P], eps[P] or [K, P]) -> (w, kl, scale)`` for prior ``N(prior_loc, 1/prior_prec)``.
+
+    ``scale = exp(log_scale)`` is returned too (not differentiable) so that the posterior can hand
+    the same tensor to the LR modulator's per-parameter rules instead of a second ``exp`` pass.
 
     ``prior_prec`` is a tensor ``[P]`` or, when every weight has the same prior precision (a
     :class:`~uncertlr.priors.Normal` prior), a number: the kernel then skips two elementwise
@@ -38,7 +41,7 @@ class _SampleKL(torch.autograd.Function):
         prior_loc: Tensor | None,  # type: ignore[override]
         prior_prec: Tensor | float,
         kl_const: Tensor | float,
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor]:
         # exp underflows to 0 below log_scale ~ -103 (float32): w = loc, and every formula below
         # (KL through log_scale itself, the gradients) is still exact in that limit
         scale = log_scale.exp()
@@ -54,10 +57,11 @@ class _SampleKL(torch.autograd.Function):
         kl = kl_const - log_scale.sum() + 0.5 * quad
         ctx.prec = None if isinstance(prior_prec, Tensor) else prior_prec
         ctx.save_for_backward(diff_prec, scale_prec, scale, eps)
-        return w, kl
+        ctx.mark_non_differentiable(scale)
+        return w, kl, scale
 
     @staticmethod
-    def backward(ctx, grad_w: Tensor, grad_kl: Tensor):  # type: ignore[override]
+    def backward(ctx, grad_w: Tensor, grad_kl: Tensor, _grad_scale: Tensor | None):  # type: ignore[override]
         diff_prec, scale_prec, scale, eps = ctx.saved_tensors
         # a number precision c: diff_prec and scale_prec are (mu - mu_p) and sigma, times c below
         k = grad_kl if ctx.prec is None else grad_kl * ctx.prec
@@ -103,6 +107,8 @@ class MeanFieldNormal(nn.Module):
             raise ValueError(f"the network's weights contain NaN or inf: {bad}")
         self.loc = nn.Parameter(flat.clone())
         self.log_scale = nn.Parameter(torch.full_like(flat, math.log(init_scale)))
+        # exp(log_scale) of the last sample_kl, and the (tensor, version) of log_scale it was computed from
+        self._last_scale: tuple[Tensor, int, int] | None = None
 
     @property
     def num_params(self) -> int:
@@ -112,6 +118,24 @@ class MeanFieldNormal(nn.Module):
     def scale(self) -> Tensor:
         """Flat posterior std ``[P]`` (differentiable), floored at the dtype's smallest normal number."""
         return self.log_scale.exp().clamp_min(torch.finfo(self.log_scale.dtype).tiny)
+
+    def detached_scale(self) -> tuple[Tensor, bool]:
+        """``(σ[P] detached, whether it is a fresh tensor the caller may overwrite)``.
+
+        The ``exp(log_scale)`` of the last :meth:`sample_kl` while ``log_scale`` has not changed
+        since (its version counter, bumped by every in-place update such as an optimizer step or
+        ``load_state_dict``, and its identity are checked), floored like :attr:`scale`; otherwise
+        computed afresh. Saves the per-parameter modulator rules one pass over ``P`` per step.
+        """
+        last, ls = self._last_scale, self.log_scale
+        if last is not None and last[1] == id(ls) and last[2] == ls._version:
+            tiny = torch.finfo(ls.dtype).tiny
+            sc = last[0]
+            if sc.device.type == "cpu" and bool(sc.min() >= tiny):  # a free host read on the CPU
+                return sc, False
+            return sc.clamp_min(tiny), True
+        with torch.no_grad():
+            return self.scale, True
 
     def draw(self, eps: Tensor) -> Tensor:
         """Weights ``loc + scale * eps`` ``[..., P]`` for standard-normal ``eps[..., P]`` (no KL)."""
@@ -135,4 +159,7 @@ class MeanFieldNormal(nn.Module):
         ``prior_prec`` is the prior precision ``1 / sigma_p^2``: a tensor ``[P]``, or a number
         when it is the same for every weight.
         """
-        return _SampleKL.apply(self.loc, self.log_scale, eps, prior_loc, prior_prec, kl_const)  # type: ignore[no-any-return]
+        w, kl, scale = _SampleKL.apply(self.loc, self.log_scale, eps, prior_loc, prior_prec, kl_const)
+        if not torch.compiler.is_compiling():  # no Python-side cache inside a compiled graph
+            self._last_scale = (scale, id(self.log_scale), self.log_scale._version)
+        return w, kl

@@ -74,6 +74,15 @@ class Target:
             self.fused.load(self.fused.states, value)
 
 
+def _posterior_scale(post: Any) -> tuple[Tensor, bool]:
+    """A BNN posterior's detached flat σ and whether the caller may overwrite it: the mean-field
+    posterior reuses its last sample's ``exp(log_scale)``; other posteriors compute a fresh one."""
+    detached = getattr(post, "detached_scale", None)
+    if detached is not None:
+        return detached()  # type: ignore[no-any-return]
+    return post.scale.detach(), True
+
+
 class PerParameterMode:
     """Elementwise factors from ``(grad, σ)``, applied to the update after the step (foreach lerp)."""
 
@@ -109,7 +118,7 @@ class PerParameterMode:
         self, t: Target, grads: list[Tensor], sigma_map: Mapping[Tensor, Tensor] | None
     ) -> list[Tensor]:
         if isinstance(self.sigma, BNN):
-            return list(self.sigma.posterior.scale.detach().split(t.sizes))
+            return list(_posterior_scale(self.sigma.posterior)[0].split(t.sizes))
         if sigma_map is not None:
             return [sigma_map[t.param].detach().reshape(-1)]
         out = []
@@ -146,10 +155,7 @@ class PerParameterMode:
     def _flat_sigma(self, t: Target, sigma_map: Mapping[Tensor, Tensor] | None) -> tuple[Tensor | None, bool]:
         """``(σ[P] or None for the gradient-noise estimate, whether the fused update may overwrite it)``."""
         if isinstance(self.sigma, BNN):
-            return (
-                self.sigma.posterior.scale.detach(),
-                True,
-            )  # a fresh tensor (mean-field or low-rank marginals)
+            return _posterior_scale(self.sigma.posterior)
         if sigma_map is not None:
             return sigma_map[t.param].detach().reshape(-1), False
         return None, True
