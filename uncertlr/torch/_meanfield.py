@@ -126,6 +126,8 @@ class MeanFieldNormal(nn.Module):
         since (its version counter, bumped by every in-place update such as an optimizer step or
         ``load_state_dict``, and its identity are checked), floored like :attr:`scale`; otherwise
         computed afresh. Saves the per-parameter modulator rules one pass over ``P`` per step.
+        (Writes through ``log_scale.data`` bypass the version counter; the next :meth:`sample_kl`
+        refreshes the cache.)
         """
         last, ls = self._last_scale, self.log_scale
         if last is not None and last[1] == id(ls) and last[2] == ls._version:
