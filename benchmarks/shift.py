@@ -316,53 +316,40 @@ def regression_rows(seed: int, methods: Sequence[str], cfg: Config, advance: Any
 # --------------------------------------------------------------------------- tuning
 
 
+def _validation_splits(tasks: Sequence[str], data_dir: Path | None, seeds: Sequence[int]) -> list[tuple]:
+    """``(task, config, seed, n_in, x, y, x_val, y_val)`` for digits and/or the FSDD official split: each
+    seed's training data less its 15% validation part (standardised as the benchmark does)."""
+    from uncertlr.data import load_digits
+
+    sources: list[tuple[str, Config, int, np.ndarray, np.ndarray, Callable]] = []
+    if "digits" in tasks:
+        split = load_digits(seed=0)
+        sources.append(("digits", DIGITS, 64, split.x_train, split.y_train, _t))
+    if "fsdd" in tasks:
+        fs, _ = _fsdd_features(data_dir)
+        n_in = fs.x_train.shape[1] * (fs.x_train.shape[2] // FSDD.time_pool)
+        sources.append(
+            ("fsdd", FSDD, n_in, fs.x_train, fs.y_train, _standardiser(fs.x_train, FSDD.time_pool))
+        )
+    out = []
+    for task, cfg, n_in, x, y, prep in sources:
+        for seed in seeds:
+            tr, va = _val_split(len(x), seed)
+            out.append((task, cfg, seed, n_in, prep(x[tr]), _t(y[tr]), prep(x[va]), y[va]))
+    return out
+
+
 def tune(tasks: Sequence[str], data_dir: Path | None) -> list[dict[str, Any]]:
     """Validation NLL (seed 0, clean held-out training data) of the BNN over a grid of its three defaults,
     on digits and/or the FSDD official split."""
-    from uncertlr.data import load_digits
-
     grid = [(i, p, k) for i in (1e-3, 1e-2, 3e-2) for p in (0.3, 1.0) for k in (0.1, 0.3, 1.0)]
-    runs: list[tuple[str, Config, Any]] = []
-    split = load_digits(seed=0)
-    tr, va = _val_split(len(split.x_train), 0)
-    runs.append(
-        (
-            "digits",
-            DIGITS,
-            (
-                _mlp(64, DIGITS, 10),
-                _t(split.x_train[tr]),
-                _t(split.y_train[tr]),
-                _t(split.x_train[va]),
-                split.y_train[va],
-            ),
-        )
-    )
-    if "digits" not in tasks:
-        runs.clear()
-    if "fsdd" in tasks:
-        fs, _ = _fsdd_features(data_dir)
-        std = _standardiser(fs.x_train, FSDD.time_pool)
-        tr, va = _val_split(len(fs.x_train), 0)
-        runs.append(
-            (
-                "fsdd",
-                FSDD,
-                (
-                    _mlp(fs.x_train.shape[1] * (fs.x_train.shape[2] // FSDD.time_pool), FSDD, 10),
-                    std(fs.x_train[tr]),
-                    _t(fs.y_train[tr]),
-                    std(fs.x_train[va]),
-                    fs.y_train[va],
-                ),
-            )
-        )
+    splits = _validation_splits(tasks, data_dir, [0])
     rows = []
-    with progress_task(True, "tuning", len(grid) * len(runs)) as advance:
-        for task, cfg, (net, x, y, xv, yv) in runs:
+    with progress_task(True, "tuning", len(grid) * len(splits)) as advance:
+        for task, cfg, _, n_in, x, y, xv, yv in splits:
             for init, prior, kl in grid:
                 c = replace(cfg, init_scale=init, prior_scale=prior, kl_weight=kl)
-                f = train_methods(("bnn",), net, x, y, c, seed=0)["bnn"]
+                f = train_methods(("bnn",), _mlp(n_in, c, 10), x, y, c, seed=0)["bnn"]
                 rows.append(
                     {
                         "task": task,
@@ -380,40 +367,18 @@ def tune(tasks: Sequence[str], data_dir: Path | None) -> list[dict[str, Any]]:
 def tune_det(seeds: Sequence[int], tasks: Sequence[str], data_dir: Path | None) -> list[dict[str, Any]]:
     """Validation NLL (clean held-out training data) of the deterministic net and of last-layer Laplace
     on it, over the deterministic nets' weight decay; digits and/or the FSDD official split."""
-    from uncertlr.data import load_digits
-
-    data: list[tuple[str, Config, Any]] = []
-    if "digits" in tasks:
-        split = load_digits(seed=0)
-        data.append(("digits", DIGITS, (64, split.x_train, split.y_train, _t)))
-    if "fsdd" in tasks:
-        fs, _ = _fsdd_features(data_dir)
-        std = _standardiser(fs.x_train, FSDD.time_pool)
-        data.append(
-            (
-                "fsdd",
-                FSDD,
-                (fs.x_train.shape[1] * (fs.x_train.shape[2] // FSDD.time_pool), fs.x_train, fs.y_train, std),
-            )
-        )
     grid = (0.0, 1e-3, 3e-3, 1e-2)
+    splits = _validation_splits(tasks, data_dir, seeds)
     rows = []
-    with progress_task(True, "tuning weight decay", len(grid) * len(seeds) * len(data)) as advance:
-        for task, cfg, (n_in, x_all, y_all, prep) in data:
-            for seed in seeds:
-                tr, va = _val_split(len(x_all), seed)
-                x, y, xv = prep(x_all[tr]), _t(y_all[tr]), prep(x_all[va])
-                for wd in grid:
-                    c = replace(cfg, det_weight_decay=wd)
-                    fitted = train_methods(
-                        ("deterministic", "laplace"), _mlp(n_in, c, 10), x, y, c, seed=seed
-                    )
-                    for name, f in fitted.items():
-                        scores = classification_scores(f.predict(xv).numpy(), y_all[va])
-                        rows.append(
-                            {"task": task, "method": name, "weight_decay": wd, "seed": seed, **scores}
-                        )
-                    advance()
+    with progress_task(True, "tuning weight decay", len(grid) * len(splits)) as advance:
+        for task, cfg, seed, n_in, x, y, xv, yv in splits:
+            for wd in grid:
+                c = replace(cfg, det_weight_decay=wd)
+                fitted = train_methods(("deterministic", "laplace"), _mlp(n_in, c, 10), x, y, c, seed=seed)
+                for name, f in fitted.items():
+                    scores = classification_scores(f.predict(xv).numpy(), yv)
+                    rows.append({"task": task, "method": name, "weight_decay": wd, "seed": seed, **scores})
+                advance()
     return rows
 
 
