@@ -23,6 +23,8 @@ Usage::
     python benchmarks/shift.py --png docs/shift.png    # everything, 3 seeds
     python benchmarks/shift.py --tune --tasks fsdd     # choose the BNN's init σ, prior scale, KL weight
     python benchmarks/shift.py --tune-det              # choose the deterministic nets' weight decay
+    python benchmarks/shift.py --tune-loso             # diagnostic: the BNN grid on FSDD's held-out speakers
+    python benchmarks/shift.py --tasks fsdd --speaker-validated   # bnn-spkval: settings chosen on a held-out speaker
 """
 
 from __future__ import annotations
@@ -280,6 +282,66 @@ def fsdd_rows(
     return rows
 
 
+BNN_GRID = [(i, p, k) for i in (1e-3, 1e-2, 3e-2) for p in (0.3, 1.0) for k in (0.1, 0.3, 1.0)]
+
+
+def speaker_validated_rows(
+    seed: int, cfg: Config, advance: Any, data_dir: Path | None
+) -> list[dict[str, Any]]:
+    """``fsdd-loso`` rows of ``bnn-spkval``: the mean-field BNN whose init σ, prior scale and KL weight are
+    chosen, in each leave-one-speaker-out fold, on a *held-out training speaker* (the next one after the
+    test speaker, alphabetically) instead of on recordings of the training speakers themselves; then trained
+    like ``bnn`` on the fold's training part and scored on the test speaker (the test speaker never takes part
+    in the choice)."""
+    from uncertlr.data import LogMel, load_fsdd
+
+    split, _ = _fsdd_features(data_dir)
+    speakers = sorted(set(split.speakers_train))
+    rows = []
+    for k, speaker in enumerate(speakers):
+        fold = load_fsdd(data_dir, features=LogMel(top_db=40.0), split="speaker", test_speakers=[speaker])
+        n_in = fold.x_train.shape[1] * (fold.x_train.shape[2] // cfg.time_pool)
+        held = speakers[(k + 1) % len(speakers)]
+        inner = np.asarray(fold.speakers_train) != held
+        std = _standardiser(fold.x_train[inner], cfg.time_pool)
+        x_in, y_in, x_held = std(fold.x_train[inner]), _t(fold.y_train[inner]), std(fold.x_train[~inner])
+        scores = {}
+        for init, prior, kl in BNN_GRID:
+            c = replace(cfg, init_scale=init, prior_scale=prior, kl_weight=kl)
+            f = train_methods(("bnn",), _mlp(n_in, c, 10), x_in, y_in, c, seed=seed)["bnn"]
+            scores[(init, prior, kl)] = classification_scores(
+                f.predict(x_held).numpy(), fold.y_train[~inner]
+            )["nll"]
+            advance()
+        init, prior, kl = min(scores, key=scores.__getitem__)
+        chosen = replace(cfg, init_scale=init, prior_scale=prior, kl_weight=kl)
+        std = _standardiser(fold.x_train, cfg.time_pool)  # as the other methods' LOSO rows
+        tr, va = _val_split(len(fold.x_train), seed)
+        fitted = train_methods(
+            ("bnn",), _mlp(n_in, chosen, 10), std(fold.x_train[tr]), _t(fold.y_train[tr]), chosen, seed=seed
+        )
+        scored = _score_all(
+            {"bnn-spkval": fitted["bnn"]},
+            std(fold.x_train[va]),
+            fold.y_train[va],
+            {("fsdd-loso", speaker, 0): (std(fold.x_test), fold.y_test)},
+            {"seed": seed},
+        )
+        rows += [
+            {
+                **r,
+                "fold": speaker,
+                "validation_speaker": held,
+                "init_scale": init,
+                "prior_scale": prior,
+                "kl_weight": kl,
+            }
+            for r in scored
+        ]
+        advance()
+    return rows
+
+
 def regression_rows(seed: int, methods: Sequence[str], cfg: Config, advance: Any) -> list[dict[str, Any]]:
     rows = []
     for cond, make in D.REGRESSION.items():
@@ -342,7 +404,7 @@ def _validation_splits(tasks: Sequence[str], data_dir: Path | None, seeds: Seque
 def tune(tasks: Sequence[str], data_dir: Path | None) -> list[dict[str, Any]]:
     """Validation NLL (seed 0, clean held-out training data) of the BNN over a grid of its three defaults,
     on digits and/or the FSDD official split."""
-    grid = [(i, p, k) for i in (1e-3, 1e-2, 3e-2) for p in (0.3, 1.0) for k in (0.1, 0.3, 1.0)]
+    grid = BNN_GRID
     splits = _validation_splits(tasks, data_dir, [0])
     rows = []
     with progress_task(True, "tuning", len(grid) * len(splits)) as advance:
@@ -382,6 +444,46 @@ def tune_det(seeds: Sequence[int], tasks: Sequence[str], data_dir: Path | None) 
     return rows
 
 
+def tune_loso(data_dir: Path | None, seed: int = 0) -> list[dict[str, Any]]:
+    """An oracle diagnostic, not a way to choose settings: the BNN grid of :func:`tune` scored on the
+    leave-one-speaker-out *test* folds (and the deterministic net on the same folds), to see whether any
+    of the grid's settings makes the mean-field BNN hold up on an unseen speaker at all."""
+    from uncertlr.data import LogMel, load_fsdd
+
+    grid = BNN_GRID
+    split, _ = _fsdd_features(data_dir)
+    speakers = sorted(set(split.speakers_train))
+    rows = []
+    with progress_task(True, "grid on held-out speakers", (len(grid) + 1) * len(speakers)) as advance:
+        for speaker in speakers:
+            fold = load_fsdd(data_dir, features=LogMel(top_db=40.0), split="speaker", test_speakers=[speaker])
+            std = _standardiser(fold.x_train, FSDD.time_pool)
+            tr, _ = _val_split(len(fold.x_train), seed)  # the benchmark's LOSO rows train on this part
+            n_in = fold.x_train.shape[1] * (fold.x_train.shape[2] // FSDD.time_pool)
+            x, y, xt = std(fold.x_train[tr]), _t(fold.y_train[tr]), std(fold.x_test)
+            cells = [("deterministic", None)] + [("bnn", c) for c in grid]
+            for method, cell in cells:
+                c = (
+                    FSDD
+                    if cell is None
+                    else replace(FSDD, init_scale=cell[0], prior_scale=cell[1], kl_weight=cell[2])
+                )
+                f = train_methods((method,), _mlp(n_in, c, 10), x, y, c, seed=seed)[method]
+                rows.append(
+                    {
+                        "fold": speaker,
+                        "method": method,
+                        "init_scale": None if cell is None else cell[0],
+                        "prior_scale": None if cell is None else cell[1],
+                        "kl_weight": None if cell is None else cell[2],
+                        "seed": seed,
+                        **classification_scores(f.predict(xt).numpy(), fold.y_test),
+                    }
+                )
+                advance()
+    return rows
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -413,6 +515,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--tune", action="store_true", help="grid over the BNN's init σ, prior scale and KL weight"
     )
     p.add_argument(
+        "--speaker-validated",
+        action="store_true",
+        help="FSDD leave-one-speaker-out rows of bnn-spkval: BNN settings chosen on a held-out training speaker",
+    )
+    p.add_argument(
+        "--tune-loso",
+        action="store_true",
+        help="oracle diagnostic: the BNN grid scored on FSDD's held-out speakers (not for choosing settings)",
+    )
+    p.add_argument(
         "--tune-det",
         action="store_true",
         help="grid over the deterministic nets' weight decay (--tasks digits/fsdd; validation NLL over --seeds)",
@@ -426,6 +538,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         args.seeds, args.tasks = args.seeds[:1], ["digits"]
     t_start = time.perf_counter()
+    if args.tune_loso:
+        rows = tune_loso(args.data_dir, args.seeds[0])
+        det = {r["fold"]: r for r in rows if r["method"] == "deterministic"}
+        cells: dict[tuple, list[dict[str, Any]]] = {}
+        for r in rows:
+            if r["method"] == "bnn":
+                cells.setdefault((r["init_scale"], r["prior_scale"], r["kl_weight"]), []).append(r)
+        summary = [
+            {
+                "init_scale": k[0],
+                "prior_scale": k[1],
+                "kl_weight": k[2],
+                "nll": float(np.mean([r["nll"] for r in v])),
+                "ece": float(np.mean([r["ece"] for r in v])),
+                "accuracy": float(np.mean([r["accuracy"] for r in v])),
+                "folds_nll_below_det": sum(r["nll"] < det[r["fold"]]["nll"] for r in v),
+            }
+            for k, v in cells.items()
+        ]
+        summary.append(
+            {
+                "init_scale": None,
+                "prior_scale": None,
+                "kl_weight": None,
+                **{k: float(np.mean([r[k] for r in det.values()])) for k in ("nll", "ece", "accuracy")},
+                "folds_nll_below_det": None,
+            }
+        )
+        print_table(
+            "BNN grid on FSDD's held-out speakers (an oracle: mean over the 5 folds; last row: deterministic)",
+            summary,
+            [
+                ("init_scale", "init σ", "g"),
+                ("prior_scale", "prior", "g"),
+                ("kl_weight", "KL w", "g"),
+                ("nll", "NLL", ".3f"),
+                ("ece", "ECE", ".3f"),
+                ("accuracy", "acc", ".3f"),
+                ("folds_nll_below_det", "folds NLL < det", "d"),
+            ],
+        )
+        write_results(
+            "shift_tune_loso", rows, args.json or RESULTS_DIR / "shift_tune_loso.json", summary=summary
+        )
+        return 0
     if args.tune_det:
         rows = tune_det(args.seeds, args.tasks, args.data_dir)
         summary = summarise(rows, ("task", "method", "weight_decay"))
@@ -469,7 +626,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     n_models = len(args.methods)
     per_seed = {
         "digits": 2 * n_models,
-        "fsdd": 6 * n_models,
+        "fsdd": 5 * (len(BNN_GRID) + 1) if args.speaker_validated else 6 * n_models,
         "regression": 2 * (n_models - ("bnn-ensemble" in args.methods)),
     }
     total = sum(per_seed[t] for t in args.tasks) * len(args.seeds)
@@ -477,7 +634,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for seed in [] if args.rows else args.seeds:
             if "digits" in args.tasks:
                 rows += digits_rows(seed, args.methods, DIGITS, advance)
-            if "fsdd" in args.tasks:
+            if "fsdd" in args.tasks and args.speaker_validated:
+                rows += speaker_validated_rows(seed, FSDD, advance, args.data_dir)
+            elif "fsdd" in args.tasks:
                 rows += fsdd_rows(seed, args.methods, FSDD, advance, args.data_dir, args.cache)
             if "regression" in args.tasks:
                 rows += regression_rows(seed, args.methods, REGRESSION, advance)
