@@ -484,6 +484,38 @@ def tune_loso(data_dir: Path | None, seed: int = 0) -> list[dict[str, Any]]:
     return rows
 
 
+def loso_grid_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """:func:`tune_loso`'s rows as one row per grid cell (means over the folds, and on how many folds its NLL
+    is below the deterministic net's), then the deterministic net's row."""
+    det = {r["fold"]: r for r in rows if r["method"] == "deterministic"}
+    cells: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["method"] == "bnn":
+            cells.setdefault((r["init_scale"], r["prior_scale"], r["kl_weight"]), []).append(r)
+    summary = [
+        {
+            "init_scale": k[0],
+            "prior_scale": k[1],
+            "kl_weight": k[2],
+            "nll": float(np.mean([r["nll"] for r in v])),
+            "ece": float(np.mean([r["ece"] for r in v])),
+            "accuracy": float(np.mean([r["accuracy"] for r in v])),
+            "folds_nll_below_det": sum(r["nll"] < det[r["fold"]]["nll"] for r in v),
+        }
+        for k, v in cells.items()
+    ]
+    summary.append(
+        {
+            "init_scale": None,
+            "prior_scale": None,
+            "kl_weight": None,
+            **{k: float(np.mean([r[k] for r in det.values()])) for k in ("nll", "ece", "accuracy")},
+            "folds_nll_below_det": None,
+        }
+    )
+    return summary
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -540,32 +572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t_start = time.perf_counter()
     if args.tune_loso:
         rows = tune_loso(args.data_dir, args.seeds[0])
-        det = {r["fold"]: r for r in rows if r["method"] == "deterministic"}
-        cells: dict[tuple, list[dict[str, Any]]] = {}
-        for r in rows:
-            if r["method"] == "bnn":
-                cells.setdefault((r["init_scale"], r["prior_scale"], r["kl_weight"]), []).append(r)
-        summary = [
-            {
-                "init_scale": k[0],
-                "prior_scale": k[1],
-                "kl_weight": k[2],
-                "nll": float(np.mean([r["nll"] for r in v])),
-                "ece": float(np.mean([r["ece"] for r in v])),
-                "accuracy": float(np.mean([r["accuracy"] for r in v])),
-                "folds_nll_below_det": sum(r["nll"] < det[r["fold"]]["nll"] for r in v),
-            }
-            for k, v in cells.items()
-        ]
-        summary.append(
-            {
-                "init_scale": None,
-                "prior_scale": None,
-                "kl_weight": None,
-                **{k: float(np.mean([r[k] for r in det.values()])) for k in ("nll", "ece", "accuracy")},
-                "folds_nll_below_det": None,
-            }
-        )
+        summary = loso_grid_summary(rows)
         print_table(
             "BNN grid on FSDD's held-out speakers (an oracle: mean over the 5 folds; last row: deterministic)",
             summary,

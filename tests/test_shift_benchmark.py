@@ -200,3 +200,25 @@ def test_weight_decay_reaches_the_deterministic_nets_and_not_the_bnns(monkeypatc
         real_fit(det, x, y, epochs=20, lr=1e-2, cfg=cfg, seed=0, weight_decay=wd)
         norms.append(float(sum(p.square().sum() for p in det.parameters())))
     assert norms[1] < 0.5 * norms[0]
+
+
+def test_the_held_out_speaker_grid_summary_counts_folds_against_the_deterministic_net():
+    from benchmarks.shift import loso_grid_summary
+
+    def row(fold, method, nll, cell=(None, None, None)):
+        return {"fold": fold, "method": method, "nll": nll, "ece": nll / 10, "accuracy": 0.5,
+                "init_scale": cell[0], "prior_scale": cell[1], "kl_weight": cell[2]}  # fmt: skip
+
+    a, b = (1e-3, 1.0, 1.0), (3e-2, 0.3, 1.0)
+    rows = [row("f1", "deterministic", 2.0), row("f2", "deterministic", 1.0)]
+    rows += [
+        row("f1", "bnn", 3.0, a),
+        row("f2", "bnn", 0.5, a),
+        row("f1", "bnn", 1.0, b),
+        row("f2", "bnn", 0.9, b),
+    ]
+    out = {(r["init_scale"], r["prior_scale"], r["kl_weight"]): r for r in loso_grid_summary(rows)}
+    assert out[a]["folds_nll_below_det"] == 1 and out[a]["nll"] == pytest.approx(1.75)
+    assert out[b]["folds_nll_below_det"] == 2 and out[b]["ece"] == pytest.approx(0.095)
+    det = out[(None, None, None)]
+    assert det["nll"] == pytest.approx(1.5) and det["folds_nll_below_det"] is None
