@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks import _shift_data as D  # noqa: E402
-from benchmarks._common import RESULTS_DIR, base_parser, print_table, write_results  # noqa: E402
+from benchmarks._common import base_parser, print_table, write_results  # noqa: E402
 from benchmarks._shift_methods import (  # noqa: E402
     METHODS,
     Config,
@@ -215,6 +215,22 @@ def _fsdd_features(data_dir: Path | None) -> tuple[Any, Any]:
     return load_fsdd(data_dir, features=feat), feat
 
 
+def _fsdd_inputs(x: np.ndarray, cfg: Config) -> int:
+    """The MLP's input size for log-mel features ``x[N, bands, frames]`` pooled ``cfg.time_pool`` frames at a time."""
+    return x.shape[1] * (x.shape[2] // cfg.time_pool)
+
+
+def _loso_folds(split: Any, data_dir: Path | None) -> Iterator[tuple[str, Any]]:
+    """``(speaker, fold)`` for each of the official split's speakers in turn: the fold holds that speaker out."""
+    from uncertlr.data import LogMel, load_fsdd
+
+    for speaker in sorted(set(split.speakers_train)):
+        yield (
+            speaker,
+            load_fsdd(data_dir, features=LogMel(top_db=40.0), split="speaker", test_speakers=[speaker]),
+        )
+
+
 def _standardiser(train: np.ndarray, pool: int = 1) -> Callable[[np.ndarray], torch.Tensor]:
     """Per-band standardisation on the training features, then the mean over ``pool`` frames."""
     mu = train.mean(axis=(0, 2), keepdims=True)
@@ -252,11 +268,9 @@ def fsdd_corrupted(split: Any, feat: Any, cache: Path) -> dict[tuple[str, int], 
 def fsdd_rows(
     seed: int, methods: Sequence[str], cfg: Config, advance: Any, data_dir: Path | None, cache: Path
 ) -> list[dict[str, Any]]:
-    from uncertlr.data import LogMel, load_fsdd
-
     split, feat = _fsdd_features(data_dir)
     corrupted = fsdd_corrupted(split, feat, cache)
-    n_in = split.x_train.shape[1] * (split.x_train.shape[2] // cfg.time_pool)
+    n_in = _fsdd_inputs(split.x_train, cfg)
 
     def fit_and_score(data: Any, sets: Callable[[Callable], dict]) -> list[dict[str, Any]]:
         """Train every method on ``data``'s training split (less a validation part) and score ``sets(std)``."""
@@ -275,8 +289,7 @@ def fsdd_rows(
             | {("fsdd-corrupt", kind, sev): (std(x), split.y_test) for (kind, sev), x in corrupted.items()}
         ),
     )
-    for speaker in sorted(set(split.speakers_train)):
-        fold = load_fsdd(data_dir, features=LogMel(top_db=40.0), split="speaker", test_speakers=[speaker])
+    for speaker, fold in _loso_folds(split, data_dir):
         scored = fit_and_score(fold, lambda std: {("fsdd-loso", speaker, 0): (std(fold.x_test), fold.y_test)})  # noqa: B023
         rows += [{**r, "fold": speaker} for r in scored]
     return rows
@@ -293,14 +306,11 @@ def speaker_validated_rows(
     test speaker, alphabetically) instead of on recordings of the training speakers themselves; then trained
     like ``bnn`` on the fold's training part and scored on the test speaker (the test speaker never takes part
     in the choice)."""
-    from uncertlr.data import LogMel, load_fsdd
-
     split, _ = _fsdd_features(data_dir)
     speakers = sorted(set(split.speakers_train))
     rows = []
-    for k, speaker in enumerate(speakers):
-        fold = load_fsdd(data_dir, features=LogMel(top_db=40.0), split="speaker", test_speakers=[speaker])
-        n_in = fold.x_train.shape[1] * (fold.x_train.shape[2] // cfg.time_pool)
+    for k, (speaker, fold) in enumerate(_loso_folds(split, data_dir)):
+        n_in = _fsdd_inputs(fold.x_train, cfg)
         held = speakers[(k + 1) % len(speakers)]
         inner = np.asarray(fold.speakers_train) != held
         std = _standardiser(fold.x_train[inner], cfg.time_pool)
@@ -389,10 +399,8 @@ def _validation_splits(tasks: Sequence[str], data_dir: Path | None, seeds: Seque
         sources.append(("digits", DIGITS, 64, split.x_train, split.y_train, _t))
     if "fsdd" in tasks:
         fs, _ = _fsdd_features(data_dir)
-        n_in = fs.x_train.shape[1] * (fs.x_train.shape[2] // FSDD.time_pool)
-        sources.append(
-            ("fsdd", FSDD, n_in, fs.x_train, fs.y_train, _standardiser(fs.x_train, FSDD.time_pool))
-        )
+        std = _standardiser(fs.x_train, FSDD.time_pool)
+        sources.append(("fsdd", FSDD, _fsdd_inputs(fs.x_train, FSDD), fs.x_train, fs.y_train, std))
     out = []
     for task, cfg, n_in, x, y, prep in sources:
         for seed in seeds:
@@ -404,12 +412,11 @@ def _validation_splits(tasks: Sequence[str], data_dir: Path | None, seeds: Seque
 def tune(tasks: Sequence[str], data_dir: Path | None) -> list[dict[str, Any]]:
     """Validation NLL (seed 0, clean held-out training data) of the BNN over a grid of its three defaults,
     on digits and/or the FSDD official split."""
-    grid = BNN_GRID
     splits = _validation_splits(tasks, data_dir, [0])
     rows = []
-    with progress_task(True, "tuning", len(grid) * len(splits)) as advance:
+    with progress_task(True, "tuning", len(BNN_GRID) * len(splits)) as advance:
         for task, cfg, _, n_in, x, y, xv, yv in splits:
-            for init, prior, kl in grid:
+            for init, prior, kl in BNN_GRID:
                 c = replace(cfg, init_scale=init, prior_scale=prior, kl_weight=kl)
                 f = train_methods(("bnn",), _mlp(n_in, c, 10), x, y, c, seed=0)["bnn"]
                 rows.append(
@@ -448,20 +455,16 @@ def tune_loso(data_dir: Path | None, seed: int = 0) -> list[dict[str, Any]]:
     """An oracle diagnostic, not a way to choose settings: the BNN grid of :func:`tune` scored on the
     leave-one-speaker-out *test* folds (and the deterministic net on the same folds), to see whether any
     of the grid's settings makes the mean-field BNN hold up on an unseen speaker at all."""
-    from uncertlr.data import LogMel, load_fsdd
-
-    grid = BNN_GRID
     split, _ = _fsdd_features(data_dir)
-    speakers = sorted(set(split.speakers_train))
+    n_folds = len(set(split.speakers_train))
     rows = []
-    with progress_task(True, "grid on held-out speakers", (len(grid) + 1) * len(speakers)) as advance:
-        for speaker in speakers:
-            fold = load_fsdd(data_dir, features=LogMel(top_db=40.0), split="speaker", test_speakers=[speaker])
+    with progress_task(True, "grid on held-out speakers", (len(BNN_GRID) + 1) * n_folds) as advance:
+        for speaker, fold in _loso_folds(split, data_dir):
             std = _standardiser(fold.x_train, FSDD.time_pool)
             tr, _ = _val_split(len(fold.x_train), seed)  # the benchmark's LOSO rows train on this part
-            n_in = fold.x_train.shape[1] * (fold.x_train.shape[2] // FSDD.time_pool)
+            n_in = _fsdd_inputs(fold.x_train, FSDD)
             x, y, xt = std(fold.x_train[tr]), _t(fold.y_train[tr]), std(fold.x_test)
-            cells = [("deterministic", None)] + [("bnn", c) for c in grid]
+            cells = [("deterministic", None)] + [("bnn", c) for c in BNN_GRID]
             for method, cell in cells:
                 c = (
                     FSDD
@@ -586,9 +589,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ("folds_nll_below_det", "folds NLL < det", "d"),
             ],
         )
-        write_results(
-            "shift_tune_loso", rows, args.json or RESULTS_DIR / "shift_tune_loso.json", summary=summary
-        )
+        write_results("shift_tune_loso", rows, args.json, summary=summary)
         return 0
     if args.tune_det:
         rows = tune_det(args.seeds, args.tasks, args.data_dir)
@@ -599,9 +600,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             [("task", "task", "s"), ("method", "method", "s"), ("weight_decay", "weight decay", "g")]
             + [(k, k, ".4f") for k in ("nll", "ece", "accuracy")],
         )
-        write_results(
-            "shift_tune_det", rows, args.json or RESULTS_DIR / "shift_tune_det.json", summary=summary
-        )
+        write_results("shift_tune_det", rows, args.json, summary=summary)
         return 0
     if args.tune:
         rows = tune(args.tasks, args.data_dir)
@@ -622,7 +621,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             t: min((r for r in rows if r["task"] == t), key=lambda r: r["nll"])
             for t in {r["task"] for r in rows}
         }
-        write_results("shift_tune", rows, args.json or RESULTS_DIR / "shift_tune.json", best=best)
+        write_results("shift_tune", rows, args.json, best=best)
         return 0
     rows: list[dict[str, Any]] = []
     if args.rows:
