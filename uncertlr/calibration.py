@@ -109,24 +109,16 @@ def fit_temperature(
     res = minimize_scalar(nll, bounds=(math.log(lo), math.log(hi)), method="bounded", options={"xatol": 1e-6})
     t = float(math.exp(res.x))
     # a bound of 1 is the user's "never sharpen" (or "never soften"): ending there is what they asked for
-    at = (
-        "lower"
-        if lo != 1 and res.x < math.log(lo) + 1e-2
-        else "upper"
-        if hi != 1 and res.x > math.log(hi) - 1e-2
-        else None
-    )
-    if at is not None:
+    at_lo = lo != 1 and res.x < math.log(lo) + 1e-2
+    at_hi = hi != 1 and res.x > math.log(hi) - 1e-2
+    if at_lo or at_hi:
         wrong = int((host.mean(0).argmax(-1) != y).sum())
+        why = "as T shrinks, and the sharpened predictions can be badly over-confident on new data"
         warnings.warn(
-            f"the fitted temperature {t:.3g} is at the {at} search bound {lo if at == 'lower' else hi:g}: "
-            f"with {wrong} misclassified of {len(y)} validation inputs the NLL keeps falling "
-            + (
-                "as T shrinks, and the sharpened predictions can be badly over-confident on new data"
-                if at == "lower"
-                else "as T grows"
-            )
-            + "; fit on a larger validation set, or narrow bounds= (e.g. (1.0, 20.0) to never sharpen)",
+            f"the fitted temperature {t:.3g} is at the {'lower' if at_lo else 'upper'} search bound "
+            f"{lo if at_lo else hi:g}: with {wrong} misclassified of {len(y)} validation inputs the NLL keeps "
+            f"falling {why if at_lo else 'as T grows'}; fit on a larger validation set, or narrow bounds= "
+            "(e.g. (1.0, 20.0) to never sharpen)",
             UserWarning,
             stacklevel=2,
         )
