@@ -5,7 +5,8 @@ The top level is backend-neutral (it imports neither torch nor jax):
 * :mod:`uncertlr.metrics` — uncertainty and calibration on numpy, torch or jax arrays;
 * :mod:`uncertlr.priors`, :mod:`uncertlr.likelihoods`, :mod:`uncertlr.select` — the model
   vocabulary both backends share;
-* :mod:`uncertlr.calibration` — post-hoc temperature scaling of any method's predictions.
+* :mod:`uncertlr.calibration` — post-hoc temperature scaling of any method's predictions;
+* :mod:`uncertlr.model_selection` — settings chosen on whole held-out sources (leave-one-group-out).
 
 Backends: :mod:`uncertlr.torch` (Pyro) and, with the ``jax`` extra, :mod:`uncertlr.jax` (NumPyro).
 
@@ -17,8 +18,8 @@ Example:
     1.0
 """
 
-from uncertlr import calibration, likelihoods, metrics, priors, select
+from uncertlr import calibration, likelihoods, metrics, model_selection, priors, select
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "calibration", "likelihoods", "metrics", "priors", "select"]
+__all__ = ["__version__", "calibration", "likelihoods", "metrics", "model_selection", "priors", "select"]
