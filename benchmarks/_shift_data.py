@@ -26,11 +26,26 @@ DIGIT_LEVELS = {
     "shift": (0.5, 1.0, 1.5, 2.0, 2.5),  # pixels, random direction
     "contrast": (0.7, 0.5, 0.35, 0.2, 0.1),  # contrast factor around each image's mean
 }
+# Held-out *validation* corruptions (as ImageNet-C's extra four, Hendrycks & Dietterich 2019): other kinds than
+# the test ones above, used only to choose settings for shift (``bnn-cval``); never scored as a test condition.
+VALIDATION_DIGIT_LEVELS = {
+    "impulse": (0.03, 0.06, 0.1, 0.15, 0.2),  # fraction of pixels set to 0 or 1 (salt and pepper)
+    "zoom": (1.1, 1.2, 1.3, 1.4, 1.5),  # scale factor about the centre, in or out at random
+    "occlusion": (2, 3, 4, 5, 6),  # side (pixels) of a blank square at a random place
+    "brightness": (0.1, 0.2, 0.3, 0.4, 0.5),  # added to every pixel
+}
 
 
 def corrupt_digits(x: np.ndarray, kind: str, severity: int, rng: np.random.Generator) -> np.ndarray:
-    """Corrupt flat digits ``x[N, 64]`` (values in [0, 1]); returns ``[N, 64]`` float32 in [0, 1]."""
-    level = DIGIT_LEVELS[kind][severity - 1]
+    """Corrupt flat digits ``x[N, 64]`` (values in [0, 1]); returns ``[N, 64]`` float32 in [0, 1].
+
+    ``kind`` is a test corruption (:data:`DIGIT_LEVELS`) or a validation one (:data:`VALIDATION_DIGIT_LEVELS`).
+    """
+    if kind not in DIGIT_LEVELS and kind not in VALIDATION_DIGIT_LEVELS:
+        raise ValueError(
+            f"unknown digits corruption {kind!r}; known: {sorted(DIGIT_LEVELS) + sorted(VALIDATION_DIGIT_LEVELS)}"
+        )
+    level = (DIGIT_LEVELS | VALIDATION_DIGIT_LEVELS)[kind][severity - 1]
     img = x.reshape(-1, 8, 8).astype(np.float64)
     if kind == "noise":
         out = img + rng.normal(0.0, level, img.shape)
@@ -50,8 +65,26 @@ def corrupt_digits(x: np.ndarray, kind: str, severity: int, rng: np.random.Gener
     elif kind == "contrast":
         mean = img.mean(axis=(1, 2), keepdims=True)
         out = (img - mean) * level + mean
-    else:
-        raise ValueError(f"unknown digits corruption {kind!r}")
+    elif kind == "impulse":
+        hit = rng.random(img.shape) < level
+        out = np.where(hit, rng.integers(0, 2, img.shape).astype(np.float64), img)
+    elif kind == "zoom":
+        factors = np.where(rng.random(len(img)) < 0.5, level, 1.0 / level)
+        centre = np.array([3.5, 3.5])
+        out = np.stack(
+            [
+                ndimage.affine_transform(i, np.eye(2) / f, offset=centre - centre / f, order=1)
+                for i, f in zip(img, factors)
+            ]
+        )
+    elif kind == "occlusion":
+        side = int(level)
+        corners = rng.integers(0, 8 - side + 1, (len(img), 2))
+        out = img.copy()
+        for i, (r, c) in enumerate(corners):
+            out[i, r : r + side, c : c + side] = 0.0
+    else:  # brightness
+        out = img + level
     return np.clip(out, 0.0, 1.0).reshape(len(x), 64).astype(np.float32)
 
 

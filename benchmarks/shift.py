@@ -25,6 +25,7 @@ Usage::
     python benchmarks/shift.py --tune-det              # choose the deterministic nets' weight decay
     python benchmarks/shift.py --tune-loso             # diagnostic: the BNN grid on FSDD's held-out speakers
     python benchmarks/shift.py --tasks fsdd --speaker-validated   # bnn-spkval: settings chosen on a held-out speaker
+    python benchmarks/shift.py --tasks digits --corruption-validated  # bnn-cval: chosen on held-out corruption kinds
 """
 
 from __future__ import annotations
@@ -166,14 +167,19 @@ def _score_all(
 # --------------------------------------------------------------------------- conditions
 
 
-def digits_rows(seed: int, methods: Sequence[str], cfg: Config, advance: Any) -> list[dict[str, Any]]:
-    from uncertlr.data import load_digits, shuffle_pixels
+def _digits_split(seed: int) -> tuple[Any, torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+    """digits (the fixed train/test split), its training part less this seed's validation part, and that part."""
+    from uncertlr.data import load_digits
 
     split = load_digits(seed=0)
     tr, va = _val_split(len(split.x_train), seed)
-    x_tr, y_tr = _t(split.x_train[tr]), _t(split.y_train[tr])
-    x_val, y_val = _t(split.x_train[va]), split.y_train[va]
-    fitted = train_methods(tuple(methods), _mlp(64, cfg, 10), x_tr, y_tr, cfg, seed=seed, advance=advance)
+    return split, _t(split.x_train[tr]), _t(split.y_train[tr]), split.x_train[va], split.y_train[va]
+
+
+def _digits_sets(split: Any, seed: int) -> tuple[dict[tuple, Any], dict[tuple, Any]]:
+    """The digits evaluation sets of ``seed`` (clean, the 5 x 5 corrupted test sets) and the far-OOD set."""
+    from uncertlr.data import shuffle_pixels
+
     rng = np.random.default_rng(10_000 + seed)
     sets = {("digits-clean", "none", 0): (_t(split.x_test), split.y_test)}
     for kind in D.DIGIT_LEVELS:
@@ -188,24 +194,74 @@ def digits_rows(seed: int, methods: Sequence[str], cfg: Config, advance: Any) ->
             _t(shuffle_pixels(split.x_test, seed=seed)),
         )
     }
-    rows = _score_all(fitted, x_val, y_val, sets, {"seed": seed}, ood)
-    # near-OOD: train on 0-4, detect 5-9
-    lo_tr = split.y_train < 5
-    idx = np.flatnonzero(lo_tr)
+    return sets, ood
+
+
+def _near_ood_rows(
+    split: Any, seed: int, train: Callable[[torch.Tensor, torch.Tensor], dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """``digits-near-ood`` rows: ``train(x, y)`` on digits 0-4 (less a validation part), detect 5-9."""
+    idx = np.flatnonzero(split.y_train < 5)
     tr, va = _val_split(len(idx), seed)
-    x5, y5 = _t(split.x_train[idx[tr]]), _t(split.y_train[idx[tr]])
-    fitted = train_methods(tuple(methods), _mlp(64, cfg, 5), x5, y5, cfg, seed=seed, advance=advance)
+    fitted = train(_t(split.x_train[idx[tr]]), _t(split.y_train[idx[tr]]))
     te_in, te_out = split.y_test < 5, split.y_test >= 5
     sets = {("digits-near-ood-in", "none", 0): (_t(split.x_test[te_in]), split.y_test[te_in])}
     ood = {("digits-near-ood", "digits-5-9"): (("digits-near-ood-in", "none", 0), _t(split.x_test[te_out]))}
-    rows += [
-        r
-        for r in _score_all(
-            fitted, _t(split.x_train[idx[va]]), split.y_train[idx[va]], sets, {"seed": seed}, ood
-        )
-        if r["condition"] == "digits-near-ood"
+    rows = _score_all(fitted, _t(split.x_train[idx[va]]), split.y_train[idx[va]], sets, {"seed": seed}, ood)
+    return [r for r in rows if r["condition"] == "digits-near-ood"]
+
+
+def digits_rows(seed: int, methods: Sequence[str], cfg: Config, advance: Any) -> list[dict[str, Any]]:
+    split, x_tr, y_tr, x_val, y_val = _digits_split(seed)
+    fitted = train_methods(tuple(methods), _mlp(64, cfg, 10), x_tr, y_tr, cfg, seed=seed, advance=advance)
+    sets, ood = _digits_sets(split, seed)
+    rows = _score_all(fitted, _t(x_val), y_val, sets, {"seed": seed}, ood)
+    return rows + _near_ood_rows(
+        split,
+        seed,
+        lambda x, y: train_methods(tuple(methods), _mlp(64, cfg, 5), x, y, cfg, seed=seed, advance=advance),
+    )
+
+
+def corruption_validated_rows(
+    seed: int, cfg: Config, advance: Any, grid: Sequence[tuple[float, float, float]] | None = None
+) -> list[dict[str, Any]]:
+    """digits rows of ``bnn-cval``: the mean-field BNN whose init σ, prior scale and KL weight (``grid``,
+    default :data:`BNN_GRID`) are chosen by the mean NLL on the seed's validation part corrupted with the
+    *validation* corruptions (:data:`~benchmarks._shift_data.VALIDATION_DIGIT_LEVELS`, other kinds than the
+    test corruptions, 5 severities each), as ImageNet-C's held-out corruptions are used; then scored like
+    every other method (the chosen cell's model itself; near-OOD: the same settings trained on digits 0-4)."""
+    split, x_tr, y_tr, x_val, y_val = _digits_split(seed)
+    rng = np.random.default_rng(20_000 + seed)
+    val_sets = [
+        (_t(D.corrupt_digits(x_val, kind, sev, rng)), y_val)
+        for kind in D.VALIDATION_DIGIT_LEVELS
+        for sev in D.SEVERITIES
     ]
-    return rows
+    scored = []
+    for init, prior, kl in BNN_GRID if grid is None else grid:
+        c = replace(cfg, init_scale=init, prior_scale=prior, kl_weight=kl)
+        f = train_methods(("bnn",), _mlp(64, c, 10), x_tr, y_tr, c, seed=seed)["bnn"]
+        nll = float(np.mean([classification_scores(f.predict(x).numpy(), y)["nll"] for x, y in val_sets]))
+        scored.append((nll, c, f))
+        advance()
+    nll, chosen, fitted = min(scored, key=lambda t: t[0])
+    sets, ood = _digits_sets(split, seed)
+    rows = _score_all({"bnn-cval": fitted}, _t(x_val), y_val, sets, {"seed": seed}, ood)
+    rows += _near_ood_rows(
+        split,
+        seed,
+        lambda x, y: {
+            "bnn-cval": train_methods(("bnn",), _mlp(64, chosen, 5), x, y, chosen, seed=seed)["bnn"]
+        },
+    )
+    advance()
+    setting = {
+        "init_scale": chosen.init_scale,
+        "prior_scale": chosen.prior_scale,
+        "kl_weight": chosen.kl_weight,
+    }
+    return [{**r, **setting, "validation_corrupt_nll": nll} for r in rows]
 
 
 def _fsdd_features(data_dir: Path | None) -> tuple[Any, Any]:
@@ -299,31 +355,52 @@ BNN_GRID = [(i, p, k) for i in (1e-3, 1e-2, 3e-2) for p in (0.3, 1.0) for k in (
 
 
 def speaker_validated_rows(
-    seed: int, cfg: Config, advance: Any, data_dir: Path | None
+    seed: int,
+    cfg: Config,
+    advance: Any,
+    data_dir: Path | None,
+    grid: Sequence[tuple[float, float, float]] | None = None,
 ) -> list[dict[str, Any]]:
-    """``fsdd-loso`` rows of ``bnn-spkval``: the mean-field BNN whose init σ, prior scale and KL weight are
-    chosen, in each leave-one-speaker-out fold, on a *held-out training speaker* (the next one after the
-    test speaker, alphabetically) instead of on recordings of the training speakers themselves; then trained
-    like ``bnn`` on the fold's training part and scored on the test speaker (the test speaker never takes part
-    in the choice)."""
+    """``fsdd-loso`` rows of ``bnn-spkval``: the mean-field BNN whose init σ, prior scale and KL weight
+    (``grid``, default :data:`BNN_GRID`) are chosen, in each leave-one-speaker-out fold, on a *held-out
+    training speaker* (the next one after the test speaker, alphabetically) instead of on recordings of the
+    training speakers themselves (:func:`uncertlr.model_selection.held_out_group_search`); then trained like
+    ``bnn`` on the fold's training part and scored on the test speaker (the test speaker never takes part in
+    the choice)."""
+    from uncertlr.model_selection import held_out_group_search
+
     split, _ = _fsdd_features(data_dir)
     speakers = sorted(set(split.speakers_train))
     rows = []
     for k, (speaker, fold) in enumerate(_loso_folds(split, data_dir)):
         n_in = _fsdd_inputs(fold.x_train, cfg)
         held = speakers[(k + 1) % len(speakers)]
-        inner = np.asarray(fold.speakers_train) != held
-        std = _standardiser(fold.x_train[inner], cfg.time_pool)
-        x_in, y_in, x_held = std(fold.x_train[inner]), _t(fold.y_train[inner]), std(fold.x_train[~inner])
-        scores = {}
-        for init, prior, kl in BNN_GRID:
-            c = replace(cfg, init_scale=init, prior_scale=prior, kl_weight=kl)
-            f = train_methods(("bnn",), _mlp(n_in, c, 10), x_in, y_in, c, seed=seed)["bnn"]
-            scores[(init, prior, kl)] = classification_scores(
-                f.predict(x_held).numpy(), fold.y_train[~inner]
-            )["nll"]
-            advance()
-        init, prior, kl = min(scores, key=scores.__getitem__)
+        groups = np.asarray(fold.speakers_train)
+        std = _standardiser(fold.x_train[groups != held], cfg.time_pool)
+
+        class Candidate:  # the benchmark's own training of one grid cell, behind build/train/predict
+            def __init__(self, init_scale: float, prior_scale: float, kl_weight: float) -> None:
+                self.cfg = replace(cfg, init_scale=init_scale, prior_scale=prior_scale, kl_weight=kl_weight)
+
+            def train(self, x: torch.Tensor, y: torch.Tensor) -> None:
+                self.fitted = train_methods(("bnn",), _mlp(n_in, self.cfg, 10), x, y, self.cfg, seed=seed)["bnn"]  # noqa: B023
+                advance()  # noqa: B023
+
+            def predict(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
+                return self.fitted.predict(x)
+
+        search = held_out_group_search(
+            Candidate,
+            [{"init_scale": i, "prior_scale": p, "kl_weight": w} for i, p, w in grid or BNN_GRID],
+            Candidate.train,
+            std(fold.x_train),
+            _t(fold.y_train),
+            groups,
+            held_out=[held],
+            num_samples=cfg.num_samples,
+            progress=False,
+        )
+        init, prior, kl = (search.best[name] for name in ("init_scale", "prior_scale", "kl_weight"))
         chosen = replace(cfg, init_scale=init, prior_scale=prior, kl_weight=kl)
         std = _standardiser(fold.x_train, cfg.time_pool)  # as the other methods' LOSO rows
         tr, va = _val_split(len(fold.x_train), seed)
@@ -555,6 +632,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="FSDD leave-one-speaker-out rows of bnn-spkval: BNN settings chosen on a held-out training speaker",
     )
     p.add_argument(
+        "--corruption-validated",
+        action="store_true",
+        help="digits rows of bnn-cval: BNN settings chosen on held-out (validation) corruption kinds",
+    )
+    p.add_argument(
         "--tune-loso",
         action="store_true",
         help="oracle diagnostic: the BNN grid scored on FSDD's held-out speakers (not for choosing settings)",
@@ -631,14 +713,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.seeds = sorted(set(args.seeds) | set(doc.get("seeds", [])))
     n_models = len(args.methods)
     per_seed = {
-        "digits": 2 * n_models,
+        "digits": len(BNN_GRID) + 1 if args.corruption_validated else 2 * n_models,
         "fsdd": 5 * (len(BNN_GRID) + 1) if args.speaker_validated else 6 * n_models,
         "regression": 2 * (n_models - ("bnn-ensemble" in args.methods)),
     }
     total = sum(per_seed[t] for t in args.tasks) * len(args.seeds)
     with progress_task(not args.rows, "shift benchmark", 0 if args.rows else total) as advance:
         for seed in [] if args.rows else args.seeds:
-            if "digits" in args.tasks:
+            if "digits" in args.tasks and args.corruption_validated:
+                rows += corruption_validated_rows(seed, DIGITS, advance)
+            elif "digits" in args.tasks:
                 rows += digits_rows(seed, args.methods, DIGITS, advance)
             if "fsdd" in args.tasks and args.speaker_validated:
                 rows += speaker_validated_rows(seed, FSDD, advance, args.data_dir)

@@ -46,7 +46,7 @@ def test_aurc_rewards_confidence_ranking():
     assert classification_scores(good, labels)["accuracy"] == 0.75
 
 
-@pytest.mark.parametrize("kind", sorted(D.DIGIT_LEVELS))
+@pytest.mark.parametrize("kind", sorted(D.DIGIT_LEVELS) + sorted(D.VALIDATION_DIGIT_LEVELS))
 def test_digit_corruptions_keep_shape_and_range_and_grow_with_severity(kind):
     from uncertlr.data import load_digits
 
@@ -57,6 +57,12 @@ def test_digit_corruptions_keep_shape_and_range_and_grow_with_severity(kind):
         assert out.shape == x.shape and out.dtype == np.float32 and out.min() >= 0 and out.max() <= 1
         diffs.append(float(np.abs(out - x).mean()))
     assert diffs[-1] > diffs[0] > 0
+
+
+def test_validation_corruptions_are_other_kinds_than_the_test_ones():
+    assert not set(D.VALIDATION_DIGIT_LEVELS) & set(D.DIGIT_LEVELS)
+    with pytest.raises(ValueError, match="unknown digits corruption 'fog'"):
+        D.corrupt_digits(np.zeros((1, 64), np.float32), "fog", 1, np.random.default_rng(0))
 
 
 @pytest.mark.parametrize("kind", sorted(D.AUDIO_LEVELS))
@@ -222,3 +228,34 @@ def test_the_held_out_speaker_grid_summary_counts_folds_against_the_deterministi
     assert out[b]["folds_nll_below_det"] == 2 and out[b]["ece"] == pytest.approx(0.095)
     det = out[(None, None, None)]
     assert det["nll"] == pytest.approx(1.5) and det["folds_nll_below_det"] is None
+
+
+def test_corruption_validated_bnn_is_chosen_on_validation_corruptions_only(monkeypatch):
+    """``bnn-cval`` keeps the grid cell with the lowest NLL on the *validation* corruption kinds and is
+    scored on the test conditions; the test corruptions take no part in the choice."""
+    from benchmarks import shift as S
+    from benchmarks._shift_methods import Config
+
+    corrupted: list[str] = []
+    real = D.corrupt_digits
+
+    def spy(x, kind, severity, rng):
+        corrupted.append(kind)
+        return real(x, kind, severity, rng)
+
+    monkeypatch.setattr(D, "corrupt_digits", spy)
+    cfg = Config(hidden=(8,), bnn_epochs=1, num_samples=2)
+    grid = [(1e-3, 1.0, 1.0), (1e-3, 0.3, 1.0)]
+    rows = S.corruption_validated_rows(0, cfg, lambda *a, **k: None, grid=grid)
+    n_val = len(D.VALIDATION_DIGIT_LEVELS) * len(D.SEVERITIES)
+    assert set(corrupted[:n_val]) == set(D.VALIDATION_DIGIT_LEVELS)  # the choice: validation kinds only
+    assert set(corrupted[n_val:]) == set(D.DIGIT_LEVELS)  # then the test sets, built after the choice
+    assert {r["method"] for r in rows} == {"bnn-cval", "bnn-cval+ts"}
+    assert {r["condition"] for r in rows} == {
+        "digits-clean",
+        "digits-corrupt",
+        "digits-far-ood",
+        "digits-near-ood",
+    }
+    chosen = {(r["init_scale"], r["prior_scale"], r["kl_weight"]) for r in rows}
+    assert len(chosen) == 1 and chosen.pop() in grid
