@@ -361,12 +361,13 @@ def speaker_validated_rows(
     data_dir: Path | None,
     grid: Sequence[tuple[float, float, float]] | None = None,
 ) -> list[dict[str, Any]]:
-    """``fsdd-loso`` rows of ``bnn-spkval``: the mean-field BNN whose init σ, prior scale and KL weight
+    """``fsdd-loso`` rows of ``bnn-spkval``, the mean-field BNN whose init σ, prior scale and KL weight
     (``grid``, default :data:`BNN_GRID`) are chosen, in each leave-one-speaker-out fold, on a *held-out
     training speaker* (the next one after the test speaker, alphabetically) instead of on recordings of the
     training speakers themselves (:func:`uncertlr.model_selection.held_out_group_search`); then trained like
     ``bnn`` on the fold's training part and scored on the test speaker (the test speaker never takes part in
-    the choice)."""
+    the choice); and of ``bnn-ensemble-spkval``, ``cfg.bnn_ensemble_size`` such BNNs (``bnn-ensemble`` with the
+    chosen settings)."""
     from uncertlr.model_selection import held_out_group_search
 
     split, _ = _fsdd_features(data_dir)
@@ -383,7 +384,9 @@ def speaker_validated_rows(
                 self.cfg = replace(cfg, init_scale=init_scale, prior_scale=prior_scale, kl_weight=kl_weight)
 
             def train(self, x: torch.Tensor, y: torch.Tensor) -> None:
-                self.fitted = train_methods(("bnn",), _mlp(n_in, self.cfg, 10), x, y, self.cfg, seed=seed)["bnn"]  # noqa: B023
+                self.fitted = train_methods(("bnn",), _mlp(n_in, self.cfg, 10), x, y, self.cfg, seed=seed)[
+                    "bnn"
+                ]  # noqa: B023
                 advance()  # noqa: B023
 
             def predict(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
@@ -404,16 +407,23 @@ def speaker_validated_rows(
         chosen = replace(cfg, init_scale=init, prior_scale=prior, kl_weight=kl)
         std = _standardiser(fold.x_train, cfg.time_pool)  # as the other methods' LOSO rows
         tr, va = _val_split(len(fold.x_train), seed)
-        fitted = train_methods(
-            ("bnn",), _mlp(n_in, chosen, 10), std(fold.x_train[tr]), _t(fold.y_train[tr]), chosen, seed=seed
-        )
-        scored = _score_all(
-            {"bnn-spkval": fitted["bnn"]},
-            std(fold.x_train[va]),
-            fold.y_train[va],
-            {("fsdd-loso", speaker, 0): (std(fold.x_test), fold.y_test)},
-            {"seed": seed},
-        )
+        scored = []
+        for method, name in (("bnn", "bnn-spkval"), ("bnn-ensemble", "bnn-ensemble-spkval")):
+            fitted = train_methods(
+                (method,),
+                _mlp(n_in, chosen, 10),
+                std(fold.x_train[tr]),
+                _t(fold.y_train[tr]),
+                chosen,
+                seed=seed,
+            )  # one at a time, each scored before the next trains: bnn-spkval's rows do not depend on the ensemble
+            scored += _score_all(
+                {name: fitted[method]},
+                std(fold.x_train[va]),
+                fold.y_train[va],
+                {("fsdd-loso", speaker, 0): (std(fold.x_test), fold.y_test)},
+                {"seed": seed},
+            )
         rows += [
             {
                 **r,
