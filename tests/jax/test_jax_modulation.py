@@ -158,7 +158,8 @@ def test_misuse_is_reported():
 PMEAN_SCRIPT = textwrap.dedent(
     """
     import os
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
     os.environ["JAX_PLATFORMS"] = "cpu"
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import PartitionSpec as P
@@ -186,7 +187,9 @@ PMEAN_SCRIPT = textwrap.dedent(
 
 
 def test_pmean_across_two_devices_under_jit():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    # two host devices, on top of the test session's XLA flags (tests/conftest.py)
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+    env = {**os.environ, "XLA_FLAGS": flags.strip(), "JAX_PLATFORMS": "cpu"}
     res = subprocess.run(
         [sys.executable, "-c", PMEAN_SCRIPT], capture_output=True, text=True, env=env, timeout=120
     )
