@@ -251,7 +251,8 @@ def test_brackets_in_paths_are_printed_as_text_not_markup(tmp_path, capsys, monk
     (run,) = out.iterdir()
     printed = capsys.readouterr()
     flat = printed.out.replace("\n", "")
-    assert f"run folder: {run}" in flat and f"run folder {run}" in flat  # the last line and "training started"
+    # the last line, and the "training started" line
+    assert f"run folder: {run}" in flat and f"run folder {run}" in flat
     assert "Traceback" not in printed.err
 
 
