@@ -159,3 +159,27 @@ def test_a_torch_bnn_is_searched_on_torch_tensors():
         search.scores[0] == pytest.approx(math.log(2), abs=0.05) and search.scores[1] < search.scores[0] - 0.1
     )
     assert search.best == {"prior_scale": 1.0}
+
+
+def test_jax_arrays_are_indexed_and_scored_like_numpy_ones():
+    jnp = pytest.importorskip("jax.numpy")
+
+    class JaxSmoothed:  # the same toy as Smoothed, computed in JAX
+        def __init__(self, alpha):
+            self.alpha = alpha
+
+        def predict(self, x, num_samples):
+            hot = (x[:, 0] > 0).astype(jnp.int32)
+            p = jnp.full((x.shape[0], 2), self.alpha / 2).at[jnp.arange(x.shape[0]), hot].add(1 - self.alpha)
+            return jnp.broadcast_to(p, (num_samples, *p.shape))
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 1)).astype(np.float32)
+    y = np.where(rng.random(30) < 0.8, x[:, 0] > 0, x[:, 0] <= 0).astype(np.int32)
+    groups = np.arange(30) % 3
+    grid = {"alpha": [0.05, 0.3]}
+    ref = held_out_group_search(Smoothed, grid, _noop, x, y, groups, progress=False)
+    got = held_out_group_search(
+        JaxSmoothed, grid, _noop, jnp.asarray(x), jnp.asarray(y), jnp.asarray(groups), progress=False
+    )
+    assert got.scores == pytest.approx(ref.scores, rel=1e-5) and got.best == ref.best
