@@ -12,6 +12,11 @@ train, 0-4 test) from log-mel spectrograms, then asks what the uncertainty is go
   test set as in-distribution and the test recordings at ``--ood-snr`` dB as the
   out-of-distribution set (``auroc_mi``: how well mutual information tells them apart).
 
+With ``--speaker-validated`` a fourth model, "bnn-spkval", is the BNN whose prior scale, KL weight
+and initial σ are chosen on a *held-out training speaker* (:func:`uncertlr.model_selection.held_out_group_search`
+over :data:`SPKVAL_GRID`, never looking at the held-out test speaker): the recipe that makes a BNN hold up
+on unseen speakers in ``benchmarks/shift.py``.
+
 The "bnn+modulator" model is the BNN with the LR modulator (``uncertlr.torch.Modulator``,
 the G1 ratio rule driven by the batch predictive entropy). The three models are trained and
 saved by the pipeline behind ``uncertlr demo`` (:mod:`uncertlr.app.pipeline`), which also
@@ -22,6 +27,7 @@ Usage::
     python examples/speech_digits.py                    # full run (~3 min on 2 CPU cores)
     python examples/speech_digits.py --quick            # a subset, a few epochs (< 1 min)
     python examples/speech_digits.py --data-dir /data   # folder holding fsdd/recordings
+    python examples/speech_digits.py --speaker-validated  # + a BNN with settings chosen on a held-out speaker
 
 Data: ``--data-dir`` / ``$UNCERTLR_DATA`` (the folder holding ``fsdd/recordings``), else
 ``../shared/data`` beside a checkout; ``--download`` fetches FSDD (SHA-256 verified).
@@ -45,7 +51,12 @@ from uncertlr import metrics, runfolder
 from uncertlr.app.pipeline import Method, NetFactory, Task, Trained, compare, results_table, save, train
 from uncertlr.data import LogMel, add_noise, fix_length, load_fsdd, read_recordings
 from uncertlr.diagnostics.plots import save_figure
+from uncertlr.model_selection import GroupSearch, held_out_group_search
 from uncertlr.modulation import G1
+
+#: The BNN settings ``--speaker-validated`` chooses among: init σ x prior scale x KL weight (the corners of
+#: ``benchmarks/shift.py``'s grid).
+SPKVAL_GRID = {"init_scale": [1e-3, 3e-2], "prior_scale": [0.3, 1.0], "kl_weight": [0.1, 1.0]}
 
 
 @dataclass(frozen=True)
@@ -72,6 +83,7 @@ class SpeechConfig:
     held_out_speaker: str | None = None  # default: the last speaker in alphabetical order
     max_index: int | None = None  # keep recordings with index < max_index (a subset; None = all)
     modulator_warmup: int = 20
+    speaker_validated: bool = False  # add "bnn-spkval" (settings chosen on a held-out training speaker)
     quick: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -115,6 +127,41 @@ def methods(cfg: SpeechConfig) -> list[Method]:
         num_samples=cfg.num_samples,
     )
     return [det, bnn, replace(bnn, name="bnn+modulator", rule=G1(warmup=cfg.modulator_warmup))]
+
+
+def speaker_validated(
+    bnn: Method,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    speakers: np.ndarray,
+    held_out: str,
+    net: NetFactory,
+    *,
+    epochs: int,
+    seed: int,
+    grid: dict[str, list[Any]] | None = None,
+    progress: bool = True,
+) -> tuple[Method, GroupSearch]:
+    """``bnn`` with the settings of ``grid`` (default :data:`SPKVAL_GRID`) that score the lowest NLL on speaker
+    ``held_out`` after training ``epochs`` epochs on the other speakers of ``x``; named ``bnn-spkval``."""
+
+    class Candidate:
+        def __init__(self, **setting: Any) -> None:
+            self.method = replace(bnn, name="bnn-spkval", epochs=epochs, **setting)
+
+        def predict(self, xs: torch.Tensor, num_samples: int) -> Any:
+            return self.trained.predict(xs)
+
+    def fit_one(c: Candidate, xs: torch.Tensor, ys: torch.Tensor) -> None:
+        c.trained = train(
+            Task("fsdd-inner", xs, ys, xs[:1], ys[:1]), c.method, net, seed=seed, progress=False
+        )
+
+    search = held_out_group_search(
+        Candidate, grid or SPKVAL_GRID, fit_one, x, y, speakers, held_out=[held_out],
+        num_samples=bnn.num_samples, progress=progress,
+    )  # fmt: skip
+    return replace(bnn, name="bnn-spkval", **search.best), search
 
 
 def _standardise(train: np.ndarray) -> Callable[[np.ndarray], torch.Tensor]:
@@ -287,7 +334,24 @@ def run(
         }
         return {f"heldout_{k}": v for k, v in heldout[name].items()}
 
-    result = compare(task, methods(cfg), net, seed=cfg.seed, after=after)
+    chosen: dict[str, Any] = {}
+    models = methods(cfg)
+    if cfg.speaker_validated:  # chosen without `held`: among the other speakers, the first one is held out
+        others = sorted(set(spk_split.speakers_train))
+        spkval, search = speaker_validated(
+            models[1],
+            held_task.x_train,
+            held_task.y_train,
+            np.asarray(spk_split.speakers_train),
+            others[0],
+            net,
+            epochs=cfg.heldout_epochs,
+            seed=cfg.seed,
+        )
+        models.append(spkval)
+        chosen = {"validation_speaker": others[0], "best": search.best, "grid": search.rows()}
+        console.print(f"bnn-spkval: {search.best} (lowest NLL on speaker {others[0]}, {held} not used)")
+    result = compare(task, models, net, seed=cfg.seed, after=after)
     for name in result.results:  # accuracy per speaker, from the saved test predictions
         hit = result.predictions[f"{name}_test"].mean(0).argmax(-1) == split.y_test
         per_speaker[name] = {s: float(hit[split.speakers_test == s].mean()) for s in speakers}
@@ -340,6 +404,7 @@ def run(
             "models": heldout,
         },
         "per_speaker_accuracy": per_speaker,
+        "speaker_validated": chosen or None,
         "snr_sweep": {"clean": clean, "by_snr": sweep},
         "total_seconds": time.perf_counter() - t_start,
     }
@@ -392,6 +457,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--held-out-speaker", default=None, help="speaker to hold out (default: last alphabetically)"
     )
+    p.add_argument(
+        "--speaker-validated",
+        action="store_true",
+        help="add bnn-spkval: the BNN with init σ, prior scale and KL weight chosen on a held-out training speaker",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     return p
@@ -402,7 +472,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
     args = _parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = SpeechConfig(seed=args.seed, model=args.model, held_out_speaker=args.held_out_speaker)
+    cfg = SpeechConfig(
+        seed=args.seed,
+        model=args.model,
+        held_out_speaker=args.held_out_speaker,
+        speaker_validated=args.speaker_validated,
+    )
     if args.quick:
         cfg = replace(cfg, **QUICK)
     if args.epochs is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,35 @@ def test_images_on_mnist_format_files_pairs_mnist_with_fashion_mnist(tmp_path):
     assert doc["task"] == "mnist" and doc["ood"] == "fashion-mnist test images"
     with np.load(run / "predictions.npz") as p:
         assert p["bnn_test"].shape == (2, 32, 10) and p["bnn_ood"].shape == (2, 32, 10)
+
+
+def test_speaker_validated_bnn_is_chosen_without_the_held_out_rows(monkeypatch):
+    """``--speaker-validated``: the grid is trained without the validation speaker's rows and scored on them."""
+    import numpy as np
+    import torch
+
+    mod = _load("speech_digits")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 6, generator=g)
+    y = (x[:, 0] > 0).long()
+    speakers = np.repeat(["a", "b", "c"], 20)
+    trained_on = []
+    real_train = mod.train
+
+    def spy(task, method, net, **kw):
+        trained_on.append(task.x_train)
+        return real_train(task, method, net, **kw)
+
+    monkeypatch.setattr(mod, "train", spy)
+    bnn = mod.methods(replace(mod.SpeechConfig(), num_samples=4))[1]
+    grid = {"init_scale": [1e-3], "prior_scale": [0.3, 1.0], "kl_weight": [1.0]}
+    chosen, search = mod.speaker_validated(
+        bnn, x, y, speakers, "b", lambda: torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(),
+        torch.nn.Linear(8, 2)), epochs=2, seed=0, grid=grid, progress=False,
+    )  # fmt: skip
+    assert len(trained_on) == 2 and all(t.shape[0] == 40 for t in trained_on)
+    held = {tuple(r.tolist()) for r in x[20:40]}
+    assert not any(tuple(r.tolist()) in held for t in trained_on for r in t)  # speaker b never trains
+    assert list(search.fold_scores[0]) == ["b"]
+    assert chosen.name == "bnn-spkval" and chosen.epochs == bnn.epochs  # the full training length again
+    assert {"prior_scale": chosen.prior_scale} == {"prior_scale": search.best["prior_scale"]}
