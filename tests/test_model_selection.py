@@ -106,6 +106,7 @@ def test_regression_predictions_are_scored_by_the_gaussian_nll():
         ({"groups": np.zeros(5)}, "one group per row"),
         ({"groups": np.zeros(6)}, "1 distinct value"),
         ({"held_out": [7]}, r"held_out groups \[7\] are not among"),
+        ({"held_out": []}, "held_out is empty"),
         ({"grid": []}, "no setting"),
         ({"grid": {"alpha": []}}, "non-empty list"),
         ({"num_samples": 0}, "num_samples"),

@@ -169,9 +169,11 @@ def held_out_group_search(
             f"groups holds {len(distinct)} distinct value(s): leave-one-group-out needs at least 2"
         )
     folds = distinct if held_out is None else list(held_out)
+    if not folds:
+        raise ValueError("held_out is empty: name at least one group to hold out (or None for every group)")
     missing = [h for h in folds if h not in distinct]
-    if missing or not folds:
-        raise ValueError(f"held_out groups {missing or folds} are not among the groups {distinct}")
+    if missing:
+        raise ValueError(f"held_out groups {missing} are not among the groups {distinct}")
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     scores, fold_scores = [], []
