@@ -43,6 +43,7 @@ __all__ = [
     "convert",
     "float_dtype",
     "full",
+    "host",
     "is_concrete",
     "is_floating",
     "namespace",
@@ -89,6 +90,11 @@ def namespace(x: Array) -> Any:
     if mod.startswith(("jax", "jaxlib")):
         return sys.modules["jax.numpy"]
     return array_namespace(x)
+
+
+def host(x: Array, dtype: Any = None) -> np.ndarray:
+    """``x`` of any array library as a numpy array (a torch tensor is detached and moved to the CPU first)."""
+    return np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=dtype)
 
 
 def clip_min(xp: Any, x: Array, lo: Any) -> Array:

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import minimize_scalar
 
+from uncertlr._arrays import host
 from uncertlr.likelihoods import check_labels
 from uncertlr.metrics._checks import _check_probs
 
@@ -95,11 +96,10 @@ def fit_temperature(
     if not (0 < lo <= 1 <= hi < math.inf and lo < hi):
         raise ValueError(f"bounds must satisfy 0 < low <= 1 <= high < inf, low < high; got {bounds!r}")
     _, p = _check_probs(probs)
-    host = np.asarray(p.detach().cpu() if hasattr(p, "detach") else p, dtype=np.float64)
-    y = np.asarray(labels.detach().cpu() if hasattr(labels, "detach") else labels)
-    check_labels(y, host.shape[1], host.shape[2])
+    probs64, y = host(p, np.float64), host(labels)
+    check_labels(y, probs64.shape[1], probs64.shape[2])
     y = y.astype(np.int64)
-    logp = np.log(np.clip(host, np.finfo(np.float64).tiny, None))
+    logp = np.log(np.clip(probs64, np.finfo(np.float64).tiny, None))
     rows = np.arange(len(y))
 
     def nll(log_t: float) -> float:
@@ -112,7 +112,7 @@ def fit_temperature(
     at_lo = lo != 1 and res.x < math.log(lo) + 1e-2
     at_hi = hi != 1 and res.x > math.log(hi) - 1e-2
     if at_lo or at_hi:
-        wrong = int((host.mean(0).argmax(-1) != y).sum())
+        wrong = int((probs64.mean(0).argmax(-1) != y).sum())
         why = "as T shrinks, and the sharpened predictions can be badly over-confident on new data"
         warnings.warn(
             f"the fitted temperature {t:.3g} is at the {'lower' if at_lo else 'upper'} search bound "

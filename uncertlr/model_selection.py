@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from uncertlr import metrics
+from uncertlr._arrays import host
 from uncertlr._progress import progress_task
 from uncertlr.likelihoods import NormalPrediction
 
@@ -86,22 +87,15 @@ def _settings(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]]) -
     return out
 
 
-def _numpy(a: Any, dtype: Any = None) -> np.ndarray:
-    """Any library's array (a torch tensor on any device included) as numpy."""
-    if hasattr(a, "detach"):
-        a = a.detach().cpu()
-    return np.asarray(a, dtype=dtype)
-
-
 def _held_out_nll(prediction: Any, y: Any) -> float:
     if isinstance(prediction, NormalPrediction):
-        mean = _numpy(prediction.mean, np.float64)
-        variance = _numpy(prediction.variance, np.float64)
-        return float(metrics.gaussian_nll(mean, variance, _numpy(y, np.float64).reshape(mean.shape[1:])))
-    probs = _numpy(prediction, np.float64)
+        mean = host(prediction.mean, np.float64)
+        variance = host(prediction.variance, np.float64)
+        return float(metrics.gaussian_nll(mean, variance, host(y, np.float64).reshape(mean.shape[1:])))
+    probs = host(prediction, np.float64)
     if probs.ndim == 2:
         probs = probs[None]
-    return float(metrics.nll(probs, _numpy(y)))
+    return float(metrics.nll(probs, host(y)))
 
 
 def held_out_group_search(
@@ -157,7 +151,7 @@ def held_out_group_search(
         ValueError: groups holds 1 distinct value(s): leave-one-group-out needs at least 2
     """
     settings = _settings(grid)
-    g = _numpy(groups)
+    g = host(groups)
     if g.ndim != 1 or len(g) != len(x) or len(g) != len(y):
         raise ValueError(
             f"groups must give one group per row: shape {tuple(g.shape)}, but x has {len(x)} rows and "

@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from uncertlr import metrics
+from uncertlr._arrays import host
 from uncertlr._io import atomic_write, environment, read_json, write_json
 from uncertlr._lock import LOCK_FILE, RunFolderBusy, lock_run_dir
 from uncertlr.calibration import fit_temperature
@@ -238,7 +239,7 @@ def classification_summary(
 
 
 def _host(a: Any) -> np.ndarray:
-    return np.asarray(a.detach().cpu() if hasattr(a, "detach") else a, dtype=np.float64)
+    return host(a, np.float64)
 
 
 def interval_coverage(mean: Any, variance: Any, targets: Any, level: float) -> tuple[float, float]:
