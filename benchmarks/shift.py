@@ -238,14 +238,16 @@ def corruption_validated_rows(
         for kind in D.VALIDATION_DIGIT_LEVELS
         for sev in D.SEVERITIES
     ]
-    scored = []
+    best: tuple[float, Config, Any] | None = None  # (validation NLL, settings, model) of the best cell so far
     for init, prior, kl in BNN_GRID if grid is None else grid:
         c = replace(cfg, init_scale=init, prior_scale=prior, kl_weight=kl)
         f = train_methods(("bnn",), _mlp(64, c, 10), x_tr, y_tr, c, seed=seed)["bnn"]
         nll = float(np.mean([classification_scores(f.predict(x).numpy(), y)["nll"] for x, y in val_sets]))
-        scored.append((nll, c, f))
+        if best is None or nll < best[0]:
+            best = (nll, c, f)
         advance()
-    nll, chosen, fitted = min(scored, key=lambda t: t[0])
+    assert best is not None
+    nll, chosen, fitted = best
     sets, ood = _digits_sets(split, seed)
     rows = _score_all({"bnn-cval": fitted}, _t(x_val), y_val, sets, {"seed": seed}, ood)
     rows += _near_ood_rows(
@@ -352,6 +354,7 @@ def fsdd_rows(
 
 
 BNN_GRID = [(i, p, k) for i in (1e-3, 1e-2, 3e-2) for p in (0.3, 1.0) for k in (0.1, 0.3, 1.0)]
+GRID_COLUMNS = [("init_scale", "init σ", "g"), ("prior_scale", "prior", "g"), ("kl_weight", "KL w", "g")]
 
 
 def speaker_validated_rows(
@@ -671,10 +674,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_table(
             "BNN grid on FSDD's held-out speakers (an oracle: mean over the 5 folds; last row: deterministic)",
             summary,
-            [
-                ("init_scale", "init σ", "g"),
-                ("prior_scale", "prior", "g"),
-                ("kl_weight", "KL w", "g"),
+            GRID_COLUMNS
+            + [
                 ("nll", "NLL", ".3f"),
                 ("ece", "ECE", ".3f"),
                 ("accuracy", "acc", ".3f"),
@@ -699,11 +700,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_table(
             "BNN validation NLL",
             rows,
-            [
-                ("task", "task", "s"),
-                ("init_scale", "init σ", "g"),
-                ("prior_scale", "prior", "g"),
-                ("kl_weight", "KL w", "g"),
+            [("task", "task", "s")]
+            + GRID_COLUMNS
+            + [
                 ("nll", "val NLL", ".4f"),
                 ("ece", "val ECE", ".4f"),
                 ("accuracy", "val acc", ".4f"),
