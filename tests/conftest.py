@@ -88,6 +88,7 @@ KEEP_TOGETHER = {
     "tests/app/test_demo.py": "demo",
     "tests/test_build.py": "build",
     "tests/jax/test_jax_svi.py": "jax-svi",
+    "tests/torch/test_distributed.py": "ddp",
     "tests/diagnostics/test_browser.py": "diagnostics-nuts",
     "tests/diagnostics/test_convert.py": "diagnostics-nuts",
     "tests/diagnostics/test_report.py": "diagnostics-nuts",

@@ -1,9 +1,11 @@
 """Worker for the DDP test: run with torchrun; trains a BNN and saves its parameters per rank.
 
-Usage: torchrun --standalone --nproc_per_node=2 tests/torch/_ddp_worker.py OUT_DIR [STEPS] [g1]
+Usage: torchrun --standalone --nproc_per_node=2 tests/torch/_ddp_worker.py OUT_DIR [STEPS] [MODES]
 With no process group (plain python) it trains on the combined batch as a single process.
-With ``g1`` an LR modulator (G1 rule on the batch's predictive entropy) scales every step: each
-process observes the entropy of its own shard, and the modulator all-reduces it.
+MODES (comma-separated, default ``plain``) are trained one after the other in the same processes,
+so one launch serves several tests: ``plain`` is Adam alone; with ``g1`` an LR modulator (G1 rule
+on the batch's predictive entropy) scales every step: each process observes the entropy of its own
+shard, and the modulator all-reduces it.
 """
 
 import sys
@@ -20,8 +22,17 @@ from uncertlr_models import MLP
 
 def main() -> None:
     out, steps = Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 12
-    modulated = len(sys.argv) > 3 and sys.argv[3] == "g1"
+    modes = sys.argv[3].split(",") if len(sys.argv) > 3 else ["plain"]
     info = init_from_env()
+    for mode in modes:
+        if mode not in ("plain", "g1"):
+            raise SystemExit(f"unknown mode {mode!r}")
+        train(out, steps, mode == "g1", info)
+    if info.world_size > 1:
+        torch.distributed.destroy_process_group()
+
+
+def train(out: Path, steps: int, modulated: bool, info) -> None:
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(96, 10, generator=g), torch.randint(0, 4, (96,), generator=g)
@@ -65,8 +76,6 @@ def main() -> None:
             lrs=torch.tensor([h["lr"] for h in hist]),
         )
     torch.save(doc, out / name)
-    if info.world_size > 1:
-        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

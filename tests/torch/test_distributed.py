@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 WORKER = Path(__file__).with_name("_ddp_worker.py")
@@ -18,21 +19,21 @@ def _env():
     return env
 
 
-def test_two_process_ddp_matches_single_process_on_the_combined_batch(tmp_path):
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(WORKER),
-        str(tmp_path),
-    ]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=_env())
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One torchrun launch (two processes) and one single-process run, each training both modes."""
+    out = tmp_path_factory.mktemp("ddp")
+    args = [str(WORKER), str(out), "12", "plain,g1"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    res = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=180, env=_env())
     assert res.returncode == 0, res.stderr[-3000:]
-    subprocess.run([sys.executable, str(WORKER), str(tmp_path)], check=True, timeout=120, env=_env())
+    subprocess.run([sys.executable, *args], check=True, timeout=120, env=_env())
+    return out
+
+
+def test_two_process_ddp_matches_single_process_on_the_combined_batch(runs):
     r0, r1, single = (
-        torch.load(tmp_path / f, weights_only=True) for f in ("rank0.pt", "rank1.pt", "single.pt")
+        torch.load(runs / f, weights_only=True) for f in ("rank0.pt", "rank1.pt", "single.pt")
     )
     assert len(r0["params"]) == len(single["params"]) > 0
     for a, b in zip(r0["params"], r1["params"]):
@@ -45,24 +46,12 @@ def test_two_process_ddp_matches_single_process_on_the_combined_batch(tmp_path):
     )  # each rank logs its own half-batch loss
 
 
-def test_ddp_modulator_all_reduces_its_signal_so_replicas_take_the_same_step(tmp_path):
+def test_ddp_modulator_all_reduces_its_signal_so_replicas_take_the_same_step(runs):
     """Each process sees only its shard, so its local entropy differs; the modulator averages it
     over processes before the rule sees it, so every replica applies the same factor — and the
     run equals one process on the combined batch (whose entropy is the mean of the equal shards')."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    res = subprocess.run(
-        [*cmd, str(WORKER), str(tmp_path), "12", "g1"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=_env(),
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    subprocess.run(
-        [sys.executable, str(WORKER), str(tmp_path), "12", "g1"], check=True, timeout=120, env=_env()
-    )
     r0, r1, single = (
-        torch.load(tmp_path / f"g1-{f}", weights_only=True) for f in ("rank0.pt", "rank1.pt", "single.pt")
+        torch.load(runs / f"g1-{f}", weights_only=True) for f in ("rank0.pt", "rank1.pt", "single.pt")
     )
     assert len(r0["signals"]) == len(single["signals"]) == 12
     # the shards really disagree, so without the all-reduce the replicas would diverge
