@@ -32,9 +32,7 @@ def runs(tmp_path_factory):
 
 
 def test_two_process_ddp_matches_single_process_on_the_combined_batch(runs):
-    r0, r1, single = (
-        torch.load(runs / f, weights_only=True) for f in ("rank0.pt", "rank1.pt", "single.pt")
-    )
+    r0, r1, single = (torch.load(runs / f, weights_only=True) for f in ("rank0.pt", "rank1.pt", "single.pt"))
     assert len(r0["params"]) == len(single["params"]) > 0
     for a, b in zip(r0["params"], r1["params"]):
         assert torch.equal(a, b)  # every replica applied exactly the same updates
