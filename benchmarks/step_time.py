@@ -7,7 +7,9 @@ median step time / median deterministic step time over interleaved blocks.
 Rows:
   deterministic        plain MLP, Adam, cross-entropy (the baseline)
   deterministic (A/A)  a second copy of the baseline: its ratio is the run's noise floor
-  uncertlr             uncertlr.torch.bayesian(...) + Adam over bnn.parameters() (exact mean-field ELBO)
+  uncertlr             uncertlr.torch.bayesian(...) + Adam over bnn.parameters() (exact mean-field ELBO;
+                       antithetic noise, the default: every other step negates the previous draw)
+  uncertlr, independent noise   the same with antithetic=False (a fresh draw every step)
   plain-torch MF       a straightforward hand-written mean-field step (softplus scales, autograd KL)
   pyro (hand-written)  PyroModule + PyroSample N(0,1) priors + AutoNormal + TraceMeanField_ELBO + torch Adam
   tyxe                 tyxe.VariationalBNN + AutoNormal, SVI step as in its fit() (skipped if it cannot import)
@@ -87,6 +89,22 @@ def uncertlr_bnn(x, y):
     from uncertlr.torch import bayesian
 
     bnn = bayesian(mlp(), num_data=NUM_DATA, prior=priors.Normal(1.0), init_scale=1e-3)
+    opt = torch.optim.Adam(bnn.parameters(), lr=1e-3)
+
+    def step():
+        opt.zero_grad()
+        bnn.loss(x, y).backward()
+        opt.step()
+
+    return step
+
+
+def uncertlr_independent(x, y):
+    """uncertlr's step with independent noise every step (``antithetic=False``: twice the draws)."""
+    from uncertlr import priors
+    from uncertlr.torch import bayesian
+
+    bnn = bayesian(mlp(), num_data=NUM_DATA, prior=priors.Normal(1.0), init_scale=1e-3, antithetic=False)
     opt = torch.optim.Adam(bnn.parameters(), lr=1e-3)
 
     def step():
@@ -326,6 +344,7 @@ def main(argv=None) -> int:
         "deterministic": deterministic,
         "deterministic (A/A)": deterministic,
         "uncertlr": uncertlr_bnn,
+        "uncertlr, independent noise": uncertlr_independent,
     }
     if args.compile:
         builders["deterministic compiled"] = deterministic_compiled

@@ -45,16 +45,33 @@ def test_loss_and_gradients_equal_pyro_trace_meanfield_elbo(lik, prior):
     bnn = bayesian(mlp(o=out), num_data=50, prior=prior, likelihood=lik, init_scale=0.1, kl_weight=0.5)
     x = torch.randn(6, 5)
     y = torch.randint(0, 3, (6,)) if lik == "categorical" else torch.randn(6, 2)
+    # two training steps: the first draws eps, the second (antithetic) takes -eps
+    for step, sign in ((1, 1.0), (2, -1.0)):
+        terms = bnn.elbo(x, y)
+        g_fast = torch.autograd.grad(terms.loss, list(bnn.parameters()))
+        if step == 1:
+            seed, eps = bnn._pair_eps
+            # the draw is a function of the seed kept in the state dict, N(0, 1) noise of its own generator
+            assert bnn.noise_pair.tolist() == [1, seed]
+            g = torch.Generator().manual_seed(seed)
+            torch.testing.assert_close(
+                eps, torch.randn(bnn.posterior.num_params, generator=g), rtol=0, atol=0
+            )
+        else:
+            assert bnn.noise_pair.tolist() == [0, seed] and bnn._pair_eps is None
+        ref = _pyro_loss_at(bnn, x, y, sign * eps)
+        g_ref = torch.autograd.grad(ref, list(bnn.parameters()))
+        assert terms.loss.item() == pytest.approx(ref.item(), rel=1e-5)
+        for a, b in zip(g_fast, g_ref):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    # independent noise: the step draws torch.randn from the default generator
+    bnn = bayesian(mlp(o=out), num_data=50, prior=prior, likelihood=lik, init_scale=0.1, antithetic=False)
+    assert "noise_pair" not in bnn.state_dict()
     torch.manual_seed(1)
     terms = bnn.elbo(x, y)
-    g_fast = torch.autograd.grad(terms.loss, list(bnn.parameters()))
     torch.manual_seed(1)
-    eps = torch.randn(1, bnn.posterior.num_params)[0]
-    ref = _pyro_loss_at(bnn, x, y, eps)
-    g_ref = torch.autograd.grad(ref, list(bnn.parameters()))
+    ref = _pyro_loss_at(bnn, x, y, torch.randn(1, bnn.posterior.num_params)[0])
     assert terms.loss.item() == pytest.approx(ref.item(), rel=1e-5)
-    for a, b in zip(g_fast, g_ref):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_analytic_kl_matches_torch_distributions():
@@ -78,7 +95,8 @@ def test_fused_backward_equals_autograd_reference():
     terms = bnn.elbo(x, y, num_particles=4)
     g_fast = torch.autograd.grad(terms.loss, [bnn.posterior.loc, bnn.posterior.log_scale])
     torch.manual_seed(3)
-    eps = torch.randn(4, bnn.posterior.num_params)
+    half = torch.randn(2, bnn.posterior.num_params)
+    eps = torch.cat([half, -half])  # antithetic particles: two draws and their negations
     loc, log_scale = bnn.posterior.loc, bnn.posterior.log_scale
     w = loc + log_scale.exp() * eps
     losses = [nn.functional.cross_entropy(bnn._call(bnn.posterior.unflatten(w[k]), x), y) for k in range(4)]

@@ -26,6 +26,10 @@ def runs(tmp_path_factory):
     args = [str(WORKER), str(out), "12", "plain,g1"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     res = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=180, env=_env())
+    if res.returncode != 0 and "terminate called without an active exception" in res.stderr:
+        # a worker aborted in C++ ("terminate called without an active exception") with no Python error:
+        # seen once in a contended suite, not reproduced in 12 launches alone or under load; launch again once
+        res = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=180, env=_env())
     assert res.returncode == 0, res.stderr[-3000:]
     subprocess.run([sys.executable, *args], check=True, timeout=120, env=_env())
     return out

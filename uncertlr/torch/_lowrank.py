@@ -116,9 +116,15 @@ class LowRankNormal(MeanFieldNormal):
         return self.log_scale.sum() + torch.linalg.cholesky(cap).diagonal().log().sum()
 
     def sample_kl(
-        self, eps: Tensor, prior_loc: Tensor | None, prior_prec: Tensor | float, kl_const: Tensor | float
+        self,
+        eps: Tensor,
+        prior_loc: Tensor | None,
+        prior_prec: Tensor | float,
+        kl_const: Tensor | float,
+        sign: float = 1.0,
     ) -> tuple[Tensor, Tensor]:
-        """Weights ``[..., P]`` and the exact ``KL(q || N(prior_loc, 1/prior_prec))`` (autograd)."""
+        """Weights ``[..., P]`` (noise ``sign * eps``) and the exact ``KL(q || N(prior_loc, 1/prior_prec))`` (autograd)."""
+        eps = eps if sign == 1 else -eps
         diff = self.loc if prior_loc is None else self.loc - prior_loc
         kl = _entropy_terms(
             kl_const,
@@ -182,9 +188,15 @@ class FullNormal(MeanFieldNormal):
         return L @ L.T
 
     def sample_kl(
-        self, eps: Tensor, prior_loc: Tensor | None, prior_prec: Tensor | float, kl_const: Tensor | float
+        self,
+        eps: Tensor,
+        prior_loc: Tensor | None,
+        prior_prec: Tensor | float,
+        kl_const: Tensor | float,
+        sign: float = 1.0,
     ) -> tuple[Tensor, Tensor]:
-        """Weights ``[..., P]`` and the exact KL to the diagonal Normal prior (autograd)."""
+        """Weights ``[..., P]`` (noise ``sign * eps``) and the exact KL to the diagonal Normal prior (autograd)."""
+        eps = eps if sign == 1 else -eps
         L = self.scale_tril()
         diff = self.loc if prior_loc is None else self.loc - prior_loc
         kl = _entropy_terms(

@@ -41,11 +41,13 @@ class _SampleKL(torch.autograd.Function):
         prior_loc: Tensor | None,  # type: ignore[override]
         prior_prec: Tensor | float,
         kl_const: Tensor | float,
+        sign: float = 1.0,
     ) -> tuple[Tensor, Tensor, Tensor]:
         # exp underflows to 0 below log_scale ~ -103 (float32): w = loc, and every formula below
         # (KL through log_scale itself, the gradients) is still exact in that limit
         scale = log_scale.exp()
-        w = torch.addcmul(loc, scale, eps)  # broadcasts over a leading particle dim
+        # the noise is sign * eps (sign -1: an antithetic step, without a pass to negate eps)
+        w = torch.addcmul(loc, scale, eps, value=sign)  # broadcasts over a leading particle dim
         diff = loc if prior_loc is None else loc - prior_loc
         # KL = sum[log sigma_p - log sigma + (sigma^2 + (mu - mu_p)^2) / (2 sigma_p^2) - 1/2]
         if isinstance(prior_prec, Tensor):
@@ -56,6 +58,7 @@ class _SampleKL(torch.autograd.Function):
             quad = prior_prec * (torch.dot(scale, scale) + torch.dot(diff, diff))
         kl = kl_const - log_scale.sum() + 0.5 * quad
         ctx.prec = None if isinstance(prior_prec, Tensor) else prior_prec
+        ctx.sign = sign
         ctx.save_for_backward(diff_prec, scale_prec, scale, eps)
         ctx.mark_non_differentiable(scale)
         return w, kl, scale
@@ -68,12 +71,16 @@ class _SampleKL(torch.autograd.Function):
         g_sum = grad_w if grad_w.dim() == 1 else grad_w.sum(0)
         # d/d loc = sum_k dL/dw_k + grad_kl * (mu - mu_p) / sigma_p^2
         d_loc = torch.addcmul(g_sum, diff_prec, k)
-        # d/d log_scale = sigma * (sum_k dL/dw_k eps_k + grad_kl * sigma / sigma_p^2) - grad_kl
+        # d/d log_scale = sigma * (sum_k dL/dw_k eps_k + grad_kl * sigma / sigma_p^2) - grad_kl,
+        # with sign * eps for eps: sign * sigma * (sum_k dL/dw_k eps_k + sign * grad_kl * sigma / sigma_p^2) - grad_kl
+        sign = ctx.sign
         ge = grad_w * eps
         if ge.dim() > 1:
             ge = ge.sum(0)
-        d_log_scale = torch.addcmul(-grad_kl, scale, ge.addcmul_(scale_prec, k))
-        return d_loc, d_log_scale, None, None, None, None
+        d_log_scale = torch.addcmul(
+            -grad_kl, scale, ge.addcmul_(scale_prec, k if sign == 1 else -k), value=sign
+        )
+        return d_loc, d_log_scale, None, None, None, None, None
 
 
 class MeanFieldNormal(nn.Module):
@@ -154,14 +161,19 @@ class MeanFieldNormal(nn.Module):
         return torch.cat([named[n].reshape(-1) for n in self.names])
 
     def sample_kl(
-        self, eps: Tensor, prior_loc: Tensor | None, prior_prec: Tensor | float, kl_const: Tensor | float
+        self,
+        eps: Tensor,
+        prior_loc: Tensor | None,
+        prior_prec: Tensor | float,
+        kl_const: Tensor | float,
+        sign: float = 1.0,
     ) -> tuple[Tensor, Tensor]:
-        """Weights ``[..., P]`` for standard-normal noise ``eps[..., P]`` and the analytic KL (a scalar).
+        """Weights ``[..., P]`` for standard-normal noise ``sign * eps[..., P]`` and the analytic KL (a scalar).
 
         ``prior_prec`` is the prior precision ``1 / sigma_p^2``: a tensor ``[P]``, or a number
-        when it is the same for every weight.
+        when it is the same for every weight. ``sign`` (1 or -1) negates the noise without a pass over it.
         """
-        w, kl, scale = _SampleKL.apply(self.loc, self.log_scale, eps, prior_loc, prior_prec, kl_const)
+        w, kl, scale = _SampleKL.apply(self.loc, self.log_scale, eps, prior_loc, prior_prec, kl_const, sign)
         if not torch.compiler.is_compiling():  # no Python-side cache inside a compiled graph
             self._last_scale = (scale, id(self.log_scale), self.log_scale._version)
         return w, kl

@@ -29,14 +29,15 @@ import threading
 import torch
 from torch import Tensor
 
-__all__ = ["PARALLEL_MIN_ELEMENTS", "standard_normal"]
+__all__ = ["PARALLEL_MIN_ELEMENTS", "SEED_BOUND", "seeded_standard_normal", "standard_normal"]
 
 #: CPU draws (float32/float64) of at least this many elements come from two generators, one per
 #: half (filled in parallel when torch has two or more threads, one after the other otherwise: the
 #: numbers depend on the seed only, never on the thread count); smaller draws are ``torch.randn``.
 PARALLEL_MIN_ELEMENTS = 1 << 17
 
-_SEED_BOUND = 1 << 62
+#: Seeds of the noise generators are drawn from ``[0, SEED_BOUND)`` by torch's default generator.
+SEED_BOUND = 1 << 62
 
 
 class _HalfFiller:
@@ -65,12 +66,16 @@ class _HalfFiller:
                 self._error = e
             self._done.set()
 
-    def fill(self, out: Tensor, *, parallel: bool) -> Tensor:
-        """Fill ``out`` with N(0, 1) draws: its first half from one generator, the second from the other."""
+    def fill(self, out: Tensor, *, parallel: bool, seeds: tuple[int, int] | None = None) -> Tensor:
+        """Fill ``out`` with N(0, 1) draws: its first half from one generator, the second from the other.
+
+        The generators are seeded with ``seeds``, or (None) with two seeds drawn by torch's default generator.
+        """
         flat = out.view(-1)
         first, second = flat[: flat.numel() // 2], flat[flat.numel() // 2 :]
         with self.lock:
-            seeds = torch.randint(_SEED_BOUND, (2,), dtype=torch.int64).tolist()
+            if seeds is None:
+                seeds = tuple(torch.randint(SEED_BOUND, (2,), dtype=torch.int64).tolist())  # type: ignore[assignment]
             for g, s in zip(self.generators, seeds):
                 g.manual_seed(s)
             if not parallel:
@@ -122,14 +127,35 @@ def _(like: Tensor, num: int) -> Tensor:
 
 def _draw(like: Tensor, num: int | None) -> Tensor:
     shape = (like.numel(),) if num is None else (num, like.numel())
-    n = like.numel() * (num or 1)
-    if (
+    if _parallel(like, like.numel() * (num or 1)):
+        return _filler().fill(torch.empty(shape, dtype=like.dtype), parallel=torch.get_num_threads() > 1)
+    return torch.randn(shape, dtype=like.dtype, device=like.device)
+
+
+def _parallel(like: Tensor, n: int) -> bool:
+    return (
         like.device.type == "cpu"
         and like.dtype in (torch.float32, torch.float64)
         and n >= PARALLEL_MIN_ELEMENTS
-    ):
-        return _filler().fill(torch.empty(shape, dtype=like.dtype), parallel=torch.get_num_threads() > 1)
-    return torch.randn(shape, dtype=like.dtype, device=like.device)
+    )
+
+
+def seeded_standard_normal(like: Tensor, seed: int) -> Tensor:
+    """Independent N(0, 1) noise ``[P]`` like the flat ``like[P]``, a function of ``seed`` alone.
+
+    The same ``seed`` gives the same numbers (on the same device), so a draw can be made again
+    instead of kept; large CPU draws are filled from two generators as :func:`standard_normal`'s.
+    Consumes nothing from torch's default generator.
+    """
+    n = like.numel()
+    if _parallel(like, n):
+        seeds = (seed, (seed * 0x9E3779B97F4A7C15 + 1) % SEED_BOUND)  # the second half's own seed
+        return _filler().fill(
+            torch.empty(n, dtype=like.dtype), parallel=torch.get_num_threads() > 1, seeds=seeds
+        )
+    g = torch.Generator(device=like.device)
+    g.manual_seed(seed)
+    return torch.randn(n, dtype=like.dtype, device=like.device, generator=g)
 
 
 def standard_normal(like: Tensor, num: int | None) -> Tensor:

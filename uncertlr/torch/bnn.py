@@ -44,7 +44,7 @@ from uncertlr.torch._guards import check_predicted, check_tensor, nonfinite_caus
 from uncertlr.torch._likelihood import LikelihoodModule
 from uncertlr.torch._lowrank import FullNormal, LowRankNormal, joint_guide, make_posterior
 from uncertlr.torch._modules import fan_in, named_shape_errors, owner
-from uncertlr.torch._noise import standard_normal
+from uncertlr.torch._noise import SEED_BOUND, seeded_standard_normal, standard_normal
 from uncertlr.torch._predict import chunked_outputs
 from uncertlr.torch._programs import meanfield_guide, prior_site
 from uncertlr.torch._rnn import vmappable_rnns
@@ -70,6 +70,9 @@ class BNN(nn.Module):
     any) and every deterministic parameter of ``net``.
     """
 
+    #: state-dict entries a saved state may lack (it then loads with their defaults)
+    _optional_state_keys = ("noise_pair",)
+
     def __init__(
         self,
         net: nn.Module,
@@ -84,6 +87,7 @@ class BNN(nn.Module):
         adapter: Adapter | None = None,
         guide: str = "meanfield",
         rank: int | None = None,
+        antithetic: bool = True,
     ):
         super().__init__()
         self.net = copy.deepcopy(net)
@@ -142,6 +146,14 @@ class BNN(nn.Module):
         else:
             self.prior_loc: Tensor | None = None
         self._analytic_kl = not isinstance(prior, _priors.ScaleMixtureNormal)
+        # antithetic training noise (mean-field only): the seed of the last draw and whether the
+        # next training step takes its negation. A buffer, so a checkpoint resumes mid-pair exactly;
+        # the Python copy spares the accelerator a host read per step
+        self.antithetic = bool(antithetic) and not isinstance(self.posterior, (LowRankNormal, FullNormal))
+        if self.antithetic:
+            self.register_buffer("noise_pair", torch.zeros(2, dtype=torch.int64))
+        self._pair: tuple[int, int] = (0, 0)  # (phase, seed) as in noise_pair
+        self._pair_eps: tuple[int, Tensor] | None = None  # (seed, the draw) while its negation is due
         self._has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.net.modules())
 
     # ------------------------------------------------------------------ introspection
@@ -235,6 +247,61 @@ class BNN(nn.Module):
         """Standard-normal noise ``[num, P]``, or ``[P]`` when ``num`` is None."""
         return standard_normal(self.posterior.loc.detach(), num)
 
+    def _training_noise(self, num: int | None) -> tuple[Tensor, float]:
+        """``(eps, sign)``: the noise ``sign * eps`` of one training step (antithetic pairs, see :func:`bayesian`).
+
+        With several particles the second half of them are the first half negated; with one, every
+        other training step negates the previous step's draw (kept, or drawn again from its seed),
+        by ``sign = -1`` (the sampling kernel negates it for free). Each step's noise is exactly
+        N(0, I); only consecutive steps are paired.
+        """
+        if not (self.antithetic and self.training and torch.is_grad_enabled()):
+            return self._noise(num), 1.0
+        if num is not None:
+            half = self._noise((num + 1) // 2)
+            return torch.cat([half, half[: num // 2].neg()]), 1.0
+        if torch.compiler.is_compiling():  # no Python-side pairing inside a compiled graph
+            return self._noise(None), 1.0
+        like = self.posterior.loc.detach()
+        phase, seed = self._pair
+        if phase == 0:
+            seed = int(torch.randint(SEED_BOUND, (1,), dtype=torch.int64))
+            eps = seeded_standard_normal(like, seed)
+            self._set_pair(1, seed)
+            self._pair_eps = (seed, eps)
+            return eps, 1.0
+        kept, self._pair_eps = self._pair_eps, None
+        if (
+            kept is not None
+            and kept[0] == seed
+            and kept[1].shape == like.shape
+            and kept[1].device == like.device
+        ):
+            eps = kept[1]
+        else:  # e.g. after load_state_dict: the same numbers, from their seed
+            eps = seeded_standard_normal(like, seed)
+        self._set_pair(0, seed)
+        return eps, -1.0
+
+    def _set_pair(self, phase: int, seed: int) -> None:
+        self._pair = (phase, seed)
+        self.noise_pair.copy_(torch.tensor([phase, seed], dtype=torch.int64), non_blocking=True)
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):  # type: ignore[override]
+        key = prefix + "noise_pair"
+        if self.antithetic and key not in state_dict:  # a state from before antithetic noise: a fresh pair
+            state_dict[key] = torch.zeros(2, dtype=torch.int64)
+        elif not self.antithetic:
+            state_dict.pop(key, None)  # ignore the pairing of a model saved with antithetic noise
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        if self.antithetic:
+            phase, seed = (int(v) for v in self.noise_pair.tolist())
+            self._pair, self._pair_eps = (phase, seed), None
+
     def elbo(self, x: Tensor, y: Tensor, *, num_particles: int = 1) -> ELBOTerms:
         """Negative ELBO terms on a minibatch ``(x[B, ...], y[B, ...])``, per data point.
 
@@ -262,14 +329,14 @@ class BNN(nn.Module):
                 f"x and y must have the same batch size; got {lead.shape[0]} and {y.shape[0] if y.dim() else 'a scalar'}"
             )
         post = self.posterior
-        eps = self._noise(None if num_particles == 1 else num_particles)
+        eps, sign = self._training_noise(None if num_particles == 1 else num_particles)
         if self._analytic_kl:
             prec = self.prior_prec if self._prior_prec_number is None else self._prior_prec_number
-            flat_w, kl = post.sample_kl(eps, self.prior_loc, prec, self.kl_const)
+            flat_w, kl = post.sample_kl(eps, self.prior_loc, prec, self.kl_const, sign)
         else:
             # exact entropy of q plus a Monte Carlo estimate of the cross-entropy to the prior
             entropy_const = -0.5 * post.num_params * math.log(2 * math.pi * math.e)
-            flat_w, neg_entropy = post.sample_kl(eps, None, 0.0, entropy_const)
+            flat_w, neg_entropy = post.sample_kl(eps, None, 0.0, entropy_const, sign)
             log_prior = self.prior.log_prob(flat_w).sum(-1)  # type: ignore[union-attr]
             kl = neg_entropy - (log_prior if flat_w.dim() == 1 else log_prior.mean())
         outputs = self._outputs(flat_w, x)
@@ -422,6 +489,7 @@ def bayesian(
     output: Output = None,
     guide: str = "meanfield",
     rank: int | None = None,
+    antithetic: bool = True,
 ) -> BNN:
     """Make a Bayesian neural network from any ``torch.nn.Module`` (which is left untouched).
 
@@ -450,6 +518,16 @@ def bayesian(
             rank-``rank`` factor over all random parameters, default rank 10) or ``"full"`` (full
             covariance; for a last layer). See :mod:`uncertlr.torch._lowrank`.
         rank: columns of the low-rank factor (``guide="lowrank"`` only).
+        antithetic: draw the mean-field training noise in antithetic pairs: every other training
+            step (``loss``/``elbo`` in train mode with gradients on) uses the previous step's
+            noise negated, ``-eps``, and ``K`` particles are ``ceil(K/2)`` draws and their negations.
+            Each step's weights are still an exact draw from ``q`` (the ELBO gradient stays
+            unbiased); the noise of consecutive steps cancels in the optimizer's running averages
+            (lower variance), and half the normal numbers are drawn (on the CPU the draw is a
+            fifth of an MLP's step). The pairing is saved in the ``state_dict`` (``noise_pair``),
+            so a resumed run continues exactly. ``False``: independent noise every step. Under
+            ``torch.compile`` only the particles are paired (one particle: fresh noise each call);
+            not for ``guide="lowrank"``/``"full"``.
 
     Example:
         >>> import torch
@@ -471,4 +549,6 @@ def bayesian(
         kl_weight=kl_weight,
         validate=validate,
     )
-    return BNN(net, **spec._asdict(), adapter=Adapter(inputs, output), guide=guide, rank=rank)
+    return BNN(
+        net, **spec._asdict(), adapter=Adapter(inputs, output), guide=guide, rank=rank, antithetic=antithetic
+    )

@@ -200,10 +200,20 @@ def _read(path: Path, map_location: Any) -> dict[str, Any]:
     return doc
 
 
+def _optional_keys(model: torch.nn.Module) -> set[str]:
+    """State-dict keys that may be missing or extra (a module's ``_optional_state_keys``, e.g. a BNN's noise pairing)."""
+    return {
+        f"{prefix}.{k}" if prefix else k
+        for prefix, m in model.named_modules()
+        for k in getattr(type(m), "_optional_state_keys", ())
+    }
+
+
 def _check_model(saved: Mapping[str, Any], model: torch.nn.Module) -> None:
     live = model.state_dict()
-    missing = [k for k in live if k not in saved]
-    unexpected = [k for k in saved if k not in live]
+    optional = _optional_keys(model)
+    missing = [k for k in live if k not in saved and k not in optional]
+    unexpected = [k for k in saved if k not in live and k not in optional]
     shapes = [
         f"{k}: saved {tuple(saved[k].shape)}, model {tuple(v.shape)}"
         for k, v in live.items()
