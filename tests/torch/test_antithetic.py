@@ -161,3 +161,27 @@ def test_lowrank_guides_draw_independent_noise():
     torch.manual_seed(6)
     bnn = _bnn(guide="lowrank", rank=2)
     assert not bnn.antithetic and "noise_pair" not in bnn.state_dict()
+
+
+def test_compiled_loss_keeps_the_pairing_and_equals_eager():
+    """Under torch.compile the pairing runs in an opaque op: the same noise, step for step, as eager."""
+    import copy
+
+    torch.manual_seed(7)
+    eager = _bnn()
+    compiled_bnn = copy.deepcopy(eager)
+    assert compiled_bnn._handle != eager._handle  # a copy pairs its own steps
+    x, y = torch.randn(4, 40), torch.randint(0, 3, (4,))
+    torch._dynamo.reset()
+    compiled = torch.compile(compiled_bnn.loss, backend="aot_eager", fullgraph=True)
+    for step in range(4):
+        out = {}
+        for name, fn, bnn in (("eager", eager.loss, eager), ("compiled", compiled, compiled_bnn)):
+            torch.manual_seed(100 + step)
+            loss = fn(x, y)
+            out[name] = (loss.detach(), torch.autograd.grad(loss, [bnn.posterior.loc, bnn.posterior.log_scale]))
+            assert bnn.noise_pair.tolist()[0] == (step + 1) % 2
+        torch.testing.assert_close(out["compiled"][0], out["eager"][0])
+        for a, b in zip(out["compiled"][1], out["eager"][1]):
+            torch.testing.assert_close(a, b)
+    assert compiled_bnn._pair == eager._pair

@@ -22,7 +22,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import itertools
 import math
+import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -56,6 +58,29 @@ PREDICT_CHUNK_ELEMENTS = 2**25
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+# --------------------------------------------------------------------------- antithetic noise under compile
+
+_HANDLES = itertools.count()
+_PAIRED: weakref.WeakValueDictionary[int, BNN] = weakref.WeakValueDictionary()
+
+
+@torch.library.custom_op(
+    "uncertlr::paired_standard_normal", mutates_args=(), tags=(torch.Tag.nondeterministic_seeded,)
+)
+def _paired_normal_op(like: Tensor, handle: int) -> Tensor:
+    """A BNN's antithetic training noise ``[P]`` (already negated on the closing step) for ``torch.compile``.
+
+    The pairing state lives in the BNN (``handle``), so it runs here, at run time, once per call.
+    """
+    eps, sign = _PAIRED[handle]._paired_draw(like)
+    return eps if sign == 1 else eps.neg()
+
+
+@_paired_normal_op.register_fake
+def _(like: Tensor, handle: int) -> Tensor:
+    return like.new_empty((like.numel(),))
 
 
 # --------------------------------------------------------------------------- the BNN
@@ -154,6 +179,7 @@ class BNN(nn.Module):
             self.register_buffer("noise_pair", torch.zeros(2, dtype=torch.int64))
         self._pair: tuple[int, int] = (0, 0)  # (phase, seed) as in noise_pair
         self._pair_eps: tuple[int, Tensor] | None = None  # (seed, the draw) while its negation is due
+        self._register()
         self._has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.net.modules())
 
     # ------------------------------------------------------------------ introspection
@@ -260,9 +286,13 @@ class BNN(nn.Module):
         if num is not None:
             half = self._noise((num + 1) // 2)
             return torch.cat([half, half[: num // 2].neg()]), 1.0
-        if torch.compiler.is_compiling():  # no Python-side pairing inside a compiled graph
-            return self._noise(None), 1.0
         like = self.posterior.loc.detach()
+        if torch.compiler.is_compiling():  # the pairing runs in an opaque op, outside the graph
+            return _paired_normal_op(like, self._handle), 1.0
+        return self._paired_draw(like)
+
+    def _paired_draw(self, like: Tensor) -> tuple[Tensor, float]:
+        """One step of the pairing across steps: ``(eps, 1.0)`` opens a pair, ``(eps, -1.0)`` closes it."""
         phase, seed = self._pair
         if phase == 0:
             seed = int(torch.randint(SEED_BOUND, (1,), dtype=torch.int64))
@@ -282,6 +312,15 @@ class BNN(nn.Module):
             eps = seeded_standard_normal(like, seed)
         self._set_pair(0, seed)
         return eps, -1.0
+
+    def _register(self) -> None:
+        """A handle by which the compiled graph's noise op finds this BNN (a copy gets its own)."""
+        self._handle = next(_HANDLES)
+        _PAIRED[self._handle] = self
+
+    def __setstate__(self, state: dict[str, Any]) -> None:  # copy.deepcopy, pickle
+        super().__setstate__(state)
+        self._register()
 
     def _set_pair(self, phase: int, seed: int) -> None:
         self._pair = (phase, seed)
@@ -526,7 +565,7 @@ def bayesian(
             (lower variance), and half the normal numbers are drawn (on the CPU the draw is a
             fifth of an MLP's step). The pairing is saved in the ``state_dict`` (``noise_pair``),
             so a resumed run continues exactly. ``False``: independent noise every step. Under
-            ``torch.compile`` only the particles are paired (one particle: fresh noise each call);
+            ``torch.compile`` the pairing runs in an opaque op (``uncertlr::paired_standard_normal``);
             not for ``guide="lowrank"``/``"full"``.
 
     Example:
