@@ -54,6 +54,7 @@ from benchmarks._shift_methods import (  # noqa: E402
     train_methods,
 )
 from benchmarks._shift_report import goals, plot, severity_curves, summarise, write_run  # noqa: E402
+from uncertlr import metrics  # noqa: E402
 from uncertlr._progress import progress_task  # noqa: E402
 from uncertlr.calibration import fit_temperature  # noqa: E402
 
@@ -108,6 +109,12 @@ def _t(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a))
 
 
+def _ece_floor(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """The ECE a perfectly calibrated model with these confidences scores on this test set, and the p-value."""
+    c = metrics.ece_consistency(probs, labels)
+    return {"ece_floor": c.expected, "ece_p": c.p_value}
+
+
 def _score_all(
     fitted: dict[str, Any],
     x_val: torch.Tensor,
@@ -140,6 +147,7 @@ def _score_all(
                         "corruption": corr,
                         "severity": sev,
                         **classification_scores(tf(preds[key]), y),
+                        **(_ece_floor(tf(preds[key]), y) if cond.endswith("-clean") else {}),
                         "train_s": f.train_seconds,
                         "predict_ms_per_1000": ms,
                         "temperature": temp.value,

@@ -35,11 +35,13 @@ Example:
 from __future__ import annotations
 
 from uncertlr.metrics._calibration import (
+    ECEConsistency,
     ReliabilityBins,
     accuracy,
     adaptive_ece,
     brier,
     ece,
+    ece_consistency,
     nll,
     reliability_bins,
 )
@@ -62,6 +64,7 @@ from uncertlr.metrics._uncertainty import (
 
 __all__ = [
     "PROB_SUM_ATOL",
+    "ECEConsistency",
     "LayerSpread",
     "ReliabilityBins",
     "RiskCoverage",
@@ -75,6 +78,7 @@ __all__ = [
     "brier",
     "eaurc",
     "ece",
+    "ece_consistency",
     "expected_entropy",
     "fpr_at_tpr",
     "gaussian_nll",

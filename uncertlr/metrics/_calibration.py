@@ -5,7 +5,9 @@ from __future__ import annotations
 import numbers
 from typing import Any, NamedTuple
 
-from uncertlr._arrays import compat_namespace
+import numpy as np
+
+from uncertlr._arrays import compat_namespace, host
 from uncertlr.metrics._checks import _one_hot, _pbar_labels
 
 Array = Any
@@ -154,3 +156,79 @@ def adaptive_ece(probs: Array, labels: Array, *, num_bins: int = 15) -> Array:
     """
     bins = reliability_bins(probs, labels, num_bins=num_bins, adaptive=True)
     return _ece_from_bins(bins, compat_namespace(bins.count, "bins"))
+
+
+class ECEConsistency(NamedTuple):
+    """An ECE next to what a perfectly calibrated model with the same confidences scores on as many inputs.
+
+    ``expected`` is the mean ECE of such a model (the estimator's floor at this test-set size: ECE is
+    biased upwards, by ~``sqrt(B / N)``), ``upper`` its ``level`` quantile, and ``p_value`` the
+    fraction of calibrated draws scoring at least ``ece`` (small: the miscalibration is real;
+    large: this test set cannot tell the model from a calibrated one).
+    """
+
+    ece: float
+    expected: float
+    upper: float
+    p_value: float
+
+
+def ece_consistency(
+    probs: Array,
+    labels: Array,
+    *,
+    num_bins: int = 15,
+    num_draws: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> ECEConsistency:
+    """Consistency resampling of :func:`ece` (Bröcker & Smith, 2007): is this ECE more than test-set noise?
+
+    Each draw replaces "the prediction was right" by a coin that lands heads with the
+    prediction's own confidence — the outcome a perfectly calibrated model would have — and
+    scores the draw with the same bins. Computed on the host (numpy), whatever the array library.
+
+    Args:
+        probs: ``[S, N, C]`` or ``[N, C]`` probabilities; labels: ``[N]`` integer labels.
+        num_bins: equal-width bins, as in :func:`ece`.
+        num_draws: calibrated draws (their spread sets the resolution of ``p_value``: ``1 / (num_draws + 1)``).
+        level: the quantile reported as ``upper``.
+        seed: seed of the draws (the result is a function of the inputs and the seed).
+
+    Example:
+        >>> import numpy as np
+        >>> probs = np.tile([[0.8, 0.2]], (500, 1))
+        >>> wrong = ece_consistency(probs, np.zeros(500, dtype=int))  # right every time at 80% confidence
+        >>> round(wrong.ece, 3), wrong.p_value < 0.01
+        (0.2, True)
+        >>> labels = (np.random.default_rng(1).random(500) > 0.8).astype(int)  # right 80% of the time
+        >>> fine = ece_consistency(probs, labels)
+        >>> fine.p_value > 0.05, abs(fine.expected - 0.0143) < 0.001  # E|Binomial(500, 0.8)/500 - 0.8|
+        (True, True)
+    """
+    for name, value, lo in (("num_draws", num_draws, 1), ("num_bins", num_bins, 1)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < lo:
+            raise ValueError(f"{name} must be an integer >= {lo}; got {value!r}")
+    if not (isinstance(level, numbers.Real) and 0.0 < float(level) < 1.0):
+        raise ValueError(f"level must lie in (0, 1); got {level!r}")
+    observed = float(ece(probs, labels, num_bins=num_bins))  # checks the inputs
+    xp, pbar, _ = _pbar_labels(probs, labels)
+    conf = host(xp.max(pbar, axis=-1), np.float64)
+    n = conf.shape[0]
+    idx = np.clip(np.ceil(conf * num_bins).astype(np.int64) - 1, 0, num_bins - 1)
+    onehot = np.zeros((n, num_bins))
+    onehot[np.arange(n), idx] = 1.0
+    conf_sum = conf @ onehot  # [B]
+    rng = np.random.default_rng(seed)
+    chunk = max(1, (1 << 22) // max(n, 1))  # draws per block: ~4M coins at a time
+    scores = []
+    for start in range(0, int(num_draws), chunk):
+        hits = rng.random((min(chunk, int(num_draws) - start), n)) < conf  # [D, N]
+        scores.append(np.abs(hits @ onehot - conf_sum).sum(-1) / max(n, 1))
+    draws = np.concatenate(scores)
+    return ECEConsistency(
+        ece=observed,
+        expected=float(draws.mean()),
+        upper=float(np.quantile(draws, float(level))),
+        p_value=float((1 + np.sum(draws >= observed - 1e-12)) / (1 + draws.size)),
+    )
