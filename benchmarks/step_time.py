@@ -84,11 +84,11 @@ def deterministic_compiled(x, y):
     return step
 
 
-def uncertlr_bnn(x, y):
+def uncertlr_bnn(x, y, antithetic: bool = True):
     from uncertlr import priors
     from uncertlr.torch import bayesian
 
-    bnn = bayesian(mlp(), num_data=NUM_DATA, prior=priors.Normal(1.0), init_scale=1e-3)
+    bnn = bayesian(mlp(), num_data=NUM_DATA, prior=priors.Normal(1.0), init_scale=1e-3, antithetic=antithetic)
     opt = torch.optim.Adam(bnn.parameters(), lr=1e-3)
 
     def step():
@@ -101,18 +101,7 @@ def uncertlr_bnn(x, y):
 
 def uncertlr_independent(x, y):
     """uncertlr's step with independent noise every step (``antithetic=False``: twice the draws)."""
-    from uncertlr import priors
-    from uncertlr.torch import bayesian
-
-    bnn = bayesian(mlp(), num_data=NUM_DATA, prior=priors.Normal(1.0), init_scale=1e-3, antithetic=False)
-    opt = torch.optim.Adam(bnn.parameters(), lr=1e-3)
-
-    def step():
-        opt.zero_grad()
-        bnn.loss(x, y).backward()
-        opt.step()
-
-    return step
+    return uncertlr_bnn(x, y, antithetic=False)
 
 
 def uncertlr_one_stream(x, y):

@@ -10,18 +10,8 @@ from hypothesis import strategies as st
 from scipy import stats
 from torch import nn
 
-from uncertlr.torch import _noise, bayesian
+from uncertlr.torch import bayesian
 from uncertlr.torch.checkpoint import load_checkpoint, save_checkpoint
-
-
-@pytest.fixture
-def two_threads(monkeypatch):
-    """The two-generator path for draws of >= 1,000 elements, whatever the worker's thread count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    monkeypatch.setattr(_noise, "PARALLEL_MIN_ELEMENTS", 1000)
-    yield
-    torch.set_num_threads(before)
 
 
 def _bnn(**kw):
@@ -179,7 +169,10 @@ def test_compiled_loss_keeps_the_pairing_and_equals_eager():
         for name, fn, bnn in (("eager", eager.loss, eager), ("compiled", compiled, compiled_bnn)):
             torch.manual_seed(100 + step)
             loss = fn(x, y)
-            out[name] = (loss.detach(), torch.autograd.grad(loss, [bnn.posterior.loc, bnn.posterior.log_scale]))
+            out[name] = (
+                loss.detach(),
+                torch.autograd.grad(loss, [bnn.posterior.loc, bnn.posterior.log_scale]),
+            )
             assert bnn.noise_pair.tolist()[0] == (step + 1) % 2
         torch.testing.assert_close(out["compiled"][0], out["eager"][0])
         for a, b in zip(out["compiled"][1], out["eager"][1]):

@@ -5,21 +5,10 @@ from __future__ import annotations
 import multiprocessing
 
 import numpy as np
-import pytest
 import torch
 from scipy import stats
 
 from uncertlr.torch import _noise, bayesian
-
-
-@pytest.fixture
-def two_threads(monkeypatch):
-    """The two-thread path for draws of >= 1,000 elements, whatever the worker's thread count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    monkeypatch.setattr(_noise, "PARALLEL_MIN_ELEMENTS", 1000)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_split_draw_is_standard_normal_and_independent_across_halves(two_threads):
