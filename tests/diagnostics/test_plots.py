@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from uncertlr import metrics
 from uncertlr.diagnostics.plots import (
     ood_figure,
     reliability_figure,
@@ -47,6 +48,9 @@ def test_reliability_figure_draws_every_model(predictions):
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert legend[0] == "perfect calibration"
     assert [t.split(" (ECE")[0] for t in legend[1:]] == ["net", "bnn"]
+    # the ECE and what a calibrated model with the same confidences scores on this many inputs
+    c = metrics.ece_consistency(predictions["net_test"], predictions["labels"], num_draws=500)
+    assert legend[1] == f"net (ECE {c.ece:.3f}; calibrated ≈ {c.expected:.3f})"
     plt.close(fig)
     with pytest.raises(KeyError, match="other_test"):
         reliability_figure(predictions, ["net", "other"])

@@ -117,7 +117,10 @@ def reliability(ctx: Context) -> str:
     if "reliability" not in ctx.figures:
         return note("No predictions.npz with test-set predictions and labels in this run folder.")
     return _img(ctx, "reliability", "Reliability diagram") + note(
-        "Accuracy against confidence in 15 equal-width bins; the dashed diagonal is perfect calibration."
+        "Accuracy against confidence in 15 equal-width bins; the dashed diagonal is perfect calibration. "
+        "Each legend entry gives the model's ECE and, after 'calibrated ≈', the ECE a perfectly calibrated "
+        "model with the same confidences scores on this many test inputs (consistency resampling, "
+        "metrics.ece_consistency): an ECE near it is within the test set's noise."
     )
 
 

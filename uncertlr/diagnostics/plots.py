@@ -98,6 +98,10 @@ def _decomposition(p: Any) -> tuple[np.ndarray, np.ndarray, int]:
 def reliability_diagram(models: Mapping[str, tuple[Any, Any]], *, num_bins: int = 15) -> Figure:
     """Accuracy against confidence per model, with bin counts underneath.
 
+    Each legend entry gives the model's ECE and the ECE a perfectly calibrated model with the same
+    confidences scores on as many inputs (:func:`uncertlr.metrics.ece_consistency`): an ECE near
+    that floor is test-set noise, not miscalibration.
+
     Args:
         models: name -> ``(probs[S, N, C] or [N, C], labels[N])``.
         num_bins: equal-width confidence bins.
@@ -110,8 +114,9 @@ def reliability_diagram(models: Mapping[str, tuple[Any, Any]], *, num_bins: int 
         b = metrics.reliability_bins(p, y, num_bins=num_bins)
         mid = (b.lower + b.upper) / 2
         keep = b.count > 0
-        e = float(metrics.ece(p, y, num_bins=num_bins))
-        ax.plot(mid[keep], b.accuracy[keep], marker="o", ms=4, label=plain_text(f"{name} (ECE {e:.3f})"))
+        c = metrics.ece_consistency(p, y, num_bins=num_bins, num_draws=500)
+        label = f"{name} (ECE {c.ece:.3f}; calibrated ≈ {c.expected:.3f})"
+        ax.plot(mid[keep], b.accuracy[keep], marker="o", ms=4, label=plain_text(label))
         off = (i - (len(models) - 1) / 2) * width / max(len(models), 1)
         axc.bar(mid + off, b.count, width=width / max(len(models), 1), alpha=0.8)
     ax.set_ylabel("accuracy")
