@@ -26,6 +26,7 @@ Usage::
     python benchmarks/shift.py --tune-loso             # diagnostic: the BNN grid on FSDD's held-out speakers
     python benchmarks/shift.py --tasks fsdd --speaker-validated   # bnn-spkval: settings chosen on a held-out speaker
     python benchmarks/shift.py --tasks digits --corruption-validated  # bnn-cval: chosen on held-out corruption kinds
+    python benchmarks/shift.py --cross-fit 5 --methods deterministic bnn  # in-distribution ECE on every input
 """
 
 from __future__ import annotations
@@ -361,6 +362,77 @@ def fsdd_rows(
     return rows
 
 
+def cross_fit_rows(
+    condition: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    net: Callable[[], torch.nn.Module],
+    seed: int,
+    methods: Sequence[str],
+    cfg: Config,
+    folds: int,
+    advance: Any,
+    standardise: Callable[[np.ndarray], Callable[[np.ndarray], torch.Tensor]] | None = None,
+) -> list[dict[str, Any]]:
+    """``condition`` rows scored on every input of ``(x, y)`` once: ``folds``-fold cross-fitting.
+
+    For each fold, every method (and its ``+ts`` variant, the temperature fitted on a validation part of the
+    other folds) is trained on the other folds and predicts the fold; the scores are computed on the pooled
+    predictions, so the ECE is measured on the whole data set instead of one test split (its floor,
+    ``ece_floor``, falls as ``sqrt(bins / N)``). ``standardise(train)`` maps features to inputs (default: as is).
+    """
+    fold_of = np.random.default_rng(30_000 + seed).permutation(len(x)) % folds
+    pooled: dict[str, list[np.ndarray]] = {}
+    order = []
+    for k in range(folds):
+        test, rest = np.flatnonzero(fold_of == k), np.flatnonzero(fold_of != k)
+        tr, va = _val_split(len(rest), seed)
+        prep = standardise(x[rest[tr]]) if standardise else _t
+        fitted = train_methods(
+            tuple(methods), net, prep(x[rest[tr]]), _t(y[rest[tr]]), cfg, seed=seed, advance=advance
+        )
+        for name, f in fitted.items():
+            temp = fit_temperature(f.predict(prep(x[rest[va]])).numpy(), y[rest[va]])
+            p = f.predict(prep(x[test])).numpy()
+            pooled.setdefault(name, []).append(np.asarray(metrics.mean_probs(p)))
+            pooled.setdefault(f"{name}+ts", []).append(np.asarray(metrics.mean_probs(temp(p))))
+        order.append(test)
+    labels = y[np.concatenate(order)]
+    return [
+        {
+            "seed": seed,
+            "condition": condition,
+            "method": variant,
+            "corruption": "none",
+            "severity": 0,
+            **classification_scores(np.concatenate(parts), labels),
+            **_ece_floor(np.concatenate(parts), labels),
+        }
+        for variant, parts in pooled.items()
+    ]
+
+
+def cross_fit_task_rows(
+    task: str, seed: int, methods: Sequence[str], folds: int, advance: Any, data_dir: Path | None
+) -> list[dict[str, Any]]:
+    """``{task}-clean-cv``: the clean condition cross-fitted over the whole data set (digits: all 1,797
+    images; FSDD: every recording of the official split's speakers)."""
+    if task == "digits":
+        from uncertlr.data import load_digits
+
+        split = load_digits(seed=0)
+        x, y = np.concatenate([split.x_train, split.x_test]), np.concatenate([split.y_train, split.y_test])
+        return cross_fit_rows(
+            "digits-clean-cv", x, y, _mlp(64, DIGITS, 10), seed, methods, DIGITS, folds, advance
+        )
+    split, _ = _fsdd_features(data_dir)
+    x, y = np.concatenate([split.x_train, split.x_test]), np.concatenate([split.y_train, split.y_test])
+    return cross_fit_rows(
+        "fsdd-clean-cv", x, y, _mlp(_fsdd_inputs(split.x_train, FSDD), FSDD, 10), seed, methods, FSDD, folds,
+        advance, standardise=lambda train: _standardiser(train, FSDD.time_pool),
+    )  # fmt: skip
+
+
 BNN_GRID = [(i, p, k) for i in (1e-3, 1e-2, 3e-2) for p in (0.3, 1.0) for k in (0.1, 0.3, 1.0)]
 GRID_COLUMNS = [("init_scale", "init σ", "g"), ("prior_scale", "prior", "g"), ("kl_weight", "KL w", "g")]
 
@@ -670,6 +742,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--cache", type=Path, default=Path("/tmp/uncertlr-shift-cache"), help="corrupted FSDD features"
     )
+    p.add_argument(
+        "--cross-fit",
+        type=int,
+        default=0,
+        metavar="K",
+        help="only the clean condition, cross-fitted over K folds of the whole data set ({task}-clean-cv)",
+    )
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -735,8 +814,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "regression": 2 * (n_models - ("bnn-ensemble" in args.methods)),
     }
     total = sum(per_seed[t] for t in args.tasks) * len(args.seeds)
+    if args.cross_fit:
+        total = args.cross_fit * n_models * len(args.seeds) * len({"digits", "fsdd"} & set(args.tasks))
     with progress_task(not args.rows, "shift benchmark", 0 if args.rows else total) as advance:
         for seed in [] if args.rows else args.seeds:
+            if args.cross_fit:
+                for task in [t for t in args.tasks if t in ("digits", "fsdd")]:
+                    rows += cross_fit_task_rows(
+                        task, seed, args.methods, args.cross_fit, advance, args.data_dir
+                    )
+                continue
             if "digits" in args.tasks and args.corruption_validated:
                 rows += corruption_validated_rows(seed, DIGITS, advance)
             elif "digits" in args.tasks:

@@ -259,3 +259,42 @@ def test_corruption_validated_bnn_is_chosen_on_validation_corruptions_only(monke
     }
     chosen = {(r["init_scale"], r["prior_scale"], r["kl_weight"]) for r in rows}
     assert len(chosen) == 1 and chosen.pop() in grid
+
+
+def test_cross_fitting_scores_every_input_once_and_never_trains_on_it(monkeypatch):
+    """``--cross-fit``: each fold's models never see that fold; the pooled predictions cover every input once."""
+    from benchmarks import shift as S
+    from benchmarks._shift_methods import Config
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 5)).astype(np.float32)
+    x[:, 0] = np.arange(60)  # an id per input
+    y = np.arange(60) % 3
+    seen_train: list[set[int]] = []
+    real = S.train_methods
+
+    def spy(methods, net, xs, ys, cfg, **kw):
+        seen_train.append({int(v) for v in xs[:, 0].tolist()})
+        return real(methods, net, xs, ys, cfg, **kw)
+
+    monkeypatch.setattr(S, "train_methods", spy)
+    cfg = Config(hidden=(4,), det_epochs=1, bnn_epochs=1, num_samples=2)
+    rows = S.cross_fit_rows(
+        "toy-clean-cv", x, y, S._mlp(5, cfg, 3), 0, ["deterministic"], cfg, 3, lambda *a, **k: None
+    )
+    fold_of = np.random.default_rng(30_000).permutation(60) % 3
+    assert [s & set(np.flatnonzero(fold_of == k).tolist()) for k, s in enumerate(seen_train)] == [set()] * 3
+    assert {r["method"] for r in rows} == {"deterministic", "deterministic+ts"}
+    for r in rows:
+        assert r["condition"] == "toy-clean-cv" and 0 <= r["ece_floor"] and 0 < r["ece_p"] <= 1
+    # the pooled scores equal the scores of the concatenated fold predictions, recomputed by hand
+    preds, labels = [], []
+    for k in range(3):
+        test, rest = np.flatnonzero(fold_of == k), np.flatnonzero(fold_of != k)
+        tr, _ = S._val_split(len(rest), 0)
+        f = real(("deterministic",), S._mlp(5, cfg, 3), S._t(x[rest[tr]]), S._t(y[rest[tr]]), cfg, seed=0)
+        preds.append(f["deterministic"].predict(S._t(x[test])).numpy().reshape(len(test), 3))
+        labels.append(y[test])
+    ref = classification_scores(np.concatenate(preds), np.concatenate(labels))
+    got = next(r for r in rows if r["method"] == "deterministic")
+    assert got["accuracy"] == pytest.approx(ref["accuracy"]) and got["nll"] == pytest.approx(ref["nll"])
