@@ -178,3 +178,17 @@ def test_compiled_loss_keeps_the_pairing_and_equals_eager():
         for a, b in zip(out["compiled"][1], out["eager"][1]):
             torch.testing.assert_close(a, b)
     assert compiled_bnn._pair == eager._pair
+
+
+def test_a_pair_survives_a_dtype_change_mid_pair():
+    """``bnn.double()`` between the two steps of a pair: the closing step negates the same draw, in float64."""
+    torch.manual_seed(8)
+    bnn = _bnn()
+    opened = _noises(bnn, 1)[0]
+    bnn.double()
+    seen = []
+    orig = bnn.posterior.sample_kl
+    bnn.posterior.sample_kl = lambda eps, *a: (seen.append(a[-1] * eps.detach()), orig(eps, *a))[1]
+    bnn.loss(torch.randn(4, 40, dtype=torch.float64), torch.randint(0, 3, (4,)))
+    assert seen[0].dtype == torch.float64
+    assert torch.equal(seen[0], -opened.double())  # the kept draw, cast

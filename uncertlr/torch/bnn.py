@@ -301,14 +301,9 @@ class BNN(nn.Module):
             self._pair_eps = (seed, eps)
             return eps, 1.0
         kept, self._pair_eps = self._pair_eps, None
-        if (
-            kept is not None
-            and kept[0] == seed
-            and kept[1].shape == like.shape
-            and kept[1].device == like.device
-        ):
-            eps = kept[1]
-        else:  # e.g. after load_state_dict: the same numbers, from their seed
+        if kept is not None and kept[0] == seed and kept[1].shape == like.shape:
+            eps = kept[1].to(like.device, like.dtype)  # the same numbers after .to(device / dtype)
+        else:  # e.g. after load_state_dict: the same numbers, from their seed (in the same dtype)
             eps = seeded_standard_normal(like, seed)
         self._set_pair(0, seed)
         return eps, -1.0
