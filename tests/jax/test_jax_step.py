@@ -76,20 +76,25 @@ def test_single_particle_path_draws_the_documented_weights_and_is_unbiased():
     assert float(losses.mean()) == pytest.approx(float(ref) / 24, rel=3e-3)
 
 
-def test_update_is_plain_gradient_descent_on_the_documented_objective():
+@pytest.mark.parametrize("antithetic", [True, False])
+def test_update_is_plain_gradient_descent_on_the_documented_objective(antithetic):
     """With SGD, one update moves the unconstrained parameters by -lr * grad of bnn.elbo at the key
-    fold_in(rng_key, step), stds as log σ; the step count, the keys and StepInfo follow."""
-    bnn = _classifier(init_scale=0.1)
+    fold_in(rng_key, step) (antithetic noise: fold_in(rng_key, step // 2), negated on odd steps), stds
+    as log σ; the step count, the keys and StepInfo follow."""
+    bnn = _classifier(init_scale=0.1, antithetic=antithetic)
     step = svi_step(bnn, optax.sgd(0.1), signal="entropy")
     state = step.init(7)
     assert isinstance(state, SVIState) and int(state.step) == 0
-    for _ in range(2):
+    for _ in range(3):
         new, info = step.update(state, X, Y)
-        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng_key), state.step)
+        t = int(state.step)
+        base = jax.random.wrap_key_data(state.rng_key)
+        key = jax.random.fold_in(base, t // 2 if antithetic else t)
+        sign = (-1.0) ** t if antithetic else 1.0
 
         def loss(u):
             p = {k: jnp.exp(v) if k.endswith("_scale") else v for k, v in u.items()}
-            return bnn.elbo(p, key, X, Y).loss
+            return bnn.elbo(p, key, X, Y, sign=sign).loss  # noqa: B023
 
         value, grads = jax.jit(jax.value_and_grad(loss))(state.params)
         for k in state.params:
@@ -167,3 +172,17 @@ def test_cap_scale_step_cuts_each_layers_log_std_step_and_leaves_the_means_alone
             np.testing.assert_array_equal(taken, proposed)
     with pytest.raises(TypeError, match="per-layer rule"):
         cap_scale_step(optax.adam(0.1))
+
+
+def test_antithetic_particles_and_steps_negate_the_same_draw():
+    """A linear network shows the noise: its outputs are x @ (loc + scale * ε) exactly."""
+    bnn = bayesian(lambda p, x: x @ p["w"], params={"w": jnp.zeros((5, 3))}, num_data=24)
+    params = {"w_loc": jnp.zeros((5, 3)), "w_scale": jnp.ones((5, 3))}
+    out = bnn.elbo(params, 4, X, Y, num_particles=5).outputs  # 3 draws and 2 negations
+    np.testing.assert_allclose(np.asarray(out[3:]), -np.asarray(out[:2]), rtol=1e-6)
+    assert not np.allclose(np.asarray(out[2]), -np.asarray(out[0]))
+    one = bnn.elbo(params, 4, X, Y).outputs
+    np.testing.assert_allclose(np.asarray(bnn.elbo(params, 4, X, Y, sign=-1.0).outputs), -np.asarray(one))
+    plain = bayesian(lambda p, x: x @ p["w"], params={"w": jnp.zeros((5, 3))}, num_data=24, antithetic=False)
+    out = plain.elbo(params, 4, X, Y, num_particles=4).outputs
+    assert not np.allclose(np.asarray(out[2:]), -np.asarray(out[:2]))

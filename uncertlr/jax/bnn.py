@@ -59,7 +59,7 @@ class BNN:
 
     Attributes:
         network: the network in functional form (:class:`uncertlr.jax._networks.Network`).
-        prior, likelihood, num_data, kl_weight, init_scale: as given to :func:`bayesian`.
+        prior, likelihood, num_data, kl_weight, init_scale, antithetic: as given to :func:`bayesian`.
         random_names: the random parameters, in registration order.
         fixed_names: the deterministic parameters.
     """
@@ -75,6 +75,7 @@ class BNN:
         init_scale: float,
         kl_weight: float,
         validate: bool,
+        antithetic: bool = True,
     ):
         self.network = network
         self.prior = prior
@@ -83,6 +84,7 @@ class BNN:
         self.init_scale = float(init_scale)
         self.kl_weight = float(kl_weight)
         self.validate = bool(validate)
+        self.antithetic = bool(antithetic)
         bound = select.bind(list(network.names))
         self.random_names: list[str] = [n for n in network.names if bound(n, network.owners[n])]
         if not self.random_names:
@@ -269,15 +271,24 @@ class BNN:
     # ------------------------------------------------------------------ the loss
 
     def elbo(
-        self, params: Mapping[str, Array], rng_key: Any, x: Array, y: Array, *, num_particles: int = 1
+        self,
+        params: Mapping[str, Array],
+        rng_key: Any,
+        x: Array,
+        y: Array,
+        *,
+        num_particles: int = 1,
+        sign: Array | float = 1.0,
     ) -> ELBOTerms:
         """Negative ELBO terms of the mean-field guide on a minibatch ``(x[B, ...], y[B, ...])``, per data point.
 
         ``loss = E_q[-log p(y | x, w)] / B + kl_weight * KL(q || p) / num_data``, the
         expectation estimated with ``num_particles`` reparameterised draws ``w = loc + scale * ε``,
         ``ε = standard_normal(rng_key, (num_particles,))`` (one particle: no particle axis, a
-        single forward pass). The KL is exact for Normal priors, Monte Carlo with an exact
-        entropy for ``ScaleMixtureNormal``.
+        single forward pass); with ``antithetic`` (the default) the ``K`` particles are
+        ``ceil(K/2)`` draws and their negations. ``sign=-1`` negates the noise (the second step of
+        an antithetic pair, see :func:`~uncertlr.jax.svi_step`). The KL is exact for Normal priors,
+        Monte Carlo with an exact entropy for ``ScaleMixtureNormal``.
         It equals ``TraceMeanField_ELBO().loss(key, params, bnn.model, bnn.guide, x, y) / num_data``
         in expectation, without tracing the model. Pure and jittable (``num_particles`` static);
         ``x`` and ``y`` are not checked here (see :meth:`check_data`).
@@ -303,9 +314,15 @@ class BNN:
         loc = {n: params[f"{n}_loc"] for n in names}
         scale = {n: params[f"{n}_scale"] for n in names}
         fixed = {n: params[n] for n in self.fixed_names}
-        lead = () if num_particles == 1 else (num_particles,)  # one particle: no particle axis, no vmap
-        eps = self.standard_normal(key, lead, jnp.result_type(*loc.values()))
-        w = {n: loc[n] + scale[n] * eps[n].astype(loc[n].dtype) for n in names}
+        dtype = jnp.result_type(*loc.values())
+        if num_particles == 1:  # one particle: no particle axis, no vmap
+            eps = self.standard_normal(key, (), dtype)
+        elif self.antithetic:  # half the particles are the other half negated
+            half = self.standard_normal(key, ((num_particles + 1) // 2,), dtype)
+            eps = {n: jnp.concatenate([v, -v[: num_particles // 2]]) for n, v in half.items()}
+        else:
+            eps = self.standard_normal(key, (num_particles,), dtype)
+        w = {n: loc[n] + scale[n] * (sign * eps[n]).astype(loc[n].dtype) for n in names}
         if num_particles == 1:
             outputs = self.apply(w, x, fixed)[None]
             w = {n: v[None] for n, v in w.items()}
@@ -434,6 +451,7 @@ def bayesian(
     per_example: bool | None = None,
     fan_in: FanIn | None = None,
     validate: bool = True,
+    antithetic: bool = True,
 ) -> BNN:
     """Make a Bayesian neural network from a Flax (linen or nnx) module, an Equinox module or ``apply(params, x)``.
 
@@ -460,6 +478,10 @@ def bayesian(
         per_example: vmap the network over the batch axis (default True for Equinox).
         fan_in: ``fan_in(name, shape) -> int`` to override the fan-in rule.
         validate: check inputs and targets at every entry point.
+        antithetic: antithetic weight noise, as :func:`uncertlr.torch.bayesian`'s: ``svi`` steps come
+            in pairs (step ``2k + 1`` uses step ``2k``'s noise negated) and ``K`` particles are
+            ``ceil(K/2)`` draws and their negations; every step is still an exact draw from ``q``.
+            ``False``: independent noise every step (``guide="auto_normal"`` always draws its own).
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -482,4 +504,4 @@ def bayesian(
         validate=validate,
     )
     network = as_network(net, params=params, per_example=per_example, fan_in=fan_in)
-    return BNN(network, **spec._asdict())
+    return BNN(network, **spec._asdict(), antithetic=antithetic)

@@ -13,7 +13,8 @@ is jitted once per batch shape and reused::
 parametrisation of the same sites), the optimizer's state (a modulator's included), the
 weight-noise and data-order keys and the step count — so checkpointing is "save the state"
 (:func:`uncertlr.jax.save_checkpoint`, or orbax). Step ``t`` draws its weights with the key
-``fold_in(rng_key, t)``, so a restored state continues exactly as if it had never stopped.
+``fold_in(rng_key, t)`` — with antithetic noise (the BNN's default, one particle) ``fold_in(rng_key, t // 2)``,
+negated on odd steps — so a restored state continues exactly as if it had never stopped.
 :func:`uncertlr.jax.svi` runs the same update inside ``lax.while_loop`` over device-resident batches.
 
 Under data parallelism (``mesh=``) every device draws the *same* weight noise, computes the
@@ -45,8 +46,9 @@ from uncertlr.jax.bnn import BNN, ELBOTerms
 __all__ = ["DATA_AXIS", "SVIState", "SVIStep", "StepInfo", "posterior_scale_args", "svi_step"]
 
 Array = Any
-#: ``loss(params, rng_key, x, y) -> ELBOTerms``: the objective of one step (constrained params).
-_Objective = Callable[[Mapping[str, Array], Array, Array, Array], ELBOTerms]
+#: ``loss(params, rng_key, x, y, sign) -> ELBOTerms``: the objective of one step (constrained params;
+#: ``sign`` -1 negates the weight noise, the second step of an antithetic pair).
+_Objective = Callable[[Mapping[str, Array], Array, Array, Array, Array], ELBOTerms]
 
 #: Name of the device axis in data-parallel SVI (a mesh passed to ``svi``/``svi_step`` must have it).
 DATA_AXIS = "data"
@@ -64,7 +66,8 @@ class SVIState(NamedTuple):
     Attributes:
         params: ``{site: array}``, unconstrained (stds as ``log σ``, NumPyro's parametrisation).
         opt_state: the optax optimizer's state (a modulator's rule state included).
-        rng_key: ``uint32[2]`` key data; step ``t`` draws its weights with ``fold_in(rng_key, t)``.
+        rng_key: ``uint32[2]`` key data; step ``t`` draws its weights with ``fold_in(rng_key, t)``
+            (antithetic noise: ``fold_in(rng_key, t // 2)``, negated on odd steps).
         order_key: ``uint32[2]`` data of the data-order key (``svi`` draws epoch ``e``'s row order from it
             and ``e``).
         step: ``int32``, optimizer steps taken.
@@ -154,6 +157,8 @@ class SVIStep:
         self.device = device
         self.guide_kind = guide
         self.guide, self._objective = _objective(bnn, guide, self.num_particles, self.signal_fn)
+        # antithetic pairs across steps: the mean-field guide with one particle (several: within the step)
+        self._antithetic = bnn.antithetic and guide == "meanfield" and self.num_particles == 1
         self._tx = optax.with_extra_args_support(optimizer)
         self._transforms: dict[str, Any] | None = None
         self._auto_start: dict[str, Array] = {}
@@ -277,10 +282,15 @@ class SVIStep:
         return u, self._tx.init(u)
 
     def _update(self, state: SVIState, xb: Array, yb: Array) -> tuple[SVIState, StepInfo]:
-        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng_key), state.step)
+        base = jax.random.wrap_key_data(state.rng_key)
+        if self._antithetic:  # steps 2k and 2k + 1 share the key of pair k; the second negates the noise
+            key = jax.random.fold_in(base, state.step // 2)
+            sign = 1.0 - 2.0 * (state.step % 2)
+        else:
+            key, sign = jax.random.fold_in(base, state.step), 1.0
 
         def objective(u: Any) -> tuple[Array, ELBOTerms]:
-            terms = self._objective(self._constrain(u), key, xb, yb)
+            terms = self._objective(self._constrain(u), key, xb, yb, sign)
             return terms.loss, terms
 
         (_, terms), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
@@ -414,8 +424,8 @@ def _objective(
     """The guide and the per-step objective for ``guide="meanfield"`` or ``"auto_normal"``."""
     if guide == "meanfield":
 
-        def elbo(params: Mapping[str, Array], k: Array, xb: Array, yb: Array) -> ELBOTerms:
-            return bnn.elbo(params, k, xb, yb, num_particles=num_particles)
+        def elbo(params: Mapping[str, Array], k: Array, xb: Array, yb: Array, sign: Array) -> ELBOTerms:
+            return bnn.elbo(params, k, xb, yb, num_particles=num_particles, sign=sign)
 
         return bnn.guide, elbo
     if guide == "auto_normal":
@@ -437,8 +447,8 @@ def _auto_normal(
     guide = make_auto_normal(bnn)
     elbo = TraceMeanField_ELBO(num_particles=num_particles)
 
-    def loss(params: Mapping[str, Array], k: Array, xb: Array, yb: Array) -> ELBOTerms:
-        k1, k2 = jax.random.split(k)
+    def loss(params: Mapping[str, Array], k: Array, xb: Array, yb: Array, sign: Array) -> ELBOTerms:
+        k1, k2 = jax.random.split(k)  # NumPyro's guide draws its own noise (no antithetic pairs)
         value = elbo.loss(k1, params, bnn.model, guide, xb, yb) / bnn.num_data
         outputs = None
         if sig_fn is not None:
