@@ -9,7 +9,8 @@ Rows:
   deterministic           Flax MLP + optax.adam, one jitted step per call (the baseline)
   uncertlr svi()          ``svi(bnn, x, y, state=...)``: the compiled while-loop over device-resident batches,
                           ``--svi-steps`` steps per call, the call's own overhead (data checks) included
-  uncertlr svi_step       the public ``svi_step(bnn, adam).update`` called once per step (like the rows below)
+  uncertlr svi_step       the public ``svi_step(bnn, adam).update`` called once per step (like the rows below);
+                          antithetic noise (the default); ``, independent noise``: ``antithetic=False``
   uncertlr in NumPyro SVI ``numpyro.infer.SVI(bnn.model, bnn.guide, adam, TraceMeanField_ELBO())``, jitted update
   hand-written NumPyro    numpyro.sample priors + AutoNormal + TraceMeanField_ELBO, jitted update
   pure-JAX mean-field     hand-written loc/softplus-scale step, analytic KL, jitted
@@ -78,13 +79,20 @@ def deterministic(data: dict[str, Any]) -> Step:
     return run
 
 
-def _bnn(data: dict[str, Any]) -> Any:
+def _bnn(data: dict[str, Any], antithetic: bool = True) -> Any:
     from uncertlr import priors
     from uncertlr.jax import bayesian
 
     net = _net()
     variables = net.init(jax.random.key(0), data["xb"])
-    return bayesian(net, params=variables, num_data=NUM_DATA, prior=priors.Normal(1.0), init_scale=INIT_SCALE)
+    return bayesian(
+        net,
+        params=variables,
+        num_data=NUM_DATA,
+        prior=priors.Normal(1.0),
+        init_scale=INIT_SCALE,
+        antithetic=antithetic,
+    )
 
 
 def _modulated(rule: str) -> optax.GradientTransformation:
@@ -128,10 +136,10 @@ def uncertlr_svi(data: dict[str, Any], rule: str | None = None) -> Step:
     return run
 
 
-def uncertlr_step(data: dict[str, Any], rule: str | None = None) -> Step:
+def uncertlr_step(data: dict[str, Any], rule: str | None = None, antithetic: bool = True) -> Step:
     from uncertlr.jax import svi_step
 
-    step = svi_step(_bnn(data), **_rule_kwargs(rule))
+    step = svi_step(_bnn(data, antithetic), **_rule_kwargs(rule))
     xb, yb = data["xb"], data["yb"]
     state = [step.init(0)]
 
@@ -277,6 +285,7 @@ BUILDERS: dict[str, tuple[Callable[..., Step], dict[str, Any], str | None]] = {
     "deterministic": (deterministic, {}, None),
     "uncertlr svi()": (uncertlr_svi, {}, None),
     "uncertlr svi_step": (uncertlr_step, {}, None),
+    "uncertlr svi_step, independent noise": (uncertlr_step, {"antithetic": False}, "uncertlr svi_step"),
     "uncertlr in NumPyro SVI": (uncertlr_in_numpyro, {}, None),
     "hand-written NumPyro": (handwritten_numpyro, {}, None),
     "pure-JAX mean-field": (pure_jax_meanfield, {}, None),
