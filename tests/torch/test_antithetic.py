@@ -18,17 +18,23 @@ def _bnn(**kw):
     return bayesian(nn.Sequential(nn.Linear(40, 30), nn.Tanh(), nn.Linear(30, 3)), num_data=100, **kw)
 
 
-def _noises(bnn, steps: int, inputs: int = 40) -> list[torch.Tensor]:
-    """The noise each of ``steps`` training calls handed the posterior."""
-    x, y = torch.randn(4, inputs), torch.randint(0, 3, (4,))
-    seen = []
+def _spy(bnn) -> list[torch.Tensor]:
+    """From now on, the noise ``sign * eps`` of every call of the posterior's ``sample_kl``, in order."""
+    seen: list[torch.Tensor] = []
     orig = bnn.posterior.sample_kl
 
     def spy(eps, *a):
-        seen.append(a[-1] * eps.detach().clone())  # the noise is sign * eps
+        seen.append(a[-1] * eps.detach().clone())  # the last argument is the sign
         return orig(eps, *a)
 
     bnn.posterior.sample_kl = spy
+    return seen
+
+
+def _noises(bnn, steps: int, inputs: int = 40) -> list[torch.Tensor]:
+    """The noise each of ``steps`` training calls handed the posterior."""
+    x, y = torch.randn(4, inputs), torch.randint(0, 3, (4,))
+    seen = _spy(bnn)
     for _ in range(steps):
         bnn.loss(x, y)
     del bnn.posterior.sample_kl
@@ -76,9 +82,7 @@ def test_the_paired_loss_is_an_unbiased_estimate_of_the_elbo():
 def test_particles_are_half_draws_and_their_negations(k, seed):
     torch.manual_seed(seed)
     bnn = _bnn()
-    seen = []
-    orig = bnn.posterior.sample_kl
-    bnn.posterior.sample_kl = lambda eps, *a: (seen.append(a[-1] * eps.detach()), orig(eps, *a))[1]
+    seen = _spy(bnn)
     bnn.loss(torch.randn(4, 40), torch.randint(0, 3, (4,)), num_particles=k)
     eps = seen[0]
     h = (k + 1) // 2
@@ -115,9 +119,7 @@ def test_a_state_saved_mid_pair_resumes_with_the_same_negation(tmp_path, width):
     other = bayesian(net, num_data=100)
     load_checkpoint(path, model=other)
     assert other._pair_eps is None  # the draw itself is not in the file: it is made again from its seed
-    seen = []
-    orig = other.posterior.sample_kl
-    other.posterior.sample_kl = lambda eps, *a: (seen.append(a[-1] * eps.detach()), orig(eps, *a))[1]
+    seen = _spy(other)
     other.loss(x, y)
     assert torch.equal(seen[0], -opened)
     # the same through a plain state_dict round trip
@@ -186,9 +188,7 @@ def test_a_pair_survives_a_dtype_change_mid_pair():
     bnn = _bnn()
     opened = _noises(bnn, 1)[0]
     bnn.double()
-    seen = []
-    orig = bnn.posterior.sample_kl
-    bnn.posterior.sample_kl = lambda eps, *a: (seen.append(a[-1] * eps.detach()), orig(eps, *a))[1]
+    seen = _spy(bnn)
     bnn.loss(torch.randn(4, 40, dtype=torch.float64), torch.randint(0, 3, (4,)))
     assert seen[0].dtype == torch.float64
     assert torch.equal(seen[0], -opened.double())  # the kept draw, cast
