@@ -220,3 +220,24 @@ def test_bad_loop_arguments_are_named(run):
     with pytest.raises(ValueError, match="labels"):
         svi(bnn, xj, yj.at[0].set(7), num_steps=1, **kw)
     assert opt is kw["optimizer"]
+
+
+@pytest.mark.parametrize("log_every", [3, 7])
+def test_svi_takes_each_epochs_batches_from_its_own_permutation(log_every):
+    """svi() equals a hand-written loop of ``svi_step`` over each epoch's permutation of the rows, whether
+    a chunk stays inside one epoch (3 steps, 4 per epoch) or spans several (7): the order blocks the loop
+    sends to the device hold each epoch's rows, wherever a block starts."""
+    bnn, opt = _bnn(), optax.adam(0.05)
+    fit = svi(bnn, X, Y, optimizer=opt, batch_size=12, num_steps=15, log_every=log_every, progress=False)
+    step = svi_step(bnn, opt)
+    state = step.init(rng_key=0)
+    losses = []
+    for t in range(15):
+        epoch, i = divmod(t, N // 12)
+        perm = np.random.default_rng([*np.asarray(state.order_key, np.uint32).tolist(), epoch]).permutation(N)
+        rows = perm[i * 12 : (i + 1) * 12]
+        state, info = step.update(state, X[rows], Y[rows])
+        losses.append(float(info.loss))
+    np.testing.assert_allclose([h["loss"] for h in fit.history], losses, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(fit.state.params), jax.tree.leaves(state.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)

@@ -2,9 +2,11 @@
 
 :func:`compiled_loop` gives, once per (:class:`~uncertlr.jax.SVIStep`, rows, batch size, chunk
 length), a jitted ``run(state, order, x, y, limit)`` that takes up to ``limit`` steps inside
-one ``lax.while_loop`` over the device-resident data: each step slices its batch from the
-epoch's permutation (drawn on the device from ``fold_in(order_key, epoch)``), so the host
-only reads the per-step :class:`~uncertlr.jax.StepInfo` back once per chunk. The loop stops
+one ``lax.while_loop`` over the device-resident data: each step slices its batch from its
+epoch's permutation (drawn on the host from ``(order_key, epoch)`` and sent over once per block
+of epochs: one epoch when an epoch has at least a chunk of steps, else as many epochs as a chunk
+spans, so a small data set still runs a whole chunk per call), and the host only reads the
+per-step :class:`~uncertlr.jax.StepInfo` back once per chunk. The loop stops
 after the first step whose loss is not finite; every step of every chunk runs the same
 compiled body, which is what makes a resumed run bit-identical to an uninterrupted one.
 """
@@ -12,6 +14,7 @@ compiled body, which is what makes a resumed run bit-identical to an uninterrupt
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -60,6 +63,16 @@ def placement(
     return None, (devices[0] if devices else None)
 
 
+@dataclass(frozen=True)
+class Order:
+    """The row orders of epochs ``first_epoch .. first_epoch + epochs - 1``: ``rows`` is ``int32[epochs, N]``."""
+
+    first_epoch: int
+    epochs: int
+    rows: Array
+    first: Array  # first_epoch as a 0-d int32 array on the step's devices (an argument of the compiled loop)
+
+
 class CompiledLoop:
     """``run`` and ``order`` for one step, data size, batch size and chunk length (see the module docstring)."""
 
@@ -67,34 +80,53 @@ class CompiledLoop:
         self.step = step
         self.n, self.batch_size, self.length = n, batch_size, length
         self.steps_per_epoch = n // batch_size
+        # epochs per order block: a fresh block covers at least `length` steps from any step of its first epoch
+        self.epochs = 1 if self.steps_per_epoch >= length else -(-length // self.steps_per_epoch) + 1
+        self._perms: dict[tuple[int, ...], np.ndarray] = {}
         self.run = jax.jit(self._run)
 
-    def order(self, state: SVIState) -> Array:
-        """The row order of the epoch that ``state.step`` falls in, ``int32[N]``, on the step's devices.
+    def _perm(self, key: list[int], epoch: int) -> np.ndarray:
+        seed = (*key, epoch)
+        if seed not in self._perms:
+            if len(self._perms) >= 2 * self.epochs:  # keep the blocks' overlap, drop older epochs
+                self._perms.pop(next(iter(self._perms)))
+            self._perms[seed] = np.random.default_rng(list(seed)).permutation(self.n).astype(np.int32)
+        return self._perms[seed]
+
+    def order(self, state: SVIState) -> Order:
+        """The row orders of the block of epochs that starts with the epoch ``state.step`` falls in.
 
         Drawn on the host from ``(order_key, epoch)`` (a permutation of ``N`` rows is a sort on an
-        accelerator, and compiling it costs more than drawing it here once per epoch).
+        accelerator, and compiling it costs more than drawing it here once per epoch), so an epoch's
+        order does not depend on which block it came in: a resumed run sees the same batches.
         """
-        if self.batch_size == self.n:
-            return self.step.place(np.zeros((1,), np.int32))
         epoch = int(state.step) // self.steps_per_epoch
-        seed = [*np.asarray(state.order_key, np.uint32).tolist(), epoch]
-        return self.step.place(np.random.default_rng(seed).permutation(self.n).astype(np.int32))
+        if self.batch_size == self.n:
+            rows = np.zeros((1, 1), np.int32)
+        else:
+            key = np.asarray(state.order_key, np.uint32).tolist()
+            rows = np.stack([self._perm(key, epoch + e) for e in range(self.epochs)])
+        return Order(epoch, self.epochs, self.step.place(rows), self.step.place(np.int32(epoch)))
 
-    def steps_left_in_epoch(self, state: SVIState) -> int:
-        return self.steps_per_epoch - int(state.step) % self.steps_per_epoch
+    def steps_left(self, order: Order, state: SVIState) -> int:
+        """Steps from ``state`` to the end of ``order``'s block of epochs."""
+        return (order.first_epoch + order.epochs) * self.steps_per_epoch - int(state.step)
 
-    def _batch(self, state: SVIState, order: Array, x: Array, y: Array) -> tuple[Array, Array]:
+    def _batch(self, state: SVIState, rows: Array, first: Array, x: Array, y: Array) -> tuple[Array, Array]:
         if self.batch_size == self.n:
             return x, y
+        e = state.step // self.steps_per_epoch - first
         i = state.step % self.steps_per_epoch
+        order = lax.dynamic_index_in_dim(rows, e, keepdims=False)
         idx = lax.dynamic_slice_in_dim(order, i * self.batch_size, self.batch_size)
         take = lambda a: a.at[idx].get(mode="promise_in_bounds", unique_indices=True)  # noqa: E731
         return take(x), take(y)
 
-    def _run(self, state: SVIState, order: Array, x: Array, y: Array, limit: Array) -> tuple[Any, ...]:
-        """Up to ``limit`` (<= length, within one epoch) steps: the state, ``StepInfo`` rows ``[length]``,
-        the steps run, whether the last one's loss was not finite, and the constrained parameters."""
+    def _run(
+        self, state: SVIState, rows: Array, first: Array, x: Array, y: Array, limit: Array
+    ) -> tuple[Any, ...]:
+        """Up to ``limit`` (<= length, within the block of ``rows``) steps: the state, ``StepInfo`` rows
+        ``[length]``, the steps run, whether the last one's loss was not finite, and the constrained parameters."""
         shapes = jax.eval_shape(self.step.pure_update, state, x[: self.batch_size], y[: self.batch_size])[1]
         infos = jax.tree.map(lambda s: jnp.full((self.length, *s.shape), jnp.nan, s.dtype), shapes)
 
@@ -104,7 +136,7 @@ class CompiledLoop:
 
         def body(carry: tuple[Any, ...]) -> tuple[Any, ...]:
             j, st, buf, _ = carry
-            xb, yb = self._batch(st, order, x, y)
+            xb, yb = self._batch(st, rows, first, x, y)
             st, info = self.step.pure_update(st, xb, yb)
             buf = jax.tree.map(lambda b, v: b.at[j].set(v), buf, info)
             return j + 1, st, buf, ~jnp.isfinite(info.loss)

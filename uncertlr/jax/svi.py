@@ -336,17 +336,18 @@ class _Run:
         self.stopped_early = False
 
     def train(self, x: Array, y: Array, num_steps: int, advance: Any) -> None:
-        loop, done, order, epoch = self.loop, 0, None, -1
+        loop, done, order = self.loop, 0, None
         kw = {"terms": self.step.guide_kind == "meanfield", "signal": self.step.signal_fn is not None}
         while done < num_steps and not self.stopped_early:
             t = int(self.state.step)
-            if t // loop.steps_per_epoch != epoch:
-                order, epoch = loop.order(self.state), t // loop.steps_per_epoch
-            limit = min(loop.length, num_steps - done, loop.steps_left_in_epoch(self.state))
+            limit = min(loop.length, num_steps - done)
             if self.validation is not None:
                 limit = min(limit, self.validate_every - t % self.validate_every)
+            if order is None or loop.steps_left(order, self.state) < limit:
+                order = loop.order(self.state)  # a fresh block: the rest of this epoch, or a whole chunk
+            limit = min(limit, loop.steps_left(order, self.state))
             start = self.state
-            new, infos, count, stop, params = loop.run(start, order, x, y, np.int32(limit))
+            new, infos, count, stop, params = loop.run(start, order.rows, order.first, x, y, np.int32(limit))
             count, infos = int(count), jax.device_get(infos)
             if bool(stop):
                 self.history += records(infos, t, count - 1, self.loop.steps_per_epoch, **kw)
@@ -373,7 +374,8 @@ class _Run:
             state = start
             if target > int(start.step):
                 order = self.loop.order(start)
-                state = self.loop.run(start, order, x, y, np.int32(target - int(start.step)))[0]
+                limit = np.int32(target - int(start.step))
+                state = self.loop.run(start, order.rows, order.first, x, y, limit)[0]
             if all(bool(jax.numpy.isfinite(v).all()) for v in jax.tree.leaves(self.step.params(state))):
                 self.state = state
                 break
