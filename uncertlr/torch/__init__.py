@@ -8,6 +8,7 @@
 * :func:`deep_ensemble` / :class:`Ensemble`, :func:`mc_dropout` / :class:`MCDropout`,
   :class:`LastLayerLaplace` — more posteriors behind the same ``predict(x, num_samples)``
   (``bayesian(guide="lowrank" | "full")`` for correlated variational posteriors);
+* :class:`FeatureDensity` — an out-of-distribution score from a trained network's features;
 * :class:`Modulator` — the LR modulator for any ``torch.optim`` optimizer;
 * :func:`fit` / :class:`StepGuard` — a small explicit loop and its numerical guard;
 * :func:`save_checkpoint` / :func:`load_checkpoint` — resumable, pickle-free checkpoints;
@@ -32,6 +33,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the core
 
 from uncertlr.torch.bnn import BNN, ELBOTerms, NormalPrediction, bayesian
 from uncertlr.torch.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from uncertlr.torch.density import FeatureDensity
 from uncertlr.torch.dropout import MCDropout, mc_dropout
 from uncertlr.torch.ensemble import Ensemble, PointNetwork, deep_ensemble
 from uncertlr.torch.laplace import LastLayerLaplace
@@ -52,6 +54,7 @@ __all__ = [
     "Checkpoint",
     "ELBOTerms",
     "Ensemble",
+    "FeatureDensity",
     "LastLayerLaplace",
     "LoopState",
     "MCDropout",

@@ -39,9 +39,12 @@ from torch import Tensor, nn
 from uncertlr import likelihoods as _lik
 from uncertlr._spec import positive_int
 from uncertlr.likelihoods import NormalPrediction
+from uncertlr.torch._features import last_linear, layer_input
 from uncertlr.torch.ensemble import PointNetwork, _likelihood
 
 __all__ = ["MAX_PARAMS", "LastLayerLaplace"]
+
+_WHAT = "a last-layer Laplace"
 
 #: Most last-layer parameters (weight + bias) the full GGN is built for.
 MAX_PARAMS = 8192
@@ -85,16 +88,7 @@ class LastLayerLaplace(nn.Module):
             self.net, self.likelihood = model, _likelihood(likelihood)
         else:
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-        linears = {n: m for n, m in self.net.named_modules() if isinstance(m, nn.Linear)}
-        if not linears:
-            raise ValueError(f"{type(self.net).__name__} has no nn.Linear layer for a last-layer Laplace")
-        name = last_layer if last_layer is not None else list(linears)[-1]
-        if name not in linears:
-            raise ValueError(
-                f"last_layer={name!r} is not an nn.Linear of the network; Linear layers: {list(linears)}"
-            )
-        self.layer_name = name
-        self.layer: nn.Linear = linears[name]
+        self.layer_name, self.layer = last_linear(self.net, last_layer, _WHAT)
         out_f, in_f = self.layer.weight.shape
         self.num_params = out_f * (in_f + 1)
         if self.num_params > MAX_PARAMS:
@@ -111,24 +105,7 @@ class LastLayerLaplace(nn.Module):
 
     def _features(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(φ̃[N, D + 1], outputs[N, C])`` at the current weights (no gradient)."""
-        store: dict[str, Tensor] = {}
-        handle = self.layer.register_forward_hook(lambda m, a, o: store.update(phi=a[0], out=o))
-        was = self.net.training
-        self.net.eval()
-        try:
-            with torch.no_grad():
-                out = self.net(x)
-        finally:
-            handle.remove()
-            self.net.train(was)
-        if "phi" not in store or store["out"].shape != out.shape or not torch.equal(store["out"], out):
-            raise ValueError(
-                f"the output of {type(self.net).__name__} must be the output of its last Linear layer "
-                f"({self.layer_name!r}) for a last-layer Laplace"
-            )
-        phi = store["phi"]
-        if phi.dim() != 2:
-            raise ValueError(f"the last layer's input must be [N, D]; got shape {tuple(phi.shape)}")
+        phi, out = layer_input(self.net, self.layer, self.layer_name, x, _WHAT)
         return torch.cat([phi, torch.ones_like(phi[:, :1])], 1).double(), out.double()
 
     def _theta(self) -> Tensor:
