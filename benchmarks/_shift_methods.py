@@ -19,7 +19,15 @@ import torch
 
 from uncertlr import likelihoods, metrics, priors, runfolder
 from uncertlr.likelihoods import NormalPrediction
-from uncertlr.torch import LastLayerLaplace, PointNetwork, bayesian, deep_ensemble, fit, mc_dropout
+from uncertlr.torch import (
+    FeatureDensity,
+    LastLayerLaplace,
+    PointNetwork,
+    bayesian,
+    deep_ensemble,
+    fit,
+    mc_dropout,
+)
 
 METHODS = ("deterministic", "mc-dropout", "ensemble", "laplace", "bnn", "bnn-lowrank", "bnn-ensemble")
 
@@ -55,6 +63,9 @@ class Fitted:
 
     predict: Callable[[torch.Tensor], Any]
     train_seconds: float
+    # an OOD score of its own ([N] numpy, higher = more unusual), e.g. a feature density; None: none
+    ood_score: Callable[[torch.Tensor], np.ndarray] | None = None
+    ood_score_seconds: float = 0.0  # fitting it, after training
 
 
 def _fit(
@@ -161,6 +172,11 @@ def train_methods(
             wd = 0.0 if name.startswith("bnn") else cfg.det_weight_decay
             secs = _fit(model, x, y, epochs=epochs, lr=lr, cfg=cfg, seed=seed, weight_decay=wd)
             out[name] = Fitted(_predictor(model, cfg.num_samples), secs)
+            if name == "deterministic" and not regression:  # its feature density, as a second OOD score
+                t0 = time.perf_counter()
+                density = FeatureDensity(model).fit(x, y)
+                out[name].ood_score = lambda x, d=density: d.score(x).numpy()
+                out[name].ood_score_seconds = time.perf_counter() - t0
         advance(description=f"trained {name}")
     return out
 

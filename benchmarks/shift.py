@@ -170,6 +170,21 @@ def _score_all(
                         "temperature": temp.value,
                     }
                 )
+        if f.ood_score is not None:  # the method's own OOD score (a feature density) beside its entropy
+            for key, (in_key, x_out) in (ood or {}).items():
+                rows.append(
+                    {
+                        **base,
+                        "condition": key[0],
+                        "method": f"{name}+density",
+                        "corruption": key[1],
+                        "severity": 0,
+                        **classification_scores(preds[in_key], sets[in_key][1]),
+                        "auroc": float(metrics.ood_auroc(f.ood_score(sets[in_key][0]), f.ood_score(x_out))),
+                        "train_s": f.train_seconds + f.ood_score_seconds,
+                        "predict_ms_per_1000": ms,
+                    }
+                )
     return rows
 
 
