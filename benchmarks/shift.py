@@ -392,12 +392,14 @@ def cross_fit_rows(
     """``condition`` rows scored on every input of ``(x, y)`` once: ``folds``-fold cross-fitting.
 
     For each fold, every method (and its ``+ts`` variant, the temperature fitted on a validation part of the
-    other folds) is trained on the other folds and predicts the fold; the scores are computed on the pooled
+    other folds) is trained on the other folds and predicts the fold; ``+ts-pooled`` fits one temperature
+    per method on all folds' validation parts together (each predicted by its own fold's model); the scores are computed on the pooled
     predictions, so the ECE is measured on the whole data set instead of one test split (its floor,
     ``ece_floor``, falls as ``sqrt(bins / N)``). ``standardise(train)`` maps features to inputs (default: as is).
     """
     fold_of = np.random.default_rng(30_000 + seed).permutation(len(x)) % folds
     pooled: dict[str, list[np.ndarray]] = {}
+    val_preds: dict[str, tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]] = {}
     order = []
     for k in range(folds):
         test, rest = np.flatnonzero(fold_of == k), np.flatnonzero(fold_of != k)
@@ -407,11 +409,21 @@ def cross_fit_rows(
             tuple(methods), net, prep(x[rest[tr]]), _t(y[rest[tr]]), cfg, seed=seed, advance=advance
         )
         for name, f in fitted.items():
-            temp = fit_temperature(f.predict(prep(x[rest[va]])).numpy(), y[rest[va]])
+            p_val = f.predict(prep(x[rest[va]])).numpy()
+            temp = fit_temperature(p_val, y[rest[va]])
             p = f.predict(prep(x[test])).numpy()
             pooled.setdefault(name, []).append(np.asarray(metrics.mean_probs(p)))
             pooled.setdefault(f"{name}+ts", []).append(np.asarray(metrics.mean_probs(temp(p))))
+            vals, val_labels, tests = val_preds.setdefault(name, ([], [], []))
+            vals.append(p_val)
+            val_labels.append(y[rest[va]])
+            tests.append(p)
         order.append(test)
+    # "+ts-pooled": one temperature for the training recipe, fitted on every fold's validation part at once
+    # (each scored by the fold's own model, which never trained on it; the test folds are not used)
+    for name, (vals, val_labels, tests) in val_preds.items():
+        temp = fit_temperature(np.concatenate(vals, axis=1), np.concatenate(val_labels))
+        pooled[f"{name}+ts-pooled"] = [np.asarray(metrics.mean_probs(temp(p))) for p in tests]
     labels = y[np.concatenate(order)]
     return [
         {

@@ -284,17 +284,24 @@ def test_cross_fitting_scores_every_input_once_and_never_trains_on_it(monkeypatc
     )
     fold_of = np.random.default_rng(30_000).permutation(60) % 3
     assert [s & set(np.flatnonzero(fold_of == k).tolist()) for k, s in enumerate(seen_train)] == [set()] * 3
-    assert {r["method"] for r in rows} == {"deterministic", "deterministic+ts"}
+    assert {r["method"] for r in rows} == {"deterministic", "deterministic+ts", "deterministic+ts-pooled"}
     for r in rows:
         assert r["condition"] == "toy-clean-cv" and 0 <= r["ece_floor"] and 0 < r["ece_p"] <= 1
     # the pooled scores equal the scores of the concatenated fold predictions, recomputed by hand
-    preds, labels = [], []
+    preds, labels, val_preds, val_labels = [], [], [], []
     for k in range(3):
         test, rest = np.flatnonzero(fold_of == k), np.flatnonzero(fold_of != k)
-        tr, _ = S._val_split(len(rest), 0)
+        tr, va = S._val_split(len(rest), 0)
         f = real(("deterministic",), S._mlp(5, cfg, 3), S._t(x[rest[tr]]), S._t(y[rest[tr]]), cfg, seed=0)
         preds.append(f["deterministic"].predict(S._t(x[test])).numpy().reshape(len(test), 3))
         labels.append(y[test])
+        val_preds.append(f["deterministic"].predict(S._t(x[rest[va]])).numpy().reshape(len(va), 3))
+        val_labels.append(y[rest[va]])
+    # +ts-pooled: one temperature from every fold's validation part, applied to every fold's predictions
+    temp = S.fit_temperature(np.concatenate(val_preds), np.concatenate(val_labels))
+    pooled_ref = classification_scores(np.concatenate([temp(p) for p in preds]), np.concatenate(labels))
+    pooled = next(r for r in rows if r["method"] == "deterministic+ts-pooled")
+    assert pooled["nll"] == pytest.approx(pooled_ref["nll"]) and pooled["ece"] == pytest.approx(pooled_ref["ece"])
     ref = classification_scores(np.concatenate(preds), np.concatenate(labels))
     got = next(r for r in rows if r["method"] == "deterministic")
     assert got["accuracy"] == pytest.approx(ref["accuracy"]) and got["nll"] == pytest.approx(ref["nll"])
