@@ -301,7 +301,9 @@ def test_cross_fitting_scores_every_input_once_and_never_trains_on_it(monkeypatc
     temp = S.fit_temperature(np.concatenate(val_preds), np.concatenate(val_labels))
     pooled_ref = classification_scores(np.concatenate([temp(p) for p in preds]), np.concatenate(labels))
     pooled = next(r for r in rows if r["method"] == "deterministic+ts-pooled")
-    assert pooled["nll"] == pytest.approx(pooled_ref["nll"]) and pooled["ece"] == pytest.approx(pooled_ref["ece"])
+    assert pooled["nll"] == pytest.approx(pooled_ref["nll"]) and pooled["ece"] == pytest.approx(
+        pooled_ref["ece"]
+    )
     ref = classification_scores(np.concatenate(preds), np.concatenate(labels))
     got = next(r for r in rows if r["method"] == "deterministic")
     assert got["accuracy"] == pytest.approx(ref["accuracy"]) and got["nll"] == pytest.approx(ref["nll"])
