@@ -6,7 +6,8 @@ The top level is backend-neutral (it imports neither torch nor jax):
 * :mod:`uncertlr.priors`, :mod:`uncertlr.likelihoods`, :mod:`uncertlr.select` — the model
   vocabulary both backends share;
 * :mod:`uncertlr.calibration` — post-hoc temperature scaling of any method's predictions;
-* :mod:`uncertlr.model_selection` — settings chosen on whole held-out sources (leave-one-group-out).
+* :mod:`uncertlr.model_selection` — settings chosen on whole held-out sources (leave-one-group-out);
+* :mod:`uncertlr.density` — class-conditional Gaussians over features, an out-of-distribution score.
 
 Backends: :mod:`uncertlr.torch` (Pyro) and, with the ``jax`` extra, :mod:`uncertlr.jax` (NumPyro).
 
@@ -18,8 +19,17 @@ Example:
     1.0
 """
 
-from uncertlr import calibration, likelihoods, metrics, model_selection, priors, select
+from uncertlr import calibration, density, likelihoods, metrics, model_selection, priors, select
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "calibration", "likelihoods", "metrics", "model_selection", "priors", "select"]
+__all__ = [
+    "__version__",
+    "calibration",
+    "density",
+    "likelihoods",
+    "metrics",
+    "model_selection",
+    "priors",
+    "select",
+]

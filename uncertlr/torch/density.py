@@ -3,7 +3,8 @@
 Gaussian discriminant analysis on the input ``φ(x)`` of the network's last ``nn.Linear`` layer
 (the "deep deterministic uncertainty" recipe, Mukhoti et al., CVPR 2023): one Gaussian per class,
 ``q(φ) = Σ_c π_c N(φ; μ_c, Σ_c)``, fitted once on the training set after training (class
-frequencies ``π_c``, class means and Ledoit-Wolf shrunk covariances, float64). The score of an input is
+frequencies ``π_c``, class means and Ledoit-Wolf shrunk covariances, float64; the math is
+:class:`uncertlr.density.ClassGaussians`, which takes features from any library). The score of an input is
 ``-log q(φ(x))``: inputs whose features lie away from every class's training features score
 high, also when the softmax is confidently wrong about them, which is where predictive entropy
 fails on near out-of-distribution inputs (BENCHMARKS.md, "Feature density for near-OOD").
@@ -24,11 +25,10 @@ Example:
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
+from uncertlr.density import ClassGaussians
 from uncertlr.likelihoods import check_labels
 from uncertlr.torch._features import last_linear, layer_input
 from uncertlr.torch.ensemble import PointNetwork
@@ -49,12 +49,10 @@ class FeatureDensity(nn.Module):
             :class:`~uncertlr.torch.PointNetwork`.
         last_layer: the Linear layer whose input are the features (default: the last ``nn.Linear``
             in ``named_modules()``).
-        shrinkage: how each class covariance is estimated from its features: ``"ledoit-wolf"`` (the
-            default) shrinks the sample covariance ``S`` towards ``μ I`` (``μ = tr(S)/D``) by the
-            Ledoit-Wolf (2004) estimate of the best amount, ``Σ = (1 - s) S + s μ I``, so classes with
-            fewer inputs than feature dimensions still get a well-conditioned density; a number ``s`` in
-            ``[0, 1]`` fixes the amount. ``S`` is the maximum-likelihood covariance (divided by the
-            class size), as in scikit-learn's ``ledoit_wolf``/``ShrunkCovariance``.
+        shrinkage: how each class covariance is estimated (:class:`~uncertlr.density.ClassGaussians`):
+            ``"ledoit-wolf"`` (the default) shrinks it towards a multiple of the identity by the
+            Ledoit-Wolf estimate of the best amount, so classes with fewer inputs than feature
+            dimensions still get a well-conditioned density; a number in ``[0, 1]`` fixes the amount.
 
     Example:
         >>> import torch
@@ -77,10 +75,7 @@ class FeatureDensity(nn.Module):
             model = model.net
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-        if shrinkage != "ledoit-wolf" and (
-            isinstance(shrinkage, bool) or not isinstance(shrinkage, (int, float)) or not 0 <= shrinkage <= 1
-        ):
-            raise ValueError(f"shrinkage must be 'ledoit-wolf' or a number in [0, 1]; got {shrinkage!r}")
+        ClassGaussians(shrinkage=shrinkage)  # validates it
         # a plain attribute, not a submodule: the density's state_dict holds only what fit() estimated
         self.__dict__["net"] = model
         self.layer_name, layer = last_linear(model, last_layer, _WHAT)
@@ -118,53 +113,24 @@ class FeatureDensity(nn.Module):
             ``self``.
         """
         phi = self.features(x, batch_size=batch_size)
-        n, d = phi.shape
-        if y is None:
-            labels = torch.zeros(n, dtype=torch.long)
-        else:
+        if y is not None:
             if not isinstance(y, Tensor):
                 raise TypeError(f"y must be a torch.Tensor of class labels; got {type(y).__name__}")
-            check_labels(y, n, self.layer.out_features)
-            labels = y.long().cpu()
-        phi = phi.cpu()
-        classes, counts = torch.unique(labels, return_counts=True)
-        if int(counts.min()) < 2:
-            few = classes[counts < 2].tolist()
-            raise ValueError(f"every class needs at least 2 inputs for a covariance; class(es) {few} have 1")
-        means, chols, amounts = [], [], []
-        eye = torch.eye(d, dtype=torch.float64)
-        # a tiny ridge keeps a class whose features are constant (dead units) defined
-        floor = 1e-9 * max(float(phi.var(0).mean()), 1e-30)
-        for c in classes.tolist():
-            f = phi[labels == c]
-            mu = f.mean(0)
-            cov, amount = _shrunk_covariance(f - mu, self.shrinkage)
-            chol, info = torch.linalg.cholesky_ex(cov + floor * eye)
-            if int(info) != 0:
-                raise ValueError(
-                    f"the covariance of class {c}'s features is not positive definite with shrinkage="
-                    f"{self.shrinkage!r}; use 'ledoit-wolf' or a larger amount"
-                )
-            means.append(mu)
-            chols.append(chol)
-            amounts.append(amount)
-        self.shrinkages = torch.tensor(amounts, dtype=torch.float64)
-        self.means = torch.stack(means)
-        self.chols = torch.stack(chols)
-        self.log_weights = torch.log(counts.double() / n)
+            check_labels(y, phi.shape[0], self.layer.out_features)
+            y = y.cpu()
+        g = ClassGaussians(shrinkage=self.shrinkage).fit(phi.cpu(), y, num_classes=self.layer.out_features)
+        self.means, self.chols = torch.from_numpy(g.means), torch.from_numpy(g.chols)
+        self.log_weights, self.shrinkages = torch.from_numpy(g.log_weights), torch.from_numpy(g.shrinkages)
         return self
 
     def log_density(self, x: Tensor, *, batch_size: int = 1024) -> Tensor:
         """``log q(φ(x))`` of each input, ``[N]`` (float64, on the CPU): higher = more like the training data."""
         if self.means.shape[0] == 0:
             raise RuntimeError("call fit(x_train, y_train) before log_density/score")
-        phi = self.features(x, batch_size=batch_size).cpu()
-        d = phi.shape[1]
-        diff = phi[None] - self.means[:, None]  # [K, N, D]
-        z = torch.linalg.solve_triangular(self.chols, diff.transpose(1, 2), upper=False)  # [K, D, N]
-        log_det = torch.log(torch.diagonal(self.chols, dim1=1, dim2=2)).sum(1)  # [K]: ½ log |Σ_k|
-        comp = -0.5 * z.square().sum(1) - log_det[:, None] - 0.5 * d * math.log(2 * math.pi)  # [K, N]
-        return torch.logsumexp(comp + self.log_weights[:, None], 0)
+        g = ClassGaussians(shrinkage=self.shrinkage)
+        g.means, g.chols = self.means.cpu().numpy(), self.chols.cpu().numpy()
+        g.log_weights = self.log_weights.cpu().numpy()
+        return torch.from_numpy(g.log_density(self.features(x, batch_size=batch_size).cpu()))
 
     def score(self, x: Tensor, *, batch_size: int = 1024) -> Tensor:
         """The OOD score ``-log q(φ(x))``, ``[N]``: higher = more likely out of distribution
@@ -180,25 +146,3 @@ class FeatureDensity(nn.Module):
 
     def extra_repr(self) -> str:
         return f"layer={self.layer_name!r}, components={self.means.shape[0]}, shrinkage={self.shrinkage!r}"
-
-
-def _shrunk_covariance(centred: Tensor, shrinkage: float | str) -> tuple[Tensor, float]:
-    """``((1 - s) S + s tr(S)/D I, s)`` of centred rows ``[n, D]``: ``S = XᵀX / n``, ``s`` given or Ledoit-Wolf's.
-
-    The Ledoit-Wolf amount is the estimate of Ledoit & Wolf (2004, "A well-conditioned estimator for
-    large-dimensional covariance matrices"), written as scikit-learn's ``ledoit_wolf_shrinkage`` computes it.
-    """
-    n, d = centred.shape
-    emp = centred.T @ centred / n
-    mu = float(torch.diagonal(emp).sum()) / d
-    if shrinkage == "ledoit-wolf":
-        sq = centred.square()
-        delta_ = float((emp.square()).sum())  # = ‖XᵀX‖²_F / n²
-        beta_ = float((sq.T @ sq).sum())
-        beta = (beta_ / n - delta_) / (d * n)
-        delta = (delta_ - 2.0 * mu * float(torch.diagonal(emp).sum()) + d * mu**2) / d
-        beta = min(beta, delta)
-        amount = 0.0 if beta == 0 else beta / delta
-    else:
-        amount = float(shrinkage)
-    return (1.0 - amount) * emp + amount * mu * torch.eye(d, dtype=emp.dtype), amount
