@@ -32,6 +32,7 @@ Usage::
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -57,7 +58,7 @@ from benchmarks._shift_methods import (  # noqa: E402
 from benchmarks._shift_report import goals, plot, severity_curves, summarise, write_run  # noqa: E402
 from uncertlr import metrics  # noqa: E402
 from uncertlr._progress import progress_task  # noqa: E402
-from uncertlr.calibration import fit_temperature  # noqa: E402
+from uncertlr.calibration import fit_score_temperature, fit_temperature  # noqa: E402
 
 # BNN init σ, prior scale, KL weight: best validation NLL of `--tune --quick` (digits; BENCHMARKS.md).
 DIGITS = Config(
@@ -131,15 +132,25 @@ def _score_all(
     """
     rows = []
     for name, f in fitted.items():
-        temp = fit_temperature(f.predict(x_val).numpy(), y_val)
+        p_val = f.predict(x_val).numpy()
+        temp = fit_temperature(p_val, y_val)
         preds: dict[tuple, np.ndarray] = {}
         for key, (x, _) in sets.items():
             t0 = time.perf_counter()
             preds[key] = f.predict(x).numpy()
             ms = 1000 * (time.perf_counter() - t0) / len(x) * 1000
-        for variant, tf in ((name, lambda p: p), (f"{name}+ts", temp)):
-            for key, (_, y) in sets.items():
+        # each variant maps (predictions, inputs) to predictions
+        variants: list[tuple[str, Callable[[np.ndarray, torch.Tensor], np.ndarray], float]] = [
+            (name, lambda p, x: p, temp.value),  # (the temperature its +ts variant uses)
+            (f"{name}+ts", lambda p, x: temp(p), temp.value),
+        ]
+        if f.ood_score is not None:  # a temperature that grows with the method's own OOD score
+            st = fit_score_temperature(p_val, y_val, f.ood_score(x_val))
+            variants.append((f"{name}+density-ts", lambda p, x: st(p, f.ood_score(x)), math.exp(st.a)))
+        for variant, tf, t_value in variants:
+            for key, (x, y) in sets.items():
                 cond, corr, sev = key
+                p = tf(preds[key], x)
                 rows.append(
                     {
                         **base,
@@ -147,15 +158,16 @@ def _score_all(
                         "method": variant,
                         "corruption": corr,
                         "severity": sev,
-                        **classification_scores(tf(preds[key]), y),
-                        **(_ece_floor(tf(preds[key]), y) if cond.endswith("-clean") else {}),
+                        **classification_scores(p, y),
+                        **(_ece_floor(p, y) if cond.endswith("-clean") else {}),
                         "train_s": f.train_seconds,
                         "predict_ms_per_1000": ms,
-                        "temperature": temp.value,
+                        "temperature": t_value,
                     }
                 )
             for key, (in_key, x_out) in (ood or {}).items():
-                p_out = tf(f.predict(x_out).numpy())
+                p_out = tf(f.predict(x_out).numpy(), x_out)
+                p_in = tf(preds[in_key], sets[in_key][0])
                 rows.append(
                     {
                         **base,
@@ -163,11 +175,11 @@ def _score_all(
                         "method": variant,
                         "corruption": key[1],
                         "severity": 0,
-                        **classification_scores(tf(preds[in_key]), sets[in_key][1]),
-                        **ood_scores(tf(preds[in_key]), p_out),
+                        **classification_scores(p_in, sets[in_key][1]),
+                        **ood_scores(p_in, p_out),
                         "train_s": f.train_seconds,
                         "predict_ms_per_1000": ms,
-                        "temperature": temp.value,
+                        "temperature": t_value,
                     }
                 )
         if f.ood_score is not None:  # the method's own OOD score (a feature density) beside its entropy

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from scipy.special import log_softmax, softmax
 
 from uncertlr import metrics
-from uncertlr.calibration import Temperature, fit_temperature
+from uncertlr.calibration import Temperature, fit_score_temperature, fit_temperature
 
 
 def _data(seed, n=400, c=4, scale=3.0):
@@ -92,3 +92,59 @@ def test_a_fit_at_a_bound_warns_and_names_the_error_count():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert 1.0 < fit_temperature(softmax(logits, axis=1), labels).value < 4.0
+
+
+def _synthetic(rng, n, slope):
+    """An over-confident classifier whose true temperature grows with a per-input score."""
+    score = rng.normal(size=n)
+    logits = rng.normal(size=(n, 4)) * 4
+    true_t = 3.0 * np.exp(slope * score)
+    labels = np.array([rng.choice(4, p=softmax(lg / t)) for lg, t in zip(logits, true_t)])
+    return softmax(logits, axis=-1), labels, score
+
+
+def _nll(probs, labels):
+    return float(-np.mean(np.log(probs[np.arange(len(labels)), labels])))
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**16), slope=st.sampled_from([0.0, 0.5, 1.0]))
+def test_score_temperature_is_the_validation_nll_optimum_of_a_brute_force_grid(seed, slope):
+    """The fitted (a, b) is at least as good as every point of a fine grid over (a, b >= 0), on the validation NLL
+    computed here directly from the formula T = exp(a + b z)."""
+    probs, labels, score = _synthetic(np.random.default_rng(seed), 300, slope)
+    cal = fit_score_temperature(probs, labels, score)
+    assert cal.b >= 0
+    z = (score - score.mean()) / score.std()
+    logp = np.log(probs)
+
+    def nll(a, b):
+        return _nll(softmax(logp / np.exp(a + b * z)[:, None], axis=-1), labels)
+
+    grid = min(nll(a, b) for a in np.linspace(-1, 3, 81) for b in np.linspace(0, 2, 41))
+    assert nll(cal.a, cal.b) <= grid + 1e-6
+    np.testing.assert_allclose(cal(probs, score), softmax(logp / cal.temperatures(score)[:, None], axis=-1))
+
+
+def test_score_temperature_recovers_a_growing_temperature_and_generalises():
+    rng = np.random.default_rng(1)
+    probs, labels, score = _synthetic(rng, 800, 1.0)
+    cal, single = fit_score_temperature(probs, labels, score), fit_temperature(probs, labels)
+    assert 0.6 < cal.b < 1.6  # the true slope is 1 (per standard deviation of a standard normal score)
+    test_probs, test_labels, test_score = _synthetic(rng, 2000, 1.0)
+    assert _nll(cal(test_probs, test_score), test_labels) < _nll(single(test_probs), test_labels) - 0.02
+    # a constant score: one temperature, the one fit_temperature finds
+    const = fit_score_temperature(probs, labels, np.zeros(800))
+    assert np.exp(const.a) == pytest.approx(single.value, rel=1e-3)
+
+
+def test_score_temperature_in_torch_and_named_errors():
+    probs, labels, score = _synthetic(np.random.default_rng(2), 200, 0.5)
+    cal = fit_score_temperature(torch.from_numpy(probs)[None], torch.from_numpy(labels), torch.from_numpy(score))
+    out = cal(torch.from_numpy(probs).float()[None], torch.from_numpy(score))
+    assert isinstance(out, torch.Tensor) and out.shape == (1, 200, 4) and out.dtype == torch.float32
+    np.testing.assert_allclose(out[0].numpy(), cal(probs, score), rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match=r"score must have shape \[N\] = \[200\]"):
+        fit_score_temperature(probs, labels, score[:5])
+    with pytest.raises(ValueError, match="NaN or inf"):
+        cal(probs, np.full(200, np.nan))

@@ -9,6 +9,11 @@ divided by ``T`` and renormalised (for ``S = 1`` this is exactly classic tempera
 since ``log softmax(z) = z - const``), and ``T`` minimises the NLL of the tempered model
 average on the validation set.
 
+:func:`fit_score_temperature` lets the temperature grow with an out-of-distribution score of each
+input (a feature density's ``-log q``, an entropy, ...): ``T(x) = exp(a + b z(x))`` with ``b >= 0``
+("density-aware" temperature scaling in the spirit of Tomani et al., 2023), so inputs unlike the
+validation data are softened more, which a single temperature cannot do.
+
 Example:
     >>> import numpy as np
     >>> from uncertlr.calibration import fit_temperature
@@ -29,15 +34,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize, minimize_scalar
 
-from uncertlr._arrays import host
+from uncertlr._arrays import convert, host
 from uncertlr.likelihoods import check_labels
 from uncertlr.metrics._checks import _check_probs
 
 Array = Any
 
-__all__ = ["Temperature", "fit_temperature"]
+__all__ = ["ScoreTemperature", "Temperature", "fit_score_temperature", "fit_temperature"]
 
 
 def _tempered(logp: Array, temperature: Any, xp: Any) -> Array:
@@ -123,3 +128,108 @@ def fit_temperature(
             stacklevel=2,
         )
     return Temperature(t)
+
+
+@dataclass(frozen=True)
+class ScoreTemperature:
+    """A per-input temperature ``T(x) = clip(exp(a + b (score - center) / scale), *bounds)``; call it on
+    probabilities ``[S, N, C]`` (or ``[N, C]``) and the inputs' scores ``[N]``.
+
+    Attributes:
+        a, b: the fitted intercept and slope (``b >= 0``: a more unusual input is never sharpened more).
+        center, scale: the validation scores' mean and standard deviation (the scores are standardised by them).
+        bounds: the range ``T`` is clipped to.
+    """
+
+    a: float
+    b: float
+    center: float
+    scale: float
+    bounds: tuple[float, float] = (0.05, 20.0)
+
+    def temperatures(self, score: Array) -> np.ndarray:
+        """``T`` of each input, ``[N]`` (numpy float64)."""
+        z = (host(score, np.float64) - self.center) / self.scale
+        with np.errstate(over="ignore"):
+            return np.clip(np.exp(self.a + self.b * z), *self.bounds)
+
+    def __call__(self, probs: Array, score: Array) -> Array:
+        """Tempered probabilities, same shape, dtype and library as ``probs``."""
+        squeeze = getattr(probs, "ndim", 0) == 2
+        xp, p = _check_probs(probs)
+        t = _check_score(score, p.shape[1])
+        temps = convert(self.temperatures(t), xp, p, "temperatures")
+        tiny = xp.finfo(p.dtype).tiny
+        out = _tempered(xp.log(xp.clip(p, tiny, None)), xp.astype(temps, p.dtype)[:, None], xp)
+        return out[0] if squeeze else out
+
+
+def _check_score(score: Array, n: int) -> np.ndarray:
+    s = host(score, np.float64)
+    if s.shape != (n,):
+        raise ValueError(f"score must have shape [N] = [{n}]; got {tuple(s.shape)}")
+    if not np.isfinite(s).all():
+        raise ValueError("score holds NaN or inf")
+    return s
+
+
+def fit_score_temperature(
+    probs: Array, labels: Array, score: Array, *, bounds: tuple[float, float] = (0.05, 20.0)
+) -> ScoreTemperature:
+    """A temperature that grows with each input's out-of-distribution ``score``, fitted by validation NLL.
+
+    ``T(x) = exp(a + b z(x))``, ``z`` the score standardised by the validation scores' mean and standard
+    deviation, ``b >= 0``; ``(a, b)`` minimise the NLL of the tempered model average on the validation set
+    (L-BFGS-B on the host, in float64). With ``b = 0`` this is :func:`fit_temperature`. A clean validation
+    set says little about *how fast* T should grow far from it, so check the result under shift.
+
+    Args:
+        probs: validation predictions ``[S, N, C]`` (or ``[N, C]``) of any array library.
+        labels: ``[N]`` integer labels.
+        score: ``[N]`` OOD scores of the same inputs, higher = more unusual
+            (e.g. :class:`uncertlr.torch.FeatureDensity`'s ``score``).
+        bounds: the range of ``T`` (and of ``exp(a)``); it must contain 1.
+
+    Returns:
+        A :class:`ScoreTemperature` (apply it to the test predictions and scores of the same model).
+
+    Example:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> score = rng.normal(size=600)                          # how unusual each input is
+        >>> logits = rng.normal(size=(600, 3)) * 4
+        >>> soft = 4 * np.exp(score)                              # the true temperature grows with it
+        >>> labels = np.array([rng.choice(3, p=np.exp(l / t) / np.exp(l / t).sum()) for l, t in zip(logits, soft)])
+        >>> probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+        >>> cal = fit_score_temperature(probs, labels, score)
+        >>> bool(cal.b > 0.5), cal(probs, score).shape
+        (True, (600, 3))
+    """
+    lo, hi = bounds
+    if not (0 < lo <= 1 <= hi < math.inf and lo < hi):
+        raise ValueError(f"bounds must satisfy 0 < low <= 1 <= high < inf, low < high; got {bounds!r}")
+    _, p = _check_probs(probs)
+    probs64, y = host(p, np.float64), host(labels)
+    check_labels(y, probs64.shape[1], probs64.shape[2])
+    s = _check_score(score, probs64.shape[1])
+    y = y.astype(np.int64)
+    center, scale = float(s.mean()), float(s.std())
+    scale = scale if scale > 0 else 1.0
+    z = (s - center) / scale
+    logp = np.log(np.clip(probs64, np.finfo(np.float64).tiny, None))
+    rows = np.arange(len(y))
+    tiny = np.finfo(np.float64).tiny
+
+    def nll(w: np.ndarray) -> float:
+        with np.errstate(over="ignore"):
+            t = np.clip(np.exp(w[0] + w[1] * z), lo, hi)
+        pbar = _tempered(logp, t[None, :, None], np).mean(0)
+        return float(-np.mean(np.log(np.clip(pbar[rows, y], tiny, None))))
+
+    with warnings.catch_warnings():  # only a starting point: its bound warning is not the user's concern
+        warnings.simplefilter("ignore")
+        start = math.log(fit_temperature(probs64, y, bounds=bounds).value)
+    res = minimize(
+        nll, np.array([start, 0.0]), method="L-BFGS-B", bounds=[(math.log(lo), math.log(hi)), (0.0, 5.0)]
+    )
+    return ScoreTemperature(float(res.x[0]), float(res.x[1]), center, scale, (lo, hi))
