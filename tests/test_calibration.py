@@ -140,7 +140,9 @@ def test_score_temperature_recovers_a_growing_temperature_and_generalises():
 
 def test_score_temperature_in_torch_and_named_errors():
     probs, labels, score = _synthetic(np.random.default_rng(2), 200, 0.5)
-    cal = fit_score_temperature(torch.from_numpy(probs)[None], torch.from_numpy(labels), torch.from_numpy(score))
+    cal = fit_score_temperature(
+        torch.from_numpy(probs)[None], torch.from_numpy(labels), torch.from_numpy(score)
+    )
     out = cal(torch.from_numpy(probs).float()[None], torch.from_numpy(score))
     assert isinstance(out, torch.Tensor) and out.shape == (1, 200, 4) and out.dtype == torch.float32
     np.testing.assert_allclose(out[0].numpy(), cal(probs, score), rtol=1e-5, atol=1e-7)
