@@ -78,6 +78,19 @@ class Temperature:
         return out[0] if squeeze else out
 
 
+def _validation(
+    probs: Array, labels: Array, bounds: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(probs[S, N, C], log probs, labels[N])`` on the host in float64/int64, checked; and the bounds checked."""
+    lo, hi = bounds
+    if not (0 < lo <= 1 <= hi < math.inf and lo < hi):
+        raise ValueError(f"bounds must satisfy 0 < low <= 1 <= high < inf, low < high; got {bounds!r}")
+    _, p = _check_probs(probs)
+    probs64, y = host(p, np.float64), host(labels)
+    check_labels(y, probs64.shape[1], probs64.shape[2])
+    return probs64, np.log(np.clip(probs64, np.finfo(np.float64).tiny, None)), y.astype(np.int64)
+
+
 def fit_temperature(
     probs: Array, labels: Array, *, bounds: tuple[float, float] = (0.05, 20.0)
 ) -> Temperature:
@@ -98,13 +111,7 @@ def fit_temperature(
             temperature sharpens the model and can make it badly over-confident under shift.
     """
     lo, hi = bounds
-    if not (0 < lo <= 1 <= hi < math.inf and lo < hi):
-        raise ValueError(f"bounds must satisfy 0 < low <= 1 <= high < inf, low < high; got {bounds!r}")
-    _, p = _check_probs(probs)
-    probs64, y = host(p, np.float64), host(labels)
-    check_labels(y, probs64.shape[1], probs64.shape[2])
-    y = y.astype(np.int64)
-    logp = np.log(np.clip(probs64, np.finfo(np.float64).tiny, None))
+    probs64, logp, y = _validation(probs, labels, bounds)
     rows = np.arange(len(y))
 
     def nll(log_t: float) -> float:
@@ -206,17 +213,11 @@ def fit_score_temperature(
         (True, (600, 3))
     """
     lo, hi = bounds
-    if not (0 < lo <= 1 <= hi < math.inf and lo < hi):
-        raise ValueError(f"bounds must satisfy 0 < low <= 1 <= high < inf, low < high; got {bounds!r}")
-    _, p = _check_probs(probs)
-    probs64, y = host(p, np.float64), host(labels)
-    check_labels(y, probs64.shape[1], probs64.shape[2])
+    probs64, logp, y = _validation(probs, labels, bounds)
     s = _check_score(score, probs64.shape[1])
-    y = y.astype(np.int64)
     center, scale = float(s.mean()), float(s.std())
     scale = scale if scale > 0 else 1.0
     z = (s - center) / scale
-    logp = np.log(np.clip(probs64, np.finfo(np.float64).tiny, None))
     rows = np.arange(len(y))
     tiny = np.finfo(np.float64).tiny
 
