@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -63,9 +63,9 @@ class Fitted:
 
     predict: Callable[[torch.Tensor], Any]
     train_seconds: float
-    # an OOD score of its own ([N] numpy, higher = more unusual), e.g. a feature density; None: none
-    ood_score: Callable[[torch.Tensor], np.ndarray] | None = None
-    ood_score_seconds: float = 0.0  # fitting it, after training
+    # OOD scores of its own by name ([N] numpy, higher = more unusual), e.g. feature densities
+    ood_scores: dict[str, Callable[[torch.Tensor], np.ndarray]] = field(default_factory=dict)
+    ood_score_seconds: float = 0.0  # fitting them, after training
 
 
 def _fit(
@@ -172,10 +172,11 @@ def train_methods(
             wd = 0.0 if name.startswith("bnn") else cfg.det_weight_decay
             secs = _fit(model, x, y, epochs=epochs, lr=lr, cfg=cfg, seed=seed, weight_decay=wd)
             out[name] = Fitted(_predictor(model, cfg.num_samples), secs)
-            if name == "deterministic" and not regression:  # its feature density, as a second OOD score
+            if name == "deterministic" and not regression:  # feature densities, as more OOD scores
                 t0 = time.perf_counter()
-                density = FeatureDensity(model).fit(x, y)
-                out[name].ood_score = lambda x, d=density: d.score(x).numpy()
+                for key, layers in (("density", None), ("density-all", "all")):
+                    density = FeatureDensity(model, layers=layers).fit(x, y)
+                    out[name].ood_scores[key] = lambda x, d=density: d.score(x).numpy()
                 out[name].ood_score_seconds = time.perf_counter() - t0
         advance(description=f"trained {name}")
     return out

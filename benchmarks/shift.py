@@ -144,9 +144,11 @@ def _score_all(
             (name, lambda p, x: p, temp.value),  # (the temperature its +ts variant uses)
             (f"{name}+ts", lambda p, x: temp(p), temp.value),
         ]
-        if f.ood_score is not None:  # a temperature that grows with the method's own OOD score
-            st = fit_score_temperature(p_val, y_val, f.ood_score(x_val))
-            variants.append((f"{name}+density-ts", lambda p, x: st(p, f.ood_score(x)), math.exp(st.a)))
+        for key, score in f.ood_scores.items():  # a temperature that grows with each of its own OOD scores
+            st = fit_score_temperature(p_val, y_val, score(x_val))
+            variants.append(
+                (f"{name}+{key}-ts", lambda p, x, st=st, score=score: st(p, score(x)), math.exp(st.a))
+            )
         for variant, tf, t_value in variants:
             for key, (x, y) in sets.items():
                 cond, corr, sev = key
@@ -182,17 +184,20 @@ def _score_all(
                         "temperature": t_value,
                     }
                 )
-        if f.ood_score is not None:  # the method's own OOD score (a feature density) beside its entropy
+        for (
+            score_name,
+            score,
+        ) in f.ood_scores.items():  # its own OOD scores (feature densities) beside entropy
             for key, (in_key, x_out) in (ood or {}).items():
                 rows.append(
                     {
                         **base,
                         "condition": key[0],
-                        "method": f"{name}+density",
+                        "method": f"{name}+{score_name}",
                         "corruption": key[1],
                         "severity": 0,
                         **classification_scores(preds[in_key], sets[in_key][1]),
-                        "auroc": float(metrics.ood_auroc(f.ood_score(sets[in_key][0]), f.ood_score(x_out))),
+                        "auroc": float(metrics.ood_auroc(score(sets[in_key][0]), score(x_out))),
                         "train_s": f.train_seconds + f.ood_score_seconds,
                         "predict_ms_per_1000": ms,
                     }

@@ -24,8 +24,35 @@ def test_scores_the_last_layer_input_with_class_gaussians():
     got = FeatureDensity(net).fit(x, y)
     np.testing.assert_allclose(got.log_density(x[:11] * 3).numpy(), want.log_density(feats_new), rtol=1e-10)
     np.testing.assert_allclose(got.score(x[:11] * 3).numpy(), want.score(feats_new), rtol=1e-10)
-    np.testing.assert_allclose(got.shrinkages.numpy(), want.shrinkages, rtol=1e-12)
-    assert FeatureDensity(net).fit(x).means.shape == (1, 6)  # no labels: one Gaussian
+    np.testing.assert_allclose(got.components[0].shrinkages.numpy(), want.shrinkages, rtol=1e-12)
+    assert FeatureDensity(net).fit(x).components[0].means.shape == (1, 6)  # no labels: one Gaussian
+
+
+def test_several_layers_score_by_the_mean_of_standardised_layer_scores():
+    """layers="all": each Linear layer's input gets its own ClassGaussians; the score is the mean over layers of
+    (score - its training mean) / its training std, recomputed here from sub-networks read by hand."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3), nn.Softmax(-1)
+    )
+    x, y, x_new = torch.randn(120, 4), torch.arange(120) % 3, 2 * torch.randn(9, 4)
+    got = FeatureDensity(net, layers="all").fit(x, y)  # a final softmax is fine when the layers are named
+    assert got.layer_names == ["0", "2", "4"]
+    with torch.no_grad():
+        feats = [x, net[:2](x), net[:4](x)]
+        new = [x_new, net[:2](x_new), net[:4](x_new)]
+    z = []
+    for f, g in zip(feats, new):
+        cg = ClassGaussians().fit(f.double().numpy(), y.numpy())
+        train = cg.score(f.double().numpy())
+        z.append((cg.score(g.double().numpy()) - train.mean()) / train.std())
+    np.testing.assert_allclose(got.score(x_new).numpy(), np.mean(z, 0), rtol=1e-9)
+    two = FeatureDensity(net, layers=["2", "0"]).fit(x, y)  # the order given is kept
+    assert two.layer_names == ["2", "0"]
+    np.testing.assert_allclose(two.score(x_new).numpy(), np.mean(z[:2], 0), rtol=1e-9)
+    fresh = FeatureDensity(net, layers="all")
+    fresh.load_state_dict(got.state_dict())
+    torch.testing.assert_close(fresh.score(x_new), got.score(x_new), rtol=0, atol=0)
 
 
 def test_reads_the_features_of_a_deep_network_and_separates_unseen_inputs():
@@ -45,7 +72,7 @@ def test_reads_the_features_of_a_deep_network_and_separates_unseen_inputs():
         model.loss(x, y).backward()
         opt.step()
     density = FeatureDensity(model).fit(x[::2], y[::2])  # a PointNetwork is read through its net
-    assert density.layer_name == "4"
+    assert density.layer_names == ["4"]
     held_in, unseen = x[1::2], pts[2]
     auroc_density = float(metrics.ood_auroc(density.score(held_in), density.score(unseen)))
     p_in, p_out = model.predict(held_in).numpy(), model.predict(unseen).numpy()
@@ -64,7 +91,8 @@ def test_state_dict_round_trip_to_a_fresh_density():
     fitted = FeatureDensity(net).fit(x, y)
     fresh = FeatureDensity(net)
     fresh.load_state_dict(fitted.state_dict())
-    assert set(fitted.state_dict()) == {"means", "chols", "log_weights", "shrinkages"}  # not the network
+    parts = {"means", "chols", "log_weights", "shrinkages"}
+    assert set(fitted.state_dict()) == {f"components.0.{k}" for k in parts} | {"score_center", "score_scale"}
     torch.testing.assert_close(fresh.score(x[:7]), fitted.score(x[:7]), rtol=0, atol=0)
 
 
@@ -87,8 +115,12 @@ def test_errors_name_the_problem():
         FeatureDensity(net, shrinkage=1.5)
     with pytest.raises(ValueError, match="no nn.Linear"):
         FeatureDensity(nn.Sequential(nn.ReLU()))
-    with pytest.raises(ValueError, match="last_layer='0'"):
-        FeatureDensity(nn.Sequential(nn.ReLU(), nn.Linear(3, 2)), last_layer="0")
+    with pytest.raises(ValueError, match="layers='0'"):
+        FeatureDensity(nn.Sequential(nn.ReLU(), nn.Linear(3, 2)), layers="0")
+    with pytest.raises(ValueError, match="distinct"):
+        FeatureDensity(net, layers=["0", "0"])
+    with pytest.raises(ValueError, match="use score"):
+        FeatureDensity(net, layers="all").fit(x, y).log_density(x)
     with pytest.raises(ValueError, match="output of its last Linear layer"):
         FeatureDensity(nn.Sequential(net, nn.Softmax(-1))).fit(x, y)
     with pytest.raises(ValueError, match="at least one input"):

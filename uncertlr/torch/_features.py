@@ -2,23 +2,62 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 __all__: list[str] = []
 
 
-def last_linear(net: nn.Module, name: str | None, what: str) -> tuple[str, nn.Linear]:
+def last_linear(
+    net: nn.Module, name: str | None, what: str, arg: str = "last_layer"
+) -> tuple[str, nn.Linear]:
     """``(name, layer)`` of the ``nn.Linear`` called ``name`` (default: the last one in ``named_modules()``)."""
     linears = {n: m for n, m in net.named_modules() if isinstance(m, nn.Linear)}
     if not linears:
         raise ValueError(f"{type(net).__name__} has no nn.Linear layer for {what}")
     name = name if name is not None else list(linears)[-1]
     if name not in linears:
-        raise ValueError(
-            f"last_layer={name!r} is not an nn.Linear of the network; Linear layers: {list(linears)}"
-        )
+        raise ValueError(f"{arg}={name!r} is not an nn.Linear of the network; Linear layers: {list(linears)}")
     return name, linears[name]
+
+
+def layer_inputs(net: nn.Module, layers: dict[str, nn.Linear], x: Tensor) -> tuple[list[Tensor], Tensor]:
+    """``([φ_l[N, D_l] for each layer], outputs)``: the inputs of ``layers`` and the network's output on ``x``,
+    in eval mode, without gradients (one forward pass)."""
+    store: dict[str, Tensor] = {}
+
+    def keeper(name: str) -> Any:
+        def hook(
+            module: nn.Module, args: tuple[Any, ...], output: Any
+        ) -> None:  # None: the output is unchanged
+            store.setdefault(name, args[0])
+
+        return hook
+
+    handles = [layer.register_forward_hook(keeper(name)) for name, layer in layers.items()]
+    was = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            out = net(x)
+    finally:
+        for h in handles:
+            h.remove()
+        net.train(was)
+    missing = [name for name in layers if name not in store]
+    if missing:
+        raise ValueError(
+            f"the forward pass of {type(net).__name__} never called the Linear layer(s) {missing}"
+        )
+    phis = [store[name] for name in layers]
+    for name, phi in zip(layers, phis):
+        if phi.dim() != 2:
+            raise ValueError(
+                f"the input of Linear layer {name!r} must be [N, D]; got shape {tuple(phi.shape)}"
+            )
+    return phis, out
 
 
 def layer_input(net: nn.Module, layer: nn.Linear, name: str, x: Tensor, what: str) -> tuple[Tensor, Tensor]:
@@ -27,20 +66,13 @@ def layer_input(net: nn.Module, layer: nn.Linear, name: str, x: Tensor, what: st
     The network's output must be ``layer``'s output (the methods read the features the head sees).
     """
     store: dict[str, Tensor] = {}
-    handle = layer.register_forward_hook(lambda m, a, o: store.update(phi=a[0], out=o))
-    was = net.training
-    net.eval()
+    handle = layer.register_forward_hook(lambda m, a, o: store.update(out=o))
     try:
-        with torch.no_grad():
-            out = net(x)
+        (phi,), out = layer_inputs(net, {name: layer}, x)
     finally:
         handle.remove()
-        net.train(was)
-    if "phi" not in store or store["out"].shape != out.shape or not torch.equal(store["out"], out):
+    if store["out"].shape != out.shape or not torch.equal(store["out"], out):
         raise ValueError(
             f"the output of {type(net).__name__} must be the output of its last Linear layer ({name!r}) for {what}"
         )
-    phi = store["phi"]
-    if phi.dim() != 2:
-        raise ValueError(f"the last layer's input must be [N, D]; got shape {tuple(phi.shape)}")
     return phi, out

@@ -11,6 +11,10 @@ fails on near out-of-distribution inputs (BENCHMARKS.md, "Feature density for ne
 
 It needs no change to training and no sampling: one forward pass per input. It scores; it does not
 change the predictions (use the network's own, or any other method's ``predict``, beside it).
+``layers="all"`` (or a list of Linear layers) fits one density per layer input and scores by the mean
+of their standardised scores (each layer's ``-log q`` minus its training mean, over its training
+standard deviation; Lee et al., 2018, combine layers similarly), which also sees shifts of the
+early features (corrupted inputs).
 
 Example:
     >>> import torch
@@ -25,12 +29,14 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
 from uncertlr.density import ClassGaussians
 from uncertlr.likelihoods import check_labels
-from uncertlr.torch._features import last_linear, layer_input
+from uncertlr.torch._features import last_linear, layer_inputs
 from uncertlr.torch.ensemble import PointNetwork
 
 __all__ = ["FeatureDensity"]
@@ -38,17 +44,50 @@ __all__ = ["FeatureDensity"]
 _WHAT = "a feature density"
 
 
+class _Components(nn.Module):
+    """The fitted class Gaussians of one layer's input (buffers, so ``state_dict`` saves them)."""
+
+    means: Tensor
+    chols: Tensor
+    log_weights: Tensor
+    shrinkages: Tensor
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.register_buffer("means", torch.zeros(0, d, dtype=torch.float64))
+        self.register_buffer("chols", torch.zeros(0, d, d, dtype=torch.float64))
+        self.register_buffer("log_weights", torch.zeros(0, dtype=torch.float64))
+        self.register_buffer("shrinkages", torch.zeros(0, dtype=torch.float64))  # per class, as fitted
+
+    def set(self, g: ClassGaussians) -> None:
+        self.means, self.chols = torch.from_numpy(g.means), torch.from_numpy(g.chols)
+        self.log_weights, self.shrinkages = torch.from_numpy(g.log_weights), torch.from_numpy(g.shrinkages)
+
+    def gaussians(self, shrinkage: float | str) -> ClassGaussians:
+        g = ClassGaussians(shrinkage=shrinkage)
+        g.means, g.chols = self.means.cpu().numpy(), self.chols.cpu().numpy()
+        g.log_weights, g.shrinkages = self.log_weights.cpu().numpy(), self.shrinkages.cpu().numpy()
+        return g
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # the fitted statistics' shapes (components) are known only from the saved state
+        for name in ("means", "chols", "log_weights", "shrinkages"):
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name], dtype=torch.float64))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
 class FeatureDensity(nn.Module):
-    """Class-conditional Gaussians over the features the last ``nn.Linear`` layer of a trained network sees.
+    """Class-conditional Gaussians over the features a trained network's ``nn.Linear`` layers see.
 
     The network is not copied: :meth:`fit` and :meth:`score` read its current features; refit after
     training it further. Fitted statistics are buffers, so ``state_dict`` saves them.
 
     Args:
-        model: the trained network (its output must be the last Linear layer's output), or a
-            :class:`~uncertlr.torch.PointNetwork`.
-        last_layer: the Linear layer whose input are the features (default: the last ``nn.Linear``
-            in ``named_modules()``).
+        model: the trained network, or a :class:`~uncertlr.torch.PointNetwork`.
+        layers: whose inputs are the features: ``None`` (the default) the last ``nn.Linear`` in
+            ``named_modules()`` (the network's output must then be that layer's output), a Linear layer's
+            name or a list of names, or ``"all"`` (every ``nn.Linear``).
         shrinkage: how each class covariance is estimated (:class:`~uncertlr.density.ClassGaussians`):
             ``"ledoit-wolf"`` (the default) shrinks it towards a multiple of the identity by the
             Ledoit-Wolf estimate of the best amount, so classes with fewer inputs than feature
@@ -60,15 +99,20 @@ class FeatureDensity(nn.Module):
         >>> d = FeatureDensity(net).fit(torch.randn(50, 4), torch.randint(0, 2, (50,)))
         >>> tuple(d.log_density(torch.randn(7, 4)).shape)
         (7,)
+        >>> every = FeatureDensity(net, layers="all").fit(torch.randn(50, 4), torch.randint(0, 2, (50,)))
+        >>> every.layer_names, tuple(every.score(torch.randn(7, 4)).shape)
+        (['0', '2'], (7,))
     """
 
-    means: Tensor
-    chols: Tensor
-    log_weights: Tensor
-    shrinkages: Tensor
+    score_center: Tensor
+    score_scale: Tensor
 
     def __init__(
-        self, model: nn.Module, *, last_layer: str | None = None, shrinkage: float | str = "ledoit-wolf"
+        self,
+        model: nn.Module,
+        *,
+        layers: str | Sequence[str] | None = None,
+        shrinkage: float | str = "ledoit-wolf",
     ):
         super().__init__()
         if isinstance(model, PointNetwork):
@@ -78,33 +122,55 @@ class FeatureDensity(nn.Module):
         ClassGaussians(shrinkage=shrinkage)  # validates it
         # a plain attribute, not a submodule: the density's state_dict holds only what fit() estimated
         self.__dict__["net"] = model
-        self.layer_name, layer = last_linear(model, last_layer, _WHAT)
-        self.__dict__["layer"] = layer
+        linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+        self._num_classes = last_linear(model, None, _WHAT)[1].out_features  # (raises without any Linear)
+        if layers is None or isinstance(layers, str) and layers != "all":
+            names = [last_linear(model, layers, _WHAT, "layers")[0]]
+        elif layers == "all":
+            names = list(linears)
+        else:
+            names = [last_linear(model, n, _WHAT, "layers")[0] for n in layers]
+            if not names or len(set(names)) != len(names):
+                raise ValueError(f"layers must name distinct Linear layers; got {list(layers)!r}")
+        self.layer_names = names
+        self.__dict__["layers"] = {n: linears[n] for n in names}
+        self._check_output = layers is None
         self.shrinkage = shrinkage if isinstance(shrinkage, str) else float(shrinkage)
-        d = self.layer.in_features
-        self.register_buffer("means", torch.zeros(0, d, dtype=torch.float64))
-        self.register_buffer("chols", torch.zeros(0, d, d, dtype=torch.float64))
-        self.register_buffer("log_weights", torch.zeros(0, dtype=torch.float64))
-        self.register_buffer("shrinkages", torch.zeros(0, dtype=torch.float64))  # per class, as fitted
+        self.components = nn.ModuleList(_Components(linears[n].in_features) for n in names)
+        self.register_buffer("score_center", torch.zeros(len(names), dtype=torch.float64))
+        self.register_buffer("score_scale", torch.ones(len(names), dtype=torch.float64))
 
-    def features(self, x: Tensor, *, batch_size: int = 1024) -> Tensor:
-        """``φ(x)``: the last Linear layer's input ``[N, D]`` (float64), in eval mode without gradients."""
+    def features(self, x: Tensor, *, batch_size: int = 1024) -> list[Tensor]:
+        """``[φ_l(x)]``: each layer's input ``[N, D_l]`` (float64), in eval mode without gradients."""
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor; got {type(x).__name__}")
         if x.dim() == 0 or x.shape[0] == 0:
             raise ValueError(f"x must hold at least one input [N, ...]; got shape {tuple(x.shape)}")
         if x.is_floating_point() and not bool(torch.isfinite(x).all()):
             raise ValueError("x holds NaN or inf")
-        parts = [
-            layer_input(self.net, self.layer, self.layer_name, xb, _WHAT)[0] for xb in x.split(batch_size)
-        ]
-        phi = torch.cat(parts).double()
-        if not bool(torch.isfinite(phi).all()):
+        parts = [self._read(xb) for xb in x.split(batch_size)]
+        phis = [torch.cat([p[i] for p in parts]).double() for i in range(len(self.layer_names))]
+        if not all(bool(torch.isfinite(phi).all()) for phi in phis):
             raise ValueError("the network's features of x are not finite (inputs too large for the network?)")
-        return phi
+        return phis
+
+    def _read(self, x: Tensor) -> list[Tensor]:
+        phis, out = layer_inputs(self.net, self.layers, x)
+        if self._check_output:  # the default reads the head: its output must be the network's
+            head = self.layers[self.layer_names[0]]
+            with torch.no_grad():
+                same = isinstance(out, Tensor) and out.shape[-1:] == (head.out_features,)
+                same = same and torch.equal(head(phis[0]), out)
+            if not same:
+                raise ValueError(
+                    f"the output of {type(self.net).__name__} must be the output of its last Linear layer "
+                    f"({self.layer_names[0]!r}) for {_WHAT}, or name the layers= to read"
+                )
+        return phis
 
     def fit(self, x: Tensor, y: Tensor | None = None, *, batch_size: int = 1024) -> FeatureDensity:
-        """Fit one Gaussian per class (``y``: labels ``[N]``) or, with ``y=None``, one Gaussian (regression).
+        """Fit one Gaussian per class (``y``: labels ``[N]``) or, with ``y=None``, one Gaussian (regression),
+        for each layer's input; with several layers also each layer's score mean and standard deviation on ``x``.
 
         Every class that occurs in ``y`` needs at least two inputs; classes that do not occur get no
         component (``π_c = 0``).
@@ -112,37 +178,48 @@ class FeatureDensity(nn.Module):
         Returns:
             ``self``.
         """
-        phi = self.features(x, batch_size=batch_size)
+        phis = self.features(x, batch_size=batch_size)
         if y is not None:
             if not isinstance(y, Tensor):
                 raise TypeError(f"y must be a torch.Tensor of class labels; got {type(y).__name__}")
-            check_labels(y, phi.shape[0], self.layer.out_features)
+            check_labels(y, phis[0].shape[0], self._num_classes)
             y = y.cpu()
-        g = ClassGaussians(shrinkage=self.shrinkage).fit(phi.cpu(), y, num_classes=self.layer.out_features)
-        self.means, self.chols = torch.from_numpy(g.means), torch.from_numpy(g.chols)
-        self.log_weights, self.shrinkages = torch.from_numpy(g.log_weights), torch.from_numpy(g.shrinkages)
+        for i, (phi, comp) in enumerate(zip(phis, self.components)):
+            g = ClassGaussians(shrinkage=self.shrinkage).fit(phi.cpu(), y)
+            comp.set(g)
+            s = g.score(phi.cpu())
+            self.score_center[i], self.score_scale[i] = float(s.mean()), max(float(s.std()), 1e-12)
         return self
 
-    def log_density(self, x: Tensor, *, batch_size: int = 1024) -> Tensor:
-        """``log q(φ(x))`` of each input, ``[N]`` (float64, on the CPU): higher = more like the training data."""
-        if self.means.shape[0] == 0:
+    def _check_fitted(self) -> None:
+        if self.components[0].means.shape[0] == 0:
             raise RuntimeError("call fit(x_train, y_train) before log_density/score")
-        g = ClassGaussians(shrinkage=self.shrinkage)
-        g.means, g.chols = self.means.cpu().numpy(), self.chols.cpu().numpy()
-        g.log_weights = self.log_weights.cpu().numpy()
-        return torch.from_numpy(g.log_density(self.features(x, batch_size=batch_size).cpu()))
+
+    def log_density(self, x: Tensor, *, batch_size: int = 1024) -> Tensor:
+        """``log q(φ(x))`` of each input, ``[N]`` (float64, on the CPU): higher = more like the training data.
+        Defined for one layer; with several, use :meth:`score`."""
+        if len(self.layer_names) != 1:
+            raise ValueError(
+                f"log_density reads one layer; this density reads {self.layer_names}: use score()"
+            )
+        self._check_fitted()
+        phi = self.features(x, batch_size=batch_size)[0].cpu()
+        return torch.from_numpy(self.components[0].gaussians(self.shrinkage).log_density(phi))
 
     def score(self, x: Tensor, *, batch_size: int = 1024) -> Tensor:
-        """The OOD score ``-log q(φ(x))``, ``[N]``: higher = more likely out of distribution
-        (pass in- and out-of-distribution scores to :func:`uncertlr.metrics.ood_auroc`)."""
-        return -self.log_density(x, batch_size=batch_size)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
-        # the fitted statistics' shapes (components) are known only from the saved state
-        for name in ("means", "chols", "log_weights", "shrinkages"):
-            if prefix + name in state_dict:
-                setattr(self, name, torch.empty_like(state_dict[prefix + name], dtype=torch.float64))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        """The OOD score ``[N]``, higher = more likely out of distribution (pass in- and out-of-distribution
+        scores to :func:`uncertlr.metrics.ood_auroc`): ``-log q(φ(x))`` for one layer; for several, the mean
+        over layers of ``(-log q_l(φ_l(x)) - center_l) / scale_l`` (each layer's training mean and std)."""
+        self._check_fitted()
+        phis = self.features(x, batch_size=batch_size)
+        scores = [
+            torch.from_numpy(comp.gaussians(self.shrinkage).score(phi.cpu()))
+            for phi, comp in zip(phis, self.components)
+        ]
+        if len(scores) == 1:
+            return scores[0]
+        z = [(s - self.score_center[i]) / self.score_scale[i] for i, s in enumerate(scores)]
+        return torch.stack(z).mean(0)
 
     def extra_repr(self) -> str:
-        return f"layer={self.layer_name!r}, components={self.means.shape[0]}, shrinkage={self.shrinkage!r}"
+        return f"layers={self.layer_names}, shrinkage={self.shrinkage!r}"
