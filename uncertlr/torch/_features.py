@@ -23,16 +23,20 @@ def last_linear(
     return name, linears[name]
 
 
-def layer_inputs(net: nn.Module, layers: dict[str, nn.Linear], x: Tensor) -> tuple[list[Tensor], Tensor]:
+def layer_inputs(
+    net: nn.Module, layers: dict[str, nn.Linear], x: Tensor, *, head: str | None = None, what: str = ""
+) -> tuple[list[Tensor], Tensor]:
     """``([φ_l[N, D_l] for each layer], outputs)``: the inputs of ``layers`` and the network's output on ``x``,
-    in eval mode, without gradients (one forward pass)."""
-    store: dict[str, Tensor] = {}
+    in eval mode, without gradients (one forward pass).
+
+    ``head`` names one of ``layers`` whose output must be the network's output (the last-layer methods read
+    the features the head sees); a ValueError otherwise, naming ``what`` needs it.
+    """
+    store: dict[str, tuple[Tensor, Any]] = {}
 
     def keeper(name: str) -> Any:
-        def hook(
-            module: nn.Module, args: tuple[Any, ...], output: Any
-        ) -> None:  # None: the output is unchanged
-            store.setdefault(name, args[0])
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:  # None: output unchanged
+            store.setdefault(name, (args[0], output))
 
         return hook
 
@@ -51,7 +55,14 @@ def layer_inputs(net: nn.Module, layers: dict[str, nn.Linear], x: Tensor) -> tup
         raise ValueError(
             f"the forward pass of {type(net).__name__} never called the Linear layer(s) {missing}"
         )
-    phis = [store[name] for name in layers]
+    if head is not None:
+        head_out = store[head][1]
+        if not isinstance(out, Tensor) or head_out.shape != out.shape or not torch.equal(head_out, out):
+            raise ValueError(
+                f"the output of {type(net).__name__} must be the output of its last Linear layer ({head!r}) "
+                f"for {what}"
+            )
+    phis = [store[name][0] for name in layers]
     for name, phi in zip(layers, phis):
         if phi.dim() != 2:
             raise ValueError(
@@ -61,18 +72,7 @@ def layer_inputs(net: nn.Module, layers: dict[str, nn.Linear], x: Tensor) -> tup
 
 
 def layer_input(net: nn.Module, layer: nn.Linear, name: str, x: Tensor, what: str) -> tuple[Tensor, Tensor]:
-    """``(φ[N, D], outputs)``: the input of ``layer`` and the network's output on ``x``, in eval mode, no gradient.
-
-    The network's output must be ``layer``'s output (the methods read the features the head sees).
-    """
-    store: dict[str, Tensor] = {}
-    handle = layer.register_forward_hook(lambda m, a, o: store.update(out=o))
-    try:
-        (phi,), out = layer_inputs(net, {name: layer}, x)
-    finally:
-        handle.remove()
-    if store["out"].shape != out.shape or not torch.equal(store["out"], out):
-        raise ValueError(
-            f"the output of {type(net).__name__} must be the output of its last Linear layer ({name!r}) for {what}"
-        )
+    """``(φ[N, D], outputs)``: the input of the head ``layer`` and the network's output on ``x`` (see
+    :func:`layer_inputs`; the network's output must be ``layer``'s)."""
+    (phi,), out = layer_inputs(net, {name: layer}, x, head=name, what=what)
     return phi, out

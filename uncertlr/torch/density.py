@@ -155,18 +155,10 @@ class FeatureDensity(nn.Module):
         return phis
 
     def _read(self, x: Tensor) -> list[Tensor]:
-        phis, out = layer_inputs(self.net, self.layers, x)
-        if self._check_output:  # the default reads the head: its output must be the network's
-            head = self.layers[self.layer_names[0]]
-            with torch.no_grad():
-                same = isinstance(out, Tensor) and out.shape[-1:] == (head.out_features,)
-                same = same and torch.equal(head(phis[0]), out)
-            if not same:
-                raise ValueError(
-                    f"the output of {type(self.net).__name__} must be the output of its last Linear layer "
-                    f"({self.layer_names[0]!r}) for {_WHAT}, or name the layers= to read"
-                )
-        return phis
+        # the default reads the head: its output must then be the network's
+        head = self.layer_names[0] if self._check_output else None
+        what = f"{_WHAT}, or name the layers= to read"
+        return layer_inputs(self.net, self.layers, x, head=head, what=what)[0]
 
     def fit(self, x: Tensor, y: Tensor | None = None, *, batch_size: int = 1024) -> FeatureDensity:
         """Fit one Gaussian per class (``y``: labels ``[N]``) or, with ``y=None``, one Gaussian (regression),
