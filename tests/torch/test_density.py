@@ -9,7 +9,7 @@ from torch import nn
 
 from uncertlr import metrics
 from uncertlr.density import ClassGaussians
-from uncertlr.torch import FeatureDensity, PointNetwork
+from uncertlr.torch import Ensemble, FeatureDensity, PointNetwork, bayesian, deep_ensemble
 
 
 def test_scores_the_last_layer_input_with_class_gaussians():
@@ -94,6 +94,41 @@ def test_state_dict_round_trip_to_a_fresh_density():
     parts = {"means", "chols", "log_weights", "shrinkages"}
     assert set(fitted.state_dict()) == {f"components.0.{k}" for k in parts} | {"score_center", "score_scale"}
     torch.testing.assert_close(fresh.score(x[:7]), fitted.score(x[:7]), rtol=0, atol=0)
+
+
+def test_an_ensemble_scores_by_the_mean_of_its_members_standardised_scores():
+    """A deep ensemble: one density per member (and per layer); the score is the mean over members and layers of
+    each one's training-standardised score, recomputed here from single-network densities of the members."""
+    torch.manual_seed(2)
+    ens = deep_ensemble(lambda: nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)), size=3, seed=5)
+    x, y, x_new = torch.randn(90, 4), torch.arange(90) % 3, 3 * torch.randn(8, 4)
+    for layers, per_member in ((None, 1), ("all", 2)):
+        got = FeatureDensity(ens, layers=layers).fit(x, y)
+        assert len(got.components) == 3 * per_member and got.layer_names == (
+            ["2"] if layers is None else ["0", "2"]
+        )
+        z = []
+        for m in ens.members:
+            for name in got.layer_names:
+                one = FeatureDensity(m, layers=name).fit(x, y)
+                train = one.score(x).numpy()
+                z.append((one.score(x_new).numpy() - train.mean()) / train.std())
+        np.testing.assert_allclose(got.score(x_new).numpy(), np.mean(z, 0), rtol=1e-9)
+        fresh = FeatureDensity(ens, layers=layers)
+        fresh.load_state_dict(got.state_dict())
+        torch.testing.assert_close(fresh.score(x_new), got.score(x_new), rtol=0, atol=0)
+        # the members differ (a density reading member 0 three times fails the comparison above)
+        assert not np.allclose(z[per_member - 1], z[2 * per_member - 1], rtol=1e-3)  # their heads' inputs
+    with pytest.raises(ValueError, match="use score"):
+        FeatureDensity(ens).fit(x, y).log_density(x)
+    bnns = Ensemble([bayesian(nn.Linear(4, 3), num_data=90) for _ in range(2)])
+    with pytest.raises(TypeError, match="ensemble of deterministic networks"):
+        FeatureDensity(bnns)
+    mixed = Ensemble(
+        [PointNetwork(nn.Linear(4, 3)), PointNetwork(nn.Sequential(nn.Linear(4, 5), nn.Linear(5, 3)))]
+    )
+    with pytest.raises(ValueError, match="member 1 lacks"):
+        FeatureDensity(mixed, layers="all")
 
 
 def test_errors_name_the_problem():

@@ -14,7 +14,8 @@ change the predictions (use the network's own, or any other method's ``predict``
 ``layers="all"`` (or a list of Linear layers) fits one density per layer input and scores by the mean
 of their standardised scores (each layer's ``-log q`` minus its training mean, over its training
 standard deviation; Lee et al., 2018, combine layers similarly), which also sees shifts of the
-early features (corrupted inputs).
+early features (corrupted inputs). A deep ensemble gets one density per member and layer, combined the
+same way.
 
 Example:
     >>> import torch
@@ -37,7 +38,7 @@ from torch import Tensor, nn
 from uncertlr.density import ClassGaussians
 from uncertlr.likelihoods import check_labels
 from uncertlr.torch._features import last_linear, layer_inputs
-from uncertlr.torch.ensemble import PointNetwork
+from uncertlr.torch.ensemble import Ensemble, PointNetwork
 
 __all__ = ["FeatureDensity"]
 
@@ -84,7 +85,9 @@ class FeatureDensity(nn.Module):
     training it further. Fitted statistics are buffers, so ``state_dict`` saves them.
 
     Args:
-        model: the trained network, or a :class:`~uncertlr.torch.PointNetwork`.
+        model: the trained network, a :class:`~uncertlr.torch.PointNetwork`, or an
+            :class:`~uncertlr.torch.Ensemble` of them (:func:`~uncertlr.torch.deep_ensemble`): one density per
+            member, scored by the mean of the members' standardised scores.
         layers: whose inputs are the features: ``None`` (the default) the last ``nn.Linear`` in
             ``named_modules()`` (the network's output must then be that layer's output), a Linear layer's
             name or a list of names, or ``"all"`` (every ``nn.Linear``).
@@ -115,33 +118,58 @@ class FeatureDensity(nn.Module):
         shrinkage: float | str = "ledoit-wolf",
     ):
         super().__init__()
-        if isinstance(model, PointNetwork):
-            model = model.net
-        if not isinstance(model, nn.Module):
+        if isinstance(model, Ensemble):
+            if not all(isinstance(m, PointNetwork) for m in model.members):
+                kinds = sorted({type(m).__name__ for m in model.members})
+                raise TypeError(
+                    f"FeatureDensity reads an ensemble of deterministic networks (PointNetwork members, "
+                    f"deep_ensemble(make_net, ...)); this one's members are {kinds}"
+                )
+            nets = [m.net for m in model.members]  # type: ignore[union-attr]
+        elif isinstance(model, PointNetwork):
+            nets = [model.net]
+        elif isinstance(model, nn.Module):
+            nets = [model]
+        else:
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
         ClassGaussians(shrinkage=shrinkage)  # validates it
-        # a plain attribute, not a submodule: the density's state_dict holds only what fit() estimated
-        self.__dict__["net"] = model
-        linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-        self._num_classes = last_linear(model, None, _WHAT)[1].out_features  # (raises without any Linear)
+        # plain attributes, not submodules: the density's state_dict holds only what fit() estimated
+        self.__dict__["nets"] = nets
+        self.__dict__["net"] = nets[0]
+        self._num_classes = last_linear(nets[0], None, _WHAT)[1].out_features  # (raises without any Linear)
         if layers is None or isinstance(layers, str) and layers != "all":
-            names = [last_linear(model, layers, _WHAT, "layers")[0]]
+            names = [last_linear(nets[0], layers, _WHAT, "layers")[0]]
         elif layers == "all":
-            names = list(linears)
+            names = [n for n, m in nets[0].named_modules() if isinstance(m, nn.Linear)]
         else:
-            names = [last_linear(model, n, _WHAT, "layers")[0] for n in layers]
+            names = [last_linear(nets[0], n, _WHAT, "layers")[0] for n in layers]
             if not names or len(set(names)) != len(names):
                 raise ValueError(f"layers must name distinct Linear layers; got {list(layers)!r}")
         self.layer_names = names
-        self.__dict__["layers"] = {n: linears[n] for n in names}
+        per_net = []
+        for i, net in enumerate(nets):
+            linears = {n: m for n, m in net.named_modules() if isinstance(m, nn.Linear)}
+            missing = [n for n in names if n not in linears]
+            if missing:
+                raise ValueError(
+                    f"every ensemble member needs the Linear layers {names}; member {i} lacks {missing}"
+                )
+            sizes = [linears[n].in_features for n in names]
+            if per_net and sizes != [per_net[0][n].in_features for n in names]:
+                raise ValueError(f"ensemble member {i}'s layers {names} take inputs of other sizes: {sizes}")
+            per_net.append({n: linears[n] for n in names})
+        self.__dict__["layers"] = per_net
         self._check_output = layers is None
         self.shrinkage = shrinkage if isinstance(shrinkage, str) else float(shrinkage)
-        self.components = nn.ModuleList(_Components(linears[n].in_features) for n in names)
-        self.register_buffer("score_center", torch.zeros(len(names), dtype=torch.float64))
-        self.register_buffer("score_scale", torch.ones(len(names), dtype=torch.float64))
+        # member-major: component m * len(layers) + l is member m's layer l
+        self.components = nn.ModuleList(_Components(per_net[0][n].in_features) for _ in nets for n in names)
+        k = len(nets) * len(names)
+        self.register_buffer("score_center", torch.zeros(k, dtype=torch.float64))
+        self.register_buffer("score_scale", torch.ones(k, dtype=torch.float64))
 
     def features(self, x: Tensor, *, batch_size: int = 1024) -> list[Tensor]:
-        """``[φ_l(x)]``: each layer's input ``[N, D_l]`` (float64), in eval mode without gradients."""
+        """``[φ_l(x)]``: each layer's input ``[N, D_l]`` (float64), in eval mode without gradients; for an
+        ensemble, every member's layers in turn (member-major)."""
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor; got {type(x).__name__}")
         if x.dim() == 0 or x.shape[0] == 0:
@@ -149,7 +177,7 @@ class FeatureDensity(nn.Module):
         if x.is_floating_point() and not bool(torch.isfinite(x).all()):
             raise ValueError("x holds NaN or inf")
         parts = [self._read(xb) for xb in x.split(batch_size)]
-        phis = [torch.cat([p[i] for p in parts]).double() for i in range(len(self.layer_names))]
+        phis = [torch.cat([p[i] for p in parts]).double() for i in range(len(self.components))]
         if not all(bool(torch.isfinite(phi).all()) for phi in phis):
             raise ValueError("the network's features of x are not finite (inputs too large for the network?)")
         return phis
@@ -158,11 +186,16 @@ class FeatureDensity(nn.Module):
         # the default reads the head: its output must then be the network's
         head = self.layer_names[0] if self._check_output else None
         what = f"{_WHAT}, or name the layers= to read"
-        return layer_inputs(self.net, self.layers, x, head=head, what=what)[0]
+        return [
+            phi
+            for net, layers in zip(self.nets, self.layers)
+            for phi in layer_inputs(net, layers, x, head=head, what=what)[0]
+        ]
 
     def fit(self, x: Tensor, y: Tensor | None = None, *, batch_size: int = 1024) -> FeatureDensity:
         """Fit one Gaussian per class (``y``: labels ``[N]``) or, with ``y=None``, one Gaussian (regression),
-        for each layer's input; with several layers also each layer's score mean and standard deviation on ``x``.
+        for each layer's input (of each ensemble member); also each one's score mean and standard deviation
+        on ``x``, which :meth:`score` standardises by when it combines several.
 
         Every class that occurs in ``y`` needs at least two inputs; classes that do not occur get no
         component (``π_c = 0``).
@@ -189,10 +222,12 @@ class FeatureDensity(nn.Module):
 
     def log_density(self, x: Tensor, *, batch_size: int = 1024) -> Tensor:
         """``log q(φ(x))`` of each input, ``[N]`` (float64, on the CPU): higher = more like the training data.
-        Defined for one layer; with several, use :meth:`score`."""
-        if len(self.layer_names) != 1:
+        Defined for one layer of one network; with several layers or an ensemble, use :meth:`score`."""
+        if len(self.components) != 1:
             raise ValueError(
-                f"log_density reads one layer; this density reads {self.layer_names}: use score()"
+                f"log_density reads one layer of one network; this density reads {self.layer_names}"
+                + (f" of {len(self.nets)} ensemble members" if len(self.nets) > 1 else "")
+                + ": use score()"
             )
         self._check_fitted()
         phi = self.features(x, batch_size=batch_size)[0].cpu()
@@ -200,8 +235,9 @@ class FeatureDensity(nn.Module):
 
     def score(self, x: Tensor, *, batch_size: int = 1024) -> Tensor:
         """The OOD score ``[N]``, higher = more likely out of distribution (pass in- and out-of-distribution
-        scores to :func:`uncertlr.metrics.ood_auroc`): ``-log q(φ(x))`` for one layer; for several, the mean
-        over layers of ``(-log q_l(φ_l(x)) - center_l) / scale_l`` (each layer's training mean and std)."""
+        scores to :func:`uncertlr.metrics.ood_auroc`): ``-log q(φ(x))`` for one layer of one network; for
+        several layers or ensemble members, the mean over them of ``(-log q_k(φ_k(x)) - center_k) / scale_k``
+        (each one's training mean and std)."""
         self._check_fitted()
         phis = self.features(x, batch_size=batch_size)
         scores = [
