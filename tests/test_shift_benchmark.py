@@ -307,3 +307,21 @@ def test_cross_fitting_scores_every_input_once_and_never_trains_on_it(monkeypatc
     ref = classification_scores(np.concatenate(preds), np.concatenate(labels))
     got = next(r for r in rows if r["method"] == "deterministic")
     assert got["accuracy"] == pytest.approx(ref["accuracy"]) and got["nll"] == pytest.approx(ref["nll"])
+
+
+def test_feature_density_benchmark_quick_run_writes_its_rows(tmp_path):
+    """benchmarks/feature_density.py --quick on the CNN: the JSON rows and summary, the layers each score reads,
+    and the head's feature density ranking digits 5-9 above 0-4 better than the softmax entropy does."""
+    import json
+
+    from benchmarks.feature_density import main
+
+    out = tmp_path / "fd.json"
+    assert main(["--quick", "--nets", "cnn", "--threads", "1", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    (row,) = doc["rows"]
+    assert row["net"] == "cnn" and row["seed"] == 0 and row["accuracy"] > 0.95
+    assert (row["density_layers"], row["density-all_layers"], row["density-conv_layers"]) == (1, 1, 3)
+    assert all(0.0 <= row[k] <= 1.0 for k in ("entropy", "density", "density-all", "density-conv"))
+    assert row["density"] > row["entropy"] + 0.02
+    assert doc["summary"][0]["density"] == pytest.approx(row["density"])

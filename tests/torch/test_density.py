@@ -55,6 +55,42 @@ def test_several_layers_score_by_the_mean_of_standardised_layer_scores():
     torch.testing.assert_close(fresh.score(x_new), got.score(x_new), rtol=0, atol=0)
 
 
+def test_a_convolution_is_read_as_its_input_averaged_over_positions():
+    """Convolutions named in layers= are read as their input [N, C, H, W] averaged over positions, [N, C],
+    recomputed here from sub-networks (Conv1d the same over time); "all" reads only the Linear layers."""
+    torch.manual_seed(3)
+    net = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 5, 3), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 3),
+    )  # fmt: skip
+    x, y, x_new = torch.randn(150, 2, 6, 6), torch.arange(150) % 3, 2 * torch.randn(9, 2, 6, 6)
+    assert FeatureDensity(net, layers="all").layer_names == ["6"]
+    got = FeatureDensity(net, layers=["0", "2", "6"]).fit(x, y)
+    assert [c.means.shape[1] for c in got.components] == [2, 4, 5]
+    with torch.no_grad():
+        feats = [x.mean((2, 3)), net[:2](x).mean((2, 3)), net[:6](x)]
+        new = [x_new.mean((2, 3)), net[:2](x_new).mean((2, 3)), net[:6](x_new)]
+    z = []
+    for f, g in zip(feats, new):
+        cg = ClassGaussians().fit(f.double().numpy(), y.numpy())
+        train = cg.score(f.double().numpy())
+        z.append((cg.score(g.double().numpy()) - train.mean()) / train.std())
+    np.testing.assert_allclose(got.score(x_new).numpy(), np.mean(z, 0), rtol=1e-9)
+    one = FeatureDensity(net, layers="2").fit(x, y)  # a convolution by name
+    np.testing.assert_allclose(one.log_density(x_new).numpy(), -ClassGaussians().fit(
+        feats[1].double().numpy(), y.numpy()).score(new[1].double().numpy()), rtol=1e-9)  # fmt: skip
+    seq = nn.Sequential(nn.Conv1d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(4, 3))
+    xs = torch.randn(60, 3, 10)
+    d = FeatureDensity(seq, layers="0").fit(xs, torch.arange(60) % 3)
+    with torch.no_grad():
+        want = ClassGaussians().fit(xs.mean(2).double().numpy(), (torch.arange(60) % 3).numpy())
+    np.testing.assert_allclose(
+        d.score(xs[:5]).numpy(), want.score(xs[:5].mean(2).double().numpy()), rtol=1e-9
+    )
+    with pytest.raises(ValueError, match="nn.Linear or nn.Conv1d/2d/3d"):
+        FeatureDensity(net, layers="1")
+
+
 def test_reads_the_features_of_a_deep_network_and_separates_unseen_inputs():
     """An MLP trained on two of three blobs: the third blob, deep on one class's side of the boundary, scores
     higher than the training blobs' held-out points by feature density, while the softmax entropy ranks it

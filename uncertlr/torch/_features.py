@@ -1,4 +1,6 @@
-"""The input features of a network's last ``nn.Linear`` layer (shared by the last-layer methods)."""
+"""The input features of a network's layers: its last ``nn.Linear`` layer's (shared by the last-layer methods),
+or any Linear or convolution layer's (:class:`~uncertlr.torch.FeatureDensity`; a convolution's input is averaged
+over its spatial positions, one value per channel)."""
 
 from __future__ import annotations
 
@@ -23,11 +25,15 @@ def last_linear(
     return name, linears[name]
 
 
+CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
 def layer_inputs(
-    net: nn.Module, layers: dict[str, nn.Linear], x: Tensor, *, head: str | None = None, what: str = ""
+    net: nn.Module, layers: dict[str, nn.Module], x: Tensor, *, head: str | None = None, what: str = ""
 ) -> tuple[list[Tensor], Tensor]:
     """``([φ_l[N, D_l] for each layer], outputs)``: the inputs of ``layers`` and the network's output on ``x``,
-    in eval mode, without gradients (one forward pass).
+    in eval mode, without gradients (one forward pass). A convolution's input ``[N, C, *spatial]`` is averaged
+    over its spatial positions: ``[N, C]``.
 
     ``head`` names one of ``layers`` whose output must be the network's output (the last-layer methods read
     the features the head sees); a ValueError otherwise, naming ``what`` needs it.
@@ -36,7 +42,10 @@ def layer_inputs(
 
     def keeper(name: str) -> Any:
         def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:  # None: output unchanged
-            store.setdefault(name, (args[0], output))
+            phi = args[0]
+            if isinstance(module, CONV) and name not in store and phi.dim() > 2:  # (the first call counts)
+                phi = phi.mean(dim=tuple(range(2, phi.dim())))  # [N, C, *spatial] -> [N, C]
+            store.setdefault(name, (phi, output))
 
         return hook
 
@@ -52,9 +61,7 @@ def layer_inputs(
         net.train(was)
     missing = [name for name in layers if name not in store]
     if missing:
-        raise ValueError(
-            f"the forward pass of {type(net).__name__} never called the Linear layer(s) {missing}"
-        )
+        raise ValueError(f"the forward pass of {type(net).__name__} never called the layer(s) {missing}")
     if head is not None:
         head_out = store[head][1]
         if not isinstance(out, Tensor) or head_out.shape != out.shape or not torch.equal(head_out, out):
@@ -66,7 +73,8 @@ def layer_inputs(
     for name, phi in zip(layers, phis):
         if phi.dim() != 2:
             raise ValueError(
-                f"the input of Linear layer {name!r} must be [N, D]; got shape {tuple(phi.shape)}"
+                f"the input of layer {name!r} must be [N, D] (a Linear) or [N, C, *spatial] (a convolution); "
+                f"got shape {tuple(phi.shape)}"
             )
     return phis, out
 

@@ -11,7 +11,8 @@ fails on near out-of-distribution inputs (BENCHMARKS.md, "Feature density for ne
 
 It needs no change to training and no sampling: one forward pass per input. It scores; it does not
 change the predictions (use the network's own, or any other method's ``predict``, beside it).
-``layers="all"`` (or a list of Linear layers) fits one density per layer input and scores by the mean
+``layers="all"`` (every Linear layer; or a list of Linear or convolution layers, a convolution's input
+averaged over its positions, one feature per channel) fits one density per layer input and scores by the mean
 of their standardised scores (each layer's ``-log q`` minus its training mean, over its training
 standard deviation; Lee et al., 2018, combine layers similarly), which also sees shifts of the
 early features (corrupted inputs). A deep ensemble gets one density per member and layer, combined the
@@ -37,7 +38,7 @@ from torch import Tensor, nn
 
 from uncertlr.density import ClassGaussians
 from uncertlr.likelihoods import check_labels
-from uncertlr.torch._features import last_linear, layer_inputs
+from uncertlr.torch._features import CONV, last_linear, layer_inputs
 from uncertlr.torch.ensemble import Ensemble, PointNetwork
 
 __all__ = ["FeatureDensity"]
@@ -78,8 +79,18 @@ class _Components(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
+def _readable(net: nn.Module) -> dict[str, nn.Module]:
+    """The layers whose inputs a density can read, in ``named_modules()`` order: Linear and convolution layers."""
+    return {n: m for n, m in net.named_modules() if isinstance(m, (nn.Linear, *CONV))}
+
+
+def _width(layer: nn.Module) -> int:
+    """The feature size of a layer's input: a Linear's ``in_features``, a convolution's ``in_channels``."""
+    return layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels  # type: ignore[return-value]
+
+
 class FeatureDensity(nn.Module):
-    """Class-conditional Gaussians over the features a trained network's ``nn.Linear`` layers see.
+    """Class-conditional Gaussians over the features a trained network's ``nn.Linear`` (and convolution) layers see.
 
     The network is not copied: :meth:`fit` and :meth:`score` read its current features; refit after
     training it further. Fitted statistics are buffers, so ``state_dict`` saves them.
@@ -89,8 +100,12 @@ class FeatureDensity(nn.Module):
             :class:`~uncertlr.torch.Ensemble` of them (:func:`~uncertlr.torch.deep_ensemble`): one density per
             member, scored by the mean of the members' standardised scores.
         layers: whose inputs are the features: ``None`` (the default) the last ``nn.Linear`` in
-            ``named_modules()`` (the network's output must then be that layer's output), a Linear layer's
-            name or a list of names, or ``"all"`` (every ``nn.Linear``).
+            ``named_modules()`` (the network's output must then be that layer's output), a layer's name or a
+            list of names, or ``"all"`` (every ``nn.Linear``). An ``nn.Conv1d/2d/3d`` named here is read
+            as its input ``[N, C, *spatial]`` averaged over its positions, one feature per channel; ``"all"``
+            leaves convolutions out because averaging loses what tells inputs apart early in a network
+            (on a digits CNN the first convolution's averaged input scored AUROC 0.52 and the mean over
+            all layers fell below the head alone: ``benchmarks/feature_density.py``).
         shrinkage: how each class covariance is estimated (:class:`~uncertlr.density.ClassGaussians`):
             ``"ledoit-wolf"`` (the default) shrinks it towards a multiple of the identity by the
             Ledoit-Wolf estimate of the best amount, so classes with fewer inputs than feature
@@ -137,32 +152,39 @@ class FeatureDensity(nn.Module):
         self.__dict__["nets"] = nets
         self.__dict__["net"] = nets[0]
         self._num_classes = last_linear(nets[0], None, _WHAT)[1].out_features  # (raises without any Linear)
-        if layers is None or isinstance(layers, str) and layers != "all":
-            names = [last_linear(nets[0], layers, _WHAT, "layers")[0]]
-        elif layers == "all":
-            names = [n for n, m in nets[0].named_modules() if isinstance(m, nn.Linear)]
+        readable = _readable(nets[0])
+        if layers is None:
+            names = [last_linear(nets[0], None, _WHAT)[0]]
+        elif layers == "all":  # convolutions only by name: see the class docstring
+            names = [n for n, m in readable.items() if isinstance(m, nn.Linear)]
         else:
-            names = [last_linear(nets[0], n, _WHAT, "layers")[0] for n in layers]
+            names = [layers] if isinstance(layers, str) else list(layers)
             if not names or len(set(names)) != len(names):
-                raise ValueError(f"layers must name distinct Linear layers; got {list(layers)!r}")
+                raise ValueError(f"layers must name distinct Linear or convolution layers; got {names!r}")
+            unknown = [n for n in names if n not in readable]
+            if unknown:
+                raise ValueError(
+                    f"layers={unknown[0]!r} is not an nn.Linear or nn.Conv1d/2d/3d of the network; "
+                    f"those layers: {list(readable)}"
+                )
         self.layer_names = names
         per_net = []
         for i, net in enumerate(nets):
-            linears = {n: m for n, m in net.named_modules() if isinstance(m, nn.Linear)}
-            missing = [n for n in names if n not in linears]
+            found = _readable(net)
+            missing = [n for n in names if n not in found]
             if missing:
                 raise ValueError(
-                    f"every ensemble member needs the Linear layers {names}; member {i} lacks {missing}"
+                    f"every ensemble member needs the layers {names}; member {i} lacks {missing}"
                 )
-            sizes = [linears[n].in_features for n in names]
-            if per_net and sizes != [per_net[0][n].in_features for n in names]:
+            sizes = [_width(found[n]) for n in names]
+            if per_net and sizes != [_width(per_net[0][n]) for n in names]:
                 raise ValueError(f"ensemble member {i}'s layers {names} take inputs of other sizes: {sizes}")
-            per_net.append({n: linears[n] for n in names})
+            per_net.append({n: found[n] for n in names})
         self.__dict__["layers"] = per_net
         self._check_output = layers is None
         self.shrinkage = shrinkage if isinstance(shrinkage, str) else float(shrinkage)
         # member-major: component m * len(layers) + l is member m's layer l
-        self.components = nn.ModuleList(_Components(per_net[0][n].in_features) for _ in nets for n in names)
+        self.components = nn.ModuleList(_Components(_width(per_net[0][n])) for _ in nets for n in names)
         k = len(nets) * len(names)
         self.register_buffer("score_center", torch.zeros(k, dtype=torch.float64))
         self.register_buffer("score_scale", torch.ones(k, dtype=torch.float64))
