@@ -28,6 +28,16 @@ def test_scores_the_last_layer_input_with_class_gaussians():
     assert FeatureDensity(net).fit(x).components[0].means.shape == (1, 6)  # no labels: one Gaussian
 
 
+def _standardised_scores(feats, new, y):
+    """Each layer's ClassGaussians score of ``new``, standardised by its training scores' mean and std."""
+    z = []
+    for f, g in zip(feats, new):
+        cg = ClassGaussians().fit(f.double().numpy(), y.numpy())
+        train = cg.score(f.double().numpy())
+        z.append((cg.score(g.double().numpy()) - train.mean()) / train.std())
+    return z
+
+
 def test_several_layers_score_by_the_mean_of_standardised_layer_scores():
     """layers="all": each Linear layer's input gets its own ClassGaussians; the score is the mean over layers of
     (score - its training mean) / its training std, recomputed here from sub-networks read by hand."""
@@ -41,11 +51,7 @@ def test_several_layers_score_by_the_mean_of_standardised_layer_scores():
     with torch.no_grad():
         feats = [x, net[:2](x), net[:4](x)]
         new = [x_new, net[:2](x_new), net[:4](x_new)]
-    z = []
-    for f, g in zip(feats, new):
-        cg = ClassGaussians().fit(f.double().numpy(), y.numpy())
-        train = cg.score(f.double().numpy())
-        z.append((cg.score(g.double().numpy()) - train.mean()) / train.std())
+    z = _standardised_scores(feats, new, y)
     np.testing.assert_allclose(got.score(x_new).numpy(), np.mean(z, 0), rtol=1e-9)
     two = FeatureDensity(net, layers=["2", "0"]).fit(x, y)  # the order given is kept
     assert two.layer_names == ["2", "0"]
@@ -70,11 +76,7 @@ def test_a_convolution_is_read_as_its_input_averaged_over_positions():
     with torch.no_grad():
         feats = [x.mean((2, 3)), net[:2](x).mean((2, 3)), net[:6](x)]
         new = [x_new.mean((2, 3)), net[:2](x_new).mean((2, 3)), net[:6](x_new)]
-    z = []
-    for f, g in zip(feats, new):
-        cg = ClassGaussians().fit(f.double().numpy(), y.numpy())
-        train = cg.score(f.double().numpy())
-        z.append((cg.score(g.double().numpy()) - train.mean()) / train.std())
+    z = _standardised_scores(feats, new, y)
     np.testing.assert_allclose(got.score(x_new).numpy(), np.mean(z, 0), rtol=1e-9)
     one = FeatureDensity(net, layers="2").fit(x, y)  # a convolution by name
     np.testing.assert_allclose(one.log_density(x_new).numpy(), -ClassGaussians().fit(
