@@ -7,7 +7,8 @@
 * :class:`ResNet18` — ResNet-18 for 32x32 (or ImageNet-size) images, batch norm by default;
 * :class:`TransformerClassifier` — a small pre-norm Transformer encoder over token ids;
 * :class:`TinyTextTransformer` — a Transformer text classifier with Hugging Face's calling
-  convention (``forward(input_ids, attention_mask)`` returning an output with ``.logits``).
+  convention (``forward(input_ids, attention_mask)`` returning an output with ``.logits``);
+* :class:`MaxPool2x2` — ``nn.MaxPool2d(2)`` with a faster inference path (the CNNs above pool with it).
 
 Except ResNet18 with ``norm="batch"``, none uses batch norm, so every weight can be made
 Bayesian with :func:`uncertlr.torch.bayesian` and evaluated for many posterior samples at once.
@@ -17,6 +18,7 @@ Example:
     >>> net = MLP(64, (128, 128), 10)
 """
 
+from uncertlr_models._pool import MaxPool2x2
 from uncertlr_models.cnn import ImageCNN
 from uncertlr_models.mlp import MLP
 from uncertlr_models.resnet import ResNet18
@@ -28,6 +30,7 @@ __all__ = [
     "MLP",
     "ClassifierOutput",
     "ImageCNN",
+    "MaxPool2x2",
     "ResNet18",
     "SpeechCNN",
     "SpeechCRNN",

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from uncertlr_models._pool import MaxPool2x2
+
 __all__ = ["ImageCNN"]
 
 
@@ -47,7 +49,7 @@ class ImageCNN(nn.Module):
         for i, c in enumerate(channels):
             layers += [nn.Conv2d(width, c, 3, padding=1), nn.ReLU()]
             if i < len(channels) - 1:
-                layers.append(nn.MaxPool2d(2))
+                layers.append(MaxPool2x2())
             width = c
         layers.append(nn.AdaptiveAvgPool2d(pool))
         self.features = nn.Sequential(*layers)

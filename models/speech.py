@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from uncertlr_models._pool import MaxPool2x2
+
 __all__ = ["SpeechCNN", "SpeechCRNN"]
 
 
@@ -13,7 +15,7 @@ def _conv_blocks(channels: Sequence[int]) -> tuple[nn.Sequential, int]:
     layers: list[nn.Module] = []
     width = 1
     for c in channels:
-        layers += [nn.Conv2d(width, c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+        layers += [nn.Conv2d(width, c, 3, padding=1), nn.ReLU(), MaxPool2x2()]
         width = c
     return nn.Sequential(*layers), width
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from uncertlr.torch import bayesian
 from uncertlr_models import MLP, ImageCNN, ResNet18, SpeechCNN, SpeechCRNN, TransformerClassifier
@@ -67,3 +69,52 @@ def test_resnet18_has_torchvisions_layout():
     assert sum(p.numel() for p in net.parameters()) == 11_689_512
     assert len(list(net.parameters())) == 62
     assert net(torch.zeros(1, 3, 64, 64)).shape == (1, 1000)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 3),
+    c=st.integers(1, 4),
+    h=st.integers(2, 9),
+    w=st.integers(2, 9),
+    lead=st.booleans(),
+    nan=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_maxpool2x2_takes_the_same_maxima_as_nn_maxpool2d(n, c, h, w, lead, nan, seed):
+    """Without autograd (the pairwise-maximum path) the output equals nn.MaxPool2d(2)'s bit for bit, odd sizes
+    floored, NaN propagated, batched or not; with autograd it is nn.MaxPool2d itself (values and gradients)."""
+    from uncertlr_models._pool import MaxPool2x2
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*((n,) if lead else ()), c, h, w, generator=g)
+    if nan:
+        x.view(-1)[int(torch.randint(0, x.numel(), (1,), generator=g))] = float("nan")
+    ours, ref = MaxPool2x2(), torch.nn.MaxPool2d(2)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), rtol=0, atol=0, equal_nan=True)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ours(a).nan_to_num().sum().backward()
+    ref(b).nan_to_num().sum().backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("make", "shape"),
+    [(lambda: SpeechCNN(16, 10, channels=(4, 8)), (5, 16, 21)), (lambda: ImageCNN(1, 10), (5, 1, 9, 9))],
+)
+def test_reference_cnns_predict_exactly_as_with_nn_maxpool2d(make, shape):
+    """SpeechCNN and ImageCNN pool with MaxPool2x2: their no-grad outputs equal the same weights with nn.MaxPool2d."""
+    from uncertlr_models._pool import MaxPool2x2
+
+    torch.manual_seed(0)
+    net, x = make(), torch.randn(*shape)
+    pools = [m for m in net.modules() if isinstance(m, MaxPool2x2)]
+    assert pools
+    with torch.no_grad():
+        ours = net(x)
+        for parent in net.modules():
+            for name, child in parent.named_children():
+                if isinstance(child, MaxPool2x2):
+                    setattr(parent, name, torch.nn.MaxPool2d(2))
+        torch.testing.assert_close(ours, net(x), rtol=0, atol=0)
