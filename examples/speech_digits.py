@@ -164,6 +164,32 @@ def speaker_validated(
     return replace(bnn, name="bnn-spkval", **search.best), search
 
 
+HELDOUT_VAL_FRACTION = 0.15
+
+
+def _heldout_temperatures(trained: Trained, task: Task, probs: torch.Tensor) -> dict[str, float]:
+    """ECE and NLL on the held-out speaker after a temperature fitted on the other speakers' validation part:
+    one temperature (``*_ts``) and, for a deterministic net, one that grows with the net's feature density
+    (``*_density_ts``: :func:`uncertlr.calibration.fit_score_temperature` with
+    :class:`uncertlr.torch.FeatureDensity`; shift benchmark row ``deterministic+density-ts``)."""
+    from uncertlr.calibration import fit_score_temperature, fit_temperature
+    from uncertlr.torch import FeatureDensity
+
+    assert task.x_val is not None and task.y_val is not None
+    p_val, y_val, y = trained.predict(task.x_val).numpy(), task.y_val.numpy(), task.y_test.numpy()
+    p = probs.numpy()
+    out = {}
+    scaled = {"ts": fit_temperature(p_val, y_val)(p)}
+    if not hasattr(trained.model, "predict"):  # a deterministic network: read its features
+        density = FeatureDensity(trained.model).fit(task.x_train, task.y_train)
+        st = fit_score_temperature(p_val, y_val, density.score(task.x_val).numpy())
+        scaled["density_ts"] = st(p, density.score(task.x_test).numpy())
+    for key, q in scaled.items():
+        out[f"ece_{key}"] = float(metrics.ece(q, y))
+        out[f"nll_{key}"] = float(metrics.nll(q, y))
+    return out
+
+
 def _standardise(train: np.ndarray) -> Callable[[np.ndarray], torch.Tensor]:
     """Per-band mean/std of the training features -> a function standardising any features."""
     mu = train.mean(axis=(0, 2), keepdims=True)
@@ -198,6 +224,8 @@ MAIN_ROWS = (
     ("auroc_entropy", "clean vs noisy AUROC of entropy", ".3f"),
     ("heldout_accuracy", "held-out speaker: accuracy", ".3f"),
     ("heldout_ece", "held-out speaker: ECE", ".3f"),
+    ("heldout_ece_ts", "held-out speaker: ECE, temperature", ".3f"),
+    ("heldout_ece_density_ts", "held-out speaker: ECE, density temperature", ".3f"),
     ("heldout_entropy", "held-out speaker: entropy", ".3f"),
     ("heldout_mi", "held-out speaker: MI", ".4f"),
     ("seconds", "seconds (train + eval)", ".1f"),
@@ -287,12 +315,19 @@ def run(
         data_dir, features=feat, keep=keep, cache_dir=cache_dir, split="speaker", test_speakers=[held]
     )
     std_h = _standardise(spk_split.x_train)
+    # a validation part of the other speakers' recordings (not `held`'s) for the temperatures below
+    perm = np.random.default_rng(cfg.seed).permutation(len(spk_split.x_train))
+    n_val = int(round(HELDOUT_VAL_FRACTION * len(perm)))
+    fit_idx, val_idx = np.sort(perm[n_val:]), np.sort(perm[:n_val])
+    x_h, y_h = std_h(spk_split.x_train), torch.from_numpy(spk_split.y_train)
     held_task = Task(
         "fsdd-speaker",
-        std_h(spk_split.x_train),
-        torch.from_numpy(spk_split.y_train),
+        x_h[fit_idx],
+        y_h[fit_idx],
         std_h(spk_split.x_test),
         torch.from_numpy(spk_split.y_test),
+        x_val=x_h[val_idx],
+        y_val=y_h[val_idx],
     )
     console.print(
         f"[bold]FSDD spoken digits[/]: {len(task.x_train)} train / {len(task.x_test)} test recordings "
@@ -329,8 +364,10 @@ def run(
         heldout[name] = {
             "accuracy": float(metrics.accuracy(ph, held_task.y_test)),
             "ece": float(metrics.ece(ph, held_task.y_test)),
+            "nll": float(metrics.nll(ph, held_task.y_test)),
             "entropy": float(dh.total.mean()),
             "mi": float(dh.epistemic.mean()),
+            **_heldout_temperatures(again, held_task, ph),
         }
         return {f"heldout_{k}": v for k, v in heldout[name].items()}
 
@@ -400,6 +437,7 @@ def run(
         "held_out_speaker": {
             "speaker": held,
             "train": len(held_task.x_train),
+            "validation": len(held_task.x_val),
             "test": len(held_task.x_test),
             "models": heldout,
         },

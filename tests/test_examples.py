@@ -87,6 +87,10 @@ def test_speech_quick_beats_chance_widely(fsdd_dir, tmp_path):
     speakers = doc["data"]["speakers"]
     assert set(doc["per_speaker_accuracy"]["bnn"]) == set(speakers)
     assert doc["held_out_speaker"]["speaker"] == speakers[-1]
+    held = doc["held_out_speaker"]["models"]  # temperatures fitted on the other speakers' validation part
+    assert all(0 <= held[m]["ece_ts"] <= 1 and held[m]["nll_ts"] > 0 for m in models)
+    assert 0 <= held["deterministic"]["ece_density_ts"] <= 1 and "ece_density_ts" not in held["bnn"]
+    assert doc["held_out_speaker"]["validation"] > 0
     sweep = doc["snr_sweep"]["by_snr"]["bnn"]
     # noise hurts: accuracy at the lowest SNR is below the clean accuracy
     assert sweep[min(sweep, key=float)]["accuracy"] < doc["models"]["bnn"]["accuracy"]
