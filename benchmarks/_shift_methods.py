@@ -172,9 +172,8 @@ def train_methods(
             wd = 0.0 if name.startswith("bnn") else cfg.det_weight_decay
             secs = _fit(model, x, y, epochs=epochs, lr=lr, cfg=cfg, seed=seed, weight_decay=wd)
             out[name] = Fitted(_predictor(model, cfg.num_samples), secs)
-            if (
-                name in ("deterministic", "ensemble") and not regression
-            ):  # feature densities, as more OOD scores
+            # feature densities (one per ensemble member), as more OOD scores
+            if name in ("deterministic", "ensemble") and not regression:
                 t0 = time.perf_counter()
                 for key, layers in (("density", None), ("density-all", "all")):
                     density = FeatureDensity(model, layers=layers).fit(x, y)

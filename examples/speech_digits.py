@@ -167,27 +167,23 @@ def speaker_validated(
 HELDOUT_VAL_FRACTION = 0.15
 
 
-def _heldout_temperatures(trained: Trained, task: Task, probs: torch.Tensor) -> dict[str, float]:
-    """ECE and NLL on the held-out speaker after a temperature fitted on the other speakers' validation part:
-    one temperature (``*_ts``) and, for a deterministic net, one that grows with the net's feature density
-    (``*_density_ts``: :func:`uncertlr.calibration.fit_score_temperature` with
-    :class:`uncertlr.torch.FeatureDensity`; shift benchmark row ``deterministic+density-ts``)."""
-    from uncertlr.calibration import fit_score_temperature, fit_temperature
+def _density_temperature(trained: Trained, task: Task, probs: torch.Tensor) -> dict[str, float]:
+    """For a deterministic net, ECE and NLL on the held-out speaker after a temperature that grows with the net's
+    feature density, fitted on the other speakers' validation part (``*_density_ts``:
+    :func:`uncertlr.calibration.fit_score_temperature` with :class:`uncertlr.torch.FeatureDensity`; the shift
+    benchmark's ``deterministic+density-ts``); nothing for a model with its own ``predict`` (BNNs)."""
+    if hasattr(trained.model, "predict"):
+        return {}
+    from uncertlr.calibration import fit_score_temperature
     from uncertlr.torch import FeatureDensity
 
     assert task.x_val is not None and task.y_val is not None
-    p_val, y_val, y = trained.predict(task.x_val).numpy(), task.y_val.numpy(), task.y_test.numpy()
-    p = probs.numpy()
-    out = {}
-    scaled = {"ts": fit_temperature(p_val, y_val)(p)}
-    if not hasattr(trained.model, "predict"):  # a deterministic network: read its features
-        density = FeatureDensity(trained.model).fit(task.x_train, task.y_train)
-        st = fit_score_temperature(p_val, y_val, density.score(task.x_val).numpy())
-        scaled["density_ts"] = st(p, density.score(task.x_test).numpy())
-    for key, q in scaled.items():
-        out[f"ece_{key}"] = float(metrics.ece(q, y))
-        out[f"nll_{key}"] = float(metrics.nll(q, y))
-    return out
+    density = FeatureDensity(trained.model).fit(task.x_train, task.y_train)
+    st = fit_score_temperature(
+        trained.predict(task.x_val).numpy(), task.y_val.numpy(), density.score(task.x_val).numpy()
+    )
+    q, y = st(probs.numpy(), density.score(task.x_test).numpy()), task.y_test.numpy()
+    return {"ece_density_ts": float(metrics.ece(q, y)), "nll_density_ts": float(metrics.nll(q, y))}
 
 
 def _standardise(train: np.ndarray) -> Callable[[np.ndarray], torch.Tensor]:
@@ -360,14 +356,15 @@ def run(
             held_task, method_h, net, seed=cfg.seed, progress=bar or False, label=f" (without {held})"
         )
         ph = again.predict(held_task.x_test)
-        dh = metrics.uncertainty_decomposition(ph)
+        # plain temperature (ece_ts, nll_ts) fitted on the other speakers' validation part
+        sh = runfolder.classification_summary(
+            ph, held_task.y_test, probs_val=again.predict(held_task.x_val), labels_val=held_task.y_val
+        )
         heldout[name] = {
-            "accuracy": float(metrics.accuracy(ph, held_task.y_test)),
-            "ece": float(metrics.ece(ph, held_task.y_test)),
-            "nll": float(metrics.nll(ph, held_task.y_test)),
-            "entropy": float(dh.total.mean()),
-            "mi": float(dh.epistemic.mean()),
-            **_heldout_temperatures(again, held_task, ph),
+            **{k: sh[k] for k in ("accuracy", "ece", "nll", "ece_ts", "nll_ts")},
+            "entropy": sh["entropy_in"],
+            "mi": sh["mi_in"],
+            **_density_temperature(again, held_task, ph),
         }
         return {f"heldout_{k}": v for k, v in heldout[name].items()}
 

@@ -151,10 +151,11 @@ class FeatureDensity(nn.Module):
         # plain attributes, not submodules: the density's state_dict holds only what fit() estimated
         self.__dict__["nets"] = nets
         self.__dict__["net"] = nets[0]
-        self._num_classes = last_linear(nets[0], None, _WHAT)[1].out_features  # (raises without any Linear)
+        head_name, head = last_linear(nets[0], None, _WHAT)  # (raises without any Linear)
+        self._num_classes = head.out_features
         readable = _readable(nets[0])
         if layers is None:
-            names = [last_linear(nets[0], None, _WHAT)[0]]
+            names = [head_name]
         elif layers == "all":  # convolutions only by name: see the class docstring
             names = [n for n, m in readable.items() if isinstance(m, nn.Linear)]
         else:
