@@ -8,9 +8,9 @@ a network's penultimate features this is the density part of "deep deterministic
 score high even where the softmax is confidently wrong about them.
 
 It computes on the host in float64 with numpy, whatever library the features come from (numpy, torch
-or JAX arrays), and returns numpy arrays. :class:`uncertlr.torch.FeatureDensity` reads a torch
-network's last-layer features for you; with JAX, pass the features your network computes
-(e.g. ``net.apply(params, x, method=...)`` or an Equinox sub-module).
+or JAX arrays), and returns numpy arrays. :class:`uncertlr.torch.FeatureDensity` and
+:class:`uncertlr.jax.FeatureDensity` read a torch or a Flax/Equinox network's layer inputs for you; for
+other features, pass the ones your network computes (e.g. ``net.apply(params, x, method=...)``).
 
 Example:
     >>> import numpy as np
