@@ -55,7 +55,15 @@ from benchmarks._shift_methods import (  # noqa: E402
     regression_scores,
     train_methods,
 )
-from benchmarks._shift_report import goals, plot, severity_curves, summarise, write_run  # noqa: E402
+from benchmarks._shift_report import (  # noqa: E402
+    goals,
+    loso_goal,
+    plot,
+    severity_curves,
+    summarise,
+    task_of,
+    write_run,
+)
 from uncertlr import metrics  # noqa: E402
 from uncertlr._progress import progress_task  # noqa: E402
 from uncertlr.calibration import fit_score_temperature, fit_temperature  # noqa: E402
@@ -80,6 +88,18 @@ FSDD = Config(
     init_scale=1e-3,
     kl_weight=1.0,
     time_pool=4,
+)
+# FSDD with the speech example's CNN (`uncertlr_models.SpeechCNN` on the 40 x 64 log-mels, no time pooling)
+# and the example's held-out-speaker settings (examples/speech_digits.py: 15 epochs, Adam 3e-3, KL weight
+# 0.1, init σ 1e-3) for every method: chosen for the example, never on these test sets
+FSDD_CNN = Config(
+    hidden=(),
+    det_epochs=15,
+    det_lr=3e-3,
+    bnn_epochs=15,
+    bnn_lr=3e-3,
+    init_scale=1e-3,
+    kl_weight=0.1,
 )
 REGRESSION = Config(
     hidden=(50, 50),
@@ -364,19 +384,36 @@ def fsdd_corrupted(split: Any, feat: Any, cache: Path) -> dict[tuple[str, int], 
     return out
 
 
+def _fsdd_net(kind: str, x: np.ndarray, cfg: Config) -> Callable[[], torch.nn.Module]:
+    """The network factory of ``--tasks fsdd`` (``"mlp"``) or ``fsdd-cnn`` (``"cnn"``) for features ``x``."""
+    if kind == "cnn":
+        from uncertlr_models import SpeechCNN
+
+        return lambda: SpeechCNN(x.shape[1], 10)
+    return _mlp(_fsdd_inputs(x, cfg), cfg, 10)
+
+
 def fsdd_rows(
-    seed: int, methods: Sequence[str], cfg: Config, advance: Any, data_dir: Path | None, cache: Path
+    seed: int,
+    methods: Sequence[str],
+    cfg: Config,
+    advance: Any,
+    data_dir: Path | None,
+    cache: Path,
+    net: str = "mlp",
 ) -> list[dict[str, Any]]:
+    """Rows of ``fsdd-{clean,corrupt,loso}`` (``net="mlp"``) or ``fsdd-cnn-{clean,corrupt,loso}`` (``"cnn"``)."""
     split, feat = _fsdd_features(data_dir)
     corrupted = fsdd_corrupted(split, feat, cache)
-    n_in = _fsdd_inputs(split.x_train, cfg)
+    make = _fsdd_net(net, split.x_train, cfg)
+    task = "fsdd" if net == "mlp" else f"fsdd-{net}"
 
     def fit_and_score(data: Any, sets: Callable[[Callable], dict]) -> list[dict[str, Any]]:
         """Train every method on ``data``'s training split (less a validation part) and score ``sets(std)``."""
         std = _standardiser(data.x_train, cfg.time_pool)
         tr, va = _val_split(len(data.x_train), seed)
         fitted = train_methods(
-            tuple(methods), _mlp(n_in, cfg, 10), std(data.x_train[tr]), _t(data.y_train[tr]), cfg,
+            tuple(methods), make, std(data.x_train[tr]), _t(data.y_train[tr]), cfg,
             seed=seed, advance=advance,
         )  # fmt: skip
         return _score_all(fitted, std(data.x_train[va]), data.y_train[va], sets(std), {"seed": seed})
@@ -384,12 +421,14 @@ def fsdd_rows(
     rows = fit_and_score(
         split,
         lambda std: (
-            {("fsdd-clean", "none", 0): (std(split.x_test), split.y_test)}
-            | {("fsdd-corrupt", kind, sev): (std(x), split.y_test) for (kind, sev), x in corrupted.items()}
+            {(f"{task}-clean", "none", 0): (std(split.x_test), split.y_test)}
+            | {(f"{task}-corrupt", kind, sev): (std(x), split.y_test) for (kind, sev), x in corrupted.items()}
         ),
     )
     for speaker, fold in _loso_folds(split, data_dir):
-        scored = fit_and_score(fold, lambda std: {("fsdd-loso", speaker, 0): (std(fold.x_test), fold.y_test)})  # noqa: B023
+        scored = fit_and_score(
+            fold, lambda std: {(f"{task}-loso", speaker, 0): (std(fold.x_test), fold.y_test)}
+        )  # noqa: B023
         rows += [{**r, "fold": speaker} for r in scored]
     return rows
 
@@ -744,7 +783,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--tasks",
         nargs="+",
         default=["digits", "fsdd", "regression"],
-        choices=["digits", "fsdd", "regression"],
+        choices=["digits", "fsdd", "fsdd-cnn", "regression"],
+        help="fsdd-cnn: the FSDD conditions with the speech example's CNN instead of the MLP (not in the default)",
     )
     p.add_argument("--png", type=Path, default=None, help="write the ECE/NLL-vs-severity figure here")
     p.add_argument(
@@ -855,6 +895,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     per_seed = {
         "digits": len(BNN_GRID) + 1 if args.corruption_validated else 2 * n_models,
         "fsdd": 5 * (len(BNN_GRID) + 1) if args.speaker_validated else 6 * n_models,
+        "fsdd-cnn": 6 * n_models,
         "regression": 2 * (n_models - ("bnn-ensemble" in args.methods)),
     }
     total = sum(per_seed[t] for t in args.tasks) * len(args.seeds)
@@ -876,11 +917,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rows += speaker_validated_rows(seed, FSDD, advance, args.data_dir)
             elif "fsdd" in args.tasks:
                 rows += fsdd_rows(seed, args.methods, FSDD, advance, args.data_dir, args.cache)
+            if "fsdd-cnn" in args.tasks:
+                rows += fsdd_rows(seed, args.methods, FSDD_CNN, advance, args.data_dir, args.cache, net="cnn")
             if "regression" in args.tasks:
                 rows += regression_rows(seed, args.methods, REGRESSION, advance)
     summary = summarise(rows)
     folds = summarise([r for r in rows if r["condition"] == "fsdd-loso"], ("fold", "method"))
     g = goals(summary, folds)
+    cnn_folds = summarise([r for r in rows if r["condition"] == "fsdd-cnn-loso"], ("fold", "method"))
+    if cnn_folds:
+        g["loso_cnn"] = loso_goal(cnn_folds)
     cols = [("condition", "condition", "s"), ("method", "method", "s")]
     print_table(
         "shift benchmark: classification (mean over seeds, severities, folds)",
@@ -894,7 +940,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print_table(
         "cost per method (seconds to train one model, ms to predict 1,000 inputs)",
-        summarise([{**r, "task": r["condition"].split("-")[0]} for r in rows], ("task", "method")),
+        summarise([{**r, "task": task_of(r["condition"])} for r in rows], ("task", "method")),
         [
             ("task", "task", "s"),
             ("method", "method", "s"),
@@ -908,13 +954,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         plot(rows, args.png)
     if args.run_dir:
         write_run(args.run_dir, summary, severity_curves(rows), args.seeds)
-    configs = {"digits": asdict(DIGITS), "fsdd": asdict(FSDD), "regression": asdict(REGRESSION)}
+    configs = {
+        "digits": asdict(DIGITS),
+        "fsdd": asdict(FSDD),
+        "fsdd-cnn": asdict(FSDD_CNN),
+        "regression": asdict(REGRESSION),
+    }
     write_results(
         "shift",
         rows,
         args.json,
         summary=summary,
         folds=folds,
+        cnn_folds=cnn_folds,
         goals=g,
         curves=severity_curves(rows),
         configs=configs,

@@ -325,3 +325,65 @@ def test_feature_density_benchmark_quick_run_writes_its_rows(tmp_path):
     assert all(0.0 <= row[k] <= 1.0 for k in ("entropy", "density", "density-all", "density-conv"))
     assert row["density"] > row["entropy"] + 0.02
     assert doc["summary"][0]["density"] == pytest.approx(row["density"])
+
+
+def test_task_names_and_the_leave_one_speaker_out_goal():
+    from benchmarks._shift_report import loso_goal, task_of
+
+    assert [task_of(c) for c in ("fsdd-cnn-loso", "fsdd-clean-cv", "digits-near-ood", "diabetes-shift")] == [
+        "fsdd-cnn",
+        "fsdd",
+        "digits",
+        "diabetes",
+    ]
+
+    def fold(f, method, nll, ece, se=0.01):
+        return {"fold": f, "method": method, "nll": nll, "ece": ece, "nll_se": se, "ece_se": se}
+
+    folds = [fold(f"s{i}", "deterministic", 1.0, 0.2) for i in range(5)]
+    folds += [fold(f"s{i}", "bnn", 0.8, 0.1) for i in range(4)] + [fold("s4", "bnn", 1.2, 0.1)]
+    folds += [fold(f"s{i}", "laplace", 0.5, 0.05, se=0.6) for i in range(5)]  # better, but within its s.e.
+    g = loso_goal(folds)
+    assert g == {"best_method": "bnn", "folds_won": 4, "folds": 5, "met": True}
+    assert not loso_goal([r for r in folds if r["fold"] != "s0"])["met"]  # 3 of 4 folds
+
+
+def test_fsdd_cnn_rows_train_the_speech_cnn_on_unpooled_features(monkeypatch):
+    """``--tasks fsdd-cnn``: the speech example's CNN on the 40 x 64 log-mels, conditions ``fsdd-cnn-*``."""
+    from types import SimpleNamespace
+
+    from benchmarks import shift as S
+    from uncertlr_models import SpeechCNN
+
+    rng = np.random.default_rng(0)
+
+    def data(n):
+        return SimpleNamespace(
+            x_train=rng.normal(size=(n, 40, 64)).astype(np.float32),
+            y_train=np.arange(n) % 10,
+            x_test=rng.normal(size=(20, 40, 64)).astype(np.float32),
+            y_test=np.arange(20) % 10,
+        )
+
+    split = data(40)
+    monkeypatch.setattr(S, "_fsdd_features", lambda data_dir: (split, None))
+    monkeypatch.setattr(S, "fsdd_corrupted", lambda *a: {("noise", 1): split.x_test})
+    monkeypatch.setattr(S, "_loso_folds", lambda *a: iter([("alice", data(30))]))
+    seen = []
+
+    def train(methods, net, x, y, cfg, **kw):
+        seen.append((type(net()).__name__, tuple(x.shape)))
+        return {}
+
+    monkeypatch.setattr(S, "train_methods", train)
+    monkeypatch.setattr(
+        S, "_score_all", lambda fitted, xv, yv, sets, extra: [{"condition": k[0]} for k in sets]
+    )
+    rows = S.fsdd_rows(0, ["deterministic"], S.FSDD_CNN, None, None, Path("."), net="cnn")
+    assert [r["condition"] for r in rows] == ["fsdd-cnn-clean", "fsdd-cnn-corrupt", "fsdd-cnn-loso"]
+    assert seen == [
+        (SpeechCNN.__name__, (34, 40, 64)),
+        (SpeechCNN.__name__, (26, 40, 64)),
+    ]  # 15% validation out
+    rows = S.fsdd_rows(0, ["deterministic"], S.FSDD, None, None, Path("."))
+    assert rows[0]["condition"] == "fsdd-clean" and seen[-1][0] == "MLP" and seen[-1][1][1:] == (40, 16)
