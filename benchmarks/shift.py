@@ -10,6 +10,8 @@ scaling fitted on a validation split (``<method>+ts``). Conditions:
   ``digits-near-ood``: trained on digits 0-4, detect 5-9;
 * ``fsdd-clean`` / ``fsdd-corrupt``: FSDD official split, 4 corruptions of the test waveforms (white noise,
   time shift, pitch/tempo, reverberation) × 5 severities; ``fsdd-loso``: leave one speaker out, five folds;
+  the benchmark's MLP on log-mels averaged over 4 frames (``fsdd-cnn-*`` with ``--tasks fsdd-cnn``: the same
+  conditions with the speech example's ``SpeechCNN`` on the full 40 × 64 log-mels);
 * ``diabetes-shift`` (trained on the lower 70% of BMI) and ``toy-extrapolation`` (regression).
 
 Each model is trained once per seed (and fold) and scored on every corruption of its test
@@ -27,6 +29,7 @@ Usage::
     python benchmarks/shift.py --tasks fsdd --speaker-validated   # bnn-spkval: settings chosen on a held-out speaker
     python benchmarks/shift.py --tasks digits --corruption-validated  # bnn-cval: chosen on held-out corruption kinds
     python benchmarks/shift.py --cross-fit 5 --methods deterministic bnn  # in-distribution ECE on every input
+    python benchmarks/shift.py --tasks fsdd-cnn --methods deterministic laplace bnn   # FSDD with a CNN
 """
 
 from __future__ import annotations
