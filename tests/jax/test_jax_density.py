@@ -230,3 +230,46 @@ def test_a_layer_called_twice_is_read_at_its_first_call():
     variables = net.init(jax.random.key(0), X[:1])
     (phi,) = FeatureDensity(net, params=variables, layers="shared").features(X)
     np.testing.assert_allclose(phi, X.astype(np.float64))
+
+
+def test_dropout_is_off_while_reading_nnx_and_equinox_networks():
+    class NnxDrop(nnx.Module):
+        def __init__(self):
+            rngs = nnx.Rngs(0)
+            self.a, self.drop, self.out = (
+                nnx.Linear(5, 8, rngs=rngs),
+                nnx.Dropout(0.5, rngs=rngs),
+                nnx.Linear(8, 3, rngs=rngs),
+            )
+
+        def __call__(self, x):
+            return self.out(self.drop(jnp.tanh(self.a(x))))
+
+    net = NnxDrop()
+    (phi,) = FeatureDensity(net).features(X)
+    np.testing.assert_allclose(
+        phi, np.tanh(np.asarray(net.a(jnp.asarray(X)), np.float64)), rtol=1e-5, atol=1e-6
+    )
+    assert net.drop.deterministic is False  # the user's module keeps its training flags
+
+    class EqxDrop(eqx.Module):
+        a: eqx.nn.Linear
+        drop: eqx.nn.Dropout
+        out: eqx.nn.Linear
+
+        def __init__(self, key):
+            k1, k2 = jax.random.split(key)
+            self.a, self.drop, self.out = (
+                eqx.nn.Linear(5, 8, key=k1),
+                eqx.nn.Dropout(0.5),
+                eqx.nn.Linear(8, 3, key=k2),
+            )
+
+        def __call__(self, x, key=None):
+            return self.out(self.drop(jnp.tanh(self.a(x)), key=key))
+
+    enet = EqxDrop(jax.random.key(0))
+    (phi,) = FeatureDensity(enet).features(X)
+    np.testing.assert_allclose(
+        phi, np.tanh(np.asarray(jax.vmap(enet.a)(jnp.asarray(X)), np.float64)), rtol=1e-5, atol=1e-6
+    )

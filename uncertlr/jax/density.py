@@ -11,7 +11,9 @@ The features are read during an ordinary forward pass, without changing the netw
 ``nn.Dense``/``nn.Conv`` calls are intercepted (``flax.linen.intercept_methods``); a flax.nnx module is read
 through a clone whose ``nnx.Linear``/``nnx.Conv`` layers record their inputs (your module is not touched); an
 Equinox module through a copy whose ``eqx.nn.Linear``/``eqx.nn.Conv`` layers do (Equinox modules act on one
-example and are vmapped over the batch, as :func:`uncertlr.jax.bayesian` does). Layers are named like the
+example and are vmapped over the batch, as :func:`uncertlr.jax.bayesian` does); nnx and Equinox networks are read
+in inference mode (``module.eval()``, ``eqx.nn.inference_mode``), a linen module as ``apply`` runs it by
+default (pass a module built deterministic, e.g. ``Dropout(deterministic=True)``). Layers are named like the
 parameters :func:`uncertlr.jax.bayesian` names: ``"Dense_1"`` (linen), ``"out"`` or ``"layers.0"`` (nnx),
 ``"layers.2"`` (Equinox). ``layers="all"`` reads every dense layer's input and scores by the mean of the
 layers' standardised scores, as the torch side does. A convolution named in ``layers=`` is read as its input
@@ -117,6 +119,7 @@ def _nnx_reader(module: Any) -> Callable[[Array], tuple[Array, list[_Record]]]:
 
     def run(x: Array) -> tuple[Array, list[_Record]]:
         clone = nnx.clone(module)  # shares the arrays; the user's module keeps its own layer classes
+        clone.eval()  # dropout off, batch norm on its running statistics (the clone's flags only)
         names = {}
         for path, node in nnx.iter_graph(clone):
             if isinstance(node, dense + conv):
@@ -165,6 +168,7 @@ def _equinox_reader(module: Any) -> Callable[[Array], tuple[Array, list[_Record]
         module,
         replace=[_Tap(_get(module, p), _path_name(p), isinstance(_get(module, p), conv)) for p in paths],
     )
+    tapped = eqx.nn.inference_mode(tapped)  # dropout off, batch norm on its running statistics
 
     def run(x: Array) -> tuple[Array, list[_Record]]:
         meta: list[tuple[str, bool]] = []
