@@ -645,23 +645,26 @@ def regression_rows(seed: int, methods: Sequence[str], cfg: Config, advance: Any
 
 
 def _validation_splits(tasks: Sequence[str], data_dir: Path | None, seeds: Sequence[int]) -> list[tuple]:
-    """``(task, config, seed, n_in, x, y, x_val, y_val)`` for digits and/or the FSDD official split: each
-    seed's training data less its 15% validation part (standardised as the benchmark does)."""
+    """``(task, config, seed, make, x, y, x_val, y_val)`` for digits and/or the FSDD official split (MLP or
+    CNN): each seed's training data less its 15% validation part (standardised as the benchmark does);
+    ``make(cfg)`` is the network factory."""
     from uncertlr.data import load_digits
 
-    sources: list[tuple[str, Config, int, np.ndarray, np.ndarray, Callable]] = []
+    sources: list[tuple[str, Config, Callable, np.ndarray, np.ndarray, Callable]] = []
     if "digits" in tasks:
         split = load_digits(seed=0)
-        sources.append(("digits", DIGITS, 64, split.x_train, split.y_train, _t))
-    if "fsdd" in tasks:
-        fs, _ = _fsdd_features(data_dir)
-        std = _standardiser(fs.x_train, FSDD.time_pool)
-        sources.append(("fsdd", FSDD, _fsdd_inputs(fs.x_train, FSDD), fs.x_train, fs.y_train, std))
+        sources.append(("digits", DIGITS, lambda c: _mlp(64, c, 10), split.x_train, split.y_train, _t))
+    for task, cfg, net in (("fsdd", FSDD, "mlp"), ("fsdd-cnn", FSDD_CNN, "cnn")):
+        if task in tasks:
+            fs, _ = _fsdd_features(data_dir)
+            std = _standardiser(fs.x_train, cfg.time_pool)
+            make = lambda c, net=net, x=fs.x_train: _fsdd_net(net, x, c)  # noqa: E731
+            sources.append((task, cfg, make, fs.x_train, fs.y_train, std))
     out = []
-    for task, cfg, n_in, x, y, prep in sources:
+    for task, cfg, make, x, y, prep in sources:
         for seed in seeds:
             tr, va = _val_split(len(x), seed)
-            out.append((task, cfg, seed, n_in, prep(x[tr]), _t(y[tr]), prep(x[va]), y[va]))
+            out.append((task, cfg, seed, make, prep(x[tr]), _t(y[tr]), prep(x[va]), y[va]))
     return out
 
 
@@ -671,10 +674,10 @@ def tune(tasks: Sequence[str], data_dir: Path | None) -> list[dict[str, Any]]:
     splits = _validation_splits(tasks, data_dir, [0])
     rows = []
     with progress_task(True, "tuning", len(BNN_GRID) * len(splits)) as advance:
-        for task, cfg, _, n_in, x, y, xv, yv in splits:
+        for task, cfg, _, make, x, y, xv, yv in splits:
             for init, prior, kl in BNN_GRID:
                 c = replace(cfg, init_scale=init, prior_scale=prior, kl_weight=kl)
-                f = train_methods(("bnn",), _mlp(n_in, c, 10), x, y, c, seed=0)["bnn"]
+                f = train_methods(("bnn",), make(c), x, y, c, seed=0)["bnn"]
                 rows.append(
                     {
                         "task": task,
@@ -691,15 +694,15 @@ def tune(tasks: Sequence[str], data_dir: Path | None) -> list[dict[str, Any]]:
 
 def tune_det(seeds: Sequence[int], tasks: Sequence[str], data_dir: Path | None) -> list[dict[str, Any]]:
     """Validation NLL (clean held-out training data) of the deterministic net and of last-layer Laplace
-    on it, over the deterministic nets' weight decay; digits and/or the FSDD official split."""
+    on it, over the deterministic nets' weight decay; digits and/or the FSDD official split (MLP or CNN)."""
     grid = (0.0, 1e-3, 3e-3, 1e-2)
     splits = _validation_splits(tasks, data_dir, seeds)
     rows = []
     with progress_task(True, "tuning weight decay", len(grid) * len(splits)) as advance:
-        for task, cfg, seed, n_in, x, y, xv, yv in splits:
+        for task, cfg, seed, make, x, y, xv, yv in splits:
             for wd in grid:
                 c = replace(cfg, det_weight_decay=wd)
-                fitted = train_methods(("deterministic", "laplace"), _mlp(n_in, c, 10), x, y, c, seed=seed)
+                fitted = train_methods(("deterministic", "laplace"), make(c), x, y, c, seed=seed)
                 for name, f in fitted.items():
                     scores = classification_scores(f.predict(xv).numpy(), yv)
                     rows.append({"task": task, "method": name, "weight_decay": wd, "seed": seed, **scores})
