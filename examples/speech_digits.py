@@ -167,23 +167,37 @@ def speaker_validated(
 HELDOUT_VAL_FRACTION = 0.15
 
 
-def _density_temperature(trained: Trained, task: Task, probs: torch.Tensor) -> dict[str, float]:
-    """For a deterministic net, ECE and NLL on the held-out speaker after a temperature that grows with the net's
-    feature density, fitted on the other speakers' validation part (``*_density_ts``:
-    :func:`uncertlr.calibration.fit_score_temperature` with :class:`uncertlr.torch.FeatureDensity`; the shift
-    benchmark's ``deterministic+density-ts``); nothing for a model with its own ``predict`` (BNNs)."""
+def _post_hoc(trained: Trained, task: Task, probs: torch.Tensor, num_samples: int) -> dict[str, float]:
+    """For a deterministic net, two post-hoc methods on the held-out speaker, both fitted on the other speakers
+    only: a temperature that grows with the net's feature density, fitted on their validation part
+    (``*_density_ts``: :func:`uncertlr.calibration.fit_score_temperature` with
+    :class:`uncertlr.torch.FeatureDensity`; the shift benchmark's ``deterministic+density-ts``), and last-layer
+    Laplace around the trained net (``*_laplace``: :class:`uncertlr.torch.LastLayerLaplace`, the method that
+    held up best on new speakers with this CNN in ``benchmarks/shift.py --tasks fsdd-cnn``). Nothing for a
+    model with its own ``predict`` (BNNs)."""
     if hasattr(trained.model, "predict"):
         return {}
     from uncertlr.calibration import fit_score_temperature
-    from uncertlr.torch import FeatureDensity
+    from uncertlr.torch import FeatureDensity, LastLayerLaplace
 
     assert task.x_val is not None and task.y_val is not None
     density = FeatureDensity(trained.model).fit(task.x_train, task.y_train)
     st = fit_score_temperature(
         trained.predict(task.x_val).numpy(), task.y_val.numpy(), density.score(task.x_val).numpy()
     )
-    q, y = st(probs.numpy(), density.score(task.x_test).numpy()), task.y_test.numpy()
-    return {"ece_density_ts": float(metrics.ece(q, y)), "nll_density_ts": float(metrics.nll(q, y))}
+    y = task.y_test.numpy()
+    out = {}
+    laplace = LastLayerLaplace(trained.model).fit(task.x_train, task.y_train)
+    with torch.no_grad():
+        scored = {
+            "density_ts": st(probs.numpy(), density.score(task.x_test).numpy()),
+            "laplace": laplace.predict(task.x_test, num_samples=num_samples).numpy(),
+        }
+    for key, q in scored.items():
+        out[f"ece_{key}"] = float(metrics.ece(q, y))
+        out[f"nll_{key}"] = float(metrics.nll(q, y))
+    out["accuracy_laplace"] = float(metrics.accuracy(scored["laplace"], y))
+    return out
 
 
 def _standardise(train: np.ndarray) -> Callable[[np.ndarray], torch.Tensor]:
@@ -222,6 +236,7 @@ MAIN_ROWS = (
     ("heldout_ece", "held-out speaker: ECE", ".3f"),
     ("heldout_ece_ts", "held-out speaker: ECE, temperature", ".3f"),
     ("heldout_ece_density_ts", "held-out speaker: ECE, density temperature", ".3f"),
+    ("heldout_ece_laplace", "held-out speaker: ECE, last-layer Laplace", ".3f"),
     ("heldout_entropy", "held-out speaker: entropy", ".3f"),
     ("heldout_mi", "held-out speaker: MI", ".4f"),
     ("seconds", "seconds (train + eval)", ".1f"),
@@ -364,7 +379,7 @@ def run(
             **{k: sh[k] for k in ("accuracy", "ece", "nll", "ece_ts", "nll_ts")},
             "entropy": sh["entropy_in"],
             "mi": sh["mi_in"],
-            **_density_temperature(again, held_task, ph),
+            **_post_hoc(again, held_task, ph, cfg.num_samples),
         }
         return {f"heldout_{k}": v for k, v in heldout[name].items()}
 

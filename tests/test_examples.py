@@ -90,6 +90,8 @@ def test_speech_quick_beats_chance_widely(fsdd_dir, tmp_path):
     held = doc["held_out_speaker"]["models"]  # temperatures fitted on the other speakers' validation part
     assert all(0 <= held[m]["ece_ts"] <= 1 and held[m]["nll_ts"] > 0 for m in models)
     assert 0 <= held["deterministic"]["ece_density_ts"] <= 1 and "ece_density_ts" not in held["bnn"]
+    assert 0 <= held["deterministic"]["ece_laplace"] <= 1 and held["deterministic"]["nll_laplace"] > 0
+    assert 0 <= held["deterministic"]["accuracy_laplace"] <= 1 and "ece_laplace" not in held["bnn"]
     assert doc["held_out_speaker"]["validation"] > 0
     sweep = doc["snr_sweep"]["by_snr"]["bnn"]
     # noise hurts: accuracy at the lowest SNR is below the clean accuracy
