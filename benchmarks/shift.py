@@ -381,7 +381,9 @@ def fsdd_corrupted(split: Any, feat: Any, cache: Path) -> dict[tuple[str, int], 
             waves = waves if waves is not None else read_recordings(split.test)
             rng = np.random.default_rng([sev, *map(ord, kind)])
             cw = [D.corrupt_wave(w, kind, sev, rng, feat.num_samples) for w in waves]
-            out[(kind, sev)] = feat(cw).numpy().astype(np.float32)
+            out[(kind, sev)] = np.ascontiguousarray(
+                feat(cw).numpy(), dtype=np.float32
+            )  # as np.load returns it
             cache.mkdir(parents=True, exist_ok=True)
             np.save(path, out[(kind, sev)])
     return out

@@ -481,7 +481,14 @@ def wav_features(
                 )
             waves.append(w)
             advance()
-    out = features(waves).numpy().astype(np.float32) if waves else np.zeros((0, *features.shape), np.float32)
+    # C order, as np.load returns the cache: a computed and a cached array then agree in layout as well as in
+    # value (numpy's reductions sum in layout order, so a model standardised on one or the other trained
+    # differently from the same seed on a first run and on every later one)
+    out = (
+        np.ascontiguousarray(features(waves).numpy(), dtype=np.float32)
+        if waves
+        else np.zeros((0, *features.shape), np.float32)
+    )
     if cache_file is not None:
         atomic_write(cache_file, lambda fh: np.save(fh, out))
     return out
