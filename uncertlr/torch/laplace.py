@@ -10,9 +10,9 @@ a last layer, since the outputs are linear in its weights:
 
 The prior precision ``δ`` is fitted by maximising the Laplace marginal likelihood
 ``log p(D | θ*) - δ‖θ*‖²/2 + P/2 log δ - ½ Σ log(λ_i + δ)`` (``λ`` the eigenvalues of ``H``;
-computed once, then a 1-D search), or given; the posterior is then one Cholesky factor of ``H + δ I``. ``predict`` samples the last layer's
-weights, so it returns ``[S, N, C]`` probabilities (or a
-:class:`~uncertlr.likelihoods.NormalPrediction`) like every other method.
+computed once, then a 1-D search), or given; the posterior is then one Cholesky factor of
+``H + δ I``. ``predict`` samples the last layer's weights, so it returns ``[S, N, C]``
+probabilities (or a :class:`~uncertlr.likelihoods.NormalPrediction`) like every other method.
 
 The full ``P × P`` GGN is kept (at most :data:`MAX_PARAMS` numbers a side; ``P = 1,290`` for a
 128-feature, 10-class head). laplace-torch was not used: it would add torchvision and nine
