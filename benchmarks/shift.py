@@ -504,7 +504,7 @@ def cross_fit_task_rows(
     task: str, seed: int, methods: Sequence[str], folds: int, advance: Any, data_dir: Path | None
 ) -> list[dict[str, Any]]:
     """``{task}-clean-cv``: the clean condition cross-fitted over the whole data set (digits: all 1,797
-    images; FSDD: every recording of the official split's speakers)."""
+    images; FSDD, with the MLP or the CNN: every recording of the official split's speakers)."""
     if task == "digits":
         from uncertlr.data import load_digits
 
@@ -515,9 +515,10 @@ def cross_fit_task_rows(
         )
     split, _ = _fsdd_features(data_dir)
     x, y = np.concatenate([split.x_train, split.x_test]), np.concatenate([split.y_train, split.y_test])
+    cfg, net = (FSDD_CNN, "cnn") if task == "fsdd-cnn" else (FSDD, "mlp")
     return cross_fit_rows(
-        "fsdd-clean-cv", x, y, _mlp(_fsdd_inputs(split.x_train, FSDD), FSDD, 10), seed, methods, FSDD, folds,
-        advance, standardise=lambda train: _standardiser(train, FSDD.time_pool),
+        f"{task}-clean-cv", x, y, _fsdd_net(net, split.x_train, cfg), seed, methods, cfg, folds,
+        advance, standardise=lambda train: _standardiser(train, cfg.time_pool),
     )  # fmt: skip
 
 
@@ -908,11 +909,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     total = sum(per_seed[t] for t in args.tasks) * len(args.seeds)
     if args.cross_fit:
-        total = args.cross_fit * n_models * len(args.seeds) * len({"digits", "fsdd"} & set(args.tasks))
+        cv_tasks = {"digits", "fsdd", "fsdd-cnn"} & set(args.tasks)
+        total = args.cross_fit * n_models * len(args.seeds) * len(cv_tasks)
     with progress_task(not args.rows, "shift benchmark", 0 if args.rows else total) as advance:
         for seed in [] if args.rows else args.seeds:
             if args.cross_fit:
-                for task in [t for t in args.tasks if t in ("digits", "fsdd")]:
+                for task in [t for t in args.tasks if t in ("digits", "fsdd", "fsdd-cnn")]:
                     rows += cross_fit_task_rows(
                         task, seed, args.methods, args.cross_fit, advance, args.data_dir
                     )

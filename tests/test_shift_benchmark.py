@@ -387,3 +387,32 @@ def test_fsdd_cnn_rows_train_the_speech_cnn_on_unpooled_features(monkeypatch):
     ]  # 15% validation out
     rows = S.fsdd_rows(0, ["deterministic"], S.FSDD, None, None, Path("."))
     assert rows[0]["condition"] == "fsdd-clean" and seen[-1][0] == "MLP" and seen[-1][1][1:] == (40, 16)
+
+
+def test_cross_fit_fsdd_cnn_trains_the_speech_cnn_on_every_recording(monkeypatch):
+    """``--cross-fit K --tasks fsdd-cnn``: condition ``fsdd-cnn-clean-cv``, the CNN on unpooled log-mels."""
+    from types import SimpleNamespace
+
+    from benchmarks import shift as S
+    from uncertlr_models import SpeechCNN
+
+    rng = np.random.default_rng(0)
+    split = SimpleNamespace(
+        x_train=rng.normal(size=(40, 40, 64)).astype(np.float32),
+        y_train=np.arange(40) % 10,
+        x_test=rng.normal(size=(20, 40, 64)).astype(np.float32),
+        y_test=np.arange(20) % 10,
+    )
+    monkeypatch.setattr(S, "_fsdd_features", lambda data_dir: (split, None))
+    seen = []
+
+    def cross_fit_rows(condition, x, y, net, seed, methods, cfg, folds, advance, standardise):
+        seen.append((condition, type(net()).__name__, x.shape, cfg, tuple(standardise(x)(x).shape)))
+        return []
+
+    monkeypatch.setattr(S, "cross_fit_rows", cross_fit_rows)
+    S.cross_fit_task_rows("fsdd-cnn", 0, ["deterministic"], 5, None, None)
+    S.cross_fit_task_rows("fsdd", 0, ["deterministic"], 5, None, None)
+    assert seen[0][:4] == ("fsdd-cnn-clean-cv", SpeechCNN.__name__, (60, 40, 64), S.FSDD_CNN)
+    assert seen[0][4] == (60, 40, 64)  # every recording, no time pooling
+    assert seen[1][:2] == ("fsdd-clean-cv", "MLP") and seen[1][4] == (60, 40, 16)  # the MLP pools 4 frames
