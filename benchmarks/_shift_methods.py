@@ -190,9 +190,10 @@ def aurc(probs: np.ndarray, labels: np.ndarray) -> float:
     """Area under the risk-coverage curve (selective classification by max mean probability; lower is better).
 
     Inputs are sorted by confidence; the risk at coverage ``k/N`` is the error rate of the ``k``
-    most confident; AURC is the mean of those risks over ``k = 1..N``.
+    most confident; AURC is the mean of those risks over ``k = 1..N``. ``probs`` is ``[S, N, C]`` or the
+    mean prediction ``[N, C]``.
     """
-    pbar = probs.mean(0)
+    pbar = probs.mean(0) if probs.ndim == 3 else probs
     conf = pbar.max(-1)
     wrong = (pbar.argmax(-1) != labels).astype(np.float64)
     order = np.argsort(-conf, kind="stable")

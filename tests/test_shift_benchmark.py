@@ -34,6 +34,8 @@ def test_aurc_matches_a_brute_force_selection(seed, n, s):
     labels = rng.integers(0, 3, n)
     assert aurc(probs, labels) == pytest.approx(_aurc_brute(probs, labels), abs=1e-12)
     assert 0.0 <= aurc(probs, labels) <= 1.0
+    # the mean prediction [N, C] (the cross-fitted rows score pooled means) scores the same
+    assert aurc(probs.mean(0), labels) == pytest.approx(aurc(probs, labels), abs=1e-12)
 
 
 def test_aurc_rewards_confidence_ranking():
