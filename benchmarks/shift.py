@@ -500,6 +500,9 @@ def cross_fit_rows(
     ]
 
 
+CROSS_FIT_TASKS = ("digits", "fsdd", "fsdd-cnn")  # the tasks --cross-fit scores on every input
+
+
 def cross_fit_task_rows(
     task: str, seed: int, methods: Sequence[str], folds: int, advance: Any, data_dir: Path | None
 ) -> list[dict[str, Any]]:
@@ -840,7 +843,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=int,
         default=0,
         metavar="K",
-        help="only the clean condition, cross-fitted over K folds of the whole data set ({task}-clean-cv)",
+        help="only the clean condition, cross-fitted over K folds of the whole data set ({task}-clean-cv; "
+        "--tasks digits, fsdd, fsdd-cnn)",
     )
     args = p.parse_args(argv)
     if args.threads:
@@ -909,12 +913,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     total = sum(per_seed[t] for t in args.tasks) * len(args.seeds)
     if args.cross_fit:
-        cv_tasks = {"digits", "fsdd", "fsdd-cnn"} & set(args.tasks)
-        total = args.cross_fit * n_models * len(args.seeds) * len(cv_tasks)
+        total = args.cross_fit * n_models * len(args.seeds) * len(set(CROSS_FIT_TASKS) & set(args.tasks))
     with progress_task(not args.rows, "shift benchmark", 0 if args.rows else total) as advance:
         for seed in [] if args.rows else args.seeds:
             if args.cross_fit:
-                for task in [t for t in args.tasks if t in ("digits", "fsdd", "fsdd-cnn")]:
+                for task in [t for t in args.tasks if t in CROSS_FIT_TASKS]:
                     rows += cross_fit_task_rows(
                         task, seed, args.methods, args.cross_fit, advance, args.data_dir
                     )
