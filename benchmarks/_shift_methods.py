@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from uncertlr import likelihoods, metrics, priors, runfolder
+from uncertlr.calibration import fit_score_slope
 from uncertlr.likelihoods import NormalPrediction
 from uncertlr.torch import (
     FeatureDensity,
@@ -55,6 +56,9 @@ class Config:
     bnn_ensemble_size: int = 3
     num_samples: int = 32
     time_pool: int = 1  # FSDD: average this many log-mel frames into one (input 40 x 64 / time_pool)
+    # > 0: the deterministic net's density temperatures also get a slope fitted on this many folds' out-of-fold
+    # predictions of the training data (calibration.fit_score_slope; rows "deterministic+density-ts-cv")
+    slope_folds: int = 0
 
 
 @dataclass
@@ -66,6 +70,8 @@ class Fitted:
     # OOD scores of its own by name ([N] numpy, higher = more unusual), e.g. feature densities
     ood_scores: dict[str, Callable[[torch.Tensor], np.ndarray]] = field(default_factory=dict)
     ood_score_seconds: float = 0.0  # fitting them, after training
+    # slopes of their density temperatures from cross-fitted models (Config.slope_folds), by score name
+    score_slopes: dict[str, float] = field(default_factory=dict)
 
 
 def _fit(
@@ -179,8 +185,36 @@ def train_methods(
                     density = FeatureDensity(model, layers=layers).fit(x, y)
                     out[name].ood_scores[key] = lambda x, d=density: d.score(x).numpy()
                 out[name].ood_score_seconds = time.perf_counter() - t0
+            if name == "deterministic" and cfg.slope_folds > 0 and not regression:
+                out[name].score_slopes = cross_fitted_slopes(net, x, y, cfg, seed=seed)
         advance(description=f"trained {name}")
     return out
+
+
+def cross_fitted_slopes(
+    net: Callable[[], torch.nn.Module], x: torch.Tensor, y: torch.Tensor, cfg: Config, *, seed: int
+) -> dict[str, float]:
+    """The density temperatures' slopes from ``cfg.slope_folds`` deterministic nets, each trained (like the
+    ``deterministic`` method) without one fold of ``(x, y)`` and predicting and scoring that fold."""
+    folds = np.random.default_rng(40_000 + seed).permutation(len(x)) % cfg.slope_folds
+    layer_choice = {"density": None, "density-all": "all"}
+    probs, scores = [], {key: [] for key in layer_choice}
+    order = []
+    for k in range(cfg.slope_folds):
+        fit, held = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
+        torch.manual_seed(seed)
+        model = PointNetwork(net(), "categorical")
+        _fit(model, x[fit], y[fit], epochs=cfg.det_epochs, lr=cfg.det_lr, cfg=cfg, seed=seed,
+             weight_decay=cfg.det_weight_decay)  # fmt: skip
+        probs.append(_predictor(model, cfg.num_samples)(x[held]).numpy())
+        for key, layers in layer_choice.items():
+            scores[key].append(
+                FeatureDensity(model, layers=layers).fit(x[fit], y[fit]).score(x[held]).numpy()
+            )
+        order.append(held)
+    p, labels = np.concatenate(probs, axis=1), y.numpy()[np.concatenate(order)]
+    fold_ids = folds[np.concatenate(order)]
+    return {key: fit_score_slope(p, labels, np.concatenate(s), fold_ids) for key, s in scores.items()}
 
 
 # --------------------------------------------------------------------------- scores

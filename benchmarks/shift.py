@@ -168,10 +168,14 @@ def _score_all(
             (f"{name}+ts", lambda p, x: temp(p), temp.value),
         ]
         for key, score in f.ood_scores.items():  # a temperature that grows with each of its own OOD scores
-            st = fit_score_temperature(p_val, y_val, score(x_val))
-            variants.append(
-                (f"{name}+{key}-ts", lambda p, x, st=st, score=score: st(p, score(x)), math.exp(st.a))
-            )
+            s_val = score(x_val)
+            fits = {f"{name}+{key}-ts": fit_score_temperature(p_val, y_val, s_val)}
+            if key in f.score_slopes:  # its slope from cross-fitted nets, only the intercept from x_val
+                fits[f"{name}+{key}-ts-cv"] = fit_score_temperature(
+                    p_val, y_val, s_val, slope=f.score_slopes[key]
+                )
+            for variant, st in fits.items():
+                variants.append((variant, lambda p, x, st=st, score=score: st(p, score(x)), math.exp(st.a)))
         for variant, tf, t_value in variants:
             for key, (x, y) in sets.items():
                 cond, corr, sev = key
@@ -846,7 +850,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="only the clean condition, cross-fitted over K folds of the whole data set ({task}-clean-cv; "
         "--tasks digits, fsdd, fsdd-cnn)",
     )
+    p.add_argument(
+        "--slope-folds",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also deterministic+density-ts-cv: the density temperature's slope from K cross-fitted nets "
+        "(K more trainings per model)",
+    )
     args = p.parse_args(argv)
+    digits_cfg, fsdd_cfg, cnn_cfg = (
+        replace(c, slope_folds=args.slope_folds) for c in (DIGITS, FSDD, FSDD_CNN)
+    )
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
@@ -925,13 +940,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if "digits" in args.tasks and args.corruption_validated:
                 rows += corruption_validated_rows(seed, DIGITS, advance)
             elif "digits" in args.tasks:
-                rows += digits_rows(seed, args.methods, DIGITS, advance)
+                rows += digits_rows(seed, args.methods, digits_cfg, advance)
             if "fsdd" in args.tasks and args.speaker_validated:
                 rows += speaker_validated_rows(seed, FSDD, advance, args.data_dir)
             elif "fsdd" in args.tasks:
-                rows += fsdd_rows(seed, args.methods, FSDD, advance, args.data_dir, args.cache)
+                rows += fsdd_rows(seed, args.methods, fsdd_cfg, advance, args.data_dir, args.cache)
             if "fsdd-cnn" in args.tasks:
-                rows += fsdd_rows(seed, args.methods, FSDD_CNN, advance, args.data_dir, args.cache, net="cnn")
+                rows += fsdd_rows(seed, args.methods, cnn_cfg, advance, args.data_dir, args.cache, net="cnn")
             if "regression" in args.tasks:
                 rows += regression_rows(seed, args.methods, REGRESSION, advance)
     summary = summarise(rows)
@@ -968,9 +983,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.run_dir:
         write_run(args.run_dir, summary, severity_curves(rows), args.seeds)
     configs = {
-        "digits": asdict(DIGITS),
-        "fsdd": asdict(FSDD),
-        "fsdd-cnn": asdict(FSDD_CNN),
+        "digits": asdict(digits_cfg),
+        "fsdd": asdict(fsdd_cfg),
+        "fsdd-cnn": asdict(cnn_cfg),
         "regression": asdict(REGRESSION),
     }
     write_results(

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from scipy.special import log_softmax, softmax
 
 from uncertlr import metrics
-from uncertlr.calibration import Temperature, fit_score_temperature, fit_temperature
+from uncertlr.calibration import Temperature, fit_score_slope, fit_score_temperature, fit_temperature
 
 
 def _data(seed, n=400, c=4, scale=3.0):
@@ -150,3 +150,53 @@ def test_score_temperature_in_torch_and_named_errors():
         fit_score_temperature(probs, labels, score[:5])
     with pytest.raises(ValueError, match="NaN or inf"):
         cal(probs, np.full(200, np.nan))
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 2**16), slope=st.sampled_from([0.0, 0.3, 1.2]))
+def test_a_fixed_slope_fits_only_the_intercept_by_brute_force(seed, slope):
+    """``slope=b``: b is kept and a is the validation-NLL optimum over a fine grid of a."""
+    probs, labels, score = _synthetic(np.random.default_rng(seed), 300, 0.5)
+    cal = fit_score_temperature(probs, labels, score, slope=slope)
+    assert cal.b == slope and cal.center == pytest.approx(score.mean()) and cal.scale == pytest.approx(score.std())
+    z = (score - score.mean()) / score.std()
+    logp = np.log(probs)
+
+    def nll(a):
+        return _nll(softmax(logp / np.clip(np.exp(a + slope * z), 0.05, 20.0)[:, None], axis=-1), labels)
+
+    assert nll(cal.a) <= min(nll(a) for a in np.linspace(-2, 3, 501)) + 1e-6
+    # the free fit is at least as good on the same data
+    assert nll(cal.a) >= _nll(fit_score_temperature(probs, labels, score)(probs, score), labels) - 1e-6
+    with pytest.raises(ValueError, match="slope must be a finite number >= 0"):
+        fit_score_temperature(probs, labels, score, slope=-0.1)
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 2**16), shift=st.floats(-50, 50), stretch=st.floats(0.1, 10))
+def test_the_cross_fitted_slope_standardises_each_fold_on_its_own(seed, shift, stretch):
+    """Each fold's scores may sit on their own scale (another model): an affine change of one fold's scores
+    leaves the slope as it is, and it equals the free fit on the per-fold z-scores computed here by hand."""
+    rng = np.random.default_rng(seed)
+    probs, labels, score = _synthetic(rng, 400, 0.8)
+    folds = np.arange(400) % 4
+    b = fit_score_slope(probs, labels, score, folds)
+    moved = np.where(folds == 2, shift + stretch * score, score)
+    assert fit_score_slope(probs, labels, moved, folds) == pytest.approx(b, abs=1e-6)
+    z = np.empty(400)
+    for k in range(4):
+        z[folds == k] = (score[folds == k] - score[folds == k].mean()) / score[folds == k].std()
+    assert b == pytest.approx(fit_score_temperature(probs, labels, z).b, abs=1e-9)
+
+
+def test_the_cross_fitted_slope_recovers_the_true_one_across_models_and_names_bad_folds():
+    rng = np.random.default_rng(3)
+    probs, labels, z = _synthetic(rng, 1600, 1.0)
+    folds = np.repeat(np.arange(4), 400)
+    score = 5.0 * folds + (1.0 + folds) * z  # four models, four scales; pooled raw scores would mislead
+    assert 0.6 < fit_score_slope(probs, labels, score, folds) < 1.6
+    assert fit_score_temperature(probs, labels, score).b < 0.6  # without standardising per fold
+    with pytest.raises(ValueError, match=r"score and folds must both have shape \[N\]"):
+        fit_score_slope(probs, labels, score, folds[:10])
+    with pytest.raises(ValueError, match="fold 9 holds 1 input"):
+        fit_score_slope(probs, labels, score, np.where(np.arange(1600) == 0, 9, folds))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -418,3 +419,42 @@ def test_cross_fit_fsdd_cnn_trains_the_speech_cnn_on_every_recording(monkeypatch
     assert seen[0][:4] == ("fsdd-cnn-clean-cv", SpeechCNN.__name__, (60, 40, 64), S.FSDD_CNN)
     assert seen[0][4] == (60, 40, 64)  # every recording, no time pooling
     assert seen[1][:2] == ("fsdd-clean-cv", "MLP") and seen[1][4] == (60, 40, 16)  # the MLP pools 4 frames
+
+
+def test_cross_fitted_slopes_hold_out_each_fold_and_add_the_ts_cv_rows(monkeypatch):
+    """``--slope-folds K``: K nets, each trained without its fold, give the density temperatures' slopes;
+    the deterministic net then also gets ``+density-ts-cv`` rows (slope kept, intercept from validation)."""
+    from benchmarks import _shift_methods as M
+    from benchmarks import shift as S
+    from benchmarks._shift_methods import Config
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(90, 5)).astype(np.float32)
+    x[:, 0] = np.arange(90)  # an id per input
+    y = np.arange(90) % 3
+    trained_on: list[set[int]] = []
+    real_fit = M._fit
+
+    def spy(model, xs, ys, **kw):
+        trained_on.append({int(v) for v in xs[:, 0].tolist()})
+        return real_fit(model, xs, ys, **kw)
+
+    monkeypatch.setattr(M, "_fit", spy)
+    cfg = Config(hidden=(4,), det_epochs=1, num_samples=1, slope_folds=3)
+    fitted = S.train_methods(("deterministic",), S._mlp(5, cfg, 3), S._t(x), S._t(y), cfg, seed=0)
+    folds = np.random.default_rng(40_000).permutation(90) % 3
+    assert trained_on[0] == set(range(90))  # the deterministic net itself, then one net per fold
+    assert [s & set(np.flatnonzero(folds == k).tolist()) for k, s in enumerate(trained_on[1:])] == [set()] * 3
+    slopes = fitted["deterministic"].score_slopes
+    assert set(slopes) == {"density", "density-all"} and all(b >= 0 for b in slopes.values())
+    rows = S._score_all(
+        fitted, S._t(x[:30]), y[:30], {("toy", "none", 0): (S._t(x[30:]), y[30:])}, {"seed": 0}
+    )
+    methods = {r["method"] for r in rows}
+    assert {"deterministic+density-ts-cv", "deterministic+density-all-ts-cv"} <= methods
+    # without --slope-folds: no extra nets, no -ts-cv rows
+    trained_on.clear()
+    plain = S.train_methods(
+        ("deterministic",), S._mlp(5, cfg, 3), S._t(x), S._t(y), replace(cfg, slope_folds=0), seed=0
+    )
+    assert len(trained_on) == 1 and plain["deterministic"].score_slopes == {}

@@ -12,7 +12,9 @@ average on the validation set.
 :func:`fit_score_temperature` lets the temperature grow with an out-of-distribution score of each
 input (a feature density's ``-log q``, an entropy, ...): ``T(x) = exp(a + b z(x))`` with ``b >= 0``
 ("density-aware" temperature scaling in the spirit of Tomani et al., 2023), so inputs unlike the
-validation data are softened more, which a single temperature cannot do.
+validation data are softened more, which a single temperature cannot do. How fast it should grow is
+hard to learn from a validation split with few errors; :func:`fit_score_slope` fits the slope ``b`` on
+cross-fitted (out-of-fold) predictions of the whole training set instead.
 
 Example:
     >>> import numpy as np
@@ -42,7 +44,7 @@ from uncertlr.metrics._checks import _check_probs
 
 Array = Any
 
-__all__ = ["ScoreTemperature", "Temperature", "fit_score_temperature", "fit_temperature"]
+__all__ = ["ScoreTemperature", "Temperature", "fit_score_slope", "fit_score_temperature", "fit_temperature"]
 
 
 def _tempered(logp: Array, temperature: Any, xp: Any) -> Array:
@@ -181,14 +183,21 @@ def _check_score(score: Array, n: int) -> np.ndarray:
 
 
 def fit_score_temperature(
-    probs: Array, labels: Array, score: Array, *, bounds: tuple[float, float] = (0.05, 20.0)
+    probs: Array,
+    labels: Array,
+    score: Array,
+    *,
+    bounds: tuple[float, float] = (0.05, 20.0),
+    slope: float | None = None,
 ) -> ScoreTemperature:
     """A temperature that grows with each input's out-of-distribution ``score``, fitted by validation NLL.
 
     ``T(x) = exp(a + b z(x))``, ``z`` the score standardised by the validation scores' mean and standard
     deviation, ``b >= 0``; ``(a, b)`` minimise the NLL of the tempered model average on the validation set
     (L-BFGS-B on the host, in float64). With ``b = 0`` this is :func:`fit_temperature`. A clean validation
-    set says little about *how fast* T should grow far from it, so check the result under shift.
+    set says little about *how fast* T should grow far from it (with few errors to learn from, the slope it
+    fits is noisy), so check the result under shift, or fit the slope on more held-out predictions with
+    :func:`fit_score_slope` and pass it as ``slope=``.
 
     Args:
         probs: validation predictions ``[S, N, C]`` (or ``[N, C]``) of any array library.
@@ -196,6 +205,8 @@ def fit_score_temperature(
         score: ``[N]`` OOD scores of the same inputs, higher = more unusual
             (e.g. :class:`uncertlr.torch.FeatureDensity`'s ``score``).
         bounds: the range of ``T`` (and of ``exp(a)``); it must contain 1.
+        slope: fix ``b`` (``>= 0``, per standard deviation of the validation scores) and fit only ``a``,
+            e.g. a slope from :func:`fit_score_slope`.
 
     Returns:
         A :class:`ScoreTemperature` (apply it to the test predictions and scores of the same model).
@@ -227,6 +238,16 @@ def fit_score_temperature(
         pbar = _tempered(logp, t[None, :, None], np).mean(0)
         return float(-np.mean(np.log(np.clip(pbar[rows, y], tiny, None))))
 
+    if slope is not None:
+        if not (math.isfinite(slope) and slope >= 0):
+            raise ValueError(f"slope must be a finite number >= 0; got {slope!r}")
+        fixed = minimize_scalar(
+            lambda a: nll(np.array([a, slope])),
+            bounds=(math.log(lo), math.log(hi)),
+            method="bounded",
+            options={"xatol": 1e-6},
+        )
+        return ScoreTemperature(float(fixed.x), float(slope), center, scale, (lo, hi))
     with warnings.catch_warnings():  # only a starting point: its bound warning is not the user's concern
         warnings.simplefilter("ignore")
         start = math.log(fit_temperature(probs64, y, bounds=bounds).value)
@@ -234,3 +255,58 @@ def fit_score_temperature(
         nll, np.array([start, 0.0]), method="L-BFGS-B", bounds=[(math.log(lo), math.log(hi)), (0.0, 5.0)]
     )
     return ScoreTemperature(float(res.x[0]), float(res.x[1]), center, scale, (lo, hi))
+
+
+def fit_score_slope(
+    probs: Array,
+    labels: Array,
+    score: Array,
+    folds: Array,
+    *,
+    bounds: tuple[float, float] = (0.05, 20.0),
+) -> float:
+    """The slope ``b`` of a :class:`ScoreTemperature`, fitted on out-of-fold predictions of several models.
+
+    A validation split holds few errors, so the slope :func:`fit_score_temperature` fits on it is noisy. With
+    K-fold cross-fitting every training input is predicted once by a model that did not train on it: pass
+    those predictions, their labels, their scores and which fold (model) produced each. The scores are
+    standardised within each fold (each model's scores on its own held-out inputs, as
+    :func:`fit_score_temperature` standardises a validation set), then one ``(a, b)`` is fitted on all of
+    them; the slope carries over to your final model, whose intercept you fit on its own validation part:
+    ``fit_score_temperature(probs_val, y_val, score_val, slope=b)``.
+
+    Args:
+        probs: out-of-fold predictions ``[S, N, C]`` (or ``[N, C]``), of any array library.
+        labels: ``[N]`` integer labels.
+        score: ``[N]`` OOD scores of the same inputs, each from the model that predicted it.
+        folds: ``[N]`` fold (model) ids.
+        bounds: the range of ``T``, as in :func:`fit_score_temperature`.
+
+    Returns:
+        ``b >= 0``, per standard deviation of held-out scores.
+
+    Example:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> folds = np.repeat(np.arange(3), 300)
+        >>> z = rng.normal(size=900)
+        >>> score = 10.0 * folds + (1.0 + folds) * z      # each model scores on its own scale
+        >>> logits = rng.normal(size=(900, 3)) * 4
+        >>> soft = 4 * np.exp(z)                            # the true temperature grows with z
+        >>> labels = np.array([rng.choice(3, p=np.exp(l / t) / np.exp(l / t).sum()) for l, t in zip(logits, soft)])
+        >>> probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+        >>> bool(fit_score_slope(probs, labels, score, folds) > 0.5)
+        True
+    """
+    s = host(score, np.float64)
+    f = host(folds)  # any hashable ids: ints, strings
+    if f.shape != s.shape or s.ndim != 1:
+        raise ValueError(f"score and folds must both have shape [N]; got {tuple(s.shape)} and {tuple(f.shape)}")
+    z = np.empty_like(s)
+    for k in np.unique(f):
+        part = s[f == k]
+        if len(part) < 2:
+            raise ValueError(f"fold {k} holds {len(part)} input(s); each fold needs at least 2 to standardise")
+        sd = float(part.std())
+        z[f == k] = (part - part.mean()) / (sd if sd > 0 else 1.0)
+    return fit_score_temperature(probs, labels, z, bounds=bounds).b
