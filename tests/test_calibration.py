@@ -158,7 +158,11 @@ def test_a_fixed_slope_fits_only_the_intercept_by_brute_force(seed, slope):
     """``slope=b``: b is kept and a is the validation-NLL optimum over a fine grid of a."""
     probs, labels, score = _synthetic(np.random.default_rng(seed), 300, 0.5)
     cal = fit_score_temperature(probs, labels, score, slope=slope)
-    assert cal.b == slope and cal.center == pytest.approx(score.mean()) and cal.scale == pytest.approx(score.std())
+    assert (
+        cal.b == slope
+        and cal.center == pytest.approx(score.mean())
+        and cal.scale == pytest.approx(score.std())
+    )
     z = (score - score.mean()) / score.std()
     logp = np.log(probs)
 

@@ -301,12 +301,16 @@ def fit_score_slope(
     s = host(score, np.float64)
     f = host(folds)  # any hashable ids: ints, strings
     if f.shape != s.shape or s.ndim != 1:
-        raise ValueError(f"score and folds must both have shape [N]; got {tuple(s.shape)} and {tuple(f.shape)}")
+        raise ValueError(
+            f"score and folds must both have shape [N]; got {tuple(s.shape)} and {tuple(f.shape)}"
+        )
     z = np.empty_like(s)
     for k in np.unique(f):
         part = s[f == k]
         if len(part) < 2:
-            raise ValueError(f"fold {k} holds {len(part)} input(s); each fold needs at least 2 to standardise")
+            raise ValueError(
+                f"fold {k} holds {len(part)} input(s); each fold needs at least 2 to standardise"
+            )
         sd = float(part.std())
         z[f == k] = (part - part.mean()) / (sd if sd > 0 else 1.0)
     return fit_score_temperature(probs, labels, z, bounds=bounds).b
