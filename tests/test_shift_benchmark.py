@@ -264,15 +264,19 @@ def test_corruption_validated_bnn_is_chosen_on_validation_corruptions_only(monke
     assert len(chosen) == 1 and chosen.pop() in grid
 
 
+def _toy_with_ids(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` inputs of 5 features whose first feature is the input's id, and 3 balanced classes."""
+    x = np.random.default_rng(0).normal(size=(n, 5)).astype(np.float32)
+    x[:, 0] = np.arange(n)
+    return x, np.arange(n) % 3
+
+
 def test_cross_fitting_scores_every_input_once_and_never_trains_on_it(monkeypatch):
     """``--cross-fit``: each fold's models never see that fold; the pooled predictions cover every input once."""
     from benchmarks import shift as S
     from benchmarks._shift_methods import Config
 
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(60, 5)).astype(np.float32)
-    x[:, 0] = np.arange(60)  # an id per input
-    y = np.arange(60) % 3
+    x, y = _toy_with_ids(60)
     seen_train: list[set[int]] = []
     real = S.train_methods
 
@@ -428,10 +432,7 @@ def test_cross_fitted_slopes_hold_out_each_fold_and_add_the_ts_cv_rows(monkeypat
     from benchmarks import shift as S
     from benchmarks._shift_methods import Config
 
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(90, 5)).astype(np.float32)
-    x[:, 0] = np.arange(90)  # an id per input
-    y = np.arange(90) % 3
+    x, y = _toy_with_ids(90)
     trained_on: list[set[int]] = []
     real_fit = M._fit
 
