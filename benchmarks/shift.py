@@ -30,6 +30,7 @@ Usage::
     python benchmarks/shift.py --tasks digits --corruption-validated  # bnn-cval: chosen on held-out corruption kinds
     python benchmarks/shift.py --cross-fit 5 --methods deterministic bnn  # in-distribution ECE on every input
     python benchmarks/shift.py --tasks fsdd-cnn --methods deterministic laplace bnn   # FSDD with a CNN
+    python benchmarks/shift.py --tasks fsdd --methods deterministic --slope-folds 5   # + density-ts-cv rows
 """
 
 from __future__ import annotations
