@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -194,27 +194,21 @@ def train_methods(
 def cross_fitted_slopes(
     net: Callable[[], torch.nn.Module], x: torch.Tensor, y: torch.Tensor, cfg: Config, *, seed: int
 ) -> dict[str, float]:
-    """The density temperatures' slopes from ``cfg.slope_folds`` deterministic nets, each trained (like the
-    ``deterministic`` method) without one fold of ``(x, y)`` and predicting and scoring that fold."""
+    """The density temperatures' slopes from ``cfg.slope_folds`` ``deterministic`` nets (and their densities),
+    each trained by :func:`train_methods` without one fold of ``(x, y)``, predicting and scoring that fold."""
     folds = np.random.default_rng(40_000 + seed).permutation(len(x)) % cfg.slope_folds
-    layer_choice = {"density": None, "density-all": "all"}
-    probs, scores = [], {key: [] for key in layer_choice}
-    order = []
+    one_net = replace(cfg, slope_folds=0)
+    probs: list[np.ndarray] = []
+    scores: dict[str, list[np.ndarray]] = {}
     for k in range(cfg.slope_folds):
         fit, held = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
-        torch.manual_seed(seed)
-        model = PointNetwork(net(), "categorical")
-        _fit(model, x[fit], y[fit], epochs=cfg.det_epochs, lr=cfg.det_lr, cfg=cfg, seed=seed,
-             weight_decay=cfg.det_weight_decay)  # fmt: skip
-        probs.append(_predictor(model, cfg.num_samples)(x[held]).numpy())
-        for key, layers in layer_choice.items():
-            scores[key].append(
-                FeatureDensity(model, layers=layers).fit(x[fit], y[fit]).score(x[held]).numpy()
-            )
-        order.append(held)
-    p, labels = np.concatenate(probs, axis=1), y.numpy()[np.concatenate(order)]
-    fold_ids = folds[np.concatenate(order)]
-    return {key: fit_score_slope(p, labels, np.concatenate(s), fold_ids) for key, s in scores.items()}
+        f = train_methods(("deterministic",), net, x[fit], y[fit], one_net, seed=seed)["deterministic"]
+        probs.append(f.predict(x[held]).numpy())
+        for key, score in f.ood_scores.items():
+            scores.setdefault(key, []).append(score(x[held]))
+    order = np.concatenate([np.flatnonzero(folds == k) for k in range(cfg.slope_folds)])
+    p, labels = np.concatenate(probs, axis=1), y.numpy()[order]
+    return {key: fit_score_slope(p, labels, np.concatenate(s), folds[order]) for key, s in scores.items()}
 
 
 # --------------------------------------------------------------------------- scores
