@@ -18,6 +18,7 @@ Rows:
   uncertlr compiled    torch.compile(bnn.loss) (--compile; its cold compile time is printed)
   deterministic compiled  the deterministic loss under torch.compile (--compile; the compiled row's baseline)
   uncertlr, one noise stream   the noise from torch.randn instead of two threads (--variants)
+  deterministic / uncertlr, fused Adam   both steps with torch.optim.Adam(fused=True) (--fused)
 
 --zoo adds the networks a new user would try, each BNN step against the same network's
 deterministic Adam step (target <= 1.15): ImageCNN on 28x28 images (conv), SpeechCNN and
@@ -58,9 +59,9 @@ def mlp() -> nn.Sequential:
     return nn.Sequential(nn.Linear(784, 400), nn.ReLU(), nn.Linear(400, 400), nn.ReLU(), nn.Linear(400, 10))
 
 
-def deterministic(x, y):
+def deterministic(x, y, fused: bool | None = None):
     net = mlp()
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=fused)
 
     def step():
         opt.zero_grad()
@@ -84,12 +85,12 @@ def deterministic_compiled(x, y):
     return step
 
 
-def uncertlr_bnn(x, y, antithetic: bool = True):
+def uncertlr_bnn(x, y, antithetic: bool = True, fused: bool | None = None):
     from uncertlr import priors
     from uncertlr.torch import bayesian
 
     bnn = bayesian(mlp(), num_data=NUM_DATA, prior=priors.Normal(1.0), init_scale=1e-3, antithetic=antithetic)
-    opt = torch.optim.Adam(bnn.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(bnn.parameters(), lr=1e-3, fused=fused)
 
     def step():
         opt.zero_grad()
@@ -102,6 +103,16 @@ def uncertlr_bnn(x, y, antithetic: bool = True):
 def uncertlr_independent(x, y):
     """uncertlr's step with independent noise every step (``antithetic=False``: twice the draws)."""
     return uncertlr_bnn(x, y, antithetic=False)
+
+
+def deterministic_fused(x, y):
+    """The deterministic step with torch's fused Adam kernel (``fused=True``; what the app pipeline uses)."""
+    return deterministic(x, y, fused=True)
+
+
+def uncertlr_fused(x, y):
+    """uncertlr's step with torch's fused Adam kernel (``fused=True``; what the app pipeline uses)."""
+    return uncertlr_bnn(x, y, fused=True)
 
 
 def uncertlr_one_stream(x, y):
@@ -318,6 +329,11 @@ def main(argv=None) -> int:
     )
     p.add_argument("--variants", action="store_true", help="add the alternatives tried (see BENCHMARKS.md)")
     p.add_argument(
+        "--fused",
+        action="store_true",
+        help="add both steps with torch's fused Adam kernel (Adam(fused=True))",
+    )
+    p.add_argument(
         "--zoo", action="store_true", help="add conv / recurrent / attention networks (BNN vs deterministic)"
     )
     p.add_argument(
@@ -340,6 +356,9 @@ def main(argv=None) -> int:
         builders["uncertlr compiled"] = uncertlr_compiled
     if args.variants:
         builders["uncertlr, one noise stream"] = uncertlr_one_stream
+    if args.fused:
+        builders["deterministic, fused Adam"] = deterministic_fused
+        builders["uncertlr, fused Adam"] = uncertlr_fused
     if not args.no_baselines:
         builders.update(
             {
@@ -407,6 +426,14 @@ def main(argv=None) -> int:
         print(
             f"compiled BNN / compiled deterministic = {bc / dc:.2f}; "
             f"compiled BNN / eager BNN = {bc / by_name['uncertlr']['ms']:.2f} (target <= 1)"
+        )
+    if (by_name.get("uncertlr, fused Adam") or {}).get("ms") and (
+        by_name.get("deterministic, fused Adam") or {}
+    ).get("ms"):
+        bf, df = by_name["uncertlr, fused Adam"]["ms"], by_name["deterministic, fused Adam"]["ms"]
+        print(
+            f"fused Adam: BNN / deterministic = {bf / df:.2f}; "
+            f"fused BNN / plain BNN = {bf / by_name['uncertlr']['ms']:.2f}"
         )
     # the zoo's steps cost 5-50x the MLP's: shorter blocks keep the run to minutes
     zoo_table = zoo_rows(blocks, max(3, steps // 6), repeats, clock) if args.zoo else []

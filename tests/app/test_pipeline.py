@@ -35,6 +35,35 @@ def test_every_method_starts_from_the_same_weights_and_runs_reproduce():
     assert [r["loss"] for r in a.history] == [r["loss"] for r in b.history]
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_the_optimizer_is_torchs_fused_kernel_and_steps_as_the_plain_one(optimizer):
+    task = _task()
+    method = Method("bnn", optimizer=optimizer, weight_decay=0.01, lr=0.05)
+    fused = setup(task, method, _net, seed=3)
+    assert fused.optimizer.defaults["fused"] is True
+    # the same steps from the same start with the plain (for-loop) implementation and the same settings
+    model = setup(task, method, _net, seed=3).model
+    d = fused.optimizer.defaults
+    plain = type(fused.optimizer)(
+        model.parameters(),
+        lr=d["lr"],
+        betas=d["betas"],
+        eps=d["eps"],
+        weight_decay=d["weight_decay"],
+        foreach=False,
+    )
+    start = [p.detach().clone() for p in model.parameters()]
+    for m, opt in ((fused.model, fused.optimizer), (model, plain)):
+        torch.manual_seed(0)
+        for _ in range(5):
+            opt.zero_grad()
+            m.loss(task.x_train, task.y_train).backward()
+            opt.step()
+    for a, b, s in zip(fused.model.parameters(), model.parameters(), start, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert not torch.equal(b, s)  # the steps moved every parameter
+
+
 def test_modulated_methods_record_signal_and_scale():
     task = _task()
     g1 = train(task, Method("bnn+g1", epochs=3, rule=Ratio(warmup=0)), _net, seed=0, progress=False)
