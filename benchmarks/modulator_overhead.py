@@ -18,6 +18,7 @@ Rows:
   bnn + P2                      per-parameter GradSigmaRatio with σ = the posterior std
   bnn + P2 (σ recomputed)       the same without the posterior's cached σ (an exp per weight per step,
                                 as before the third session): what the cache saves
+  bnn, fused Adam (+ G1, + P2)  the BNN rows with Adam(fused=True), as the app pipeline trains (--fused)
 
 Targets: <= 1.05 for global rules, <= 1.15 for per-parameter rules.
 
@@ -63,13 +64,13 @@ def det_step(x, y, rule=None):
     return step
 
 
-def bnn_step(x, y, rule=None, cached_scale=True):
+def bnn_step(x, y, rule=None, cached_scale=True, fused=None):
     torch.manual_seed(0)
     bnn = bayesian(mlp(), num_data=NUM_DATA, prior=priors.Normal(1.0), init_scale=1e-3)
     if not cached_scale:  # σ = exp(log σ) afresh every step instead of the last sample's
         post = bnn.posterior
         post.detached_scale = lambda: (post.scale.detach(), True)
-    opt = torch.optim.Adam(bnn.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(bnn.parameters(), lr=1e-3, fused=fused)
     mod = None
     if rule is not None:
         per_param = bool(getattr(rule, "per_parameter", False))
@@ -90,6 +91,11 @@ def bnn_step(x, y, rule=None, cached_scale=True):
 def main(argv=None) -> int:
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=None, help="independent measurements (default 3, quick 1)")
+    p.add_argument(
+        "--fused",
+        action="store_true",
+        help="add the BNN rows with torch's fused Adam kernel (Adam(fused=True), as the app pipeline trains)",
+    )
     args = p.parse_args(argv)
     clock = setup_clock(args)
     torch.manual_seed(0)
@@ -113,6 +119,13 @@ def main(argv=None) -> int:
             ),
         },
     }
+    if args.fused:
+        groups["bnn, fused Adam"] = {
+            "bnn, fused Adam": (lambda: bnn_step(x, y, fused=True), None),
+            "bnn, fused Adam (A/A)": (lambda: bnn_step(x, y, fused=True), "noise floor"),
+            "bnn, fused Adam + G1": (lambda: bnn_step(x, y, Ratio(), fused=True), "global"),
+            "bnn, fused Adam + P2": (lambda: bnn_step(x, y, GradSigmaRatio(), fused=True), "per-parameter"),
+        }
     repeats = args.repeats or (1 if args.quick else 3)
     blocks, steps = (5, 10) if args.quick else (7, 60)
     rows = []
