@@ -124,7 +124,8 @@ class Method:
         bayesian: wrap the network with :func:`uncertlr.torch.bayesian` (else train it as is,
             by cross-entropy, or by Gaussian likelihood with a learned noise for regression).
         epochs, lr, batch_size: Adam (or AdamW) with a cosine schedule over all steps.
-        optimizer: ``"adam"`` or ``"adamw"``; ``weight_decay`` for AdamW.
+        optimizer: ``"adam"`` or ``"adamw"`` (torch's fused kernel, ``fused=True``, where it runs: floating-point
+            parameters on a CPU or CUDA device); ``weight_decay`` for AdamW.
         kl_weight, prior_scale, init_scale, num_particles: the BNN (``priors.Normal(prior_scale)``).
         num_samples: posterior samples per prediction.
         rule: an :mod:`uncertlr.modulation` rule; the step is then modulated by the batch's
