@@ -18,6 +18,7 @@ from uncertlr.diagnostics.plots import (
     reliability_figure,
     save_figure,
     training_curves,
+    uncertainty_histograms,
 )
 
 
@@ -74,6 +75,48 @@ def test_ood_figure_panels_and_auroc(predictions):
     plt.close(fig)
     assert ood_figure(predictions, ["net"]) is None
     assert ood_figure({"labels": predictions["labels"]}, []) is None
+
+
+def _cell(ax) -> tuple[int, int]:
+    """(row, column) of a subplot in its grid."""
+    spec = ax.get_subplotspec()
+    return spec.rowspan.start, spec.colspan.start
+
+
+def test_ood_figure_is_one_column_per_model_with_mutual_information_below(predictions):
+    # a point estimate with OOD predictions (S = 1) beside two sampled models
+    preds = {**predictions, "net_ood": predictions["bnn_ood"][:1], "bnn2_test": predictions["bnn_test"][::-1]}
+    preds["bnn2_ood"] = predictions["bnn_ood"][::-1]
+    fig = ood_figure(preds, ["net", "bnn", "bnn2"])
+    cells = {ax.get_title().split("\n")[0]: _cell(ax) for ax in fig.axes}
+    assert cells == {
+        "net: predictive entropy": (0, 0),
+        "bnn: predictive entropy": (0, 1),
+        "bnn2: predictive entropy": (0, 2),
+        "bnn: mutual information": (1, 1),
+        "bnn2: mutual information": (1, 2),
+    }  # the point estimate has no mutual-information panel, not an empty one
+    plt.close(fig)
+    fig = ood_figure({**preds, "bnn_ood": preds["net_ood"], "bnn_test": preds["net_test"]}, ["net", "bnn"])
+    assert [_cell(ax) for ax in fig.axes] == [(0, 0), (0, 1)]  # no sampled model: one row
+    plt.close(fig)
+
+
+@pytest.mark.parametrize(("n", "ncols", "grid"), [(3, None, (1, 3)), (6, None, (2, 4)), (5, 2, (3, 2))])
+def test_uncertainty_histograms_wrap_into_rows(n, ncols, grid):
+    rng = np.random.default_rng(1)
+    fig = uncertainty_histograms(
+        {f"s{i}": (rng.random(30), 1 + rng.random(30)) for i in range(n)}, ncols=ncols
+    )
+    assert len(fig.axes) == n  # the grid's unused cells are removed
+    assert fig.axes[0].get_subplotspec().get_geometry()[:2] == grid
+    assert [_cell(ax) for ax in fig.axes] == [divmod(i, grid[1]) for i in range(n)]
+    assert [ax.get_title().split("\n")[0] for ax in fig.axes] == [f"s{i}" for i in range(n)]
+    plt.close(fig)
+    with pytest.raises(ValueError, match="empty"):
+        uncertainty_histograms({})
+    with pytest.raises(ValueError, match="ncols"):
+        uncertainty_histograms({"s": (rng.random(3), rng.random(3))}, ncols=0)
 
 
 def test_save_figure_writes_a_png_atomically(tmp_path):

@@ -131,29 +131,60 @@ def reliability_diagram(models: Mapping[str, tuple[Any, Any]], *, num_bins: int 
     return fig
 
 
-def uncertainty_histograms(scores: Mapping[str, tuple[Any, Any]], *, title: str = "") -> Figure:
+def _histogram_panel(ax: Any, label: str, s_in: Any, s_out: Any) -> None:
+    """One panel: a score's histograms in- vs out-of-distribution, titled with its OOD AUROC."""
+    a, b = _np(s_in).ravel(), _np(s_out).ravel()
+    hi = float(max(a.max(initial=0), b.max(initial=0))) or 1.0
+    bins = np.linspace(0, hi, 31)
+    ax.hist(a, bins=bins, alpha=0.6, label="in-distribution", density=True)
+    ax.hist(b, bins=bins, alpha=0.6, label="out-of-distribution", density=True)
+    auroc = float(metrics.ood_auroc(a, b))
+    ax.set_title(plain_text(f"{label}\nAUROC {auroc:.3f}"), fontsize=9)
+    ax.set_xlabel("nats")
+
+
+def _grid(rows: int, cols: int) -> tuple[Figure, np.ndarray]:
+    return plt.subplots(rows, cols, figsize=(3.8 * cols, 3.0 * rows + 0.4), squeeze=False)
+
+
+def _finish(fig: Figure, axes: Sequence[Any], title: str) -> Figure:
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(plain_text(title))
+    fig.tight_layout()
+    return fig
+
+
+def uncertainty_histograms(
+    scores: Mapping[str, tuple[Any, Any]], *, title: str = "", ncols: int | None = None
+) -> Figure:
     """Histograms of an uncertainty score in- vs out-of-distribution, one panel per entry.
 
     Args:
         scores: panel label -> ``(score_in[N_in], score_out[N_out])``.
         title: the figure's title (none when empty).
+        ncols: panels per row (default: all in one row up to 4 panels, else rows of 4).
+
+    Example:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> fig = uncertainty_histograms({f"score {i}": (rng.random(50), 1 + rng.random(50)) for i in range(6)})
+        >>> fig.axes[0].get_subplotspec().get_geometry()[:2]  # 6 panels: two rows of 4
+        (2, 4)
     """
     n = len(scores)
-    fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.2), squeeze=False)
-    for ax, (label, (s_in, s_out)) in zip(axes[0], scores.items()):
-        a, b = _np(s_in).ravel(), _np(s_out).ravel()
-        hi = float(max(a.max(initial=0), b.max(initial=0))) or 1.0
-        bins = np.linspace(0, hi, 31)
-        ax.hist(a, bins=bins, alpha=0.6, label="in-distribution", density=True)
-        ax.hist(b, bins=bins, alpha=0.6, label="out-of-distribution", density=True)
-        auroc = float(metrics.ood_auroc(a, b))
-        ax.set_title(plain_text(f"{label}\nAUROC {auroc:.3f}"), fontsize=9)
-        ax.set_xlabel("nats")
-    axes[0][0].legend(fontsize=8)
-    if title:
-        fig.suptitle(plain_text(title))
-    fig.tight_layout()
-    return fig
+    if n == 0:
+        raise ValueError("scores is empty: nothing to draw")
+    cols = min(n, 4) if ncols is None else ncols
+    if cols < 1:
+        raise ValueError(f"ncols must be >= 1; got {ncols}")
+    fig, grid = _grid(math.ceil(n / cols), cols)
+    axes = list(grid.ravel())
+    for ax, (label, (s_in, s_out)) in zip(axes, scores.items()):
+        _histogram_panel(ax, label, s_in, s_out)
+    for ax in axes[n:]:
+        ax.remove()
+    return _finish(fig, axes, title)
 
 
 def _require(predictions: Mapping[str, Any], keys: Sequence[str]) -> None:
@@ -184,9 +215,9 @@ def reliability_figure(predictions: Mapping[str, Any], names: Sequence[str]) -> 
 def ood_figure(predictions: Mapping[str, Any], names: Sequence[str], *, title: str = "") -> Figure | None:
     """Uncertainty in- vs out-of-distribution from a run's predictions, or None when there is none.
 
-    One panel of predictive entropy (total uncertainty) per model of ``names`` with
-    ``{name}_ood`` predictions, and one of mutual information (its epistemic part) for
-    sampled models (``S > 1``); each panel's title gives the OOD AUROC of that score.
+    One column per model of ``names`` with ``{name}_ood`` predictions: its predictive entropy
+    (total uncertainty) on top and, for sampled models (``S > 1``), its mutual information (the
+    epistemic part) below; each panel's title gives the OOD AUROC of that score.
 
     Args:
         predictions: per model ``{name}_test`` and ``{name}_ood`` probabilities ``[S, N, C]``
@@ -199,14 +230,24 @@ def ood_figure(predictions: Mapping[str, Any], names: Sequence[str], *, title: s
     """
     ood = [n for n in names if f"{n}_ood" in predictions]
     _require(predictions, [f"{n}_test" for n in ood])
-    scores = {}
+    if not ood:
+        return None
+    entropy, mi = {}, {}
     for n in ood:
         total_in, mi_in, draws = _decomposition(predictions[f"{n}_test"])
         total_out, mi_out, _ = _decomposition(predictions[f"{n}_ood"])
-        scores[f"{n}: predictive entropy"] = (total_in, total_out)
+        entropy[n] = (total_in, total_out)
         if draws > 1:
-            scores[f"{n}: mutual information"] = (mi_in, mi_out)
-    return uncertainty_histograms(scores, title=title) if scores else None
+            mi[n] = (mi_in, mi_out)
+    # one column per model: predictive entropy above, mutual information (sampled models only) below
+    fig, grid = _grid(2 if mi else 1, len(ood))
+    for j, n in enumerate(ood):
+        _histogram_panel(grid[0, j], f"{n}: predictive entropy", *entropy[n])
+        if n in mi:
+            _histogram_panel(grid[1, j], f"{n}: mutual information", *mi[n])
+        elif mi:  # a point estimate: one set of weights, no epistemic part to draw
+            grid[1, j].remove()
+    return _finish(fig, [grid[0, 0]], title)
 
 
 # --------------------------------------------------------------------------- training and spread
