@@ -46,7 +46,8 @@ def _entropy(p: np.ndarray) -> np.ndarray:
 
 def test_reliability_figure_draws_every_model(predictions):
     fig = reliability_figure(predictions, ["net", "bnn"])
-    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    (box,) = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    legend = [t.get_text() for t in box.get_texts()]
     assert legend[0] == "perfect calibration"
     assert [t.split(" (ECE")[0] for t in legend[1:]] == ["net", "bnn"]
     # the ECE and what a calibrated model with the same confidences scores on this many inputs

@@ -106,7 +106,11 @@ def reliability_diagram(models: Mapping[str, tuple[Any, Any]], *, num_bins: int 
         models: name -> ``(probs[S, N, C] or [N, C], labels[N])``.
         num_bins: equal-width confidence bins.
     """
-    fig, (ax, axc) = plt.subplots(2, 1, figsize=(5.5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    # the legend gets a row of its own under the counts: inside the diagram it would hide points
+    legend_h = 0.22 * (len(models) + 1) + 0.1
+    fig = plt.figure(figsize=(5.5, 6 + legend_h))
+    ax, axc, axl = fig.subplots(3, 1, gridspec_kw={"height_ratios": [3, 1, legend_h / 1.5]})
+    axc.sharex(ax)
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfect calibration")
     width = 1.0 / num_bins
     for i, (name, (probs, labels)) in enumerate(models.items()):
@@ -122,7 +126,9 @@ def reliability_diagram(models: Mapping[str, tuple[Any, Any]], *, num_bins: int 
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
-    ax.legend(loc="upper left", fontsize=8)
+    ax.tick_params(labelbottom=False)
+    axl.axis("off")
+    axl.legend(*ax.get_legend_handles_labels(), loc="upper center", fontsize=8, frameon=False)
     ax.set_title("Reliability diagram")
     axc.set_xlabel("confidence (top-class probability of the model average)")
     axc.set_ylabel("count")
