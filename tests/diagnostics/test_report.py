@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import re
@@ -103,6 +104,21 @@ def test_user_strings_are_escaped(tmp_path, small_bnn_idata):
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in html
     assert "<img src=x" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
     assert set(load_posteriors(run)) == {evil}  # the name survives the file-name cleaning
+
+
+def test_models_keep_the_runs_order_not_the_files_alphabetical_one(tmp_path, small_bnn_idata):
+    # "posterior-bnn+g1.nc" sorts before "posterior-bnn.nc" ('+' < '.'): the report must not follow the files
+    run = write_run(tmp_path / "run", names=("det", "bnn", "bnn+g1"))
+    # objects of their own: the report records each model's name in its InferenceData
+    g1, plain = copy.deepcopy(small_bnn_idata), copy.deepcopy(small_bnn_idata)
+    report(run, inference={"bnn+g1": g1, "bnn": plain}, progress=False)
+    assert list(load_posteriors(run)) == ["bnn+g1", "bnn"]  # the files, alphabetically
+    report(run, progress=False)  # rebuilt from those files
+    summary = json.loads((run / "summary.json").read_text())
+    assert list(summary["models"]) == ["bnn", "bnn+g1"]
+    html = _html(run)
+    spread = html.split("<h2>Posterior spread per layer</h2>")[1]
+    assert spread.index("bnn: spread") < spread.index("bnn+g1: spread")
 
 
 def test_interrupted_write_leaves_previous_report(tmp_path, small_bnn_idata, monkeypatch):

@@ -202,6 +202,9 @@ def report(
         )
         if idata is not None:
             posteriors[name] = idata
+    # in the run's model order (the metrics table's columns), not the files' alphabetical order
+    rank = {n: i for i, n in enumerate(names)}
+    posteriors = dict(sorted(posteriors.items(), key=lambda item: rank.get(item[0], len(rank))))
     summaries: dict[str, dict[str, Any]] = {}
     for name, idata in list(posteriors.items()):
         if history.get(name):
