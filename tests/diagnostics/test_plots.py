@@ -103,6 +103,28 @@ def test_ood_figure_is_one_column_per_model_with_mutual_information_below(predic
     plt.close(fig)
 
 
+def test_ood_figure_wraps_after_four_models(predictions):
+    names = [f"m{i}" for i in range(6)]
+    preds = {"labels": predictions["labels"]}
+    for n in names:
+        preds[f"{n}_test"], preds[f"{n}_ood"] = predictions["bnn_test"], predictions["bnn_ood"]
+    preds["m5_test"], preds["m5_ood"] = (
+        predictions["net_test"],
+        predictions["bnn_ood"][:1],
+    )  # a point estimate
+    fig = ood_figure(preds, names)
+    cells = {ax.get_title().split("\n")[0]: _cell(ax) for ax in fig.axes}
+    expect = {}
+    for i, n in enumerate(names):
+        band, col = divmod(i, 4)
+        expect[f"{n}: predictive entropy"] = (2 * band, col)
+        if n != "m5":
+            expect[f"{n}: mutual information"] = (2 * band + 1, col)
+    assert cells == expect  # two bands of (entropy, MI) rows; the last band's empty columns are removed
+    assert fig.axes[0].get_subplotspec().get_geometry()[:2] == (4, 4)
+    plt.close(fig)
+
+
 @pytest.mark.parametrize(("n", "ncols", "grid"), [(3, None, (1, 3)), (6, None, (2, 4)), (5, 2, (3, 2))])
 def test_uncertainty_histograms_wrap_into_rows(n, ncols, grid):
     rng = np.random.default_rng(1)

@@ -149,6 +149,10 @@ def _histogram_panel(ax: Any, label: str, s_in: Any, s_out: Any) -> None:
     ax.set_xlabel("nats")
 
 
+#: Panels per row of :func:`uncertainty_histograms` (by default) and models per row of :func:`ood_figure`.
+_MAX_COLUMNS = 4
+
+
 def _grid(rows: int, cols: int) -> tuple[Figure, np.ndarray]:
     return plt.subplots(rows, cols, figsize=(3.8 * cols, 3.0 * rows + 0.4), squeeze=False)
 
@@ -181,7 +185,7 @@ def uncertainty_histograms(
     n = len(scores)
     if n == 0:
         raise ValueError("scores is empty: nothing to draw")
-    cols = min(n, 4) if ncols is None else ncols
+    cols = min(n, _MAX_COLUMNS) if ncols is None else ncols
     if cols < 1:
         raise ValueError(f"ncols must be >= 1; got {ncols}")
     fig, grid = _grid(math.ceil(n / cols), cols)
@@ -245,14 +249,21 @@ def ood_figure(predictions: Mapping[str, Any], names: Sequence[str], *, title: s
         entropy[n] = (total_in, total_out)
         if draws > 1:
             mi[n] = (mi_in, mi_out)
-    # one column per model: predictive entropy above, mutual information (sampled models only) below
-    fig, grid = _grid(2 if mi else 1, len(ood))
-    for j, n in enumerate(ood):
-        _histogram_panel(grid[0, j], f"{n}: predictive entropy", *entropy[n])
+    # one column per model (at most 4 per band of rows): predictive entropy above, mutual information
+    # (sampled models only) below
+    rows, cols = (2 if mi else 1), min(len(ood), _MAX_COLUMNS)
+    fig, grid = _grid(rows * math.ceil(len(ood) / cols), cols)  # bands of `rows` rows
+    for i, n in enumerate(ood):
+        band, j = divmod(i, cols)
+        _histogram_panel(grid[band * rows, j], f"{n}: predictive entropy", *entropy[n])
         if n in mi:
-            _histogram_panel(grid[1, j], f"{n}: mutual information", *mi[n])
+            _histogram_panel(grid[band * rows + 1, j], f"{n}: mutual information", *mi[n])
         elif mi:  # a point estimate: one set of weights, no epistemic part to draw
-            grid[1, j].remove()
+            grid[band * rows + 1, j].remove()
+    bands = math.ceil(len(ood) / cols)
+    for j in range(len(ood) - (bands - 1) * cols, cols):  # the last band's unused columns
+        for r in range(rows):
+            grid[-rows + r, j].remove()
     return _finish(fig, [grid[0, 0]], title)
 
 
