@@ -186,16 +186,23 @@ def train_methods(
                     out[name].ood_scores[key] = lambda x, d=density: d.score(x).numpy()
                 out[name].ood_score_seconds = time.perf_counter() - t0
             if name == "deterministic" and cfg.slope_folds > 0 and not regression:
-                out[name].score_slopes = cross_fitted_slopes(net, x, y, cfg, seed=seed)
+                out[name].score_slopes = cross_fitted_slopes(net, x, y, cfg, seed=seed, advance=advance)
         advance(description=f"trained {name}")
     return out
 
 
 def cross_fitted_slopes(
-    net: Callable[[], torch.nn.Module], x: torch.Tensor, y: torch.Tensor, cfg: Config, *, seed: int
+    net: Callable[[], torch.nn.Module],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: Config,
+    *,
+    seed: int,
+    advance: Callable[..., None] = lambda *a, **k: None,
 ) -> dict[str, float]:
     """The density temperatures' slopes from ``cfg.slope_folds`` ``deterministic`` nets (and their densities),
-    each trained by :func:`train_methods` without one fold of ``(x, y)``, predicting and scoring that fold."""
+    each trained by :func:`train_methods` without one fold of ``(x, y)``, predicting and scoring that fold;
+    ``advance`` ticks once per net (``shift.py`` counts them in its progress total)."""
     folds = np.random.default_rng(40_000 + seed).permutation(len(x)) % cfg.slope_folds
     one_net = replace(cfg, slope_folds=0)
     probs: list[np.ndarray] = []
@@ -206,6 +213,7 @@ def cross_fitted_slopes(
         probs.append(f.predict(x[held]).numpy())
         for key, score in f.ood_scores.items():
             scores.setdefault(key, []).append(score(x[held]))
+        advance(description=f"slope net {k + 1}/{cfg.slope_folds}")
     order = np.concatenate([np.flatnonzero(folds == k) for k in range(cfg.slope_folds)])
     p, labels = np.concatenate(probs, axis=1), y.numpy()[order]
     return {key: fit_score_slope(p, labels, np.concatenate(s), folds[order]) for key, s in scores.items()}

@@ -927,6 +927,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "fsdd-cnn": 6 * n_models,
         "regression": 2 * (n_models - ("bnn-ensemble" in args.methods)),
     }
+    if (
+        args.slope_folds and "deterministic" in args.methods
+    ):  # the cross-fitted nets of every deterministic fit
+        per_seed["digits"] += 0 if args.corruption_validated else 2 * args.slope_folds
+        per_seed["fsdd"] += 0 if args.speaker_validated else 6 * args.slope_folds
+        per_seed["fsdd-cnn"] += 6 * args.slope_folds
     total = sum(per_seed[t] for t in args.tasks) * len(args.seeds)
     if args.cross_fit:
         total = args.cross_fit * n_models * len(args.seeds) * len(set(CROSS_FIT_TASKS) & set(args.tasks))

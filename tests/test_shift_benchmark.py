@@ -442,7 +442,18 @@ def test_cross_fitted_slopes_hold_out_each_fold_and_add_the_ts_cv_rows(monkeypat
 
     monkeypatch.setattr(M, "_fit", spy)
     cfg = Config(hidden=(4,), det_epochs=1, num_samples=1, slope_folds=3)
-    fitted = S.train_methods(("deterministic",), S._mlp(5, cfg, 3), S._t(x), S._t(y), cfg, seed=0)
+    ticks: list[str] = []
+    fitted = S.train_methods(
+        ("deterministic",),
+        S._mlp(5, cfg, 3),
+        S._t(x),
+        S._t(y),
+        cfg,
+        seed=0,
+        advance=lambda **kw: ticks.append(kw["description"]),
+    )
+    # the progress bar counts every net: the three fold nets, then the deterministic net
+    assert ticks == ["slope net 1/3", "slope net 2/3", "slope net 3/3", "trained deterministic"]
     folds = np.random.default_rng(40_000).permutation(90) % 3
     assert trained_on[0] == set(range(90))  # the deterministic net itself, then one net per fold
     assert [s & set(np.flatnonzero(folds == k).tolist()) for k, s in enumerate(trained_on[1:])] == [set()] * 3
