@@ -248,10 +248,13 @@ def _snr_plot(sweep: dict[str, dict[str, dict[str, float]]], clean: dict[str, di
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for name, by_snr in sweep.items():
-        snrs = [float(s) for s in by_snr]
-        xs = [*snrs, max(snrs) + 10]  # the clean test set, drawn right of the highest SNR
+        levels = sorted(by_snr, key=float)  # the sweep runs from high to low SNR: draw left to right
+        xs = [
+            *map(float, levels),
+            max(map(float, levels)) + 10,
+        ]  # the clean test set, right of the highest SNR
         for ax, key in zip(axes, ("accuracy", "entropy", "mi"), strict=True):
-            ys = [by_snr[s][key] for s in by_snr] + [clean[name][key]]
+            ys = [by_snr[s][key] for s in levels] + [clean[name][key]]
             ax.plot(xs, ys, marker="o", label=name)
     for ax, title in zip(
         axes, ("accuracy", "predictive entropy (nats)", "mutual information (nats)"), strict=True

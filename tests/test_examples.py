@@ -100,6 +100,27 @@ def test_speech_quick_beats_chance_widely(fsdd_dir, tmp_path):
         assert (run / png).stat().st_size > 1000
 
 
+def test_speech_snr_plot_draws_each_line_from_low_to_high_snr():
+    import matplotlib.pyplot as plt
+
+    mod = _load("speech_digits")
+    # the sweep runs from high to low SNR (its dict order); the clean test set is drawn right of the highest
+    sweep = {
+        "bnn": {
+            str(snr): {"accuracy": 0.5 + snr / 100, "entropy": 1 - snr / 50, "mi": 0.01}
+            for snr in (20.0, 0.0, -5.0)
+        }
+    }
+    clean = {"bnn": {"accuracy": 0.9, "entropy": 0.2, "mi": 0.001}}
+    fig = mod._snr_plot(sweep, clean)
+    (line,) = fig.axes[0].get_lines()
+    assert list(line.get_xdata()) == [-5.0, 0.0, 20.0, 30.0]
+    assert list(line.get_ydata()) == [0.45, 0.5, 0.7, 0.9]
+    (line,) = fig.axes[1].get_lines()
+    assert list(line.get_ydata()) == [1.1, 1.0, 0.6, 0.2]
+    plt.close(fig)
+
+
 def test_images_quick_on_digits(tmp_path):
     run = _load("classify_images").main(["--quick", "--epochs", "4", "--out", str(tmp_path)])
     doc = _check_run(run, {"deterministic", "bnn"})
