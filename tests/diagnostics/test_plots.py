@@ -142,6 +142,37 @@ def test_uncertainty_histograms_wrap_into_rows(n, ncols, grid):
         uncertainty_histograms({"s": (rng.random(3), rng.random(3))}, ncols=0)
 
 
+def test_training_curves_smooth_the_step_scale_and_band_a_per_weight_rule():
+    from matplotlib.collections import PolyCollection
+
+    n = 200
+    # a global rule at its bounds, step by step
+    g1 = [{"step": i, "loss": 1.0, "scale": (0.5, 2.0)[i % 2]} for i in range(n)]
+    p2 = [
+        {"step": i, "loss": 1.0, "scale": 1.0, "scale_min": 0.2 + i / 1000, "scale_max": 3.0}
+        for i in range(n)
+    ]
+    fig = training_curves({"g1": g1, "p2": p2})
+    ax = next(a for a in fig.axes if a.get_ylabel() == "step scale")
+    assert ax.get_yscale() == "log"  # 0.5 and 2 lie as far from 1
+    g1_lines = [ln for ln in ax.get_lines() if ln.get_color() == ax.get_lines()[0].get_color()]
+    raw, smooth = g1_lines[:2]
+    assert raw.get_alpha() == 0.25 and smooth.get_label() == "g1"  # faint raw steps, then the moving average
+    window = max(5, n // 50)
+    inner = np.asarray(smooth.get_ydata())[window : n - window]
+    assert inner.min() > 0.5 and inner.max() < 2.0  # averaged between the two clamp bounds
+    (band,) = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert band.get_label() == "p2: min-max over weights"
+    ys = band.get_paths()[0].vertices[:, 1]
+    assert ys.min() == pytest.approx(0.2, abs=0.01) and ys.max() == pytest.approx(3.0)
+    plt.close(fig)
+    # a global rule alone (no scale_min/scale_max): no band
+    fig = training_curves({"g1": g1})
+    ax = next(a for a in fig.axes if a.get_ylabel() == "step scale")
+    assert not [c for c in ax.collections if isinstance(c, PolyCollection)]
+    plt.close(fig)
+
+
 def test_save_figure_writes_a_png_atomically(tmp_path):
     fig = training_curves({"m": [{"step": i, "loss": 1.0 / (i + 1)} for i in range(30)]})
     path = save_figure(fig, tmp_path / "sub" / "curves.png")

@@ -217,6 +217,12 @@ def training(ctx: Context) -> str:
         "Recorded per optimizer step: "
         + ", ".join(keys)
         + ". Noisy curves are drawn faintly with a moving average."
+        + (
+            " The shaded band of a per-weight rule spans its smallest to largest step factor over the weights"
+            " (log axis)."
+            if "scale_min" in keys
+            else ""
+        )
     )
 
 

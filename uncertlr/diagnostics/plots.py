@@ -288,12 +288,18 @@ def _smooth(v: np.ndarray, window: int) -> np.ndarray:
         return np.where(den > 0, num / np.maximum(den, 1), np.nan)
 
 
+#: Per-step quantities drawn faintly with a moving average on top.
+_NOISY = ("loss", "signal", "scale")
+
+
 def training_curves(histories: Mapping[str, Any], *, keys: tuple[tuple[str, str], ...] = CURVES) -> Figure:
     """Training curves: one panel per quantity that any history holds (loss, signal, scale, lr).
 
     Args:
         histories: model name -> records ``[{step, loss, lr, signal?, scale?, ...}]``.
-            Noisy curves (loss, signal) are drawn faintly with a moving average on top.
+            Noisy curves (loss, signal, step scale) are drawn faintly with a moving average on top; a
+            per-weight rule's ``scale_min``/``scale_max`` are drawn as a band around its mean step scale
+            (log axis: the factors are multiplicative).
         keys: ``(record key, axis label)`` pairs to draw, in panel order.
 
     Example:
@@ -323,11 +329,29 @@ def training_curves(histories: Mapping[str, Any], *, keys: tuple[tuple[str, str]
                 ]
             )
             c = colors[i % len(colors)]
-            if key in ("loss", "signal") and len(v) > 20:
+            window = max(5, len(v) // 50)
+            if key in _NOISY and len(v) > 20:
                 ax.plot(steps, v, color=c, alpha=0.25, lw=0.6)
-                ax.plot(steps, _smooth(v, max(5, len(v) // 50)), color=c, lw=1.4, label=plain_text(name))
+                ax.plot(steps, _smooth(v, window), color=c, lw=1.4, label=plain_text(name))
             else:
                 ax.plot(steps, v, color=c, lw=1.2, label=plain_text(name))
+            if key == "scale":  # a per-weight rule: the range of its factors over the weights, as a band
+                lo, hi = (
+                    np.array([float(r[k]) if _finite_number(r.get(k)) else np.nan for r in recs])
+                    for k in ("scale_min", "scale_max")
+                )
+                if np.isfinite(lo).any() and np.isfinite(hi).any() and np.nanmax(hi - lo) > 0:
+                    if len(v) > 20:
+                        lo, hi = _smooth(lo, window), _smooth(hi, window)
+                    ax.fill_between(
+                        steps,
+                        lo,
+                        hi,
+                        color=c,
+                        alpha=0.15,
+                        lw=0,
+                        label=plain_text(f"{name}: min-max over weights"),
+                    )
         ax.set_ylabel(label)
         finite = [
             float(r[key])
@@ -337,6 +361,8 @@ def training_curves(histories: Mapping[str, Any], *, keys: tuple[tuple[str, str]
         ]
         if key == "loss" and finite and min(finite) > 0 and max(finite) / min(finite) > 50:
             ax.set_yscale("log")
+        if key == "scale" and finite and min(finite) > 0:
+            ax.set_yscale("log")  # step factors are multiplicative: 0.5 and 2 lie as far from 1
         ax.legend(fontsize=8, loc="upper right")
     axes[-1, 0].set_xlabel("optimizer step")
     fig.tight_layout()
