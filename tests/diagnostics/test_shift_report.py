@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import matplotlib.pyplot as plt
 import pytest
 from conftest import write_run
 
@@ -77,6 +78,29 @@ def test_shift_file_round_trip_and_errors(tmp_path):
     (run / runfolder.SHIFT_FILE).write_text(json.dumps({"schema": runfolder.SHIFT_SCHEMA, "summary": {}}))
     with pytest.raises(ValueError, match="shift.json"):
         runfolder.read_shift(run)
+
+
+def test_shift_figure_many_methods_keep_their_own_colours_and_a_legend_beside_the_panels():
+    names = [f"m{i}" for i in range(14)]
+    curves = {
+        "digits": {
+            n: {0: {"ece": 0.01, "nll": 0.05}, 5: {"ece": 0.3, "nll": 0.5 + 40 * (n == "m3")}} for n in names
+        }
+    }
+    curves["digits"]["m0+ts"] = curves["digits"]["m0"]
+    fig = shift_figure(curves)
+    ece, nll = fig.axes
+    colours = {ln.get_label(): tuple(plt.matplotlib.colors.to_rgba(ln.get_color())) for ln in ece.get_lines()}
+    assert len({colours[n] for n in names}) == len(names)  # 14 methods, 14 colours
+    assert colours["m0+ts"] == colours["m0"]
+    assert nll.get_yscale() == "log"  # NLL from 0.05 to 40.5: one method would flatten the others
+    assert ece.get_legend() is None and nll.get_legend() is None
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == [*names, "m0+ts"]
+    plt.close(fig)
+    linear = shift_figure({"digits": {"a": {0: {"ece": 0.01, "nll": 0.1}, 1: {"ece": 0.1, "nll": 0.9}}}})
+    assert linear.axes[1].get_yscale() == "linear"
+    plt.close(linear)
 
 
 def test_shift_figure_draws_each_method_and_dashes_temperature_scaling():

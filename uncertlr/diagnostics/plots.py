@@ -528,12 +528,17 @@ def shift_figure(curves: Mapping[str, Mapping[str, Mapping[Any, Mapping[str, flo
     """
     if not curves:
         raise ValueError("shift_figure needs at least one task with severity curves")
-    fig, axes = plt.subplots(len(curves), 2, figsize=(11, 3.6 * len(curves)), squeeze=False)
-    colours: dict[str, Any] = {}
+    bases = list(dict.fromkeys(m.removesuffix("+ts") for methods in curves.values() for m in methods))
+    # matplotlib's ten colours, then two more qualitative palettes' (18 more distinct hues) for more methods
+    palette = [f"C{i}" for i in range(10)] + [
+        *plt.get_cmap("Dark2").colors,
+        *plt.get_cmap("Set1").colors,
+    ]
+    colours = {b: palette[i % len(palette)] for i, b in enumerate(bases)}
+    legend_w = 2.8  # inches beside the panels
+    fig, axes = plt.subplots(len(curves), 2, figsize=(11 + legend_w, 3.6 * len(curves)), squeeze=False)
     for row, (task, methods) in zip(axes, curves.items()):
         for method, by_sev in methods.items():
-            base = method.removesuffix("+ts")
-            colours.setdefault(base, f"C{len(colours) % 10}")
             sev = sorted(by_sev, key=float)
             for ax, key in zip(row, ("ece", "nll")):
                 ax.plot(
@@ -541,17 +546,23 @@ def shift_figure(curves: Mapping[str, Mapping[str, Mapping[Any, Mapping[str, flo
                     [by_sev[s][key] for s in sev],
                     marker="o",
                     ms=3,
-                    color=colours[base],
+                    color=colours[method.removesuffix("+ts")],
                     ls="--" if method.endswith("+ts") else "-",
                     alpha=0.7 if method.endswith("+ts") else 1.0,
-                    label=method,
+                    label=plain_text(method),
                 )
         for ax, key in zip(row, ("ECE", "NLL")):
             ax.set_title(f"{task}: {key}")
             ax.set_xlabel("corruption severity (0 = clean)")
             ax.grid(alpha=0.3)
-    axes[0][1].legend(fontsize=7, ncol=2)
-    fig.tight_layout()
+        nll = [by_sev[s]["nll"] for by_sev in methods.values() for s in by_sev]
+        if nll and min(nll) > 0 and max(nll) / min(nll) > 50:
+            row[1].set_yscale("log")  # one over-confident method's NLL would flatten every other curve
+    # the legend beside the panels, not over the curves
+    right = 11 / (11 + legend_w)
+    handles, labels = axes[0][1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(right, 0.5), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0, right, 1))
     return fig
 
 
