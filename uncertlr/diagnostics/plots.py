@@ -529,11 +529,9 @@ def shift_figure(curves: Mapping[str, Mapping[str, Mapping[Any, Mapping[str, flo
     if not curves:
         raise ValueError("shift_figure needs at least one task with severity curves")
     bases = list(dict.fromkeys(m.removesuffix("+ts") for methods in curves.values() for m in methods))
-    # matplotlib's ten colours, then two more qualitative palettes' (18 more distinct hues) for more methods
-    palette = [f"C{i}" for i in range(10)] + [
-        *plt.get_cmap("Dark2").colors,
-        *plt.get_cmap("Set1").colors,
-    ]
+    # tab20's ten dark shades (matplotlib's default colours), then their ten light shades for more methods
+    tab20 = list(plt.get_cmap("tab20").colors)
+    palette = tab20[0::2] + tab20[1::2]
     colours = {b: palette[i % len(palette)] for i, b in enumerate(bases)}
     legend_w = 2.8  # inches beside the panels
     fig, axes = plt.subplots(len(curves), 2, figsize=(11 + legend_w, 3.6 * len(curves)), squeeze=False)
