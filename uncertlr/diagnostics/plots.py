@@ -340,7 +340,8 @@ def training_curves(histories: Mapping[str, Any], *, keys: tuple[tuple[str, str]
                     np.array([float(r[k]) if _finite_number(r.get(k)) else np.nan for r in recs])
                     for k in ("scale_min", "scale_max")
                 )
-                if np.isfinite(lo).any() and np.isfinite(hi).any() and np.nanmax(hi - lo) > 0:
+                spread = hi - lo
+                if np.isfinite(spread).any() and np.nanmax(spread) > 0:
                     if len(v) > 20:
                         lo, hi = _smooth(lo, window), _smooth(hi, window)
                     ax.fill_between(
