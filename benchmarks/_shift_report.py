@@ -60,6 +60,23 @@ def summarise(
     return out
 
 
+def by_corruption(rows: list[dict[str, Any]], key: str = "ece") -> list[dict[str, Any]]:
+    """One row per corrupted condition and method: ``key`` per corruption type (mean over severities per seed,
+    then over seeds), as columns named after the types; with ``{type}_se`` the standard errors over seeds.
+
+    Shows which kinds of shift a method handles and which it does not (a mean over types can hide both).
+    """
+    table: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in summarise(
+        [r for r in rows if r["condition"].endswith("-corrupt")], ("condition", "method", "corruption")
+    ):
+        row = table.setdefault(
+            (r["condition"], r["method"]), {"condition": r["condition"], "method": r["method"]}
+        )
+        row[r["corruption"]], row[f"{r['corruption']}_se"] = r.get(key), r.get(f"{key}_se")
+    return list(table.values())
+
+
 def task_of(condition: str) -> str:
     """The task of a condition name: ``"fsdd-cnn-loso"`` -> ``"fsdd-cnn"``, ``"digits-near-ood"`` -> ``"digits"``."""
     for suffix in ("-clean-cv", "-clean", "-corrupt", "-near-ood", "-far-ood", "-loso"):

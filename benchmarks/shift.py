@@ -60,6 +60,7 @@ from benchmarks._shift_methods import (  # noqa: E402
     train_methods,
 )
 from benchmarks._shift_report import (  # noqa: E402
+    by_corruption,
     goals,
     loso_goal,
     plot,
@@ -968,6 +969,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         [r for r in summary if r.get("accuracy") is not None],
         cols + [(k, k, ".3f") for k in ("accuracy", "nll", "ece", "aurc", "auroc", "auroc_mi")],
     )
+    corrupt = by_corruption(rows)
+    for cond in dict.fromkeys(r["condition"] for r in corrupt):
+        kinds = list(dict.fromkeys(r["corruption"] for r in rows if r["condition"] == cond))
+        print_table(
+            f"{cond}: ECE per corruption type (mean over severities and seeds)",
+            [r for r in corrupt if r["condition"] == cond],
+            [("method", "method", "s")] + [(k, k, ".3f") for k in kinds],
+        )
     print_table(
         "shift benchmark: regression",
         [r for r in summary if r.get("rmse") is not None],
@@ -1000,6 +1009,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows,
         args.json,
         summary=summary,
+        by_corruption=corrupt,
         folds=folds,
         cnn_folds=cnn_folds,
         goals=g,

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import _shift_data as D  # noqa: E402
 from benchmarks._shift_methods import aurc, classification_scores  # noqa: E402
-from benchmarks._shift_report import goals, severity_curves, summarise  # noqa: E402
+from benchmarks._shift_report import by_corruption, goals, severity_curves, summarise  # noqa: E402
 
 
 def _aurc_brute(probs, labels):
@@ -152,6 +152,54 @@ def test_summary_rows_follow_the_json_contract():
     det = next(r for r in summary if r["condition"] == "digits-corrupt" and r["method"] == "deterministic")
     assert det["nll"] == pytest.approx(1.5) and det["ece"] == pytest.approx(0.21)
     assert det["ece_se"] == pytest.approx(np.std([0.20, 0.22], ddof=1) / np.sqrt(2))
+
+
+def test_by_corruption_pivots_each_type_mean_over_severities_then_seeds():
+    rows = [
+        {
+            "seed": seed,
+            "condition": "digits-corrupt",
+            "method": m,
+            "corruption": kind,
+            "severity": sev,
+            "accuracy": 0.5,
+            "nll": 1.0,
+            "ece": ece,
+        }
+        for seed, m, kind, sev, ece in [
+            (0, "a", "noise", 1, 0.1),
+            (0, "a", "noise", 2, 0.3),
+            (1, "a", "noise", 1, 0.2),
+            (1, "a", "noise", 2, 0.2),
+            (0, "a", "blur", 1, 0.05),
+            (1, "a", "blur", 1, 0.07),
+            (0, "b", "noise", 1, 0.4),
+            (1, "b", "noise", 1, 0.6),
+        ]
+    ] + [
+        {
+            "seed": 0,
+            "condition": "digits-clean",
+            "method": "a",
+            "corruption": "none",
+            "severity": 0,
+            "accuracy": 1.0,
+            "nll": 0.1,
+            "ece": 0.9,
+        }
+    ]
+    table = {(r["condition"], r["method"]): r for r in by_corruption(rows)}
+    assert set(table) == {("digits-corrupt", "a"), ("digits-corrupt", "b")}  # clean rows are not corruptions
+    a = table[("digits-corrupt", "a")]
+    assert a["noise"] == pytest.approx(0.2)  # seed 0: mean(0.1, 0.3) = 0.2; seed 1: 0.2
+    assert a["noise_se"] == pytest.approx(0.0, abs=1e-12)
+    assert a["blur"] == pytest.approx(0.06) and a["blur_se"] == pytest.approx(
+        np.std([0.05, 0.07], ddof=1) / np.sqrt(2)
+    )
+    assert (
+        table[("digits-corrupt", "b")]["noise"] == pytest.approx(0.5)
+        and "blur" not in table[("digits-corrupt", "b")]
+    )
 
 
 def test_goals_are_decided_on_the_numbers():
