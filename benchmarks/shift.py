@@ -928,9 +928,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "fsdd-cnn": 6 * n_models,
         "regression": 2 * (n_models - ("bnn-ensemble" in args.methods)),
     }
-    if (
-        args.slope_folds and "deterministic" in args.methods
-    ):  # the cross-fitted nets of every deterministic fit
+    # --slope-folds K: every deterministic fit also trains K cross-fitted nets (one progress tick each)
+    if args.slope_folds and "deterministic" in args.methods:
         per_seed["digits"] += 0 if args.corruption_validated else 2 * args.slope_folds
         per_seed["fsdd"] += 0 if args.speaker_validated else 6 * args.slope_folds
         per_seed["fsdd-cnn"] += 6 * args.slope_folds

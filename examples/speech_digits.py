@@ -249,10 +249,8 @@ def _snr_plot(sweep: dict[str, dict[str, dict[str, float]]], clean: dict[str, di
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for name, by_snr in sweep.items():
         levels = sorted(by_snr, key=float)  # the sweep runs from high to low SNR: draw left to right
-        xs = [
-            *map(float, levels),
-            max(map(float, levels)) + 10,
-        ]  # the clean test set, right of the highest SNR
+        snrs = [float(s) for s in levels]
+        xs = [*snrs, snrs[-1] + 10]  # the clean test set, drawn right of the highest SNR
         for ax, key in zip(axes, ("accuracy", "entropy", "mi"), strict=True):
             ys = [by_snr[s][key] for s in levels] + [clean[name][key]]
             ax.plot(xs, ys, marker="o", label=name)
