@@ -319,7 +319,7 @@ def training_curves(histories: Mapping[str, Any], *, keys: tuple[tuple[str, str]
     for ax, (key, label) in zip(axes[:, 0], present):
         for i, (name, records) in enumerate(histories.items()):
             recs = [r for r in records if isinstance(r, Mapping)]
-            v = np.array([float(r[key]) if _finite_number(r.get(key)) else np.nan for r in recs])
+            v = _series(recs, key)
             if not np.isfinite(v).any():
                 continue
             steps = np.array(
@@ -336,10 +336,7 @@ def training_curves(histories: Mapping[str, Any], *, keys: tuple[tuple[str, str]
             else:
                 ax.plot(steps, v, color=c, lw=1.2, label=plain_text(name))
             if key == "scale":  # a per-weight rule: the range of its factors over the weights, as a band
-                lo, hi = (
-                    np.array([float(r[k]) if _finite_number(r.get(k)) else np.nan for r in recs])
-                    for k in ("scale_min", "scale_max")
-                )
+                lo, hi = _series(recs, "scale_min"), _series(recs, "scale_max")
                 spread = hi - lo
                 if np.isfinite(spread).any() and np.nanmax(spread) > 0:
                     if len(v) > 20:
@@ -368,6 +365,11 @@ def training_curves(histories: Mapping[str, Any], *, keys: tuple[tuple[str, str]
     axes[-1, 0].set_xlabel("optimizer step")
     fig.tight_layout()
     return fig
+
+
+def _series(records: Sequence[Mapping[str, Any]], key: str) -> np.ndarray:
+    """``records[i][key]`` as floats, NaN where it is missing or not a finite number."""
+    return np.array([float(r[key]) if _finite_number(r.get(key)) else np.nan for r in records])
 
 
 def _finite_number(v: Any) -> bool:
