@@ -118,8 +118,6 @@ REGRESSION = Config(
     num_samples=64,
 )
 VAL_FRACTION = 0.15
-#: ``+ts-guarded``: ``fit_temperature(..., cv_folds=GUARD_FOLDS)`` keeps T = 1 unless a temperature generalises.
-GUARD_FOLDS = 5
 
 
 def _mlp(in_features: int, cfg: Config, out: int) -> Callable[[], torch.nn.Module]:
@@ -161,7 +159,6 @@ def _score_all(
     for name, f in fitted.items():
         p_val = f.predict(x_val).numpy()
         temp = fit_temperature(p_val, y_val)
-        guarded = fit_temperature(p_val, y_val, cv_folds=GUARD_FOLDS)
         preds: dict[tuple, np.ndarray] = {}
         for key, (x, _) in sets.items():
             t0 = time.perf_counter()
@@ -171,8 +168,6 @@ def _score_all(
         variants: list[tuple[str, Callable[[np.ndarray, torch.Tensor], np.ndarray], float]] = [
             (name, lambda p, x: p, temp.value),  # (the temperature its +ts variant uses)
             (f"{name}+ts", lambda p, x: temp(p), temp.value),
-            # the temperature only where it beats T = 1 on held-out parts of the validation set
-            (f"{name}+ts-guarded", lambda p, x: guarded(p), guarded.value),
         ]
         for key, score in f.ood_scores.items():  # a temperature that grows with each of its own OOD scores
             s_val = score(x_val)
@@ -483,11 +478,9 @@ def cross_fit_rows(
         for name, f in fitted.items():
             p_val = f.predict(prep(x[rest[va]])).numpy()
             temp = fit_temperature(p_val, y[rest[va]])
-            guarded = fit_temperature(p_val, y[rest[va]], cv_folds=GUARD_FOLDS)
             p = f.predict(prep(x[test])).numpy()
             pooled.setdefault(name, []).append(np.asarray(metrics.mean_probs(p)))
             pooled.setdefault(f"{name}+ts", []).append(np.asarray(metrics.mean_probs(temp(p))))
-            pooled.setdefault(f"{name}+ts-guarded", []).append(np.asarray(metrics.mean_probs(guarded(p))))
             vals, val_labels, tests = val_preds.setdefault(name, ([], [], []))
             vals.append(p_val)
             val_labels.append(y[rest[va]])
