@@ -93,28 +93,8 @@ def _validation(
     return probs64, np.log(np.clip(probs64, np.finfo(np.float64).tiny, None)), y.astype(np.int64)
 
 
-def _nll_at(logp: np.ndarray, y: np.ndarray, log_t: float) -> float:
-    """NLL of the model average of ``softmax(logp / T)`` (``logp[S, N, C]``)."""
-    pbar = _tempered(logp, math.exp(log_t), np).mean(0)
-    return float(-np.mean(np.log(np.clip(pbar[np.arange(len(y)), y], np.finfo(np.float64).tiny, None))))
-
-
-def _fit_log_t(logp: np.ndarray, y: np.ndarray, lo: float, hi: float) -> float:
-    res = minimize_scalar(
-        lambda log_t: _nll_at(logp, y, log_t),
-        bounds=(math.log(lo), math.log(hi)),
-        method="bounded",
-        options={"xatol": 1e-6},
-    )
-    return float(res.x)
-
-
 def fit_temperature(
-    probs: Array,
-    labels: Array,
-    *,
-    bounds: tuple[float, float] = (0.05, 20.0),
-    cv_folds: int | None = None,
+    probs: Array, labels: Array, *, bounds: tuple[float, float] = (0.05, 20.0)
 ) -> Temperature:
     """The temperature that minimises the NLL of the tempered model average on ``(probs, labels)``.
 
@@ -123,11 +103,6 @@ def fit_temperature(
         labels: ``[N]`` integer labels.
         bounds: the search interval for ``T`` (a bounded 1-D search over ``log T``, on the host,
             in float64); it must contain 1. ``(1.0, 20.0)`` never sharpens a model.
-        cv_folds: keep ``T = 1`` unless a temperature *generalises*: split the validation set into
-            this many parts, fit ``T`` on all but one and score the held-out part, and fit on the whole
-            set only when those held-out NLLs beat ``T = 1``'s on average. A few hundred validation
-            inputs with a handful of errors otherwise fit a ``T`` that sharpens an already calibrated
-            model (e.g. a BNN) and breaks it under shift. ``None`` (default): always fit.
 
     Returns:
         A :class:`Temperature` (apply it to the test predictions of the same model).
@@ -136,46 +111,28 @@ def fit_temperature(
         UserWarning: when the fit ends at a bound of the search interval — typically a validation
             set with (almost) no errors, on which the NLL keeps falling as ``T`` shrinks; such a
             temperature sharpens the model and can make it badly over-confident under shift.
-
-    Example:
-        >>> import numpy as np
-        >>> rng = np.random.default_rng(0)
-        >>> logits = rng.normal(size=(300, 4)) * 3
-        >>> probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
-        >>> labels = np.array([rng.choice(4, p=p) for p in probs])  # a calibrated model
-        >>> fit_temperature(probs, labels, cv_folds=5).value            # no temperature generalises: T = 1
-        1.0
     """
     lo, hi = bounds
     probs64, logp, y = _validation(probs, labels, bounds)
-    if cv_folds is not None:
-        if isinstance(cv_folds, bool) or not isinstance(cv_folds, int) or cv_folds < 2:
-            raise ValueError(f"cv_folds must be an integer >= 2 (or None); got {cv_folds!r}")
-        if len(y) < cv_folds:
-            raise ValueError(f"cv_folds={cv_folds} needs at least as many validation inputs; got {len(y)}")
-        folds = np.random.default_rng(0).permutation(len(y)) % cv_folds
-        fitted, plain = [], []
-        for k in range(cv_folds):
-            fit, held = folds != k, folds == k
-            log_t = _fit_log_t(logp[:, fit], y[fit], lo, hi)
-            fitted.append(_nll_at(logp[:, held], y[held], log_t))
-            plain.append(_nll_at(logp[:, held], y[held], 0.0))
-        if not np.mean(fitted) < np.mean(plain):
-            return Temperature(1.0)
-    log_t = _fit_log_t(logp, y, lo, hi)
-    t = float(math.exp(log_t))
+    rows = np.arange(len(y))
+
+    def nll(log_t: float) -> float:
+        pbar = _tempered(logp, math.exp(log_t), np).mean(0)
+        return float(-np.mean(np.log(np.clip(pbar[rows, y], np.finfo(np.float64).tiny, None))))
+
+    res = minimize_scalar(nll, bounds=(math.log(lo), math.log(hi)), method="bounded", options={"xatol": 1e-6})
+    t = float(math.exp(res.x))
     # a bound of 1 is the user's "never sharpen" (or "never soften"): ending there is what they asked for
-    at_lo = lo != 1 and log_t < math.log(lo) + 1e-2
-    at_hi = hi != 1 and log_t > math.log(hi) - 1e-2
+    at_lo = lo != 1 and res.x < math.log(lo) + 1e-2
+    at_hi = hi != 1 and res.x > math.log(hi) - 1e-2
     if at_lo or at_hi:
         wrong = int((probs64.mean(0).argmax(-1) != y).sum())
         why = "as T shrinks, and the sharpened predictions can be badly over-confident on new data"
         warnings.warn(
             f"the fitted temperature {t:.3g} is at the {'lower' if at_lo else 'upper'} search bound "
             f"{lo if at_lo else hi:g}: with {wrong} misclassified of {len(y)} validation inputs the NLL keeps "
-            f"falling {why if at_lo else 'as T grows'}; fit on a larger validation set, narrow bounds= "
-            "(e.g. (1.0, 20.0) to never sharpen), or pass cv_folds= to keep T = 1 unless a temperature "
-            "generalises",
+            f"falling {why if at_lo else 'as T grows'}; fit on a larger validation set, or narrow bounds= "
+            "(e.g. (1.0, 20.0) to never sharpen)",
             UserWarning,
             stacklevel=2,
         )
