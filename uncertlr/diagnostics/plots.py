@@ -252,7 +252,8 @@ def ood_figure(predictions: Mapping[str, Any], names: Sequence[str], *, title: s
     # one column per model (at most 4 per band of rows): predictive entropy above, mutual information
     # (sampled models only) below
     rows, cols = (2 if mi else 1), min(len(ood), _MAX_COLUMNS)
-    fig, grid = _grid(rows * math.ceil(len(ood) / cols), cols)  # bands of `rows` rows
+    bands = math.ceil(len(ood) / cols)
+    fig, grid = _grid(rows * bands, cols)
     for i, n in enumerate(ood):
         band, j = divmod(i, cols)
         _histogram_panel(grid[band * rows, j], f"{n}: predictive entropy", *entropy[n])
@@ -260,7 +261,6 @@ def ood_figure(predictions: Mapping[str, Any], names: Sequence[str], *, title: s
             _histogram_panel(grid[band * rows + 1, j], f"{n}: mutual information", *mi[n])
         elif mi:  # a point estimate: one set of weights, no epistemic part to draw
             grid[band * rows + 1, j].remove()
-    bands = math.ceil(len(ood) / cols)
     for j in range(len(ood) - (bands - 1) * cols, cols):  # the last band's unused columns
         for r in range(rows):
             grid[-rows + r, j].remove()
