@@ -4,9 +4,11 @@ Runs unchanged on CUDA and on the CPU and records the device. For each network, 
 process and interleaved blocks (ratios = median step time / median deterministic step time):
 
   deterministic   the plain network, Adam, cross-entropy (the baseline)
+  deterministic A/A  a second deterministic network: the noise floor of every ratio
   bnn             uncertlr.torch.bayesian(net) + Adam over bnn.parameters(), bnn.elbo(x, y).loss
   bnn + G1        + Modulator(Ratio()) on the batch entropy of the ELBO's own outputs
   bnn + P2        + Modulator(GradSigmaRatio(), sigma=bnn)
+  bnn + P2, record=False  the same without the per-step history record (no host read)
   bnn compiled    torch.compile(bnn.loss) (with --compile; the cold compile time is printed)
 
 Networks (synthetic data; the step time does not depend on the values):
@@ -20,7 +22,11 @@ for reference, inputs per second of the deterministic network's forward pass in 
 NUTS: uncertlr.jax.mcmc on a 64-16-10 tanh BNN of 1,000 digits (2 chains x (200 + 200)) on
 JAX's default device (a GPU when jax has CUDA; the row says which).
 
-On CUDA every timed block ends with ``torch.cuda.synchronize()``. ``--quick`` shrinks every
+Each row also gives the range of the per-block ratios (a block's time over the same block's
+deterministic time). ``--sync-check`` (CUDA) counts the host synchronisations per step of each
+method and names the lines that cause them; ``--profile FILE`` writes the profiler's heaviest
+operators of the deterministic and BNN steps. On CUDA every timed block ends with
+``torch.cuda.synchronize()``. ``--quick`` shrinks every
 network, batch and count so the whole script runs in about a minute on 2 CPU cores (the numbers
 are then a smoke test, not a measurement).
 
@@ -28,6 +34,7 @@ Usage:
     python benchmarks/gpu.py                 # on the GPU machine (cuda if available)
     python benchmarks/gpu.py --compile       # also the torch.compile row (minutes of cold compile)
     python benchmarks/gpu.py --quick         # CPU smoke run
+    python benchmarks/gpu.py --sync-check --profile benchmarks/results/gpu_profile.txt
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import os
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -90,8 +98,10 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def timed_medians(fns: dict[str, Callable[[], object]], dev: torch.device, blocks: int, steps: int) -> dict:
-    """Median seconds per call over interleaved blocks; each block ends with a device synchronisation."""
+def timed_blocks(
+    fns: dict[str, Callable[[], object]], dev: torch.device, blocks: int, steps: int
+) -> dict[str, list[float]]:
+    """Seconds per call in each of ``blocks`` interleaved blocks; each block ends with a device synchronisation."""
     for f in fns.values():
         for _ in range(3):
             f()
@@ -105,7 +115,82 @@ def timed_medians(fns: dict[str, Callable[[], object]], dev: torch.device, block
                 f()
             _sync(dev)
             per[k].append((time.perf_counter() - t0) / steps)
-    return {k: statistics.median(v) for k, v in per.items()}
+    return per
+
+
+def timed_medians(fns: dict[str, Callable[[], object]], dev: torch.device, blocks: int, steps: int) -> dict:
+    """Median seconds per call over interleaved blocks (:func:`timed_blocks`)."""
+    return {k: statistics.median(v) for k, v in timed_blocks(fns, dev, blocks, steps).items()}
+
+
+def ratio_rows(name: str, per: dict[str, list[float]], notes: dict[str, str]) -> list[dict]:
+    """One row per step function: median ms, the ratio of medians to ``deterministic`` and the
+    range of the per-block ratios (each block's time over the same block's deterministic time)."""
+    base = per["deterministic"]
+    med = statistics.median(base)
+    rows = []
+    for k, v in per.items():
+        block_ratios = [a / b for a, b in zip(v, base)]
+        rows.append(
+            {
+                "network": name,
+                "method": k,
+                "ms": 1e3 * statistics.median(v),
+                "ratio": statistics.median(v) / med,
+                "ratio_min": min(block_ratios),
+                "ratio_max": max(block_ratios),
+                "note": notes.get(k, ""),
+            }
+        )
+    return rows
+
+
+def host_syncs(fns: dict[str, Callable[[], object]], steps: int = 3) -> dict[str, dict]:
+    """CUDA host synchronisations per step of each step function, and where they happen.
+
+    Counted with ``torch.cuda.set_sync_debug_mode("warn")`` after one unwatched step (checks
+    that run on the first call only are not counted). A step with no host read lets the CPU
+    queue the next step's kernels while the GPU still runs this one's.
+    """
+    out: dict[str, dict] = {}
+    for k, f in fns.items():
+        f()
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                for _ in range(steps):
+                    f()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        hits = [w for w in caught if "synchroniz" in str(w.message).lower()]
+        where = sorted({f"{Path(w.filename).name}:{w.lineno}" for w in hits})
+        out[k] = {"per_step": len(hits) / steps, "where": where}
+    return out
+
+
+def profile_steps(fns: dict[str, Callable[[], object]], dev: torch.device, steps: int = 5) -> str:
+    """The profiler's table of the heaviest operators of ``steps`` calls of each step function."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    parts = []
+    for k, f in fns.items():
+        f()
+        _sync(dev)
+        with profile(activities=acts) as prof:
+            for _ in range(steps):
+                f()
+            _sync(dev)
+        avg = prof.key_averages()
+        key = "device_time_total" if dev.type == "cuda" else "cpu_time_total"
+        try:
+            table = avg.table(sort_by=key, row_limit=18)
+        except (AttributeError, KeyError, ValueError):  # older torch: cuda_time_total
+            table = avg.table(sort_by="cuda_time_total" if dev.type == "cuda" else key, row_limit=18)
+        parts.append(f"=== {k} ({steps} steps) ===\n{table}")
+    return "\n\n".join(parts)
 
 
 def step_fns(make: Callable[[], nn.Module], x, y, dev: torch.device, compile_: bool) -> tuple[dict, dict]:
@@ -122,15 +207,24 @@ def step_fns(make: Callable[[], nn.Module], x, y, dev: torch.device, compile_: b
         opt.step()
 
     fns["deterministic"] = det
+    net2 = make().to(dev)
+    opt2 = torch.optim.Adam(net2.parameters(), lr=1e-3)
 
-    def bnn_step(rule=None, compiled=False) -> Callable[[], None]:
+    def det_again() -> None:  # a second deterministic net: the noise floor of the ratios
+        opt2.zero_grad(set_to_none=True)
+        F.cross_entropy(net2(x), y).backward()
+        opt2.step()
+
+    fns["deterministic A/A"] = det_again
+
+    def bnn_step(rule=None, compiled=False, record=True) -> Callable[[], None]:
         torch.manual_seed(0)
         bnn = bayesian(make(), num_data=50_000, prior=priors.Normal(1.0), init_scale=1e-3).to(dev)
         bopt = torch.optim.Adam(bnn.parameters(), lr=1e-3)
         mod = None
         if rule is not None:
             per_param = bool(getattr(rule, "per_parameter", False))
-            mod = Modulator(rule, sigma=bnn if per_param else None).attach(bopt)
+            mod = Modulator(rule, sigma=bnn if per_param else None, record=record).attach(bopt)
         elbo = torch.compile(bnn.elbo) if compiled else bnn.elbo
 
         def step() -> None:
@@ -146,6 +240,7 @@ def step_fns(make: Callable[[], nn.Module], x, y, dev: torch.device, compile_: b
     fns["bnn"] = bnn_step()
     fns["bnn + G1"] = bnn_step(Ratio())
     fns["bnn + P2"] = bnn_step(GradSigmaRatio())
+    fns["bnn + P2, record=False"] = bnn_step(GradSigmaRatio(), record=False)
     if compile_:
         step = bnn_step(compiled=True)
         t0 = time.perf_counter()
@@ -194,6 +289,13 @@ def nuts_row(quick: bool) -> dict:
         from uncertlr_models.flax_mlp import FlaxMLP
     except ImportError as e:  # pragma: no cover - optional
         return {"what": "NUTS", "note": f"skipped: {e}"}
+    try:
+        return _nuts(jax, jnp, np, load_digits, jbayesian, mcmc, FlaxMLP, quick)
+    except Exception as e:  # a JAX/NumPyro version it was not written for: say so, keep the rows
+        return {"what": "NUTS", "note": f"failed: {type(e).__name__}: {e}"}
+
+
+def _nuts(jax, jnp, np, load_digits, jbayesian, mcmc, FlaxMLP, quick: bool) -> dict:  # noqa: N803
     x, y = load_digits(return_X_y=True)
     x, y = jnp.asarray((x[:1000] / 16.0).astype(np.float32)), jnp.asarray(y[:1000].astype(np.int32))
     net = FlaxMLP(hidden=(16,), out_features=10, activation="tanh")
@@ -216,6 +318,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", action="store_true", help="add the torch.compile(bnn.elbo) row")
     p.add_argument("--networks", nargs="+", default=None, help="subset of: mlp resnet18 transformer")
     p.add_argument("--no-nuts", action="store_true", help="skip the NUTS row")
+    p.add_argument(
+        "--sync-check",
+        action="store_true",
+        help="on CUDA, count the host synchronisations per step of each method (and where they happen)",
+    )
+    p.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="write the profiler's heaviest operators of the deterministic and BNN steps to this file",
+    )
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -224,22 +337,18 @@ def main(argv: list[str] | None = None) -> int:
     samples = 4 if args.quick else 32
     nets = networks(args.quick)
     chosen = args.networks or list(nets)
-    rows, predict, notes_all = [], [], {}
+    rows, predict, notes_all, syncs, profiles = [], [], {}, {}, []
     for name in chosen:
         make, data = nets[name]
         x, y = data(dev)
         print(f"{name}: timing training steps on {dev} ...", flush=True)
         fns, notes = step_fns(make, x, y, dev, args.compile)
-        t = timed_medians(fns, dev, blocks, steps)
-        for k, v in t.items():
-            rows.append(
-                {
-                    "network": name,
-                    "method": k,
-                    "ms": 1e3 * v,
-                    "ratio": v / t["deterministic"],
-                    "note": notes.get(k, ""),
-                }
+        rows += ratio_rows(name, timed_blocks(fns, dev, blocks, steps), notes)
+        if args.sync_check and dev.type == "cuda":
+            syncs[name] = host_syncs(fns)
+        if args.profile is not None:
+            profiles.append(
+                f"##### {name}\n" + profile_steps({k: fns[k] for k in ("deterministic", "bnn")}, dev)
             )
         notes_all.update({f"{name}/{k}": v for k, v in notes.items()})
         predict += predict_rows(name, make, x, dev, blocks, samples)
@@ -262,9 +371,31 @@ def main(argv: list[str] | None = None) -> int:
             ("method", "method", "s"),
             ("ms", "ms/step", ".2f"),
             ("ratio", "ratio", ".2f"),
+            ("ratio_min", "min", ".2f"),
+            ("ratio_max", "max", ".2f"),
         ]
         + [("note", "note", "s")],
     )
+    if syncs:
+        sync_rows = [
+            {"network": n, "method": k, "per_step": v["per_step"], "where": ", ".join(v["where"][:4])}
+            for n, d in syncs.items()
+            for k, v in d.items()
+        ]
+        print_table(
+            "host synchronisations per step (torch.cuda.set_sync_debug_mode)",
+            sync_rows,
+            [
+                ("network", "network", "s"),
+                ("method", "method", "s"),
+                ("per_step", "per step", ".1f"),
+                ("where", "where", "s"),
+            ],
+        )
+    if args.profile is not None:
+        args.profile.parent.mkdir(parents=True, exist_ok=True)
+        args.profile.write_text("\n\n".join(profiles) + "\n")
+        print(f"wrote {args.profile}")
     print_table(
         "predict throughput",
         predict,
@@ -293,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         blocks=blocks,
         steps=steps,
         notes=notes_all,
+        host_syncs=syncs or None,
     )
     return 0
 

@@ -57,9 +57,9 @@ def _loss(model, x, y):
     return nn.functional.cross_entropy(model(x), y)
 
 
-def _train(rule, *, closure, opt="adam", bnn=False, sigma=False):
+def _train(rule, *, closure, opt="adam", bnn=False, sigma=False, record=True):
     model, o = _setup(opt=opt, bnn=bnn)
-    mod = Modulator(rule, sigma=model if sigma else None).attach(o)
+    mod = Modulator(rule, sigma=model if sigma else None, record=record).attach(o)
     for i, u in enumerate(SIGNALS):
         x, y = _data(i)
         if closure:
@@ -100,6 +100,19 @@ def test_closure_step_matches_the_plain_step_for_per_parameter_rules(rule, bnn):
     assert [r["scale"] for r in m1.history] == pytest.approx([r["scale"] for r in m2.history])
     for a, b in zip(plain, closed):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("rule", PER_PARAMETER_RULES + GLOBAL_RULES[:1], ids=lambda r: type(r).__name__)
+def test_record_false_keeps_no_history_and_takes_the_same_steps(rule):
+    per = getattr(rule, "per_parameter", False)
+    kept, m1 = _train(rule, closure=False, bnn=per, sigma=per)
+    quiet, m2 = _train(rule, closure=False, bnn=per, sigma=per, record=False)
+    assert len(m1.history) == len(SIGNALS) and m2.history == [] and m2.num_steps == len(SIGNALS)
+    assert any(r["scale"] != 1.0 for r in m1.history)  # the rule acted, in both runs alike
+    if per:
+        assert all(r["scale_min"] <= r["scale"] <= r["scale_max"] for r in m1.history)
+    for a, b in zip(kept, quiet):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_lbfgs_update_is_scaled_and_later_closure_signals_are_dropped():

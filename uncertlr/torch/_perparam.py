@@ -163,7 +163,8 @@ class PerParameterMode:
     def restore(self, optimizer: torch.optim.Optimizer | None) -> None:
         return None
 
-    def after_step(self, optimizer: torch.optim.Optimizer) -> dict[str, float] | None:
+    def after_step(self, optimizer: torch.optim.Optimizer, record: bool = True) -> dict[str, float] | None:
+        """Apply the step's factors; the record (mean, min and max factor: one host read) only if ``record``."""
         targets, self._step_targets = self._step_targets, []
         if not targets:
             return None
@@ -187,12 +188,16 @@ class PerParameterMode:
                 # before + s * (after - before), written into the snapshot, then copied back
                 torch._foreach_lerp_(befores, afters, scales)
                 torch._foreach_copy_(afters, befores)
+            if not record:  # no host read: on a GPU the next step's kernels queue behind this one's
+                return None
             n = sum(s.numel() for s in stats)
-            lo_hi = torch.stack([torch.stack(s.aminmax()) for s in stats])
+            lo_hi = torch.stack([torch.stack(s.aminmax()) for s in stats]).float()
+            total = torch.stack([s.sum() for s in stats]).sum().float()
+            mean_sum, lo, hi = torch.stack([total, lo_hi[:, 0].min(), lo_hi[:, 1].max()]).tolist()
             return {
-                "scale": float(torch.stack([s.sum() for s in stats]).sum()) / n,
-                "scale_min": float(lo_hi[:, 0].min()),
-                "scale_max": float(lo_hi[:, 1].max()),
+                "scale": mean_sum / n,
+                "scale_min": lo,
+                "scale_max": hi,
                 "lr": float(optimizer.param_groups[0]["lr"]),
             }
 

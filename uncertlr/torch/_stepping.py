@@ -91,7 +91,7 @@ class GlobalMode:
             self.state, self.last_scale = self._prev
             self._prev = None
 
-    def after_step(self, optimizer: torch.optim.Optimizer) -> dict[str, float] | None:
+    def after_step(self, optimizer: torch.optim.Optimizer, record: bool = True) -> dict[str, float] | None:
         before, self._before = self._before, None
         if before is not None:
             with torch.no_grad():

@@ -99,7 +99,7 @@ class NoRuleMode:
     def before_step(self, optimizer: Any, u: Any) -> None:
         return None
 
-    def after_step(self, optimizer: Any) -> dict[str, float] | None:
+    def after_step(self, optimizer: Any, record: bool = True) -> dict[str, float] | None:
         return {"lr": float(optimizer.param_groups[0]["lr"])}
 
     def scale(self) -> None:

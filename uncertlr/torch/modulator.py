@@ -118,7 +118,9 @@ class Modulator:
         noise: the gradient-noise estimator used when ``sigma`` is ``None``.
         record: append ``{step, signal, scale, lr}`` to :attr:`history` every step (for a
             per-parameter rule ``scale`` is the mean factor over the modulated weights, with
-            ``scale_min``/``scale_max``). Recording reads a few numbers back to the host.
+            ``scale_min``/``scale_max``). Recording reads a few numbers back to the host: one
+            synchronisation per step on a GPU, which ``record=False`` avoids for a per-parameter
+            rule (a global rule reads its signal on the host to compute the factor either way).
         max_history: keep only the newest ``max_history`` records (a ``collections.deque``
             ring buffer), so a run of millions of steps does not grow without bound (each
             record is ~0.4 KB); ``None`` keeps them all in a list.
@@ -333,7 +335,7 @@ class Modulator:
 
     def _post_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         assert self._mode is not None
-        rec = self._mode.after_step(optimizer)
+        rec = self._mode.after_step(optimizer, record=self.record)
         if self._variance is not None:
             vrec = self._variance.after_step(self.record)
             if vrec is not None:
