@@ -17,8 +17,9 @@ Networks (synthetic data; the step time does not depend on the values):
   resnet18     uncertlr_models.ResNet18 (torchvision's layout, CIFAR stem, batch norm), 32x32 RGB, batch 128
   transformer  uncertlr_models.TransformerClassifier, 4 blocks of width 256, 4 heads, 128 tokens, batch 64
 
-Predict throughput: inputs x posterior samples per second of ``bnn.predict(x, num_samples=32)`` and,
-for reference, inputs per second of the deterministic network's forward pass in eval mode.
+Predict throughput: inputs x posterior samples per second of ``bnn.predict(x, num_samples=32)``, of
+the same with the CPU's memory budgets, and of 32 one-draw forward passes; for reference, inputs
+per second of the deterministic network's forward pass in eval mode (with the peak memory on CUDA).
 NUTS: uncertlr.jax.mcmc on a 64-16-10 tanh BNN of 1,000 digits (2 chains x (200 + 200)) on
 JAX's default device (a GPU when jax has CUDA; the row says which).
 
@@ -252,9 +253,18 @@ def step_fns(make: Callable[[], nn.Module], x, y, dev: torch.device, compile_: b
 
 
 def predict_rows(name, make, x, dev, blocks: int, samples: int) -> list[dict]:
+    """Inputs (× draws) per second, and the peak memory on CUDA, of four ways to predict.
+
+    ``bnn.predict`` (its default budgets: on CUDA a fraction of free memory), the same with the CPU
+    budgets (256 MiB of activations, 2**25 weights per vectorised pass), ``S`` plain forward passes
+    of one draw each (no vmap), and the deterministic network's forward pass.
+    """
+    from uncertlr.torch._predict import chunked_outputs
+
     torch.manual_seed(0)
     net = make().to(dev).eval()
-    bnn = bayesian(make(), num_data=50_000, init_scale=1e-3).to(dev)
+    bnn = bayesian(make(), num_data=50_000, init_scale=1e-3).to(dev).eval()
+    post = bnn.posterior
 
     def det_forward() -> None:
         with torch.no_grad():
@@ -263,16 +273,37 @@ def predict_rows(name, make, x, dev, blocks: int, samples: int) -> list[dict]:
     def bnn_predict() -> None:
         bnn.predict(x, num_samples=samples)
 
-    t = timed_medians({"det": det_forward, "bnn": bnn_predict}, dev, blocks, 3)
+    def cpu_budgets() -> None:
+        chunked_outputs(bnn, x, samples, weight_elements=2**25, scale_to_device=False)
+
+    def loop() -> None:
+        with torch.no_grad():
+            for _ in range(samples):
+                torch.softmax(bnn._call(post.unflatten(post.draw(bnn._noise(None))), x), -1)
+
+    fns = {"det": det_forward, "bnn": bnn_predict, "cpu": cpu_budgets, "loop": loop}
+    peak: dict[str, float | None] = {}
+    for k, f in fns.items():
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(dev)
+            base = torch.cuda.memory_allocated(dev)
+            f()
+            torch.cuda.synchronize(dev)
+            peak[k] = (torch.cuda.max_memory_allocated(dev) - base) / 2**20
+        else:
+            peak[k] = None
+    t = timed_medians(fns, dev, blocks, 3)
     n = x.shape[0]
+    what = {
+        "det": ("deterministic forward", n, "inputs/s"),
+        "bnn": (f"bnn.predict (S={samples})", n * samples, "input-samples/s"),
+        "cpu": ("  the same, CPU budgets", n * samples, "input-samples/s"),
+        "loop": (f"  {samples} forward passes, no vmap", n * samples, "input-samples/s"),
+    }
     return [
-        {"network": name, "what": "deterministic forward", "per_s": n / t["det"], "unit": "inputs/s"},
-        {
-            "network": name,
-            "what": f"bnn.predict (S={samples})",
-            "per_s": n * samples / t["bnn"],
-            "unit": "input-samples/s",
-        },
+        {"network": name, "what": w, "per_s": count / t[k], "unit": unit, "peak_mib": peak[k]}
+        for k, (w, count, unit) in what.items()
     ]
 
 
@@ -404,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
             ("what", "what", "s"),
             ("per_s", "per second", ",.0f"),
             ("unit", "unit", "s"),
+            ("peak_mib", "peak MiB", ",.0f"),
         ],
     )
     nuts = None if args.no_nuts else nuts_row(args.quick)

@@ -115,3 +115,22 @@ def test_large_inputs_are_split_into_row_chunks(monkeypatch):
     with pytest.raises(ValueError, match="max_batch"):
         bnn.predict(torch.randn(3, 5), max_batch=0)
     assert bnn.sample_outputs(torch.randn(7, 5), num_samples=2, max_batch=3).shape == (2, 7, 3)
+
+
+@pytest.mark.parametrize("free_gib", [0.05, 8.0, 140.0])
+def test_cuda_budgets_grow_with_free_device_memory_and_never_shrink(monkeypatch, free_gib):
+    from uncertlr.torch._predict import CUDA_ACTIVATION_FRACTION, CUDA_WEIGHT_FRACTION, device_budgets
+
+    free = int(free_gib * 2**30)
+    asked = []
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev: (asked.append(dev), (free, 2 * free))[1])
+    cuda = torch.device("cuda", 0)
+    acts, weights = device_budgets(cuda, memory_budget=256 << 20, weight_elements=2**25, element_size=4)
+    assert asked == [cuda]
+    assert acts == max(256 << 20, int(free * CUDA_ACTIVATION_FRACTION))
+    assert weights == max(2**25, int(free * CUDA_WEIGHT_FRACTION) // 4)
+    if free_gib > 1:  # a 32-draw ResNet-18 (11.2M weights) fits in one chunk on a large GPU
+        assert weights // 11_200_000 >= (32 if free_gib > 100 else 2)
+    # the CPU keeps the given budgets and never asks CUDA
+    assert device_budgets(torch.device("cpu"), memory_budget=1, weight_elements=2, element_size=4) == (1, 2)
+    assert asked == [cuda]

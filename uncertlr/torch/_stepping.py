@@ -60,11 +60,16 @@ class GlobalMode:
             )
         self._prev = (self.state, self.last_scale)  # states are immutable: a raised step puts them back
         if is_numpy(self.state.scale):
-            s, self.state = self.rule.update(np.float32(float(u)), self.state)
+            signal = float(u)
+            s, self.state = self.rule.update(np.float32(signal), self.state)
+            factor = float(s)
         else:
             s, self.state = self.rule.update(u.to(self.state.scale.device), self.state)
+            # the factor sets the learning rates (Python floats): one host read for factor and signal
+            factor, signal = torch.stack(
+                [torch.as_tensor(s).float().reshape(()), u.to(s.device).float()]
+            ).tolist()
         self.last_scale = s
-        factor = float(s)
         base = float(optimizer.param_groups[0]["lr"])
         if in_closure:  # scale the update after the step (the optimizer may have read lr already)
             with torch.no_grad():
@@ -74,7 +79,7 @@ class GlobalMode:
             self._saved_lr = [g["lr"] for g in optimizer.param_groups]
             for g in optimizer.param_groups:
                 g["lr"] = g["lr"] * factor
-        return {"signal": float(u), "scale": factor, "lr": base * factor}
+        return {"signal": signal, "scale": factor, "lr": base * factor}
 
     def restore(self, optimizer: torch.optim.Optimizer | None) -> None:
         """Put the base learning rates back (after the step, or after a step that raised)."""

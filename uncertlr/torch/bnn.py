@@ -438,6 +438,8 @@ class BNN(nn.Module):
         ``PREDICT_CHUNK_ELEMENTS`` weights at once) and the inputs ``max_batch`` rows at a time —
         by default as many rows as keep the activations under
         :data:`uncertlr.torch._predict.MEMORY_BUDGET` (256 MiB), measured on the network itself.
+        On a CUDA device both budgets grow to a fraction of its free memory (a quarter for
+        activations, an eighth for weights), so the passes are large enough to fill it.
         Only the result grows with ``S × N``.
 
         Args:

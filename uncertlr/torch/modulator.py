@@ -331,7 +331,10 @@ class Modulator:
         if rec is not None and self.record:
             self.history.append({"step": float(self.num_steps), **rec})
             self._record_appended = True
-        self._signal_value = None if u is None or not self.record else float(u)
+        if u is None or not self.record:
+            self._signal_value = None
+        else:  # a global rule has read it back already
+            self._signal_value = rec["signal"] if rec is not None and "signal" in rec else float(u)
 
     def _post_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         assert self._mode is not None
