@@ -345,12 +345,18 @@ def evaluate(trained: Trained, task: Task) -> tuple[dict[str, float], dict[str, 
             f"{key}_variance": pred.variance.astype(np.float32),
         }
         return runfolder.regression_summary(pred, task.test_targets()), arrays
-    p_out = trained.predict(task.x_ood) if task.x_ood is not None else None
-    arrays = {f"{name}_test": p_in.cpu().numpy().astype(np.float32)}
+    # scored on the CPU, where the labels are (a model on a GPU predicts there)
+    p_in = p_in.cpu()
+    p_out = trained.predict(task.x_ood).cpu() if task.x_ood is not None else None
+    arrays = {f"{name}_test": p_in.numpy().astype(np.float32)}
     if p_out is not None:
-        arrays[f"{name}_ood"] = p_out.cpu().numpy().astype(np.float32)
-    val = {} if task.x_val is None else {"probs_val": trained.predict(task.x_val), "labels_val": task.y_val}
-    return runfolder.classification_summary(p_in, task.y_test, p_out, **val), arrays
+        arrays[f"{name}_ood"] = p_out.numpy().astype(np.float32)
+    val = (
+        {}
+        if task.x_val is None or task.y_val is None
+        else {"probs_val": trained.predict(task.x_val).cpu(), "labels_val": task.y_val.cpu()}
+    )
+    return runfolder.classification_summary(p_in, task.y_test.cpu(), p_out, **val), arrays
 
 
 @dataclass
@@ -390,10 +396,13 @@ class Comparison(Results):
         except ImportError:  # the report extra is optional; save() says so
             return {}
         x, y = self.task.x_test, self.task.y_test
-        return {
-            name: to_inference_data(bnn, x=x, y=y, num_samples=num_samples, name=name, rng_seed=seed)
-            for name, bnn in self.posteriors.items()
-        }
+        out = {}
+        for name, bnn in self.posteriors.items():
+            dev = bnn.posterior.loc.device  # a model trained on a GPU predicts there
+            out[name] = to_inference_data(
+                bnn, x=x.to(dev), y=y.to(dev), num_samples=num_samples, name=name, rng_seed=seed
+            )
+        return out
 
 
 def compare(

@@ -293,14 +293,11 @@ def _write_results(
     run_dir: Path, cfg: TrainConfig, task: Task, trained: Trained, seconds: float, info: Any, console: Any
 ) -> None:
     device = trained.model.posterior.loc.device
-    on_device = Task(
-        task.name,
-        task.x_train,
-        task.y_train,
-        task.x_test.to(device),
-        task.y_test,
-        task.x_ood.to(device),
-        task.ood,
+    on_device = replace(  # the inputs where the model is; labels and the rest of the task as they are
+        task,
+        x_test=task.x_test.to(device),
+        x_ood=None if task.x_ood is None else task.x_ood.to(device),
+        x_val=None if task.x_val is None else task.x_val.to(device),
     )
     summary, arrays = evaluate(trained, on_device)
     summary.update(seconds=seconds, skipped_steps=sum(h.get("skipped", 0.0) for h in trained.history))
