@@ -48,7 +48,9 @@ def from_pyro(
     """
     import torch
 
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
+    # torch.manual_seed seeds every CUDA device too: fork their generators as well as the CPU's
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda), torch.no_grad():
         torch.manual_seed(rng_seed)
         if sample_parameters is not None:  # an uncertlr BNN: one vectorised draw of every random parameter
             draws = {n: _np(v) for n, v in sample_parameters(num_samples).items()}
@@ -111,8 +113,10 @@ def _predictive(
     ll_sum, h_sum = np.zeros(num_samples), np.zeros(num_samples)
     ll_count = h_count = 0
     has_entropy = True
+    # the draws go back where the model's data is (a model on a GPU would mix devices otherwise)
+    dev = next((a.device for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
     for s in range(num_samples):
-        data = {n: torch.as_tensor(v[s]) for n, v in draws.items()}
+        data = {n: torch.as_tensor(v[s], device=dev) for n, v in draws.items()}
         mtr = poutine.trace(poutine.condition(model, data=data)).get_trace(*args, **kwargs)
         n_ll = n_h = 0
         for n, site in mtr.nodes.items():
