@@ -349,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", action="store_true", help="add the torch.compile(bnn.elbo) row")
     p.add_argument("--networks", nargs="+", default=None, help="subset of: mlp resnet18 transformer")
     p.add_argument("--no-nuts", action="store_true", help="skip the NUTS row")
+    p.add_argument("--no-predict", action="store_true", help="skip the predict throughput rows")
     p.add_argument(
         "--sync-check",
         action="store_true",
@@ -382,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"##### {name}\n" + profile_steps({k: fns[k] for k in ("deterministic", "bnn")}, dev)
             )
         notes_all.update({f"{name}/{k}": v for k, v in notes.items()})
-        predict += predict_rows(name, make, x, dev, blocks, samples)
+        if not args.no_predict:
+            predict += predict_rows(name, make, x, dev, blocks, samples)
         del fns
         if dev.type == "cuda":
             torch.cuda.empty_cache()
@@ -427,17 +429,18 @@ def main(argv: list[str] | None = None) -> int:
         args.profile.parent.mkdir(parents=True, exist_ok=True)
         args.profile.write_text("\n\n".join(profiles) + "\n")
         print(f"wrote {args.profile}")
-    print_table(
-        "predict throughput",
-        predict,
-        [
-            ("network", "network", "s"),
-            ("what", "what", "s"),
-            ("per_s", "per second", ",.0f"),
-            ("unit", "unit", "s"),
-            ("peak_mib", "peak MiB", ",.0f"),
-        ],
-    )
+    if predict:
+        print_table(
+            "predict throughput",
+            predict,
+            [
+                ("network", "network", "s"),
+                ("what", "what", "s"),
+                ("per_s", "per second", ",.0f"),
+                ("unit", "unit", "s"),
+                ("peak_mib", "peak MiB", ",.0f"),
+            ],
+        )
     nuts = None if args.no_nuts else nuts_row(args.quick)
     if nuts is not None:
         print("NUTS:", nuts)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import hypothesis.strategies as st
 import pytest
 import torch
 from hypothesis import given
 
 from uncertlr.modulation import GradientNoise, GradSigmaRatio, ParamSignal, SigmaRatio, VarianceRatio
+from uncertlr.torch import _fused as fused_module
 from uncertlr.torch._fused import FusedRule, supports
 
 RULES = {"P1": SigmaRatio, "P2": GradSigmaRatio, "P3": VarianceRatio}
@@ -68,14 +71,18 @@ def _inputs(draw_seed, sizes, steps, bad_step, scale_exp):
     bad=st.booleans(),
     seed=st.integers(0, 2**16),
     scale_exp=st.integers(-20, 3),
+    multi_tensor=st.booleans(),
 )
 def test_fused_rule_equals_one_reference_update_per_segment(
-    name, sizes, steps, warmup, renormalize, decay, kappa, bad, seed, scale_exp
+    name, sizes, steps, warmup, renormalize, decay, kappa, bad, seed, scale_exp, multi_tensor
 ):
     rule = RULES[name](kappa=kappa, warmup=warmup, renormalize=renormalize, decay=decay)
     grads, sigmas = _inputs(seed, sizes, steps, steps // 2 if bad else None, scale_exp)
     ref = _reference(rule, sizes, grads, sigmas)
-    got = _fused(rule, sizes, grads, sigmas)
+    # multi_tensor: the GPU's segment sums (one _foreach_norm), run on the CPU
+    devices = fused_module.MULTI_TENSOR_DEVICES | ({"cpu"} if multi_tensor else set())
+    with mock.patch.object(fused_module, "MULTI_TENSOR_DEVICES", devices):
+        got = _fused(rule, sizes, grads, sigmas)
     for (s_ref, st_ref), (s_got, st_got) in zip(ref, got):
         torch.testing.assert_close(s_got, s_ref, rtol=2e-5, atol=1e-6, equal_nan=True)
         for a, b in zip(st_got, st_ref):
