@@ -134,3 +134,23 @@ def test_cuda_budgets_grow_with_free_device_memory_and_never_shrink(monkeypatch,
     # the CPU keeps the given budgets and never asks CUDA
     assert device_budgets(torch.device("cpu"), memory_budget=1, weight_elements=2, element_size=4) == (1, 2)
     assert asked == [cuda]
+
+
+def test_plan_chunks_asks_a_cuda_device_only_when_the_cpu_budgets_would_split_the_work(monkeypatch):
+    from uncertlr.torch._predict import plan_chunks
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev: (asked.append(dev), (64 << 30, 80 << 30))[1])
+    cuda = torch.device("cuda", 0)
+    kw = dict(weight_elements=2**25, memory_budget=256 << 20, max_batch=None, element_size=4)
+    small = dict(num_samples=32, num_rows=128, num_params=478_410, row_bytes=4_000)  # the MLP: one pass
+    assert plan_chunks(cuda, **small, **kw) == chunk_plan(
+        **small, **{k: kw[k] for k in ("weight_elements", "memory_budget")}
+    )
+    assert asked == []
+    big = dict(num_samples=32, num_rows=128, num_params=11_200_000, row_bytes=5_000_000)  # a ResNet-18
+    cpu_plan = plan_chunks(None, **big, **kw)
+    assert (cpu_plan.draws, cpu_plan.rows) == (2, 26) and asked == []  # ~80 passes with the CPU's budgets
+    assert plan_chunks(torch.device("cpu"), **big, **kw) == cpu_plan and asked == []
+    # 64 GiB free: every draw at once (an eighth: 2.1G weights), 16 GiB of activations = 107 rows of 32 draws
+    assert plan_chunks(cuda, **big, **kw) == (32, (16 << 30) // (32 * 5_000_000)) and asked == [cuda]

@@ -23,12 +23,12 @@ from torch import Tensor
 from torch.func import vmap
 
 from uncertlr import _spec
-from uncertlr._spec import MEMORY_BUDGET, chunk_plan
+from uncertlr._spec import MEMORY_BUDGET, ChunkPlan, chunk_plan
 from uncertlr.torch._adapters import take_rows
 from uncertlr.torch._modules import named_shape_errors
 from uncertlr.torch._rnn import vmappable_rnns
 
-__all__ = ["MEMORY_BUDGET", "activation_bytes_per_row", "chunked_outputs", "device_budgets"]
+__all__ = ["MEMORY_BUDGET", "activation_bytes_per_row", "chunked_outputs", "device_budgets", "plan_chunks"]
 
 #: On a CUDA device the budgets of one vectorised pass grow to these fractions of its free memory.
 CUDA_ACTIVATION_FRACTION = 1 / 4
@@ -98,6 +98,36 @@ def device_budgets(
     )
 
 
+def plan_chunks(
+    device: torch.device | None,
+    *,
+    num_samples: int,
+    num_rows: int,
+    num_params: int,
+    row_bytes: int,
+    weight_elements: int,
+    memory_budget: int,
+    max_batch: int | None,
+    element_size: int,
+) -> ChunkPlan:
+    """:func:`~uncertlr._spec.chunk_plan` with the given budgets, or, on a CUDA ``device`` where they would split
+    the work, with :func:`device_budgets` (asked only then: a driver call per ``predict`` is not free).
+
+    Example:
+        >>> plan_chunks(None, num_samples=8, num_rows=10, num_params=100, row_bytes=64,
+        ...             weight_elements=2**20, memory_budget=2**20, max_batch=None, element_size=4)
+        ChunkPlan(draws=8, rows=10)
+    """
+    kw = dict(num_samples=num_samples, num_rows=num_rows, num_params=num_params, row_bytes=row_bytes)
+    plan = chunk_plan(**kw, weight_elements=weight_elements, memory_budget=memory_budget, max_batch=max_batch)
+    if device is None or device.type != "cuda" or (plan.draws >= num_samples and plan.rows >= num_rows):
+        return plan
+    memory_budget, weight_elements = device_budgets(
+        device, memory_budget=memory_budget, weight_elements=weight_elements, element_size=element_size
+    )
+    return chunk_plan(**kw, weight_elements=weight_elements, memory_budget=memory_budget, max_batch=max_batch)
+
+
 def chunked_outputs(
     bnn: Any,
     x: Any,
@@ -129,20 +159,14 @@ def chunked_outputs(
     with torch.no_grad(), bnn._eval_mode(), vmappable_rnns(bnn.net):
         loc = post.loc
         budget = _spec.MEMORY_BUDGET if memory_budget is None else memory_budget
-        if scale_to_device:
-            budget, weight_elements = device_budgets(
-                loc.device,
-                memory_budget=budget,
-                weight_elements=weight_elements,
-                element_size=loc.element_size(),
-            )
         row_bytes = 1
         if max_batch is None:
             with named_shape_errors(lead):  # the probe is the first forward pass: name x's problems
                 row_bytes = activation_bytes_per_row(
                     bnn.net, lambda xb: bnn._call(post.unflatten(loc), xb), x, n
                 )
-        plan = chunk_plan(
+        plan = plan_chunks(
+            loc.device if scale_to_device else None,
             num_samples=num_samples,
             num_rows=n,
             num_params=post.num_params,
@@ -150,6 +174,7 @@ def chunked_outputs(
             weight_elements=weight_elements,
             memory_budget=budget,
             max_batch=max_batch,
+            element_size=loc.element_size(),
         )
         result: Tensor | None = None
         for s0 in range(0, num_samples, plan.draws):
