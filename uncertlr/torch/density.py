@@ -269,7 +269,9 @@ class FeatureDensity(nn.Module):
         ]
         if len(scores) == 1:
             return scores[0]
-        z = [(s - self.score_center[i]) / self.score_scale[i] for i, s in enumerate(scores)]
+        z = [
+            (s - self.score_center[i].to(s)) / self.score_scale[i].to(s) for i, s in enumerate(scores)
+        ]  # on the CPU
         return torch.stack(z).mean(0)
 
     def extra_repr(self) -> str:

@@ -114,7 +114,7 @@ class LastLayerLaplace(nn.Module):
         b = (
             self.layer.bias.detach().double()
             if self.layer.bias is not None
-            else torch.zeros(w.shape[0], dtype=w.dtype)
+            else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
         )
         return torch.cat([w, b[:, None]], 1).reshape(-1)
 
@@ -139,11 +139,14 @@ class LastLayerLaplace(nn.Module):
                 f"x and y must have the same, non-zero number of rows; got {x.shape[0]} and {y.shape[0]}"
             )
         c = self.layer.weight.shape[0]
-        h = torch.zeros(c, self.layer.in_features + 1, c, self.layer.in_features + 1, dtype=torch.float64)
-        gram = torch.zeros(self.layer.in_features + 1, self.layer.in_features + 1, dtype=torch.float64)
+        d1 = self.layer.in_features + 1
+        f64 = dict(dtype=torch.float64, device=self.layer.weight.device)  # where the features are
+        h = torch.zeros(c, d1, c, d1, **f64)
+        gram = torch.zeros(d1, d1, **f64)
         loglik, sq = 0.0, 0.0
         for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
             phi, out = self._features(xb)
+            yb = yb.to(out.device)
             if isinstance(self.likelihood, _lik.Categorical):
                 _lik.check_labels(yb, out.shape[0], out.shape[1])
                 p = torch.softmax(out, -1)
@@ -161,7 +164,7 @@ class LastLayerLaplace(nn.Module):
             if self.noise_scale is None:
                 self.noise_scale = math.sqrt(sq / n_out)
             s2 = self.noise_scale**2
-            hmat = torch.kron(torch.eye(c, dtype=torch.float64), gram) / s2
+            hmat = torch.kron(torch.eye(c, **f64), gram) / s2
             loglik = -0.5 * sq / s2 - 0.5 * n_out * math.log(2 * math.pi * s2)
         self._loglik = loglik
         self._theta_star = self._theta()
@@ -214,7 +217,7 @@ class LastLayerLaplace(nn.Module):
         """Lower Cholesky factor ``L`` of the posterior precision ``H + δ I = L Lᵀ`` (cached per ``δ``)."""
         d = float(self.prior_precision)
         if self._factor_cache is None or self._factor_cache[0] != d:
-            eye = torch.eye(self.num_params, dtype=self._hmat.dtype)
+            eye = torch.eye(self.num_params, dtype=self._hmat.dtype, device=self._hmat.device)
             chol, info = torch.linalg.cholesky_ex(self._hmat + d * eye)
             if int(info) != 0:  # H's rounding made it indefinite beyond δ: project it onto the PSD cone
                 evals, evecs = torch.linalg.eigh(self._hmat)
@@ -231,7 +234,7 @@ class LastLayerLaplace(nn.Module):
         """Posterior std of the last layer: ``{"<layer>.weight": [C, D], "<layer>.bias": [C]}``."""
         self._check_fitted("posterior_scale")
         # diag((L Lᵀ)⁻¹) = column sums of (L⁻¹)²
-        eye = torch.eye(self.num_params, dtype=self._hmat.dtype)
+        eye = torch.eye(self.num_params, dtype=self._hmat.dtype, device=self._hmat.device)
         var = torch.linalg.solve_triangular(self._factor(), eye, upper=False).square().sum(0)
         sd = var.sqrt().reshape(self.layer.weight.shape[0], -1).to(self.layer.weight.dtype)
         out = {f"{self.layer_name}.weight": sd[:, :-1]}
@@ -254,7 +257,7 @@ class LastLayerLaplace(nn.Module):
         self._check_fitted("predict")
         num_samples = positive_int("num_samples", num_samples)
         phi, _ = self._features(x)
-        eps = torch.randn(num_samples, self.num_params, dtype=torch.float64)
+        eps = torch.randn(num_samples, self.num_params, dtype=torch.float64, device=phi.device)
         # θ = θ* + L⁻ᵀ ε has covariance (L Lᵀ)⁻¹ = (H + δ I)⁻¹
         draws = torch.linalg.solve_triangular(self._factor().T, eps.T, upper=True).T
         theta = (self._theta_star + draws).reshape(num_samples, self.layer.weight.shape[0], -1)
