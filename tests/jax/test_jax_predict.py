@@ -93,6 +93,58 @@ def test_mcmc_draws_are_evaluated_in_chunks_exactly(monkeypatch):
     np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-6)
 
 
+class _FakeAccelerator:
+    platform = "gpu"
+
+    def __init__(self, stats):
+        self.stats = stats
+
+    def memory_stats(self):
+        return self.stats
+
+
+class _OnDevice:
+    def __init__(self, device):
+        self.device = device
+
+    def devices(self):
+        return {self.device}
+
+
+def test_free_device_memory_reads_an_accelerators_memory_stats():
+    from uncertlr.jax._predict import free_device_memory
+
+    assert free_device_memory(jnp.zeros(3)) is None  # the CPU: the fixed budgets
+    free = free_device_memory(_OnDevice(_FakeAccelerator({"bytes_limit": 10 << 30, "bytes_in_use": 3 << 30})))
+    assert free() == 7 << 30
+    assert free_device_memory(_OnDevice(_FakeAccelerator(None)))() is None  # a device that does not say
+
+
+def test_svi_draws_on_an_accelerator_come_in_one_chunk_when_its_memory_allows(monkeypatch):
+    from uncertlr.jax._predict import draws_per_chunk
+
+    bnn = _bnn()
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(24, 4)), jnp.float32)
+    y = jnp.asarray(np.random.default_rng(3).integers(0, 3, 24), jnp.int32)
+    res = svi(bnn, x, y, optimizer=optax.adam(0.05), num_steps=20, progress=False)
+    sizes, asked = [], []
+    real = res.sample_parameters
+
+    def spy(num_samples=32, *, rng_key=None):
+        sizes.append(num_samples)
+        return real(num_samples, rng_key=rng_key)
+
+    monkeypatch.setattr(res, "sample_parameters", spy)
+    monkeypatch.setattr(jpost, "PREDICT_CHUNK_ELEMENTS", 3 * bnn.num_params)  # 3 draws at a time on the CPU
+    monkeypatch.setattr(jpost, "free_device_memory", lambda x: lambda: asked.append(1) or 1 << 30)
+    out = res.predict(x, num_samples=10, rng_key=7)
+    assert sizes == [10] and asked  # a 1 GiB-free accelerator takes all 10 draws at once
+    assert out.shape == (10, 24, 3) and len({float(out[i, 0, 0]) for i in range(10)}) == 10
+    # the CPU budget again when the device does not report its memory, or for few draws (never asked)
+    assert draws_per_chunk(10, 100, weight_elements=300, free_memory=lambda: None) == 3
+    assert draws_per_chunk(2, 100, weight_elements=300, free_memory=lambda: 1 / 0) == 2
+
+
 def test_a_flax_shape_error_is_a_named_value_error():
     flax_linen = pytest.importorskip("flax.linen")
 

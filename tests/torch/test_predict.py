@@ -118,39 +118,35 @@ def test_large_inputs_are_split_into_row_chunks(monkeypatch):
 
 
 @pytest.mark.parametrize("free_gib", [0.05, 8.0, 140.0])
-def test_cuda_budgets_grow_with_free_device_memory_and_never_shrink(monkeypatch, free_gib):
-    from uncertlr.torch._predict import CUDA_ACTIVATION_FRACTION, CUDA_WEIGHT_FRACTION, device_budgets
+def test_accelerator_budgets_grow_with_free_memory_and_never_shrink(free_gib):
+    from uncertlr._spec import ACCELERATOR_ACTIVATION_FRACTION, ACCELERATOR_WEIGHT_FRACTION, grown_budgets
 
     free = int(free_gib * 2**30)
-    asked = []
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev: (asked.append(dev), (free, 2 * free))[1])
-    cuda = torch.device("cuda", 0)
-    acts, weights = device_budgets(cuda, memory_budget=256 << 20, weight_elements=2**25, element_size=4)
-    assert asked == [cuda]
-    assert acts == max(256 << 20, int(free * CUDA_ACTIVATION_FRACTION))
-    assert weights == max(2**25, int(free * CUDA_WEIGHT_FRACTION) // 4)
-    if free_gib > 1:  # a 32-draw ResNet-18 (11.2M weights) fits in one chunk on a large GPU
-        assert weights // 11_200_000 >= (32 if free_gib > 100 else 2)
-    # the CPU keeps the given budgets and never asks CUDA
-    assert device_budgets(torch.device("cpu"), memory_budget=1, weight_elements=2, element_size=4) == (1, 2)
-    assert asked == [cuda]
+    acts, weights = grown_budgets(free, memory_budget=256 << 20, weight_elements=2**25, element_size=4)
+    assert acts == max(256 << 20, int(free * ACCELERATOR_ACTIVATION_FRACTION))
+    assert weights == max(2**25, int(free * ACCELERATOR_WEIGHT_FRACTION) // 4)
+    if free_gib > 100:  # a 32-draw ResNet-18 (11.2M weights) fits in one chunk on a large GPU
+        assert weights // 11_200_000 >= 32
 
 
-def test_plan_chunks_asks_a_cuda_device_only_when_the_cpu_budgets_would_split_the_work(monkeypatch):
-    from uncertlr.torch._predict import plan_chunks
+def test_device_chunk_plan_asks_for_free_memory_only_when_the_cpu_budgets_would_split_the_work(monkeypatch):
+    from uncertlr._spec import device_chunk_plan
+    from uncertlr.torch._predict import cuda_free_memory
 
     asked = []
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev: (asked.append(dev), (64 << 30, 80 << 30))[1])
     cuda = torch.device("cuda", 0)
+    assert cuda_free_memory(torch.device("cpu")) is None
+    free = cuda_free_memory(cuda)
     kw = dict(weight_elements=2**25, memory_budget=256 << 20, max_batch=None, element_size=4)
     small = dict(num_samples=32, num_rows=128, num_params=478_410, row_bytes=4_000)  # the MLP: one pass
-    assert plan_chunks(cuda, **small, **kw) == chunk_plan(
-        **small, **{k: kw[k] for k in ("weight_elements", "memory_budget")}
+    assert device_chunk_plan(free, **small, **kw) == chunk_plan(
+        **small, weight_elements=kw["weight_elements"], memory_budget=kw["memory_budget"]
     )
     assert asked == []
     big = dict(num_samples=32, num_rows=128, num_params=11_200_000, row_bytes=5_000_000)  # a ResNet-18
-    cpu_plan = plan_chunks(None, **big, **kw)
+    cpu_plan = device_chunk_plan(None, **big, **kw)
     assert (cpu_plan.draws, cpu_plan.rows) == (2, 26) and asked == []  # ~80 passes with the CPU's budgets
-    assert plan_chunks(torch.device("cpu"), **big, **kw) == cpu_plan and asked == []
+    assert device_chunk_plan(lambda: None, **big, **kw) == cpu_plan  # a device that does not say
     # 64 GiB free: every draw at once (an eighth: 2.1G weights), 16 GiB of activations = 107 rows of 32 draws
-    assert plan_chunks(cuda, **big, **kw) == (32, (16 << 30) // (32 * 5_000_000)) and asked == [cuda]
+    assert device_chunk_plan(free, **big, **kw) == (32, (16 << 30) // (32 * 5_000_000)) and asked == [cuda]

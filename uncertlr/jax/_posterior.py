@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from uncertlr.jax._predict import draws_per_chunk, free_device_memory
 from uncertlr.jax.bnn import BNN, NOISE_SITE, PREDICT_CHUNK_ELEMENTS
 from uncertlr.likelihoods import NormalPrediction
 from uncertlr.metrics import LayerSpread, layer_spread
@@ -82,14 +83,23 @@ class _Posterior:
     def _noise(self, draws: Mapping[str, Array]) -> Array | float | None:
         return draws.get(NOISE_SITE)
 
-    def _draws(self, num_samples: int | None, rng_key: Any) -> Iterator[dict[str, Array]]:
-        """Posterior draws in chunks of at most ``PREDICT_CHUNK_ELEMENTS`` weights (fresh draws are
-        sampled chunk by chunk; stored ones, such as MCMC's, are sliced)."""
-        per = max(1, PREDICT_CHUNK_ELEMENTS // max(1, self.bnn.num_params))
+    def _draws(self, num_samples: int | None, rng_key: Any, x: Any = None) -> Iterator[dict[str, Array]]:
+        """Posterior draws in chunks of at most ``PREDICT_CHUNK_ELEMENTS`` weights — more on an accelerator
+        with the memory for them (:func:`~uncertlr.jax._predict.draws_per_chunk`; ``x`` says which device).
+        Fresh draws are sampled chunk by chunk; stored ones, such as MCMC's, are sliced."""
+        free = free_device_memory(x)
+
+        def per_chunk(total: int) -> int:
+            return draws_per_chunk(
+                total, self.bnn.num_params, weight_elements=PREDICT_CHUNK_ELEMENTS, free_memory=free
+            )
+
         count = None if num_samples is None else as_count("num_samples", num_samples)
+        per = per_chunk(count) if count is not None else 1
         if not self._fresh_draws or count is None or count <= per:
             draws = self.sample_parameters(num_samples, rng_key=rng_key)
             total = int(next(iter(draws.values())).shape[0])
+            per = per_chunk(total)
             for s in range(0, total, per):
                 yield {k: v[s : s + per] for k, v in draws.items()}
             return
@@ -101,7 +111,7 @@ class _Posterior:
         self, x: Array, num_samples: int | None, rng_key: Any, max_batch: int | None
     ) -> tuple[Array, Any]:
         outs, noises = [], []
-        for draws in self._draws(num_samples, rng_key):
+        for draws in self._draws(num_samples, rng_key, x):
             weights = {n: draws[n] for n in self.bnn.random_names}
             outs.append(self.bnn.sample_outputs(weights, x, self._fixed(), max_batch=max_batch))
             noises.append(self._noise(draws))
@@ -122,7 +132,8 @@ class _Posterior:
         """Posterior predictive samples for inputs ``x[N, ...]``.
 
         Memory is bounded: draws are sampled and evaluated a chunk at a time and the inputs
-        ``max_batch`` rows at a time (default: chosen from :data:`uncertlr._spec.MEMORY_BUDGET`).
+        ``max_batch`` rows at a time (default: chosen from :data:`uncertlr._spec.MEMORY_BUDGET`; on a GPU or
+        TPU from a share of its free memory where that budget would split the work).
 
         Returns:
             classification: probabilities ``[S, N, C]``;

@@ -15,7 +15,9 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["activation_bytes_per_row"]
+from uncertlr._spec import MEMORY_BUDGET, grown_budgets
+
+__all__ = ["activation_bytes_per_row", "draws_per_chunk", "free_device_memory"]
 
 _PROBE_ROWS = 2
 
@@ -53,3 +55,53 @@ def activation_bytes_per_row(apply: Callable[[Any, Any], Any], values: Any, x: A
     closed = jax.make_jaxpr(apply)(values, probe)
     total = probe.size * np.dtype(probe.dtype).itemsize + _bytes(closed.jaxpr)
     return max(1, math.ceil(total / probe.shape[0]))
+
+
+def free_device_memory(x: Any) -> Callable[[], int | None] | None:
+    """How to ask the device that holds ``x`` (JAX's default device for other inputs) for its free bytes.
+
+    ``None`` on the CPU; on a GPU or TPU ``bytes_limit - bytes_in_use`` of ``Device.memory_stats()``
+    (``None`` when the device does not report them). :func:`uncertlr._spec.device_chunk_plan` asks only
+    when the CPU budgets would split the work.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> free_device_memory(jnp.zeros(3)) is None  # on the CPU
+        True
+    """
+    devices = getattr(x, "devices", None)
+    device = next(iter(devices())) if callable(devices) else jax.devices()[0]
+    if device.platform == "cpu":
+        return None
+
+    def free() -> int | None:
+        stats = device.memory_stats()
+        if not stats or "bytes_limit" not in stats:
+            return None
+        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+
+    return free
+
+
+def draws_per_chunk(
+    num_draws: int, num_params: int, *, weight_elements: int, free_memory: Callable[[], int | None] | None
+) -> int:
+    """Posterior draws per chunk: ``weight_elements // num_params``, grown with the device's free memory
+    (:func:`uncertlr._spec.grown_budgets`) when that would split ``num_draws``.
+
+    Example:
+        >>> draws_per_chunk(32, 11_200_000, weight_elements=2**25, free_memory=None)
+        2
+        >>> draws_per_chunk(32, 11_200_000, weight_elements=2**25, free_memory=lambda: 64 << 30)
+        32
+    """
+    per = max(1, weight_elements // max(1, num_params))
+    if num_draws <= per or free_memory is None:
+        return min(per, max(1, num_draws))
+    free = free_memory()
+    if free is None:
+        return per
+    _, grown = grown_budgets(
+        free, memory_budget=MEMORY_BUDGET, weight_elements=weight_elements, element_size=4
+    )
+    return min(max(1, grown // max(1, num_params)), num_draws)

@@ -37,10 +37,10 @@ from numpyro.distributions import constraints
 from uncertlr import _spec
 from uncertlr import likelihoods as _lik
 from uncertlr import priors as _priors
-from uncertlr._spec import ELBOTerms, bnn_spec, chunk_plan, positive_int
+from uncertlr._spec import ELBOTerms, bnn_spec, device_chunk_plan, positive_int
 from uncertlr.jax import _validation
 from uncertlr.jax._networks import FanIn, Network, as_network
-from uncertlr.jax._predict import activation_bytes_per_row
+from uncertlr.jax._predict import activation_bytes_per_row, free_device_memory
 from uncertlr.likelihoods import NormalPrediction
 from uncertlr.select import Predicate, Selector
 
@@ -207,6 +207,8 @@ class BNN:
         Draws go through ``jax.lax.map`` a chunk at a time (at most ``PREDICT_CHUNK_ELEMENTS``
         weights at once) and the inputs ``max_batch`` rows at a time (default: as many as keep
         the activations under :data:`uncertlr._spec.MEMORY_BUDGET`, measured on the network's jaxpr).
+        On a GPU or TPU both budgets grow to a share of its free memory where they would split the work
+        (:func:`uncertlr._spec.device_chunk_plan`).
         """
         num, n = int(next(iter(samples.values())).shape[0]), int(x.shape[0])
         row_bytes = (
@@ -214,7 +216,8 @@ class BNN:
             if max_batch is not None
             else activation_bytes_per_row(self.network.apply, self.network.values, x)
         )
-        plan = chunk_plan(
+        plan = device_chunk_plan(
+            free_device_memory(x),  # on an accelerator, larger passes where the CPU budgets would split
             num_samples=num,
             num_rows=n,
             num_params=self.num_params,
@@ -222,6 +225,7 @@ class BNN:
             weight_elements=PREDICT_CHUNK_ELEMENTS,
             memory_budget=_spec.MEMORY_BUDGET,
             max_batch=None if max_batch is None else positive_int("max_batch", max_batch),
+            element_size=int(np.dtype(next(iter(samples.values())).dtype).itemsize),
         )
         if plan.draws not in self._outputs_jit:
             chunk = plan.draws

@@ -23,16 +23,12 @@ from torch import Tensor
 from torch.func import vmap
 
 from uncertlr import _spec
-from uncertlr._spec import MEMORY_BUDGET, ChunkPlan, chunk_plan
+from uncertlr._spec import MEMORY_BUDGET, device_chunk_plan
 from uncertlr.torch._adapters import take_rows
 from uncertlr.torch._modules import named_shape_errors
 from uncertlr.torch._rnn import vmappable_rnns
 
-__all__ = ["MEMORY_BUDGET", "activation_bytes_per_row", "chunked_outputs", "device_budgets", "plan_chunks"]
-
-#: On a CUDA device the budgets of one vectorised pass grow to these fractions of its free memory.
-CUDA_ACTIVATION_FRACTION = 1 / 4
-CUDA_WEIGHT_FRACTION = 1 / 8
+__all__ = ["MEMORY_BUDGET", "activation_bytes_per_row", "chunked_outputs", "cuda_free_memory"]
 
 #: Rows of the probe that measures the activations of one input.
 _PROBE_ROWS = 4
@@ -75,57 +71,20 @@ def activation_bytes_per_row(
     return max(1, math.ceil(total / max(1, rows)))
 
 
-def device_budgets(
-    device: torch.device, *, memory_budget: int, weight_elements: int, element_size: int
-) -> tuple[int, int]:
-    """``(activation bytes, weight elements)`` of one vectorised pass on ``device``.
+def cuda_free_memory(device: torch.device) -> Callable[[], int | None] | None:
+    """How to ask ``device`` for its free bytes (``torch.cuda.mem_get_info``), or ``None`` off CUDA.
 
-    The given budgets bound memory on the CPU. On a CUDA device they would cut a ResNet-18's
-    32 draws × 128 inputs into ~80 small passes, each too small to fill the GPU (predict ran ~18×
-    slower per input-sample than the deterministic forward pass on an H200); there each grows to a
-    fraction of the device's free memory (:data:`CUDA_ACTIVATION_FRACTION`, :data:`CUDA_WEIGHT_FRACTION`).
+    :func:`uncertlr._spec.device_chunk_plan` asks only when the CPU budgets would split the work: on a
+    CUDA device they cut a ResNet-18's 32 draws × 128 inputs into ~80 small passes, each too small to fill
+    the GPU (``predict`` ran ~12× slower than with the grown budgets on an H200).
 
     Example:
-        >>> device_budgets(torch.device("cpu"), memory_budget=1 << 20, weight_elements=1000, element_size=4)
-        (1048576, 1000)
+        >>> cuda_free_memory(torch.device("cpu")) is None
+        True
     """
     if device.type != "cuda":
-        return memory_budget, weight_elements
-    free, _ = torch.cuda.mem_get_info(device)
-    return (
-        max(memory_budget, int(free * CUDA_ACTIVATION_FRACTION)),
-        max(weight_elements, int(free * CUDA_WEIGHT_FRACTION) // max(1, element_size)),
-    )
-
-
-def plan_chunks(
-    device: torch.device | None,
-    *,
-    num_samples: int,
-    num_rows: int,
-    num_params: int,
-    row_bytes: int,
-    weight_elements: int,
-    memory_budget: int,
-    max_batch: int | None,
-    element_size: int,
-) -> ChunkPlan:
-    """:func:`~uncertlr._spec.chunk_plan` with the given budgets, or, on a CUDA ``device`` where they would split
-    the work, with :func:`device_budgets` (asked only then: a driver call per ``predict`` is not free).
-
-    Example:
-        >>> plan_chunks(None, num_samples=8, num_rows=10, num_params=100, row_bytes=64,
-        ...             weight_elements=2**20, memory_budget=2**20, max_batch=None, element_size=4)
-        ChunkPlan(draws=8, rows=10)
-    """
-    kw = dict(num_samples=num_samples, num_rows=num_rows, num_params=num_params, row_bytes=row_bytes)
-    plan = chunk_plan(**kw, weight_elements=weight_elements, memory_budget=memory_budget, max_batch=max_batch)
-    if device is None or device.type != "cuda" or (plan.draws >= num_samples and plan.rows >= num_rows):
-        return plan
-    memory_budget, weight_elements = device_budgets(
-        device, memory_budget=memory_budget, weight_elements=weight_elements, element_size=element_size
-    )
-    return chunk_plan(**kw, weight_elements=weight_elements, memory_budget=memory_budget, max_batch=max_batch)
+        return None
+    return lambda: int(torch.cuda.mem_get_info(device)[0])
 
 
 def chunked_outputs(
@@ -151,7 +110,8 @@ def chunked_outputs(
         check: called as ``check(lead_chunk, outputs_chunk)`` before ``transform`` (validation), with
             the tensor that stands for the batch chunk (see :mod:`uncertlr.torch._adapters`).
         transform: applied to each chunk of outputs (e.g. a softmax), written into the result.
-        scale_to_device: on a CUDA device, grow both budgets with its free memory (:func:`device_budgets`).
+        scale_to_device: on a CUDA device, grow both budgets with its free memory where they would split
+            the work (:func:`uncertlr._spec.device_chunk_plan`).
     """
     post = bnn.posterior
     lead = bnn.adapter.lead(x)
@@ -165,8 +125,8 @@ def chunked_outputs(
                 row_bytes = activation_bytes_per_row(
                     bnn.net, lambda xb: bnn._call(post.unflatten(loc), xb), x, n
                 )
-        plan = plan_chunks(
-            loc.device if scale_to_device else None,
+        plan = device_chunk_plan(
+            cuda_free_memory(loc.device) if scale_to_device else None,
             num_samples=num_samples,
             num_rows=n,
             num_params=post.num_params,
