@@ -66,9 +66,8 @@ class GlobalMode:
         else:
             s, self.state = self.rule.update(u.to(self.state.scale.device), self.state)
             # the factor sets the learning rates (Python floats): one host read for factor and signal
-            factor, signal = torch.stack(
-                [torch.as_tensor(s).float().reshape(()), u.to(s.device).float()]
-            ).tolist()
+            st = torch.as_tensor(s)
+            factor, signal = torch.stack([st.double().reshape(()), u.to(st.device).double()]).tolist()
         self.last_scale = s
         base = float(optimizer.param_groups[0]["lr"])
         if in_closure:  # scale the update after the step (the optimizer may have read lr already)
