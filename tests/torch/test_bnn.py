@@ -477,3 +477,33 @@ def test_bad_regression_targets_and_arguments():
         bayesian(net, num_data=1)
     with pytest.raises(ValueError, match="positive"):
         priors.Normal(scale=0.0)
+
+
+class _Tied(nn.Module):
+    """Two square layers sharing one weight, then a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(4, 4, bias=False), nn.Linear(4, 4), nn.Linear(4, 3)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.b(torch.tanh(self.a(x)))))
+
+
+def test_tied_parameters_are_refused_as_random_and_stay_tied_when_deterministic():
+    with pytest.raises(ValueError, match="tied parameters cannot be made random"):
+        bayesian(_Tied(), num_data=10)
+    bnn = bayesian(_Tied(), num_data=10, select=lambda n, mod: n.startswith(("head", "b.bias")))
+    assert bnn.random_names == ["b.bias", "head.weight", "head.bias"]
+    net = bnn.net  # bayesian() works on a copy
+    assert net.a.weight is net.b.weight
+    torch.manual_seed(0)
+    x = torch.randn(5, 4)
+    with torch.no_grad():  # the posterior mean: the network's own weights, the shared one in both layers
+        net.a.weight.mul_(2.0)  # the deterministic tied weight is read from the module at every call
+        loc = bnn.posterior.unflatten(bnn.posterior.loc)
+        out = bnn._call(loc, x)
+        h = torch.tanh(x @ net.a.weight.T)
+        ref = torch.tanh(h @ net.a.weight.T + loc["b.bias"]) @ loc["head.weight"].T + loc["head.bias"]
+    torch.testing.assert_close(out, ref)

@@ -251,7 +251,8 @@ class BNN(nn.Module):
     # ------------------------------------------------------------------ forward passes
 
     def _call(self, weights: Mapping[str, Tensor], x: Any) -> Tensor:
-        return self.adapter.call(self.net, weights, x)
+        # the random parameters are never tied (__init__ refuses that): no search for their aliases
+        return self.adapter.call(self.net, weights, x, tie_weights=False)
 
     def _outputs(self, flat_w: Tensor, x: Tensor) -> Tensor:
         """Network outputs ``[K, B, ...]`` for flat weights ``[P]`` (K = 1) or ``[K, P]``; vmap when ``K > 1``."""
