@@ -115,28 +115,20 @@ def test_record_false_keeps_no_history_and_takes_the_same_steps(rule):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("rule", GLOBAL_RULES, ids=lambda r: type(r).__name__)
-def test_global_rule_state_on_a_device_gives_the_numpy_factors(rule):
-    # on an accelerator the rule state stays in 0-d tensors (one host read per step for factor and
-    # signal together); force that path on the CPU and compare with the numpy path step by step
+def test_global_rule_state_is_numpy_whatever_the_parameters_device():
+    # on a GPU a state of 0-d device tensors cost ~20 tiny kernels a step and saved no host read
+    # (the factor sets the learning rates, Python floats); "meta" stands in for an accelerator
+    from uncertlr.torch._state import is_numpy
     from uncertlr.torch._stepping import GlobalMode
 
-    params = [torch.zeros(3, requires_grad=True)]
-    opt = torch.optim.SGD(params, lr=0.1)
-    on_host, on_device = GlobalMode(rule, params), GlobalMode(rule, params)
-    on_device.state = rule.init(torch.zeros(()))
-    assert isinstance(on_device.state.scale, torch.Tensor) and not isinstance(
-        on_host.state.scale, torch.Tensor
-    )
-    for u in SIGNALS:
-        a = on_host.before_step(opt, torch.tensor(u))
-        on_host.restore(opt)
-        b = on_device.before_step(opt, torch.tensor(u))
-        assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * b["scale"], rel=1e-6)
-        on_device.restore(opt)
-        assert isinstance(b["scale"], float) and isinstance(b["signal"], float)
-        assert b == pytest.approx(a, rel=1e-6)
-    assert opt.param_groups[0]["lr"] == 0.1
+    def leaves(state):
+        for v in state:
+            yield from leaves(v) if isinstance(v, tuple) else (v,)
+
+    for rule in GLOBAL_RULES:
+        mode = GlobalMode(rule, [torch.zeros(3, device="meta")])
+        found = list(leaves(mode.state))
+        assert found and all(is_numpy(v) for v in found), type(rule).__name__
 
 
 def test_lbfgs_update_is_scaled_and_later_closure_signals_are_dropped():

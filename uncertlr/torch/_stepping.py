@@ -39,11 +39,11 @@ class GlobalMode:
 
     def __init__(self, rule: Rule, params: list[Tensor]):
         self.rule = rule
-        dev = params[0].device
-        # On the CPU the scalar state lives in numpy: the same rule code, a few times less
-        # per-op overhead than 0-d torch tensors. Elsewhere it stays on the device (no sync).
-        like = np.zeros((), np.float32) if dev.type == "cpu" else torch.zeros((), device=dev)
-        self.state = rule.init(like)
+        # The scalar state lives in numpy on every device: the same rule code, a few times less per-op
+        # overhead than 0-d torch tensors, and on a GPU no launches at all. The factor sets the learning
+        # rates (Python floats), so the signal is read back once a step either way; a state kept on the
+        # device cost that read plus ~20 tiny kernels a step.
+        self.state = rule.init(np.zeros((), np.float32))
         self.last_scale: Any = None
         self._saved_lr: list[Any] | None = None
         self._before: list[Tensor] | None = None
@@ -59,15 +59,9 @@ class GlobalMode:
                 "closure (a global rule needs this step's signal)"
             )
         self._prev = (self.state, self.last_scale)  # states are immutable: a raised step puts them back
-        if is_numpy(self.state.scale):
-            signal = float(u)
-            s, self.state = self.rule.update(np.float32(signal), self.state)
-            factor = float(s)
-        else:
-            s, self.state = self.rule.update(u.to(self.state.scale.device), self.state)
-            # the factor sets the learning rates (Python floats): one host read for factor and signal
-            st = torch.as_tensor(s)
-            factor, signal = torch.stack([st.double().reshape(()), u.to(st.device).double()]).tolist()
+        signal = float(u)  # the step's one host read
+        s, self.state = self.rule.update(np.float32(signal), self.state)
+        factor = float(s)
         self.last_scale = s
         base = float(optimizer.param_groups[0]["lr"])
         if in_closure:  # scale the update after the step (the optimizer may have read lr already)
