@@ -131,10 +131,21 @@ def is_concrete(x: Array) -> bool:
     return not type(x).__name__.endswith("Tracer")
 
 
+def _compat(x: Array) -> Any:
+    """``array_namespace(x)``, with torch tensors answered directly: under ``torch.compile`` the lookup's
+    ``lru_cache``-wrapped helpers made Dynamo warn five times per compiled loss (the answer is the same)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        import array_api_compat.torch as compat_torch
+
+        return compat_torch
+    return array_namespace(x)
+
+
 def compat_namespace(x: Array, name: str) -> Any:
     """The array namespace of ``x``; a TypeError naming ``name`` for anything that is not an array."""
     try:
-        return array_namespace(x)
+        return _compat(x)
     except TypeError as exc:
         raise TypeError(f"{name} must be a numpy, torch or jax array; got {type(x).__name__}") from exc
 
@@ -146,7 +157,7 @@ def convert(x: Array, xp: Any, like: Array, name: str) -> Array:
     (on its device for torch), so numpy labels work with torch or jax probabilities.
     """
     try:
-        if array_namespace(x) is xp:
+        if _compat(x) is xp:
             return x
     except TypeError:
         pass
