@@ -60,7 +60,9 @@ class LikelihoodModule(nn.Module):
         """Mean negative log-likelihood over particles and the batch; ``outputs[K, B, ...]``."""
         if isinstance(self.spec, _lik.Categorical):
             # cross_entropy wants int64 (or uint8) targets: int32/int16 labels are just as valid
-            return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), y.long().repeat(outputs.shape[0]))
+            k = outputs.shape[0]
+            labels = y.long() if k == 1 else y.long().repeat(k)  # one particle: no copy of the labels
+            return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), labels)
         per = -_lik.normal_log_prob(y, outputs, self.noise_scale)
         return per.sum(tuple(range(2, per.dim()))).mean() if per.dim() > 2 else per.mean()
 
