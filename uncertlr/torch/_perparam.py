@@ -139,7 +139,7 @@ class PerParameterMode:
                     raise TypeError("the Modulator does not support sparse gradients")
                 if t.fused is not None:
                     t.flat_scale = t.fused.update(g.reshape(-1), *self._flat_sigma(t, sigma_map))
-                    t.scales = list(t.flat_scale.split(t.sizes))
+                    t.scales = None  # per segment only on request (scale()): no views every step
                 else:
                     gs = list(g.reshape(-1).split(t.sizes))
                     scales = []
@@ -202,11 +202,15 @@ class PerParameterMode:
             }
 
     def scale(self) -> list[Tensor] | None:
-        if not self.targets or self.targets[0].scales is None:
+        if not self.targets or (self.targets[0].scales is None and self.targets[0].flat_scale is None):
             return None
-        return [
-            torch.cat([s.reshape(-1) for s in t.scales]).view_as(t.param) for t in self.targets if t.scales
-        ]
+        out = []
+        for t in self.targets:
+            if t.flat_scale is not None:
+                out.append(t.flat_scale.view_as(t.param).clone())  # a copy: the rule keeps the original
+            elif t.scales:
+                out.append(torch.cat([s.reshape(-1) for s in t.scales]).view_as(t.param))
+        return out
 
     def state_dict(self) -> tuple[Any, Any]:
         rule_state = [[state_to_dict(s) for s in t.states] for t in self.targets]
