@@ -61,6 +61,19 @@ def interleaved_medians(
     ``clock``: ``time.perf_counter`` (wall) or ``time.thread_time`` (CPU time of the calling
     thread; only meaningful when torch runs on that one thread, see ``--cpu-time``).
     """
+    per = interleaved_blocks(fns, blocks=blocks, steps=steps, warmup=warmup, clock=clock)
+    return {k: statistics.median(v) for k, v in per.items()}
+
+
+def interleaved_blocks(
+    fns: Mapping[str, Callable[[], Any]],
+    *,
+    blocks: int,
+    steps: int,
+    warmup: int = 10,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, list[float]]:
+    """Seconds per call of each function in each of ``blocks`` interleaved blocks (see :func:`interleaved_medians`)."""
     for f in fns.values():
         for _ in range(warmup):
             f()
@@ -71,7 +84,7 @@ def interleaved_medians(
             for _ in range(steps):
                 f()
             per[k].append((clock() - t0) / steps)
-    return {k: statistics.median(v) for k, v in per.items()}
+    return per
 
 
 def setup_clock(args: argparse.Namespace) -> Callable[[], float]:

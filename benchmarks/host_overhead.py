@@ -28,7 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from benchmarks._common import base_parser, print_table, setup_clock, write_results  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    base_parser,
+    interleaved_blocks,
+    print_table,
+    setup_clock,
+    write_results,
+)
 from benchmarks.gpu import ratio_rows, step_fns  # noqa: E402
 from uncertlr import priors  # noqa: E402
 from uncertlr.torch import bayesian  # noqa: E402
@@ -71,20 +77,6 @@ def tied_step(make: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor) -
     return step
 
 
-def timed(fns: dict[str, Callable[[], object]], blocks: int, steps: int, clock) -> dict[str, list[float]]:
-    for f in fns.values():
-        for _ in range(5):
-            f()
-    per: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(blocks):
-        for k, f in fns.items():
-            t0 = clock()
-            for _ in range(steps):
-                f()
-            per[k].append((clock() - t0) / steps)
-    return per
-
-
 def main(argv: list[str] | None = None) -> int:
     p = base_parser(__doc__.splitlines()[0])
     args = p.parse_args(argv)
@@ -95,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, (make, x, y) in tiny_networks().items():
         fns, notes = step_fns(make, x, y, cpu, False)
         fns["bnn, tie_weights=True"] = tied_step(make, x, y)
-        rows += ratio_rows(name, timed(fns, blocks, steps, clock), notes)
+        rows += ratio_rows(
+            name, interleaved_blocks(fns, blocks=blocks, steps=steps, warmup=5, clock=clock), notes
+        )
     for r in rows:
         r["us"] = 1e3 * r.pop("ms")
     print_table(
