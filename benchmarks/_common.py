@@ -72,17 +72,26 @@ def interleaved_blocks(
     steps: int,
     warmup: int = 10,
     clock: Callable[[], float] = time.perf_counter,
+    sync: Callable[[], None] | None = None,
 ) -> dict[str, list[float]]:
-    """Seconds per call of each function in each of ``blocks`` interleaved blocks (see :func:`interleaved_medians`)."""
+    """Seconds per call of each function in each of ``blocks`` interleaved blocks (see :func:`interleaved_medians`).
+
+    ``sync``: called before each block starts and before it is timed to have ended (an accelerator's
+    ``torch.cuda.synchronize``: its work is asynchronous).
+    """
+    done = sync or (lambda: None)
     for f in fns.values():
         for _ in range(warmup):
             f()
+    done()
     per: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(blocks):
         for k, f in fns.items():
+            done()
             t0 = clock()
             for _ in range(steps):
                 f()
+            done()
             per[k].append((clock() - t0) / steps)
     return per
 

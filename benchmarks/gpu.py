@@ -55,7 +55,13 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from benchmarks._common import base_parser, machine, print_table, write_results  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    base_parser,
+    interleaved_blocks,
+    machine,
+    print_table,
+    write_results,
+)
 from uncertlr import priors  # noqa: E402
 from uncertlr.modulation import GradSigmaRatio, Ratio  # noqa: E402
 from uncertlr.torch import Modulator, batch_entropy, bayesian  # noqa: E402
@@ -103,20 +109,7 @@ def timed_blocks(
     fns: dict[str, Callable[[], object]], dev: torch.device, blocks: int, steps: int
 ) -> dict[str, list[float]]:
     """Seconds per call in each of ``blocks`` interleaved blocks; each block ends with a device synchronisation."""
-    for f in fns.values():
-        for _ in range(3):
-            f()
-    _sync(dev)
-    per: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(blocks):
-        for k, f in fns.items():
-            _sync(dev)
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                f()
-            _sync(dev)
-            per[k].append((time.perf_counter() - t0) / steps)
-    return per
+    return interleaved_blocks(fns, blocks=blocks, steps=steps, warmup=3, sync=lambda: _sync(dev))
 
 
 def timed_medians(fns: dict[str, Callable[[], object]], dev: torch.device, blocks: int, steps: int) -> dict:
