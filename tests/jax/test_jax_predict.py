@@ -54,11 +54,17 @@ def test_activation_probe_counts_the_intermediates():
     assert activation_bytes_per_row(_mlp_apply, w, jnp.zeros((10, 4))) == 4 * (4 + 6 + 6 + 6 + 3) + 4 * 6 // 2
 
 
-def test_svi_draws_are_sampled_chunk_by_chunk_and_reproducible(monkeypatch):
+@pytest.fixture(scope="module")
+def svi_fit():
+    """One short SVI fit (and its data) for the chunking tests: they only read it."""
     bnn = _bnn()
     x = jnp.asarray(np.random.default_rng(2).normal(size=(24, 4)), jnp.float32)
     y = jnp.asarray(np.random.default_rng(3).integers(0, 3, 24), jnp.int32)
-    res = svi(bnn, x, y, optimizer=optax.adam(0.05), num_steps=20, progress=False)
+    return bnn, x, svi(bnn, x, y, optimizer=optax.adam(0.05), num_steps=20, progress=False)
+
+
+def test_svi_draws_are_sampled_chunk_by_chunk_and_reproducible(monkeypatch, svi_fit):
+    bnn, x, res = svi_fit
     sizes = []
     real = res.sample_parameters
 
@@ -120,13 +126,10 @@ def test_free_device_memory_reads_an_accelerators_memory_stats():
     assert free_device_memory(_OnDevice(_FakeAccelerator(None)))() is None  # a device that does not say
 
 
-def test_svi_draws_on_an_accelerator_come_in_one_chunk_when_its_memory_allows(monkeypatch):
+def test_svi_draws_on_an_accelerator_come_in_one_chunk_when_its_memory_allows(monkeypatch, svi_fit):
     from uncertlr.jax._predict import draws_per_chunk
 
-    bnn = _bnn()
-    x = jnp.asarray(np.random.default_rng(2).normal(size=(24, 4)), jnp.float32)
-    y = jnp.asarray(np.random.default_rng(3).integers(0, 3, 24), jnp.int32)
-    res = svi(bnn, x, y, optimizer=optax.adam(0.05), num_steps=20, progress=False)
+    bnn, x, res = svi_fit
     sizes, asked = [], []
     real = res.sample_parameters
 
