@@ -99,7 +99,8 @@ class _Posterior:
         if not self._fresh_draws or count is None or count <= per:
             draws = self.sample_parameters(num_samples, rng_key=rng_key)
             total = int(next(iter(draws.values())).shape[0])
-            per = per_chunk(total)
+            if total != count:  # all stored draws: the chunk size for that many (asking the device once)
+                per = per_chunk(total)
             for s in range(0, total, per):
                 yield {k: v[s : s + per] for k, v in draws.items()}
             return
