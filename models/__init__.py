@@ -8,7 +8,7 @@
 * :class:`TransformerClassifier` — a small pre-norm Transformer encoder over token ids;
 * :class:`TinyTextTransformer` — a Transformer text classifier with Hugging Face's calling
   convention (``forward(input_ids, attention_mask)`` returning an output with ``.logits``);
-* :class:`MaxPool2x2` — ``nn.MaxPool2d(2)`` with a faster inference path (the CNNs above pool with it).
+* :class:`MaxPool2x2` — ``nn.MaxPool2d(2)``, faster on a CPU, same values and gradients (the CNNs above pool with it).
 
 Except ResNet18 with ``norm="batch"``, none uses batch norm, so every weight can be made
 Bayesian with :func:`uncertlr.torch.bayesian` and evaluated for many posterior samples at once.

@@ -71,6 +71,17 @@ def test_resnet18_has_torchvisions_layout():
     assert net(torch.zeros(1, 3, 64, 64)).shape == (1, 1000)
 
 
+def _graph(t: torch.Tensor) -> set[str]:
+    """The names of the autograd nodes behind ``t``."""
+    seen, todo = set(), [t.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and type(node).__name__ not in seen:
+            seen.add(type(node).__name__)
+            todo += [n for n, _ in node.next_functions]
+    return seen
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     n=st.integers(1, 3),
@@ -79,23 +90,53 @@ def test_resnet18_has_torchvisions_layout():
     w=st.integers(2, 9),
     lead=st.booleans(),
     nan=st.booleans(),
+    ties=st.booleans(),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
     seed=st.integers(0, 2**16),
 )
-def test_maxpool2x2_takes_the_same_maxima_as_nn_maxpool2d(n, c, h, w, lead, nan, seed):
-    """Without autograd (the pairwise-maximum path) the output equals nn.MaxPool2d(2)'s bit for bit, odd sizes
-    floored, NaN propagated, batched or not; with autograd it is nn.MaxPool2d itself (values and gradients)."""
+def test_maxpool2x2_takes_the_same_maxima_as_nn_maxpool2d(n, c, h, w, lead, nan, ties, dtype, seed):
+    """Without autograd (the pairwise-maximum path) and with it (the channels-last path for [N, C, H, W] on a
+    CPU) the output and the gradient equal nn.MaxPool2d(2)'s bit for bit: odd sizes floored, NaN propagated,
+    ties (a ReLU's zeros) sent to the same input of the window, batched or not."""
     from uncertlr_models._pool import MaxPool2x2
 
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(*((n,) if lead else ()), c, h, w, generator=g)
+    x = torch.randn(*((n,) if lead else ()), c, h, w, generator=g, dtype=dtype)
+    if ties:
+        x = x.relu().round()
     if nan:
         x.view(-1)[int(torch.randint(0, x.numel(), (1,), generator=g))] = float("nan")
     ours, ref = MaxPool2x2(), torch.nn.MaxPool2d(2)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), ref(x), rtol=0, atol=0, equal_nan=True)
     a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
-    ours(a).nan_to_num().sum().backward()
-    ref(b).nan_to_num().sum().backward()
+    out, expected = ours(a), ref(b)
+    assert "_ChannelsLastMaxPoolBackward" in _graph(out)  # the channels-last path, batched or not
+    torch.testing.assert_close(out, expected, rtol=0, atol=0, equal_nan=True)
+    weights = torch.randn(expected.shape, generator=g, dtype=dtype)
+    (out.nan_to_num() * weights).sum().backward()
+    (expected.nan_to_num() * weights).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("lead", [(2, 3), (3,)], ids=["batched", "unbatched"])
+def test_maxpool2x2_under_vmap_with_autograd_equals_a_loop(lead):
+    """A BNN's particles vmap the network with autograd on: the pool's vmap rule folds the vmapped dimension
+    into the batch, and values and gradients equal nn.MaxPool2d(2) applied slice by slice."""
+    from torch.func import vmap
+
+    from uncertlr_models._pool import MaxPool2x2
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*lead, 4, 7, 6, generator=g).relu().round()
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out = vmap(MaxPool2x2(), randomness="different")(a)
+    assert "_ChannelsLastMaxPoolBackward" in _graph(out)
+    expected = torch.stack([torch.nn.MaxPool2d(2)(t) for t in b])
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    weights = torch.randn(expected.shape, generator=g)
+    (out * weights).sum().backward()
+    (expected * weights).sum().backward()
     torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
 
 
@@ -103,18 +144,30 @@ def test_maxpool2x2_takes_the_same_maxima_as_nn_maxpool2d(n, c, h, w, lead, nan,
     ("make", "shape"),
     [(lambda: SpeechCNN(16, 10, channels=(4, 8)), (5, 16, 21)), (lambda: ImageCNN(1, 10), (5, 1, 9, 9))],
 )
-def test_reference_cnns_predict_exactly_as_with_nn_maxpool2d(make, shape):
-    """SpeechCNN and ImageCNN pool with MaxPool2x2: their no-grad outputs equal the same weights with nn.MaxPool2d."""
+def test_reference_cnns_predict_and_train_exactly_as_with_nn_maxpool2d(make, shape):
+    """SpeechCNN and ImageCNN pool with MaxPool2x2: their no-grad outputs, and a BNN's two-particle (vmapped)
+    ELBO gradients, equal those of the same weights with nn.MaxPool2d."""
     from uncertlr_models._pool import MaxPool2x2
 
     torch.manual_seed(0)
     net, x = make(), torch.randn(*shape)
+    y = torch.randint(0, 10, (shape[0],))
     pools = [m for m in net.modules() if isinstance(m, MaxPool2x2)]
     assert pools
-    with torch.no_grad():
-        ours = net(x)
-        for parent in net.modules():
-            for name, child in parent.named_children():
-                if isinstance(child, MaxPool2x2):
-                    setattr(parent, name, torch.nn.MaxPool2d(2))
-        torch.testing.assert_close(ours, net(x), rtol=0, atol=0)
+
+    def outputs_and_gradients(net):
+        bnn = bayesian(net, num_data=100, init_scale=0.1)
+        torch.manual_seed(1)
+        bnn.loss(x, y, num_particles=2).backward()
+        with torch.no_grad():
+            return net(x), [p.grad for p in bnn.parameters()]
+
+    ours, ours_grads = outputs_and_gradients(net)
+    for parent in net.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, MaxPool2x2):
+                setattr(parent, name, torch.nn.MaxPool2d(2))
+    ref, ref_grads = outputs_and_gradients(net)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=0)
+    for a, b in zip(ours_grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -1,17 +1,18 @@
-"""Predict time of the reference CNNs with ``MaxPool2x2`` against the same weights with ``nn.MaxPool2d(2)``.
+"""Predict and training time of the reference CNNs with ``MaxPool2x2`` against the same weights with ``nn.MaxPool2d(2)``.
 
-``uncertlr_models.SpeechCNN`` and ``ImageCNN`` pool with ``MaxPool2x2``, which takes the same maxima as
-``nn.MaxPool2d(2)`` but, without autograd, as two pairwise ``torch.maximum`` passes (PyTorch's CPU
-``max_pool2d`` on ``[N, C, H, W]`` was as costly as the convolutions around it). Training is unchanged
-(autograd on: ``nn.MaxPool2d`` itself). For each network, in one process and interleaved blocks: the
-deterministic forward pass (eval, no grad) and ``bayesian(net).predict(x, num_samples=S)``, each with both
-pools; the outputs are checked equal bit for bit before timing. Ratio = ``MaxPool2x2`` time / ``nn.MaxPool2d``
-time (< 1: faster).
+``uncertlr_models.SpeechCNN`` and ``ImageCNN`` pool with ``MaxPool2x2``, which takes the same maxima and
+gradients as ``nn.MaxPool2d(2)``: without autograd as two pairwise ``torch.maximum`` passes, with autograd on a
+CPU in channels-last order with ATen's own backward (PyTorch's CPU ``max_pool2d`` on a contiguous
+``[N, C, H, W]`` tensor was as costly as the convolutions around it). For each network, in one process and
+interleaved blocks: the deterministic forward pass (eval, no grad), ``bayesian(net).predict(x, num_samples=S)``,
+a deterministic training step (cross-entropy, forward and backward) and a BNN training step (``bnn.loss``,
+one particle, forward and backward), each with both pools; outputs and gradients are checked equal bit for bit
+before timing. Ratio = ``MaxPool2x2`` time / ``nn.MaxPool2d`` time (< 1: faster).
 
 Usage::
 
-    python benchmarks/predict_pool.py --cpu-time     # one thread, CPU clock
-    python benchmarks/predict_pool.py --quick        # smoke run
+    python benchmarks/maxpool.py --cpu-time     # one thread, CPU clock
+    python benchmarks/maxpool.py --quick        # smoke run
 """
 
 from __future__ import annotations
@@ -55,17 +56,20 @@ def cases(quick: bool) -> dict[str, tuple[Callable[[], nn.Module], torch.Tensor]
 def main(argv: list[str] | None = None) -> int:
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--samples", type=int, default=8, help="posterior samples of bnn.predict")
+    p.add_argument("--batch", type=int, default=64, help="batch size of the training steps")
     args = p.parse_args(argv)
     clock = setup_clock(args)
     blocks, steps = (3, 2) if args.quick else (7, 3)
     rows = []
     for name, (make, x) in cases(args.quick).items():
         torch.manual_seed(0)
+        g = torch.Generator().manual_seed(3)
         net = make().eval()
         ref = _with_nn_pool(net).eval()
         bnn, bnn_ref = bayesian(net, num_data=1000), bayesian(ref, num_data=1000)
         bnn_ref.load_state_dict(bnn.state_dict())
         xs = x[: max(1, len(x) // 4)]  # BNN predictions: S x N inputs
+        xt, yt = x[: args.batch], torch.randint(0, 10, (min(args.batch, len(x)),), generator=g)
         with torch.no_grad():
             if not torch.equal(net(x), ref(x)):
                 raise AssertionError(f"{name}: MaxPool2x2 and nn.MaxPool2d outputs differ")
@@ -85,8 +89,48 @@ def main(argv: list[str] | None = None) -> int:
         def pred(b) -> Callable[[], object]:  # type: ignore[no-untyped-def]
             return lambda: b.predict(xs, num_samples=args.samples)
 
+        def train_step(m: nn.Module) -> Callable[[], object]:
+            def f() -> object:
+                m.zero_grad(set_to_none=True)
+                loss = nn.functional.cross_entropy(m(xt), yt)
+                loss.backward()
+                return loss
+
+            return f
+
+        def bnn_step(b) -> Callable[[], object]:  # type: ignore[no-untyped-def]
+            def f() -> object:
+                b.zero_grad(set_to_none=True)
+                loss = b.loss(xt, yt)
+                loss.backward()
+                return loss
+
+            return f
+
+        net.train(), ref.train()
+        for make_step, what, left, right in (
+            (train_step, "training step", net, ref),
+            (bnn_step, "BNN training step", bnn, bnn_ref),
+        ):
+            torch.manual_seed(2)
+            make_step(left)()
+            torch.manual_seed(2)
+            make_step(right)()
+            for p_ours, p_ref in zip(left.parameters(), right.parameters(), strict=True):
+                if not torch.equal(p_ours.grad, p_ref.grad):
+                    raise AssertionError(f"{name}: {what} gradients differ")
+
         t = interleaved_medians(
-            {"fwd": fwd(net), "fwd_ref": fwd(ref), "bnn": pred(bnn), "bnn_ref": pred(bnn_ref)},
+            {
+                "fwd": fwd(net),
+                "fwd_ref": fwd(ref),
+                "bnn": pred(bnn),
+                "bnn_ref": pred(bnn_ref),
+                "train": train_step(net),
+                "train_ref": train_step(ref),
+                "bnn_train": bnn_step(bnn),
+                "bnn_train_ref": bnn_step(bnn_ref),
+            },
             blocks=blocks,
             steps=steps,
             warmup=2,
@@ -95,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         for what, ours, base, count in (
             ("forward (eval)", "fwd", "fwd_ref", len(x)),
             (f"bnn.predict (S={args.samples})", "bnn", "bnn_ref", len(xs)),
+            ("training step (fwd + bwd)", "train", "train_ref", len(xt)),
+            ("BNN training step (bnn.loss, fwd + bwd)", "bnn_train", "bnn_train_ref", len(xt)),
         ):
             rows.append(
                 {
@@ -107,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                 }
             )
     print_table(
-        "predict time, MaxPool2x2 vs nn.MaxPool2d(2) (same weights, same outputs)",
+        "MaxPool2x2 vs nn.MaxPool2d(2): predict and training time (same weights, outputs and gradients)",
         rows,
         [
             ("network", "network", "s"),
@@ -118,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             ("ratio", "ratio", ".3f"),
         ],
     )
-    write_results("predict_pool", rows, args.json)
+    write_results("maxpool", rows, args.json)
     return 0
 
 
