@@ -25,8 +25,9 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 # The tests' XLA programs are tiny, so compiling them is most of the JAX tests' time: compile with LLVM's
 # optimisations off (-O0; ~30% less CPU time on tests/jax, same results up to float rounding; the tests check
-# behaviour, never speed). Your own XLA_FLAGS win.
-_XLA_FLAGS = ["--xla_backend_optimization_level=0"]
+# behaviour, never speed) and with XLA:CPU's older LLVM-IR fusion emitters instead of the MLIR-based ones
+# (the whole suite 650 -> 531 CPU-s, cold cache; BENCHMARKS.md "Test suite time"). Your own XLA_FLAGS win.
+_XLA_FLAGS = ["--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false"]
 if _WORKERS > 1:
     _THREADS = max(1, (os.cpu_count() or 1) // _WORKERS)
     for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
