@@ -21,7 +21,9 @@ from typing import Any
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
-def base_parser(description: str) -> argparse.ArgumentParser:
+def base_parser(description: str, *, timing: bool = False) -> argparse.ArgumentParser:
+    """The options every benchmark shares; ``timing=True`` (the scripts that call :func:`setup_clock`) adds
+    ``--keep-freed-memory``."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="a short run (smoke test / CI)")
     p.add_argument(
@@ -45,6 +47,13 @@ def base_parser(description: str) -> argparse.ArgumentParser:
         default=None,
         help="shared data folder (default $UNCERTLR_DATA or ../shared/data)",
     )
+    if timing:
+        p.add_argument(
+            "--keep-freed-memory",
+            action="store_true",
+            help="call uncertlr.torch.keep_freed_memory() first (glibc keeps freed blocks for reuse), as the "
+            "uncertlr command line does; every row of the run then has it",
+        )
     return p
 
 
@@ -96,10 +105,17 @@ def interleaved_blocks(
     return per
 
 
+_ALLOCATOR: dict[str, bool] = {"keep_freed_memory": False}
+
+
 def setup_clock(args: argparse.Namespace) -> Callable[[], float]:
-    """Apply ``--threads`` / ``--cpu-time`` to torch; returns the clock ``interleaved_medians`` should use."""
+    """Apply ``--keep-freed-memory``, ``--threads`` and ``--cpu-time``; returns the clock ``interleaved_medians`` should use."""
     import torch
 
+    if getattr(args, "keep_freed_memory", False):
+        from uncertlr.torch import keep_freed_memory
+
+        _ALLOCATOR["keep_freed_memory"] = keep_freed_memory()
     if args.cpu_time:
         torch.set_num_threads(1)
         return time.thread_time
@@ -114,6 +130,9 @@ def machine() -> dict[str, Any]:
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
         "load_average": [round(v, 2) for v in os.getloadavg()],  # others' work on a shared machine
+        "keep_freed_memory": _ALLOCATOR[
+            "keep_freed_memory"
+        ],  # glibc keeping freed blocks (--keep-freed-memory)
     }
     try:
         import torch

@@ -78,7 +78,7 @@ def tied_step(make: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = base_parser(__doc__.splitlines()[0])
+    p = base_parser(__doc__.splitlines()[0], timing=True)
     args = p.parse_args(argv)
     clock = setup_clock(args)
     blocks, steps = (3, 5) if args.quick else (9, 30)

@@ -85,7 +85,7 @@ def steps(num_data: int = 60_000) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = base_parser(__doc__.splitlines()[0])
+    p = base_parser(__doc__.splitlines()[0], timing=True)
     args = p.parse_args(argv)
     clock = setup_clock(args)
     torch.manual_seed(0)

@@ -54,7 +54,7 @@ def cases(quick: bool) -> dict[str, tuple[Callable[[], nn.Module], torch.Tensor]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = base_parser(__doc__.splitlines()[0])
+    p = base_parser(__doc__.splitlines()[0], timing=True)
     p.add_argument("--samples", type=int, default=8, help="posterior samples of bnn.predict")
     p.add_argument("--batch", type=int, default=64, help="batch size of the training steps")
     args = p.parse_args(argv)

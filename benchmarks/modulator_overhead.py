@@ -89,7 +89,7 @@ def bnn_step(x, y, rule=None, cached_scale=True, fused=None):
 
 
 def main(argv=None) -> int:
-    p = base_parser(__doc__.splitlines()[0])
+    p = base_parser(__doc__.splitlines()[0], timing=True)
     p.add_argument("--repeats", type=int, default=None, help="independent measurements (default 3, quick 1)")
     p.add_argument(
         "--fused",

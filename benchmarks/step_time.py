@@ -321,7 +321,7 @@ def profile_uncertlr(x, y) -> str:
 
 
 def main(argv=None) -> int:
-    p = base_parser(__doc__.splitlines()[0])
+    p = base_parser(__doc__.splitlines()[0], timing=True)
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of uncertlr's step")
     p.add_argument("--repeats", type=int, default=None, help="independent measurements (default 3, quick 1)")
     p.add_argument(

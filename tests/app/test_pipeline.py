@@ -64,6 +64,19 @@ def test_the_optimizer_is_torchs_fused_kernel_and_steps_as_the_plain_one(optimiz
         assert not torch.equal(b, s)  # the steps moved every parameter
 
 
+def test_setting_up_a_run_keeps_freed_memory_first(monkeypatch):
+    """The demo, `uncertlr train` and the examples train in this process: glibc keeps freed blocks first."""
+    import uncertlr.app.pipeline as pipeline
+
+    calls = []
+    monkeypatch.setattr(pipeline, "keep_freed_memory", lambda: calls.append("keep") or True)
+    monkeypatch.setattr(
+        pipeline.torch, "manual_seed", lambda seed: calls.append("seed") or torch.default_generator
+    )
+    setup(_task(), Method("deterministic", bayesian=False), _net, seed=0)
+    assert calls[:2] == ["keep", "seed"]
+
+
 def test_modulated_methods_record_signal_and_scale():
     task = _task()
     g1 = train(task, Method("bnn+g1", epochs=3, rule=Ratio(warmup=0)), _net, seed=0, progress=False)

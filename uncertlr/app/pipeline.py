@@ -50,7 +50,7 @@ from uncertlr.app import _methods
 from uncertlr.app._methods import PointRegressor
 from uncertlr.diagnostics.plots import ood_figure, reliability_figure, save_figure
 from uncertlr.likelihoods import NormalPrediction
-from uncertlr.torch import BNN, Modulator, batch_entropy, elbo_signal, fit
+from uncertlr.torch import BNN, Modulator, batch_entropy, elbo_signal, fit, keep_freed_memory
 
 __all__ = [
     "Comparison",
@@ -177,7 +177,12 @@ class Setup(NamedTuple):
 def setup(
     task: Task, method: Method, net: NetFactory, *, seed: int, device: torch.device | str = "cpu"
 ) -> Setup:
-    """Seed torch, build the model (on ``device``), its loss, optimizer, cosine schedule and modulator."""
+    """Seed torch, build the model (on ``device``), its loss, optimizer, cosine schedule and modulator.
+
+    The process is about to train: glibc is asked to keep freed CPU memory for reuse
+    (:func:`uncertlr.torch.keep_freed_memory`; a one-model CPU step 12-33% faster on the benchmark MLP).
+    """
+    keep_freed_memory()
     torch.manual_seed(seed)
     built = _methods.build(method, net, num_data=len(task.x_train), regression=task.regression, seed=seed)
     if built is not None:

@@ -31,6 +31,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the core
         "(install torch first to keep its CPU build)"
     ) from exc
 
+from uncertlr.torch._allocator import keep_freed_memory
 from uncertlr.torch.bnn import BNN, ELBOTerms, NormalPrediction, bayesian
 from uncertlr.torch.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from uncertlr.torch.density import FeatureDensity
@@ -72,6 +73,7 @@ __all__ = [
     "deep_ensemble",
     "elbo_signal",
     "fit",
+    "keep_freed_memory",
     "load_checkpoint",
     "mc_dropout",
     "save_checkpoint",
