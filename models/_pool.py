@@ -10,6 +10,13 @@ from torch import Tensor, nn
 __all__ = ["MaxPool2x2"]
 
 
+def _layout(x: Tensor) -> torch.memory_format:
+    """channels-last for a tensor stored that way (and not also contiguous), else the contiguous format."""
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 class _ChannelsLastMaxPool(torch.autograd.Function):
     """``max_pool2d(x, 2)`` of a contiguous ``[N, C, H, W]`` CPU tensor, pooled in channels-last order.
 
@@ -25,21 +32,21 @@ class _ChannelsLastMaxPool(torch.autograd.Function):
         y, idx = torch.nn.functional.max_pool2d(
             x.contiguous(memory_format=torch.channels_last), 2, return_indices=True
         )
-        return y.contiguous(), idx
+        return y.contiguous(
+            memory_format=_layout(x)
+        ), idx  # the output in the input's layout, as nn.MaxPool2d
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Tensor], output: tuple[Tensor, Tensor]) -> None:
-        (x,) = inputs
-        ctx.save_for_backward(
-            x, output[1]
-        )  # x only for its sizes and layout (the ReLU before keeps it anyway)
+        # x only for its sizes and layout (the ReLU before keeps it alive anyway)
+        ctx.save_for_backward(inputs[0], output[1])
         ctx.mark_non_differentiable(output[1])
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor, _grad_idx: Tensor | None) -> Tensor:  # type: ignore[override]
         x, idx = ctx.saved_tensors
         return torch.ops.aten.max_pool2d_with_indices_backward(
-            grad.contiguous(), x, [2, 2], [2, 2], [0, 0], [1, 1], False, idx
+            grad.contiguous(memory_format=_layout(x)), x, [2, 2], [2, 2], [0, 0], [1, 1], False, idx
         )
 
     @staticmethod

@@ -119,6 +119,23 @@ def test_maxpool2x2_takes_the_same_maxima_as_nn_maxpool2d(n, c, h, w, lead, nan,
     torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
 
 
+def test_maxpool2x2_keeps_a_channels_last_input_channels_last():
+    """A channels-last network stays channels-last through the pool (as with nn.MaxPool2d), values and
+    gradients unchanged."""
+    from uncertlr_models._pool import MaxPool2x2
+
+    x = torch.randn(3, 5, 8, 6).relu().round().contiguous(memory_format=torch.channels_last)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out, expected = MaxPool2x2()(a), torch.nn.MaxPool2d(2)(b)
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    weights = torch.randn(expected.shape).contiguous(memory_format=torch.channels_last)
+    (out * weights).sum().backward()
+    (expected * weights).sum().backward()
+    assert a.grad.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("lead", [(2, 3), (3,)], ids=["batched", "unbatched"])
 def test_maxpool2x2_under_vmap_with_autograd_equals_a_loop(lead):
     """A BNN's particles vmap the network with autograd on: the pool's vmap rule folds the vmapped dimension
