@@ -18,13 +18,14 @@ def _layout(x: Tensor) -> torch.memory_format:
 
 
 class _ChannelsLastMaxPool(torch.autograd.Function):
-    """``max_pool2d(x, 2)`` of a contiguous ``[N, C, H, W]`` CPU tensor, pooled in channels-last order.
+    """``max_pool2d(x, 2)`` of an ``[N, C, H, W]`` CPU tensor, pooled in channels-last order.
 
     ATen's CPU kernel for a contiguous input visits one window at a time (~6 ns per input number); its
-    channels-last kernel vectorises across channels (~10x faster even with the layout copy). Both kernels pick
-    the same input of each window (the first maximum, NaN first; checked on ties and NaN), and the backward is
-    ATen's own ``max_pool2d_with_indices_backward``, so values and gradients equal ``nn.MaxPool2d(2)``'s bit for
-    bit. Under ``torch.func.vmap`` (a BNN's particles) the vmapped dimension joins the batch dimension.
+    channels-last kernel vectorises across channels (~4x faster with the layout copy: 4.2 vs 15.5 ms on a
+    [64, 16, 40, 64] input, one thread). Both kernels pick the same input of each window (the first maximum,
+    NaN first; checked on ties and NaN), and the backward is ATen's own ``max_pool2d_with_indices_backward``,
+    so values and gradients equal ``nn.MaxPool2d(2)``'s bit for bit. Under ``torch.func.vmap`` (a BNN's
+    particles) the vmapped dimension joins the batch dimension.
     """
 
     @staticmethod
@@ -32,9 +33,8 @@ class _ChannelsLastMaxPool(torch.autograd.Function):
         y, idx = torch.nn.functional.max_pool2d(
             x.contiguous(memory_format=torch.channels_last), 2, return_indices=True
         )
-        return y.contiguous(
-            memory_format=_layout(x)
-        ), idx  # the output in the input's layout, as nn.MaxPool2d
+        # the output in the input's layout, as nn.MaxPool2d's
+        return y.contiguous(memory_format=_layout(x)), idx
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Tensor], output: tuple[Tensor, Tensor]) -> None:
