@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import platform
 import sys
 
@@ -16,14 +16,19 @@ _M_MMAP_THRESHOLD = -3
 _MAX_MMAP_THRESHOLD = 32 * 2**20
 
 
+@functools.cache
+def _load_glibc() -> ctypes.CDLL | None:
+    try:  # glibc's soname on every Linux architecture it supports (no `find_library` subprocess)
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # pragma: no cover - a glibc system without a loadable libc
+        return None
+    return libc if hasattr(libc, "mallopt") else None
+
+
 def _glibc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc if hasattr(libc, "mallopt") else None
-    except OSError:  # pragma: no cover - a glibc system without a loadable libc
-        return None
+    return _load_glibc()  # loaded once: the app pipeline calls keep_freed_memory for every model it sets up
 
 
 def keep_freed_memory(*, mmap_threshold: int = _MAX_MMAP_THRESHOLD, trim_threshold: int = 2**30) -> bool:
@@ -32,15 +37,16 @@ def keep_freed_memory(*, mmap_threshold: int = _MAX_MMAP_THRESHOLD, trim_thresho
     A BNN training step on a CPU allocates and frees several parameter-sized tensors (the sampled weights,
     their gradients, the optimizer's temporaries). With glibc's defaults, blocks over a dynamic threshold are
     ``mmap``-ed and free memory at the top of the heap is trimmed once it exceeds a few MiB, so every step
-    page-faults the same memory back in: on the 784-400-400-10 MLP this cost ~12% of a BNN step
-    (BENCHMARKS.md, "glibc's allocator"). This sets, for the whole process and for the rest of its life,
+    page-faults the same memory back in: in a one-model process on the 784-400-400-10 MLP this cost 12–24%
+    of a BNN step and 26–33% of a deterministic one (BENCHMARKS.md, "glibc's allocator"). This sets, for the whole process and for the rest of its life,
     ``M_MMAP_THRESHOLD`` (blocks smaller than it come from the heap and are reused) and ``M_TRIM_THRESHOLD``
     (free memory kept at the top of the heap) through ``mallopt(3)``, the same as starting Python with
     ``MALLOC_MMAP_THRESHOLD_=...`` and ``MALLOC_TRIM_THRESHOLD_=...`` in the environment.
 
-    The cost: the process's resident memory stays near its peak instead of shrinking after it. The
-    ``uncertlr`` command line (``demo``, ``train``) calls it; a library never changes your process's
-    allocator unless you ask. GPU memory is not affected.
+    The cost: the process's resident memory stays near its peak instead of shrinking after it. The app
+    pipeline (``uncertlr demo``, ``uncertlr train``, the examples) calls it before it trains; the library's
+    own functions (``bayesian``, ``fit``, ...) never change your process's allocator unless you ask. Calling
+    it again is cheap. GPU memory is not affected.
 
     Args:
         mmap_threshold: bytes; blocks at least this large are still ``mmap``-ed and returned when freed.
