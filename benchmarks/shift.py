@@ -3,7 +3,8 @@
 Methods (``benchmarks/_shift_methods.py``): ``deterministic``, ``mc-dropout``, ``ensemble`` (5
 deterministic nets), ``laplace`` (last-layer, on the deterministic net), ``bnn`` (mean-field),
 ``bnn-lowrank`` (rank 10), ``bnn-ensemble`` (3 BNNs), and each of them after temperature
-scaling fitted on a validation split (``<method>+ts``). Conditions:
+scaling fitted on a validation split (``<method>+ts``; ``<method>+ts-soften``: the same fit restricted to
+``T >= 1``, ``fit_temperature(..., bounds=(1.0, 20.0))``, which never sharpens). Conditions:
 
 * ``digits-clean`` / ``digits-corrupt``: sklearn digits, 5 corruptions (noise, blur, rotation,
   shift, contrast) × 5 severities of the test set; ``digits-far-ood``: shuffled pixels;
@@ -118,6 +119,7 @@ REGRESSION = Config(
     num_samples=64,
 )
 VAL_FRACTION = 0.15
+SOFTEN = (1.0, 20.0)  # the +ts-soften variants' temperature bounds: never sharpen
 
 
 def _mlp(in_features: int, cfg: Config, out: int) -> Callable[[], torch.nn.Module]:
@@ -159,6 +161,7 @@ def _score_all(
     for name, f in fitted.items():
         p_val = f.predict(x_val).numpy()
         temp = fit_temperature(p_val, y_val)
+        soft = fit_temperature(p_val, y_val, bounds=SOFTEN)
         preds: dict[tuple, np.ndarray] = {}
         for key, (x, _) in sets.items():
             t0 = time.perf_counter()
@@ -168,6 +171,7 @@ def _score_all(
         variants: list[tuple[str, Callable[[np.ndarray, torch.Tensor], np.ndarray], float]] = [
             (name, lambda p, x: p, temp.value),  # (the temperature its +ts variant uses)
             (f"{name}+ts", lambda p, x: temp(p), temp.value),
+            (f"{name}+ts-soften", lambda p, x: soft(p), soft.value),
         ]
         for key, score in f.ood_scores.items():  # a temperature that grows with each of its own OOD scores
             s_val = score(x_val)
@@ -458,14 +462,15 @@ def cross_fit_rows(
 ) -> list[dict[str, Any]]:
     """``condition`` rows scored on every input of ``(x, y)`` once: ``folds``-fold cross-fitting.
 
-    For each fold, every method (and its ``+ts`` variant, the temperature fitted on a validation part of the
-    other folds) is trained on the other folds and predicts the fold; ``+ts-pooled`` fits one temperature
+    For each fold, every method (and its ``+ts`` and ``+ts-soften`` variants, the temperature fitted on a
+    validation part of the other folds) is trained on the other folds and predicts the fold; ``+ts-pooled`` fits one temperature
     per method on all folds' validation parts together (each predicted by its own fold's model); the scores are computed on the pooled
     predictions, so the ECE is measured on the whole data set instead of one test split (its floor,
     ``ece_floor``, falls as ``sqrt(bins / N)``). ``standardise(train)`` maps features to inputs (default: as is).
     """
     fold_of = np.random.default_rng(30_000 + seed).permutation(len(x)) % folds
     pooled: dict[str, list[np.ndarray]] = {}
+    temps: dict[str, list[float]] = {}  # each fold's fitted temperature, per variant
     val_preds: dict[str, tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]] = {}
     order = []
     for k in range(folds):
@@ -478,9 +483,13 @@ def cross_fit_rows(
         for name, f in fitted.items():
             p_val = f.predict(prep(x[rest[va]])).numpy()
             temp = fit_temperature(p_val, y[rest[va]])
+            soft = fit_temperature(p_val, y[rest[va]], bounds=SOFTEN)
             p = f.predict(prep(x[test])).numpy()
             pooled.setdefault(name, []).append(np.asarray(metrics.mean_probs(p)))
             pooled.setdefault(f"{name}+ts", []).append(np.asarray(metrics.mean_probs(temp(p))))
+            pooled.setdefault(f"{name}+ts-soften", []).append(np.asarray(metrics.mean_probs(soft(p))))
+            temps.setdefault(f"{name}+ts", []).append(temp.value)
+            temps.setdefault(f"{name}+ts-soften", []).append(soft.value)
             vals, val_labels, tests = val_preds.setdefault(name, ([], [], []))
             vals.append(p_val)
             val_labels.append(y[rest[va]])
@@ -491,6 +500,7 @@ def cross_fit_rows(
     for name, (vals, val_labels, tests) in val_preds.items():
         temp = fit_temperature(np.concatenate(vals, axis=1), np.concatenate(val_labels))
         pooled[f"{name}+ts-pooled"] = [np.asarray(metrics.mean_probs(temp(p))) for p in tests]
+        temps[f"{name}+ts-pooled"] = [temp.value]
     labels = y[np.concatenate(order)]
     return [
         {
@@ -501,6 +511,7 @@ def cross_fit_rows(
             "severity": 0,
             **classification_scores(np.concatenate(parts), labels),
             **_ece_floor(np.concatenate(parts), labels),
+            **({"temperatures": temps[variant]} if variant in temps else {}),
         }
         for variant, parts in pooled.items()
     ]

@@ -212,6 +212,20 @@ def test_goals_are_decided_on_the_numbers():
     assert g["digits_clean_ts"]["best_ece"] == pytest.approx(0.0105) and not g["digits_clean_ts"]["met"]
 
 
+def test_goals_count_never_sharpening_temperatures_as_temperature_scaling_but_not_as_a_method():
+    """``+ts-soften`` (T >= 1) is a temperature-scaled variant for the in-distribution goal; the deterministic
+    net's own ``+ts-soften`` stays a baseline, never the "best uncertlr method" of the corruption goal."""
+    rows = _rows()
+    for r in [r for r in rows if r["method"] == "bnn+ts"]:
+        rows.append({**r, "method": "bnn+ts-soften", "ece": r["ece"] / 2})  # half bnn+ts's ECE
+    for r in [r for r in rows if r["method"] == "deterministic"]:
+        rows.append({**r, "method": "deterministic+ts-soften", "ece": r["ece"] / 100})
+    g = goals(summarise(rows), [])
+    assert g["digits_corrupt"]["best_method"] == "bnn+ts-soften"  # not deterministic+ts-soften's 0.002
+    assert g["digits_clean_ts"]["best_method"] == "deterministic+ts-soften"  # the clean goal takes any TS
+    assert set(g["digits_clean_ts"]["all"]) == {"bnn+ts", "bnn+ts-soften", "deterministic+ts-soften"}
+
+
 def test_severity_curves_average_corruptions_and_include_the_clean_set():
     curves = severity_curves(_rows())
     assert set(curves) == {"digits"}
@@ -301,7 +315,7 @@ def test_corruption_validated_bnn_is_chosen_on_validation_corruptions_only(monke
     n_val = len(D.VALIDATION_DIGIT_LEVELS) * len(D.SEVERITIES)
     assert set(corrupted[:n_val]) == set(D.VALIDATION_DIGIT_LEVELS)  # the choice: validation kinds only
     assert set(corrupted[n_val:]) == set(D.DIGIT_LEVELS)  # then the test sets, built after the choice
-    assert {r["method"] for r in rows} == {"bnn-cval", "bnn-cval+ts"}
+    assert {r["method"] for r in rows} == {"bnn-cval", "bnn-cval+ts", "bnn-cval+ts-soften"}
     assert {r["condition"] for r in rows} == {
         "digits-clean",
         "digits-corrupt",
@@ -339,7 +353,19 @@ def test_cross_fitting_scores_every_input_once_and_never_trains_on_it(monkeypatc
     )
     fold_of = np.random.default_rng(30_000).permutation(60) % 3
     assert [s & set(np.flatnonzero(fold_of == k).tolist()) for k, s in enumerate(seen_train)] == [set()] * 3
-    assert {r["method"] for r in rows} == {"deterministic", "deterministic+ts", "deterministic+ts-pooled"}
+    assert {r["method"] for r in rows} == {
+        "deterministic",
+        "deterministic+ts",
+        "deterministic+ts-soften",
+        "deterministic+ts-pooled",
+    }
+    temps = {r["method"]: r.get("temperatures") for r in rows}
+    # +ts-soften is the same NLL fit restricted to T >= 1: for one net (convex in 1/T), max(1, the free fit)
+    assert len(temps["deterministic+ts"]) == 3 and len(temps["deterministic+ts-pooled"]) == 1
+    assert min(temps["deterministic+ts"]) < 1 < max(temps["deterministic+ts"])  # both sides of the bound
+    assert temps["deterministic+ts-soften"] == pytest.approx(
+        [max(1.0, t) for t in temps["deterministic+ts"]], abs=1e-4
+    )
     for r in rows:
         assert r["condition"] == "toy-clean-cv" and 0 <= r["ece_floor"] and 0 < r["ece_p"] <= 1
     # the pooled scores equal the scores of the concatenated fold predictions, recomputed by hand

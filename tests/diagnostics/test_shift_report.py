@@ -88,15 +88,18 @@ def test_shift_figure_many_methods_keep_their_own_colours_and_a_legend_beside_th
         }
     }
     curves["digits"]["m0+ts"] = curves["digits"]["m0"]
+    curves["digits"]["m1+ts-soften"] = curves["digits"]["m1"]
     fig = shift_figure(curves)
     ece, nll = fig.axes
     colours = {ln.get_label(): tuple(plt.matplotlib.colors.to_rgba(ln.get_color())) for ln in ece.get_lines()}
     assert len({colours[n] for n in names}) == len(names)  # 14 methods, 14 colours
-    assert colours["m0+ts"] == colours["m0"]
+    assert colours["m0+ts"] == colours["m0"] and colours["m1+ts-soften"] == colours["m1"]
+    styles = {ln.get_label(): ln.get_linestyle() for ln in ece.get_lines()}
+    assert (styles["m0"], styles["m0+ts"], styles["m1+ts-soften"]) == ("-", "--", ":")
     assert nll.get_yscale() == "log"  # NLL from 0.05 to 40.5: one method would flatten the others
     assert ece.get_legend() is None and nll.get_legend() is None
     (legend,) = fig.legends
-    assert [t.get_text() for t in legend.get_texts()] == [*names, "m0+ts"]
+    assert [t.get_text() for t in legend.get_texts()] == [*names, "m0+ts", "m1+ts-soften"]
     plt.close(fig)
     linear = shift_figure({"digits": {"a": {0: {"ece": 0.01, "nll": 0.1}, 1: {"ece": 0.1, "nll": 0.9}}}})
     assert linear.axes[1].get_yscale() == "linear"

@@ -516,13 +516,26 @@ def energy_plot(idata: Any) -> Figure:
 # --------------------------------------------------------------------------- output
 
 
+#: line styles of temperature-scaled variants in :func:`shift_figure` (longest suffix first)
+_TS_STYLES = (("+ts-soften", ":"), ("+ts", "--"))
+
+
+def _ts_base(method: str) -> tuple[str, str]:
+    """``(the method a temperature-scaled variant belongs to, its line style)``; ``"-"`` for the method itself."""
+    for suffix, ls in _TS_STYLES:
+        if method.endswith(suffix):
+            return method.removesuffix(suffix), ls
+    return method, "-"
+
+
 def shift_figure(curves: Mapping[str, Mapping[str, Mapping[Any, Mapping[str, float]]]]) -> Figure:
     """ECE and NLL against corruption severity, one row of panels per task, one line per method.
 
     Args:
         curves: ``{task: {method: {severity: {"ece": ..., "nll": ...}}}}``; severity 0 is the
             clean test set (keys may be ints or their strings, as read back from JSON).
-            Temperature-scaled variants (``"<method>+ts"``) are drawn dashed in their method's colour.
+            Temperature-scaled variants are drawn in their method's colour: ``"<method>+ts"``
+            dashed, ``"<method>+ts-soften"`` (a temperature kept at ``T >= 1``) dotted.
 
     Example:
         >>> fig = shift_figure({"digits": {"net": {0: {"ece": 0.02, "nll": 0.1}, 1: {"ece": 0.05, "nll": 0.3}}}})
@@ -531,7 +544,7 @@ def shift_figure(curves: Mapping[str, Mapping[str, Mapping[Any, Mapping[str, flo
     """
     if not curves:
         raise ValueError("shift_figure needs at least one task with severity curves")
-    bases = list(dict.fromkeys(m.removesuffix("+ts") for methods in curves.values() for m in methods))
+    bases = list(dict.fromkeys(_ts_base(m)[0] for methods in curves.values() for m in methods))
     # tab20's ten dark shades (matplotlib's default colours), then their ten light shades for more methods
     tab20 = list(plt.get_cmap("tab20").colors)
     palette = tab20[0::2] + tab20[1::2]
@@ -541,15 +554,16 @@ def shift_figure(curves: Mapping[str, Mapping[str, Mapping[Any, Mapping[str, flo
     for row, (task, methods) in zip(axes, curves.items()):
         for method, by_sev in methods.items():
             sev = sorted(by_sev, key=float)
+            base, ls = _ts_base(method)
             for ax, key in zip(row, ("ece", "nll")):
                 ax.plot(
                     [float(s) for s in sev],
                     [by_sev[s][key] for s in sev],
                     marker="o",
                     ms=3,
-                    color=colours[method.removesuffix("+ts")],
-                    ls="--" if method.endswith("+ts") else "-",
-                    alpha=0.7 if method.endswith("+ts") else 1.0,
+                    color=colours[base],
+                    ls=ls,
+                    alpha=1.0 if ls == "-" else 0.7,
                     label=plain_text(method),
                 )
         for ax, key in zip(row, ("ECE", "NLL")):
