@@ -70,8 +70,15 @@ class Fitted:
     # OOD scores of its own by name ([N] numpy, higher = more unusual), e.g. feature densities
     ood_scores: dict[str, Callable[[torch.Tensor], np.ndarray]] = field(default_factory=dict)
     ood_score_seconds: float = 0.0  # fitting them, after training
+    # several scores per input by name ([N, K] numpy: one per layer), only for per-layer density temperatures
+    layer_scores: dict[str, Callable[[torch.Tensor], np.ndarray]] = field(default_factory=dict)
     # slopes of their density temperatures from cross-fitted models (Config.slope_folds), by score name
-    score_slopes: dict[str, float] = field(default_factory=dict)
+    # (a tuple of K slopes for a layer score)
+    score_slopes: dict[str, float | tuple[float, ...]] = field(default_factory=dict)
+
+    def temperature_scores(self) -> dict[str, Callable[[torch.Tensor], np.ndarray]]:
+        """Every score a density temperature is fitted on: ``ood_scores`` and ``layer_scores``."""
+        return {**self.ood_scores, **self.layer_scores}
 
 
 def _fit(
@@ -184,6 +191,12 @@ def train_methods(
                 for key, layers in (("density", None), ("density-all", "all")):
                     density = FeatureDensity(model, layers=layers).fit(x, y)
                     out[name].ood_scores[key] = lambda x, d=density: d.score(x).numpy()
+                if name == "deterministic" and len(density.layer_names) > 1:
+                    # each hidden layer's own score (every Linear input but the network's own input), one
+                    # slope per layer: rows "deterministic+density-hidden-ts(-cv)"
+                    out[name].layer_scores["density-hidden"] = lambda x, d=density: d.layer_scores(x)[
+                        :, 1:
+                    ].numpy()
                 out[name].ood_score_seconds = time.perf_counter() - t0
             if name == "deterministic" and cfg.slope_folds > 0 and not regression:
                 out[name].score_slopes = cross_fitted_slopes(net, x, y, cfg, seed=seed, advance=advance)
@@ -211,7 +224,7 @@ def cross_fitted_slopes(
         fit, held = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
         f = train_methods(("deterministic",), net, x[fit], y[fit], one_net, seed=seed)["deterministic"]
         probs.append(f.predict(x[held]).numpy())
-        for key, score in f.ood_scores.items():
+        for key, score in f.temperature_scores().items():
             scores.setdefault(key, []).append(score(x[held]))
         advance(description=f"slope net {k + 1}/{cfg.slope_folds}")
     order = np.concatenate([np.flatnonzero(folds == k) for k in range(cfg.slope_folds)])

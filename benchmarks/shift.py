@@ -173,7 +173,7 @@ def _score_all(
             (f"{name}+ts", lambda p, x: temp(p), temp.value),
             (f"{name}+ts-soften", lambda p, x: soft(p), soft.value),
         ]
-        for key, score in f.ood_scores.items():  # a temperature that grows with each of its own OOD scores
+        for key, score in f.temperature_scores().items():  # a temperature that grows with each of its scores
             s_val = score(x_val)
             fits = {f"{name}+{key}-ts": fit_score_temperature(p_val, y_val, s_val)}
             if key in f.score_slopes:  # its slope from cross-fitted nets, only the intercept from x_val

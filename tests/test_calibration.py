@@ -200,7 +200,63 @@ def test_the_cross_fitted_slope_recovers_the_true_one_across_models_and_names_ba
     score = 5.0 * folds + (1.0 + folds) * z  # four models, four scales; pooled raw scores would mislead
     assert 0.6 < fit_score_slope(probs, labels, score, folds) < 1.6
     assert fit_score_temperature(probs, labels, score).b < 0.6  # without standardising per fold
-    with pytest.raises(ValueError, match=r"score and folds must both have shape \[N\]"):
+    with pytest.raises(ValueError, match=r"score must have shape \[N\] or \[N, K\] and folds \[N\]"):
         fit_score_slope(probs, labels, score, folds[:10])
     with pytest.raises(ValueError, match="fold 9 holds 1 input"):
         fit_score_slope(probs, labels, score, np.where(np.arange(1600) == 0, 9, folds))
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 2**16), slope=st.sampled_from([0.0, 0.6, 1.2]))
+def test_several_scores_get_one_slope_each_at_the_brute_force_optimum(seed, slope):
+    """``[N, K]`` scores: T = exp(a + Σ b_k z_k). The fit beats a grid over (a, b_1, b_2 >= 0) on the NLL computed
+    here from the formula; one column gives the one-score fit; the informative score gets the slope."""
+    rng = np.random.default_rng(seed)
+    probs, labels, score = _synthetic(rng, 300, slope)
+    noise = rng.normal(size=300) * 7 + 2  # another score, unrelated to the errors, on its own scale
+    both = np.stack([score, noise], 1)
+    cal = fit_score_temperature(probs, labels, both)
+    assert isinstance(cal.b, tuple) and len(cal.b) == 2 and min(cal.b) >= 0
+    z = (both - both.mean(0)) / both.std(0)
+    logp = np.log(probs)
+
+    def nll(a, b):
+        return _nll(softmax(logp / np.exp(a + z @ np.asarray(b))[:, None], axis=-1), labels)
+
+    grid = min(
+        nll(a, (b1, b2))
+        for a in np.linspace(-1, 3, 21)
+        for b1 in np.linspace(0, 2, 11)
+        for b2 in np.linspace(0, 1, 6)
+    )
+    assert nll(cal.a, cal.b) <= grid + 1e-6
+    np.testing.assert_allclose(cal(probs, both), softmax(logp / cal.temperatures(both)[:, None], axis=-1))
+    one, col = (
+        fit_score_temperature(probs, labels, score),
+        fit_score_temperature(probs, labels, score[:, None]),
+    )
+    assert col.a == pytest.approx(one.a, abs=1e-4) and col.b[0] == pytest.approx(one.b, abs=1e-4)
+    # fixed slopes fit only the intercept: a zero slope on the unrelated score is the one-score fit
+    fixed = fit_score_temperature(probs, labels, both, slope=(0.5, 0.0))
+    assert fixed.b == (0.5, 0.0)
+    assert fixed.a == pytest.approx(fit_score_temperature(probs, labels, score, slope=0.5).a, abs=1e-5)
+
+
+def test_several_scores_recover_the_informative_one_and_name_shape_errors():
+    rng = np.random.default_rng(4)
+    probs, labels, score = _synthetic(rng, 1600, 1.0)
+    both = np.stack([rng.normal(size=1600), score], 1)
+    folds = np.arange(1600) % 4
+    b = fit_score_slope(probs, labels, both, folds)  # each fold and column standardised on its own
+    assert isinstance(b, tuple) and b[1] > 0.6 and b[0] < 0.2
+    cal = fit_score_temperature(probs, labels, both, slope=b)
+    with pytest.raises(ValueError, match=r"score must have shape \[N, K\] = \[1600, 2\]"):
+        cal(probs, score)
+    with pytest.raises(ValueError, match=r"slope must be 2 finite numbers >= 0"):
+        fit_score_temperature(probs, labels, both, slope=0.5)
+    with pytest.raises(ValueError, match=r"slope must be 2 finite numbers >= 0"):
+        fit_score_temperature(probs, labels, both, slope=(0.5, -1.0))
+    with pytest.raises(ValueError, match=r"slope must be a finite number >= 0"):
+        fit_score_temperature(probs, labels, score, slope=(0.5,))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        fit_score_temperature(probs, labels, np.where(np.arange(1600)[:, None] == 3, np.nan, both))

@@ -532,12 +532,23 @@ def test_cross_fitted_slopes_hold_out_each_fold_and_add_the_ts_cv_rows(monkeypat
     assert trained_on[0] == set(range(90))  # the deterministic net itself, then one net per fold
     assert [s & set(np.flatnonzero(folds == k).tolist()) for k, s in enumerate(trained_on[1:])] == [set()] * 3
     slopes = fitted["deterministic"].score_slopes
-    assert set(slopes) == {"density", "density-all"} and all(b >= 0 for b in slopes.values())
+    assert set(slopes) == {"density", "density-all", "density-hidden"}
+    assert slopes["density"] >= 0 and slopes["density-all"] >= 0
+    # the per-layer score reads every Linear input but the network's own: one hidden layer, one slope
+    hidden = fitted["deterministic"].layer_scores["density-hidden"](S._t(x[:7]))
+    assert (
+        hidden.shape == (7, 1) and len(slopes["density-hidden"]) == 1 and min(slopes["density-hidden"]) >= 0
+    )
     rows = S._score_all(
         fitted, S._t(x[:30]), y[:30], {("toy", "none", 0): (S._t(x[30:]), y[30:])}, {"seed": 0}
     )
     methods = {r["method"] for r in rows}
-    assert {"deterministic+density-ts-cv", "deterministic+density-all-ts-cv"} <= methods
+    assert {
+        "deterministic+density-ts-cv",
+        "deterministic+density-all-ts-cv",
+        "deterministic+density-hidden-ts",
+        "deterministic+density-hidden-ts-cv",
+    } <= methods
     # without --slope-folds: no extra nets, no -ts-cv rows
     trained_on.clear()
     plain = S.train_methods(

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,45 +145,69 @@ def fit_temperature(
 
 @dataclass(frozen=True)
 class ScoreTemperature:
-    """A per-input temperature ``T(x) = clip(exp(a + b (score - center) / scale), *bounds)``; call it on
-    probabilities ``[S, N, C]`` (or ``[N, C]``) and the inputs' scores ``[N]``.
+    """A per-input temperature ``T(x) = clip(exp(a + b · (score - center) / scale), *bounds)``; call it on
+    probabilities ``[S, N, C]`` (or ``[N, C]``) and the inputs' scores ``[N]`` (or ``[N, K]``: several scores,
+    e.g. one per layer, each with its own slope).
 
     Attributes:
-        a, b: the fitted intercept and slope (``b >= 0``: a more unusual input is never sharpened more).
+        a, b: the fitted intercept and slope (``b >= 0``: a more unusual input is never sharpened more);
+            with ``K`` scores ``b``, ``center`` and ``scale`` are tuples of ``K`` floats.
         center, scale: the validation scores' mean and standard deviation (the scores are standardised by them).
         bounds: the range ``T`` is clipped to.
     """
 
     a: float
-    b: float
-    center: float
-    scale: float
+    b: float | tuple[float, ...]
+    center: float | tuple[float, ...]
+    scale: float | tuple[float, ...]
     bounds: tuple[float, float] = (0.05, 20.0)
 
     def temperatures(self, score: Array) -> np.ndarray:
         """``T`` of each input, ``[N]`` (numpy float64)."""
-        z = (host(score, np.float64) - self.center) / self.scale
+        z = (host(score, np.float64) - np.asarray(self.center)) / np.asarray(self.scale)
         with np.errstate(over="ignore"):
-            return np.clip(np.exp(self.a + self.b * z), *self.bounds)
+            return np.clip(np.exp(self.a + _weighted(z, self.b)), *self.bounds)
 
     def __call__(self, probs: Array, score: Array) -> Array:
         """Tempered probabilities, same shape, dtype and library as ``probs``."""
         squeeze = getattr(probs, "ndim", 0) == 2
         xp, p = _check_probs(probs)
-        t = _check_score(score, p.shape[1])
+        t = _check_score(score, p.shape[1], _width(self.b))
         temps = convert(self.temperatures(t), xp, p, "temperatures")
         tiny = xp.finfo(p.dtype).tiny
         out = _tempered(xp.log(xp.clip(p, tiny, None)), xp.astype(temps, p.dtype)[:, None], xp)
         return out[0] if squeeze else out
 
 
-def _check_score(score: Array, n: int) -> np.ndarray:
+def _width(b: float | tuple[float, ...]) -> int | None:
+    """How many score columns a slope takes: ``None`` for one score ``[N]``, ``K`` for ``[N, K]``."""
+    return len(b) if isinstance(b, tuple) else None
+
+
+def _weighted(z: np.ndarray, b: Any) -> np.ndarray:
+    """``b · z`` per input: ``b z`` for scores ``[N]``, ``z @ b`` for ``[N, K]``."""
+    return z @ np.asarray(b, dtype=np.float64) if z.ndim == 2 else b * z
+
+
+def _check_score(score: Array, n: int, width: int | None = None) -> np.ndarray:
+    """``score`` on the host as float64, ``[N]`` (``width=None``) or ``[N, K]``; any width when ``width`` is -1."""
     s = host(score, np.float64)
-    if s.shape != (n,):
-        raise ValueError(f"score must have shape [N] = [{n}]; got {tuple(s.shape)}")
+    ok = (
+        s.shape == (n,)
+        if width is None
+        else (s.ndim == 2 and s.shape[0] == n and s.shape[1] >= 1 and (width == -1 or s.shape[1] == width))
+    )
+    if not ok:
+        want = f"[N] = [{n}]" if width is None else f"[N, K] = [{n}, {'K' if width == -1 else width}]"
+        raise ValueError(f"score must have shape {want}; got {tuple(s.shape)}")
     if not np.isfinite(s).all():
         raise ValueError("score holds NaN or inf")
     return s
+
+
+def _as_tuple(x: np.ndarray, columns: bool) -> Any:
+    """A fitted per-column vector as a tuple of floats (``[N, K]`` scores), a float otherwise."""
+    return tuple(float(v) for v in np.atleast_1d(x)) if columns else float(np.asarray(x).reshape(()))
 
 
 def fit_score_temperature(
@@ -191,25 +216,27 @@ def fit_score_temperature(
     score: Array,
     *,
     bounds: tuple[float, float] = (0.05, 20.0),
-    slope: float | None = None,
+    slope: float | Sequence[float] | None = None,
 ) -> ScoreTemperature:
     """A temperature that grows with each input's out-of-distribution ``score``, fitted by validation NLL.
 
     ``T(x) = exp(a + b z(x))``, ``z`` the score standardised by the validation scores' mean and standard
     deviation, ``b >= 0``; ``(a, b)`` minimise the NLL of the tempered model average on the validation set
-    (L-BFGS-B on the host, in float64). With ``b = 0`` this is :func:`fit_temperature`. A clean validation
-    set says little about *how fast* T should grow far from it (with few errors to learn from, the slope it
-    fits is noisy), so check the result under shift, or fit the slope on more held-out predictions with
+    (L-BFGS-B on the host, in float64). With ``b = 0`` this is :func:`fit_temperature`. Several scores
+    ``[N, K]`` (e.g. :meth:`uncertlr.torch.FeatureDensity.layer_scores`, one per layer) get one slope each,
+    ``T(x) = exp(a + Σ_k b_k z_k(x))`` (Tomani et al., 2023). A clean validation set says little about
+    *how fast* T should grow far from it (with few errors to learn from, the slope it fits is noisy), so
+    check the result under shift, or fit the slope on more held-out predictions with
     :func:`fit_score_slope` and pass it as ``slope=``.
 
     Args:
         probs: validation predictions ``[S, N, C]`` (or ``[N, C]``) of any array library.
         labels: ``[N]`` integer labels.
         score: ``[N]`` OOD scores of the same inputs, higher = more unusual
-            (e.g. :class:`uncertlr.torch.FeatureDensity`'s ``score``).
+            (e.g. :class:`uncertlr.torch.FeatureDensity`'s ``score``), or ``[N, K]``: K scores.
         bounds: the range of ``T`` (and of ``exp(a)``); it must contain 1.
-        slope: fix ``b`` (``>= 0``, per standard deviation of the validation scores) and fit only ``a``,
-            e.g. a slope from :func:`fit_score_slope`.
+        slope: fix ``b`` (``>= 0``, per standard deviation of the validation scores; K of them for
+            ``[N, K]`` scores) and fit only ``a``, e.g. a slope from :func:`fit_score_slope`.
 
     Returns:
         A :class:`ScoreTemperature` (apply it to the test predictions and scores of the same model).
@@ -225,39 +252,59 @@ def fit_score_temperature(
         >>> cal = fit_score_temperature(probs, labels, score)
         >>> bool(cal.b > 0.5), cal(probs, score).shape
         (True, (600, 3))
+        >>> two = fit_score_temperature(probs, labels, np.stack([score, rng.normal(size=600)], 1))
+        >>> bool(two.b[0] > 0.5 > two.b[1])                     # the score that matters gets the slope
+        True
     """
     lo, hi = bounds
     probs64, logp, y = _validation(probs, labels, bounds)
-    s = _check_score(score, probs64.shape[1])
-    center, scale = float(s.mean()), float(s.std())
-    scale = scale if scale > 0 else 1.0
+    columns = getattr(score, "ndim", np.ndim(score)) == 2
+    s = _check_score(score, probs64.shape[1], -1 if columns else None)
+    center = s.mean(0)
+    scale = s.std(0)
+    scale = np.where(scale > 0, scale, 1.0)
     z = (s - center) / scale
+    k = s.shape[1] if columns else 1
     rows = np.arange(len(y))
     tiny = np.finfo(np.float64).tiny
 
     def nll(w: np.ndarray) -> float:
         with np.errstate(over="ignore"):
-            t = np.clip(np.exp(w[0] + w[1] * z), lo, hi)
+            t = np.clip(np.exp(w[0] + _weighted(z, w[1:] if columns else w[1])), lo, hi)
         pbar = _tempered(logp, t[None, :, None], np).mean(0)
         return float(-np.mean(np.log(np.clip(pbar[rows, y], tiny, None))))
 
+    def result(a: float, b: np.ndarray) -> ScoreTemperature:
+        return ScoreTemperature(
+            float(a), _as_tuple(b, columns), _as_tuple(center, columns), _as_tuple(scale, columns), (lo, hi)
+        )
+
     if slope is not None:
-        if not (math.isfinite(slope) and slope >= 0):
-            raise ValueError(f"slope must be a finite number >= 0; got {slope!r}")
+        b = np.asarray(slope, dtype=np.float64).reshape(-1)
+        if (
+            b.shape != (k,)
+            or (np.ndim(slope) != 0) != columns
+            or not (np.isfinite(b).all() and (b >= 0).all())
+        ):
+            want = f"{k} finite numbers >= 0 (one per score column)" if columns else "a finite number >= 0"
+            raise ValueError(f"slope must be {want}; got {slope!r}")
         fixed = minimize_scalar(
-            lambda a: nll(np.array([a, slope])),
+            lambda a: nll(np.concatenate([[a], b])),
             bounds=(math.log(lo), math.log(hi)),
             method="bounded",
             options={"xatol": 1e-6},
         )
-        return ScoreTemperature(float(fixed.x), float(slope), center, scale, (lo, hi))
+        return result(fixed.x, b)
     with warnings.catch_warnings():  # only a starting point: its bound warning is not the user's concern
         warnings.simplefilter("ignore")
         start = math.log(fit_temperature(probs64, y, bounds=bounds).value)
     res = minimize(
-        nll, np.array([start, 0.0]), method="L-BFGS-B", bounds=[(math.log(lo), math.log(hi)), (0.0, 5.0)]
+        nll,
+        np.concatenate([[start], np.zeros(k)]),
+        method="L-BFGS-B",
+        bounds=[(math.log(lo), math.log(hi))] + [(0.0, 5.0)] * k,
     )
-    return ScoreTemperature(float(res.x[0]), float(res.x[1]), center, scale, (lo, hi))
+    return result(res.x[0], res.x[1:])
 
 
 def fit_score_slope(
@@ -267,7 +314,7 @@ def fit_score_slope(
     folds: Array,
     *,
     bounds: tuple[float, float] = (0.05, 20.0),
-) -> float:
+) -> float | tuple[float, ...]:
     """The slope ``b`` of a :class:`ScoreTemperature`, fitted on out-of-fold predictions of several models.
 
     A validation split holds few errors, so the slope :func:`fit_score_temperature` fits on it is noisy. With
@@ -281,12 +328,13 @@ def fit_score_slope(
     Args:
         probs: out-of-fold predictions ``[S, N, C]`` (or ``[N, C]``), of any array library.
         labels: ``[N]`` integer labels.
-        score: ``[N]`` OOD scores of the same inputs, each from the model that predicted it.
+        score: ``[N]`` OOD scores of the same inputs, each from the model that predicted it; or ``[N, K]``,
+            K scores (e.g. one per layer), each standardised on its own and given its own slope.
         folds: ``[N]`` fold (model) ids.
         bounds: the range of ``T``, as in :func:`fit_score_temperature`.
 
     Returns:
-        ``b >= 0``, per standard deviation of held-out scores.
+        ``b >= 0``, per standard deviation of held-out scores (a tuple of K for ``[N, K]`` scores).
 
     Example:
         >>> import numpy as np
@@ -303,9 +351,9 @@ def fit_score_slope(
     """
     s = host(score, np.float64)
     f = host(folds)  # any hashable ids: ints, strings
-    if f.shape != s.shape or s.ndim != 1:
+    if s.ndim not in (1, 2) or f.shape != s.shape[:1] or f.ndim != 1:
         raise ValueError(
-            f"score and folds must both have shape [N]; got {tuple(s.shape)} and {tuple(f.shape)}"
+            f"score must have shape [N] or [N, K] and folds [N]; got {tuple(s.shape)} and {tuple(f.shape)}"
         )
     z = np.empty_like(s)
     for k in np.unique(f):
@@ -314,6 +362,6 @@ def fit_score_slope(
             raise ValueError(
                 f"fold {k} holds {len(part)} input(s); each fold needs at least 2 to standardise"
             )
-        sd = float(part.std())
-        z[f == k] = (part - part.mean()) / (sd if sd > 0 else 1.0)
+        sd = part.std(0)
+        z[f == k] = (part - part.mean(0)) / np.where(sd > 0, sd, 1.0)
     return fit_score_temperature(probs, labels, z, bounds=bounds).b

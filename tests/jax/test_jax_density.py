@@ -103,6 +103,9 @@ def test_features_and_scores_equal_the_torch_density_on_the_same_weights(kind):
         np.testing.assert_allclose(
             mine.score(X_NEW), ref.score(torch.from_numpy(X_NEW)).numpy(), rtol=1e-4, atol=1e-4
         )
+        np.testing.assert_allclose(
+            mine.layer_scores(X_NEW), ref.layer_scores(torch.from_numpy(X_NEW)).numpy(), rtol=1e-4, atol=1e-4
+        )
     # one layer: log q of ClassGaussians fitted on the hand-computed head inputs
     head = FeatureDensity(**kwargs).fit(X, Y, batch_size=64)  # several batches
     g = ClassGaussians().fit(_by_hand()[-1], Y)

@@ -59,6 +59,15 @@ def test_several_layers_score_by_the_mean_of_standardised_layer_scores():
     fresh = FeatureDensity(net, layers="all")
     fresh.load_state_dict(got.state_dict())
     torch.testing.assert_close(fresh.score(x_new), got.score(x_new), rtol=0, atol=0)
+    # layer_scores: each layer's own (unstandardised) score, one column per layer, in layer_names order
+    raw = [
+        ClassGaussians().fit(f.double().numpy(), y.numpy()).score(g.double().numpy())
+        for f, g in zip(feats, new)
+    ]
+    per_layer = got.layer_scores(x_new)
+    assert per_layer.shape == (9, 3) and per_layer.dtype == torch.float64
+    np.testing.assert_allclose(per_layer.numpy(), np.stack(raw, 1), rtol=1e-9)
+    np.testing.assert_allclose(two.layer_scores(x_new).numpy(), np.stack(raw[:2], 1)[:, ::-1], rtol=1e-9)
 
 
 def test_a_convolution_is_read_as_its_input_averaged_over_positions():

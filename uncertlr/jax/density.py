@@ -370,6 +370,24 @@ class FeatureDensity:
             )
         return self.gaussians[0].log_density(self.features(x, batch_size=batch_size)[0])
 
+    def layer_scores(self, x: Array, *, batch_size: int = 1024) -> np.ndarray:
+        """Each layer's own OOD score ``-log q_l(φ_l(x))``, ``[N, L]`` (numpy float64), one column per layer in
+        :attr:`layer_names` order: the inputs of a per-layer temperature
+        (:func:`uncertlr.calibration.fit_score_temperature` with ``[N, L]`` scores), which gives each layer its
+        own slope instead of :meth:`score`'s equal weights.
+
+        Example:
+            >>> import jax, numpy as np
+            >>> from uncertlr_models.eqx_mlp import EqxMLP
+            >>> net = EqxMLP(4, (8,), 2, key=jax.random.key(0))
+            >>> x, y = np.random.default_rng(0).normal(size=(50, 4)), np.arange(50) % 2
+            >>> FeatureDensity(net, layers="all").fit(x, y).layer_scores(x[:7]).shape
+            (7, 2)
+        """
+        self._check_fitted()
+        phis = self.features(x, batch_size=batch_size)
+        return np.stack([g.score(phi) for g, phi in zip(self.gaussians, phis)], axis=1)
+
     def score(self, x: Array, *, batch_size: int = 1024) -> np.ndarray:
         """The OOD score ``[N]`` (numpy), higher = more likely out of distribution: ``-log q(φ(x))`` for one
         layer; for several, the mean over layers of ``(-log q_l(φ_l(x)) - center_l) / scale_l`` (each layer's

@@ -256,6 +256,29 @@ class FeatureDensity(nn.Module):
         phi = self.features(x, batch_size=batch_size)[0].cpu()
         return torch.from_numpy(self.components[0].gaussians(self.shrinkage).log_density(phi))
 
+    def layer_scores(self, x: Tensor, *, batch_size: int = 1024) -> Tensor:
+        """Each layer's own OOD score ``-log q_k(φ_k(x))``, ``[N, K]`` (float64, on the CPU), one column per
+        layer in :attr:`layer_names` order (per ensemble member, then layer, for an ensemble): the inputs of
+        a per-layer temperature (:func:`uncertlr.calibration.fit_score_temperature` with ``[N, K]`` scores),
+        which gives each layer its own slope instead of :meth:`score`'s equal weights.
+
+        Example:
+            >>> import torch
+            >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+            >>> d = FeatureDensity(net, layers="all").fit(torch.randn(50, 4), torch.randint(0, 2, (50,)))
+            >>> tuple(d.layer_scores(torch.randn(7, 4)).shape)
+            (7, 2)
+        """
+        self._check_fitted()
+        phis = self.features(x, batch_size=batch_size)
+        return torch.stack(
+            [
+                torch.from_numpy(comp.gaussians(self.shrinkage).score(phi.cpu()))
+                for phi, comp in zip(phis, self.components)
+            ],
+            dim=1,
+        )
+
     def score(self, x: Tensor, *, batch_size: int = 1024) -> Tensor:
         """The OOD score ``[N]``, higher = more likely out of distribution (pass in- and out-of-distribution
         scores to :func:`uncertlr.metrics.ood_auroc`): ``-log q(φ(x))`` for one layer of one network; for
