@@ -250,6 +250,13 @@ def test_several_scores_recover_the_informative_one_and_name_shape_errors():
     b = fit_score_slope(probs, labels, both, folds)  # each fold and column standardised on its own
     assert isinstance(b, tuple) and b[1] > 0.6 and b[0] < 0.2
     cal = fit_score_temperature(probs, labels, both, slope=b)
+    # torch tensors in, torch tensors out, the same numbers (and the same fit from torch inputs)
+    got = cal(torch.from_numpy(probs), torch.from_numpy(both))
+    assert isinstance(got, torch.Tensor)
+    np.testing.assert_allclose(got.numpy(), cal(probs, both), rtol=1e-12)
+    assert fit_score_temperature(
+        torch.from_numpy(probs), torch.from_numpy(labels), torch.from_numpy(both)
+    ) == (fit_score_temperature(probs, labels, both))
     with pytest.raises(ValueError, match=r"score must have shape \[N, K\] = \[1600, 2\]"):
         cal(probs, score)
     with pytest.raises(ValueError, match=r"slope must be 2 finite numbers >= 0"):
