@@ -106,6 +106,24 @@ def test_shift_figure_many_methods_keep_their_own_colours_and_a_legend_beside_th
     plt.close(linear)
 
 
+@pytest.mark.parametrize("count", [14, 40])
+def test_shift_figure_legend_fits_inside_the_figure(count):
+    """The benchmark's full digits run has ~30 methods and variants; one column of 7-point entries beside one
+    row of panels holds ~22, so more get more columns instead of running off the figure's top and bottom."""
+    curves = {
+        "digits": {
+            f"method-{i}": {0: {"ece": 0.01, "nll": 0.1}, 3: {"ece": 0.2, "nll": 1.0}} for i in range(count)
+        }
+    }
+    fig = shift_figure(curves)
+    fig.canvas.draw()
+    (legend,) = fig.legends
+    box, frame = legend.get_window_extent(), fig.bbox
+    assert frame.y0 <= box.y0 and box.y1 <= frame.y1 and frame.x0 <= box.x0 and box.x1 <= frame.x1 + 1
+    assert len(legend.get_texts()) == count
+    plt.close(fig)
+
+
 def test_shift_figure_draws_each_method_and_dashes_temperature_scaling():
     fig = shift_figure(CURVES)
     ece, nll = fig.axes

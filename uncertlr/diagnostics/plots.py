@@ -516,6 +516,8 @@ def energy_plot(idata: Any) -> Figure:
 # --------------------------------------------------------------------------- output
 
 
+#: legend entries that fit beside one row of :func:`shift_figure`'s panels (3.6 inches, 7-point text)
+_LEGEND_ROWS_PER_PANEL = 22
 #: line styles of temperature-scaled variants in :func:`shift_figure` (longest suffix first)
 _TS_STYLES = (("+ts-soften", ":"), ("+ts", "--"))
 
@@ -549,7 +551,10 @@ def shift_figure(curves: Mapping[str, Mapping[str, Mapping[Any, Mapping[str, flo
     tab20 = list(plt.get_cmap("tab20").colors)
     palette = tab20[0::2] + tab20[1::2]
     colours = {b: palette[i % len(palette)] for i, b in enumerate(bases)}
-    legend_w = 2.8  # inches beside the panels
+    # the legend beside the panels, in as many columns as it needs to fit their height (~22 entries per row)
+    entries = len({m for methods in curves.values() for m in methods})
+    ncol = max(1, math.ceil(entries / (_LEGEND_ROWS_PER_PANEL * len(curves))))
+    legend_w = 2.8 * ncol  # inches
     fig, axes = plt.subplots(len(curves), 2, figsize=(11 + legend_w, 3.6 * len(curves)), squeeze=False)
     for row, (task, methods) in zip(axes, curves.items()):
         for method, by_sev in methods.items():
@@ -576,7 +581,9 @@ def shift_figure(curves: Mapping[str, Mapping[str, Mapping[Any, Mapping[str, flo
     # the legend beside the panels, not over the curves
     right = 11 / (11 + legend_w)
     handles, labels = axes[0][1].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(right, 0.5), fontsize=7, frameon=False)
+    fig.legend(
+        handles, labels, loc="center left", bbox_to_anchor=(right, 0.5), fontsize=7, frameon=False, ncol=ncol
+    )
     fig.tight_layout(rect=(0, 0, right, 1))
     return fig
 
