@@ -258,7 +258,7 @@ def fit_score_temperature(
     """
     lo, hi = bounds
     probs64, logp, y = _validation(probs, labels, bounds)
-    columns = getattr(score, "ndim", np.ndim(score)) == 2
+    columns = np.ndim(score) == 2
     s = _check_score(score, probs64.shape[1], -1 if columns else None)
     center = s.mean(0)
     scale = s.std(0)

@@ -392,12 +392,10 @@ class FeatureDensity:
         """The OOD score ``[N]`` (numpy), higher = more likely out of distribution: ``-log q(φ(x))`` for one
         layer; for several, the mean over layers of ``(-log q_l(φ_l(x)) - center_l) / scale_l`` (each layer's
         training mean and std)."""
-        self._check_fitted()
-        phis = self.features(x, batch_size=batch_size)
-        scores = [g.score(phi) for g, phi in zip(self.gaussians, phis)]
-        if len(scores) == 1:
-            return scores[0]
-        return np.mean([(s - c) / d for s, c, d in zip(scores, self._center, self._scale)], axis=0)
+        scores = self.layer_scores(x, batch_size=batch_size)  # [N, L]
+        if scores.shape[1] == 1:
+            return scores[:, 0].copy()
+        return ((scores - self._center) / self._scale).mean(1)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_reader": None}  # a closure over the network: rebuilt on first use

@@ -284,18 +284,10 @@ class FeatureDensity(nn.Module):
         scores to :func:`uncertlr.metrics.ood_auroc`): ``-log q(φ(x))`` for one layer of one network; for
         several layers or ensemble members, the mean over them of ``(-log q_k(φ_k(x)) - center_k) / scale_k``
         (each one's training mean and std)."""
-        self._check_fitted()
-        phis = self.features(x, batch_size=batch_size)
-        scores = [
-            torch.from_numpy(comp.gaussians(self.shrinkage).score(phi.cpu()))
-            for phi, comp in zip(phis, self.components)
-        ]
-        if len(scores) == 1:
-            return scores[0]
-        z = [
-            (s - self.score_center[i].to(s)) / self.score_scale[i].to(s) for i, s in enumerate(scores)
-        ]  # on the CPU
-        return torch.stack(z).mean(0)
+        scores = self.layer_scores(x, batch_size=batch_size)  # [N, K], on the CPU
+        if scores.shape[1] == 1:
+            return scores[:, 0].contiguous()
+        return ((scores - self.score_center.to(scores)) / self.score_scale.to(scores)).mean(1)
 
     def extra_repr(self) -> str:
         return f"layers={self.layer_names}, shrinkage={self.shrinkage!r}"
