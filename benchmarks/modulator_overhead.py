@@ -69,7 +69,7 @@ def bnn_step(x, y, rule=None, cached_scale=True, fused=None):
     bnn = bayesian(mlp(), num_data=NUM_DATA, prior=priors.Normal(1.0), init_scale=1e-3)
     if not cached_scale:  # σ = exp(log σ) afresh every step instead of the last sample's
         post = bnn.posterior
-        post.detached_scale = lambda: (post.scale.detach(), True)
+        post.detached_scale = lambda floor=True: (post.scale.detach(), True)
     opt = torch.optim.Adam(bnn.parameters(), lr=1e-3, fused=fused)
     mod = None
     if rule is not None:

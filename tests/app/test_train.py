@@ -109,7 +109,15 @@ def test_signal_writes_checkpoint_and_resume_is_bit_identical(tmp_path, uninterr
     if modulator != "none":  # the modulator's record continues across the resume
         hist = read_history(run)[name]
         assert hist == read_history(uninterrupted)[name]
-        assert all("scale" in h for h in hist) and len({h["scale"] for h in hist}) > 1
+        assert all("scale" in h for h in hist)
+        # the rule acted: a global factor changes over the steps; per-parameter factors (renormalised to
+        # mean 1) differ between weights
+        per_param = "scale_min" in hist[-1]
+        assert (
+            any(h["scale_min"] < h["scale_max"] for h in hist)
+            if per_param
+            else len({h["scale"] for h in hist}) > 1
+        )
 
 
 def test_train_in_process_and_bad_resume(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from unittest import mock
 
 import hypothesis.strategies as st
@@ -44,6 +45,8 @@ def _fused(rule, sizes, grads, sigmas, noise=None):
     for g, sig in zip(grads, sigmas):
         owned = sig.clone() if sig is not None else None
         s = f.update(g, owned, sigma_owned=True)
+        if f.last_total is not None:  # the host path's sum of the factors, known without a pass
+            assert f.last_total == pytest.approx(float(s.double().sum()), rel=1e-5, abs=1e-6)
         out.append((s.clone(), [type(x)(*(v.clone() for v in x)) for x in f.states]))
     return out
 
@@ -72,16 +75,19 @@ def _inputs(draw_seed, sizes, steps, bad_step, scale_exp):
     seed=st.integers(0, 2**16),
     scale_exp=st.integers(-20, 3),
     multi_tensor=st.booleans(),
+    host=st.booleans(),
 )
 def test_fused_rule_equals_one_reference_update_per_segment(
-    name, sizes, steps, warmup, renormalize, decay, kappa, bad, seed, scale_exp, multi_tensor
+    name, sizes, steps, warmup, renormalize, decay, kappa, bad, seed, scale_exp, multi_tensor, host
 ):
     rule = RULES[name](kappa=kappa, warmup=warmup, renormalize=renormalize, decay=decay)
     grads, sigmas = _inputs(seed, sizes, steps, steps // 2 if bad else None, scale_exp)
     ref = _reference(rule, sizes, grads, sigmas)
-    # multi_tensor: the GPU's segment sums (one _foreach_norm), run on the CPU
+    # multi_tensor: the GPU's segment sums (one _foreach_norm), run on the CPU;
+    # host=False: the general path an accelerator takes, where the CPU would take the host path
     devices = fused_module.MULTI_TENSOR_DEVICES | ({"cpu"} if multi_tensor else set())
-    with mock.patch.object(fused_module, "MULTI_TENSOR_DEVICES", devices):
+    general = mock.patch.object(FusedRule, "_finish_on_host", lambda *a: False) if not host else nullcontext()
+    with mock.patch.object(fused_module, "MULTI_TENSOR_DEVICES", devices), general:
         got = _fused(rule, sizes, grads, sigmas)
     for (s_ref, st_ref), (s_got, st_got) in zip(ref, got):
         torch.testing.assert_close(s_got, s_ref, rtol=2e-5, atol=1e-6, equal_nan=True)
@@ -158,15 +164,21 @@ def test_the_posterior_hands_the_modulator_its_last_sample_scale_only_while_it_i
     bnn.elbo(x, y)
     sc, fresh = post.detached_scale()
     assert fresh and torch.equal(sc, post.scale.detach()) and float(sc.min()) > 0
+    # unfloored (what the fused built-in rules ask for): the cached σ as it is, zeros included
+    sc, fresh = post.detached_scale(floor=False)
+    assert not fresh and float(sc[:2].abs().max()) == 0.0 and torch.equal(sc, post.log_scale.detach().exp())
 
-    # and the modulated steps are bit-identical with and without the cache
+    # and the modulated steps are bit-identical with and without the cache, σ that underflowed included
+    # (the cached σ is 0 there, the recomputed one floored: the rule's factors are the same)
     def run(cache: bool) -> list[torch.Tensor]:
         torch.manual_seed(1)
         net = bayesian(
             torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)), num_data=32
         )
+        with torch.no_grad():
+            net.posterior.log_scale[:3] = -200.0
         if not cache:
-            net.posterior.detached_scale = lambda: (net.posterior.scale.detach(), True)
+            net.posterior.detached_scale = lambda floor=True: (net.posterior.scale.detach(), True)
         o = torch.optim.Adam(net.parameters(), lr=1e-2)
         Modulator(GradSigmaRatio(warmup=0), sigma=net).attach(o)
         for _ in range(6):

@@ -11,7 +11,10 @@ work runs in place over the whole flat tensor at once, the per-segment means are
 ``torch._foreach_norm`` call, and the per-segment state lives in flat tensors. The per-segment
 :class:`~uncertlr.modulation.ParamState` / :class:`~uncertlr.modulation.NoiseState` values are
 views of those tensors, so checkpoints and ``Modulator.rule_state`` are unchanged. Every update
-allocates new state tensors (states stay immutable values, as in the reference).
+allocates new state tensors (states stay immutable values, as in the reference). On a CPU, with
+``renormalize`` (the default), the segment means are read on the host and the factors computed as
+``clip(raw^κ, lo r, hi r)`` renormalised (``r`` the mean to the power κ, which the renormalisation
+cancels): two passes fewer, and the factors' sum known without a third (``last_total``).
 
 ``tests/torch/test_fused.py`` holds it to the reference rules on random inputs (non-finite
 values, warm-up, both ``renormalize`` settings, several segments).
@@ -27,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -52,6 +56,11 @@ _MEASURES = {SigmaRatio: "sigma", GradSigmaRatio: "grad_sigma", VarianceRatio: "
 def supports(rule: object) -> bool:
     """Whether ``rule`` is one of the built-in per-parameter rules (exactly; a subclass may change the math)."""
     return type(rule) in _MEASURES
+
+
+#: The clamp bounds the host path (``FusedRule._finish_on_host``) works with stay within these, so the
+#: factors' sums cannot overflow or underflow; outside them the update takes the general path.
+_HOST_BOUNDS = (1e-20, 1e20)
 
 
 def _host_ok(ok: Tensor) -> bool | None:
@@ -87,6 +96,8 @@ class FusedRule:
         self.rule, self.measure = rule, _MEASURES[type(rule)]
         self.sizes = list(sizes)
         self.noise = noise
+        #: the sum of the last update's factors when the host path knew it (``None``: not known)
+        self.last_total: float | None = None
         self.load(states, noise_states)
 
     # ------------------------------------------------------------------ state
@@ -224,6 +235,9 @@ class FusedRule:
             self.sizes
         )  # one set of views for every per-segment step below (raw changes in place)
         ref = self._segment_mean(raw, segs)
+        self.last_total = None
+        if self._finish_on_host(raw, segs, ref, ema):
+            return raw
         ok = torch.isfinite(ref)
         # ((raw + tiny) / (ref + tiny))^kappa: exactly 1 where a whole segment is 0
         raw.add_(self.tiny)
@@ -247,3 +261,68 @@ class FusedRule:
         self.nonfinite = self.nonfinite + (~ok).to(self.nonfinite.dtype)
         self._steps = [st + 1 for st in self._steps]
         return raw
+
+    def _finish_on_host(self, raw: Tensor, segs: Sequence[Tensor], ref: Tensor, ema: Tensor | None) -> bool:
+        """The rest of :meth:`update` with ``renormalize`` on a CPU, the segment means read on the host;
+        ``False`` (nothing changed) where it does not apply.
+
+        With ``renormalize`` the reference's ``clip(((raw + tiny) / (ref + tiny))^κ, lo, hi)`` need not
+        be divided by the mean first: for ``r = (ref + tiny)^κ`` it is ``clip(raw^κ, lo r, hi r) / r``
+        (up to ``tiny``), and the ``1 / r`` cancels in the renormalisation. That saves two passes over
+        ``P`` (the ``+ tiny`` and the division), and the factors' sum is then known without a third
+        (each renormalised segment sums to its size). A segment whose ``raw`` is all 0 (or still in
+        warm-up) gets factors of exactly 1, as in the reference; bounds ``lo r, hi r`` outside
+        ``_HOST_BOUNDS`` (``raw`` means near the dtype's limits) take the general path.
+        """
+        rule = self.rule
+        if not (
+            rule.renormalize
+            and raw.device.type == "cpu"
+            and raw.dtype in (torch.float32, torch.float64)
+            and not torch.compiler.is_compiling()
+        ):
+            return False
+        kappa, floor, ceil = rule.kappa, *_HOST_BOUNDS
+        plan: list[tuple[float, float] | float | None] = []  # bounds, a constant 1.0, or None: keep the old
+        for m, step in zip(ref.tolist(), self._steps):
+            if not math.isfinite(m):
+                plan.append(None)
+            elif m == 0.0 or step < rule.warmup:
+                plan.append(1.0)
+            else:
+                try:
+                    r = (m + self.tiny) ** kappa  # a Python float: range checked next
+                except OverflowError:
+                    return False
+                lo, hi = rule.s_min * r, rule.s_max * r
+                if not floor < lo <= hi < ceil:
+                    return False
+                plan.append((lo, hi))
+        raw.pow_(kappa)
+        live = [i for i, p in enumerate(plan) if isinstance(p, tuple)]
+        for i in live:
+            segs[i].clamp_(*plan[i])  # type: ignore[misc]
+        if live:
+            sums = torch.stack([segs[i].sum() for i in live]).tolist()
+            torch._foreach_mul_([segs[i] for i in live], [self.sizes[i] / sm for i, sm in zip(live, sums)])
+        total = 0.0
+        for i, p in enumerate(plan):
+            if p is None:  # non-finite: the segment keeps its factors and its gradient EMA
+                segs[i].copy_(self.scale.split(self.sizes)[i])
+                if ema is not None:
+                    ema.split(self.sizes)[i].copy_(self.ema.split(self.sizes)[i])  # type: ignore[union-attr]
+                total += float(segs[i].sum())
+            else:
+                if p == 1.0:
+                    segs[i].fill_(1.0)
+                total += self.sizes[i]
+        if ema is not None:
+            self.ema = ema
+        self.scale = raw
+        self.step = self.step + 1.0
+        if None in plan:
+            bad = torch.tensor([p is None for p in plan], dtype=self.nonfinite.dtype, device=self.device)
+            self.nonfinite = self.nonfinite + bad
+        self._steps = [st + 1 for st in self._steps]
+        self.last_total = total
+        return True

@@ -126,7 +126,7 @@ class MeanFieldNormal(nn.Module):
         """Flat posterior std ``[P]`` (differentiable), floored at the dtype's smallest normal number."""
         return self.log_scale.exp().clamp_min(torch.finfo(self.log_scale.dtype).tiny)
 
-    def detached_scale(self) -> tuple[Tensor, bool]:
+    def detached_scale(self, floor: bool = True) -> tuple[Tensor, bool]:
         """``(σ[P] detached, whether it is a fresh tensor the caller may overwrite)``.
 
         The ``exp(log_scale)`` of the last :meth:`sample_kl` while ``log_scale`` has not changed
@@ -135,11 +135,16 @@ class MeanFieldNormal(nn.Module):
         computed afresh. Saves the per-parameter modulator rules one pass over ``P`` per step.
         (Writes through ``log_scale.data`` bypass the version counter; the next :meth:`sample_kl`
         refreshes the cache.)
+
+        ``floor=False``: the cached σ as it is, where an ``exp`` that underflowed is 0 (a caller
+        to whom 0 and the floor are the same saves the check, another pass over ``P``).
         """
         last, ls = self._last_scale, self.log_scale
         if last is not None and last[1] == id(ls) and last[2] == ls._version:
             tiny = torch.finfo(ls.dtype).tiny
             sc = last[0]
+            if not floor:
+                return sc, False
             if sc.device.type == "cpu" and bool(sc.min() >= tiny):  # a free host read on the CPU
                 return sc, False
             return sc.clamp_min(tiny), True

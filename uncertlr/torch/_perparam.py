@@ -74,12 +74,16 @@ class Target:
             self.fused.load(self.fused.states, value)
 
 
-def _posterior_scale(post: Any) -> tuple[Tensor, bool]:
+def _posterior_scale(post: Any, floor: bool = True) -> tuple[Tensor, bool]:
     """A BNN posterior's detached flat σ and whether the caller may overwrite it: the mean-field
-    posterior reuses its last sample's ``exp(log_scale)``; other posteriors compute a fresh one."""
+    posterior reuses its last sample's ``exp(log_scale)``; other posteriors compute a fresh one.
+
+    ``floor=False`` (the fused built-in rules): a σ that underflowed to 0 may stay 0; their
+    factors are the same for 0 as for the floor (a product with it underflows to 0 either way).
+    """
     detached = getattr(post, "detached_scale", None)
     if detached is not None:
-        return detached()  # type: ignore[no-any-return]
+        return detached(floor=floor)  # type: ignore[no-any-return]
     return post.scale.detach(), True
 
 
@@ -155,7 +159,7 @@ class PerParameterMode:
     def _flat_sigma(self, t: Target, sigma_map: Mapping[Tensor, Tensor] | None) -> tuple[Tensor | None, bool]:
         """``(σ[P] or None for the gradient-noise estimate, whether the fused update may overwrite it)``."""
         if isinstance(self.sigma, BNN):
-            return _posterior_scale(self.sigma.posterior)
+            return _posterior_scale(self.sigma.posterior, floor=False)
         if sigma_map is not None:
             return sigma_map[t.param].detach().reshape(-1), False
         return None, True
@@ -192,8 +196,13 @@ class PerParameterMode:
                 return None
             n = sum(s.numel() for s in stats)
             lo_hi = torch.stack([torch.stack(s.aminmax()) for s in stats]).float()
-            total = torch.stack([s.sum() for s in stats]).sum().float()
-            mean_sum, lo, hi = torch.stack([total, lo_hi[:, 0].min(), lo_hi[:, 1].max()]).tolist()
+            known = [t.fused.last_total if t.fused is not None else None for t in targets]
+            if all(v is not None for v in known):  # the fused rules' sums, read on the host already
+                lo, hi = torch.stack([lo_hi[:, 0].min(), lo_hi[:, 1].max()]).tolist()
+                mean_sum = float(sum(known))  # type: ignore[arg-type]
+            else:
+                total = torch.stack([s.sum() for s in stats]).sum().float()
+                mean_sum, lo, hi = torch.stack([total, lo_hi[:, 0].min(), lo_hi[:, 1].max()]).tolist()
             return {
                 "scale": mean_sum / n,
                 "scale_min": lo,
