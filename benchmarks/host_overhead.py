@@ -11,6 +11,10 @@ blocks, ratios against the deterministic step (and an A/A row for the noise floo
   deterministic, deterministic A/A, bnn, bnn + G1, bnn + P2, bnn + P2 record=False (as gpu.py)
   bnn, tie_weights=True   the BNN calling functional_call with its alias search (before 2026-12-04)
 
+The per-parameter rule runs the code an accelerator runs (``accelerator_paths``): its segment sums as one
+multi-tensor norm and its factors computed on the device, not the CPU's host path (2026-12-05), which a GPU
+never takes.
+
 Usage:
     python benchmarks/host_overhead.py --cpu-time
     python benchmarks/host_overhead.py --quick
@@ -18,10 +22,12 @@ Usage:
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -37,7 +43,7 @@ from benchmarks._common import (  # noqa: E402
 )
 from benchmarks.gpu import ratio_rows, step_fns  # noqa: E402
 from uncertlr import priors  # noqa: E402
-from uncertlr.torch import bayesian  # noqa: E402
+from uncertlr.torch import _fused, bayesian  # noqa: E402
 from uncertlr_models import ResNet18, TransformerClassifier  # noqa: E402
 
 
@@ -77,6 +83,16 @@ def tied_step(make: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor) -
     return step
 
 
+@contextlib.contextmanager
+def accelerator_paths() -> Iterator[None]:
+    """The fused per-parameter rules take, on the CPU, the paths they take on a GPU."""
+    with (
+        mock.patch.object(_fused, "MULTI_TENSOR_DEVICES", _fused.MULTI_TENSOR_DEVICES | {"cpu"}),
+        mock.patch.object(_fused.FusedRule, "_finish_on_host", lambda *args: False),
+    ):
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     p = base_parser(__doc__.splitlines()[0], timing=True)
     args = p.parse_args(argv)
@@ -87,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, (make, x, y) in tiny_networks().items():
         fns, notes = step_fns(make, x, y, cpu, False)
         fns["bnn, tie_weights=True"] = tied_step(make, x, y)
-        rows += ratio_rows(
-            name, interleaved_blocks(fns, blocks=blocks, steps=steps, warmup=5, clock=clock), notes
-        )
+        with accelerator_paths():
+            blocks_s = interleaved_blocks(fns, blocks=blocks, steps=steps, warmup=5, clock=clock)
+        rows += ratio_rows(name, blocks_s, notes)
     for r in rows:
         r["us"] = 1e3 * r.pop("ms")
     print_table(

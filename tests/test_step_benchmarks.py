@@ -8,6 +8,9 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import gpu, host_overhead  # noqa: E402
@@ -46,3 +49,22 @@ def test_host_overhead_quick(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     _check_rows(rows, list(host_overhead.tiny_networks()), extra=["bnn, tie_weights=True"])
     assert all(r["us"] > 0 for r in rows)
+
+
+def test_host_overhead_runs_the_per_parameter_rule_as_an_accelerator_does():
+    from uncertlr.modulation import GradSigmaRatio
+    from uncertlr.torch._fused import FusedRule
+
+    rule = GradSigmaRatio(warmup=0)
+    g, sigma = torch.randn(10), torch.rand(10) + 0.1
+
+    def update() -> tuple[torch.Tensor, float | None]:
+        f = FusedRule(rule, [4, 6], [rule.init(torch.zeros(n)) for n in (4, 6)])
+        return f.update(g, sigma), f.last_total
+
+    on_host, total = update()
+    assert total == pytest.approx(10.0)  # the CPU's host path knows the factors' sum
+    with host_overhead.accelerator_paths():
+        on_device, none = update()
+    assert none is None  # the general path, as on a GPU
+    torch.testing.assert_close(on_device, on_host, rtol=2e-5, atol=1e-6)
