@@ -79,7 +79,8 @@ def _posterior_scale(post: Any, floor: bool = True) -> tuple[Tensor, bool]:
     posterior reuses its last sample's ``exp(log_scale)``; other posteriors compute a fresh one.
 
     ``floor=False`` (the fused built-in rules): a σ that underflowed to 0 may stay 0; their
-    factors are the same for 0 as for the floor (a product with it underflows to 0 either way).
+    factors are the same for 0 as for the floor (the factor of such a weight is clamped to a bound
+    either way, and a segment that is all 0 or all at the floor gets factors of 1).
     """
     detached = getattr(post, "detached_scale", None)
     if detached is not None:
