@@ -99,19 +99,25 @@ def test_fused_rule_equals_one_reference_update_per_segment(
 
 @given(
     name=st.sampled_from(sorted(RULES)),
-    size=st.integers(1, 50),
+    sizes=st.lists(st.integers(1, 50), min_size=1, max_size=3),
     steps=st.integers(1, 6),
     decay=st.sampled_from([0.0, 0.5, 0.99]),
+    renormalize=st.booleans(),
     bad=st.booleans(),
     seed=st.integers(0, 2**16),
 )
-def test_fused_gradient_noise_sigma_equals_the_reference_estimator(name, size, steps, decay, bad, seed):
-    rule, noise = RULES[name](warmup=1), GradientNoise(decay=decay)
-    grads, _ = _inputs(seed, [size], steps, steps // 2 if bad else None, 0)
-    ref = _reference(rule, [size], grads, [None] * steps, noise)
-    got = _fused(rule, [size], grads, [None] * steps, noise)
+def test_fused_gradient_noise_sigma_equals_the_reference_estimator(
+    name, sizes, steps, decay, renormalize, bad, seed
+):
+    # (the fused σ is the estimator's up to a factor per segment, which every rule's ratio cancels)
+    rule, noise = RULES[name](warmup=1, renormalize=renormalize), GradientNoise(decay=decay)
+    grads, _ = _inputs(seed, sizes, steps, steps // 2 if bad else None, 0)
+    ref = _reference(rule, sizes, grads, [None] * steps, noise)
+    got = _fused(rule, sizes, grads, [None] * steps, noise)
+    # the variance is a difference of two moments scaled by 1 / corr^2 (~2,500 with decay 0.99 early on): float32
+    # rounding, the reference's or the fused one's, reaches ~2e-4 of a factor there (renormalize=False)
     for (s_ref, _), (s_got, _) in zip(ref, got):
-        torch.testing.assert_close(s_got, s_ref, rtol=1e-4, atol=1e-5, equal_nan=True)
+        torch.testing.assert_close(s_got, s_ref, rtol=1e-3, atol=1e-5, equal_nan=True)
 
 
 def test_states_round_trip_and_only_builtin_rules_are_fused():

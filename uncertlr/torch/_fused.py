@@ -179,7 +179,12 @@ class FusedRule:
                 n.copy_(o)
 
     def _noise_sigma(self, grad: Tensor) -> Tensor:
-        """Fold ``grad`` into the gradient moments; returns σ (a new tensor)."""
+        """Fold ``grad`` into the gradient moments; returns σ up to a positive factor per segment (a new tensor).
+
+        The estimator's ``σ = sqrt(max(sq / corr - (mean / corr)^2, 0))`` is ``sqrt(1 / corr)`` times
+        ``sqrt(max(sq - mean^2 / corr, 0))``; every rule divides σ (or its square) by its own segment mean,
+        so the factor per segment cancels and the second form is returned: two passes fewer.
+        """
         d = self.noise.decay  # type: ignore[union-attr]
         g2 = grad * grad
         # a non-finite gradient, or a square that overflows, leaves a segment's moments untouched
@@ -193,19 +198,11 @@ class FusedRule:
         inv_corr = (
             (1.0 - torch.pow(d, self.count)).clamp_min_(torch.finfo(self.count.dtype).tiny).reciprocal_()
         )
-        # sigma = sqrt(max(sq / corr - (mean / corr)^2, 0))
-        m, var = self._times_segments(mean, inv_corr), self._times_segments(sq, inv_corr)
-        # square, then subtract (not addcmul: a fused multiply-add leaves a rounding residue where
-        # the reference's variance cancels to exactly 0, e.g. with decay 0)
-        return var.sub_(m.square_()).clamp_min_(0.0).sqrt_()
-
-    def _times_segments(self, x: Tensor, factors: Tensor) -> Tensor:
-        """A new tensor: ``x[segment i] * factors[i]``."""
-        if len(self.sizes) == 1:
-            return x * factors[0]
-        out = x.clone()
-        self._scale_segments_(out, factors)
-        return out
+        # sigma * sqrt(corr) = sqrt(max(sq - mean^2 / corr, 0)); square, then subtract (not addcmul: a fused
+        # multiply-add leaves a rounding residue where the variance cancels to exactly 0, e.g. with decay 0)
+        m2 = mean.square()
+        self._scale_segments_(m2, inv_corr)
+        return torch.sub(sq, m2, out=m2).clamp_min_(0.0).sqrt_()
 
     def update(self, grad: Tensor | None, sigma: Tensor | None, sigma_owned: bool = False) -> Tensor:
         """The factors ``s[P]`` for this step (a new tensor; the state advances).
