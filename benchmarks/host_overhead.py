@@ -88,7 +88,7 @@ def accelerator_paths() -> Iterator[None]:
     """The fused per-parameter rules take, on the CPU, the paths they take on a GPU."""
     with (
         mock.patch.object(_fused, "MULTI_TENSOR_DEVICES", _fused.MULTI_TENSOR_DEVICES | {"cpu"}),
-        mock.patch.object(_fused.FusedRule, "_finish_on_host", lambda *args: False),
+        mock.patch.object(_fused.FusedRule, "_factors_on_host", lambda *args: None),
     ):
         yield
 

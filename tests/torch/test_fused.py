@@ -86,7 +86,7 @@ def test_fused_rule_equals_one_reference_update_per_segment(
     # multi_tensor: the GPU's segment sums (one _foreach_norm), run on the CPU;
     # host=False: the general path an accelerator takes, where the CPU would take the host path
     devices = fused_module.MULTI_TENSOR_DEVICES | ({"cpu"} if multi_tensor else set())
-    general = mock.patch.object(FusedRule, "_finish_on_host", lambda *a: False) if not host else nullcontext()
+    general = mock.patch.object(FusedRule, "_factors_on_host", lambda *a: None) if not host else nullcontext()
     with mock.patch.object(fused_module, "MULTI_TENSOR_DEVICES", devices), general:
         got = _fused(rule, sizes, grads, sigmas)
     for (s_ref, st_ref), (s_got, st_got) in zip(ref, got):

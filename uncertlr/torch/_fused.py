@@ -58,7 +58,7 @@ def supports(rule: object) -> bool:
     return type(rule) in _MEASURES
 
 
-#: The clamp bounds the host path (``FusedRule._finish_on_host``) works with stay within these, so the
+#: The clamp bounds the host path (``FusedRule._factors_on_host``) works with stay within these, so the
 #: factors' sums cannot overflow or underflow; outside them the update takes the general path.
 _HOST_BOUNDS = (1e-20, 1e20)
 
@@ -232,36 +232,47 @@ class FusedRule:
             self.sizes
         )  # one set of views for every per-segment step below (raw changes in place)
         ref = self._segment_mean(raw, segs)
-        self.last_total = None
-        if self._finish_on_host(raw, segs, ref, ema):
-            return raw
-        ok = torch.isfinite(ref)
-        # ((raw + tiny) / (ref + tiny))^kappa: exactly 1 where a whole segment is 0
-        raw.add_(self.tiny)
-        self._scale_segments_(raw, (ref + self.tiny).reciprocal_(), segs)
-        active = [st >= rule.warmup for st in self._steps]
-        if all(active) or not any(active):
-            lo, hi = (rule.s_min, rule.s_max) if active[0] else (1.0, 1.0)
-            raw.pow_(rule.kappa).clamp_(lo, hi)
-        else:  # segments restored at different steps
-            raw.pow_(rule.kappa)
-            for a, seg in zip(active, segs):
-                seg.clamp_(*((rule.s_min, rule.s_max) if a else (1.0, 1.0)))
-        if rule.renormalize:
-            self._scale_segments_(raw, self._segment_mean(raw, segs).reciprocal_(), segs)
-        self._keep_old_(ok, raw, self.scale)
+        finite = self._factors_on_host(raw, segs, ref)
+        if finite is None:
+            ok = torch.isfinite(ref)
+            # ((raw + tiny) / (ref + tiny))^kappa: exactly 1 where a whole segment is 0
+            raw.add_(self.tiny)
+            self._scale_segments_(raw, (ref + self.tiny).reciprocal_(), segs)
+            active = [st >= rule.warmup for st in self._steps]
+            if all(active) or not any(active):
+                lo, hi = (rule.s_min, rule.s_max) if active[0] else (1.0, 1.0)
+                raw.pow_(rule.kappa).clamp_(lo, hi)
+            else:  # segments restored at different steps
+                raw.pow_(rule.kappa)
+                for a, seg in zip(active, segs):
+                    seg.clamp_(*((rule.s_min, rule.s_max) if a else (1.0, 1.0)))
+            if rule.renormalize:
+                self._scale_segments_(raw, self._segment_mean(raw, segs).reciprocal_(), segs)
+        else:  # known on the host: nothing to restore or count when every segment is finite
+            ok = None if all(finite) else torch.tensor(finite, device=self.device)
+        if ok is not None:
+            self._keep_old_(ok, raw, self.scale)
+            if ema is not None:
+                self._keep_old_(ok, ema, self.ema)  # type: ignore[arg-type]
+            self.nonfinite = self.nonfinite + (~ok).to(self.nonfinite.dtype)
         if ema is not None:
-            self._keep_old_(ok, ema, self.ema)  # type: ignore[arg-type]
             self.ema = ema
         self.scale = raw
         self.step = self.step + 1.0
-        self.nonfinite = self.nonfinite + (~ok).to(self.nonfinite.dtype)
         self._steps = [st + 1 for st in self._steps]
+        # the host path knows each renormalised segment's sum (its size); a segment kept at its old factors
+        # is summed
+        self.last_total = (
+            None
+            if finite is None
+            else sum(n if f else float(seg.sum()) for n, f, seg in zip(self.sizes, finite, segs))
+        )
         return raw
 
-    def _finish_on_host(self, raw: Tensor, segs: Sequence[Tensor], ref: Tensor, ema: Tensor | None) -> bool:
-        """The rest of :meth:`update` with ``renormalize`` on a CPU, the segment means read on the host;
-        ``False`` (nothing changed) where it does not apply.
+    def _factors_on_host(self, raw: Tensor, segs: Sequence[Tensor], ref: Tensor) -> list[bool] | None:
+        """:meth:`update`'s factors with ``renormalize`` on a CPU, the segment means read on the host;
+        returns which segments are finite (the others are left for the caller to restore), or ``None``
+        (nothing changed) where this path does not apply.
 
         With ``renormalize`` the reference's ``clip(((raw + tiny) / (ref + tiny))^κ, lo, hi)`` need not
         be divided by the mean first: for ``r = (ref + tiny)^κ`` it is ``clip(raw^κ, lo r, hi r) / r``
@@ -278,9 +289,9 @@ class FusedRule:
             and raw.dtype in (torch.float32, torch.float64)
             and not torch.compiler.is_compiling()
         ):
-            return False
+            return None
         kappa, floor, ceil = rule.kappa, *_HOST_BOUNDS
-        plan: list[tuple[float, float] | float | None] = []  # bounds, a constant 1.0, or None: keep the old
+        plan: list[tuple[float, float] | float | None] = []  # bounds, a constant 1.0, or None: not finite
         for m, step in zip(ref.tolist(), self._steps):
             if not math.isfinite(m):
                 plan.append(None)
@@ -290,10 +301,10 @@ class FusedRule:
                 try:
                     r = (m + self.tiny) ** kappa  # a Python float: range checked next
                 except OverflowError:
-                    return False
+                    return None
                 lo, hi = rule.s_min * r, rule.s_max * r
                 if not floor < lo <= hi < ceil:
-                    return False
+                    return None
                 plan.append((lo, hi))
         raw.pow_(kappa)
         live = [i for i, p in enumerate(plan) if isinstance(p, tuple)]
@@ -302,24 +313,7 @@ class FusedRule:
         if live:
             sums = torch.stack([segs[i].sum() for i in live]).tolist()
             torch._foreach_mul_([segs[i] for i in live], [self.sizes[i] / sm for i, sm in zip(live, sums)])
-        total = 0.0
         for i, p in enumerate(plan):
-            if p is None:  # non-finite: the segment keeps its factors and its gradient EMA
-                segs[i].copy_(self.scale.split(self.sizes)[i])
-                if ema is not None:
-                    ema.split(self.sizes)[i].copy_(self.ema.split(self.sizes)[i])  # type: ignore[union-attr]
-                total += float(segs[i].sum())
-            else:
-                if p == 1.0:
-                    segs[i].fill_(1.0)
-                total += self.sizes[i]
-        if ema is not None:
-            self.ema = ema
-        self.scale = raw
-        self.step = self.step + 1.0
-        if None in plan:
-            bad = torch.tensor([p is None for p in plan], dtype=self.nonfinite.dtype, device=self.device)
-            self.nonfinite = self.nonfinite + bad
-        self._steps = [st + 1 for st in self._steps]
-        self.last_total = total
-        return True
+            if p == 1.0:
+                segs[i].fill_(1.0)
+        return [p is not None for p in plan]
