@@ -72,7 +72,7 @@ from benchmarks._shift_report import (  # noqa: E402
 )
 from uncertlr import metrics  # noqa: E402
 from uncertlr._progress import progress_task  # noqa: E402
-from uncertlr.calibration import fit_score_temperature, fit_temperature  # noqa: E402
+from uncertlr.calibration import NEVER_SHARPEN, fit_score_temperature, fit_temperature  # noqa: E402
 
 # BNN init σ, prior scale, KL weight: best validation NLL of `--tune --quick` (digits; BENCHMARKS.md).
 DIGITS = Config(
@@ -119,7 +119,7 @@ REGRESSION = Config(
     num_samples=64,
 )
 VAL_FRACTION = 0.15
-SOFTEN = (1.0, 20.0)  # the +ts-soften variants' temperature bounds: never sharpen
+SOFTEN = NEVER_SHARPEN  # the +ts-soften variants' temperature bounds: never sharpen
 
 
 def _mlp(in_features: int, cfg: Config, out: int) -> Callable[[], torch.nn.Module]:

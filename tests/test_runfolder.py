@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from uncertlr import runfolder
+from uncertlr import calibration, metrics, runfolder
 from uncertlr.likelihoods import NormalPrediction
 
 
@@ -80,6 +80,34 @@ def test_classification_summary_against_a_direct_computation():
     assert s["brier"] == pytest.approx(np.mean(np.sum((pbar - np.eye(4)[y]) ** 2, 1)))
     assert s["entropy_in"] == pytest.approx(np.mean(stats.entropy(pbar, axis=1)))
     assert set(runfolder.CLASSIFICATION_KEYS) == set(s)
+
+
+def _under_confident(rng: np.random.Generator, samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """``samples`` jittered copies of an under-confident classifier (its best temperature ~0.3) and labels."""
+    logits = rng.normal(size=(400, 4)) * 3.0
+    labels = np.array([rng.choice(4, p=np.exp(row) / np.exp(row).sum()) for row in logits])
+    jitter = 0.05 * rng.normal(size=(samples, 400, 4))
+    soft = 0.3 * logits[None] + jitter
+    return np.exp(soft) / np.exp(soft).sum(-1, keepdims=True), labels
+
+
+def test_the_temperature_of_a_model_average_never_sharpens():
+    rng = np.random.default_rng(3)
+    for samples in (1, 5):
+        probs, labels = _under_confident(rng, samples)
+        s = runfolder.classification_summary(
+            probs[:, :200], labels[:200], probs_val=probs[:, 200:], labels_val=labels[200:]
+        )
+        free = calibration.fit_temperature(probs[:, 200:], labels[200:]).value
+        assert free < 0.6  # the validation part asks to sharpen
+        if samples == 1:  # a point prediction: the free fit
+            assert s["temperature"] == pytest.approx(free)
+        else:  # a model average: the never-sharpen fit, which ends at T = 1
+            never = calibration.fit_temperature(
+                probs[:, 200:], labels[200:], bounds=calibration.NEVER_SHARPEN
+            )
+            assert s["temperature"] == pytest.approx(never.value) and 1.0 <= s["temperature"] < 1.001
+            assert s["nll_ts"] == pytest.approx(float(metrics.nll(never(probs[:, :200]), labels[:200])))
 
 
 @settings(max_examples=40, deadline=None)

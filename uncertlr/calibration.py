@@ -45,7 +45,18 @@ from uncertlr.metrics._checks import _check_probs
 
 Array = Any
 
-__all__ = ["ScoreTemperature", "Temperature", "fit_score_slope", "fit_score_temperature", "fit_temperature"]
+__all__ = [
+    "NEVER_SHARPEN",
+    "ScoreTemperature",
+    "Temperature",
+    "fit_score_slope",
+    "fit_score_temperature",
+    "fit_temperature",
+]
+
+#: ``bounds=`` for :func:`fit_temperature` that never sharpen (``1 <= T <= 20``): the safe fit for a model
+#: average (a BNN, an ensemble, MC dropout) or any model that is already calibrated.
+NEVER_SHARPEN: tuple[float, float] = (1.0, 20.0)
 
 
 def _tempered(logp: Array, temperature: Any, xp: Any) -> Array:
@@ -103,10 +114,10 @@ def fit_temperature(
         probs: validation predictions ``[S, N, C]`` (or ``[N, C]``) of any array library.
         labels: ``[N]`` integer labels.
         bounds: the search interval for ``T`` (a bounded 1-D search over ``log T``, on the host,
-            in float64); it must contain 1. ``(1.0, 20.0)`` never sharpens a model: the safer fit
-            for a BNN (``benchmarks/shift.py``, digits: a free fit on 202 validation images sharpened
-            one seed's BNN to ``T = 0.11`` and its NLL on corrupted inputs rose from 3.8 to 21.5; kept at
-            ``T >= 1``, 2.8).
+            in float64); it must contain 1. :data:`NEVER_SHARPEN`, ``(1.0, 20.0)``, never sharpens a
+            model: the safer fit for a BNN (``benchmarks/shift.py``, digits: a free fit on 202 validation
+            images sharpened one seed's BNN to ``T = 0.11`` and its NLL on corrupted inputs rose from 3.8
+            to 21.5; kept at ``T >= 1``, 2.8).
 
     Returns:
         A :class:`Temperature` (apply it to the test predictions of the same model).
