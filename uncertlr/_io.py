@@ -26,7 +26,18 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["PACKAGES", "atomic_write", "environment", "jsonable", "read_json", "write_json"]
+import platformdirs
+
+__all__ = [
+    "CACHE_ENV",
+    "PACKAGES",
+    "atomic_write",
+    "cache_dir",
+    "environment",
+    "jsonable",
+    "read_json",
+    "write_json",
+]
 
 #: Packages whose versions :func:`environment` records (those that matter to reproduce a run).
 PACKAGES = (
@@ -41,6 +52,22 @@ PACKAGES = (
     "scikit-learn",
     "matplotlib",
 )
+
+
+#: Environment variable naming the cache folder (downloads without a data folder, feature caches, built kernels).
+CACHE_ENV = "UNCERTLR_CACHE"
+
+
+def cache_dir() -> Path:
+    """The cache folder: ``$UNCERTLR_CACHE``, else the platform's user cache folder for ``uncertlr``.
+
+    The folder is not created here; whoever writes to it does that.
+    """
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    # platformdirs: $XDG_CACHE_HOME or ~/.cache on Linux, ~/Library/Caches on macOS, %LOCALAPPDATA% on Windows
+    return platformdirs.user_cache_path("uncertlr", appauthor=False)
 
 
 def _umask() -> int:

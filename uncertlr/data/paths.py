@@ -23,28 +23,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import platformdirs
+from uncertlr._io import cache_dir
 
 __all__ = ["cache_dir", "data_dir"]
 
 #: Environment variable naming the data folder.
 DATA_ENV = "UNCERTLR_DATA"
-#: Environment variable naming the cache folder (downloads without a data folder, feature caches).
-CACHE_ENV = "UNCERTLR_CACHE"
-
 _REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def cache_dir() -> Path:
-    """The cache folder: ``$UNCERTLR_CACHE``, else the platform's user cache folder for ``uncertlr``.
-
-    The folder is not created here; whoever writes to it does that.
-    """
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    # platformdirs: $XDG_CACHE_HOME or ~/.cache on Linux, ~/Library/Caches on macOS, %LOCALAPPDATA% on Windows
-    return platformdirs.user_cache_path("uncertlr", appauthor=False)
 
 
 def data_dir(path: str | os.PathLike[str] | None = None) -> Path:
