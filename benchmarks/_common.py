@@ -142,6 +142,10 @@ def machine() -> dict[str, Any]:
             torch_threads=torch.get_num_threads(),
             cuda=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         )
+        from uncertlr.torch import _native
+
+        # the per-parameter rules' compiled CPU kernels: loaded, or why not (UNCERTLR_NATIVE=0 turns them off)
+        info["native_kernels"] = _native.status()
     except ImportError:  # pragma: no cover
         pass
     return info

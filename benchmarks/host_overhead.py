@@ -89,6 +89,7 @@ def accelerator_paths() -> Iterator[None]:
     with (
         mock.patch.object(_fused, "MULTI_TENSOR_DEVICES", _fused.MULTI_TENSOR_DEVICES | {"cpu"}),
         mock.patch.object(_fused.FusedRule, "_factors_on_host", lambda *args: None),
+        mock.patch.object(_fused.FusedRule, "_native_kernels", lambda *args: None),
     ):
         yield
 

@@ -47,6 +47,10 @@ def _fused(rule, sizes, grads, sigmas, noise=None):
         s = f.update(g, owned, sigma_owned=True)
         if f.last_total is not None:  # the host path's sum of the factors, known without a pass
             assert f.last_total == pytest.approx(float(s.double().sum()), rel=1e-5, abs=1e-6)
+        if (
+            f.last_range is not None
+        ):  # the compiled kernels' smallest and largest factor, known without a pass
+            assert f.last_range == pytest.approx((float(s.min()), float(s.max())), rel=1e-6)
         out.append((s.clone(), [type(x)(*(v.clone() for v in x)) for x in f.states]))
     return out
 
@@ -75,19 +79,28 @@ def _inputs(draw_seed, sizes, steps, bad_step, scale_exp):
     seed=st.integers(0, 2**16),
     scale_exp=st.integers(-20, 3),
     multi_tensor=st.booleans(),
-    host=st.booleans(),
+    path=st.sampled_from(["native", "host", "general"]),
 )
 def test_fused_rule_equals_one_reference_update_per_segment(
-    name, sizes, steps, warmup, renormalize, decay, kappa, bad, seed, scale_exp, multi_tensor, host
+    name, sizes, steps, warmup, renormalize, decay, kappa, bad, seed, scale_exp, multi_tensor, path
 ):
     rule = RULES[name](kappa=kappa, warmup=warmup, renormalize=renormalize, decay=decay)
     grads, sigmas = _inputs(seed, sizes, steps, steps // 2 if bad else None, scale_exp)
     ref = _reference(rule, sizes, grads, sigmas)
-    # multi_tensor: the GPU's segment sums (one _foreach_norm), run on the CPU;
-    # host=False: the general path an accelerator takes, where the CPU would take the host path
+    # multi_tensor: the GPU's segment sums (one _foreach_norm), run on the CPU; path: the compiled kernels
+    # (uncertlr.torch._native), the eager host path, or the general path an accelerator takes
     devices = fused_module.MULTI_TENSOR_DEVICES | ({"cpu"} if multi_tensor else set())
-    general = mock.patch.object(FusedRule, "_factors_on_host", lambda *a: None) if not host else nullcontext()
-    with mock.patch.object(fused_module, "MULTI_TENSOR_DEVICES", devices), general:
+    eager = (
+        mock.patch.object(FusedRule, "_native_kernels", lambda *a: None)
+        if path != "native"
+        else nullcontext()
+    )
+    general = (
+        mock.patch.object(FusedRule, "_factors_on_host", lambda *a: None)
+        if path == "general"
+        else nullcontext()
+    )
+    with mock.patch.object(fused_module, "MULTI_TENSOR_DEVICES", devices), eager, general:
         got = _fused(rule, sizes, grads, sigmas)
     for (s_ref, st_ref), (s_got, st_got) in zip(ref, got):
         torch.testing.assert_close(s_got, s_ref, rtol=2e-5, atol=1e-6, equal_nan=True)

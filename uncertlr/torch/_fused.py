@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -44,6 +45,7 @@ from uncertlr.modulation import (
     SigmaRatio,
     VarianceRatio,
 )
+from uncertlr.torch import _native
 
 __all__ = ["FusedRule", "supports"]
 
@@ -98,6 +100,11 @@ class FusedRule:
         self.noise = noise
         #: the sum of the last update's factors when the host path knew it (``None``: not known)
         self.last_total: float | None = None
+        #: the smallest and largest of the last update's factors when the compiled kernels knew them
+        self.last_range: tuple[float, float] | None = None
+        self._nbuf: dict[str, Tensor] | None = None  # the compiled kernels' small per-segment buffers
+        self._nbuf_np: dict[str, Any] = {}  # the same as numpy arrays
+        self._spare: tuple[Tensor, Tensor | None] | None = None  # the arrays the compiled path writes next
         self.load(states, noise_states)
 
     # ------------------------------------------------------------------ state
@@ -108,6 +115,7 @@ class FusedRule:
             raise ValueError(f"{len(states)} states for {len(self.sizes)} segments")
         first = states[0].scale
         self.dtype, self.device = first.dtype, first.device
+        self._spare = None
         self.tiny = torch.finfo(self.dtype).tiny
         self.numel = torch.tensor(self.sizes, dtype=self.dtype, device=self.device)
         self.step = torch.stack([s.step for s in states])
@@ -126,10 +134,11 @@ class FusedRule:
 
     @property
     def states(self) -> list[ParamState]:
-        """Per-segment :class:`~uncertlr.modulation.ParamState` views of the flat state."""
+        """Per-segment :class:`~uncertlr.modulation.ParamState` copies of the flat state (the compiled path
+        reuses the flat arrays two updates later, so a state read now must not be a view of them)."""
         emas = self.ema.split(self.sizes) if self.ema is not None else self._zero_ema
         return [
-            ParamState(self.step[i], emas[i], s, self.nonfinite[i])  # type: ignore[index]
+            ParamState(self.step[i], emas[i].clone(), s.clone(), self.nonfinite[i])  # type: ignore[index]
             for i, s in enumerate(self.scale.split(self.sizes))
         ]
 
@@ -205,7 +214,8 @@ class FusedRule:
         return torch.sub(sq, m2, out=m2).clamp_min_(0.0).sqrt_()
 
     def update(self, grad: Tensor | None, sigma: Tensor | None, sigma_owned: bool = False) -> Tensor:
-        """The factors ``s[P]`` for this step (a new tensor; the state advances).
+        """The factors ``s[P]`` for this step (the state advances). The tensor is the new state's own array;
+        the compiled path writes the update after next into it, so copy it to keep it longer.
 
         Args:
             grad: the flat gradient ``[P]`` (needed by P2 and by the gradient-noise estimate).
@@ -220,7 +230,11 @@ class FusedRule:
         else:
             sigma = sigma.to(self.dtype)
         ema = None
-        if self.measure == "grad_sigma":
+        self.last_range = None
+        kern = self._native_kernels(sigma)
+        if kern is not None:
+            raw, ema, ref = self._measure_native(kern, grad, sigma, sigma_owned)
+        elif self.measure == "grad_sigma":
             ema = torch.lerp(self.ema, grad, 1.0 - rule.decay)  # type: ignore[arg-type]
             raw = sigma.mul_(ema) if sigma_owned else sigma * ema
             raw.abs_()
@@ -231,8 +245,11 @@ class FusedRule:
         segs = raw.split(
             self.sizes
         )  # one set of views for every per-segment step below (raw changes in place)
-        ref = self._segment_mean(raw, segs)
-        finite = self._factors_on_host(raw, segs, ref)
+        if kern is None:
+            ref = self._segment_mean(raw, segs)
+            finite = self._factors_on_host(raw, segs, ref)
+        else:
+            finite = self._factors_native(kern, raw, ref)
         if finite is None:
             ok = torch.isfinite(ref)
             # ((raw + tiny) / (ref + tiny))^kappa: exactly 1 where a whole segment is 0
@@ -255,6 +272,9 @@ class FusedRule:
             if ema is not None:
                 self._keep_old_(ok, ema, self.ema)  # type: ignore[arg-type]
             self.nonfinite = self.nonfinite + (~ok).to(self.nonfinite.dtype)
+        # the compiled path writes the next update into the arrays this one replaces (no state refers to them:
+        # ``states`` hands out copies); the eager path allocates afresh
+        self._spare = (self.scale, self.ema if ema is not None else None) if kern is not None else None
         if ema is not None:
             self.ema = ema
         self.scale = raw
@@ -290,9 +310,30 @@ class FusedRule:
             and not torch.compiler.is_compiling()
         ):
             return None
+        kappa = rule.kappa
+        plan = self._plan(ref.tolist())
+        if plan is None:
+            return None
+        raw.pow_(kappa)
+        live = [i for i, p in enumerate(plan) if isinstance(p, tuple)]
+        for i in live:
+            segs[i].clamp_(*plan[i])  # type: ignore[misc]
+        if live:
+            sums = torch.stack([segs[i].sum() for i in live]).tolist()
+            torch._foreach_mul_([segs[i] for i in live], [self.sizes[i] / sm for i, sm in zip(live, sums)])
+        for i, p in enumerate(plan):
+            if p == 1.0:
+                segs[i].fill_(1.0)
+        return [p is not None for p in plan]
+
+    def _plan(self, means: list[float]) -> list[tuple[float, float] | float | None] | None:
+        """Per segment with ``renormalize``: the clip bounds ``(lo r, hi r)`` of ``raw^κ``, a constant
+        ``1.0`` (a segment whose mean is 0, or in warm-up), or ``None`` (not finite); ``None`` in all
+        when a bound leaves ``_HOST_BOUNDS`` (the general path then runs)."""
+        rule = self.rule
         kappa, floor, ceil = rule.kappa, *_HOST_BOUNDS
-        plan: list[tuple[float, float] | float | None] = []  # bounds, a constant 1.0, or None: not finite
-        for m, step in zip(ref.tolist(), self._steps):
+        plan: list[tuple[float, float] | float | None] = []
+        for m, step in zip(means, self._steps):
             if not math.isfinite(m):
                 plan.append(None)
             elif m == 0.0 or step < rule.warmup:
@@ -306,14 +347,92 @@ class FusedRule:
                 if not floor < lo <= hi < ceil:
                     return None
                 plan.append((lo, hi))
-        raw.pow_(kappa)
-        live = [i for i, p in enumerate(plan) if isinstance(p, tuple)]
-        for i in live:
-            segs[i].clamp_(*plan[i])  # type: ignore[misc]
-        if live:
-            sums = torch.stack([segs[i].sum() for i in live]).tolist()
-            torch._foreach_mul_([segs[i] for i in live], [self.sizes[i] / sm for i, sm in zip(live, sums)])
+        return plan
+
+    # ------------------------------------------------------------------ compiled kernels (uncertlr.torch._native)
+
+    def _native_kernels(self, sigma: Tensor) -> _native.Kernels | None:
+        """The compiled kernels where they apply: the host path's conditions (a CPU, float32/64,
+        ``renormalize``, not tracing), and the kernels built and usable at torch's thread count."""
+        if not (
+            self.rule.renormalize
+            and self.device.type == "cpu"
+            and self.dtype in (torch.float32, torch.float64)
+            and sigma.device.type == "cpu"
+            and not torch.compiler.is_compiling()
+        ):
+            return None
+        kern = _native.kernels()
+        return kern if kern is not None and kern.usable() else None
+
+    def _buffers(self) -> dict[str, Tensor]:
+        if self._nbuf is None:
+            n = len(self.sizes)
+            f64 = {"dtype": torch.float64}
+            self._nbuf = {
+                "sizes": torch.tensor(self.sizes, dtype=torch.int64),
+                "op": torch.zeros(n, dtype=torch.int8),
+                **{k: torch.zeros(n, **f64) for k in ("sums", "lo", "hi", "c", "mins", "maxs")},  # type: ignore[arg-type]
+            }
+            self._nbuf_np = {k: v.numpy() for k, v in self._nbuf.items()}
+        return self._nbuf
+
+    def _measure_native(
+        self, kern: _native.Kernels, grad: Tensor | None, sigma: Tensor, sigma_owned: bool
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """The measure ``raw`` (a new tensor, or ``sigma`` when owned), P2's new EMA, and the segment
+        means (in the state's dtype, as the eager sums would give them) in one pass."""
+        buf = self._buffers()
+        sigma = sigma.contiguous()
+        spare_scale, spare_ema = self._spare if self._spare is not None else (None, None)
+        raw = spare_scale if spare_scale is not None else sigma if sigma_owned else torch.empty_like(sigma)
+        ema = None
+        if self.measure == "grad_sigma":
+            grad = grad.contiguous()  # type: ignore[union-attr]
+            ema = spare_ema if spare_ema is not None else torch.empty_like(self.ema)  # type: ignore[arg-type]
+        kern.measure(
+            self.measure,
+            buf["sizes"],
+            self.ema,
+            grad if ema is not None else None,
+            sigma,
+            1.0 - self.rule.decay,
+            ema,
+            raw,
+            buf["sums"],
+        )
+        # the sums are double; their means in the state's dtype (a float32 mean that overflows is inf)
+        ref = (buf["sums"] / buf["sizes"]).to(self.dtype)
+        return raw, ema, ref
+
+    def _factors_native(self, kern: _native.Kernels, raw: Tensor, ref: Tensor) -> list[bool] | None:
+        """:meth:`_factors_on_host` with the compiled kernels: the power, the clip and the sums in one
+        pass, the renormalisation in a second; also records the factors' range (``last_range``)."""
+        plan = self._plan(ref.tolist())
+        if plan is None:
+            return None
+        buf, host = self._buffers(), self._nbuf_np  # the same memory as numpy arrays: host writes and reads
+        op, lo, hi = host["op"], host["lo"], host["hi"]
         for i, p in enumerate(plan):
-            if p == 1.0:
-                segs[i].fill_(1.0)
-        return [p is not None for p in plan]
+            op[i] = 1 if isinstance(p, tuple) else (2 if p == 1.0 else 0)
+            if isinstance(p, tuple):
+                lo[i], hi[i] = p
+        power = _native.POWERS.get(self.rule.kappa)
+        if power is None:
+            raw.pow_(self.rule.kappa)
+            power = _native.IDENTITY
+        kern.factors(
+            buf["sizes"], buf["op"], power, buf["lo"], buf["hi"], raw, buf["sums"], buf["mins"], buf["maxs"]
+        )
+        live = [i for i, p in enumerate(plan) if isinstance(p, tuple)]
+        c, sums, mins, maxs = host["c"], host["sums"], host["mins"], host["maxs"]
+        for i in live:
+            c[i] = self.sizes[i] / sums[i]
+        if live:
+            kern.scale(buf["sizes"], buf["op"], buf["c"], raw)
+        finite = [p is not None for p in plan]
+        if all(finite):
+            lows = [float(mins[i] * c[i]) for i in live] + [1.0] * (len(plan) - len(live))
+            highs = [float(maxs[i] * c[i]) for i in live] + [1.0] * (len(plan) - len(live))
+            self.last_range = (min(lows), max(highs))
+        return finite

@@ -196,12 +196,18 @@ class PerParameterMode:
             if not record:  # no host read: on a GPU the next step's kernels queue behind this one's
                 return None
             n = sum(s.numel() for s in stats)
-            lo_hi = torch.stack([torch.stack(s.aminmax()) for s in stats]).float()
             known = [t.fused.last_total if t.fused is not None else None for t in targets]
-            if all(v is not None for v in known):  # the fused rules' sums, read on the host already
+            ranges = [t.fused.last_range if t.fused is not None else None for t in targets]
+            if all(v is not None for v in known) and all(r is not None for r in ranges):
+                # the compiled kernels' sums, minima and maxima: nothing to read back
+                mean_sum = float(sum(known))  # type: ignore[arg-type]
+                lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)  # type: ignore[index]
+            elif all(v is not None for v in known):  # the fused rules' sums, read on the host already
+                lo_hi = torch.stack([torch.stack(s.aminmax()) for s in stats]).float()
                 lo, hi = torch.stack([lo_hi[:, 0].min(), lo_hi[:, 1].max()]).tolist()
                 mean_sum = float(sum(known))  # type: ignore[arg-type]
             else:
+                lo_hi = torch.stack([torch.stack(s.aminmax()) for s in stats]).float()
                 total = torch.stack([s.sum() for s in stats]).sum().float()
                 mean_sum, lo, hi = torch.stack([total, lo_hi[:, 0].min(), lo_hi[:, 1].max()]).tolist()
             return {

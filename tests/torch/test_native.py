@@ -1,0 +1,153 @@
+"""The compiled kernels of the per-parameter rules (uncertlr.torch._native): built once, cached, optional."""
+
+from __future__ import annotations
+
+import subprocess
+from unittest import mock
+
+import pytest
+import torch
+
+from uncertlr.modulation import GradSigmaRatio, SigmaRatio, VarianceRatio
+from uncertlr.torch import Modulator, _native, bayesian
+from uncertlr.torch._fused import FusedRule
+
+HAS_CC = _native._compiler() is not None
+needs_cc = pytest.mark.skipif(not HAS_CC, reason="no C compiler on PATH")
+
+
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    """An empty cache folder and no library loaded; the process's library is forgotten again afterwards."""
+    monkeypatch.setenv("UNCERTLR_CACHE", str(tmp_path))
+    _native._reset()
+    yield tmp_path
+    _native._reset()
+
+
+def _updates(rule, sizes, steps, dtype, native, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    f = FusedRule(rule, sizes, [rule.init(torch.zeros(n, dtype=dtype)) for n in sizes])
+    patch = (
+        mock.patch.object(FusedRule, "_native_kernels", lambda *a: None) if not native else mock.MagicMock()
+    )
+    out = []
+    with patch:
+        for _ in range(steps):
+            g = torch.randn(sum(sizes), generator=gen, dtype=dtype)
+            g[sizes[0] : sizes[0] + sizes[1]] = (
+                0.0  # a whole segment of zero gradient (P2: factors exactly 1)
+            )
+            g[:500] = 0.0  # dead units inside a segment (P2: the segment's extreme factor)
+            sigma = torch.rand(sum(sizes), generator=gen, dtype=dtype) * 1e-3
+            out.append((f.update(g, sigma).clone(), f.last_range))
+    return out, f
+
+
+@needs_cc
+def test_the_kernels_build_once_into_the_cache_and_are_read_back(fresh):
+    assert _native.status().startswith("loaded:")
+    built = list((fresh / "native").glob("uncertlr_native-*.so"))
+    assert len(built) == 1 and _native.kernels().path == built[0]
+    stamp = built[0].stat().st_mtime_ns
+    _native._reset()
+    real = subprocess.run
+    compiles: list[list[str]] = []
+
+    def counting(cmd, *a, **kw):
+        if "-o" in cmd:
+            compiles.append(cmd)
+        return real(cmd, *a, **kw)
+
+    with mock.patch.object(_native.subprocess, "run", counting):
+        assert _native.kernels() is not None
+    assert compiles == [] and built[0].stat().st_mtime_ns == stamp
+
+
+@needs_cc
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "rule",
+    [GradSigmaRatio(warmup=2), GradSigmaRatio(kappa=0.3, warmup=0), SigmaRatio(kappa=-1.0), VarianceRatio()],
+    ids=["P2", "P2-kappa0.3", "P1", "P3"],
+)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_kernels_give_the_eager_factors_on_segments_large_enough_to_run_in_parallel(rule, dtype, threads):
+    sizes = [70_000, 300, 40_000, 7]  # two segments over the kernels' grain (32,768): split across threads
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        native, f = _updates(rule, sizes, 4, dtype, native=True)
+    finally:
+        torch.set_num_threads(before)
+    eager, g = _updates(rule, sizes, 4, dtype, native=False)
+    assert _native.kernels() is not None
+    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-12}
+    for (a, rng), (b, _) in zip(native, eager):
+        torch.testing.assert_close(a, b, **tol)
+        assert rng == pytest.approx((float(b.min()), float(b.max())), rel=1e-5)
+    for x, y in zip(f.states, g.states):
+        torch.testing.assert_close(x.scale, y.scale, **tol)
+        torch.testing.assert_close(x.ema, y.ema, **tol)
+    if isinstance(rule, GradSigmaRatio) and rule.warmup == 0:
+        last = native[-1][0]
+        assert torch.equal(last[sizes[0] : sizes[0] + sizes[1]], torch.ones(sizes[1], dtype=dtype))
+        # at step 4 the EMA of the dead units' gradient is still 0: the lowest factor for kappa > 0
+        assert float(last[:500].max()) == pytest.approx(float(last[: sizes[0]].min()), rel=1e-6)
+
+
+def test_turned_off_the_eager_path_runs(fresh, monkeypatch):
+    monkeypatch.setenv(_native.ENV, "0")
+    assert _native.kernels() is None and _native.status() == "disabled: disabled by UNCERTLR_NATIVE=0"
+    out, _ = _updates(GradSigmaRatio(warmup=0), [50, 20, 5], 3, torch.float32, native=True)
+    ref, _ = _updates(GradSigmaRatio(warmup=0), [50, 20, 5], 3, torch.float32, native=False)
+    for (a, rng), (b, _) in zip(out, ref):
+        assert rng is None and torch.equal(a, b)
+    assert not (fresh / "native").exists()
+
+
+def test_a_compiler_that_fails_leaves_the_eager_path_and_says_why(fresh, monkeypatch):
+    monkeypatch.setenv("CC", "false")  # exits 1, writes nothing
+    assert _native.kernels() is None
+    assert _native.status().startswith("unavailable: the build failed")
+    out, _ = _updates(SigmaRatio(), [30, 30, 3], 2, torch.float32, native=True)
+    assert all(rng is None for _, rng in out)  # the eager path's update
+
+
+@needs_cc
+def test_the_modulators_record_reads_the_kernels_range_and_sum():
+    torch.manual_seed(0)
+    bnn = bayesian(
+        torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)), num_data=64
+    )
+    opt = torch.optim.Adam(bnn.parameters(), lr=1e-2)
+    mod = Modulator(GradSigmaRatio(warmup=1), sigma=bnn).attach(opt)
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+    for _ in range(4):
+        opt.zero_grad()
+        bnn.elbo(x, y).loss.backward()
+        opt.step()
+        (s,) = mod.last_scale
+        rec = mod.history[-1]
+        assert rec["scale_min"] == pytest.approx(float(s.min()), rel=1e-6)
+        assert rec["scale_max"] == pytest.approx(float(s.max()), rel=1e-6)
+        assert rec["scale"] == pytest.approx(float(s.mean()), rel=1e-5)
+        assert mod._mode.targets[0].fused.last_range is not None  # the kernels' path, not the eager one
+
+
+@needs_cc
+def test_a_state_read_between_updates_is_not_changed_by_the_arrays_the_kernels_reuse():
+    rule, sizes = GradSigmaRatio(warmup=0), [40, 9]
+    gen = torch.Generator().manual_seed(3)
+    f = FusedRule(rule, sizes, [rule.init(torch.zeros(n)) for n in sizes])
+    sigma = torch.rand(49, generator=gen) + 0.1
+    f.update(torch.randn(49, generator=gen), sigma)
+    saved = f.states
+    kept = [(s.ema.clone(), s.scale.clone()) for s in saved]
+    for _ in range(
+        3
+    ):  # the compiled path alternates between two arrays: an update writes the one before last
+        f.update(torch.randn(49, generator=gen), sigma)
+    assert f.last_range is not None  # the kernels ran
+    for s, (ema, scale) in zip(saved, kept):
+        assert torch.equal(s.ema, ema) and torch.equal(s.scale, scale)

@@ -1,0 +1,276 @@
+"""Compiled CPU kernels for the built-in per-parameter rules, built on first use and cached.
+
+:class:`~uncertlr.torch._fused.FusedRule`'s host path (a CPU, ``renormalize``) makes about ten
+memory-bound passes over the flat posterior each step in eager PyTorch. The three kernels in
+``_native.c`` make the same factors in three: the measure with its segment sums (and, for P2, the
+new gradient EMA), the power and clamp with the sums, minima and maxima, and the renormalisation.
+They are plain C (no torch headers), compiled once with the system's C compiler (``$CC``, else
+``cc``, ``gcc`` or ``clang``; about 0.3 s) into the cache folder (``$UNCERTLR_CACHE/native``, see
+:func:`uncertlr._io.cache_dir`), keyed by the source, the compiler, the flags and the CPU, and
+loaded with :mod:`ctypes`. With ``-fopenmp`` they share torch's OpenMP threads (on Linux torch
+loads ``libgomp.so.1`` before this library does).
+
+Nothing depends on them: without a compiler, with ``UNCERTLR_NATIVE=0``, when the build fails, or
+while ``torch.compile`` traces, the eager path runs (``tests/torch/test_fused.py`` holds both to the
+reference rules). A build without OpenMP runs on one thread, so it is used only while torch does
+too. :func:`status` says which applies.
+
+Example:
+    >>> from uncertlr.torch import _native
+    >>> _native.status().split(":")[0] in {"loaded", "disabled", "unavailable"}
+    True
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from uncertlr._io import atomic_write, cache_dir
+
+__all__ = ["ENV", "Kernels", "kernels", "status"]
+
+#: ``UNCERTLR_NATIVE=0`` turns the compiled kernels off (the eager path runs).
+ENV = "UNCERTLR_NATIVE"
+#: The ABI ``_native.c`` reports; a cached library with another is rebuilt.
+ABI = 1
+#: Measures: P2's ``|ĝ| σ``, P1's ``σ``, P3's ``σ²`` (the ``kind`` argument of ``uncertlr_measure_*``).
+MEASURES = {"grad_sigma": 0, "sigma": 1, "variance": 2}
+#: Powers the factor kernel computes itself (others: ``pow_`` first, then ``IDENTITY``).
+POWERS = {-0.5: 1, 0.5: 2, -1.0: 3, 2.0: 4, 1.0: 0}
+IDENTITY = 0
+#: Compiler flags tried in turn; the first that builds wins (``parallel``: built with OpenMP).
+FLAG_SETS = (
+    (("-march=native", "-fopenmp"), True),
+    (("-fopenmp",), True),
+    (("-fopenmp-simd",), False),
+)
+_BASE_FLAGS = ("-O3", "-fPIC", "-shared", "-fno-math-errno", "-std=c11")
+_SOURCE = Path(__file__).with_name("_native.c")
+
+_P = ctypes.c_void_p
+_I64 = ctypes.c_int64
+
+
+class Kernels:
+    """The loaded library: ``measure``, ``factors`` and ``scale`` over flat contiguous CPU tensors.
+
+    Every argument tensor is contiguous, on the CPU and (where floating) of ``dtype``
+    float32 or float64; ``sizes`` int64, ``op`` int8, ``lo``/``hi``/``c``/``sums``/``mins``/``maxs``
+    float64. The caller (``FusedRule``) checks that; these methods only pass pointers.
+    """
+
+    def __init__(self, lib: ctypes.CDLL, path: Path, parallel: bool):
+        self.path, self.parallel = path, parallel
+        self._fns = {}
+        for dt, suf, ct in ((torch.float32, "f32", ctypes.c_float), (torch.float64, "f64", ctypes.c_double)):
+            m = getattr(lib, f"uncertlr_measure_{suf}")
+            m.argtypes = [ctypes.c_int, _I64, _P, ctypes.c_int, _P, _P, _P, ct, _P, _P, _P]
+            f = getattr(lib, f"uncertlr_factors_{suf}")
+            f.argtypes = [ctypes.c_int, _I64, _P, _P, ctypes.c_int, _P, _P, _P, _P, _P, _P]
+            s = getattr(lib, f"uncertlr_scale_{suf}")
+            s.argtypes = [ctypes.c_int, _I64, _P, _P, _P, _P]
+            for fn in (m, f, s):
+                fn.restype = None
+            self._fns[dt] = (m, f, s)
+
+    def usable(self) -> bool:
+        """Whether to use the kernels now: always when built with OpenMP, else only while torch uses one thread."""
+        return self.parallel or torch.get_num_threads() == 1
+
+    @staticmethod
+    def _threads() -> int:
+        return max(1, torch.get_num_threads())
+
+    def measure(
+        self,
+        kind: str,
+        sizes: Tensor,
+        ema: Tensor | None,
+        g: Tensor | None,
+        sigma: Tensor,
+        w: float,
+        ema_out: Tensor | None,
+        raw: Tensor,
+        sums: Tensor,
+    ) -> None:
+        """``raw`` ← the measure (``ema_out`` ← the new EMA for P2); ``sums[s]`` ← each segment's sum of ``raw``."""
+        fn = self._fns[raw.dtype][0]
+        ptr = lambda t: t.data_ptr() if t is not None else None  # noqa: E731
+        fn(
+            self._threads(),
+            sizes.numel(),
+            sizes.data_ptr(),
+            MEASURES[kind],
+            ptr(ema),
+            ptr(g),
+            sigma.data_ptr(),
+            w,
+            ptr(ema_out),
+            raw.data_ptr(),
+            sums.data_ptr(),
+        )
+
+    def factors(
+        self,
+        sizes: Tensor,
+        op: Tensor,
+        power: int,
+        lo: Tensor,
+        hi: Tensor,
+        x: Tensor,
+        sums: Tensor,
+        mins: Tensor,
+        maxs: Tensor,
+    ) -> None:
+        """Per segment: ``op`` 1 clamps ``power(x)`` to ``[lo, hi]`` in place (sums, minima, maxima
+        written), 2 fills 1, 0 leaves it alone."""
+        fn = self._fns[x.dtype][1]
+        fn(
+            self._threads(),
+            sizes.numel(),
+            sizes.data_ptr(),
+            op.data_ptr(),
+            power,
+            lo.data_ptr(),
+            hi.data_ptr(),
+            x.data_ptr(),
+            sums.data_ptr(),
+            mins.data_ptr(),
+            maxs.data_ptr(),
+        )
+
+    def scale(self, sizes: Tensor, op: Tensor, c: Tensor, x: Tensor) -> None:
+        """``x[segment s] *= c[s]`` where ``op[s] == 1``."""
+        fn = self._fns[x.dtype][2]
+        fn(self._threads(), sizes.numel(), sizes.data_ptr(), op.data_ptr(), c.data_ptr(), x.data_ptr())
+
+
+_lock = threading.Lock()
+_loaded: dict[str, Kernels | str] = {}  # "kernels": the library, or "reason": why there is none
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC", "").split(" ")[0], "cc", "gcc", "clang"):
+        if name and (path := shutil.which(name)):
+            return path
+    return None
+
+
+def _cpu() -> str:
+    """What ``-march=native`` depends on: the CPU's model and flags (Linux), else the machine type."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.machine()
+    keep = [ln for ln in lines if ln.startswith(("model name", "flags", "Features"))]
+    return platform.machine() + "\n" + "\n".join(dict.fromkeys(keep))
+
+
+def _key(cc: str, flags: tuple[str, ...]) -> str:
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        version = ""
+    h = hashlib.sha256()
+    for part in (
+        _SOURCE.read_bytes(),
+        str(ABI).encode(),
+        cc.encode(),
+        version.encode(),
+        " ".join(flags).encode(),
+        _cpu().encode(),
+        torch.__version__.encode(),
+    ):
+        h.update(part + b"\0")
+    return h.hexdigest()[:20]
+
+
+def _open(path: Path, parallel: bool) -> Kernels:
+    lib = ctypes.CDLL(str(path))
+    lib.uncertlr_native_abi.restype = ctypes.c_int
+    if lib.uncertlr_native_abi() != ABI:
+        raise OSError(f"{path}: ABI {lib.uncertlr_native_abi()}, expected {ABI}")
+    return Kernels(lib, path, parallel)
+
+
+def _build(cc: str, folder: Path) -> Kernels | str:
+    """Build (or find in ``folder``) the library with the first flag set that compiles and loads."""
+    errors = []
+    for extra, parallel in FLAG_SETS:
+        flags = _BASE_FLAGS + extra
+        path = folder / f"uncertlr_native-{_key(cc, flags)}.so"
+        if path.exists():
+            try:
+                return _open(path, parallel)
+            except OSError as e:  # damaged or foreign: build it again
+                errors.append(str(e))
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "lib.so"
+            proc = subprocess.run(
+                [cc, *flags, str(_SOURCE), "-o", str(out), "-lm"], capture_output=True, text=True, timeout=300
+            )
+            if proc.returncode != 0 or not out.exists():
+                errors.append(
+                    f"{' '.join(extra)}: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}"
+                )
+                continue
+            try:
+                atomic_write(path, lambda f: f.write(out.read_bytes()))
+                return _open(path, parallel)
+            except OSError as e:  # an unwritable cache folder: load the built file from the temporary one
+                try:
+                    lib = _open(out, parallel)
+                    lib.path = out
+                    return lib
+                except OSError:
+                    errors.append(f"{' '.join(extra)}: {e}")
+    return "the build failed: " + "; ".join(errors)
+
+
+def kernels() -> Kernels | None:
+    """The compiled kernels, built on the first call of the process; ``None`` where they are not
+    available (see :func:`status`). Later calls return the first call's answer."""
+    if (got := _loaded.get("kernels")) is not None:
+        return got  # type: ignore[return-value]
+    if "reason" in _loaded:
+        return None
+    with _lock:
+        if "kernels" not in _loaded and "reason" not in _loaded:
+            result: Kernels | str
+            if os.environ.get(ENV, "1").strip().lower() in {"0", "false", "no", "off"}:
+                result = f"disabled by {ENV}=0"
+            elif (cc := _compiler()) is None:
+                result = "no C compiler ($CC, cc, gcc or clang) on PATH"
+            else:
+                try:
+                    result = _build(cc, cache_dir() / "native")
+                except (OSError, subprocess.SubprocessError) as e:
+                    result = f"the build failed: {e}"
+            _loaded["kernels" if isinstance(result, Kernels) else "reason"] = result
+    return _loaded.get("kernels")  # type: ignore[return-value]
+
+
+def status() -> str:
+    """``"loaded: <path> (OpenMP | one thread)"``, ``"disabled: …"`` or ``"unavailable: <why>"`` (builds on first call)."""
+    k = kernels()
+    if k is not None:
+        return f"loaded: {k.path} ({'OpenMP' if k.parallel else 'one thread'})"
+    reason = str(_loaded.get("reason", ""))
+    return f"disabled: {reason}" if reason.startswith("disabled") else f"unavailable: {reason}"
+
+
+def _reset() -> None:
+    """Forget the loaded library (tests)."""
+    with _lock:
+        _loaded.clear()
