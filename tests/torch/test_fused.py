@@ -118,15 +118,19 @@ def test_fused_rule_equals_one_reference_update_per_segment(
     renormalize=st.booleans(),
     bad=st.booleans(),
     seed=st.integers(0, 2**16),
+    native=st.booleans(),
 )
 def test_fused_gradient_noise_sigma_equals_the_reference_estimator(
-    name, sizes, steps, decay, renormalize, bad, seed
+    name, sizes, steps, decay, renormalize, bad, seed, native
 ):
     # (the fused σ is the estimator's up to a factor per segment, which every rule's ratio cancels)
     rule, noise = RULES[name](warmup=1, renormalize=renormalize), GradientNoise(decay=decay)
     grads, _ = _inputs(seed, sizes, steps, steps // 2 if bad else None, 0)
     ref = _reference(rule, sizes, grads, [None] * steps, noise)
-    got = _fused(rule, sizes, grads, [None] * steps, noise)
+    # native: the moments, σ and the measure in the compiled kernels' one pass (renormalize only)
+    eager = mock.patch.object(FusedRule, "_native_kernels", lambda *a: None) if not native else nullcontext()
+    with eager:
+        got = _fused(rule, sizes, grads, [None] * steps, noise)
     # the variance is a difference of two moments scaled by 1 / corr^2 (~2,500 with decay 0.99 early on): float32
     # rounding, the reference's or the fused one's, reaches ~2e-4 of a factor there (renormalize=False)
     for (s_ref, _), (s_got, _) in zip(ref, got):

@@ -151,3 +151,58 @@ def test_a_state_read_between_updates_is_not_changed_by_the_arrays_the_kernels_r
     assert f.last_range is not None  # the kernels ran
     for s, (ema, scale) in zip(saved, kept):
         assert torch.equal(s.ema, ema) and torch.equal(s.scale, scale)
+
+
+@needs_cc
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("rule", [GradSigmaRatio(warmup=1), SigmaRatio(warmup=0)], ids=["P2", "P1"])
+def test_the_gradient_noise_moments_in_the_kernels_pass_equal_the_eager_estimate(rule, threads):
+    from uncertlr.modulation import GradientNoise
+
+    sizes, noise = [50_000, 40_000, 11], GradientNoise(decay=0.9)
+
+    def run(native: bool):
+        gen = torch.Generator().manual_seed(5)
+        p = sum(sizes)
+        f = FusedRule(
+            rule,
+            sizes,
+            [rule.init(torch.zeros(n)) for n in sizes],
+            noise,
+            [noise.init(torch.zeros(n)) for n in sizes],
+        )
+        patch = (
+            mock.patch.object(FusedRule, "_native_kernels", lambda *a: None)
+            if not native
+            else mock.MagicMock()
+        )
+        out = []
+        with patch:
+            for step in range(5):
+                g = torch.randn(p, generator=gen)
+                if step == 2:
+                    g[sizes[0] + 7] = float(
+                        "inf"
+                    )  # the second segment keeps its moments (and factors) this step
+                out.append(f.update(g, None).clone())
+        return out, f
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        native, f = run(True)
+    finally:
+        torch.set_num_threads(before)
+    eager, g = run(False)
+    assert f.last_range is not None and g.last_range is None  # each took its own path
+    for a, b in zip(native, eager):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for x, y in zip(f.noise_states, g.noise_states):
+        assert float(x.count) == float(y.count)
+        torch.testing.assert_close(x.mean, y.mean, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(x.sq, y.sq, rtol=1e-6, atol=1e-7)
+    assert [float(s.count) for s in f.noise_states] == [5.0, 4.0, 5.0]
+    # P2's EMA takes the inf in (its factors are kept that step); P1's σ comes from the kept moments, finite
+    assert [float(s.nonfinite) for s in f.states] == (
+        [0.0, 1.0, 0.0] if isinstance(rule, GradSigmaRatio) else [0.0] * 3
+    )

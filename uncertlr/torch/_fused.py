@@ -116,6 +116,7 @@ class FusedRule:
         first = states[0].scale
         self.dtype, self.device = first.dtype, first.device
         self._spare = None
+        self._noise_spare: tuple[Tensor, Tensor] | None = None
         self.tiny = torch.finfo(self.dtype).tiny
         self.numel = torch.tensor(self.sizes, dtype=self.dtype, device=self.device)
         self.step = torch.stack([s.step for s in states])
@@ -144,11 +145,12 @@ class FusedRule:
 
     @property
     def noise_states(self) -> list[NoiseState] | None:
-        """Per-segment :class:`~uncertlr.modulation.NoiseState` views (``None`` without a noise estimate)."""
+        """Per-segment :class:`~uncertlr.modulation.NoiseState` copies (``None`` without a noise estimate;
+        copies for the reason :attr:`states` gives)."""
         if self.noise is None:
             return None
         pairs = zip(self.mean.split(self.sizes), self.sq.split(self.sizes))
-        return [NoiseState(self.count[i], m, q) for i, (m, q) in enumerate(pairs)]
+        return [NoiseState(self.count[i], m.clone(), q.clone()) for i, (m, q) in enumerate(pairs)]
 
     # ------------------------------------------------------------------ update
 
@@ -225,15 +227,18 @@ class FusedRule:
         rule = self.rule
         if grad is not None:
             grad = grad.to(self.dtype)
-        if sigma is None:
+        ema = None
+        self.last_range = None
+        kern = self._native_kernels(sigma if sigma is not None else grad)  # type: ignore[arg-type]
+        if sigma is None and kern is not None:
+            raw, ema, ref = self._noise_measure_native(kern, grad)  # type: ignore[arg-type]
+        elif sigma is None:
             sigma, sigma_owned = self._noise_sigma(grad), True  # type: ignore[arg-type]
         else:
             sigma = sigma.to(self.dtype)
-        ema = None
-        self.last_range = None
-        kern = self._native_kernels(sigma)
         if kern is not None:
-            raw, ema, ref = self._measure_native(kern, grad, sigma, sigma_owned)
+            if sigma is not None:
+                raw, ema, ref = self._measure_native(kern, grad, sigma, sigma_owned)
         elif self.measure == "grad_sigma":
             ema = torch.lerp(self.ema, grad, 1.0 - rule.decay)  # type: ignore[arg-type]
             raw = sigma.mul_(ema) if sigma_owned else sigma * ema
@@ -372,6 +377,8 @@ class FusedRule:
             self._nbuf = {
                 "sizes": torch.tensor(self.sizes, dtype=torch.int64),
                 "op": torch.zeros(n, dtype=torch.int8),
+                "upd": torch.zeros(n, dtype=torch.int8),
+                "ic": torch.zeros(n, dtype=torch.float64),
                 **{k: torch.zeros(n, **f64) for k in ("sums", "lo", "hi", "c", "mins", "maxs")},  # type: ignore[arg-type]
             }
             self._nbuf_np = {k: v.numpy() for k, v in self._nbuf.items()}
@@ -404,6 +411,56 @@ class FusedRule:
         # the sums are double; their means in the state's dtype (a float32 mean that overflows is inf)
         ref = (buf["sums"] / buf["sizes"]).to(self.dtype)
         return raw, ema, ref
+
+    def _noise_measure_native(
+        self, kern: _native.Kernels, grad: Tensor
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """:meth:`_noise_sigma` and :meth:`_measure_native` in two passes: the segment sums of ``g²`` (a
+        segment whose sum is not finite keeps its moments), then the moments, σ up to a factor per segment,
+        the measure and its sums."""
+        buf, host = self._buffers(), self._nbuf_np
+        grad = grad.contiguous()
+        kern.sumsq(buf["sizes"], grad, buf["sums"])
+        # as the eager path: a segment whose mean square is not finite in the state's dtype keeps its moments
+        ok = torch.isfinite((buf["sums"] / buf["sizes"]).to(self.dtype))
+        self.count = self.count + ok.to(self.count.dtype)
+        d = self.noise.decay  # type: ignore[union-attr]
+        inv_corr = (
+            (1.0 - torch.pow(d, self.count)).clamp_min_(torch.finfo(self.count.dtype).tiny).reciprocal_()
+        )
+        host["upd"][:] = ok.numpy()
+        host["ic"][:] = inv_corr.double().numpy()
+        mean_out, sq_out = (
+            self._noise_spare
+            if self._noise_spare is not None
+            else (
+                torch.empty_like(self.mean),
+                torch.empty_like(self.sq),
+            )
+        )
+        spare_scale, spare_ema = self._spare if self._spare is not None else (None, None)
+        raw = spare_scale if spare_scale is not None else torch.empty_like(grad)
+        ema = None
+        if self.measure == "grad_sigma":
+            ema = spare_ema if spare_ema is not None else torch.empty_like(self.ema)  # type: ignore[arg-type]
+        kern.noise_measure(
+            self.measure,
+            buf["sizes"],
+            buf["upd"],
+            buf["ic"],
+            1.0 - d,
+            (self.mean, self.sq),
+            (mean_out, sq_out),
+            self.ema,
+            grad,
+            1.0 - self.rule.decay,
+            ema,
+            raw,
+            buf["sums"],
+        )
+        self._noise_spare = (self.mean, self.sq)
+        self.mean, self.sq = mean_out, sq_out
+        return raw, ema, (buf["sums"] / buf["sizes"]).to(self.dtype)
 
     def _factors_native(self, kern: _native.Kernels, raw: Tensor, ref: Tensor) -> list[bool] | None:
         """:meth:`_factors_on_host` with the compiled kernels: the power, the clip and the sums in one

@@ -5,6 +5,8 @@
  *
  *   measure: raw = |ema + w (g - ema)| * sigma (P2, the new EMA written too), sigma (P1) or
  *            sigma^2 (P3); and each segment's sum of raw.
+ *   noise_measure: the same with sigma from the gradient-noise moments, updated in the same pass
+ *            (sumsq first: each segment's sum of g^2, to tell whether its gradient is finite).
  *   factors: per segment, op 1: x = clamp(power(x), lo, hi) with each segment's sum, min and max;
  *            op 2: x = 1; op 0: left alone.
  *   scale:   x *= c[segment] where op == 1.
@@ -49,12 +51,21 @@
   }
 #endif
 
+/* torch.lerp's formula, as ATen's vectorised CPU kernel computes it: a fused multiply-add from the nearer end
+ * (exact at w = 1: the gradient-noise moments with decay 0 are then the gradient's own). Where the CPU has no
+ * FMA instruction, fma() would be a slow library call: the unfused formula, equal up to rounding. */
+#ifdef __FMA__
+#define LERP(FMA_, a, b, w) ((w) < 0.5 ? FMA_((w), (b) - (a), (a)) : FMA_((w) - 1, (b) - (a), (b)))
+#else
+#define LERP(FMA_, a, b, w) ((w) < 0.5 ? (a) + (w) * ((b) - (a)) : (b) - ((b) - (a)) * (1 - (w)))
+#endif
+
 static int threads_for(int nthreads, int64_t n) {
   if (n < GRAIN || nthreads < 1) return 1;
   return nthreads > MAX_THREADS ? MAX_THREADS : nthreads;
 }
 
-#define KERNELS(T, SUF, ABS, SQRT)                                                                          \
+#define KERNELS(T, SUF, ABS, SQRT, FMA)                                                                          \
   static double measure_chunk_##SUF(int kind, const T* ema, const T* g, const T* sigma, T w, T* ema_out,  \
                                     T* raw, int64_t b, int64_t e) {                                         \
     T acc = 0; /* per chunk in T, vectorised; chunks are combined in double */                              \
@@ -65,7 +76,7 @@ static int threads_for(int nthreads, int64_t n) {
       if (kind == 0) {                                                                                      \
         _Pragma("omp simd reduction(+ : acc)")                                                              \
         for (int64_t i = blk; i < end; ++i) {                                                               \
-          const T m = ema[i] + w * (g[i] - ema[i]);                                                         \
+          const T m = LERP(FMA, ema[i], g[i], w);                                                                \
           const T r = ABS(m * sigma[i]);                                                                    \
           ema_out[i] = m;                                                                                   \
           raw[i] = r;                                                                                       \
@@ -99,6 +110,77 @@ static int threads_for(int nthreads, int64_t n) {
       const int nt = threads_for(nthreads, sizes[s]);                                                      \
       double part[MAX_THREADS] = {0};                                                                       \
       CHUNKED(nt, off, end, { part[tid_] = measure_chunk_##SUF(kind, ema, g, sigma, w, ema_out, raw, lo_, hi_); }) \
+      double total = 0.0;                                                                                   \
+      for (int t = 0; t < nt; ++t) total += part[t];                                                        \
+      sums[s] = total;                                                                                      \
+      off = end;                                                                                            \
+    }                                                                                                       \
+  }                                                                                                         \
+                                                                                                            \
+  static double sumsq_chunk_##SUF(const T* g, int64_t b, int64_t e) {                                       \
+    double total = 0.0;                                                                                     \
+    for (int64_t blk = b; blk < e; blk += 4096) {                                                           \
+      const int64_t end = blk + 4096 < e ? blk + 4096 : e;                                                  \
+      T acc = 0; /* g^2 in T: a square that overflows is inf, as in eager */                                \
+      _Pragma("omp simd reduction(+ : acc)")                                                                \
+      for (int64_t i = blk; i < end; ++i) acc += g[i] * g[i];                                               \
+      total += (double)acc;                                                                                 \
+    }                                                                                                       \
+    return total;                                                                                           \
+  }                                                                                                         \
+                                                                                                            \
+  /* Each segment's sum of g^2 (whether its gradient may enter the gradient-noise moments). */              \
+  void uncertlr_sumsq_##SUF(int nthreads, int64_t nseg, const int64_t* sizes, const T* g, double* sums) {  \
+    int64_t off = 0;                                                                                        \
+    for (int64_t s = 0; s < nseg; ++s) {                                                                    \
+      const int64_t end = off + sizes[s];                                                                   \
+      const int nt = threads_for(nthreads, sizes[s]);                                                      \
+      double part[MAX_THREADS] = {0};                                                                       \
+      CHUNKED(nt, off, end, { part[tid_] = sumsq_chunk_##SUF(g, lo_, hi_); })                               \
+      double total = 0.0;                                                                                   \
+      for (int t = 0; t < nt; ++t) total += part[t];                                                        \
+      sums[s] = total;                                                                                      \
+      off = end;                                                                                            \
+    }                                                                                                       \
+  }                                                                                                         \
+                                                                                                            \
+  static double noise_chunk_##SUF(int kind, int upd, T wn, T ic, const T* mean, const T* sq, T* mean_out,  \
+                                  T* sq_out, const T* ema, const T* g, T w, T* ema_out, T* raw, int64_t b, \
+                                  int64_t e) {                                                              \
+    double total = 0.0;                                                                                     \
+    for (int64_t blk = b; blk < e; blk += 4096) {                                                           \
+      const int64_t end = blk + 4096 < e ? blk + 4096 : e;                                                  \
+      T acc = 0;                                                                                            \
+      /* one branch-free loop per case, so that each vectorises */                                          \
+      switch (kind * 2 + (upd != 0)) {                                                                      \
+        case 0: NOISE_LOOP(0, 0, FMA, SQRT, ABS) break;                                                                     \
+        case 1: NOISE_LOOP(1, 0, FMA, SQRT, ABS) break;                                                                     \
+        case 2: NOISE_LOOP(0, 1, FMA, SQRT, ABS) break;                                                                     \
+        case 3: NOISE_LOOP(1, 1, FMA, SQRT, ABS) break;                                                                     \
+        case 4: NOISE_LOOP(0, 2, FMA, SQRT, ABS) break;                                                                     \
+        default: NOISE_LOOP(1, 2, FMA, SQRT, ABS) break;                                                                    \
+      }                                                                                                     \
+      total += (double)acc;                                                                                 \
+    }                                                                                                       \
+    return total;                                                                                           \
+  }                                                                                                         \
+                                                                                                            \
+  /* The gradient-noise moments (mean, sq <- lerp toward g, g^2 where upd[s]; else copied) and, from the   \
+     std they give up to a factor per segment (sqrt(max(sq - mean^2 ic, 0))), the measure and its sums.  */ \
+  void uncertlr_noise_measure_##SUF(int nthreads, int64_t nseg, const int64_t* sizes, int kind,          \
+                                    const int8_t* upd, const double* ic, T wn, const T* mean, const T* sq,  \
+                                    T* mean_out, T* sq_out, const T* ema, const T* g, T w, T* ema_out,      \
+                                    T* raw, double* sums) {                                                 \
+    int64_t off = 0;                                                                                        \
+    for (int64_t s = 0; s < nseg; ++s) {                                                                    \
+      const int64_t end = off + sizes[s];                                                                   \
+      const int nt = threads_for(nthreads, sizes[s]);                                                      \
+      const int u = upd[s];                                                                                 \
+      const T k = (T)ic[s];                                                                                 \
+      double part[MAX_THREADS] = {0};                                                                       \
+      CHUNKED(nt, off, end, {                                                                               \
+        part[tid_] = noise_chunk_##SUF(kind, u, wn, k, mean, sq, mean_out, sq_out, ema, g, w, ema_out, raw, lo_, hi_); \
+      })                                                                                                    \
       double total = 0.0;                                                                                   \
       for (int t = 0; t < nt; ++t) total += part[t];                                                        \
       sums[s] = total;                                                                                      \
@@ -174,6 +256,30 @@ static int threads_for(int nthreads, int64_t n) {
     }                                                                                                       \
   }
 
+/* The body of noise_chunk's loop over one block for constant UPD (move the moments) and KIND (the measure). */
+#define NOISE_LOOP(UPD, KIND, FMA, SQRT, ABS)                                                               \
+  _Pragma("omp simd reduction(+ : acc)")                                                      \
+  for (int64_t i = blk; i < end; ++i) {                                                       \
+    const __typeof__(*raw) gi = g[i];                                                         \
+    const __typeof__(*raw) m = (UPD) ? LERP(FMA, mean[i], gi, wn) : mean[i];                  \
+    const __typeof__(*raw) q = (UPD) ? LERP(FMA, sq[i], gi * gi, wn) : sq[i];                 \
+    mean_out[i] = m;                                                                          \
+    sq_out[i] = q;                                                                            \
+    __typeof__(*raw) v = q - (m * m) * ic; /* no FMA here (-std=c11): exactly 0 where it cancels */ \
+    v = v < 0 ? 0 : v;                     /* NaN stays NaN, as clamp_min does */             \
+    const __typeof__(*raw) sd = SQRT(v);                                                      \
+    __typeof__(*raw) r;                                                                       \
+    if ((KIND) == 0) {                                                                        \
+      const __typeof__(*raw) em = LERP(FMA, ema[i], gi, w);                                   \
+      ema_out[i] = em;                                                                        \
+      r = ABS(sd * em);                                                                       \
+    } else {                                                                                  \
+      r = (KIND) == 1 ? sd : sd * sd;                                                         \
+    }                                                                                         \
+    raw[i] = r;                                                                               \
+    acc += r;                                                                                 \
+  }
+
 /* The body of clamp_chunk's loop over one block [blk, end): y = clamp(POW, l, h), with the running
  * sum (acc), minimum and maximum. Comparisons, not fminf/fmaxf: those are library calls unless
  * NaN semantics are relaxed, and the loop would not vectorise. */
@@ -189,8 +295,8 @@ static int threads_for(int nthreads, int64_t n) {
     mx = y > mx ? y : mx;                           \
   }
 
-KERNELS(float, f32, fabsf, sqrtf)
-KERNELS(double, f64, fabs, sqrt)
+KERNELS(float, f32, fabsf, sqrtf, fmaf)
+KERNELS(double, f64, fabs, sqrt, fma)
 
 /* The ABI version _native.py checks before it uses a loaded library. */
-int uncertlr_native_abi(void) { return 1; }
+int uncertlr_native_abi(void) { return 2; }

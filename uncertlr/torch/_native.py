@@ -43,7 +43,7 @@ __all__ = ["ENV", "Kernels", "kernels", "status"]
 #: ``UNCERTLR_NATIVE=0`` turns the compiled kernels off (the eager path runs).
 ENV = "UNCERTLR_NATIVE"
 #: The ABI ``_native.c`` reports; a cached library with another is rebuilt.
-ABI = 1
+ABI = 2
 #: Measures: P2's ``|ĝ| σ``, P1's ``σ``, P3's ``σ²`` (the ``kind`` argument of ``uncertlr_measure_*``).
 MEASURES = {"grad_sigma": 0, "sigma": 1, "variance": 2}
 #: Powers the factor kernel computes itself (others: ``pow_`` first, then ``IDENTITY``).
@@ -55,7 +55,14 @@ FLAG_SETS = (
     (("-fopenmp",), True),
     (("-fopenmp-simd",), False),
 )
-_BASE_FLAGS = ("-O3", "-fPIC", "-shared", "-fno-math-errno", "-std=c11")
+_BASE_FLAGS = (
+    "-O3",
+    "-fPIC",
+    "-shared",
+    "-fno-math-errno",
+    "-std=c11",
+    "-Werror=implicit-function-declaration",
+)
 _SOURCE = Path(__file__).with_name("_native.c")
 
 _P = ctypes.c_void_p
@@ -80,9 +87,31 @@ class Kernels:
             f.argtypes = [ctypes.c_int, _I64, _P, _P, ctypes.c_int, _P, _P, _P, _P, _P, _P]
             s = getattr(lib, f"uncertlr_scale_{suf}")
             s.argtypes = [ctypes.c_int, _I64, _P, _P, _P, _P]
-            for fn in (m, f, s):
+            q = getattr(lib, f"uncertlr_sumsq_{suf}")
+            q.argtypes = [ctypes.c_int, _I64, _P, _P, _P]
+            n = getattr(lib, f"uncertlr_noise_measure_{suf}")
+            n.argtypes = [
+                ctypes.c_int,
+                _I64,
+                _P,
+                ctypes.c_int,
+                _P,
+                _P,
+                ct,
+                _P,
+                _P,
+                _P,
+                _P,
+                _P,
+                _P,
+                ct,
+                _P,
+                _P,
+                _P,
+            ]
+            for fn in (m, f, s, q, n):
                 fn.restype = None
-            self._fns[dt] = (m, f, s)
+            self._fns[dt] = (m, f, s, q, n)
 
     def usable(self) -> bool:
         """Whether to use the kernels now: always when built with OpenMP, else only while torch uses one thread."""
@@ -148,6 +177,50 @@ class Kernels:
             sums.data_ptr(),
             mins.data_ptr(),
             maxs.data_ptr(),
+        )
+
+    def sumsq(self, sizes: Tensor, g: Tensor, sums: Tensor) -> None:
+        """``sums[s]`` ← each segment's sum of ``g²`` (the squares in ``g``'s dtype, so one that overflows is inf)."""
+        fn = self._fns[g.dtype][3]
+        fn(self._threads(), sizes.numel(), sizes.data_ptr(), g.data_ptr(), sums.data_ptr())
+
+    def noise_measure(
+        self,
+        kind: str,
+        sizes: Tensor,
+        upd: Tensor,
+        inv_corr: Tensor,
+        w_noise: float,
+        moments: tuple[Tensor, Tensor],
+        moments_out: tuple[Tensor, Tensor],
+        ema: Tensor | None,
+        g: Tensor,
+        w: float,
+        ema_out: Tensor | None,
+        raw: Tensor,
+        sums: Tensor,
+    ) -> None:
+        """The gradient-noise moments (toward ``g`` and ``g²`` where ``upd[s]``, else copied) and the
+        measure from the std they give, ``sqrt(max(sq − mean² inv_corr, 0))``, with its segment sums."""
+        fn = self._fns[raw.dtype][4]
+        fn(
+            self._threads(),
+            sizes.numel(),
+            sizes.data_ptr(),
+            MEASURES[kind],
+            upd.data_ptr(),
+            inv_corr.data_ptr(),
+            w_noise,
+            moments[0].data_ptr(),
+            moments[1].data_ptr(),
+            moments_out[0].data_ptr(),
+            moments_out[1].data_ptr(),
+            ema.data_ptr() if ema is not None else None,
+            g.data_ptr(),
+            w,
+            ema_out.data_ptr() if ema_out is not None else None,
+            raw.data_ptr(),
+            sums.data_ptr(),
         )
 
     def scale(self, sizes: Tensor, op: Tensor, c: Tensor, x: Tensor) -> None:
