@@ -60,6 +60,21 @@
 #define LERP(FMA_, a, b, w) ((w) < 0.5 ? (a) + (w) * ((b) - (a)) : (b) - ((b) - (a)) * (1 - (w)))
 #endif
 
+/* For each segment s of sizes[]: sums[s] = the sum over its chunks of CHUNK_SUM, an expression of the chunk
+ * [lo_, hi_) and of s (the kernels' arguments nthreads, nseg, sizes and sums in scope). */
+#define SEGMENT_SUMS(CHUNK_SUM)                                         \
+  int64_t off = 0;                                                      \
+  for (int64_t s = 0; s < nseg; ++s) {                                  \
+    const int64_t end = off + sizes[s];                                 \
+    const int nt = threads_for(nthreads, sizes[s]);                     \
+    double part[MAX_THREADS] = {0};                                     \
+    CHUNKED(nt, off, end, { part[tid_] = (CHUNK_SUM); })                \
+    double total = 0.0;                                                 \
+    for (int t = 0; t < nt; ++t) total += part[t];                      \
+    sums[s] = total;                                                    \
+    off = end;                                                          \
+  }
+
 static int threads_for(int nthreads, int64_t n) {
   if (n < GRAIN || nthreads < 1) return 1;
   return nthreads > MAX_THREADS ? MAX_THREADS : nthreads;
@@ -104,17 +119,7 @@ static int threads_for(int nthreads, int64_t n) {
                                                                                                             \
   void uncertlr_measure_##SUF(int nthreads, int64_t nseg, const int64_t* sizes, int kind, const T* ema,   \
                               const T* g, const T* sigma, T w, T* ema_out, T* raw, double* sums) {          \
-    int64_t off = 0;                                                                                        \
-    for (int64_t s = 0; s < nseg; ++s) {                                                                    \
-      const int64_t end = off + sizes[s];                                                                   \
-      const int nt = threads_for(nthreads, sizes[s]);                                                      \
-      double part[MAX_THREADS] = {0};                                                                       \
-      CHUNKED(nt, off, end, { part[tid_] = measure_chunk_##SUF(kind, ema, g, sigma, w, ema_out, raw, lo_, hi_); }) \
-      double total = 0.0;                                                                                   \
-      for (int t = 0; t < nt; ++t) total += part[t];                                                        \
-      sums[s] = total;                                                                                      \
-      off = end;                                                                                            \
-    }                                                                                                       \
+    SEGMENT_SUMS(measure_chunk_##SUF(kind, ema, g, sigma, w, ema_out, raw, lo_, hi_))                      \
   }                                                                                                         \
                                                                                                             \
   static double sumsq_chunk_##SUF(const T* g, int64_t b, int64_t e) {                                       \
@@ -131,17 +136,7 @@ static int threads_for(int nthreads, int64_t n) {
                                                                                                             \
   /* Each segment's sum of g^2 (whether its gradient may enter the gradient-noise moments). */              \
   void uncertlr_sumsq_##SUF(int nthreads, int64_t nseg, const int64_t* sizes, const T* g, double* sums) {  \
-    int64_t off = 0;                                                                                        \
-    for (int64_t s = 0; s < nseg; ++s) {                                                                    \
-      const int64_t end = off + sizes[s];                                                                   \
-      const int nt = threads_for(nthreads, sizes[s]);                                                      \
-      double part[MAX_THREADS] = {0};                                                                       \
-      CHUNKED(nt, off, end, { part[tid_] = sumsq_chunk_##SUF(g, lo_, hi_); })                               \
-      double total = 0.0;                                                                                   \
-      for (int t = 0; t < nt; ++t) total += part[t];                                                        \
-      sums[s] = total;                                                                                      \
-      off = end;                                                                                            \
-    }                                                                                                       \
+    SEGMENT_SUMS(sumsq_chunk_##SUF(g, lo_, hi_))                                                            \
   }                                                                                                         \
                                                                                                             \
   static double noise_chunk_##SUF(int kind, int upd, T wn, T ic, const T* mean, const T* sq, T* mean_out,  \
@@ -171,21 +166,8 @@ static int threads_for(int nthreads, int64_t n) {
                                     const int8_t* upd, const double* ic, T wn, const T* mean, const T* sq,  \
                                     T* mean_out, T* sq_out, const T* ema, const T* g, T w, T* ema_out,      \
                                     T* raw, double* sums) {                                                 \
-    int64_t off = 0;                                                                                        \
-    for (int64_t s = 0; s < nseg; ++s) {                                                                    \
-      const int64_t end = off + sizes[s];                                                                   \
-      const int nt = threads_for(nthreads, sizes[s]);                                                      \
-      const int u = upd[s];                                                                                 \
-      const T k = (T)ic[s];                                                                                 \
-      double part[MAX_THREADS] = {0};                                                                       \
-      CHUNKED(nt, off, end, {                                                                               \
-        part[tid_] = noise_chunk_##SUF(kind, u, wn, k, mean, sq, mean_out, sq_out, ema, g, w, ema_out, raw, lo_, hi_); \
-      })                                                                                                    \
-      double total = 0.0;                                                                                   \
-      for (int t = 0; t < nt; ++t) total += part[t];                                                        \
-      sums[s] = total;                                                                                      \
-      off = end;                                                                                            \
-    }                                                                                                       \
+    SEGMENT_SUMS(noise_chunk_##SUF(kind, upd[s], wn, (T)ic[s], mean, sq, mean_out, sq_out, ema, g, w, ema_out, \
+                                   raw, lo_, hi_))                                                          \
   }                                                                                                         \
                                                                                                             \
   /* One clamp-and-reduce pass over [b, e) for a power expression POW of y0 = x[i]. */                      \

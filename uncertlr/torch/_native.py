@@ -90,25 +90,9 @@ class Kernels:
             q = getattr(lib, f"uncertlr_sumsq_{suf}")
             q.argtypes = [ctypes.c_int, _I64, _P, _P, _P]
             n = getattr(lib, f"uncertlr_noise_measure_{suf}")
-            n.argtypes = [
-                ctypes.c_int,
-                _I64,
-                _P,
-                ctypes.c_int,
-                _P,
-                _P,
-                ct,
-                _P,
-                _P,
-                _P,
-                _P,
-                _P,
-                _P,
-                ct,
-                _P,
-                _P,
-                _P,
-            ]
+            # threads, nseg, sizes, kind, upd, inv_corr, w_noise, mean, sq, mean_out, sq_out, ema, g, w, ema_out,
+            # raw, sums
+            n.argtypes = [ctypes.c_int, _I64, _P, ctypes.c_int, _P, _P, ct, *[_P] * 6, ct, *[_P] * 3]
             for fn in (m, f, s, q, n):
                 fn.restype = None
             self._fns[dt] = (m, f, s, q, n)
