@@ -204,11 +204,8 @@ class FusedRule:
         sq = torch.lerp(self.sq, g2, 1.0 - d, out=g2)
         self._keep_old_(ok, mean, self.mean)
         self._keep_old_(ok, sq, self.sq)
-        self.count = self.count + ok.to(self.count.dtype)
         self.mean, self.sq = mean, sq
-        inv_corr = (
-            (1.0 - torch.pow(d, self.count)).clamp_min_(torch.finfo(self.count.dtype).tiny).reciprocal_()
-        )
+        inv_corr = self._count(ok)
         # sigma * sqrt(corr) = sqrt(max(sq - mean^2 / corr, 0)); square, then subtract (not addcmul: a fused
         # multiply-add leaves a rounding residue where the variance cancels to exactly 0, e.g. with decay 0)
         m2 = mean.square()
@@ -384,19 +381,38 @@ class FusedRule:
             self._nbuf_np = {k: v.numpy() for k, v in self._nbuf.items()}
         return self._nbuf
 
+    def _count(self, ok: Tensor) -> Tensor:
+        """Count this step's gradient into the segments that are ``ok``; returns each segment's ``1 / corr``,
+        the gradient-noise moments' bias correction ``1 / (1 - decay^count)``."""
+        self.count = self.count + ok.to(self.count.dtype)
+        d = self.noise.decay  # type: ignore[union-attr]
+        return (1.0 - torch.pow(d, self.count)).clamp_min_(torch.finfo(self.count.dtype).tiny).reciprocal_()
+
+    def _next_arrays(self, owned: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Where the compiled path writes this update's factors and (P2) EMA: the arrays the previous update
+        replaced, else ``owned`` (a σ the caller gave away) or new ones."""
+        spare_scale, spare_ema = self._spare or (None, None)
+        raw = (
+            spare_scale
+            if spare_scale is not None
+            else owned
+            if owned is not None
+            else torch.empty_like(self.scale)
+        )
+        if self.measure != "grad_sigma":
+            return raw, None
+        return raw, spare_ema if spare_ema is not None else torch.empty_like(self.ema)  # type: ignore[arg-type]
+
     def _measure_native(
         self, kern: _native.Kernels, grad: Tensor | None, sigma: Tensor, sigma_owned: bool
     ) -> tuple[Tensor, Tensor | None, Tensor]:
-        """The measure ``raw`` (a new tensor, or ``sigma`` when owned), P2's new EMA, and the segment
-        means (in the state's dtype, as the eager sums would give them) in one pass."""
+        """The measure ``raw`` (see :meth:`_next_arrays`), P2's new EMA, and the segment means (in the
+        state's dtype, as the eager sums would give them) in one pass."""
         buf = self._buffers()
         sigma = sigma.contiguous()
-        spare_scale, spare_ema = self._spare if self._spare is not None else (None, None)
-        raw = spare_scale if spare_scale is not None else sigma if sigma_owned else torch.empty_like(sigma)
-        ema = None
-        if self.measure == "grad_sigma":
+        raw, ema = self._next_arrays(sigma if sigma_owned else None)
+        if ema is not None:
             grad = grad.contiguous()  # type: ignore[union-attr]
-            ema = spare_ema if spare_ema is not None else torch.empty_like(self.ema)  # type: ignore[arg-type]
         kern.measure(
             self.measure,
             buf["sizes"],
@@ -423,26 +439,11 @@ class FusedRule:
         kern.sumsq(buf["sizes"], grad, buf["sums"])
         # as the eager path: a segment whose mean square is not finite in the state's dtype keeps its moments
         ok = torch.isfinite((buf["sums"] / buf["sizes"]).to(self.dtype))
-        self.count = self.count + ok.to(self.count.dtype)
-        d = self.noise.decay  # type: ignore[union-attr]
-        inv_corr = (
-            (1.0 - torch.pow(d, self.count)).clamp_min_(torch.finfo(self.count.dtype).tiny).reciprocal_()
-        )
         host["upd"][:] = ok.numpy()
-        host["ic"][:] = inv_corr.double().numpy()
-        mean_out, sq_out = (
-            self._noise_spare
-            if self._noise_spare is not None
-            else (
-                torch.empty_like(self.mean),
-                torch.empty_like(self.sq),
-            )
-        )
-        spare_scale, spare_ema = self._spare if self._spare is not None else (None, None)
-        raw = spare_scale if spare_scale is not None else torch.empty_like(grad)
-        ema = None
-        if self.measure == "grad_sigma":
-            ema = spare_ema if spare_ema is not None else torch.empty_like(self.ema)  # type: ignore[arg-type]
+        host["ic"][:] = self._count(ok).double().numpy()
+        d = self.noise.decay  # type: ignore[union-attr]
+        mean_out, sq_out = self._noise_spare or (torch.empty_like(self.mean), torch.empty_like(self.sq))
+        raw, ema = self._next_arrays(None)
         kern.noise_measure(
             self.measure,
             buf["sizes"],
