@@ -353,14 +353,14 @@ class FusedRule:
 
     # ------------------------------------------------------------------ compiled kernels (uncertlr.torch._native)
 
-    def _native_kernels(self, sigma: Tensor) -> _native.Kernels | None:
+    def _native_kernels(self, like: Tensor) -> _native.Kernels | None:
         """The compiled kernels where they apply: the host path's conditions (a CPU, float32/64,
         ``renormalize``, not tracing), and the kernels built and usable at torch's thread count."""
         if not (
             self.rule.renormalize
             and self.device.type == "cpu"
             and self.dtype in (torch.float32, torch.float64)
-            and sigma.device.type == "cpu"
+            and like.device.type == "cpu"  # σ, or the gradient when σ comes from its noise
             and not torch.compiler.is_compiling()
         ):
             return None

@@ -234,23 +234,19 @@ def _cpu() -> str:
     return platform.machine() + "\n" + "\n".join(dict.fromkeys(keep))
 
 
-def _key(cc: str, flags: tuple[str, ...]) -> str:
+def _toolchain(cc: str) -> bytes:
+    """What every build of the library depends on besides its flags: the source, the compiler and its
+    version, the CPU and torch."""
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         version = ""
-    h = hashlib.sha256()
-    for part in (
-        _SOURCE.read_bytes(),
-        str(ABI).encode(),
-        cc.encode(),
-        version.encode(),
-        " ".join(flags).encode(),
-        _cpu().encode(),
-        torch.__version__.encode(),
-    ):
-        h.update(part + b"\0")
-    return h.hexdigest()[:20]
+    parts = (_SOURCE.read_bytes(), str(ABI).encode(), cc.encode(), version.encode(), _cpu().encode())
+    return b"\0".join((*parts, torch.__version__.encode()))
+
+
+def _key(toolchain: bytes, flags: tuple[str, ...]) -> str:
+    return hashlib.sha256(toolchain + b"\0" + " ".join(flags).encode()).hexdigest()[:20]
 
 
 def _open(path: Path, parallel: bool) -> Kernels:
@@ -264,9 +260,10 @@ def _open(path: Path, parallel: bool) -> Kernels:
 def _build(cc: str, folder: Path) -> Kernels | str:
     """Build (or find in ``folder``) the library with the first flag set that compiles and loads."""
     errors = []
+    toolchain = _toolchain(cc)
     for extra, parallel in FLAG_SETS:
         flags = _BASE_FLAGS + extra
-        path = folder / f"uncertlr_native-{_key(cc, flags)}.so"
+        path = folder / f"uncertlr_native-{_key(toolchain, flags)}.so"
         if path.exists():
             try:
                 return _open(path, parallel)
