@@ -245,6 +245,32 @@ def test_ctrl_c_before_the_first_checkpoint_leaves_no_folder(tmp_path, capsys, m
     assert list(tmp_path.iterdir()) == []
 
 
+class _CtrlCInSetName:
+    def __set_name__(self, owner, name):
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_that_python_wrapped_in_another_error_is_still_an_interruption(tmp_path, capsys, monkeypatch):
+    # Ctrl-C while a lazy import defines a class (torch._dynamo's, under the first optimizer) reaches us as
+    # "RuntimeError: Error calling __set_name__ ..." caused by the KeyboardInterrupt
+    import uncertlr.app.demo as demo_mod
+
+    def ctrl_c_in_a_class_body(*a, **k):
+        type("Lazy", (), {"msg": _CtrlCInSetName()})
+
+    monkeypatch.setattr(demo_mod, "compare", ctrl_c_in_a_class_body)
+    assert main(["demo", "--out", str(tmp_path), "--epochs", "1"]) == 130
+    assert "uncertlr demo: error: interrupted (Ctrl-C)" in _one_line_error(capsys, "demo")
+    assert list(tmp_path.iterdir()) == []
+
+    def a_real_bug(*a, **k):
+        raise RuntimeError("not an interruption")
+
+    monkeypatch.setattr(demo_mod, "compare", a_real_bug)
+    with pytest.raises(RuntimeError, match="not an interruption"):
+        main(["demo", "--out", str(tmp_path), "--epochs", "1"])
+
+
 def test_brackets_in_paths_are_printed_as_text_not_markup(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")  # rich wraps at the terminal's width: keep the path on one line
     out = tmp_path / "runs-[exp1]" / "a[/]b"  # "[/]" used to crash rich, "[exp1]" to vanish

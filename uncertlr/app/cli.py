@@ -209,6 +209,22 @@ def _fail(command: str, message: str, code: int) -> int:
     return code
 
 
+def _interrupted(exc: BaseException) -> bool:
+    """Whether Ctrl-C caused ``exc``: Python wraps a KeyboardInterrupt raised while a class body is set up.
+
+    Ctrl-C during a lazy import (e.g. ``torch._dynamo``, imported by the first optimizer) can land in
+    ``__set_name__``, which re-raises it as ``RuntimeError(...) from KeyboardInterrupt``.
+    """
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, KeyboardInterrupt):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``uncertlr`` command; returns the exit status.
 
@@ -234,6 +250,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args.command, str(exc), 2)
     except FloatingPointError as exc:  # the training guard's diagnosis (training diverged)
         return _fail(args.command, f"training failed: {exc}", 1)
+    except Exception as exc:
+        if _interrupted(exc):
+            return _fail(args.command, "interrupted (Ctrl-C)", 130)
+        raise
 
 
 def _demo(args: argparse.Namespace) -> int:
