@@ -142,10 +142,12 @@ def machine() -> dict[str, Any]:
             torch_threads=torch.get_num_threads(),
             cuda=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         )
-        from uncertlr.torch import _native
+        from uncertlr.torch import _native, _noise
 
         # the per-parameter rules' compiled CPU kernels: loaded, or why not (UNCERTLR_NATIVE=0 turns them off)
         info["native_kernels"] = _native.status()
+        # whether the mean-field noise comes from the compiled (vectorised) Philox sampler
+        info["compiled_noise_sampler"] = _noise._compiled_sampler() is not None
     except ImportError:  # pragma: no cover
         pass
     return info

@@ -10,6 +10,8 @@ Rows:
   uncertlr             uncertlr.torch.bayesian(...) + Adam over bnn.parameters() (exact mean-field ELBO;
                        antithetic noise, the default: every other step negates the previous draw)
   uncertlr, independent noise   the same with antithetic=False (a fresh draw every step)
+  uncertlr, ATen noise the noise from ATen's normal_ with two generators instead of the compiled Philox
+                       sampler (the same row as "uncertlr" where that sampler is not available)
   plain-torch MF       a straightforward hand-written mean-field step (softplus scales, autograd KL)
   pyro (hand-written)  PyroModule + PyroSample N(0,1) priors + AutoNormal + TraceMeanField_ELBO + torch Adam
   tyxe                 tyxe.VariationalBNN + AutoNormal, SVI step as in its fit() (skipped if it cannot import)
@@ -17,7 +19,7 @@ Rows:
 
   uncertlr compiled    torch.compile(bnn.loss) (--compile; its cold compile time is printed)
   deterministic compiled  the deterministic loss under torch.compile (--compile; the compiled row's baseline)
-  uncertlr, one noise stream   the noise from torch.randn instead of two threads (--variants)
+  uncertlr, one noise stream   the noise from torch.randn (one generator, one thread) (--variants)
   deterministic / uncertlr, fused Adam   both steps with torch.optim.Adam(fused=True) (--fused)
 
 --zoo adds the networks a new user would try, each BNN step against the same network's
@@ -115,20 +117,31 @@ def uncertlr_fused(x, y):
     return uncertlr_bnn(x, y, fused=True)
 
 
-def uncertlr_one_stream(x, y):
-    """uncertlr's step with the noise from ``torch.randn`` (one mt19937 stream on one thread)."""
+def _with_noise_thresholds(step, **thresholds):
+    """``step`` with ``uncertlr.torch._noise``'s path thresholds set to ``thresholds`` while it runs."""
     from uncertlr.torch import _noise
 
-    step = uncertlr_bnn(x, y)
-
-    def one_stream():
-        saved, _noise.PARALLEL_MIN_ELEMENTS = _noise.PARALLEL_MIN_ELEMENTS, 2**62
+    def patched():
+        saved = {k: getattr(_noise, k) for k in thresholds}
+        for k, v in thresholds.items():
+            setattr(_noise, k, v)
         try:
             step()
         finally:
-            _noise.PARALLEL_MIN_ELEMENTS = saved
+            for k, v in saved.items():
+                setattr(_noise, k, v)
 
-    return one_stream
+    return patched
+
+
+def uncertlr_aten_noise(x, y):
+    """uncertlr's step with ATen's sampler from two generators (the compiled Philox sampler off)."""
+    return _with_noise_thresholds(uncertlr_bnn(x, y), NATIVE_MIN_ELEMENTS=2**62)
+
+
+def uncertlr_one_stream(x, y):
+    """uncertlr's step with the noise from ``torch.randn`` (one mt19937 stream on one thread)."""
+    return _with_noise_thresholds(uncertlr_bnn(x, y), NATIVE_MIN_ELEMENTS=2**62, PARALLEL_MIN_ELEMENTS=2**62)
 
 
 def uncertlr_compiled(x, y):
@@ -350,6 +363,7 @@ def main(argv=None) -> int:
         "deterministic (A/A)": deterministic,
         "uncertlr": uncertlr_bnn,
         "uncertlr, independent noise": uncertlr_independent,
+        "uncertlr, ATen noise": uncertlr_aten_noise,
     }
     if args.compile:
         builders["deterministic compiled"] = deterministic_compiled

@@ -10,6 +10,11 @@ They are plain C (no torch headers), compiled once with the system's C compiler 
 loaded with :mod:`ctypes`. With ``-fopenmp`` they share torch's OpenMP threads (on Linux torch
 loads ``libgomp.so.1`` before this library does).
 
+The same library holds the mean-field step's noise sampler (:mod:`uncertlr.torch._noise`):
+Philox4x32-10 and Box-Muller in float32, vectorised (AVX-512 intrinsics for Philox, the compiler's
+vectors elsewhere) and split over the threads; ``Kernels.fast_normal`` says whether this build is
+one (AVX2 or AVX-512) where it was measured faster than ATen's ``normal_``.
+
 Nothing depends on them: without a compiler, with ``UNCERTLR_NATIVE=0``, when the build fails, or
 while ``torch.compile`` traces, the eager path runs (``tests/torch/test_fused.py`` holds both to the
 reference rules). A build without OpenMP runs on one thread, so it is used only while torch does
@@ -43,7 +48,7 @@ __all__ = ["ENV", "Kernels", "kernels", "status"]
 #: ``UNCERTLR_NATIVE=0`` turns the compiled kernels off (the eager path runs).
 ENV = "UNCERTLR_NATIVE"
 #: The ABI ``_native.c`` reports; a cached library with another is rebuilt.
-ABI = 2
+ABI = 3
 #: Measures: P2's ``|ĝ| σ``, P1's ``σ``, P3's ``σ²`` (the ``kind`` argument of ``uncertlr_measure_*``).
 MEASURES = {"grad_sigma": 0, "sigma": 1, "variance": 2}
 #: Powers the factor kernel computes itself (others: ``pow_`` first, then ``IDENTITY``).
@@ -60,6 +65,7 @@ _BASE_FLAGS = (
     "-fPIC",
     "-shared",
     "-fno-math-errno",
+    "-fno-trapping-math",  # lets the compiler vectorise the sampler's branch-free selects (results unchanged)
     "-std=c11",
     "-Werror=implicit-function-declaration",
 )
@@ -70,7 +76,8 @@ _I64 = ctypes.c_int64
 
 
 class Kernels:
-    """The loaded library: ``measure``, ``factors`` and ``scale`` over flat contiguous CPU tensors.
+    """The loaded library: ``measure``, ``factors`` and ``scale`` over flat contiguous CPU tensors, and
+    ``normal``, the noise sampler.
 
     Every argument tensor is contiguous, on the CPU and (where floating) of ``dtype``
     float32 or float64; ``sizes`` int64, ``op`` int8, ``lo``/``hi``/``c``/``sums``/``mins``/``maxs``
@@ -79,6 +86,7 @@ class Kernels:
 
     def __init__(self, lib: ctypes.CDLL, path: Path, parallel: bool):
         self.path, self.parallel = path, parallel
+        self._pid = os.getpid()
         self._fns = {}
         for dt, suf, ct in ((torch.float32, "f32", ctypes.c_float), (torch.float64, "f64", ctypes.c_double)):
             m = getattr(lib, f"uncertlr_measure_{suf}")
@@ -96,14 +104,23 @@ class Kernels:
             for fn in (m, f, s, q, n):
                 fn.restype = None
             self._fns[dt] = (m, f, s, q, n)
+        self._normal = lib.uncertlr_normal_f32
+        self._normal.argtypes = [ctypes.c_int, _I64, ctypes.c_uint64, _P]
+        self._normal.restype = None
+        self._philox = lib.uncertlr_philox4x32_10
+        self._philox.argtypes = [_P, _P, _P]
+        self._philox.restype = None
+        #: Whether the noise sampler is vectorised (AVX2 or AVX-512), i.e. faster than ATen's ``normal_``.
+        self.fast_normal = bool(lib.uncertlr_normal_fast())
 
     def usable(self) -> bool:
         """Whether to use the kernels now: always when built with OpenMP, else only while torch uses one thread."""
         return self.parallel or torch.get_num_threads() == 1
 
-    @staticmethod
-    def _threads() -> int:
-        return max(1, torch.get_num_threads())
+    def _threads(self) -> int:
+        # a forked child inherits libgomp's pool without its threads: an OpenMP region there would hang
+        # (as torch's own parallel kernels do), so it runs on its one thread
+        return max(1, torch.get_num_threads()) if os.getpid() == self._pid else 1
 
     def measure(
         self,
@@ -206,6 +223,20 @@ class Kernels:
             raw.data_ptr(),
             sums.data_ptr(),
         )
+
+    def normal(self, out: Tensor, seed: int) -> None:
+        """``out`` (flat contiguous float32 CPU) ← the first ``out.numel()`` N(0, 1) numbers of ``seed``'s
+        Philox4x32-10 + Box-Muller sequence (the same for any thread count)."""
+        self._normal(self._threads(), out.numel(), seed, out.data_ptr())
+
+    def philox(self, counter: Tensor, key: Tensor) -> Tensor:
+        """One Philox4x32-10 block: four words from ``counter`` (4 words) and ``key`` (2), int64 tensors of
+        the words' values (tests)."""
+        words = lambda t: (t.to(torch.int64) - (t >= 2**31).to(torch.int64) * 2**32).to(torch.int32)  # noqa: E731
+        c, k = words(counter).contiguous(), words(key).contiguous()  # the same 32 bits, signed
+        out = torch.empty(4, dtype=torch.int32)
+        self._philox(c.data_ptr(), k.data_ptr(), out.data_ptr())
+        return out.to(torch.int64) & 0xFFFFFFFF
 
     def scale(self, sizes: Tensor, op: Tensor, c: Tensor, x: Tensor) -> None:
         """``x[segment s] *= c[s]`` where ``op[s] == 1``."""
