@@ -12,6 +12,8 @@ Rows:
   uncertlr, independent noise   the same with antithetic=False (a fresh draw every step)
   uncertlr, ATen noise the noise from ATen's normal_ with two generators instead of the compiled Philox
                        sampler (the same row as "uncertlr" where that sampler is not available)
+  uncertlr, eager sample/KL  the sample and KL in eager PyTorch (five passes forward, four backward) instead
+                       of the compiled kernels' one pass each
   plain-torch MF       a straightforward hand-written mean-field step (softplus scales, autograd KL)
   pyro (hand-written)  PyroModule + PyroSample N(0,1) priors + AutoNormal + TraceMeanField_ELBO + torch Adam
   tyxe                 tyxe.VariationalBNN + AutoNormal, SVI step as in its fit() (skipped if it cannot import)
@@ -132,6 +134,22 @@ def _with_noise_thresholds(step, **thresholds):
                 setattr(_noise, k, v)
 
     return patched
+
+
+def uncertlr_eager_sample(x, y):
+    """uncertlr's step with the eager sample/KL kernel (the compiled one-pass forward and backward off)."""
+    from uncertlr.torch import _meanfield
+
+    step = uncertlr_bnn(x, y)
+
+    def eager_sample():
+        saved, _meanfield.NATIVE_MIN_WEIGHTS = _meanfield.NATIVE_MIN_WEIGHTS, 2**62
+        try:
+            step()
+        finally:
+            _meanfield.NATIVE_MIN_WEIGHTS = saved
+
+    return eager_sample
 
 
 def uncertlr_aten_noise(x, y):
@@ -364,6 +382,7 @@ def main(argv=None) -> int:
         "uncertlr": uncertlr_bnn,
         "uncertlr, independent noise": uncertlr_independent,
         "uncertlr, ATen noise": uncertlr_aten_noise,
+        "uncertlr, eager sample/KL": uncertlr_eager_sample,
     }
     if args.compile:
         builders["deterministic compiled"] = deterministic_compiled

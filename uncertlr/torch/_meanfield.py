@@ -16,6 +16,33 @@ import math
 import torch
 from torch import Tensor, nn
 
+from uncertlr.torch import _native
+
+#: One-particle draws of at least this many weights, on a CPU, with one prior precision for every weight, run
+#: the compiled kernels (:mod:`uncertlr.torch._native`: one pass forward and one backward); smaller ones the eager
+#: kernel below (a ``ctypes`` call costs more than it saves).
+NATIVE_MIN_WEIGHTS = 1 << 14
+
+
+def _native_kernels(
+    loc: Tensor, log_scale: Tensor, eps: Tensor, prior_loc: Tensor | None, prior_prec: Tensor | float
+) -> _native.Kernels | None:
+    """The compiled kernels where they apply to this sample (see :data:`NATIVE_MIN_WEIGHTS`), else None."""
+    if (
+        isinstance(prior_prec, Tensor)
+        or eps.dim() != 1
+        or loc.numel() < NATIVE_MIN_WEIGHTS
+        or loc.device.type != "cpu"
+        or loc.dtype not in (torch.float32, torch.float64)
+        or torch.compiler.is_compiling()
+    ):
+        return None
+    for t in (loc, log_scale, eps) if prior_loc is None else (loc, log_scale, eps, prior_loc):
+        if t.dtype != loc.dtype or t.device != loc.device or t.shape != loc.shape or not t.is_contiguous():
+            return None
+    k = _native.kernels()
+    return k if k is not None and k.usable() else None
+
 
 class _SampleKL(torch.autograd.Function):
     """``(loc[P], log_scale[P], eps[P] or [K, P]) -> (w, kl, scale)`` for prior ``N(prior_loc, 1/prior_prec)``.
@@ -27,7 +54,9 @@ class _SampleKL(torch.autograd.Function):
     :class:`~uncertlr.priors.Normal` prior), a number: the kernel then skips two elementwise
     products. Written for few passes over ``P``: the forward is two elementwise passes (``exp``
     and the sample) and three reductions, the backward three elementwise passes (four with
-    several particles or a tensor precision); the
+    several particles or a tensor precision); with the compiled kernels (one particle, a number
+    precision, a CPU: see :data:`NATIVE_MIN_WEIGHTS`) the sample and the reductions are one pass,
+    and so is the backward; the
     only tensors kept for the backward are the noise, ``scale`` and ``(loc - prior_loc)``
     (times ``prior_prec`` for a tensor precision).
     """
@@ -46,6 +75,22 @@ class _SampleKL(torch.autograd.Function):
         # exp underflows to 0 below log_scale ~ -103 (float32): w = loc, and every formula below
         # (KL through log_scale itself, the gradients) is still exact in that limit
         scale = log_scale.exp()
+        ctx.native = _native_kernels(loc, log_scale, eps, prior_loc, prior_prec)
+        if ctx.native is not None:  # the same formulas in one pass (float64 sums)
+            w = torch.empty_like(loc)
+            diff = loc if prior_loc is None else torch.empty_like(loc)
+            sums = torch.empty(3, dtype=torch.float64)
+            ctx.native.sample(
+                loc, log_scale, scale, eps, prior_loc, sign, w, None if prior_loc is None else diff, sums
+            )
+            s_log_scale, s_scale2, s_diff2 = sums.tolist()
+            kl = torch.as_tensor(kl_const, dtype=loc.dtype) + (
+                -s_log_scale + 0.5 * prior_prec * (s_scale2 + s_diff2)
+            )
+            ctx.prec, ctx.sign = prior_prec, sign
+            ctx.save_for_backward(diff, scale, scale, eps)
+            ctx.mark_non_differentiable(scale)
+            return w, kl, scale
         # the noise is sign * eps (sign -1: an antithetic step, without a pass to negate eps)
         w = torch.addcmul(loc, scale, eps, value=sign)  # broadcasts over a leading particle dim
         diff = loc if prior_loc is None else loc - prior_loc
@@ -66,6 +111,13 @@ class _SampleKL(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_w: Tensor, grad_kl: Tensor, _grad_scale: Tensor | None):  # type: ignore[override]
         diff_prec, scale_prec, scale, eps = ctx.saved_tensors
+        if ctx.native is not None:  # one pass: d_loc and d_log_scale as below
+            g, gkl = grad_w.contiguous(), float(grad_kl)
+            d_loc, d_log_scale = torch.empty_like(g), torch.empty_like(g)
+            ctx.native.sample_grad(
+                g, eps, scale, diff_prec, gkl * ctx.prec, gkl, ctx.sign, d_loc, d_log_scale
+            )
+            return d_loc, d_log_scale, None, None, None, None, None
         # a number precision c: diff_prec and scale_prec are (mu - mu_p) and sigma, times c below
         k = grad_kl if ctx.prec is None else grad_kl * ctx.prec
         g_sum = grad_w if grad_w.dim() == 1 else grad_w.sum(0)

@@ -11,6 +11,8 @@
  *            op 2: x = 1; op 0: left alone.
  *   scale:   x *= c[segment] where op == 1.
  *
+ * The mean-field step's sample and KL, forward and backward, one pass each (see their section).
+ *
  * And one for the mean-field step's noise (uncertlr/torch/_noise.py): standard-normal float32 draws
  * from a counter-based generator (Philox4x32-10) and Box-Muller, split over threads (see its section).
  *
@@ -284,6 +286,82 @@ KERNELS(float, f32, fabsf, sqrtf, fmaf)
 KERNELS(double, f64, fabs, sqrt, fma)
 
 /* ---------------------------------------------------------------------------------------------------------
+ * The mean-field sample and KL (uncertlr/torch/_meanfield.py, _SampleKL) for one particle and one prior
+ * precision for every weight, with scale = exp(log_scale) computed by torch:
+ *   forward:  w = loc + sign scale eps, diff = loc - prior_loc (written only when prior_loc is given), and
+ *             sums = (sum log_scale, sum scale^2, sum diff^2), combined in double;
+ *   backward: d_loc = g + diff k, d_log_scale = sign scale (g eps + scale sign k) - gkl, with k = gkl prec.
+ * The formulas and their order are the eager kernel's; one pass each where eager PyTorch makes five and four.
+ */
+#define MEANFIELD(T, SUF)                                                                                    \
+  static void sample_chunk_##SUF(const T* loc, const T* ls, const T* scale, const T* eps, const T* ploc,     \
+                                 T sign, T* w, T* diff, int64_t b, int64_t e, double* out) {                \
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0;                                                                    \
+    for (int64_t blk = b; blk < e; blk += 4096) {                                                           \
+      const int64_t end = blk + 4096 < e ? blk + 4096 : e;                                                  \
+      T a0 = 0, a1 = 0, a2 = 0;                                                                             \
+      if (ploc) {                                                                                           \
+        _Pragma("omp simd reduction(+ : a0, a1, a2)")                                                       \
+        for (int64_t i = blk; i < end; ++i) {                                                               \
+          const T sc = scale[i], d = loc[i] - ploc[i];                                                      \
+          w[i] = loc[i] + sign * sc * eps[i];                                                               \
+          diff[i] = d;                                                                                      \
+          a0 += ls[i];                                                                                      \
+          a1 += sc * sc;                                                                                    \
+          a2 += d * d;                                                                                      \
+        }                                                                                                   \
+      } else {                                                                                              \
+        _Pragma("omp simd reduction(+ : a0, a1, a2)")                                                       \
+        for (int64_t i = blk; i < end; ++i) {                                                               \
+          const T sc = scale[i], d = loc[i];                                                                \
+          w[i] = loc[i] + sign * sc * eps[i];                                                               \
+          a0 += ls[i];                                                                                      \
+          a1 += sc * sc;                                                                                    \
+          a2 += d * d;                                                                                      \
+        }                                                                                                   \
+      }                                                                                                     \
+      s0 += (double)a0;                                                                                     \
+      s1 += (double)a1;                                                                                     \
+      s2 += (double)a2;                                                                                     \
+    }                                                                                                       \
+    out[0] = s0;                                                                                            \
+    out[1] = s1;                                                                                            \
+    out[2] = s2;                                                                                            \
+  }                                                                                                         \
+                                                                                                            \
+  void uncertlr_sample_##SUF(int nthreads, int64_t n, const T* loc, const T* ls, const T* scale, const T* eps, \
+                             const T* ploc, T sign, T* w, T* diff, double* sums) {                          \
+    const int nt = threads_for(nthreads, n);                                                                \
+    double part[MAX_THREADS][3];                                                                            \
+    CHUNKED(nt, 0, n, { sample_chunk_##SUF(loc, ls, scale, eps, ploc, sign, w, diff, lo_, hi_, part[tid_]); }) \
+    for (int k = 0; k < 3; ++k) {                                                                           \
+      double total = 0.0;                                                                                   \
+      for (int t = 0; t < nt; ++t) total += part[t][k];                                                     \
+      sums[k] = total;                                                                                      \
+    }                                                                                                       \
+  }                                                                                                         \
+                                                                                                            \
+  static void sample_grad_chunk_##SUF(const T* g, const T* eps, const T* scale, const T* diff, T k, T gkl,     \
+                                      T sign, T* d_loc, T* d_ls, int64_t b, int64_t e) {                   \
+    const T sk = sign * k;                                                                                  \
+    _Pragma("omp simd")                                                                                     \
+    for (int64_t i = b; i < e; ++i) {                                                                       \
+      const T gi = g[i], sc = scale[i];                                                                     \
+      d_loc[i] = gi + diff[i] * k;                                                                          \
+      d_ls[i] = -gkl + sign * sc * (gi * eps[i] + sc * sk);                                                 \
+    }                                                                                                       \
+  }                                                                                                         \
+                                                                                                            \
+  void uncertlr_sample_grad_##SUF(int nthreads, int64_t n, const T* g, const T* eps, const T* scale,        \
+                                  const T* diff, T k, T gkl, T sign, T* d_loc, T* d_ls) {                  \
+    const int nt = threads_for(nthreads, n);                                                                \
+    CHUNKED(nt, 0, n, { (void)tid_; sample_grad_chunk_##SUF(g, eps, scale, diff, k, gkl, sign, d_loc, d_ls, lo_, hi_); }) \
+  }
+
+MEANFIELD(float, f32)
+MEANFIELD(double, f64)
+
+/* ---------------------------------------------------------------------------------------------------------
  * Standard-normal draws for the mean-field step (uncertlr/torch/_noise.py): Philox4x32-10 (Salmon et al.,
  * "Parallel random numbers: as easy as 1, 2, 3", SC'11; the counter-based generator of cuRAND and JAX's
  * option) and Box-Muller. Block t (counter (t, 0, 0) as (low word, high word, 0, 0), key = the 64-bit
@@ -468,4 +546,4 @@ int uncertlr_normal_fast(void) {
 }
 
 /* The ABI version _native.py checks before it uses a loaded library. */
-int uncertlr_native_abi(void) { return 3; }
+int uncertlr_native_abi(void) { return 4; }

@@ -10,9 +10,10 @@ They are plain C (no torch headers), compiled once with the system's C compiler 
 loaded with :mod:`ctypes`. With ``-fopenmp`` they share torch's OpenMP threads (on Linux torch
 loads ``libgomp.so.1`` before this library does).
 
-The same library holds the mean-field step's noise sampler (:mod:`uncertlr.torch._noise`):
-Philox4x32-10 and Box-Muller in float32, vectorised (AVX-512 intrinsics for Philox, the compiler's
-vectors elsewhere) and split over the threads; ``Kernels.fast_normal`` says whether this build is
+The same library holds the mean-field step's sample and KL (one pass forward, one backward, where
+eager PyTorch makes five and four; :class:`~uncertlr.torch._meanfield.MeanFieldNormal`) and its
+noise sampler (:mod:`uncertlr.torch._noise`): Philox4x32-10 and Box-Muller in float32, vectorised
+(AVX-512 intrinsics for Philox, the compiler's vectors elsewhere) and split over the threads; ``Kernels.fast_normal`` says whether this build is
 one (AVX2 or AVX-512) where it was measured faster than ATen's ``normal_``.
 
 Nothing depends on them: without a compiler, with ``UNCERTLR_NATIVE=0``, when the build fails, or
@@ -48,7 +49,7 @@ __all__ = ["ENV", "Kernels", "kernels", "status"]
 #: ``UNCERTLR_NATIVE=0`` turns the compiled kernels off (the eager path runs).
 ENV = "UNCERTLR_NATIVE"
 #: The ABI ``_native.c`` reports; a cached library with another is rebuilt.
-ABI = 3
+ABI = 4
 #: Measures: P2's ``|ĝ| σ``, P1's ``σ``, P3's ``σ²`` (the ``kind`` argument of ``uncertlr_measure_*``).
 MEASURES = {"grad_sigma": 0, "sigma": 1, "variance": 2}
 #: Powers the factor kernel computes itself (others: ``pow_`` first, then ``IDENTITY``).
@@ -76,8 +77,8 @@ _I64 = ctypes.c_int64
 
 
 class Kernels:
-    """The loaded library: ``measure``, ``factors`` and ``scale`` over flat contiguous CPU tensors, and
-    ``normal``, the noise sampler.
+    """The loaded library: ``measure``, ``factors`` and ``scale`` over flat contiguous CPU tensors,
+    ``sample`` and ``sample_grad`` (the mean-field step), and ``normal``, the noise sampler.
 
     Every argument tensor is contiguous, on the CPU and (where floating) of ``dtype``
     float32 or float64; ``sizes`` int64, ``op`` int8, ``lo``/``hi``/``c``/``sums``/``mins``/``maxs``
@@ -88,6 +89,7 @@ class Kernels:
         self.path, self.parallel = path, parallel
         self._pid = os.getpid()
         self._fns = {}
+        self._meanfield = {}
         for dt, suf, ct in ((torch.float32, "f32", ctypes.c_float), (torch.float64, "f64", ctypes.c_double)):
             m = getattr(lib, f"uncertlr_measure_{suf}")
             m.argtypes = [ctypes.c_int, _I64, _P, ctypes.c_int, _P, _P, _P, ct, _P, _P, _P]
@@ -101,9 +103,16 @@ class Kernels:
             # threads, nseg, sizes, kind, upd, inv_corr, w_noise, mean, sq, mean_out, sq_out, ema, g, w, ema_out,
             # raw, sums
             n.argtypes = [ctypes.c_int, _I64, _P, ctypes.c_int, _P, _P, ct, *[_P] * 6, ct, *[_P] * 3]
-            for fn in (m, f, s, q, n):
+            smp = getattr(lib, f"uncertlr_sample_{suf}")
+            # threads, n, loc, log_scale, scale, eps, prior_loc, sign, w, diff, sums
+            smp.argtypes = [ctypes.c_int, _I64, *[_P] * 5, ct, _P, _P, _P]
+            grd = getattr(lib, f"uncertlr_sample_grad_{suf}")
+            # threads, n, g, eps, scale, diff, k, gkl, sign, d_loc, d_log_scale
+            grd.argtypes = [ctypes.c_int, _I64, *[_P] * 4, ct, ct, ct, _P, _P]
+            for fn in (m, f, s, q, n, smp, grd):
                 fn.restype = None
             self._fns[dt] = (m, f, s, q, n)
+            self._meanfield[dt] = (smp, grd)
         self._normal = lib.uncertlr_normal_f32
         self._normal.argtypes = [ctypes.c_int, _I64, ctypes.c_uint64, _P]
         self._normal.restype = None
@@ -222,6 +231,63 @@ class Kernels:
             ema_out.data_ptr() if ema_out is not None else None,
             raw.data_ptr(),
             sums.data_ptr(),
+        )
+
+    def sample(
+        self,
+        loc: Tensor,
+        log_scale: Tensor,
+        scale: Tensor,
+        eps: Tensor,
+        prior_loc: Tensor | None,
+        sign: float,
+        w: Tensor,
+        diff: Tensor | None,
+        sums: Tensor,
+    ) -> None:
+        """The mean-field forward: ``w ← loc + sign scale eps``, ``diff ← loc − prior_loc`` (when given) and
+        ``sums`` (float64 ``[3]``) ← the sums of ``log_scale``, ``scale²`` and ``diff²``."""
+        fn = self._meanfield[w.dtype][0]
+        fn(
+            self._threads(),
+            w.numel(),
+            loc.data_ptr(),
+            log_scale.data_ptr(),
+            scale.data_ptr(),
+            eps.data_ptr(),
+            prior_loc.data_ptr() if prior_loc is not None else None,
+            sign,
+            w.data_ptr(),
+            diff.data_ptr() if diff is not None else None,
+            sums.data_ptr(),
+        )
+
+    def sample_grad(
+        self,
+        g: Tensor,
+        eps: Tensor,
+        scale: Tensor,
+        diff: Tensor,
+        k: float,
+        grad_kl: float,
+        sign: float,
+        d_loc: Tensor,
+        d_log_scale: Tensor,
+    ) -> None:
+        """The mean-field backward: ``d_loc ← g + diff k``, ``d_log_scale ← sign scale (g eps + scale sign k) − grad_kl``."""
+        fn = self._meanfield[g.dtype][1]
+        fn(
+            self._threads(),
+            g.numel(),
+            g.data_ptr(),
+            eps.data_ptr(),
+            scale.data_ptr(),
+            diff.data_ptr(),
+            k,
+            grad_kl,
+            sign,
+            d_loc.data_ptr(),
+            d_log_scale.data_ptr(),
         )
 
     def normal(self, out: Tensor, seed: int) -> None:
