@@ -13,8 +13,9 @@ loads ``libgomp.so.1`` before this library does).
 The same library holds the mean-field step's sample and KL (one pass forward, one backward, where
 eager PyTorch makes five and four; :class:`~uncertlr.torch._meanfield.MeanFieldNormal`) and its
 noise sampler (:mod:`uncertlr.torch._noise`): Philox4x32-10 and Box-Muller in float32, vectorised
-(AVX-512 intrinsics for Philox, the compiler's vectors elsewhere) and split over the threads; ``Kernels.fast_normal`` says whether this build is
-one (AVX2 or AVX-512) where it was measured faster than ATen's ``normal_``.
+(AVX-512 intrinsics for Philox, the compiler's vectors elsewhere) and split over the threads.
+``Kernels.fast_normal`` says whether this build is one (AVX2 or AVX-512) where the sampler was
+measured faster than ATen's ``normal_``.
 
 Nothing depends on them: without a compiler, with ``UNCERTLR_NATIVE=0``, when the build fails, or
 while ``torch.compile`` traces, the eager path runs (``tests/torch/test_fused.py`` holds both to the
