@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from unittest import mock
 
@@ -25,12 +26,17 @@ def fresh(monkeypatch, tmp_path):
     _native._reset()
 
 
+def _compiled_or_eager(owner, native):
+    """A context in which ``owner``'s ``_native_kernels`` finds the compiled kernels (``native``) or none."""
+    return (
+        contextlib.nullcontext() if native else mock.patch.object(owner, "_native_kernels", lambda *a: None)
+    )
+
+
 def _updates(rule, sizes, steps, dtype, native, seed=0):
     gen = torch.Generator().manual_seed(seed)
     f = FusedRule(rule, sizes, [rule.init(torch.zeros(n, dtype=dtype)) for n in sizes])
-    patch = (
-        mock.patch.object(FusedRule, "_native_kernels", lambda *a: None) if not native else mock.MagicMock()
-    )
+    patch = _compiled_or_eager(FusedRule, native)
     out = []
     with patch:
         for _ in range(steps):
@@ -171,11 +177,7 @@ def test_the_gradient_noise_moments_in_the_kernels_pass_equal_the_eager_estimate
             noise,
             [noise.init(torch.zeros(n)) for n in sizes],
         )
-        patch = (
-            mock.patch.object(FusedRule, "_native_kernels", lambda *a: None)
-            if not native
-            else mock.MagicMock()
-        )
+        patch = _compiled_or_eager(FusedRule, native)
         out = []
         with patch:
             for step in range(5):
@@ -215,9 +217,7 @@ def _sample_kl(loc, log_scale, eps, prior_loc, prec, sign, native):
     from uncertlr.torch import _meanfield
 
     loc, log_scale = loc.clone().requires_grad_(), log_scale.clone().requires_grad_()
-    patch = (
-        mock.patch.object(_meanfield, "_native_kernels", lambda *a: None) if not native else mock.MagicMock()
-    )
+    patch = _compiled_or_eager(_meanfield, native)
     with patch:
         w, kl, _ = _meanfield._SampleKL.apply(loc, log_scale, eps, prior_loc, prec, torch.tensor(0.3), sign)
         gw = torch.linspace(-1, 1, w.numel(), dtype=w.dtype)
@@ -292,11 +292,7 @@ def test_a_large_bnn_trains_the_same_with_the_compiled_sample():
         bnn = bayesian(torch.nn.Linear(200, 100), num_data=64, prior=Normal(scale=0.7, centered=True))
         opt = torch.optim.Adam(bnn.parameters(), lr=1e-2)
         x, y = torch.randn(16, 200), torch.randint(0, 100, (16,))
-        patch = (
-            mock.patch.object(_meanfield, "_native_kernels", lambda *a: None)
-            if not native
-            else mock.MagicMock()
-        )
+        patch = _compiled_or_eager(_meanfield, native)
         losses = []
         with patch:
             for _ in range(3):
