@@ -142,9 +142,9 @@ def test_standard_normal_uses_the_compiled_sampler_for_large_float32_draws_only(
     assert np.array_equal(_noise.seeded_standard_normal(like, seed).double().numpy(), _compiled(3_000, seed))
     # float64, small draws and a build without a vectorised sampler: ATen's samplers
     torch.manual_seed(8)
-    assert torch.equal(
-        _noise.standard_normal(torch.zeros(500), None), (torch.manual_seed(8), torch.randn(500))[1]
-    )
+    small = _noise.standard_normal(torch.zeros(500), None)
+    torch.manual_seed(8)
+    assert torch.equal(small, torch.randn(500))
     assert _noise._native_sampler(torch.zeros(3_000, dtype=torch.float64), 3_000) is None
     with mock.patch.object(_native.kernels(), "fast_normal", False):
         assert _noise._native_sampler(like, 3_000) is None
