@@ -119,19 +119,18 @@ def uncertlr_fused(x, y):
     return uncertlr_bnn(x, y, fused=True)
 
 
-def _with_noise_thresholds(step, **thresholds):
-    """``step`` with ``uncertlr.torch._noise``'s path thresholds set to ``thresholds`` while it runs."""
-    from uncertlr.torch import _noise
+def _patched_while_running(step, module, **attrs):
+    """``step`` with ``module``'s attributes set to ``attrs`` while it runs (a path threshold, to turn it off)."""
 
     def patched():
-        saved = {k: getattr(_noise, k) for k in thresholds}
-        for k, v in thresholds.items():
-            setattr(_noise, k, v)
+        saved = {k: getattr(module, k) for k in attrs}
+        for k, v in attrs.items():
+            setattr(module, k, v)
         try:
             step()
         finally:
             for k, v in saved.items():
-                setattr(_noise, k, v)
+                setattr(module, k, v)
 
     return patched
 
@@ -140,26 +139,22 @@ def uncertlr_eager_sample(x, y):
     """uncertlr's step with the eager sample/KL kernel (the compiled one-pass forward and backward off)."""
     from uncertlr.torch import _meanfield
 
-    step = uncertlr_bnn(x, y)
-
-    def eager_sample():
-        saved, _meanfield.NATIVE_MIN_WEIGHTS = _meanfield.NATIVE_MIN_WEIGHTS, 2**62
-        try:
-            step()
-        finally:
-            _meanfield.NATIVE_MIN_WEIGHTS = saved
-
-    return eager_sample
+    return _patched_while_running(uncertlr_bnn(x, y), _meanfield, NATIVE_MIN_WEIGHTS=2**62)
 
 
 def uncertlr_aten_noise(x, y):
     """uncertlr's step with ATen's sampler from two generators (the compiled Philox sampler off)."""
-    return _with_noise_thresholds(uncertlr_bnn(x, y), NATIVE_MIN_ELEMENTS=2**62)
+    from uncertlr.torch import _noise
+
+    return _patched_while_running(uncertlr_bnn(x, y), _noise, NATIVE_MIN_ELEMENTS=2**62)
 
 
 def uncertlr_one_stream(x, y):
     """uncertlr's step with the noise from ``torch.randn`` (one mt19937 stream on one thread)."""
-    return _with_noise_thresholds(uncertlr_bnn(x, y), NATIVE_MIN_ELEMENTS=2**62, PARALLEL_MIN_ELEMENTS=2**62)
+    from uncertlr.torch import _noise
+
+    off = {"NATIVE_MIN_ELEMENTS": 2**62, "PARALLEL_MIN_ELEMENTS": 2**62}
+    return _patched_while_running(uncertlr_bnn(x, y), _noise, **off)
 
 
 def uncertlr_compiled(x, y):
