@@ -94,8 +94,13 @@ def interleaved_blocks(
             f()
     done()
     per: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(blocks):
-        for k, f in fns.items():
+    names = list(fns)
+    for b in range(blocks):
+        # block b starts at the b-th function: each one runs in every position of the order equally
+        # often, so none is always timed right after the same neighbour (whose memory traffic, or a
+        # clock that drifts within a block, would then bias one ratio)
+        for k in names[b % len(names) :] + names[: b % len(names)]:
+            f = fns[k]
             done()
             t0 = clock()
             for _ in range(steps):

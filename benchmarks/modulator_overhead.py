@@ -3,8 +3,11 @@
 Network: 784-400-400-10 ReLU MLP, batch 128, synthetic data, Adam. Every modulated step
 includes computing its signal (batch predictive entropy from the logits the training pass
 already produced) and the modulator's bookkeeping (``record=True``, the default, which
-reads the factor back for ``history``). Ratios are median step time / median step time of
-the matching unmodulated baseline over interleaved blocks.
+reads the factor back for ``history``). Each repeat times many short interleaved blocks (each
+function in every position of the order equally often); a row's ratio in one repeat is the median
+over blocks of its block time / the matching unmodulated baseline's time in the same block (paired:
+a shared machine's slow spells, seconds long, fall on both); the table shows the median over
+repeats, and the smallest and largest.
 
 Rows:
   deterministic                 plain MLP + Adam (baseline for the next four)
@@ -29,6 +32,7 @@ Usage:
 
 from __future__ import annotations
 
+import statistics
 import sys
 from pathlib import Path
 
@@ -37,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from benchmarks._common import base_parser, interleaved_medians, print_table, setup_clock, write_results  # noqa: E402
+from benchmarks._common import base_parser, interleaved_blocks, print_table, setup_clock, write_results  # noqa: E402
 from benchmarks.step_time import BATCH, NUM_DATA, mlp  # noqa: E402
 from uncertlr import priors  # noqa: E402
 from uncertlr.modulation import GradSigmaRatio, Ratio, SigmaRatio  # noqa: E402
@@ -127,15 +131,15 @@ def main(argv=None) -> int:
             "bnn, fused Adam + P2": (lambda: bnn_step(x, y, GradSigmaRatio(), fused=True), "per-parameter"),
         }
     repeats = args.repeats or (1 if args.quick else 3)
-    blocks, steps = (5, 10) if args.quick else (7, 60)
+    blocks, steps = (5, 10) if args.quick else (42, 10)
     rows = []
     for baseline, members in groups.items():
         fns = {name: build() for name, (build, _) in members.items()}
-        runs = [interleaved_medians(fns, blocks=blocks, steps=steps, clock=clock) for _ in range(repeats)]
+        runs = [interleaved_blocks(fns, blocks=blocks, steps=steps, clock=clock) for _ in range(repeats)]
         for name, (_, kind) in members.items():
-            ratios = [r[name] / r[baseline] for r in runs]
-            ratio = sorted(ratios)[len(ratios) // 2]
-            ms = sorted(r[name] for r in runs)[len(runs) // 2] * 1e3
+            ratios = [statistics.median(t / b for t, b in zip(r[name], r[baseline])) for r in runs]
+            ratio = statistics.median(ratios)
+            ms = statistics.median(statistics.median(r[name]) for r in runs) * 1e3
             target = TARGETS.get(kind) if kind else None
             rows.append(
                 {
@@ -171,6 +175,7 @@ def main(argv=None) -> int:
             "blocks": blocks,
             "steps": steps,
             "repeats": repeats,
+            "ratio": "median over blocks of the paired block-time ratio; median over repeats",
             "clock": "thread CPU time" if args.cpu_time else "wall",
         },
     )
