@@ -62,7 +62,9 @@ def _optax_global_scales(rule, signals, jit=False):
 def test_global_parity_with_torch(rule):
     want = _torch_global_scales(rule, SIGNALS)
     got, state = _optax_global_scales(rule, SIGNALS)
-    np.testing.assert_allclose(got, want, rtol=1e-6)
+    # the optax state is float32 on the device; the torch Modulator keeps its host state in float64:
+    # the same factors up to float32 rounding accumulated over the steps
+    np.testing.assert_allclose(got, want, rtol=1e-5)
     assert int(state.rule_state.nonfinite) == 2
     assert len(set(np.round(want, 6))) > 2  # the sequence exercised the rule
 

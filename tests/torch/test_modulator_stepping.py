@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from uncertlr.modulation import (
@@ -302,3 +305,67 @@ def test_product_state_checkpoints_and_continues_identically():
         resumed.observe(u)
         o.step()
     assert [r["scale"] for r in resumed.history] == [r["scale"] for r in full.history]
+
+
+# --------------------------------------------------------------------------- the built-in rules on floats
+
+_SIGNAL = st.one_of(
+    st.floats(min_value=-5.0, max_value=50.0),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0.0, -0.0, 1e-300, 1e200, 3.4e38, -1e160, float("nan"), float("inf")]),
+)
+_BUILT_IN = st.one_of(
+    st.builds(
+        Ratio,
+        kappa=st.sampled_from([-3.0, -1.0, -0.5, 0.5, 2.0]),
+        s_min=st.sampled_from([0.1, 0.5, 1.0]),
+        s_max=st.sampled_from([1.0, 2.0, 10.0]),
+        decay=st.sampled_from([0.0, 0.5, 0.99]),
+        warmup=st.integers(0, 3),
+    ),
+    st.builds(
+        ZScore,
+        kappa=st.sampled_from([-2.0, -1.0, 0.5]),
+        s_max=st.sampled_from([1.0, 2.0, 5.0]),
+        decay=st.sampled_from([0.0, 0.9, 0.99]),
+        warmup=st.integers(0, 3),
+        eps=st.sampled_from([1e-8, 1e-3]),
+    ),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rule=_BUILT_IN, signals=st.lists(_SIGNAL, min_size=1, max_size=12))
+def test_the_built_in_rules_on_floats_equal_their_array_code_on_float64(rule, signals):
+    from uncertlr.torch._stepping import _floats, host_update
+
+    ref = rule.init(np.zeros((), np.float64))
+    fast = _floats(ref)
+    for u in signals:
+        want, ref = rule.update(np.float64(u), ref)
+        got, fast = host_update(rule, float(u), fast)
+        # pow, exp and tanh may come from different libm/SIMD code in numpy: a few ulps
+        np.testing.assert_allclose(got, float(want), rtol=1e-13, atol=0)
+        for name, a, b in zip(ref._fields, fast, ref):
+            np.testing.assert_allclose(a, float(b), rtol=1e-13, atol=0, err_msg=name)
+
+
+def test_the_modulator_runs_the_built_in_rules_on_floats_and_shows_float64_arrays():
+    net, opt = _setup()
+    mod = Modulator(Ratio(warmup=1)).attach(opt)
+    ref = Ratio(warmup=1).init(np.zeros((), np.float64))
+    x, y = _data(0)
+    for u in SIGNALS:
+        opt.zero_grad()
+        _loss(net, x, y).backward()
+        mod.observe(torch.tensor(u))
+        opt.step()
+        s, ref = Ratio(warmup=1).update(np.float64(np.float32(u)), ref)
+        assert mod.history[-1]["scale"] == pytest.approx(float(s), rel=1e-13)
+    state = mod.rule_state
+    assert all(isinstance(v, np.ndarray) and v.dtype == np.float64 and v.shape == () for v in state)
+    assert mod.last_scale.dtype == torch.float64
+    # a checkpoint holds the same values and restores them
+    fresh = Modulator(Ratio(warmup=1)).attach(_setup()[1])
+    fresh.load_state_dict(mod.state_dict())
+    assert [float(v) for v in fresh.rule_state] == [float(v) for v in state]

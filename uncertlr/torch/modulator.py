@@ -83,6 +83,13 @@ STATE_KEYS = ("rule", "num_steps", "rule_state", "noise_state", "history", "vari
 
 def _as_signal(signal: Any) -> Tensor:
     """A real scalar (tensor, numpy/jax array or number) as a 0-d float32 tensor on its device."""
+    if (
+        type(signal) is Tensor
+        and signal.dtype is torch.float32
+        and signal.dim() == 0
+        and not signal.requires_grad
+    ):  # already one (batch_entropy's): the same tensor the general path returns, in a few checks
+        return signal
     if isinstance(signal, Tensor):
         t = signal.detach()
     elif isinstance(signal, numbers.Real):
