@@ -6,8 +6,11 @@ import contextlib
 import subprocess
 from unittest import mock
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from uncertlr.modulation import GradSigmaRatio, SigmaRatio, VarianceRatio
 from uncertlr.torch import Modulator, _native, bayesian
@@ -308,3 +311,68 @@ def test_a_large_bnn_trains_the_same_with_the_compiled_sample():
     assert fast[0] == pytest.approx(slow[0], rel=1e-5)
     torch.testing.assert_close(fast[1], slow[1], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fast[2], slow[2], rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- the batch's entropy
+
+
+def _entropy_numpy(logits):
+    """An independent computation: float64 numpy, scipy's softmax-free form via logsumexp."""
+    from scipy.special import logsumexp
+
+    z = np.asarray(logits, dtype=np.float64).reshape(-1, logits.shape[-1])
+    logp = z - logsumexp(z, axis=1, keepdims=True)
+    return float(-(np.exp(logp) * logp).sum(axis=1).mean())
+
+
+@needs_cc
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.integers(1, 40),
+    classes=st.integers(2, 12),
+    spread=st.sampled_from([1e-3, 1.0, 30.0, 300.0]),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    one_draw=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_compiled_batch_entropy_equals_an_independent_computation(
+    rows, classes, spread, dtype, one_draw, seed
+):
+    from uncertlr.torch import batch_entropy, signals
+
+    gen = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(rows, classes, generator=gen, dtype=torch.float64) * spread).to(dtype)
+    if one_draw:
+        logits = logits[None]  # [1, B, C]: the ELBO's outputs with one particle
+    got = signals._native_entropy(logits)
+    assert got is not None and got.dtype == dtype and got.shape == ()
+    want = _entropy_numpy(logits.numpy())
+    tol = 1e-6 if dtype == torch.float32 else 1e-12
+    assert abs(float(got) - want) <= tol * max(1.0, want)
+    assert float(batch_entropy(logits)) == float(got)  # the public function takes the compiled path
+    # and the torch-op formula (no kernels) agrees to the dtype's rounding
+    with mock.patch.object(signals._native, "kernels", lambda: None):
+        eager = batch_entropy(logits)
+    assert abs(float(eager) - want) <= (1e-5 if dtype == torch.float32 else 1e-12) * max(1.0, want * rows)
+
+
+@needs_cc
+def test_batch_entropy_leaves_what_the_kernel_does_not_take_to_torch_ops():
+    from uncertlr.torch import batch_entropy, signals
+
+    logits = torch.randn(8, 4)
+    bad = logits.clone()
+    bad[3, 1] = float("nan")
+    assert signals._native_entropy(bad) is None and torch.isnan(batch_entropy(bad))
+    inf = logits.clone()
+    inf[0, 0] = float("inf")
+    assert signals._native_entropy(inf) is None  # torch's semantics for inf stay the reference
+    with mock.patch.object(signals._native, "kernels", lambda: None):
+        eager = batch_entropy(inf)
+    torch.testing.assert_close(batch_entropy(inf), eager, equal_nan=True)
+    assert signals._native_entropy(logits.t().contiguous().t()) is None  # not contiguous
+    # several draws: the entropy of the mean probabilities, in torch ops
+    three = torch.randn(3, 8, 4)
+    p = three.softmax(-1).mean(0)
+    torch.testing.assert_close(batch_entropy(three), -(p * p.log()).sum(-1).mean())
+    assert batch_entropy(logits.half()).dtype == torch.float16  # other dtypes: torch ops

@@ -15,7 +15,10 @@ eager PyTorch makes five and four; :class:`~uncertlr.torch._meanfield.MeanFieldN
 noise sampler (:mod:`uncertlr.torch._noise`): Philox4x32-10 and Box-Muller in float32, vectorised
 (AVX-512 intrinsics for Philox, the compiler's vectors elsewhere) and split over the threads.
 ``Kernels.fast_normal`` says whether this build is one (AVX2 or AVX-512) where the sampler was
-measured faster than ATen's ``normal_``.
+measured faster than ATen's ``normal_``. And one small function for the global modulator's signal:
+the batch's mean predictive entropy from one draw's logits (:func:`uncertlr.torch.batch_entropy`) in
+one call, where the eager formula's six small ops cost several times more right after a training
+step has evicted their code from the caches.
 
 Nothing depends on them: without a compiler, with ``UNCERTLR_NATIVE=0``, when the build fails, or
 while ``torch.compile`` traces, the eager path runs (``tests/torch/test_fused.py`` holds both to the
@@ -50,7 +53,7 @@ __all__ = ["ENV", "Kernels", "kernels", "status"]
 #: ``UNCERTLR_NATIVE=0`` turns the compiled kernels off (the eager path runs).
 ENV = "UNCERTLR_NATIVE"
 #: The ABI ``_native.c`` reports; a cached library with another is rebuilt.
-ABI = 4
+ABI = 5
 #: Measures: P2's ``|ĝ| σ``, P1's ``σ``, P3's ``σ²`` (the ``kind`` argument of ``uncertlr_measure_*``).
 MEASURES = {"grad_sigma": 0, "sigma": 1, "variance": 2}
 #: Powers the factor kernel computes itself (others: ``pow_`` first, then ``IDENTITY``).
@@ -79,7 +82,8 @@ _I64 = ctypes.c_int64
 
 class Kernels:
     """The loaded library: ``measure``, ``factors`` and ``scale`` over flat contiguous CPU tensors,
-    ``sample`` and ``sample_grad`` (the mean-field step), and ``normal``, the noise sampler.
+    ``sample`` and ``sample_grad`` (the mean-field step), ``entropy`` (the modulator's batch signal)
+    and ``normal``, the noise sampler.
 
     Every argument tensor is contiguous, on the CPU and (where floating) of ``dtype``
     float32 or float64; ``sizes`` int64, ``op`` int8, ``lo``/``hi``/``c``/``sums``/``mins``/``maxs``
@@ -114,6 +118,12 @@ class Kernels:
                 fn.restype = None
             self._fns[dt] = (m, f, s, q, n)
             self._meanfield[dt] = (smp, grd)
+        self._entropy = {}
+        for dt, suf in ((torch.float32, "f32"), (torch.float64, "f64")):
+            ent = getattr(lib, f"uncertlr_entropy_{suf}")
+            ent.argtypes = [_I64, _I64, _P, _P]
+            ent.restype = ctypes.c_int
+            self._entropy[dt] = ent
         self._normal = lib.uncertlr_normal_f32
         self._normal.argtypes = [ctypes.c_int, _I64, ctypes.c_uint64, _P]
         self._normal.restype = None
@@ -290,6 +300,12 @@ class Kernels:
             d_loc.data_ptr(),
             d_log_scale.data_ptr(),
         )
+
+    def entropy(self, logits: Tensor, out: Tensor) -> bool:
+        """``out`` (0-d, the logits' dtype) ← the mean over the rows of ``logits[rows, C]`` (contiguous) of
+        the softmax entropy, computed in double; ``False`` (``out`` untouched) when a logit is not finite."""
+        c = logits.shape[-1]
+        return bool(self._entropy[logits.dtype](logits.numel() // c, c, logits.data_ptr(), out.data_ptr()))
 
     def normal(self, out: Tensor, seed: int) -> None:
         """``out`` (flat contiguous float32 CPU) ← the first ``out.numel()`` N(0, 1) numbers of ``seed``'s

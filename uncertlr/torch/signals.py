@@ -41,6 +41,7 @@ from uncertlr import likelihoods as _lik
 from uncertlr import metrics
 from uncertlr.likelihoods import check_labels
 from uncertlr.modulation import confidence_weights
+from uncertlr.torch import _native
 from uncertlr.torch.bnn import BNN
 
 __all__ = [
@@ -85,8 +86,27 @@ def _check_logits(logits: Tensor) -> None:
         )
 
 
+_NATIVE_DTYPES = (torch.float32, torch.float64)
+
+
+def _native_entropy(logits: Tensor) -> Tensor | None:
+    """:func:`batch_entropy` of one draw's CPU logits in one compiled call (``uncertlr.torch._native``), or
+    ``None`` where it does not apply (no kernels, not contiguous, tracing, a logit that is not finite)."""
+    if torch.compiler.is_compiling() or not logits.is_contiguous():
+        return None
+    kern = _native.kernels()
+    if kern is None:
+        return None
+    out = torch.empty((), dtype=logits.dtype)
+    return out if kern.entropy(logits, out) else None
+
+
 def batch_entropy(logits: Tensor) -> Tensor:
     """Mean predictive entropy of a batch (nats, 0-d, no gradient, no host sync).
+
+    On a CPU, one draw's float32/float64 logits are reduced in one compiled call, accumulated in
+    double (where the compiled kernels are available: ``uncertlr.torch._native``); elsewhere, and
+    for logits that hold NaN or inf, by the same formula in torch ops.
 
     Args:
         logits: ``[B, C]`` from a deterministic net (softmax entropy) or ``[K, B, C]`` for
@@ -98,6 +118,10 @@ def batch_entropy(logits: Tensor) -> Tensor:
         True
     """
     _check_logits(logits)
+    if logits.dtype in _NATIVE_DTYPES and logits.is_cpu and (logits.dim() == 2 or logits.shape[0] == 1):
+        out = _native_entropy(logits)
+        if out is not None:
+            return out
     lg = logits.detach()
     if lg.dim() == 3 and lg.shape[0] == 1:
         lg = lg[0]
