@@ -34,6 +34,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -119,12 +120,13 @@ class FusedRule:
         self._noise_spare: tuple[Tensor, Tensor] | None = None
         self.tiny = torch.finfo(self.dtype).tiny
         self.numel = torch.tensor(self.sizes, dtype=self.dtype, device=self.device)
-        self.step = torch.stack([s.step for s in states])
+        self._step_like = states[0].step  # dtype and device of the per-segment step counts
         self.nonfinite = torch.stack([s.nonfinite for s in states])
         self.scale = torch.cat([s.scale.reshape(-1) for s in states])
         self._zero_ema = [s.ema for s in states] if self.measure != "grad_sigma" else None
         self.ema = torch.cat([s.ema.reshape(-1) for s in states]) if self.measure == "grad_sigma" else None
-        # the warm-up test is a Python comparison: no host read per step
+        # the step counts live in Python (the warm-up test is a comparison, and advancing them costs no
+        # tensor op); ``step`` makes the tensor when a state is read
         self._steps = [int(s.step) for s in states]
         if self.noise is not None:
             if noise_states is None or len(noise_states) != len(self.sizes):
@@ -134,12 +136,19 @@ class FusedRule:
             self.sq = torch.cat([s.sq.reshape(-1) for s in noise_states])
 
     @property
+    def step(self) -> Tensor:
+        """The per-segment step counts ``[num_segments]`` (a new tensor)."""
+        like = self._step_like
+        return torch.tensor(self._steps, dtype=like.dtype, device=like.device)
+
+    @property
     def states(self) -> list[ParamState]:
         """Per-segment :class:`~uncertlr.modulation.ParamState` copies of the flat state (the compiled path
         reuses the flat arrays two updates later, so a state read now must not be a view of them)."""
         emas = self.ema.split(self.sizes) if self.ema is not None else self._zero_ema
+        step = self.step
         return [
-            ParamState(self.step[i], emas[i].clone(), s.clone(), self.nonfinite[i])  # type: ignore[index]
+            ParamState(step[i], emas[i].clone(), s.clone(), self.nonfinite[i])  # type: ignore[index]
             for i, s in enumerate(self.scale.split(self.sizes))
         ]
 
@@ -222,7 +231,7 @@ class FusedRule:
             sigma_owned: ``sigma`` is a temporary the update may overwrite.
         """
         rule = self.rule
-        if grad is not None:
+        if grad is not None and grad.dtype != self.dtype:
             grad = grad.to(self.dtype)
         ema = None
         self.last_range = None
@@ -231,7 +240,7 @@ class FusedRule:
             raw, ema, ref = self._noise_measure_native(kern, grad)  # type: ignore[arg-type]
         elif sigma is None:
             sigma, sigma_owned = self._noise_sigma(grad), True  # type: ignore[arg-type]
-        else:
+        elif sigma.dtype != self.dtype:
             sigma = sigma.to(self.dtype)
         if kern is not None:
             if sigma is not None:
@@ -244,15 +253,18 @@ class FusedRule:
             raw = sigma.square_() if sigma_owned else sigma * sigma
         else:
             raw = sigma if sigma_owned else sigma.clone()
-        segs = raw.split(
-            self.sizes
-        )  # one set of views for every per-segment step below (raw changes in place)
+        # views of raw per segment, made where needed (raw changes in place)
+        segs: Sequence[Tensor] | None = None
         if kern is None:
+            segs = raw.split(self.sizes)
             ref = self._segment_mean(raw, segs)
             finite = self._factors_on_host(raw, segs, ref)
-        else:
-            finite = self._factors_native(kern, raw, ref)
+        else:  # the segment means were computed on the host (a numpy array in the state's dtype)
+            finite = self._factors_native(kern, raw, ref.tolist())
+            if finite is None:
+                ref = torch.from_numpy(ref)
         if finite is None:
+            segs = raw.split(self.sizes) if segs is None else segs
             ok = torch.isfinite(ref)
             # ((raw + tiny) / (ref + tiny))^kappa: exactly 1 where a whole segment is 0
             raw.add_(self.tiny)
@@ -280,15 +292,16 @@ class FusedRule:
         if ema is not None:
             self.ema = ema
         self.scale = raw
-        self.step = self.step + 1.0
         self._steps = [st + 1 for st in self._steps]
         # the host path knows each renormalised segment's sum (its size); a segment kept at its old factors
         # is summed
-        self.last_total = (
-            None
-            if finite is None
-            else sum(n if f else float(seg.sum()) for n, f, seg in zip(self.sizes, finite, segs))
-        )
+        if finite is None:
+            self.last_total = None
+        elif all(finite):
+            self.last_total = float(sum(self.sizes))
+        else:
+            segs = raw.split(self.sizes) if segs is None else segs
+            self.last_total = sum(n if f else float(seg.sum()) for n, f, seg in zip(self.sizes, finite, segs))
         return raw
 
     def _factors_on_host(self, raw: Tensor, segs: Sequence[Tensor], ref: Tensor) -> list[bool] | None:
@@ -379,6 +392,7 @@ class FusedRule:
                 **{k: torch.zeros(n, **f64) for k in ("sums", "lo", "hi", "c", "mins", "maxs")},  # type: ignore[arg-type]
             }
             self._nbuf_np = {k: v.numpy() for k, v in self._nbuf.items()}
+            self._nbuf_ptr = {k: v.data_ptr() for k, v in self._nbuf.items()}
         return self._nbuf
 
     def _count(self, ok: Tensor) -> Tensor:
@@ -424,9 +438,17 @@ class FusedRule:
             raw,
             buf["sums"],
         )
-        # the sums are double; their means in the state's dtype (a float32 mean that overflows is inf)
-        ref = (buf["sums"] / buf["sizes"]).to(self.dtype)
-        return raw, ema, ref
+        return raw, ema, self._host_means()
+
+    def _host_means(self) -> np.ndarray:
+        """The segment means from the kernels' double sums, in the state's dtype (a float32 mean that
+        overflows is inf, as the eager path's would be), computed in numpy: no tensor ops."""
+        host = self._nbuf_np
+        means = host["sums"] / host["sizes"]
+        if self.dtype == torch.float64:
+            return means
+        with np.errstate(over="ignore"):
+            return means.astype(np.float32)
 
     def _noise_measure_native(
         self, kern: _native.Kernels, grad: Tensor
@@ -461,20 +483,22 @@ class FusedRule:
         )
         self._noise_spare = (self.mean, self.sq)
         self.mean, self.sq = mean_out, sq_out
-        return raw, ema, (buf["sums"] / buf["sizes"]).to(self.dtype)
+        return raw, ema, self._host_means()
 
-    def _factors_native(self, kern: _native.Kernels, raw: Tensor, ref: Tensor) -> list[bool] | None:
+    def _factors_native(self, kern: _native.Kernels, raw: Tensor, means: list[float]) -> list[bool] | None:
         """:meth:`_factors_on_host` with the compiled kernels: the power, the clip and the sums in one
-        pass, the renormalisation in a second; also records the factors' range (``last_range``)."""
-        plan = self._plan(ref.tolist())
+        pass, the renormalisation in a second; also records the factors' range (``last_range``).
+        ``means``: the segment means (the state's dtype's values, as floats)."""
+        plan = self._plan(means)
         if plan is None:
             return None
         buf, host = self._buffers(), self._nbuf_np  # the same memory as numpy arrays: host writes and reads
-        op, lo, hi = host["op"], host["lo"], host["hi"]
-        for i, p in enumerate(plan):
-            op[i] = 1 if isinstance(p, tuple) else (2 if p == 1.0 else 0)
-            if isinstance(p, tuple):
-                lo[i], hi[i] = p
+        live = [i for i, p in enumerate(plan) if isinstance(p, tuple)]
+        # one numpy assignment per buffer (a numpy scalar write per segment costs more)
+        host["op"][:] = [1 if isinstance(p, tuple) else (2 if p == 1.0 else 0) for p in plan]
+        if live:
+            host["lo"][live] = [plan[i][0] for i in live]  # type: ignore[index]
+            host["hi"][live] = [plan[i][1] for i in live]  # type: ignore[index]
         power = _native.POWERS.get(self.rule.kappa)
         if power is None:
             raw.pow_(self.rule.kappa)
@@ -482,15 +506,17 @@ class FusedRule:
         kern.factors(
             buf["sizes"], buf["op"], power, buf["lo"], buf["hi"], raw, buf["sums"], buf["mins"], buf["maxs"]
         )
-        live = [i for i, p in enumerate(plan) if isinstance(p, tuple)]
-        c, sums, mins, maxs = host["c"], host["sums"], host["mins"], host["maxs"]
-        for i in live:
-            c[i] = self.sizes[i] / sums[i]
+        c: list[float] = []
         if live:
+            sums = host["sums"].tolist()
+            c = [self.sizes[i] / sums[i] for i in live]
+            host["c"][live] = c
             kern.scale(buf["sizes"], buf["op"], buf["c"], raw)
         finite = [p is not None for p in plan]
         if all(finite):
-            lows = [float(mins[i] * c[i]) for i in live] + [1.0] * (len(plan) - len(live))
-            highs = [float(maxs[i] * c[i]) for i in live] + [1.0] * (len(plan) - len(live))
+            mins, maxs = host["mins"].tolist(), host["maxs"].tolist()
+            rest = [1.0] if len(live) < len(plan) else []
+            lows = [mins[i] * ci for i, ci in zip(live, c)] + rest
+            highs = [maxs[i] * ci for i, ci in zip(live, c)] + rest
             self.last_range = (min(lows), max(highs))
         return finite

@@ -193,10 +193,10 @@ class MeanFieldNormal(nn.Module):
         """
         last, ls = self._last_scale, self.log_scale
         if last is not None and last[1] == id(ls) and last[2] == ls._version:
-            tiny = torch.finfo(ls.dtype).tiny
             sc = last[0]
             if not floor:
                 return sc, False
+            tiny = torch.finfo(ls.dtype).tiny
             if sc.device.type == "cpu" and bool(sc.min() >= tiny):  # a free host read on the CPU
                 return sc, False
             return sc.clamp_min(tiny), True

@@ -154,7 +154,7 @@ class PerParameterMode:
                     t.scales, t.flat_scale = scales, None
                 if t.before is None or t.before.shape != t.param.shape:
                     t.before = torch.empty_like(t.param, memory_format=torch.contiguous_format)
-                t.before.copy_(t.param.detach())
+                t.before.copy_(t.param)  # under no_grad: no detach needed
                 self._step_targets.append(t)
 
     def _flat_sigma(self, t: Target, sigma_map: Mapping[Tensor, Tensor] | None) -> tuple[Tensor | None, bool]:
@@ -182,7 +182,8 @@ class PerParameterMode:
                 after = t.param.detach().view(-1)
                 if t.flat_scale is not None:
                     # before + s * (after - before), in one pass, in place
-                    torch.lerp(t.before.view(-1), after, t.flat_scale.to(after.dtype), out=after)  # type: ignore[union-attr]
+                    fs = t.flat_scale if t.flat_scale.dtype == after.dtype else t.flat_scale.to(after.dtype)
+                    torch.lerp(t.before.view(-1), after, fs, out=after)  # type: ignore[union-attr]
                     stats.append(t.flat_scale)
                     continue
                 befores += t.before.view(-1).split(t.sizes)  # type: ignore[union-attr]
