@@ -376,3 +376,118 @@ def test_batch_entropy_leaves_what_the_kernel_does_not_take_to_torch_ops():
     p = three.softmax(-1).mean(0)
     torch.testing.assert_close(batch_entropy(three), -(p * p.log()).sum(-1).mean())
     assert batch_entropy(logits.half()).dtype == torch.float16  # other dtypes: torch ops
+
+
+# --------------------------------------------------------------------------- the factors' power -1/2 and apply
+
+
+@needs_cc
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_power_minus_half_is_within_a_few_ulps_of_the_exact_value(threads):
+    k = _native.kernels()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.exp(torch.randn(100_003, generator=gen, dtype=torch.float64) * 20).float()  # 1e-39 .. 1e39
+    x[:7] = torch.tensor([0.0, 1e-45, 1e-40, 1.1754944e-38, 1.0, 4.0, 3.4e38])  # zero, subnormals, edges
+    lo, hi = 1e-30, 1e30
+    y = x.clone()
+    n = x.numel()
+    f64 = {"dtype": torch.float64}
+    sums, mins, maxs = torch.zeros(1, **f64), torch.zeros(1, **f64), torch.zeros(1, **f64)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        k.factors(
+            torch.tensor([n]),
+            torch.ones(1, dtype=torch.int8),
+            _native.POWERS[-0.5],
+            torch.tensor([lo], **f64),
+            torch.tensor([hi], **f64),
+            y,
+            sums,
+            mins,
+            maxs,
+        )
+    finally:
+        torch.set_num_threads(before)
+    exact = x.double().rsqrt().clamp(lo, hi)  # 1 / sqrt(0) = inf, clamped
+    rel = ((y.double() - exact) / exact).abs()
+    assert float(rel.max()) < 2.0**-21  # the correctly rounded float32 value is within 2^-24
+    assert float(y[0]) == pytest.approx(hi, rel=1e-6) and float(y[5]) == 0.5
+    assert float(sums[0]) == pytest.approx(float(y.double().sum()), rel=1e-5)
+    assert (float(mins[0]), float(maxs[0])) == (float(y.min()), float(y.max()))
+
+
+@needs_cc
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_apply_renormalises_and_steps_as_scale_then_torch_lerp(dtype, threads):
+    k = _native.kernels()
+    gen = torch.Generator().manual_seed(1)
+    sizes = [70_000, 300, 40_000, 7]
+    n = sum(sizes)
+    f = torch.rand(n, generator=gen, dtype=dtype) * 3
+    before = torch.randn(n, generator=gen, dtype=dtype)
+    theta = before + torch.randn(n, generator=gen, dtype=dtype) * 1e-3
+    op = torch.tensor([1, 2, 1, 0], dtype=torch.int8)  # op 2 (factors 1) and 0 (held) are not scaled
+    c = torch.tensor([0.5, 7.0, 1.25, 9.0], dtype=torch.float64)
+    want_f = f.clone()
+    k.scale(torch.tensor(sizes), op, c, want_f)
+    want = torch.lerp(before, theta, want_f)
+    got_f, got = f.clone(), theta.clone()
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        k.apply(torch.tensor(sizes), op, c, got_f, before, got)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(got_f, want_f)
+    # the same formula as ATen's vectorised lerp; its scalar tail may round without FMA (an ulp)
+    torch.testing.assert_close(got, want, rtol=0, atol=4 * torch.finfo(dtype).eps)
+    assert (got == want).double().mean() > 0.999
+
+
+@needs_cc
+def test_a_step_that_raises_leaves_the_pending_renormalisation_to_the_next_read():
+    torch.manual_seed(0)
+    bnn = bayesian(torch.nn.Sequential(torch.nn.Linear(200, 100), torch.nn.Linear(100, 3)), num_data=100)
+    opt = torch.optim.Adam(bnn.parameters(), lr=1e-3)
+    mod = Modulator(GradSigmaRatio(warmup=0), sigma=bnn).attach(opt)
+    x, y = torch.randn(16, 200), torch.randint(0, 3, (16,))
+    fused = mod._mode.targets[0].fused
+    for i in range(3):
+        opt.zero_grad()
+        bnn.loss(x, y).backward()
+        if (
+            i == 2
+        ):  # the step raises after the rule's update (a pre-hook after the modulator's): never applied
+            handle = opt.register_step_pre_hook(mock.Mock(side_effect=RuntimeError("boom")))
+            with pytest.raises(RuntimeError, match="boom"):
+                opt.step()
+            handle.remove()
+        else:
+            opt.step()
+    assert fused._pending is not None  # the compiled path deferred the renormalisation
+    (s,) = mod.last_scale  # a read finishes it
+    sizes = bnn.posterior.sizes
+    means = torch.stack([seg.mean() for seg in s.reshape(-1).split(list(sizes))])
+    torch.testing.assert_close(means, torch.ones_like(means), rtol=1e-5, atol=0)  # renormalised: mean 1
+    assert fused._pending is None
+
+
+@needs_cc
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [1, 15, 16, 1_000_003])
+def test_the_snapshot_copies_exactly_aligned_or_not(threads, dtype, n):
+    k = _native.kernels()
+    src = torch.randn(n + 3, dtype=dtype)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for offset in (0, 1):  # a view one element in is not 64-byte aligned: the plain copy runs
+            a = src[offset : offset + n]
+            dst = torch.full((n + 1,), float("nan"), dtype=dtype)[offset : offset + n]
+            k.snapshot(a, dst)
+            assert torch.equal(dst, a)
+    finally:
+        torch.set_num_threads(old)

@@ -106,6 +106,9 @@ class FusedRule:
         self._nbuf: dict[str, Tensor] | None = None  # the compiled kernels' small per-segment buffers
         self._nbuf_np: dict[str, Any] = {}  # the same as numpy arrays
         self._spare: tuple[Tensor, Tensor | None] | None = None  # the arrays the compiled path writes next
+        # the compiled kernels when the last update left its renormalisation (``x *= c`` per segment, the
+        # buffers "op" and "c") to ``apply_``, which folds it into the step: one pass over P fewer
+        self._pending: _native.Kernels | None = None
         self.load(states, noise_states)
 
     # ------------------------------------------------------------------ state
@@ -117,6 +120,7 @@ class FusedRule:
         first = states[0].scale
         self.dtype, self.device = first.dtype, first.device
         self._spare = None
+        self._pending = None
         self._noise_spare: tuple[Tensor, Tensor] | None = None
         self.tiny = torch.finfo(self.dtype).tiny
         self.numel = torch.tensor(self.sizes, dtype=self.dtype, device=self.device)
@@ -145,6 +149,7 @@ class FusedRule:
     def states(self) -> list[ParamState]:
         """Per-segment :class:`~uncertlr.modulation.ParamState` copies of the flat state (the compiled path
         reuses the flat arrays two updates later, so a state read now must not be a view of them)."""
+        self.flush()
         emas = self.ema.split(self.sizes) if self.ema is not None else self._zero_ema
         step = self.step
         return [
@@ -221,7 +226,9 @@ class FusedRule:
         self._scale_segments_(m2, inv_corr)
         return torch.sub(sq, m2, out=m2).clamp_min_(0.0).sqrt_()
 
-    def update(self, grad: Tensor | None, sigma: Tensor | None, sigma_owned: bool = False) -> Tensor:
+    def update(
+        self, grad: Tensor | None, sigma: Tensor | None, sigma_owned: bool = False, *, defer: bool = False
+    ) -> Tensor:
         """The factors ``s[P]`` for this step (the state advances). The tensor is the new state's own array;
         the compiled path writes the update after next into it, so copy it to keep it longer.
 
@@ -229,7 +236,11 @@ class FusedRule:
             grad: the flat gradient ``[P]`` (needed by P2 and by the gradient-noise estimate).
             sigma: the flat σ ``[P]``; ``None`` when the gradient-noise estimate supplies it.
             sigma_owned: ``sigma`` is a temporary the update may overwrite.
+            defer: the compiled path may leave the renormalisation pending: the caller then applies the
+                factors with :meth:`apply_` (which finishes them in its pass), or calls :meth:`flush` before
+                it reads them. Reading :attr:`states` and the next update flush it themselves.
         """
+        self.flush()  # the previous update's factors complete (a step that raised never applied them)
         rule = self.rule
         if grad is not None and grad.dtype != self.dtype:
             grad = grad.to(self.dtype)
@@ -302,7 +313,37 @@ class FusedRule:
         else:
             segs = raw.split(self.sizes) if segs is None else segs
             self.last_total = sum(n if f else float(seg.sum()) for n, f, seg in zip(self.sizes, finite, segs))
+        if not defer:
+            self.flush()
         return raw
+
+    def flush(self) -> None:
+        """Finish the last update's factors where their renormalisation is still pending (see :meth:`apply_`)."""
+        kern, self._pending = self._pending, None
+        if kern is not None:
+            buf = self._buffers()
+            kern.scale(buf["sizes"], buf["op"], buf["c"], self.scale)
+
+    def apply_(self, before: Tensor, theta: Tensor) -> None:
+        """``theta ← before + s ⊙ (theta − before)`` in place with the last update's factors ``s``
+        (``torch.lerp``); flat ``[P]`` tensors. Where the compiled path left the renormalisation pending, it is
+        done in the same pass (one pass over ``P`` fewer than a renormalisation and then a lerp)."""
+        kern = self._pending
+        if (
+            kern is not None
+            and theta.dtype == self.dtype
+            and before.dtype == self.dtype
+            and theta.is_contiguous()
+            and before.is_contiguous()
+            and theta.device.type == "cpu"
+        ):
+            self._pending = None
+            buf = self._buffers()
+            kern.apply(buf["sizes"], buf["op"], buf["c"], self.scale, before, theta)
+            return
+        self.flush()
+        s = self.scale if self.scale.dtype == theta.dtype else self.scale.to(theta.dtype)
+        torch.lerp(before, theta, s, out=theta)
 
     def _factors_on_host(self, raw: Tensor, segs: Sequence[Tensor], ref: Tensor) -> list[bool] | None:
         """:meth:`update`'s factors with ``renormalize`` on a CPU, the segment means read on the host;
@@ -511,7 +552,7 @@ class FusedRule:
             sums = host["sums"].tolist()
             c = [self.sizes[i] / sums[i] for i in live]
             host["c"][live] = c
-            kern.scale(buf["sizes"], buf["op"], buf["c"], raw)
+            self._pending = kern  # raw *= c per segment: in apply_'s pass, or flush()
         finite = [p is not None for p in plan]
         if all(finite):
             mins, maxs = host["mins"].tolist(), host["maxs"].tolist()

@@ -10,6 +10,7 @@
  *   factors: per segment, op 1: x = clamp(power(x), lo, hi) with each segment's sum, min and max;
  *            op 2: x = 1; op 0: left alone.
  *   scale:   x *= c[segment] where op == 1.
+ *   apply:   the step with the factors, theta <- lerp(before, theta, x), with scale's x *= c folded in.
  *
  * The mean-field step's sample and KL, forward and backward, one pass each (see their section).
  *
@@ -24,10 +25,15 @@
  * loops the compiler vectorises. Sums, minima and maxima are combined in double. Nothing here
  * assumes finite input: the caller skips (op 0) segments whose sum is not finite.
  */
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
+#endif
+#if defined(__AVX512F__)
+#include <immintrin.h>
 #endif
 
 #define GRAIN 32768
@@ -96,14 +102,7 @@ static int threads_for(int nthreads, int64_t n) {
       const int64_t end = blk + 4096 < e ? blk + 4096 : e;                                                  \
       acc = 0;                                                                                              \
       if (kind == 0) {                                                                                      \
-        _Pragma("omp simd reduction(+ : acc)")                                                              \
-        for (int64_t i = blk; i < end; ++i) {                                                               \
-          const T m = LERP(FMA, ema[i], g[i], w);                                                                \
-          const T r = ABS(m * sigma[i]);                                                                    \
-          ema_out[i] = m;                                                                                   \
-          raw[i] = r;                                                                                       \
-          acc += r;                                                                                         \
-        }                                                                                                   \
+        MEASURE_P2_##SUF                                                                                    \
       } else if (kind == 1) {                                                                               \
         _Pragma("omp simd reduction(+ : acc)")                                                              \
         for (int64_t i = blk; i < end; ++i) {                                                               \
@@ -186,7 +185,7 @@ static int threads_for(int nthreads, int64_t n) {
       const int64_t end = blk + 4096 < e ? blk + 4096 : e;                                                  \
       T acc = 0;                                                                                            \
       switch (power) {                                                                                      \
-        case 1: CLAMP_LOOP((T)1 / SQRT(y0)) break;                                                          \
+        case 1: CLAMP_INV_SQRT_##SUF break;                                                                 \
         case 2: CLAMP_LOOP(SQRT(y0)) break;                                                                 \
         case 3: CLAMP_LOOP((T)1 / y0) break;                                                                \
         case 4: CLAMP_LOOP(y0 * y0) break;                                                                  \
@@ -226,6 +225,32 @@ static int threads_for(int nthreads, int64_t n) {
         maxs[s] = mx;                                                                                       \
       } else if (op[s] == 2) {                                                                              \
         CHUNKED(nt, off, end, { for (int64_t i = lo_; i < hi_; ++i) x[i] = (T)1; (void)tid_; })            \
+      }                                                                                                     \
+      off = end;                                                                                            \
+    }                                                                                                       \
+  }                                                                                                         \
+                                                                                                            \
+  /* The step with the factors: theta <- lerp(before, theta, f) (torch.lerp's formula, see LERP), where      \
+     f = x * c[seg] (written back to x: the renormalisation scale makes) if op[seg] == 1, else f = x. */      \
+  void uncertlr_apply_##SUF(int nthreads, int64_t nseg, const int64_t* sizes, const int8_t* op,          \
+                            const double* c, T* x, const T* before, T* theta) {                             \
+    int64_t off = 0;                                                                                        \
+    for (int64_t seg = 0; seg < nseg; ++seg) {                                                              \
+      const int64_t end = off + sizes[seg];                                                                 \
+      const int nt = threads_for(nthreads, sizes[seg]);                                                     \
+      if (op[seg] == 1) {                                                                                   \
+        const T k = (T)c[seg];                                                                              \
+        CHUNKED(nt, off, end, {                                                                             \
+          (void)tid_;                                                                                       \
+          APPLY_SCALED_##SUF                                                                                \
+        })                                                                                                  \
+      } else {                                                                                              \
+        CHUNKED(nt, off, end, {                                                                             \
+          (void)tid_;                                                                                       \
+          _Pragma("omp simd") for (int64_t i = lo_; i < hi_; ++i) {                                         \
+            theta[i] = LERP(FMA, before[i], theta[i], x[i]);                                                \
+          }                                                                                                 \
+        })                                                                                                  \
       }                                                                                                     \
       off = end;                                                                                            \
     }                                                                                                       \
@@ -283,6 +308,134 @@ static int threads_for(int nthreads, int64_t n) {
     mn = y < mn ? y : mn;                           \
     mx = y > mx ? y : mx;                           \
   }
+
+/* The factors' power -1/2 (kappa = -0.5, P1-P3's default), per type: in float32 with AVX-512 from rsqrt14
+ * and one Newton step, elsewhere 1 / sqrt(y). */
+#if defined(__AVX512F__)
+/* y = clamp(1 / sqrt(x), l, h) over [b, e) with the sum, minimum and maximum, as CLAMP_LOOP. rsqrt14 (relative
+ * error < 2^-14) and one Newton step r (1.5 - 0.5 x r^2) give a relative error below 2^-22 against the
+ * correctly rounded 1 / sqrt(x) (2^-24 each: a few float32 ulps), at a third of the cost of a square root and
+ * a division per number, which bound the factors pass. A lane holding 0 or a subnormal x takes the exact formula. */
+static void clamp_inv_sqrt_f32(float l, float h, float* x, int64_t b, int64_t e, float* acc, float* mn, float* mx) {
+  const __m512 vl = _mm512_set1_ps(l), vh = _mm512_set1_ps(h), half = _mm512_set1_ps(0.5f);
+  const __m512 three_halves = _mm512_set1_ps(1.5f), smallest = _mm512_set1_ps(FLT_MIN), one = _mm512_set1_ps(1.0f);
+  __m512 vacc = _mm512_setzero_ps(), vmn = _mm512_set1_ps(INFINITY), vmx = _mm512_set1_ps(-INFINITY);
+  int64_t i = b;
+  for (; i + 16 <= e; i += 16) {
+    const __m512 y = _mm512_loadu_ps(x + i);
+    __m512 r = _mm512_rsqrt14_ps(y);
+    r = _mm512_mul_ps(r, _mm512_fnmadd_ps(_mm512_mul_ps(_mm512_mul_ps(half, y), r), r, three_halves));
+    const __mmask16 tiny = _mm512_cmp_ps_mask(y, smallest, _CMP_LT_OQ);
+    if (tiny) r = _mm512_mask_div_ps(r, tiny, one, _mm512_sqrt_ps(y));
+    r = _mm512_min_ps(_mm512_max_ps(r, vl), vh);
+    _mm512_storeu_ps(x + i, r);
+    vacc = _mm512_add_ps(vacc, r);
+    vmn = _mm512_min_ps(vmn, r);
+    vmx = _mm512_max_ps(vmx, r);
+  }
+  float a = _mm512_reduce_add_ps(vacc), lo = _mm512_reduce_min_ps(vmn), hi = _mm512_reduce_max_ps(vmx);
+  for (; i < e; ++i) {
+    float y = 1.0f / sqrtf(x[i]);
+    y = y < l ? l : (y > h ? h : y);
+    x[i] = y;
+    a += y;
+    lo = y < lo ? y : lo;
+    hi = y > hi ? y : hi;
+  }
+  *acc += a;
+  *mn = lo < *mn ? lo : *mn;
+  *mx = hi > *mx ? hi : *mx;
+}
+#define CLAMP_INV_SQRT_f32 clamp_inv_sqrt_f32(l, h, x, blk, end, &acc, &mn, &mx);
+#else
+#define CLAMP_INV_SQRT_f32 CLAMP_LOOP(1.0f / sqrtf(y0))
+#endif
+#define CLAMP_INV_SQRT_f64 CLAMP_LOOP(1.0 / sqrt(y0))
+
+/* Arrays read again only at the next step (P2's new EMA, the factors once applied) are written with
+ * non-temporal stores in float32 with AVX-512: a plain store first reads the old line into the cache (a third
+ * more memory traffic) and evicts lines the optimizer's step and the next forward pass use. */
+#define MEASURE_P2_LOOP(T, FMA, ABS)                        \
+  _Pragma("omp simd reduction(+ : acc)")                    \
+  for (int64_t i = blk; i < end; ++i) {                     \
+    const T m = LERP(FMA, ema[i], g[i], w);                 \
+    const T r = ABS(m * sigma[i]);                          \
+    ema_out[i] = m;                                         \
+    raw[i] = r;                                             \
+    acc += r;                                               \
+  }
+#define APPLY_SCALED_LOOP(T, FMA)                           \
+  _Pragma("omp simd") for (int64_t i = lo_; i < hi_; ++i) { \
+    const T f = x[i] * k;                                   \
+    x[i] = f;                                               \
+    theta[i] = LERP(FMA, before[i], theta[i], f);           \
+  }
+#if defined(__AVX512F__) && defined(__FMA__)
+/* P2's measure over [b, e) as MEASURE_P2_LOOP (the same LERP per element), the EMA streamed; returns the sum. */
+static float measure_p2_f32(const float* ema, const float* g, const float* sigma, float w, float* ema_out,
+                            float* raw, int64_t b, int64_t e) {
+  float acc = 0.0f;
+  int64_t i = b;
+  for (; i < e && ((uintptr_t)(ema_out + i) & 63); ++i) {
+    const float m = LERP(fmaf, ema[i], g[i], w), r = fabsf(m * sigma[i]);
+    ema_out[i] = m;
+    raw[i] = r;
+    acc += r;
+  }
+  const int small = w < 0.5f; /* LERP's branch, the same for every element */
+  const __m512 vw = _mm512_set1_ps(small ? w : w - 1.0f);
+  __m512 vacc = _mm512_setzero_ps();
+  for (; i + 16 <= e; i += 16) {
+    const __m512 a = _mm512_loadu_ps(ema + i), bb = _mm512_loadu_ps(g + i);
+    const __m512 m = _mm512_fmadd_ps(vw, _mm512_sub_ps(bb, a), small ? a : bb);
+    const __m512 r = _mm512_abs_ps(_mm512_mul_ps(m, _mm512_loadu_ps(sigma + i)));
+    _mm512_stream_ps(ema_out + i, m);
+    _mm512_storeu_ps(raw + i, r);
+    vacc = _mm512_add_ps(vacc, r);
+  }
+  acc += _mm512_reduce_add_ps(vacc);
+  for (; i < e; ++i) {
+    const float m = LERP(fmaf, ema[i], g[i], w), r = fabsf(m * sigma[i]);
+    ema_out[i] = m;
+    raw[i] = r;
+    acc += r;
+  }
+  _mm_sfence(); /* the streamed stores ordered before whatever reads them next (another thread, another pass) */
+  return acc;
+}
+/* apply's scaled segment over [b, e) as APPLY_SCALED_LOOP (ATen's vectorised lerp), the factors streamed. */
+static void apply_scaled_f32(float k, float* x, const float* before, float* theta, int64_t b, int64_t e) {
+  int64_t i = b;
+  for (; i < e && ((uintptr_t)(x + i) & 63); ++i) {
+    const float f = x[i] * k;
+    x[i] = f;
+    theta[i] = LERP(fmaf, before[i], theta[i], f);
+  }
+  const __m512 vk = _mm512_set1_ps(k), half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f);
+  for (; i + 16 <= e; i += 16) {
+    const __m512 f = _mm512_mul_ps(_mm512_loadu_ps(x + i), vk);
+    const __m512 a = _mm512_loadu_ps(before + i), t = _mm512_loadu_ps(theta + i);
+    const __mmask16 small = _mm512_cmp_ps_mask(f, half, _CMP_LT_OQ);
+    const __m512 coeff = _mm512_mask_blend_ps(small, _mm512_sub_ps(f, one), f);
+    const __m512 base = _mm512_mask_blend_ps(small, t, a);
+    _mm512_stream_ps(x + i, f);
+    _mm512_storeu_ps(theta + i, _mm512_fmadd_ps(coeff, _mm512_sub_ps(t, a), base));
+  }
+  for (; i < e; ++i) {
+    const float f = x[i] * k;
+    x[i] = f;
+    theta[i] = LERP(fmaf, before[i], theta[i], f);
+  }
+  _mm_sfence();
+}
+#define MEASURE_P2_f32 acc = measure_p2_f32(ema, g, sigma, w, ema_out, raw, blk, end);
+#define APPLY_SCALED_f32 apply_scaled_f32(k, x, before, theta, lo_, hi_);
+#else
+#define MEASURE_P2_f32 MEASURE_P2_LOOP(float, fmaf, fabsf)
+#define APPLY_SCALED_f32 APPLY_SCALED_LOOP(float, fmaf)
+#endif
+#define MEASURE_P2_f64 MEASURE_P2_LOOP(double, fma, fabs)
+#define APPLY_SCALED_f64 APPLY_SCALED_LOOP(double, fma)
 
 KERNELS(float, f32, fabsf, sqrtf, fmaf)
 KERNELS(double, f64, fabs, sqrt, fma)
@@ -582,5 +735,31 @@ int uncertlr_normal_fast(void) {
 DEFINE_ENTROPY(float, f32)
 DEFINE_ENTROPY(double, f64)
 
+/* ---------------------------------------------------------------- the per-parameter rule's snapshot
+ *
+ * dst <- src (n bytes; both 64-byte aligned for the streaming path). The modulator's snapshot of the
+ * parameters before the optimizer steps is read back only after that step: non-temporal stores write it
+ * without first reading the destination's old contents into the cache (a third of a copy's memory traffic)
+ * and without evicting what the step is about to use. Split over threads.
+ */
+void uncertlr_snapshot(int nthreads, int64_t n, const char* src, char* dst) {
+#if defined(__AVX512F__)
+  if ((((uintptr_t)src | (uintptr_t)dst) & 63) == 0) {
+    const int64_t lines = n / 64;
+    const int nt = threads_for(nthreads, lines * 16);
+    CHUNKED(nt, 0, lines, {
+      (void)tid_;
+      for (int64_t i = lo_; i < hi_; ++i)
+        _mm512_stream_si512((__m512i*)(dst + 64 * i), _mm512_load_si512((const __m512i*)(src + 64 * i)));
+    })
+    _mm_sfence();
+    for (int64_t i = lines * 64; i < n; ++i) dst[i] = src[i];
+    return;
+  }
+#endif
+  (void)nthreads;
+  memcpy(dst, src, (size_t)n);
+}
+
 /* The ABI version _native.py checks before it uses a loaded library. */
-int uncertlr_native_abi(void) { return 5; }
+int uncertlr_native_abi(void) { return 6; }

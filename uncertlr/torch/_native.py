@@ -53,7 +53,7 @@ __all__ = ["ENV", "Kernels", "kernels", "status"]
 #: ``UNCERTLR_NATIVE=0`` turns the compiled kernels off (the eager path runs).
 ENV = "UNCERTLR_NATIVE"
 #: The ABI ``_native.c`` reports; a cached library with another is rebuilt.
-ABI = 5
+ABI = 6
 #: Measures: P2's ``|ĝ| σ``, P1's ``σ``, P3's ``σ²`` (the ``kind`` argument of ``uncertlr_measure_*``).
 MEASURES = {"grad_sigma": 0, "sigma": 1, "variance": 2}
 #: Powers the factor kernel computes itself (others: ``pow_`` first, then ``IDENTITY``).
@@ -102,6 +102,8 @@ class Kernels:
             f.argtypes = [ctypes.c_int, _I64, _P, _P, ctypes.c_int, _P, _P, _P, _P, _P, _P]
             s = getattr(lib, f"uncertlr_scale_{suf}")
             s.argtypes = [ctypes.c_int, _I64, _P, _P, _P, _P]
+            a = getattr(lib, f"uncertlr_apply_{suf}")
+            a.argtypes = [ctypes.c_int, _I64, _P, _P, _P, _P, _P, _P]
             q = getattr(lib, f"uncertlr_sumsq_{suf}")
             q.argtypes = [ctypes.c_int, _I64, _P, _P, _P]
             n = getattr(lib, f"uncertlr_noise_measure_{suf}")
@@ -114,9 +116,9 @@ class Kernels:
             grd = getattr(lib, f"uncertlr_sample_grad_{suf}")
             # threads, n, g, eps, scale, diff, k, gkl, sign, d_loc, d_log_scale
             grd.argtypes = [ctypes.c_int, _I64, *[_P] * 4, ct, ct, ct, _P, _P]
-            for fn in (m, f, s, q, n, smp, grd):
+            for fn in (m, f, s, q, n, a, smp, grd):
                 fn.restype = None
-            self._fns[dt] = (m, f, s, q, n)
+            self._fns[dt] = (m, f, s, q, n, a)
             self._meanfield[dt] = (smp, grd)
         self._entropy = {}
         for dt, suf in ((torch.float32, "f32"), (torch.float64, "f64")):
@@ -124,6 +126,9 @@ class Kernels:
             ent.argtypes = [_I64, _I64, _P, _P]
             ent.restype = ctypes.c_int
             self._entropy[dt] = ent
+        self._snapshot = lib.uncertlr_snapshot
+        self._snapshot.argtypes = [ctypes.c_int, _I64, _P, _P]
+        self._snapshot.restype = None
         self._normal = lib.uncertlr_normal_f32
         self._normal.argtypes = [ctypes.c_int, _I64, ctypes.c_uint64, _P]
         self._normal.restype = None
@@ -307,6 +312,10 @@ class Kernels:
         c = logits.shape[-1]
         return bool(self._entropy[logits.dtype](logits.numel() // c, c, logits.data_ptr(), out.data_ptr()))
 
+    def snapshot(self, src: Tensor, dst: Tensor) -> None:
+        """``dst ← src`` (contiguous, same dtype and size) with stores that bypass the cache where aligned."""
+        self._snapshot(self._threads(), src.numel() * src.element_size(), src.data_ptr(), dst.data_ptr())
+
     def normal(self, out: Tensor, seed: int) -> None:
         """``out`` (flat contiguous float32 CPU) ← the first ``out.numel()`` N(0, 1) numbers of ``seed``'s
         Philox4x32-10 + Box-Muller sequence (the same for any thread count)."""
@@ -325,6 +334,20 @@ class Kernels:
         """``x[segment s] *= c[s]`` where ``op[s] == 1``."""
         fn = self._fns[x.dtype][2]
         fn(self._threads(), sizes.numel(), sizes.data_ptr(), op.data_ptr(), c.data_ptr(), x.data_ptr())
+
+    def apply(self, sizes: Tensor, op: Tensor, c: Tensor, x: Tensor, before: Tensor, theta: Tensor) -> None:
+        """:meth:`scale`, and ``theta ← lerp(before, theta, x)`` (``torch.lerp``'s formula) in the same pass."""
+        fn = self._fns[x.dtype][5]
+        fn(
+            self._threads(),
+            sizes.numel(),
+            sizes.data_ptr(),
+            op.data_ptr(),
+            c.data_ptr(),
+            x.data_ptr(),
+            before.data_ptr(),
+            theta.data_ptr(),
+        )
 
 
 _lock = threading.Lock()

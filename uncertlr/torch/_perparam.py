@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from uncertlr.modulation import GradientNoise, ParamSignal, Rule
-from uncertlr.torch import _fused
+from uncertlr.torch import _fused, _native
 from uncertlr.torch._state import state_from_dict, state_to_dict
 from uncertlr.torch.bnn import BNN
 
@@ -88,6 +88,19 @@ def _posterior_scale(post: Any, floor: bool = True) -> tuple[Tensor, bool]:
     return post.scale.detach(), True
 
 
+def _snapshot(param: Tensor, before: Tensor) -> None:
+    """``before ← param`` (under ``no_grad``). On a CPU with the compiled kernels, with stores that bypass the
+    cache: the snapshot is read only after the optimizer's step, and a plain copy first pulled its old contents
+    into the cache and evicted what that step uses (a BNN + P2 step over fused Adam on the 784-400-400-10 MLP:
+    1.146x a BNN step with ``copy_``, 1.122x with this; BENCHMARKS.md)."""
+    if param.is_cpu and param.is_contiguous() and not torch.compiler.is_compiling():
+        kern = _native.kernels()
+        if kern is not None and kern.usable():
+            kern.snapshot(param, before)
+            return
+    before.copy_(param)
+
+
 class PerParameterMode:
     """Elementwise factors from ``(grad, σ)``, applied to the update after the step (foreach lerp)."""
 
@@ -143,7 +156,8 @@ class PerParameterMode:
                 if g.is_sparse:
                     raise TypeError("the Modulator does not support sparse gradients")
                 if t.fused is not None:
-                    t.flat_scale = t.fused.update(g.reshape(-1), *self._flat_sigma(t, sigma_map))
+                    # the renormalisation may be left to after_step's apply_ (one pass fewer)
+                    t.flat_scale = t.fused.update(g.reshape(-1), *self._flat_sigma(t, sigma_map), defer=True)
                     t.scales = None  # per segment only on request (scale()): no views every step
                 else:
                     gs = list(g.reshape(-1).split(t.sizes))
@@ -152,9 +166,9 @@ class PerParameterMode:
                         s, t.states[i] = self.rule.update(ParamSignal(gi, si), t.states[i])
                         scales.append(s)
                     t.scales, t.flat_scale = scales, None
-                if t.before is None or t.before.shape != t.param.shape:
+                if t.before is None or t.before.shape != t.param.shape or t.before.dtype != t.param.dtype:
                     t.before = torch.empty_like(t.param, memory_format=torch.contiguous_format)
-                t.before.copy_(t.param)  # under no_grad: no detach needed
+                _snapshot(t.param, t.before)
                 self._step_targets.append(t)
 
     def _flat_sigma(self, t: Target, sigma_map: Mapping[Tensor, Tensor] | None) -> tuple[Tensor | None, bool]:
@@ -182,8 +196,7 @@ class PerParameterMode:
                 after = t.param.detach().view(-1)
                 if t.flat_scale is not None:
                     # before + s * (after - before), in one pass, in place
-                    fs = t.flat_scale if t.flat_scale.dtype == after.dtype else t.flat_scale.to(after.dtype)
-                    torch.lerp(t.before.view(-1), after, fs, out=after)  # type: ignore[union-attr]
+                    t.fused.apply_(t.before.view(-1), after)  # type: ignore[union-attr]
                     stats.append(t.flat_scale)
                     continue
                 befores += t.before.view(-1).split(t.sizes)  # type: ignore[union-attr]
@@ -223,6 +236,8 @@ class PerParameterMode:
             return None
         out = []
         for t in self.targets:
+            if t.fused is not None:
+                t.fused.flush()  # a step that raised left its factors' renormalisation pending
             if t.flat_scale is not None:
                 out.append(t.flat_scale.view_as(t.param).clone())  # a copy: the rule keeps the original
             elif t.scales:
