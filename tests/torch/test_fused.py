@@ -6,6 +6,7 @@ from contextlib import nullcontext
 from unittest import mock
 
 import hypothesis.strategies as st
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -212,3 +213,13 @@ def test_the_posterior_hands_the_modulator_its_last_sample_scale_only_while_it_i
 
     for a, b in zip(run(True), run(False)):
         assert torch.equal(a, b)
+
+
+@given(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.floats(3.3e38, 3.5e38)))
+def test_host_means_round_to_float32_as_numpy_does(x):
+    from uncertlr.torch._fused import _float32
+
+    with np.errstate(over="ignore"):
+        want = float(np.float32(x))
+    got = _float32(x)
+    assert (got == want) or (np.isnan(got) and np.isnan(want))
