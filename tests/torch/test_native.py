@@ -491,3 +491,40 @@ def test_the_snapshot_copies_exactly_aligned_or_not(threads, dtype, n):
             assert torch.equal(dst, a)
     finally:
         torch.set_num_threads(old)
+
+
+@needs_cc
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_factors_applied_without_being_written_out_are_the_same_state(dtype):
+    """apply_ leaves the renormalisation unwritten while nothing reads the factors: a later non-finite segment
+    keeps its old factors renormalised, and every read (states, flush) sees what the plain path computes."""
+    rule = GradSigmaRatio(warmup=0)
+    sizes = [40_000, 300, 35_000]
+    n = sum(sizes)
+    lazy = FusedRule(rule, sizes, [rule.init(torch.zeros(k, dtype=dtype)) for k in sizes])
+    plain = FusedRule(rule, sizes, [rule.init(torch.zeros(k, dtype=dtype)) for k in sizes])
+    gen = torch.Generator().manual_seed(3)
+    theta_a = torch.randn(n, generator=gen, dtype=dtype)
+    theta_b = theta_a.clone()
+    for step in range(5):
+        g = torch.randn(n, generator=gen, dtype=dtype)
+        if step == 3:
+            g[sizes[0] + 5] = float("nan")  # the middle segment is held at its factors of step 2
+        sigma = torch.rand(n, generator=gen, dtype=dtype) + 0.1
+        delta = torch.randn(n, generator=gen, dtype=dtype) * 1e-3
+        before_a, before_b = theta_a.clone(), theta_b.clone()
+        lazy.update(g, sigma.clone(), defer=True)
+        theta_a += delta
+        lazy.apply_(before_a, theta_a)
+        s = plain.update(g, sigma.clone())
+        theta_b += delta
+        torch.lerp(before_b, theta_b, s, out=theta_b)
+        if step != 3:
+            assert lazy._pending is not None  # applied, not written out
+    tol = {"rtol": 2e-6, "atol": 1e-7} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-14}
+    torch.testing.assert_close(theta_a, theta_b, **tol)
+    for x, y in zip(lazy.states, plain.states):  # a read writes them out
+        torch.testing.assert_close(x.scale, y.scale, **tol)
+        assert float(x.nonfinite) == float(y.nonfinite)
+    assert lazy._pending is None
+    assert [float(s.nonfinite) for s in lazy.states] == [0.0, 1.0, 0.0]

@@ -118,7 +118,8 @@ class FusedRule:
         self._nbuf_np: dict[str, Any] = {}  # the same as numpy arrays
         self._spare: tuple[Tensor, Tensor | None] | None = None  # the arrays the compiled path writes next
         # the compiled kernels when the last update left its renormalisation (``x *= c`` per segment, the
-        # buffers "op" and "c") to ``apply_``, which folds it into the step: one pass over P fewer
+        # buffers "op" and "c") pending: ``apply_`` uses the renormalised factors without writing them (they are
+        # written only when read: ``flush``), so ``scale`` holds them up to one multiplier per segment
         self._pending: _native.Kernels | None = None
         self.load(states, noise_states)
 
@@ -251,7 +252,9 @@ class FusedRule:
                 factors with :meth:`apply_` (which finishes them in its pass), or calls :meth:`flush` before
                 it reads them. Reading :attr:`states` and the next update flush it themselves.
         """
-        self.flush()  # the previous update's factors complete (a step that raised never applied them)
+        # the previous update's factors may still await their multipliers: this update reads them only to keep a
+        # non-finite segment at its old factors, so they are taken along instead of written out
+        prev_c = self._take_pending()
         rule = self.rule
         if grad is not None and grad.dtype != self.dtype:
             grad = grad.to(self.dtype)
@@ -305,6 +308,10 @@ class FusedRule:
             ok = None if all(finite) else torch.tensor(finite, device=self.device)
         if ok is not None:
             self._keep_old_(ok, raw, self.scale)
+            if prev_c is not None:  # the old factors' pending renormalisation, on the segments kept
+                for i, (n, f) in enumerate(zip(raw.split(self.sizes), ok.tolist())):
+                    if not f and prev_c[i] != 1.0:
+                        n.mul_(prev_c[i])
             if ema is not None:
                 self._keep_old_(ok, ema, self.ema)  # type: ignore[arg-type]
             self.nonfinite = self.nonfinite + (~ok).to(self.nonfinite.dtype)
@@ -335,10 +342,20 @@ class FusedRule:
             buf = self._buffers()
             kern.scale(buf["sizes"], buf["op"], buf["c"], self.scale)
 
+    def _take_pending(self) -> list[float] | None:
+        """The pending renormalisation as one multiplier per segment (``None``: nothing pending), now the
+        caller's to apply; ``scale`` is left as it is."""
+        if self._pending is None:
+            return None
+        self._pending = None
+        host = self._nbuf_np
+        return [c if op == 1 else 1.0 for op, c in zip(host["op"].tolist(), host["c"].tolist())]
+
     def apply_(self, before: Tensor, theta: Tensor) -> None:
         """``theta ← before + s ⊙ (theta − before)`` in place with the last update's factors ``s``
-        (``torch.lerp``); flat ``[P]`` tensors. Where the compiled path left the renormalisation pending, it is
-        done in the same pass (one pass over ``P`` fewer than a renormalisation and then a lerp)."""
+        (``torch.lerp``); flat ``[P]`` tensors. Where the compiled path left the renormalisation pending, the
+        factors are renormalised on the fly in the same pass and, when the modulator's record does not need
+        them (every segment finite: their range is known), not written back until something reads them."""
         kern = self._pending
         if (
             kern is not None
@@ -348,9 +365,11 @@ class FusedRule:
             and before.is_contiguous()
             and theta.device.type == "cpu"
         ):
-            self._pending = None
+            keep = self.last_range is not None  # every segment finite: the record reads no factor
+            if not keep:
+                self._pending = None
             buf = self._buffers()
-            kern.apply(buf["sizes"], buf["op"], buf["c"], self.scale, before, theta)
+            kern.apply(buf["sizes"], buf["op"], buf["c"], self.scale, before, theta, write_x=not keep)
             return
         self.flush()
         s = self.scale if self.scale.dtype == theta.dtype else self.scale.to(theta.dtype)

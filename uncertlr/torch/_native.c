@@ -231,9 +231,9 @@ static int threads_for(int nthreads, int64_t n) {
   }                                                                                                         \
                                                                                                             \
   /* The step with the factors: theta <- lerp(before, theta, f) (torch.lerp's formula, see LERP), where      \
-     f = x * c[seg] (written back to x: the renormalisation scale makes) if op[seg] == 1, else f = x. */      \
+     f = x * c[seg] if op[seg] == 1 (written back to x, as scale would, when write_x), else f = x. */         \
   void uncertlr_apply_##SUF(int nthreads, int64_t nseg, const int64_t* sizes, const int8_t* op,          \
-                            const double* c, T* x, const T* before, T* theta) {                             \
+                            const double* c, T* x, const T* before, T* theta, int write_x) {                \
     int64_t off = 0;                                                                                        \
     for (int64_t seg = 0; seg < nseg; ++seg) {                                                              \
       const int64_t end = off + sizes[seg];                                                                 \
@@ -364,11 +364,18 @@ static void clamp_inv_sqrt_f32(float l, float h, float* x, int64_t b, int64_t e,
     raw[i] = r;                                             \
     acc += r;                                               \
   }
-#define APPLY_SCALED_LOOP(T, FMA)                           \
-  _Pragma("omp simd") for (int64_t i = lo_; i < hi_; ++i) { \
-    const T f = x[i] * k;                                   \
-    x[i] = f;                                               \
-    theta[i] = LERP(FMA, before[i], theta[i], f);           \
+#define APPLY_SCALED_LOOP(T, FMA)                             \
+  if (write_x) {                                              \
+    _Pragma("omp simd") for (int64_t i = lo_; i < hi_; ++i) { \
+      const T f = x[i] * k;                                   \
+      x[i] = f;                                               \
+      theta[i] = LERP(FMA, before[i], theta[i], f);           \
+    }                                                         \
+  } else {                                                    \
+    _Pragma("omp simd") for (int64_t i = lo_; i < hi_; ++i) { \
+      const T f = x[i] * k;                                   \
+      theta[i] = LERP(FMA, before[i], theta[i], f);           \
+    }                                                         \
   }
 #if defined(__AVX512F__) && defined(__FMA__)
 /* P2's measure over [b, e) as MEASURE_P2_LOOP (the same LERP per element), the EMA streamed; returns the sum. */
@@ -404,11 +411,12 @@ static float measure_p2_f32(const float* ema, const float* g, const float* sigma
   return acc;
 }
 /* apply's scaled segment over [b, e) as APPLY_SCALED_LOOP (ATen's vectorised lerp), the factors streamed. */
-static void apply_scaled_f32(float k, float* x, const float* before, float* theta, int64_t b, int64_t e) {
+static void apply_scaled_f32(float k, float* x, const float* before, float* theta, int64_t b, int64_t e,
+                             int write_x) {
   int64_t i = b;
   for (; i < e && ((uintptr_t)(x + i) & 63); ++i) {
     const float f = x[i] * k;
-    x[i] = f;
+    if (write_x) x[i] = f;
     theta[i] = LERP(fmaf, before[i], theta[i], f);
   }
   const __m512 vk = _mm512_set1_ps(k), half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f);
@@ -418,18 +426,18 @@ static void apply_scaled_f32(float k, float* x, const float* before, float* thet
     const __mmask16 small = _mm512_cmp_ps_mask(f, half, _CMP_LT_OQ);
     const __m512 coeff = _mm512_mask_blend_ps(small, _mm512_sub_ps(f, one), f);
     const __m512 base = _mm512_mask_blend_ps(small, t, a);
-    _mm512_stream_ps(x + i, f);
+    if (write_x) _mm512_stream_ps(x + i, f);
     _mm512_storeu_ps(theta + i, _mm512_fmadd_ps(coeff, _mm512_sub_ps(t, a), base));
   }
   for (; i < e; ++i) {
     const float f = x[i] * k;
-    x[i] = f;
+    if (write_x) x[i] = f;
     theta[i] = LERP(fmaf, before[i], theta[i], f);
   }
   _mm_sfence();
 }
 #define MEASURE_P2_f32 acc = measure_p2_f32(ema, g, sigma, w, ema_out, raw, blk, end);
-#define APPLY_SCALED_f32 apply_scaled_f32(k, x, before, theta, lo_, hi_);
+#define APPLY_SCALED_f32 apply_scaled_f32(k, x, before, theta, lo_, hi_, write_x);
 #else
 #define MEASURE_P2_f32 MEASURE_P2_LOOP(float, fmaf, fabsf)
 #define APPLY_SCALED_f32 APPLY_SCALED_LOOP(float, fmaf)
@@ -762,4 +770,4 @@ void uncertlr_snapshot(int nthreads, int64_t n, const char* src, char* dst) {
 }
 
 /* The ABI version _native.py checks before it uses a loaded library. */
-int uncertlr_native_abi(void) { return 6; }
+int uncertlr_native_abi(void) { return 7; }

@@ -53,7 +53,7 @@ __all__ = ["ENV", "Kernels", "kernels", "status"]
 #: ``UNCERTLR_NATIVE=0`` turns the compiled kernels off (the eager path runs).
 ENV = "UNCERTLR_NATIVE"
 #: The ABI ``_native.c`` reports; a cached library with another is rebuilt.
-ABI = 6
+ABI = 7
 #: Measures: P2's ``|ĝ| σ``, P1's ``σ``, P3's ``σ²`` (the ``kind`` argument of ``uncertlr_measure_*``).
 MEASURES = {"grad_sigma": 0, "sigma": 1, "variance": 2}
 #: Powers the factor kernel computes itself (others: ``pow_`` first, then ``IDENTITY``).
@@ -103,7 +103,7 @@ class Kernels:
             s = getattr(lib, f"uncertlr_scale_{suf}")
             s.argtypes = [ctypes.c_int, _I64, _P, _P, _P, _P]
             a = getattr(lib, f"uncertlr_apply_{suf}")
-            a.argtypes = [ctypes.c_int, _I64, _P, _P, _P, _P, _P, _P]
+            a.argtypes = [ctypes.c_int, _I64, _P, _P, _P, _P, _P, _P, ctypes.c_int]
             q = getattr(lib, f"uncertlr_sumsq_{suf}")
             q.argtypes = [ctypes.c_int, _I64, _P, _P, _P]
             n = getattr(lib, f"uncertlr_noise_measure_{suf}")
@@ -335,8 +335,18 @@ class Kernels:
         fn = self._fns[x.dtype][2]
         fn(self._threads(), sizes.numel(), sizes.data_ptr(), op.data_ptr(), c.data_ptr(), x.data_ptr())
 
-    def apply(self, sizes: Tensor, op: Tensor, c: Tensor, x: Tensor, before: Tensor, theta: Tensor) -> None:
-        """:meth:`scale`, and ``theta ← lerp(before, theta, x)`` (``torch.lerp``'s formula) in the same pass."""
+    def apply(
+        self,
+        sizes: Tensor,
+        op: Tensor,
+        c: Tensor,
+        x: Tensor,
+        before: Tensor,
+        theta: Tensor,
+        write_x: bool = True,
+    ) -> None:
+        """``theta ← lerp(before, theta, f)`` (``torch.lerp``'s formula) with ``f`` = ``x`` scaled as :meth:`scale`
+        would; ``write_x``: write ``f`` back to ``x`` too (else ``x`` is left as it was)."""
         fn = self._fns[x.dtype][5]
         fn(
             self._threads(),
@@ -347,6 +357,7 @@ class Kernels:
             x.data_ptr(),
             before.data_ptr(),
             theta.data_ptr(),
+            int(write_x),
         )
 
 
