@@ -39,6 +39,7 @@ Usage:
 from __future__ import annotations
 
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -49,7 +50,14 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from benchmarks._common import base_parser, interleaved_medians, print_table, setup_clock, write_results  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    base_parser,
+    interleaved_blocks,
+    interleaved_medians,
+    print_table,
+    setup_clock,
+    write_results,
+)
 
 DIMS = (784, 400, 400, 10)
 BATCH = 128
@@ -214,17 +222,19 @@ def zoo_rows(blocks: int, steps: int, repeats: int, clock=time.perf_counter) -> 
             bopt.step()
 
         runs = [
-            interleaved_medians({"det": det, "bnn": bnn_step}, blocks=blocks, steps=steps, clock=clock)
+            interleaved_blocks({"det": det, "bnn": bnn_step}, blocks=blocks, steps=steps, clock=clock)
             for _ in range(repeats)
         ]
-        ratios = sorted(r["bnn"] / r["det"] for r in runs)
+        # paired: each block's BNN time over the deterministic time in the same block, the median over blocks
+        # (these nets' step times wander by 10-30% between stretches of a run on a shared VM)
+        ratios = sorted(statistics.median(b / d for b, d in zip(r["bnn"], r["det"])) for r in runs)
         rows.append(
             {
                 "name": name,
                 "params": sum(p.numel() for p in net.parameters()),
-                "det_ms": 1e3 * sorted(r["det"] for r in runs)[len(runs) // 2],
-                "ms": 1e3 * sorted(r["bnn"] for r in runs)[len(runs) // 2],
-                "ratio": ratios[len(ratios) // 2],
+                "det_ms": 1e3 * statistics.median(statistics.median(r["det"]) for r in runs),
+                "ms": 1e3 * statistics.median(statistics.median(r["bnn"]) for r in runs),
+                "ratio": statistics.median(ratios),
                 "ratio_min": ratios[0],
                 "ratio_max": ratios[-1],
             }
