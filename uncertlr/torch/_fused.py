@@ -463,7 +463,6 @@ class FusedRule:
                 **{k: torch.zeros(n, **f64) for k in ("sums", "lo", "hi", "c", "mins", "maxs")},  # type: ignore[arg-type]
             }
             self._nbuf_np = {k: v.numpy() for k, v in self._nbuf.items()}
-            self._nbuf_ptr = {k: v.data_ptr() for k, v in self._nbuf.items()}
         return self._nbuf
 
     def _count(self, ok: Tensor) -> Tensor:

@@ -237,7 +237,7 @@ class PerParameterMode:
         out = []
         for t in self.targets:
             if t.fused is not None:
-                t.fused.flush()  # a step that raised left its factors' renormalisation pending
+                t.fused.flush()  # applied factors are written out only when read (and a raised step's)
             if t.flat_scale is not None:
                 out.append(t.flat_scale.view_as(t.param).clone())  # a copy: the rule keeps the original
             elif t.scales:
