@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from uncertlr import likelihoods, metrics, priors, runfolder
-from uncertlr.calibration import fit_score_slope
+from uncertlr.calibration import cross_fit_score_slope
 from uncertlr.likelihoods import NormalPrediction
 from uncertlr.torch import (
     FeatureDensity,
@@ -214,22 +214,38 @@ def cross_fitted_slopes(
     advance: Callable[..., None] = lambda *a, **k: None,
 ) -> dict[str, float]:
     """The density temperatures' slopes from ``cfg.slope_folds`` ``deterministic`` nets (and their densities),
-    each trained by :func:`train_methods` without one fold of ``(x, y)``, predicting and scoring that fold;
+    each trained by :func:`train_methods` without one fold of ``(x, y)``, predicting and scoring that fold
+    (:func:`uncertlr.calibration.cross_fit_score_slope`, one slope per score name from the same nets);
     ``advance`` ticks once per net (``shift.py`` counts them in its progress total)."""
-    folds = np.random.default_rng(40_000 + seed).permutation(len(x)) % cfg.slope_folds
     one_net = replace(cfg, slope_folds=0)
-    probs: list[np.ndarray] = []
-    scores: dict[str, list[np.ndarray]] = {}
-    for k in range(cfg.slope_folds):
-        fit, held = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
-        f = train_methods(("deterministic",), net, x[fit], y[fit], one_net, seed=seed)["deterministic"]
-        probs.append(f.predict(x[held]).numpy())
-        for key, score in f.temperature_scores().items():
-            scores.setdefault(key, []).append(score(x[held]))
-        advance(description=f"slope net {k + 1}/{cfg.slope_folds}")
-    order = np.concatenate([np.flatnonzero(folds == k) for k in range(cfg.slope_folds)])
-    p, labels = np.concatenate(probs, axis=1), y.numpy()[order]
-    return {key: fit_score_slope(p, labels, np.concatenate(s), folds[order]) for key, s in scores.items()}
+    trained = 0
+
+    def train(xs: torch.Tensor, ys: torch.Tensor) -> Any:
+        nonlocal trained
+        f = train_methods(("deterministic",), net, xs, ys, one_net, seed=seed)["deterministic"]
+        trained += 1
+        advance(description=f"slope net {trained}/{cfg.slope_folds}")
+        return _Scored(f)
+
+    return cross_fit_score_slope(  # type: ignore[no-any-return]
+        train,
+        lambda m, xs, ys: m.fitted.temperature_scores(),
+        x,
+        y,
+        folds=cfg.slope_folds,
+        seed=40_000 + seed,
+        progress=False,
+    )
+
+
+@dataclass
+class _Scored:
+    """A trained method as :func:`uncertlr.calibration.cross_fit_score_slope` takes it: ``predict(x, num_samples)``."""
+
+    fitted: Fitted
+
+    def predict(self, x: torch.Tensor, num_samples: int = 1) -> Any:
+        return self.fitted.predict(x)
 
 
 # --------------------------------------------------------------------------- scores

@@ -12,7 +12,13 @@ from hypothesis import strategies as st
 from scipy.special import log_softmax, softmax
 
 from uncertlr import metrics
-from uncertlr.calibration import Temperature, fit_score_slope, fit_score_temperature, fit_temperature
+from uncertlr.calibration import (
+    Temperature,
+    cross_fit_score_slope,
+    fit_score_slope,
+    fit_score_temperature,
+    fit_temperature,
+)
 
 
 def _data(seed, n=400, c=4, scale=3.0):
@@ -267,3 +273,130 @@ def test_several_scores_recover_the_informative_one_and_name_shape_errors():
         fit_score_temperature(probs, labels, score, slope=(0.5,))
     with pytest.raises(ValueError, match="NaN or inf"):
         fit_score_temperature(probs, labels, np.where(np.arange(1600)[:, None] == 3, np.nan, both))
+
+
+class _Tempered:
+    """A toy trainable model on inputs ``[logits (4), score]``: "training" fits one temperature on its data."""
+
+    def __init__(self, x, y):
+        self.t = fit_temperature(softmax(x[:, :4], axis=-1), y).value
+
+    def predict(self, x, num_samples=1):
+        return softmax(x[:, :4] / self.t, axis=-1)
+
+
+def _shifted_score(model, x, y):
+    """Each model scores on its own offset (its training scores' mean), as models of different folds do."""
+    return lambda inputs: inputs[:, 4] - x[:, 4].mean() + 10 * model.t
+
+
+def _toy_inputs(seed, n, slope):
+    probs, labels, score = _synthetic(np.random.default_rng(seed), n, slope)
+    return np.concatenate([np.log(probs), score[:, None]], 1), labels
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**16), folds=st.integers(2, 6))
+def test_cross_fit_score_slope_is_fit_score_slope_on_the_folds_done_by_hand(seed, folds):
+    """The same fold assignment, models and scores computed here step by step give the same slope, for one score,
+    for ``[N, K]`` scores and for named scores (which all come from the same models)."""
+    x, y = _toy_inputs(seed, 300, 0.7)
+    fold_of = np.random.default_rng(seed).permutation(300) % folds
+    probs, scores, two, ids, labels = [], [], [], [], []
+    for k in range(folds):
+        held = fold_of == k
+        m = _Tempered(x[~held], y[~held])
+        probs.append(m.predict(x[held])[None])
+        scores.append(_shifted_score(m, x[~held], y[~held])(x[held]))
+        two.append(np.stack([scores[-1], x[held][:, 0]], 1))
+        ids.append(fold_of[held])
+        labels.append(y[held])
+    by_hand = fit_score_slope(
+        np.concatenate(probs, 1), np.concatenate(labels), np.concatenate(scores), np.concatenate(ids)
+    )
+    got = cross_fit_score_slope(_Tempered, _shifted_score, x, y, folds=folds, seed=seed, progress=False)
+    assert got == by_hand
+    named = cross_fit_score_slope(
+        _Tempered,
+        lambda m, xs, ys: {
+            "one": _shifted_score(m, xs, ys),
+            "two": lambda i: np.stack([_shifted_score(m, xs, ys)(i), i[:, 0]], 1),
+        },
+        x,
+        y,
+        folds=folds,
+        seed=seed,
+        progress=False,
+    )
+    assert named["one"] == by_hand
+    assert named["two"] == fit_score_slope(
+        np.concatenate(probs, 1), np.concatenate(labels), np.concatenate(two), np.concatenate(ids)
+    )
+
+
+def test_cross_fit_score_slope_recovers_the_true_slope_that_a_validation_split_misses():
+    x, y = _toy_inputs(5, 1500, 1.0)
+    b = cross_fit_score_slope(_Tempered, _shifted_score, x, y, folds=5, progress=False)
+    assert 0.6 < b < 1.6
+    # torch inputs and a torch "model" give the same slope
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+
+    class Torchy(_Tempered):
+        def __init__(self, x, y):
+            super().__init__(x.numpy(), y.numpy())
+
+        def predict(self, x, num_samples=1):
+            return torch.from_numpy(super().predict(x.numpy()))[None].expand(num_samples, -1, -1)
+
+    got = cross_fit_score_slope(
+        Torchy,
+        lambda m, xs, ys: lambda i: i[:, 4] - xs[:, 4].mean() + 10 * m.t,
+        xt,
+        yt,
+        num_samples=3,
+        progress=False,
+    )
+    assert got == pytest.approx(b, abs=1e-6)
+
+
+def test_cross_fit_score_slope_names_what_is_wrong():
+    x, y = _toy_inputs(6, 60, 0.5)
+    call = lambda **k: cross_fit_score_slope(  # noqa: E731
+        k.pop("train", _Tempered),
+        k.pop("score", _shifted_score),
+        k.pop("x", x),
+        k.pop("y", y),
+        progress=False,
+        **k,
+    )
+    for bad in (1, 0, 2.0, True):
+        with pytest.raises(ValueError, match="folds must be an integer >= 2"):
+            call(folds=bad)
+    with pytest.raises(ValueError, match="folds=61 exceeds the 60 inputs"):
+        call(folds=61)
+    with pytest.raises(ValueError, match="x and y must have one row per input; got 60 and 59"):
+        call(y=y[:59])
+    with pytest.raises(ValueError, match="num_samples must be an integer >= 1"):
+        call(num_samples=0)
+
+    class Short(_Tempered):
+        def predict(self, x, num_samples=1):
+            return super().predict(x)[1:]
+
+    with pytest.raises(ValueError, match=r"fold 0: predict returned 11 predictions for 12 inputs"):
+        call(train=Short)
+    with pytest.raises(ValueError, match=r"fold 0: score None returned shape \(11,\) for 12 inputs"):
+        call(score=lambda m, xs, ys: lambda i: i[1:, 4])
+    with pytest.raises(ValueError, match=r"predict must return probabilities \[S, N, C\] or \[N, C\]"):
+        call(train=lambda xs, ys: type("M", (), {"predict": lambda self, i, num_samples: np.ones(len(i))})())
+    sizes = iter([1, 2, 1, 1, 1])
+
+    class Varying(_Tempered):
+        def predict(self, x, num_samples=1):
+            return np.repeat(super().predict(x)[None], next(sizes), 0)
+
+    with pytest.raises(ValueError, match=r"as many samples S; got \[1, 2, 1, 1, 1\]"):
+        call(train=Varying)
+    names = iter(["a", "a", "b", "a", "a"])
+    with pytest.raises(ValueError, match="the same score names for every fold"):
+        call(score=lambda m, xs, ys: {next(names): (lambda i: i[:, 4])})

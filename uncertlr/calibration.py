@@ -14,7 +14,9 @@ input (a feature density's ``-log q``, an entropy, ...): ``T(x) = exp(a + b z(x)
 ("density-aware" temperature scaling in the spirit of Tomani et al., 2023), so inputs unlike the
 validation data are softened more, which a single temperature cannot do. How fast it should grow is
 hard to learn from a validation split with few errors; :func:`fit_score_slope` fits the slope ``b`` on
-cross-fitted (out-of-fold) predictions of the whole training set instead.
+cross-fitted (out-of-fold) predictions of the whole training set instead, and :func:`cross_fit_score_slope`
+trains those cross-fitted models for you (:class:`uncertlr.torch.DensityTemperature` and
+:class:`uncertlr.jax.DensityTemperature` do all of it for a network's feature density).
 
 Example:
     >>> import numpy as np
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +42,7 @@ import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 
 from uncertlr._arrays import convert, host
+from uncertlr._progress import progress_task
 from uncertlr.likelihoods import check_labels
 from uncertlr.metrics._checks import _check_probs
 
@@ -49,6 +52,7 @@ __all__ = [
     "NEVER_SHARPEN",
     "ScoreTemperature",
     "Temperature",
+    "cross_fit_score_slope",
     "fit_score_slope",
     "fit_score_temperature",
     "fit_temperature",
@@ -376,3 +380,123 @@ def fit_score_slope(
         sd = part.std(0)
         z[f == k] = (part - part.mean(0)) / np.where(sd > 0, sd, 1.0)
     return fit_score_temperature(probs, labels, z, bounds=bounds).b
+
+
+def _samples(probs: Array) -> np.ndarray:
+    """Probabilities as a host float64 ``[S, N, C]`` array (``[N, C]`` gets ``S = 1``)."""
+    p = host(probs, np.float64)
+    if p.ndim == 2:
+        p = p[None]
+    if p.ndim != 3:
+        raise ValueError(f"predict must return probabilities [S, N, C] or [N, C]; got shape {tuple(p.shape)}")
+    return p
+
+
+def cross_fit_score_slope(
+    train: Callable[[Any, Any], Any],
+    score: Callable[[Any, Any, Any], Any],
+    x: Array,
+    y: Array,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    num_samples: int = 1,
+    bounds: tuple[float, float] = (0.05, 20.0),
+    progress: bool = True,
+) -> Any:
+    """Train ``folds`` models by ``train``, each without one fold of ``(x, y)``, and fit a score temperature's
+    slope on their held-out predictions (:func:`fit_score_slope`).
+
+    Every input is predicted once, by the model that did not see it, so the slope learns from as many
+    held-out errors as the training set holds instead of the few in a validation split. Backend-neutral:
+    models and scores may be torch, JAX or numpy.
+
+    Args:
+        train: ``train(x, y)`` returns a fresh model trained on that part the way your final model was
+            trained, with ``predict(x, num_samples=S)`` returning probabilities ``[S, N, C]`` or ``[N, C]``
+            (seed inside it for reproducible runs).
+        score: ``score(model, x, y)`` returns the scoring function of a model trained on ``(x, y)``: a
+            callable ``x -> [N]`` (or ``[N, K]``: one slope per column) OOD scores, e.g.
+            ``lambda m, x, y: FeatureDensity(m, layers="all").fit(x, y).score``; or a mapping of names to
+            such callables, to fit one slope per named score from the same models.
+        x: inputs ``[N, ...]`` of any array library that takes a boolean numpy mask as an index.
+        y: ``[N]`` integer labels, same library.
+        folds: how many models (``>= 2``, at most one per input).
+        seed: the seed of the random fold assignment (``folds`` near-equal parts).
+        num_samples: posterior samples ``S`` per prediction (1 for a deterministic net).
+        bounds: the range of ``T``, as in :func:`fit_score_temperature`.
+        progress: show a progress bar (one step per trained model).
+
+    Returns:
+        The slope ``b`` (a float, or a tuple of K for ``[N, K]`` scores), or a dict of them by score name.
+        Pass it to ``fit_score_temperature(probs_val, y_val, score_val, slope=b)`` for your final model.
+
+    Raises:
+        ValueError: ``folds`` out of range, ``x`` and ``y`` of different lengths, or a model's predictions or
+            scores of the wrong shape (with the fold named).
+
+    Example:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.normal(size=(900, 2))            # column 0: the logit scale; column 1: how unusual
+        >>> soft = 4 * np.exp(x[:, 1])               # the true temperature grows with column 1
+        >>> logits = np.stack([4 * x[:, 0], -4 * x[:, 0]], 1)
+        >>> y = np.array([rng.choice(2, p=np.exp(l / t) / np.exp(l / t).sum()) for l, t in zip(logits, soft)])
+        >>> class Fixed:                             # a "model" that needs no training
+        ...     def predict(self, x, num_samples=1):
+        ...         z = np.stack([4 * x[:, 0], -4 * x[:, 0]], 1)
+        ...         return np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+        >>> b = cross_fit_score_slope(lambda x, y: Fixed(), lambda m, x, y: (lambda x: x[:, 1]), x, y,
+        ...                           progress=False)
+        >>> bool(b > 0.5)
+        True
+    """
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ValueError(f"folds must be an integer >= 2; got {folds!r}")
+    n = len(x)
+    if len(y) != n:
+        raise ValueError(f"x and y must have one row per input; got {n} and {len(y)}")
+    if folds > n:
+        raise ValueError(f"folds={folds} exceeds the {n} inputs: each fold needs at least one")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be an integer >= 1; got {num_samples!r}")
+    fold_of = np.random.default_rng(seed).permutation(n) % folds
+    labels = host(y)
+    probs: list[np.ndarray] = []
+    scores: dict[Any, list[np.ndarray]] = {}
+    named = True
+    with progress_task(progress, "cross-fitted slope", folds) as advance:
+        for k in range(folds):
+            held = fold_of == k
+            model = train(x[~held], y[~held])
+            p = _samples(model.predict(x[held], num_samples=num_samples))
+            if p.shape[1] != int(held.sum()):
+                raise ValueError(
+                    f"fold {k}: predict returned {p.shape[1]} predictions for {int(held.sum())} inputs"
+                )
+            probs.append(p)
+            scorer = score(model, x[~held], y[~held])
+            named = isinstance(scorer, Mapping)
+            for key, fn in scorer.items() if named else [(None, scorer)]:
+                s = host(fn(x[held]), np.float64)
+                if s.shape[:1] != (p.shape[1],) or s.ndim not in (1, 2):
+                    raise ValueError(
+                        f"fold {k}: score {key!r} returned shape {tuple(s.shape)} for {p.shape[1]} inputs; "
+                        "want [N] or [N, K]"
+                    )
+                scores.setdefault(key, []).append(s)
+            advance()
+    sizes = {len(v) for v in scores.values()}
+    if sizes != {folds}:
+        raise ValueError("score must return the same score names for every fold")
+    if len({q.shape[0] for q in probs}) > 1:
+        raise ValueError(
+            f"every fold's model must return as many samples S; got {[q.shape[0] for q in probs]}"
+        )
+    order = np.concatenate([np.flatnonzero(fold_of == k) for k in range(folds)])
+    p_all, y_all, f_all = np.concatenate(probs, axis=1), labels[order], fold_of[order]
+    slopes = {
+        key: fit_score_slope(p_all, y_all, np.concatenate(parts), f_all, bounds=bounds)
+        for key, parts in scores.items()
+    }
+    return slopes if named else slopes[None]

@@ -276,3 +276,94 @@ def test_dropout_is_off_while_reading_nnx_and_equinox_networks():
     np.testing.assert_allclose(
         phi, np.tanh(np.asarray(jax.vmap(enet.a)(jnp.asarray(X)), np.float64)), rtol=1e-5, atol=1e-6
     )
+
+
+# ---------------------------------------------------------------- DensityTemperature: the JAX twin of torch's
+
+
+def _with_prior_bias(kind: str, net_args: dict, y) -> object:
+    """A deterministic "training" both backends can repeat: the head's bias set to the log class frequencies."""
+    bias = np.log(np.bincount(np.asarray(y), minlength=3) + 1.0).astype(np.float32)
+    if kind == "torch":
+        import copy
+
+        net = copy.deepcopy(net_args["net"])
+        with torch.no_grad():
+            net.net[4].bias.copy_(torch.from_numpy(bias))
+        return net
+    if kind == "flax.linen":
+        params = jax.tree_util.tree_map(lambda a: a, net_args["params"])
+        params["params"]["Dense_2"]["bias"] = jnp.asarray(bias)
+        return params
+    if kind == "flax.nnx":
+        net = NnxMLP()
+        net.out.bias = nnx.Param(jnp.asarray(bias))
+        return net
+    return eqx.tree_at(lambda m: m.layers[2].bias, net_args["net"], jnp.asarray(bias))
+
+
+@pytest.mark.parametrize("kind", list(NETS))
+@pytest.mark.parametrize(("layers", "per_layer"), [("all", False), ("hidden", True)])
+def test_density_temperature_equals_the_torch_one_on_the_same_weights(kind, layers, per_layer):
+    from uncertlr.jax import DensityTemperature
+    from uncertlr.torch import DensityTemperature as TorchDensityTemperature
+    from uncertlr.torch import PointNetwork
+
+    args, _ = NETS[kind]()
+    x, y, xv, yv = X[:180], Y[:180], X[180:], Y[180:]
+    tnet = PointNetwork(_torch())
+    want = TorchDensityTemperature(tnet, layers=layers, per_layer=per_layer).fit(
+        torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(xv), torch.from_numpy(yv),
+        train=lambda xs, ys: _with_prior_bias("torch", {"net": tnet}, ys.numpy()), folds=3, progress=False,
+    )  # fmt: skip
+    got = DensityTemperature(**args, layers=layers, per_layer=per_layer).fit(
+        x, y, xv, yv, train=lambda xs, ys: _with_prior_bias(kind, args, ys), folds=3, progress=False
+    )
+    assert got.cross_fitted and want.cross_fitted
+    np.testing.assert_allclose(np.atleast_1d(got.temperature.b), np.atleast_1d(want.temperature.b), atol=2e-4)
+    assert got.temperature.a == pytest.approx(want.temperature.a, abs=2e-4)
+    np.testing.assert_allclose(
+        got.temperatures(X_NEW), want.temperatures(torch.from_numpy(X_NEW)).numpy(), rtol=1e-3
+    )
+    p = got.predict(X_NEW)
+    assert isinstance(p, jax.Array) and p.shape == (1, 40, 3)
+    np.testing.assert_allclose(np.asarray(p), want.predict(torch.from_numpy(X_NEW)).numpy(), atol=1e-4)
+    # a temperature never changes the predicted class
+    np.testing.assert_array_equal(
+        np.asarray(p).argmax(-1), want.model.predict(torch.from_numpy(X_NEW)).argmax(-1)
+    )
+
+
+def test_density_temperature_without_train_fits_the_slope_on_the_validation_data():
+    from uncertlr.calibration import fit_score_temperature
+    from uncertlr.jax import DensityTemperature
+
+    args, _ = _equinox()
+    cal = DensityTemperature(**args).fit(X[:180], Y[:180], X[180:], Y[180:], progress=False)
+    density = FeatureDensity(args["net"], layers="all").fit(X[:180], Y[:180])
+    probs = jax.nn.softmax(jax.vmap(args["net"])(jnp.asarray(X[180:])), -1)[None]
+    want = fit_score_temperature(probs, Y[180:], density.score(X[180:]))
+    assert not cal.cross_fitted
+    assert cal.temperature.a == pytest.approx(want.a, abs=1e-6) and cal.temperature.b == pytest.approx(
+        want.b, abs=1e-6
+    )
+
+
+def test_hidden_layers_and_density_temperature_errors():
+    from uncertlr.jax import DensityTemperature
+
+    args, names = _equinox()
+    assert FeatureDensity(**args, layers="hidden").fit(X, Y).layer_names == names[1:]
+    one = EqxMLP(5, (), 3, key=jax.random.key(0))
+    with pytest.raises(
+        ValueError, match=r"layers='hidden' reads every dense layer but the first; .* calls 1"
+    ):
+        FeatureDensity(one, layers="hidden").fit(X, Y)
+    with pytest.raises(TypeError, match="FeatureDensity reads a flax.linen or flax.nnx module or an Equinox"):
+        DensityTemperature(lambda x: x)
+    cal = DensityTemperature(**args)
+    with pytest.raises(RuntimeError, match=r"call fit\(x, y, x_val, y_val\) before predict"):
+        cal.predict(X)
+    with pytest.raises(ValueError, match="folds must be an integer >= 2"):
+        cal.fit(X, Y, X, Y, train=lambda xs, ys: args["net"], folds=1, progress=False)
+    assert cal.temperature is None

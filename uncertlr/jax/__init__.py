@@ -13,7 +13,8 @@ Needs the ``jax`` extra: ``pip install 'uncertlr[jax]'``. The public names live 
 * :mod:`uncertlr.jax.modulation` — :func:`scale_by_uncertainty`, :func:`scale_by_grad_uncertainty`,
   :func:`for_numpyro` and :func:`feed` (the modulator inside ``numpyro.infer.SVI``);
 * :mod:`uncertlr.jax.density` — :class:`FeatureDensity` (class-conditional Gaussians over a Flax or Equinox
-  network's layer inputs: an out-of-distribution score);
+  network's layer inputs: an out-of-distribution score) and :class:`DensityTemperature` (predictions softened
+  per input by it);
 * :mod:`uncertlr.jax.signals` — :class:`LastLayerMCMCSignal` and the batch signals
   (:func:`batch_entropy`, :func:`batch_predictive_variance` and its parts...).
 
@@ -41,7 +42,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from uncertlr.jax.bnn import BNN, ELBOTerms, bayesian
 from uncertlr.jax.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from uncertlr.jax.density import FeatureDensity
+from uncertlr.jax.density import DensityTemperature, FeatureDensity
 from uncertlr.jax.mcmc import DivergenceWarning, MCMCResult, mcmc
 from uncertlr.jax.modulation import (
     cap_scale_step,
@@ -68,6 +69,7 @@ __all__ = [
     "DATA_AXIS",
     "DivergenceWarning",
     "ELBOTerms",
+    "DensityTemperature",
     "EarlyStopping",
     "FeatureDensity",
     "LastLayerMCMCSignal",

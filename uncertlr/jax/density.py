@@ -43,11 +43,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from uncertlr._arrays import host
+from uncertlr.calibration import ScoreTemperature, cross_fit_score_slope, fit_score_temperature
 from uncertlr.density import ClassGaussians
 from uncertlr.jax._networks import _module_kind, _path_name
 from uncertlr.likelihoods import check_labels
 
-__all__ = ["FeatureDensity"]
+__all__ = ["DensityTemperature", "FeatureDensity"]
 
 Array = Any
 
@@ -201,8 +202,9 @@ class FeatureDensity:
         params: the linen module's variables (``module.init(...)`` or trained ones); nothing for nnx/Equinox.
         layers: whose inputs are the features: ``None`` (the default) the last dense layer the forward
             pass calls (the network's output must then be that layer's output), a layer's name or a list of
-            names (dense layers or convolutions; a convolution's input is averaged over its positions), or
-            ``"all"`` (every dense layer, in call order).
+            names (dense layers or convolutions; a convolution's input is averaged over its positions),
+            ``"all"`` (every dense layer, in call order) or ``"hidden"`` (every dense layer but the first: in an
+            MLP, the hidden layers' outputs, leaving out the network's own input).
         shrinkage: how each class covariance is estimated (:class:`~uncertlr.density.ClassGaussians`):
             ``"ledoit-wolf"`` (the default) or a fixed amount in ``[0, 1]``.
 
@@ -247,7 +249,7 @@ class FeatureDensity:
         ClassGaussians(shrinkage=shrinkage)  # validates it
         self.kind, self.shrinkage = kind, shrinkage
         self._layers = layers
-        if layers is not None and layers != "all":
+        if layers is not None and layers not in ("all", "hidden"):
             names = [layers] if isinstance(layers, str) else list(layers)
             if not names or len(set(names)) != len(names):
                 raise ValueError(f"layers must name distinct dense or convolution layers; got {names!r}")
@@ -280,7 +282,7 @@ class FeatureDensity:
     def _choose(self, out: Array, first: dict[str, tuple[bool, Array, Array]]) -> None:
         """Settle ``layer_names`` (and the number of classes) from the first forward pass."""
         dense = [n for n, (c, _, _) in first.items() if not c]
-        if not dense and self._layers in (None, "all"):
+        if not dense and self._layers in (None, "all", "hidden"):
             raise ValueError(f"the forward pass of the {self.kind} network calls no dense layer to read")
         if self._layers is None:
             head = dense[-1]
@@ -293,6 +295,13 @@ class FeatureDensity:
             self.layer_names = [head]
         elif self._layers == "all":
             self.layer_names = dense
+        elif self._layers == "hidden":
+            if len(dense) < 2:
+                raise ValueError(
+                    f"layers='hidden' reads every dense layer but the first; the forward pass calls {len(dense)} "
+                    f"({dense}): name the layers to read instead"
+                )
+            self.layer_names = dense[1:]
         else:
             unknown = [n for n in self.layer_names if n not in first]
             if unknown:
@@ -402,3 +411,149 @@ class FeatureDensity:
 
     def __repr__(self) -> str:
         return f"FeatureDensity({self.kind}, layers={self.layer_names or self._layers!r}, shrinkage={self.shrinkage!r})"
+
+
+class _Predictor:
+    """A network read through a :class:`FeatureDensity` (unfitted is fine): ``predict(x)`` = softmax of its output."""
+
+    def __init__(self, density: FeatureDensity):
+        self.density = density
+
+    def predict(self, x: Array, num_samples: int = 1, *, batch_size: int = 1024) -> Array:
+        outs = [
+            self.density._read(jnp.asarray(x[i : i + batch_size]))[0]
+            for i in range(0, x.shape[0], batch_size)
+        ]
+        logits = jnp.concatenate(outs)
+        if logits.ndim != 2:
+            raise ValueError(f"the network must output logits [N, C]; got shape {tuple(logits.shape)}")
+        if not bool(jnp.isfinite(logits).all()):
+            raise ValueError("the network's outputs are not finite")
+        return jax.nn.softmax(logits, axis=-1)[None]
+
+
+class DensityTemperature:
+    """A trained Flax or Equinox classifier's predictions, softened per input by how unusual its features are:
+    the JAX twin of :class:`uncertlr.torch.DensityTemperature`.
+
+    ``T(x) = exp(a + b · z(x))``, ``z`` the input's :class:`FeatureDensity` score standardised on the validation
+    inputs; the slope ``b >= 0`` from ``folds`` networks you train like yours, each without one fold of the
+    training data (:func:`uncertlr.calibration.cross_fit_score_slope`), the intercept ``a`` from your network's
+    validation predictions. The network's output must be the logits ``[N, C]``; the probabilities are their
+    softmax. A temperature never changes the predicted class.
+
+    Args:
+        net: the trained network: a flax.linen module (with ``params=``), a flax.nnx module or an Equinox module,
+            as :class:`FeatureDensity` reads them.
+        params: the linen module's trained variables; nothing for nnx/Equinox.
+        layers: whose inputs the density reads (default ``"all"``; ``"hidden"``: every dense layer but the first).
+        per_layer: one slope per layer (:meth:`FeatureDensity.layer_scores`) instead of one for the averaged score.
+        bounds: the range of ``T``.
+        shrinkage: the density's covariance estimate.
+
+    Attributes (after :meth:`fit`): ``density``, ``temperature`` (a
+    :class:`~uncertlr.calibration.ScoreTemperature`), ``cross_fitted``.
+
+    Example:
+        >>> import jax, numpy as np
+        >>> from uncertlr.jax import DensityTemperature
+        >>> from uncertlr_models.eqx_mlp import EqxMLP
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.normal(size=(300, 2)).astype(np.float32); y = (x[:, 0] > 0).astype(np.int32)
+        >>> net = EqxMLP(2, (8,), 2, key=jax.random.key(0))           # (untrained here, to keep it short)
+        >>> cal = DensityTemperature(net).fit(x[:200], y[:200], x[200:], y[200:], progress=False)
+        >>> cal.predict(x[:5]).shape, cal.temperatures(x[:5]).shape   # [S, N, C] as a jax array; [N] numpy
+        ((1, 5, 2), (5,))
+    """
+
+    def __init__(
+        self,
+        net: Any,
+        *,
+        params: Any = None,
+        layers: str | Sequence[str] | None = "all",
+        per_layer: bool = False,
+        bounds: tuple[float, float] = (0.05, 20.0),
+        shrinkage: float | str = "ledoit-wolf",
+    ):
+        self.layers, self.per_layer, self.bounds, self.shrinkage = layers, bool(per_layer), bounds, shrinkage
+        self._model = _Predictor(self._new(net, params))  # validates the network and its arguments now
+        self.density: FeatureDensity | None = None
+        self.temperature: ScoreTemperature | None = None
+        self.cross_fitted = False
+
+    def _new(self, net: Any, params: Any) -> FeatureDensity:
+        return FeatureDensity(net, params=params, layers=self.layers, shrinkage=self.shrinkage)
+
+    def _scores(self, density: FeatureDensity) -> Callable[[Array], np.ndarray]:
+        return density.layer_scores if self.per_layer else density.score
+
+    def fit(
+        self,
+        x: Array,
+        y: Array,
+        x_val: Array,
+        y_val: Array,
+        *,
+        train: Callable[[Array, Array], Any] | None = None,
+        folds: int = 5,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> DensityTemperature:
+        """Fit the density on ``(x, y)``, the slope on cross-fitted networks (when ``train`` is given) and the
+        intercept on ``(x_val, y_val)``; returns ``self``.
+
+        Args:
+            x, y: the network's training data (numpy or JAX arrays; integer labels ``[N]``).
+            x_val, y_val: held-out data the network did not train on.
+            train: ``train(x, y)`` trains a new network on that part the way yours was trained and returns it
+                in the form you passed: the trained variables for a flax.linen module (the module is reused),
+                the trained module for flax.nnx and Equinox. ``None``: the slope from the validation data too.
+            folds: how many cross-fitted networks.
+            seed: the seed of the fold assignment.
+            progress: show a progress bar over the cross-fitted networks.
+        """
+        density = self._new(self._model.density._net, self._model.density._variables).fit(x, y)
+        slope = None
+        if train is not None:
+            linen = density.kind == "flax.linen"
+
+            def cross_model(xs: Array, ys: Array) -> _Predictor:
+                trained = train(xs, ys)
+                return _Predictor(self._new(density._net, trained) if linen else self._new(trained, None))
+
+            slope = cross_fit_score_slope(
+                cross_model,
+                lambda m, xs, ys: self._scores(m.density.fit(xs, ys)),
+                x,
+                y,
+                folds=folds,
+                seed=seed,
+                bounds=self.bounds,
+                progress=progress,
+            )
+        self.temperature = fit_score_temperature(
+            self._model.predict(x_val), y_val, self._scores(density)(x_val), bounds=self.bounds, slope=slope
+        )
+        self.density, self.cross_fitted = density, train is not None
+        return self
+
+    def _fitted(self) -> tuple[FeatureDensity, ScoreTemperature]:
+        if self.density is None or self.temperature is None:
+            raise RuntimeError("call fit(x, y, x_val, y_val) before predict/temperatures")
+        return self.density, self.temperature
+
+    def temperatures(self, x: Array) -> np.ndarray:
+        """``T(x)`` of each input, ``[N]`` (numpy float64)."""
+        density, temperature = self._fitted()
+        return temperature.temperatures(self._scores(density)(x))
+
+    def predict(self, x: Array, *, num_samples: int = 1) -> Array:
+        """The network's softmax ``[1, N, C]`` (a JAX array), each input's tempered by its own ``T(x)``
+        (``num_samples`` is accepted for the uniform interface; one network gives one draw)."""
+        density, temperature = self._fitted()
+        return temperature(self._model.predict(x), self._scores(density)(x))
+
+    def __repr__(self) -> str:
+        fitted = "unfitted" if self.temperature is None else f"cross_fitted={self.cross_fitted}"
+        return f"DensityTemperature(layers={self.layers!r}, per_layer={self.per_layer}, {fitted})"

@@ -9,6 +9,7 @@
   :class:`LastLayerLaplace` — more posteriors behind the same ``predict(x, num_samples)``
   (``bayesian(guide="lowrank" | "full")`` for correlated variational posteriors);
 * :class:`FeatureDensity` — an out-of-distribution score from a trained network's features;
+  :class:`DensityTemperature` — predictions softened per input by it (for inputs that drift);
 * :class:`Modulator` — the LR modulator for any ``torch.optim`` optimizer;
 * :func:`fit` / :class:`StepGuard` — a small explicit loop and its numerical guard;
 * :func:`save_checkpoint` / :func:`load_checkpoint` — resumable, pickle-free checkpoints;
@@ -34,7 +35,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the core
 from uncertlr.torch._allocator import keep_freed_memory
 from uncertlr.torch.bnn import BNN, ELBOTerms, NormalPrediction, bayesian
 from uncertlr.torch.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from uncertlr.torch.density import FeatureDensity
+from uncertlr.torch.density import DensityTemperature, FeatureDensity
 from uncertlr.torch.dropout import MCDropout, mc_dropout
 from uncertlr.torch.ensemble import Ensemble, PointNetwork, deep_ensemble
 from uncertlr.torch.laplace import LastLayerLaplace
@@ -53,6 +54,7 @@ from uncertlr.torch.signals import (
 __all__ = [
     "BNN",
     "Checkpoint",
+    "DensityTemperature",
     "ELBOTerms",
     "Ensemble",
     "FeatureDensity",
