@@ -26,12 +26,14 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 from scipy.linalg import solve_triangular
 
 from uncertlr._arrays import host
+from uncertlr.calibration import ScoreTemperature, cross_fit_score_slope, fit_score_temperature
 from uncertlr.likelihoods import check_labels
 
 __all__ = ["ClassGaussians"]
@@ -175,3 +177,98 @@ def _shrunk_covariance(centred: np.ndarray, shrinkage: float | str) -> tuple[np.
     else:
         amount = float(shrinkage)
     return (1.0 - amount) * emp + amount * mu * np.eye(d), amount
+
+
+class _Fold:
+    """A network trained for one fold, as :func:`uncertlr.calibration.cross_fit_score_slope` takes it."""
+
+    def __init__(self, owner: _TemperedByDensity, net: Any):
+        self.owner, self.net = owner, net
+
+    def predict(self, x: Array, num_samples: int = 1) -> Array:
+        return self.owner._probs(self.net, x, num_samples)
+
+
+class _TemperedByDensity:
+    """What the torch and the JAX ``DensityTemperature`` share: the fit and the tempering, around four hooks
+    a backend fills in (``_net``, ``_new_density``, ``_probs``, ``_trained``)."""
+
+    _net: Any  # the user's network, in the form the hooks take
+
+    def __init__(
+        self,
+        layers: str | Sequence[str] | None,
+        per_layer: bool,
+        bounds: tuple[float, float],
+        shrinkage: float | str,
+    ):
+        self.layers, self.per_layer, self.bounds, self.shrinkage = layers, bool(per_layer), bounds, shrinkage
+        self.density: Any = None
+        self.temperature: ScoreTemperature | None = None
+        self.cross_fitted = False
+
+    def _new_density(self, net: Any) -> Any:  # an unfitted feature density of the network
+        raise NotImplementedError
+
+    def _probs(self, net: Any, x: Array, num_samples: int) -> Array:  # its probabilities [S, N, C]
+        raise NotImplementedError
+
+    def _trained(self, trained: Any) -> Any:  # what the user's train() returned, as a network for the hooks
+        return trained
+
+    def _scores(self, density: Any) -> Callable[[Array], Any]:
+        return density.layer_scores if self.per_layer else density.score
+
+    def _fit(
+        self,
+        x: Array,
+        y: Array,
+        x_val: Array,
+        y_val: Array,
+        *,
+        train: Callable[[Array, Array], Any] | None,
+        folds: int,
+        seed: int,
+        num_samples: int,
+        progress: bool,
+    ) -> Any:
+        density = self._new_density(self._net).fit(x, y)
+        slope = None
+        if train is not None:
+            slope = cross_fit_score_slope(
+                lambda xs, ys: _Fold(self, self._trained(train(xs, ys))),
+                lambda m, xs, ys: self._scores(self._new_density(m.net).fit(xs, ys)),
+                x,
+                y,
+                folds=folds,
+                seed=seed,
+                num_samples=num_samples,
+                bounds=self.bounds,
+                progress=progress,
+            )
+        self.temperature = fit_score_temperature(
+            self._probs(self._net, x_val, num_samples),
+            y_val,
+            self._scores(density)(x_val),
+            bounds=self.bounds,
+            slope=slope,
+        )
+        self.density, self.cross_fitted = density, train is not None
+        return self
+
+    def _fitted(self) -> tuple[Any, ScoreTemperature]:
+        if self.density is None or self.temperature is None:
+            raise RuntimeError("call fit(x, y, x_val, y_val) before predict/temperatures")
+        return self.density, self.temperature
+
+    def _temperatures(self, x: Array) -> np.ndarray:
+        density, temperature = self._fitted()
+        return temperature.temperatures(self._scores(density)(x))
+
+    def _predict(self, x: Array, num_samples: int) -> Array:
+        density, temperature = self._fitted()
+        return temperature(self._probs(self._net, x, num_samples), self._scores(density)(x))
+
+    def __repr__(self) -> str:
+        fitted = "unfitted" if self.temperature is None else f"cross_fitted={self.cross_fitted}"
+        return f"DensityTemperature(layers={self.layers!r}, per_layer={self.per_layer}, {fitted})"

@@ -43,8 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from uncertlr._arrays import host
-from uncertlr.calibration import ScoreTemperature, cross_fit_score_slope, fit_score_temperature
-from uncertlr.density import ClassGaussians
+from uncertlr.density import ClassGaussians, _TemperedByDensity
 from uncertlr.jax._networks import _module_kind, _path_name
 from uncertlr.likelihoods import check_labels
 
@@ -413,26 +412,7 @@ class FeatureDensity:
         return f"FeatureDensity({self.kind}, layers={self.layer_names or self._layers!r}, shrinkage={self.shrinkage!r})"
 
 
-class _Predictor:
-    """A network read through a :class:`FeatureDensity` (unfitted is fine): ``predict(x)`` = softmax of its output."""
-
-    def __init__(self, density: FeatureDensity):
-        self.density = density
-
-    def predict(self, x: Array, num_samples: int = 1, *, batch_size: int = 1024) -> Array:
-        outs = [
-            self.density._read(jnp.asarray(x[i : i + batch_size]))[0]
-            for i in range(0, x.shape[0], batch_size)
-        ]
-        logits = jnp.concatenate(outs)
-        if logits.ndim != 2:
-            raise ValueError(f"the network must output logits [N, C]; got shape {tuple(logits.shape)}")
-        if not bool(jnp.isfinite(logits).all()):
-            raise ValueError("the network's outputs are not finite")
-        return jax.nn.softmax(logits, axis=-1)[None]
-
-
-class DensityTemperature:
+class DensityTemperature(_TemperedByDensity):
     """A trained Flax or Equinox classifier's predictions, softened per input by how unusual its features are:
     the JAX twin of :class:`uncertlr.torch.DensityTemperature`.
 
@@ -476,17 +456,27 @@ class DensityTemperature:
         bounds: tuple[float, float] = (0.05, 20.0),
         shrinkage: float | str = "ledoit-wolf",
     ):
-        self.layers, self.per_layer, self.bounds, self.shrinkage = layers, bool(per_layer), bounds, shrinkage
-        self._model = _Predictor(self._new(net, params))  # validates the network and its arguments now
-        self.density: FeatureDensity | None = None
-        self.temperature: ScoreTemperature | None = None
-        self.cross_fitted = False
+        super().__init__(layers, per_layer, bounds, shrinkage)
+        first = self._new_density((net, params))  # validates the network and its arguments now
+        self._net = (first._net, first._variables)
+        self._linen = first.kind == "flax.linen"
 
-    def _new(self, net: Any, params: Any) -> FeatureDensity:
-        return FeatureDensity(net, params=params, layers=self.layers, shrinkage=self.shrinkage)
+    def _new_density(self, net: tuple[Any, Any]) -> FeatureDensity:
+        return FeatureDensity(net[0], params=net[1], layers=self.layers, shrinkage=self.shrinkage)
 
-    def _scores(self, density: FeatureDensity) -> Callable[[Array], np.ndarray]:
-        return density.layer_scores if self.per_layer else density.score
+    def _trained(self, trained: Any) -> tuple[Any, Any]:
+        return (self._net[0], trained) if self._linen else (trained, None)
+
+    def _probs(self, net: tuple[Any, Any], x: Array, num_samples: int, *, batch_size: int = 1024) -> Array:
+        read = self._new_density(net)._read
+        logits = jnp.concatenate(
+            [read(jnp.asarray(x[i : i + batch_size]))[0] for i in range(0, x.shape[0], batch_size)]
+        )
+        if logits.ndim != 2:
+            raise ValueError(f"the network must output logits [N, C]; got shape {tuple(logits.shape)}")
+        if not bool(jnp.isfinite(logits).all()):
+            raise ValueError("the network's outputs are not finite")
+        return jax.nn.softmax(logits, axis=-1)[None]
 
     def fit(
         self,
@@ -513,47 +503,15 @@ class DensityTemperature:
             seed: the seed of the fold assignment.
             progress: show a progress bar over the cross-fitted networks.
         """
-        density = self._new(self._model.density._net, self._model.density._variables).fit(x, y)
-        slope = None
-        if train is not None:
-            linen = density.kind == "flax.linen"
-
-            def cross_model(xs: Array, ys: Array) -> _Predictor:
-                trained = train(xs, ys)
-                return _Predictor(self._new(density._net, trained) if linen else self._new(trained, None))
-
-            slope = cross_fit_score_slope(
-                cross_model,
-                lambda m, xs, ys: self._scores(m.density.fit(xs, ys)),
-                x,
-                y,
-                folds=folds,
-                seed=seed,
-                bounds=self.bounds,
-                progress=progress,
-            )
-        self.temperature = fit_score_temperature(
-            self._model.predict(x_val), y_val, self._scores(density)(x_val), bounds=self.bounds, slope=slope
+        return self._fit(  # type: ignore[no-any-return]
+            x, y, x_val, y_val, train=train, folds=folds, seed=seed, num_samples=1, progress=progress
         )
-        self.density, self.cross_fitted = density, train is not None
-        return self
-
-    def _fitted(self) -> tuple[FeatureDensity, ScoreTemperature]:
-        if self.density is None or self.temperature is None:
-            raise RuntimeError("call fit(x, y, x_val, y_val) before predict/temperatures")
-        return self.density, self.temperature
 
     def temperatures(self, x: Array) -> np.ndarray:
         """``T(x)`` of each input, ``[N]`` (numpy float64)."""
-        density, temperature = self._fitted()
-        return temperature.temperatures(self._scores(density)(x))
+        return self._temperatures(x)
 
     def predict(self, x: Array, *, num_samples: int = 1) -> Array:
         """The network's softmax ``[1, N, C]`` (a JAX array), each input's tempered by its own ``T(x)``
         (``num_samples`` is accepted for the uniform interface; one network gives one draw)."""
-        density, temperature = self._fitted()
-        return temperature(self._model.predict(x), self._scores(density)(x))
-
-    def __repr__(self) -> str:
-        fitted = "unfitted" if self.temperature is None else f"cross_fitted={self.cross_fitted}"
-        return f"DensityTemperature(layers={self.layers!r}, per_layer={self.per_layer}, {fitted})"
+        return self._predict(x, 1)

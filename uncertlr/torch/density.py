@@ -37,8 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from uncertlr.calibration import ScoreTemperature, cross_fit_score_slope, fit_score_temperature
-from uncertlr.density import ClassGaussians
+from uncertlr.density import ClassGaussians, _TemperedByDensity
 from uncertlr.likelihoods import check_labels
 from uncertlr.torch._features import CONV, last_linear, layer_inputs
 from uncertlr.torch.ensemble import Ensemble, PointNetwork
@@ -304,7 +303,7 @@ class FeatureDensity(nn.Module):
         return f"layers={self.layer_names}, shrinkage={self.shrinkage!r}"
 
 
-class DensityTemperature:
+class DensityTemperature(_TemperedByDensity):
     """A trained network's predictions, softened per input by how unusual the input's features are.
 
     ``T(x) = exp(a + b · z(x))``, ``z`` the input's :class:`FeatureDensity` score, standardised on the validation
@@ -371,21 +370,16 @@ class DensityTemperature:
                 "DensityTemperature tempers a PointNetwork or an Ensemble of them (what FeatureDensity reads); "
                 f"got {type(model).__name__}"
             )
-        self.model = model
-        self.layers = layers
-        self.per_layer = bool(per_layer)
-        self.bounds = bounds
-        self.shrinkage = shrinkage
-        FeatureDensity(model, layers=layers, shrinkage=shrinkage)  # validates the layers now
-        self.density: FeatureDensity | None = None
-        self.temperature: ScoreTemperature | None = None
-        self.cross_fitted = False
+        super().__init__(layers, per_layer, bounds, shrinkage)
+        self.model = self._net = model
+        self._new_density(model)  # validates the layers now
 
-    def _scores(self, density: FeatureDensity) -> Callable[[Tensor], Tensor]:
-        return density.layer_scores if self.per_layer else density.score
+    def _new_density(self, net: nn.Module) -> FeatureDensity:
+        return FeatureDensity(net, layers=self.layers, shrinkage=self.shrinkage)
 
-    def _density(self, model: nn.Module, x: Tensor, y: Tensor) -> FeatureDensity:
-        return FeatureDensity(model, layers=self.layers, shrinkage=self.shrinkage).fit(x, y)
+    def _probs(self, net: Any, x: Tensor, num_samples: int) -> Tensor:
+        with torch.no_grad():
+            return net.predict(x, num_samples=num_samples)  # type: ignore[no-any-return]
 
     def fit(
         self,
@@ -414,45 +408,22 @@ class DensityTemperature:
             num_samples: ``S`` passed to the networks' ``predict``.
             progress: show a progress bar over the cross-fitted networks.
         """
-        density = self._density(self.model, x, y)
-        slope = None
-        if train is not None:
-            slope = cross_fit_score_slope(
-                train,
-                lambda m, xs, ys: self._scores(self._density(m, xs, ys)),
-                x,
-                y,
-                folds=folds,
-                seed=seed,
-                num_samples=num_samples,
-                bounds=self.bounds,
-                progress=progress,
-            )
-        with torch.no_grad():
-            p_val = self.model.predict(x_val, num_samples=num_samples)
-        self.temperature = fit_score_temperature(
-            p_val, y_val, self._scores(density)(x_val), bounds=self.bounds, slope=slope
+        return self._fit(  # type: ignore[no-any-return]
+            x,
+            y,
+            x_val,
+            y_val,
+            train=train,
+            folds=folds,
+            seed=seed,
+            num_samples=num_samples,
+            progress=progress,
         )
-        self.density, self.cross_fitted = density, train is not None
-        return self
-
-    def _fitted(self) -> tuple[FeatureDensity, ScoreTemperature]:
-        if self.density is None or self.temperature is None:
-            raise RuntimeError("call fit(x, y, x_val, y_val) before predict/temperatures")
-        return self.density, self.temperature
 
     def temperatures(self, x: Tensor) -> Tensor:
         """``T(x)`` of each input, ``[N]`` (float64, on the CPU)."""
-        density, temperature = self._fitted()
-        return torch.from_numpy(temperature.temperatures(self._scores(density)(x)))
+        return torch.from_numpy(self._temperatures(x))
 
     def predict(self, x: Tensor, *, num_samples: int = 1) -> Tensor:
         """The model's probabilities ``[S, N, C]``, each input's tempered by its own ``T(x)``."""
-        density, temperature = self._fitted()
-        with torch.no_grad():
-            probs = self.model.predict(x, num_samples=num_samples)
-        return temperature(probs, self._scores(density)(x))
-
-    def __repr__(self) -> str:
-        fitted = "unfitted" if self.temperature is None else f"cross_fitted={self.cross_fitted}"
-        return f"DensityTemperature(layers={self.layers!r}, per_layer={self.per_layer}, {fitted})"
+        return self._predict(x, num_samples)  # type: ignore[no-any-return]
