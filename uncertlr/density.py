@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -189,7 +190,7 @@ class _Fold:
         return self.owner._probs(self.net, x, num_samples)
 
 
-class _TemperedByDensity:
+class _TemperedByDensity(ABC):
     """What the torch and the JAX ``DensityTemperature`` share: the fit and the tempering, around four hooks
     a backend fills in (``_net``, ``_new_density``, ``_probs``, ``_trained``)."""
 
@@ -207,11 +208,13 @@ class _TemperedByDensity:
         self.temperature: ScoreTemperature | None = None
         self.cross_fitted = False
 
-    def _new_density(self, net: Any) -> Any:  # an unfitted feature density of the network
-        raise NotImplementedError
+    @abstractmethod
+    def _new_density(self, net: Any) -> Any:
+        """An unfitted feature density of ``net``."""
 
-    def _probs(self, net: Any, x: Array, num_samples: int) -> Array:  # its probabilities [S, N, C]
-        raise NotImplementedError
+    @abstractmethod
+    def _probs(self, net: Any, x: Array, num_samples: int) -> Array:
+        """``net``'s probabilities ``[S, N, C]`` for ``x``."""
 
     def _trained(self, trained: Any) -> Any:  # what the user's train() returned, as a network for the hooks
         return trained
