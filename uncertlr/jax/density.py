@@ -457,9 +457,9 @@ class DensityTemperature(_TemperedByDensity):
         shrinkage: float | str = "ledoit-wolf",
     ):
         super().__init__(layers, per_layer, bounds, shrinkage)
-        first = self._new_density((net, params))  # validates the network and its arguments now
-        self._net = (first._net, first._variables)
-        self._linen = first.kind == "flax.linen"
+        self._reader = self._new_density((net, params))  # validates the network and its arguments now
+        self._net = (self._reader._net, self._reader._variables)
+        self._linen = self._reader.kind == "flax.linen"
 
     def _new_density(self, net: tuple[Any, Any]) -> FeatureDensity:
         return FeatureDensity(net[0], params=net[1], layers=self.layers, shrinkage=self.shrinkage)
@@ -468,7 +468,7 @@ class DensityTemperature(_TemperedByDensity):
         return (self._net[0], trained) if self._linen else (trained, None)
 
     def _probs(self, net: tuple[Any, Any], x: Array, num_samples: int, *, batch_size: int = 1024) -> Array:
-        read = self._new_density(net)._read
+        read = (self._reader if net is self._net else self._new_density(net))._read  # the user's: built once
         logits = jnp.concatenate(
             [read(jnp.asarray(x[i : i + batch_size]))[0] for i in range(0, x.shape[0], batch_size)]
         )
