@@ -314,10 +314,10 @@ class DensityTemperature(_TemperedByDensity):
     temperature plain temperature scaling would give; inputs whose features are far from every class's are
     softened more. A temperature never changes the predicted class.
 
-    On ``benchmarks/shift.py`` this is the method that halves the corrupted-input ECE of spoken digits' MLP and CNN
-    (0.49× the network's, over 15 and 10 seeds), and comes closest on digits images with one slope per hidden layer
-    (``layers="hidden", per_layer=True``: 0.53× over 30 seeds; BENCHMARKS.md, "Uncertainty under distribution
-    shift"). Without ``train`` the slope is fitted on the validation part too, which holds few errors
+    On ``benchmarks/shift.py`` this method halves the corrupted-input ECE of spoken digits' MLP and CNN: 0.49× the
+    network's over 21 and 14 seeds, at the bar rather than clearly under it. On digits images it comes closest with
+    one slope per hidden layer (``layers="hidden", per_layer=True``: 0.53× over 30 seeds). See BENCHMARKS.md,
+    "Uncertainty under distribution shift". Without ``train`` the slope is fitted on the validation part too, which holds few errors
     to learn from: noisier (corrupted ECE 0.167 instead of 0.149 on digits).
 
     Args:
