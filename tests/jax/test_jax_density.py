@@ -367,3 +367,17 @@ def test_hidden_layers_and_density_temperature_errors():
     with pytest.raises(ValueError, match="folds must be an integer >= 2"):
         cal.fit(X, Y, X, Y, train=lambda xs, ys: args["net"], folds=1, progress=False)
     assert cal.temperature is None
+
+
+@pytest.mark.parametrize("kind", ["flax.linen", "equinox"])
+def test_density_temperature_pickles(kind):
+    from uncertlr.jax import DensityTemperature
+
+    args, _ = NETS[kind]()
+    cal = DensityTemperature(**args, layers="hidden", per_layer=True).fit(
+        X[:180], Y[:180], X[180:], Y[180:], train=lambda xs, ys: _with_prior_bias(kind, args, ys), folds=2,
+        progress=False,
+    )  # fmt: skip
+    again = pickle.loads(pickle.dumps(cal))
+    assert again.temperature == cal.temperature
+    np.testing.assert_array_equal(np.asarray(again.predict(X_NEW)), np.asarray(cal.predict(X_NEW)))

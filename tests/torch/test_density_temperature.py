@@ -172,3 +172,26 @@ def test_errors_name_the_problem():
     with pytest.raises(ValueError, match="labels"):
         cal.fit(x, y, x[:30], y[:29], progress=False)
     assert cal.temperature is None  # a failed fit leaves it unfitted
+
+
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_a_saved_state_restores_the_same_predictions_without_refitting(tmp_path, per_layer):
+    x, y = _data(9)
+    xv, yv = _data(10, 120)
+    net = _train(x, y)
+    cal = DensityTemperature(net, layers="hidden", per_layer=per_layer).fit(
+        x, y, xv, yv, train=_train, folds=2, progress=False
+    )
+    torch.save(cal.state_dict(), tmp_path / "cal.pt")
+    state = torch.load(tmp_path / "cal.pt", weights_only=True)  # tensors and plain values only
+    again = DensityTemperature(net, layers="hidden", per_layer=per_layer).load_state_dict(state)
+    assert again.temperature == cal.temperature and again.cross_fitted
+    xt = 3 * _data(11, 40)[0]
+    assert torch.equal(again.predict(xt), cal.predict(xt))
+    assert torch.equal(again.temperatures(xt), cal.temperatures(xt))
+    with pytest.raises(ValueError, match=r"saved with per_layer=.*this instance has per_layer="):
+        DensityTemperature(net, layers="hidden", per_layer=not per_layer).load_state_dict(state)
+    with pytest.raises(ValueError, match=r"saved with layers='hidden'; this instance has layers='all'"):
+        DensityTemperature(net, per_layer=per_layer).load_state_dict(state)
+    with pytest.raises(RuntimeError, match="before predict/temperatures"):
+        DensityTemperature(net).state_dict()

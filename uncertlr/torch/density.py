@@ -31,12 +31,14 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from uncertlr.calibration import ScoreTemperature
 from uncertlr.density import ClassGaussians, _TemperedByDensity
 from uncertlr.likelihoods import check_labels
 from uncertlr.torch._features import CONV, last_linear, layer_inputs
@@ -427,3 +429,54 @@ class DensityTemperature(_TemperedByDensity):
     def predict(self, x: Tensor, *, num_samples: int = 1) -> Tensor:
         """The model's probabilities ``[S, N, C]``, each input's tempered by its own ``T(x)``."""
         return self._predict(x, num_samples)  # type: ignore[no-any-return]
+
+    def state_dict(self) -> dict[str, Any]:
+        """What :meth:`fit` estimated: the density's buffers and the temperature's numbers, as tensors and plain
+        Python values (``torch.save`` it; ``torch.load(path, weights_only=True)`` reads it back).
+
+        Example:
+            >>> import torch
+            >>> from uncertlr.torch import DensityTemperature, PointNetwork
+            >>> net = PointNetwork(torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)))
+            >>> x, y = torch.randn(200, 2), torch.randint(0, 2, (200,))
+            >>> cal = DensityTemperature(net).fit(x[:150], y[:150], x[150:], y[150:], progress=False)
+            >>> again = DensityTemperature(net).load_state_dict(cal.state_dict())   # no refit
+            >>> torch.equal(again.predict(x[:5]), cal.predict(x[:5]))
+            True
+        """
+        density, temperature = self._fitted()
+        numbers = {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(temperature).items()
+        }
+        return {
+            "density": density.state_dict(),
+            "temperature": numbers,
+            "cross_fitted": self.cross_fitted,
+            "layers": self.layers
+            if self.layers is None or isinstance(self.layers, str)
+            else list(self.layers),
+            "per_layer": self.per_layer,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> DensityTemperature:
+        """Restore a :meth:`state_dict` onto this (unfitted or fitted) instance of the same network and settings;
+        returns ``self``."""
+        layers = self.layers if self.layers is None or isinstance(self.layers, str) else list(self.layers)
+        for key, mine in (("layers", layers), ("per_layer", self.per_layer)):
+            if state.get(key) != mine:
+                raise ValueError(
+                    f"the state was saved with {key}={state.get(key)!r}; this instance has {key}={mine!r}"
+                )
+        density = self._new_density(self.model)
+        density.load_state_dict(state["density"])
+        t = state["temperature"]
+        self.temperature = ScoreTemperature(
+            float(t["a"]),
+            *(
+                tuple(float(v) for v in t[k]) if isinstance(t[k], list) else float(t[k])
+                for k in ("b", "center", "scale")
+            ),
+            bounds=(float(t["bounds"][0]), float(t["bounds"][1])),
+        )
+        self.density, self.cross_fitted = density, bool(state["cross_fitted"])
+        return self
