@@ -387,7 +387,10 @@ def test_cross_fit_score_slope_names_what_is_wrong():
         call(train=Short)
     with pytest.raises(ValueError, match=r"fold 0: score None returned shape \(11,\) for 12 inputs"):
         call(score=lambda m, xs, ys: lambda i: i[1:, 4])
-    with pytest.raises(ValueError, match=r"predict must return probabilities \[S, N, C\] or \[N, C\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"fold 0: predict's probabilities must have shape \[S, N, C\].* or \[N, C\]; got shape \(12,\)",
+    ):
         call(train=lambda xs, ys: type("M", (), {"predict": lambda self, i, num_samples: np.ones(len(i))})())
     sizes = iter([1, 2, 1, 1, 1])
 

@@ -382,16 +382,6 @@ def fit_score_slope(
     return fit_score_temperature(probs, labels, z, bounds=bounds).b
 
 
-def _samples(probs: Array) -> np.ndarray:
-    """Probabilities as a host float64 ``[S, N, C]`` array (``[N, C]`` gets ``S = 1``)."""
-    p = host(probs, np.float64)
-    if p.ndim == 2:
-        p = p[None]
-    if p.ndim != 3:
-        raise ValueError(f"predict must return probabilities [S, N, C] or [N, C]; got shape {tuple(p.shape)}")
-    return p
-
-
 def cross_fit_score_slope(
     train: Callable[[Any, Any], Any],
     score: Callable[[Any, Any, Any], Any],
@@ -468,14 +458,18 @@ def cross_fit_score_slope(
     with progress_task(progress, "cross-fitted slope", folds) as advance:
         for k in range(folds):
             held = fold_of == k
-            model = train(x[~held], y[~held])
-            p = _samples(model.predict(x[held], num_samples=num_samples))
+            x_fit, y_fit = x[~held], y[~held]
+            model = train(x_fit, y_fit)
+            _, p = _check_probs(
+                model.predict(x[held], num_samples=num_samples), f"fold {k}: predict's probabilities"
+            )
+            p = host(p, np.float64)
             if p.shape[1] != int(held.sum()):
                 raise ValueError(
                     f"fold {k}: predict returned {p.shape[1]} predictions for {int(held.sum())} inputs"
                 )
             probs.append(p)
-            scorer = score(model, x[~held], y[~held])
+            scorer = score(model, x_fit, y_fit)
             named = isinstance(scorer, Mapping)
             for key, fn in scorer.items() if named else [(None, scorer)]:
                 s = host(fn(x[held]), np.float64)

@@ -203,7 +203,9 @@ class _TemperedByDensity(ABC):
         bounds: tuple[float, float],
         shrinkage: float | str,
     ):
-        self.layers, self.per_layer, self.bounds, self.shrinkage = layers, bool(per_layer), bounds, shrinkage
+        # a list when named (a copy, and what a saved state holds), else None or "all"/"hidden"
+        self.layers = layers if layers is None or isinstance(layers, str) else list(layers)
+        self.per_layer, self.bounds, self.shrinkage = bool(per_layer), bounds, shrinkage
         self.density: Any = None
         self.temperature: ScoreTemperature | None = None
         self.cross_fitted = False

@@ -452,17 +452,14 @@ class DensityTemperature(_TemperedByDensity):
             "density": density.state_dict(),
             "temperature": numbers,
             "cross_fitted": self.cross_fitted,
-            "layers": self.layers
-            if self.layers is None or isinstance(self.layers, str)
-            else list(self.layers),
+            "layers": self.layers,
             "per_layer": self.per_layer,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> DensityTemperature:
         """Restore a :meth:`state_dict` onto this (unfitted or fitted) instance of the same network and settings;
         returns ``self``."""
-        layers = self.layers if self.layers is None or isinstance(self.layers, str) else list(self.layers)
-        for key, mine in (("layers", layers), ("per_layer", self.per_layer)):
+        for key, mine in (("layers", self.layers), ("per_layer", self.per_layer)):
             if state.get(key) != mine:
                 raise ValueError(
                     f"the state was saved with {key}={state.get(key)!r}; this instance has {key}={mine!r}"
