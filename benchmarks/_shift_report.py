@@ -198,6 +198,40 @@ def severity_curves(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[int,
     return {t: dict(v) for t, v in out.items()}
 
 
+def check_can_add(run: Path) -> None:
+    """Raise unless ``run`` is a run folder (it has a readable ``metrics.json``) without ``shift.json`` yet.
+
+    Raises:
+        FileNotFoundError / ValueError: not a run folder (the message names it).
+        FileExistsError: it already holds ``shift.json``, which is never overwritten.
+    """
+    from uncertlr import runfolder
+
+    runfolder.read_metrics(run)
+    if (Path(run) / runfolder.SHIFT_FILE).exists():
+        raise FileExistsError(
+            f"{Path(run) / runfolder.SHIFT_FILE} already exists and is never overwritten: move it away, "
+            "or write a new run folder with --run-dir"
+        )
+
+
+def add_to_run(run: Path, summary: list[dict[str, Any]], curves: dict[str, Any]) -> Path:
+    """Add ``shift.json`` to an existing run folder (e.g. ``uncertlr demo``'s) and rebuild its report.
+
+    The folder's lock is held while the file is written, so a process training in it is never raced;
+    its other files are left as they are.
+    """
+    from uncertlr import runfolder
+    from uncertlr.diagnostics import report
+
+    check_can_add(run)
+    with runfolder.lock_run_dir(run):
+        check_can_add(run)  # again under the lock: another process may have written it meanwhile
+        runfolder.write_shift(run, summary, curves)
+    print(f"wrote {report(run, progress=False)}")
+    return Path(run)
+
+
 def write_run(root: Path, summary: list[dict[str, Any]], curves: dict[str, Any], seeds: list[int]) -> Path:
     """A run folder: ``metrics.json`` (each method on the first clean condition), ``shift.json``, the report."""
     from uncertlr import runfolder

@@ -32,6 +32,7 @@ Usage::
     python benchmarks/shift.py --cross-fit 5 --methods deterministic bnn  # in-distribution ECE on every input
     python benchmarks/shift.py --tasks fsdd-cnn --methods deterministic laplace bnn   # FSDD with a CNN
     python benchmarks/shift.py --tasks fsdd --methods deterministic --slope-folds 5   # + density-ts-cv rows
+    python benchmarks/shift.py --quick --add-to runs/demo-20261205-002307   # into a demo run's report
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ from benchmarks._shift_methods import (  # noqa: E402
     train_methods,
 )
 from benchmarks._shift_report import (  # noqa: E402
+    add_to_run,
     by_corruption,
+    check_can_add,
     goals,
     loso_goal,
     plot,
@@ -820,7 +823,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--run-dir",
         type=Path,
         default=None,
-        help="also write a run folder (metrics, shift.json, report) here",
+        help="also write a new run folder (metrics, shift.json, report) inside this folder",
+    )
+    p.add_argument(
+        "--add-to",
+        type=Path,
+        default=None,
+        metavar="RUN",
+        help="add the results (shift.json) to an existing run folder, e.g. `uncertlr demo`'s, and rebuild its "
+        "report; refused before any training when RUN is not a run folder or already holds shift.json",
     )
     p.add_argument(
         "--rows",
@@ -872,6 +883,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(K more trainings per model)",
     )
     args = p.parse_args(argv)
+    if args.add_to is not None:
+        try:  # now, not after an hour of training
+            check_can_add(args.add_to)
+        except (OSError, ValueError) as exc:
+            p.error(f"--add-to: {exc}")
     digits_cfg, fsdd_cfg, cnn_cfg = (
         replace(c, slope_folds=args.slope_folds) for c in (DIGITS, FSDD, FSDD_CNN)
     )
@@ -1008,6 +1024,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         plot(rows, args.png)
     if args.run_dir:
         write_run(args.run_dir, summary, severity_curves(rows), args.seeds)
+    if args.add_to:
+        add_to_run(args.add_to, summary, severity_curves(rows))
     configs = {
         "digits": asdict(digits_cfg),
         "fsdd": asdict(fsdd_cfg),

@@ -555,3 +555,44 @@ def test_cross_fitted_slopes_hold_out_each_fold_and_add_the_ts_cv_rows(monkeypat
         ("deterministic",), S._mlp(5, cfg, 3), S._t(x), S._t(y), replace(cfg, slope_folds=0), seed=0
     )
     assert len(trained_on) == 1 and plain["deterministic"].score_slopes == {}
+
+
+def test_add_to_puts_the_results_into_an_existing_run_and_never_overwrites(tmp_path, capsys):
+    import json
+
+    from benchmarks import shift
+    from uncertlr import runfolder
+
+    rows = [{**r, "corruption": "noise" if r["severity"] else "none"} for r in _rows()]
+    rows_file = tmp_path / "rows.json"
+    rows_file.write_text(json.dumps({"rows": rows, "seeds": [0, 1]}))
+    run = runfolder.new_run_dir(tmp_path, "demo")
+    runfolder.write_metrics(
+        run, {"task": "digits", "seed": 0, "config": {}, "models": {"bnn": {"accuracy": 0.9, "nll": 0.3}}}
+    )
+    metrics_before = (run / runfolder.METRICS_FILE).read_bytes()
+
+    out = tmp_path / "out.json"
+    assert shift.main(["--rows", str(rows_file), "--add-to", str(run), "--json", str(out)]) == 0
+    doc = runfolder.read_shift(run)
+    assert {(r["condition"], r["method"]) for r in doc["summary"]} == {
+        (r["condition"], r["method"]) for r in rows
+    }
+    assert (run / runfolder.METRICS_FILE).read_bytes() == metrics_before  # the run's own results are kept
+    html = (run / "report.html").read_text(encoding="utf-8")
+    section = html.split('id="shift"', 1)[1].split("</section>", 1)[0]
+    assert "digits-near-ood" in section and "No shift results" not in section
+    assert set(tmp_path.iterdir()) == {run, rows_file, out}  # no new run folder made beside it
+
+    # a second time: refused at once (before any training), the first results untouched
+    shift_before = (run / runfolder.SHIFT_FILE).read_bytes()
+    with pytest.raises(SystemExit) as exc:
+        shift.main(["--tasks", "digits", "--add-to", str(run)])
+    assert exc.value.code == 2
+    assert "shift.json already exists" in capsys.readouterr().err
+    assert (run / runfolder.SHIFT_FILE).read_bytes() == shift_before
+
+    # a folder that is not a run folder
+    with pytest.raises(SystemExit):
+        shift.main(["--tasks", "digits", "--add-to", str(tmp_path / "nowhere")])
+    assert "--add-to" in capsys.readouterr().err and not (tmp_path / "nowhere").exists()
