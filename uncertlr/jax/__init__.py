@@ -15,6 +15,8 @@ Needs the ``jax`` extra: ``pip install 'uncertlr[jax]'``. The public names live 
 * :mod:`uncertlr.jax.density` — :class:`FeatureDensity` (class-conditional Gaussians over a Flax or Equinox
   network's layer inputs: an out-of-distribution score) and :class:`DensityTemperature` (predictions softened
   per input by it);
+* :mod:`uncertlr.jax.laplace` — :class:`LastLayerLaplace` (a trained network's last dense layer under a
+  Laplace posterior, the prior precision by marginal likelihood);
 * :mod:`uncertlr.jax.signals` — :class:`LastLayerMCMCSignal` and the batch signals
   (:func:`batch_entropy`, :func:`batch_predictive_variance` and its parts...).
 
@@ -43,6 +45,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from uncertlr.jax.bnn import BNN, ELBOTerms, bayesian
 from uncertlr.jax.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from uncertlr.jax.density import DensityTemperature, FeatureDensity
+from uncertlr.jax.laplace import LastLayerLaplace
 from uncertlr.jax.mcmc import DivergenceWarning, MCMCResult, mcmc
 from uncertlr.jax.modulation import (
     cap_scale_step,
@@ -72,6 +75,7 @@ __all__ = [
     "DensityTemperature",
     "EarlyStopping",
     "FeatureDensity",
+    "LastLayerLaplace",
     "LastLayerMCMCSignal",
     "MCMCResult",
     "NormalPrediction",

@@ -33,10 +33,10 @@ from __future__ import annotations
 import math
 
 import torch
-from scipy.optimize import minimize_scalar
 from torch import Tensor, nn
 
 from uncertlr import likelihoods as _lik
+from uncertlr._laplace import check_prior_precision, fit_prior_precision, log_marginal_likelihood
 from uncertlr._spec import positive_int
 from uncertlr.likelihoods import NormalPrediction
 from uncertlr.torch._features import last_linear, layer_input
@@ -134,6 +134,7 @@ class LastLayerLaplace(nn.Module):
             ``self``.
         """
         batch_size = positive_int("batch_size", batch_size)
+        check_prior_precision(prior_precision)
         if x.shape[0] != y.shape[0] or x.shape[0] == 0:
             raise ValueError(
                 f"x and y must have the same, non-zero number of rows; got {x.shape[0]} and {y.shape[0]}"
@@ -173,27 +174,13 @@ class LastLayerLaplace(nn.Module):
         self._hmat = 0.5 * (hmat + hmat.T)
         self._evals = torch.linalg.eigvalsh(self._hmat).clamp_min(0.0)
         self._factor_cache: tuple[float, Tensor] | None = None
-        if prior_precision == "marglik":
-            lo, hi = math.log(1e-4), math.log(1e6)
-            res = minimize_scalar(
-                lambda t: -self.log_marginal_likelihood(math.exp(t)),
-                bounds=(lo, hi),
-                method="bounded",
-                options={"xatol": 1e-5},
-            )
-            delta = math.exp(float(res.x))
-        elif (
-            isinstance(prior_precision, (int, float))
-            and not isinstance(prior_precision, bool)
-            and math.isfinite(prior_precision)
-            and prior_precision > 0
-        ):
-            delta = float(prior_precision)
-        else:
-            raise ValueError(
-                f"prior_precision must be 'marglik' or a positive number; got {prior_precision!r}"
-            )
-        self.prior_precision = delta
+        given = check_prior_precision(prior_precision)
+        self._theta_sq = float(self._theta_star.square().sum())
+        self.prior_precision = (
+            fit_prior_precision(self._loglik, self._theta_sq, self._evals.cpu().numpy())
+            if given is None
+            else given
+        )
         self._fitted = True
         return self
 
@@ -201,13 +188,7 @@ class LastLayerLaplace(nn.Module):
         """The Laplace log marginal likelihood for prior precision ``δ`` (default: the fitted one)."""
         self._check_fitted("log_marginal_likelihood", need_delta=prior_precision is None)
         d = self.prior_precision if prior_precision is None else float(prior_precision)
-        theta2 = float(self._theta_star.square().sum())
-        return float(
-            self._loglik
-            - 0.5 * d * theta2
-            + 0.5 * self.num_params * math.log(d)
-            - 0.5 * torch.log(self._evals + d).sum()
-        )
+        return log_marginal_likelihood(self._loglik, self._theta_sq, self._evals.cpu().numpy(), d)
 
     def _check_fitted(self, what: str, need_delta: bool = True) -> None:
         if not hasattr(self, "_evals") or (need_delta and not self._fitted):
