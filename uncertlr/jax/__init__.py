@@ -15,6 +15,8 @@ Needs the ``jax`` extra: ``pip install 'uncertlr[jax]'``. The public names live 
 * :mod:`uncertlr.jax.density` — :class:`FeatureDensity` (class-conditional Gaussians over a Flax or Equinox
   network's layer inputs: an out-of-distribution score) and :class:`DensityTemperature` (predictions softened
   per input by it);
+* :mod:`uncertlr.jax.ensemble` — :class:`Ensemble` (trained Flax/Equinox members, listed or stacked for
+  ``jax.vmap``, or BNN results, behind one ``predict``) and :func:`ensemble_spread` (their spread as σ);
 * :mod:`uncertlr.jax.laplace` — :class:`LastLayerLaplace` (a trained network's last dense layer under a
   Laplace posterior, the prior precision by marginal likelihood);
 * :mod:`uncertlr.jax.signals` — :class:`LastLayerMCMCSignal` and the batch signals
@@ -45,6 +47,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from uncertlr.jax.bnn import BNN, ELBOTerms, bayesian
 from uncertlr.jax.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from uncertlr.jax.density import DensityTemperature, FeatureDensity
+from uncertlr.jax.ensemble import Ensemble, ensemble_spread
 from uncertlr.jax.laplace import LastLayerLaplace
 from uncertlr.jax.mcmc import DivergenceWarning, MCMCResult, mcmc
 from uncertlr.jax.modulation import (
@@ -74,6 +77,7 @@ __all__ = [
     "ELBOTerms",
     "DensityTemperature",
     "EarlyStopping",
+    "Ensemble",
     "FeatureDensity",
     "LastLayerLaplace",
     "LastLayerMCMCSignal",
@@ -96,6 +100,7 @@ __all__ = [
     "posterior_scale_args",
     "save_checkpoint",
     "cap_scale_step",
+    "ensemble_spread",
     "scale_by_grad_uncertainty",
     "scale_by_uncertainty",
     "svi",
