@@ -15,6 +15,8 @@ Needs the ``jax`` extra: ``pip install 'uncertlr[jax]'``. The public names live 
 * :mod:`uncertlr.jax.density` — :class:`FeatureDensity` (class-conditional Gaussians over a Flax or Equinox
   network's layer inputs: an out-of-distribution score) and :class:`DensityTemperature` (predictions softened
   per input by it);
+* :mod:`uncertlr.jax.dropout` — :func:`mc_dropout` / :class:`MCDropout` (a trained network's own dropout
+  layers kept on at prediction time);
 * :mod:`uncertlr.jax.ensemble` — :class:`Ensemble` (trained Flax/Equinox members, listed or stacked for
   ``jax.vmap``, or BNN results, behind one ``predict``) and :func:`ensemble_spread` (their spread as σ);
 * :mod:`uncertlr.jax.laplace` — :class:`LastLayerLaplace` (a trained network's last dense layer under a
@@ -47,6 +49,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from uncertlr.jax.bnn import BNN, ELBOTerms, bayesian
 from uncertlr.jax.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from uncertlr.jax.density import DensityTemperature, FeatureDensity
+from uncertlr.jax.dropout import MCDropout, mc_dropout
 from uncertlr.jax.ensemble import Ensemble, ensemble_spread
 from uncertlr.jax.laplace import LastLayerLaplace
 from uncertlr.jax.mcmc import DivergenceWarning, MCMCResult, mcmc
@@ -81,6 +84,7 @@ __all__ = [
     "FeatureDensity",
     "LastLayerLaplace",
     "LastLayerMCMCSignal",
+    "MCDropout",
     "MCMCResult",
     "NormalPrediction",
     "SVIResult",
@@ -96,6 +100,7 @@ __all__ = [
     "feed",
     "for_numpyro",
     "load_checkpoint",
+    "mc_dropout",
     "mcmc",
     "posterior_scale_args",
     "save_checkpoint",
