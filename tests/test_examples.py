@@ -193,3 +193,32 @@ def test_speaker_validated_bnn_is_chosen_without_the_held_out_rows(monkeypatch):
     assert list(search.fold_scores[0]) == ["b"]
     assert chosen.name == "bnn-spkval" and chosen.epochs == bnn.epochs  # the full training length again
     assert {"prior_scale": chosen.prior_scale} == {"prior_scale": search.best["prior_scale"]}
+
+
+def test_mcmc_digits_quick_compares_five_jax_methods(tmp_path):
+    """The JAX example end to end (tiny settings): every method's row, predictions and history in the run folder."""
+    mod = _load("mcmc_digits")
+    args = ["--quick", "--warmup", "10", "--samples", "10", "--chains", "1", "--svi-epochs", "2"]
+    assert mod.main([*args, "--out", str(tmp_path)]) == 0
+    (run,) = tmp_path.iterdir()
+    doc = read_metrics(run)
+    models = doc["models"]
+    assert set(models) == {"deterministic", "ensemble", "laplace", "svi", "nuts"}
+    assert all(
+        math.isfinite(m[k]) for m in models.values() for k in ("accuracy", "nll", "ece", "auroc_entropy")
+    )
+    assert set(read_history(run)) == set(models) - {"nuts"}  # NUTS has no loss curve
+    import numpy as np
+
+    with np.load(run / "predictions.npz") as p:
+        assert p["ensemble_test"].shape == (5, len(p["labels"]), 10)
+        assert p["laplace_test"].shape == (100, len(p["labels"]), 10)
+    assert models["ensemble"]["accuracy"] > 0.8 and models["laplace"]["accuracy"] > 0.8
+    # five members disagree somewhat, a point network not at all; Laplace samples its last layer
+    assert (
+        models["ensemble"]["mi_in"] > 0
+        and models["laplace"]["mi_in"] > 0
+        and models["deterministic"]["mi_in"] == 0
+    )
+    assert doc["config"]["laplace"]["prior_precision"] > 0
+    assert (run / "report.html").is_file()
