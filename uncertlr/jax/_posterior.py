@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from uncertlr import likelihoods as _lik
 from uncertlr.jax._predict import draws_per_chunk, free_device_memory
 from uncertlr.jax.bnn import BNN, NOISE_SITE, PREDICT_CHUNK_ELEMENTS
 from uncertlr.likelihoods import NormalPrediction
@@ -49,6 +50,37 @@ def as_key(rng_key: Any) -> Array:
     if isinstance(rng_key, (int, np.integer)):
         return jax.random.key(int(rng_key))
     return rng_key
+
+
+class KeyStream:
+    """A seeded stream of JAX keys for ``predict`` calls without ``rng_key`` (each call advances it); kept as
+    numpy key data, so whatever holds it pickles.
+
+    Example:
+        >>> stream = KeyStream(0)
+        >>> a, b = stream.next(None), stream.next(None)
+        >>> bool((jax.random.key_data(a) != jax.random.key_data(b)).any()), stream.next(3) is not None
+        (True, True)
+    """
+
+    def __init__(self, seed: int):
+        self._data = np.asarray(jax.random.key_data(jax.random.key(seed)))
+
+    def next(self, rng_key: Any) -> Array:
+        """``rng_key`` as a key when given (an int seeds one), else the stream's next key."""
+        if rng_key is not None:
+            return as_key(rng_key)
+        key, new = jax.random.split(jax.random.wrap_key_data(jnp.asarray(self._data)))
+        self._data = np.asarray(jax.random.key_data(key))
+        return new
+
+
+def as_prediction(out: Array, likelihood: Any, variance: Any = None) -> Array | NormalPrediction:
+    """Outputs ``[S, N, C]`` as the library's prediction: their softmax (categorical), or a ``NormalPrediction``
+    of the outputs as means with the noise ``variance`` (a number, or anything that broadcasts to ``[S, 1, 1]``)."""
+    if isinstance(likelihood, _lik.Categorical):
+        return jax.nn.softmax(out, axis=-1)
+    return NormalPrediction(out, jnp.broadcast_to(jnp.asarray(variance, dtype=out.dtype), out.shape))
 
 
 def as_count(name: str, value: Any, minimum: int = 1) -> int:

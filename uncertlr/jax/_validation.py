@@ -19,7 +19,7 @@ from jax import Array
 
 from uncertlr import likelihoods as _lik
 
-__all__ = ["check_data", "output_shape"]
+__all__ = ["check_batch", "check_data", "check_inputs", "draws_outputs", "output_shape"]
 
 
 def output_shape(bnn: Any, x: Array) -> tuple[int, ...]:
@@ -33,6 +33,30 @@ def output_shape(bnn: Any, x: Array) -> tuple[int, ...]:
             f"(is x missing its batch axis, or does it have the wrong number of features?): "
             f"{type(exc).__name__}: {first}"
         ) from exc
+
+
+def check_inputs(x: Any) -> None:
+    """Raise unless ``x`` holds at least one input ``[N, ...]``: a ValueError naming its shape."""
+    if not hasattr(x, "shape") or len(x.shape) == 0 or x.shape[0] == 0:
+        raise ValueError(f"x must hold at least one input [N, ...]; got shape {getattr(x, 'shape', None)}")
+
+
+def check_batch(x: Any) -> Array:
+    """One batch of inputs as a JAX array, with a ValueError when a float input holds NaN or inf."""
+    xb = jnp.asarray(x)
+    if jnp.issubdtype(xb.dtype, jnp.inexact) and not bool(jnp.isfinite(xb).all()):
+        raise ValueError("x holds NaN or inf")
+    return xb
+
+
+def draws_outputs(parts: list[Array], who: str) -> Array:
+    """Batches of outputs ``[S, n, C]`` joined along the inputs, checked to be ``[S, N, C]`` and finite."""
+    out = jnp.concatenate(parts, axis=1)
+    if out.ndim != 3:
+        raise ValueError(f"{who} must output [N, C]; got [S, N, ...] of shape {tuple(out.shape)}")
+    if not bool(jnp.isfinite(out).all()):
+        raise ValueError(f"the outputs of {who} are not finite")
+    return out
 
 
 def check_data(bnn: Any, x: Any, y: Any = None) -> tuple[Array, Array | None]:

@@ -35,7 +35,8 @@ import numpy as np
 from uncertlr import likelihoods as _lik
 from uncertlr._spec import positive_int
 from uncertlr.jax._networks import _module_kind
-from uncertlr.jax._posterior import as_key
+from uncertlr.jax._posterior import KeyStream, as_prediction
+from uncertlr.jax._validation import check_batch, check_inputs, draws_outputs
 from uncertlr.jax.density import _get
 from uncertlr.likelihoods import NormalPrediction
 
@@ -46,16 +47,6 @@ Array = Any
 _DRAW = (
     threading.local()
 )  # the key of the forward pass running on this thread, and how many dropout calls it made
-
-
-def _likelihood(spec: _lik.Categorical | _lik.Normal | str) -> _lik.Categorical | _lik.Normal:
-    if isinstance(spec, (_lik.Categorical, _lik.Normal)):
-        return spec
-    if spec in ("categorical", "normal"):
-        return _lik.Categorical() if spec == "categorical" else _lik.Normal()
-    raise ValueError(
-        f"likelihood must be 'categorical', 'normal' or a uncertlr.likelihoods spec; got {spec!r}"
-    )
 
 
 def _linen_runner(module: Any, variables: Any) -> Callable[[Array, Array], Array]:
@@ -199,7 +190,7 @@ class MCDropout:
         elif params is not None:
             raise ValueError(f"a {kind} module holds its own parameters: do not pass params=")
         self.kind, self._net, self._params = kind, net, params
-        self.likelihood = _likelihood(likelihood)
+        self.likelihood = _lik.as_likelihood(likelihood)
         if isinstance(self.likelihood, _lik.Normal):
             if noise_scale is None or not (np.isfinite(noise_scale) and noise_scale > 0):
                 raise ValueError(
@@ -209,7 +200,7 @@ class MCDropout:
             raise ValueError("noise_scale= is for likelihood='normal'")
         self.noise_scale = noise_scale
         self._runner: Callable[[Array, Array], Array] | None = None
-        self._rng_key = np.asarray(jax.random.key_data(jax.random.key(seed)))
+        self._keys = KeyStream(seed)
 
     def _run(self) -> Callable[[Array, Array], Array]:
         if self._runner is None:
@@ -221,30 +212,18 @@ class MCDropout:
                 self._runner = _equinox_runner(self._net)
         return self._runner
 
-    def _next_key(self, rng_key: Any) -> Array:
-        if rng_key is not None:
-            return as_key(rng_key)
-        key, new = jax.random.split(jax.random.wrap_key_data(jnp.asarray(self._rng_key)))
-        self._rng_key = np.asarray(jax.random.key_data(key))
-        return new
-
     def sample_outputs(
         self, x: Array, *, num_samples: int = 32, rng_key: Any = None, batch_size: int = 1024
     ) -> Array:
         """Raw outputs ``[S, N, C]``, one dropout mask per draw (and per input)."""
         num_samples = positive_int("num_samples", num_samples)
         batch_size = positive_int("batch_size", batch_size)
-        if not hasattr(x, "shape") or len(x.shape) == 0 or x.shape[0] == 0:
-            raise ValueError(
-                f"x must hold at least one input [N, ...]; got shape {getattr(x, 'shape', None)}"
-            )
-        keys = jax.random.split(self._next_key(rng_key), num_samples)
+        check_inputs(x)
+        keys = jax.random.split(self._keys.next(rng_key), num_samples)
         run = self._run()
         parts = []
         for i, start in enumerate(range(0, x.shape[0], batch_size)):
-            xb = jnp.asarray(x[start : start + batch_size])
-            if jnp.issubdtype(xb.dtype, jnp.inexact) and not bool(jnp.isfinite(xb).all()):
-                raise ValueError("x holds NaN or inf")
+            xb = check_batch(x[start : start + batch_size])
             _DRAW.calls = 0
             batch_keys = jax.vmap(lambda k, i=i: jax.random.fold_in(k, i))(keys)  # each batch its own masks
             parts.append(jax.vmap(run, in_axes=(0, None))(batch_keys, xb))
@@ -254,12 +233,7 @@ class MCDropout:
                     "the network's own dropout layers (nn.Dropout, nnx.Dropout, eqx.nn.Dropout); add them and "
                     "train with them on"
                 )
-        out = jnp.concatenate(parts, axis=1)
-        if out.ndim != 3:
-            raise ValueError(f"the network must output [N, C]; got shape {tuple(out.shape[1:])}")
-        if not bool(jnp.isfinite(out).all()):
-            raise ValueError("the network's outputs are not finite")
-        return out
+        return draws_outputs(parts, "the network")
 
     def predict(
         self, x: Array, *, num_samples: int = 32, rng_key: Any = None, batch_size: int = 1024
@@ -273,9 +247,7 @@ class MCDropout:
             batch_size: rows per forward pass (all draws of a batch run at once).
         """
         out = self.sample_outputs(x, num_samples=num_samples, rng_key=rng_key, batch_size=batch_size)
-        if isinstance(self.likelihood, _lik.Categorical):
-            return jax.nn.softmax(out, axis=-1)
-        return NormalPrediction(out, jnp.full_like(out, float(self.noise_scale) ** 2))  # type: ignore[arg-type]
+        return as_prediction(out, self.likelihood, None if self.noise_scale is None else self.noise_scale**2)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_runner": None}  # a closure over the network: rebuilt on first use

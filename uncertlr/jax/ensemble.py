@@ -37,22 +37,13 @@ import numpy as np
 from uncertlr import likelihoods as _lik
 from uncertlr._spec import positive_int
 from uncertlr.jax._networks import _module_kind
-from uncertlr.jax._posterior import _Posterior, as_key
+from uncertlr.jax._posterior import KeyStream, _Posterior, as_prediction
+from uncertlr.jax._validation import check_batch, check_inputs, draws_outputs
 from uncertlr.likelihoods import NormalPrediction
 
 __all__ = ["Ensemble", "ensemble_spread"]
 
 Array = Any
-
-
-def _likelihood(spec: _lik.Categorical | _lik.Normal | str) -> _lik.Categorical | _lik.Normal:
-    if isinstance(spec, (_lik.Categorical, _lik.Normal)):
-        return spec
-    if spec in ("categorical", "normal"):
-        return _lik.Categorical() if spec == "categorical" else _lik.Normal()
-    raise ValueError(
-        f"likelihood must be 'categorical', 'normal' or a uncertlr.likelihoods spec; got {spec!r}"
-    )
 
 
 def _forward(net: Any, kind: str, stacked: bool) -> Callable[[Any, Array], Array]:
@@ -186,7 +177,7 @@ class Ensemble:
         else:
             self.size = len(self._members)
         if not self._bnn:
-            self.likelihood = _likelihood(likelihood)
+            self.likelihood = _lik.as_likelihood(likelihood)
             module = self._module if self.kind == "flax.linen" or self._stacked else self._members[0]
             self._run = _forward(module, self.kind, self._stacked)
         self._noise_var: np.ndarray | None = None
@@ -199,32 +190,20 @@ class Ensemble:
             self._noise_var = scale**2
         elif noise_scale is not None and not self._bnn:
             raise ValueError("noise_scale= is for likelihood='normal'")
-        self._rng_key = np.asarray(jax.random.key_data(jax.random.key(seed)))
-
-    def _next_key(self, rng_key: Any) -> Array:
-        if rng_key is not None:
-            return as_key(rng_key)
-        key, new = jax.random.split(jax.random.wrap_key_data(jnp.asarray(self._rng_key)))
-        self._rng_key = np.asarray(jax.random.key_data(key))
-        return new
+        self._keys = KeyStream(seed)
 
     def _outputs(self, x: Array, batch_size: int) -> Array:
         """Every deterministic member's outputs ``[K, N, C]``."""
         parts = []
         for start in range(0, x.shape[0], batch_size):
-            xb = jnp.asarray(x[start : start + batch_size])
+            xb = check_batch(x[start : start + batch_size])
             if self._stacked:
                 parts.append(self._run(self._members, xb))
             elif self.kind == "flax.linen":
                 parts.append(jnp.stack([self._run(v, xb) for v in self._members]))
             else:
                 parts.append(jnp.stack([self._run(m, xb) for m in self._members]))
-        out = jnp.concatenate(parts, axis=1)
-        if out.ndim != 3:
-            raise ValueError(f"each member must output [N, C]; got [K, N, ...] of shape {tuple(out.shape)}")
-        if not bool(jnp.isfinite(out).all()):
-            raise ValueError("the members' outputs are not finite")
-        return out
+        return draws_outputs(parts, "each member")
 
     def predict(
         self, x: Array, *, num_samples: int = 32, rng_key: Any = None, batch_size: int = 1024
@@ -239,28 +218,19 @@ class Ensemble:
         """
         num_samples = positive_int("num_samples", num_samples)
         batch_size = positive_int("batch_size", batch_size)
-        if not hasattr(x, "shape") or len(x.shape) == 0 or x.shape[0] == 0:
-            raise ValueError(
-                f"x must hold at least one input [N, ...]; got shape {getattr(x, 'shape', None)}"
-            )
+        check_inputs(x)
         if self._bnn:
             per = math.ceil(num_samples / self.size)
-            keys = jax.random.split(self._next_key(rng_key), self.size)
+            keys = jax.random.split(self._keys.next(rng_key), self.size)
             preds = [m.predict(x, num_samples=per, rng_key=k) for m, k in zip(self._members, keys)]
             if isinstance(preds[0], NormalPrediction):
                 return NormalPrediction(
                     jnp.concatenate([p.mean for p in preds]), jnp.concatenate([p.variance for p in preds])
                 )
             return jnp.concatenate(preds)
-        if jnp.issubdtype(jnp.asarray(x[:1]).dtype, jnp.inexact) and not bool(
-            jnp.isfinite(jnp.asarray(x)).all()
-        ):
-            raise ValueError("x holds NaN or inf")
-        out = self._outputs(x, batch_size)
-        if isinstance(self.likelihood, _lik.Categorical):
-            return jax.nn.softmax(out, axis=-1)
-        var = jnp.asarray(self._noise_var, dtype=out.dtype)[:, None, None]
-        return NormalPrediction(out, jnp.broadcast_to(var, out.shape))
+        out = self._outputs(x, batch_size)  # (checks each batch for NaN and inf)
+        var = None if self._noise_var is None else self._noise_var[:, None, None]
+        return as_prediction(out, self.likelihood, var)
 
     def __repr__(self) -> str:
         return f"Ensemble({self.kind}, size={self.size}{', stacked' if self._stacked else ''})"

@@ -44,7 +44,8 @@ from uncertlr._arrays import host
 from uncertlr._laplace import check_prior_precision, fit_prior_precision, log_marginal_likelihood
 from uncertlr._spec import positive_int
 from uncertlr.jax._networks import as_network
-from uncertlr.jax._posterior import as_key
+from uncertlr.jax._posterior import KeyStream, as_prediction
+from uncertlr.jax._validation import check_batch, check_inputs
 from uncertlr.jax.density import FeatureDensity
 from uncertlr.likelihoods import NormalPrediction
 
@@ -54,16 +55,6 @@ Array = Any
 
 #: Most last-layer parameters (weight + bias) the full GGN is built for (as the torch class).
 MAX_PARAMS = 8192
-
-
-def _likelihood(spec: _lik.Categorical | _lik.Normal | str) -> _lik.Categorical | _lik.Normal:
-    if isinstance(spec, (_lik.Categorical, _lik.Normal)):
-        return spec
-    if spec in ("categorical", "normal"):
-        return _lik.Categorical() if spec == "categorical" else _lik.Normal()
-    raise ValueError(
-        f"likelihood must be 'categorical', 'normal' or a uncertlr.likelihoods spec; got {spec!r}"
-    )
 
 
 class LastLayerLaplace:
@@ -103,7 +94,7 @@ class LastLayerLaplace:
         noise_scale: float | None = None,
         seed: int = 0,
     ):
-        self.likelihood = _likelihood(likelihood)
+        self.likelihood = _lik.as_likelihood(likelihood)
         self._density = FeatureDensity(net, params=params, layers=last_layer)  # validates net and params
         self._net, self._params = net, params
         if noise_scale is not None and not (math.isfinite(noise_scale) and noise_scale > 0):
@@ -112,22 +103,17 @@ class LastLayerLaplace:
         self.layer_name: str | None = last_layer
         self.num_params = 0
         self.prior_precision = math.nan
-        self._rng_key = np.asarray(jax.random.key_data(jax.random.key(seed)))
+        self._keys = KeyStream(seed)
         self._fitted = False
 
     # ------------------------------------------------------------------ features
 
     def _features(self, x: Array, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """``(φ̃[N, D + 1], outputs[N, C])`` in float64, checking the outputs are the layer's."""
-        if not hasattr(x, "shape") or len(x.shape) == 0 or x.shape[0] == 0:
-            raise ValueError(
-                f"x must hold at least one input [N, ...]; got shape {getattr(x, 'shape', None)}"
-            )
+        check_inputs(x)
         phis, outs = [], []
         for start in range(0, x.shape[0], batch_size):
-            xb = jnp.asarray(x[start : start + batch_size])
-            if jnp.issubdtype(xb.dtype, jnp.inexact) and not bool(jnp.isfinite(xb).all()):
-                raise ValueError("x holds NaN or inf")
+            xb = check_batch(x[start : start + batch_size])
             out, first = self._density._pass(xb)
             if not self._density._chosen:
                 self._density._choose(out, first)
@@ -289,13 +275,6 @@ class LastLayerLaplace:
 
     # ------------------------------------------------------------------ prediction
 
-    def _next_key(self, rng_key: Any) -> Array:
-        if rng_key is not None:
-            return as_key(rng_key)
-        key, new = jax.random.split(jax.random.wrap_key_data(jnp.asarray(self._rng_key)))
-        self._rng_key = np.asarray(jax.random.key_data(key))
-        return new
-
     def sample_outputs(
         self, x: Array, *, num_samples: int = 32, rng_key: Any = None, batch_size: int = 1024
     ) -> Array:
@@ -304,7 +283,7 @@ class LastLayerLaplace:
         num_samples = positive_int("num_samples", num_samples)
         phi, _ = self._features(x, positive_int("batch_size", batch_size))
         eps = np.asarray(
-            jax.random.normal(self._next_key(rng_key), (num_samples, self.num_params)), dtype=np.float64
+            jax.random.normal(self._keys.next(rng_key), (num_samples, self.num_params)), dtype=np.float64
         )
         # θ = θ* + L⁻ᵀ ε has covariance (L Lᵀ)⁻¹ = (H + δ I)⁻¹
         draws = scipy.linalg.solve_triangular(self._factor().T, eps.T, lower=False).T
@@ -323,9 +302,7 @@ class LastLayerLaplace:
             batch_size: rows per forward pass.
         """
         out = self.sample_outputs(x, num_samples=num_samples, rng_key=rng_key, batch_size=batch_size)
-        if isinstance(self.likelihood, _lik.Categorical):
-            return jax.nn.softmax(out, axis=-1)
-        return NormalPrediction(out, jnp.full_like(out, float(self.noise_scale) ** 2))  # type: ignore[arg-type]
+        return as_prediction(out, self.likelihood, None if self.noise_scale is None else self.noise_scale**2)
 
     def __repr__(self) -> str:
         return (

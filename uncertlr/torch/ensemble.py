@@ -41,18 +41,6 @@ from uncertlr.torch.bnn import BNN
 __all__ = ["Ensemble", "PointNetwork", "deep_ensemble"]
 
 
-def _likelihood(spec: _lik.Categorical | _lik.Normal | str) -> _lik.Categorical | _lik.Normal:
-    if isinstance(spec, (_lik.Categorical, _lik.Normal)):
-        return spec
-    if spec == "categorical":
-        return _lik.Categorical()
-    if spec == "normal":
-        return _lik.Normal()
-    raise ValueError(
-        f"likelihood must be 'categorical', 'normal' or a uncertlr.likelihoods spec; got {spec!r}"
-    )
-
-
 class PointNetwork(nn.Module):
     """A deterministic network with a likelihood: the ensemble member (and MC-dropout base) for plain nets.
 
@@ -64,7 +52,7 @@ class PointNetwork(nn.Module):
     def __init__(self, net: nn.Module, likelihood: _lik.Categorical | _lik.Normal | str = "categorical"):
         super().__init__()
         self.net = net
-        self.likelihood_module = LikelihoodModule(_likelihood(likelihood))
+        self.likelihood_module = LikelihoodModule(_lik.as_likelihood(likelihood))
 
     @property
     def likelihood(self) -> _lik.Categorical | _lik.Normal:

@@ -40,7 +40,7 @@ from uncertlr._laplace import check_prior_precision, fit_prior_precision, log_ma
 from uncertlr._spec import positive_int
 from uncertlr.likelihoods import NormalPrediction
 from uncertlr.torch._features import last_linear, layer_input
-from uncertlr.torch.ensemble import PointNetwork, _likelihood
+from uncertlr.torch.ensemble import PointNetwork
 
 __all__ = ["MAX_PARAMS", "LastLayerLaplace"]
 
@@ -85,7 +85,7 @@ class LastLayerLaplace(nn.Module):
             if noise_scale is None and isinstance(self.likelihood, _lik.Normal):
                 noise_scale = float(torch.as_tensor(model.likelihood_module.noise_scale).detach())
         elif isinstance(model, nn.Module):
-            self.net, self.likelihood = model, _likelihood(likelihood)
+            self.net, self.likelihood = model, _lik.as_likelihood(likelihood)
         else:
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
         self.layer_name, self.layer = last_linear(self.net, last_layer, _WHAT)
