@@ -106,7 +106,7 @@ def _nnx_runner(module: Any) -> Callable[[Array, Array], Array]:
     def run(key: Array, x: Array) -> Array:
         clone = nnx.clone(module)  # the user's module keeps its own classes and flags
         clone.eval()  # batch norm on its running statistics; the dropout layers are switched on below
-        index = {}
+        index: dict[int, int] = {}
         for _, node in nnx.iter_graph(clone):
             if isinstance(node, nnx.Dropout):
                 index[id(node)] = len(index)
