@@ -3,6 +3,8 @@ Equinox), the torch Ensemble's on the same weights, BNN members, the spread agai
 
 from __future__ import annotations
 
+import pickle
+
 import equinox as eqx
 import flax.linen as nn
 import jax
@@ -40,6 +42,13 @@ def test_linen_members_listed_or_stacked_give_each_members_own_softmax():
     assert listed.size == 4 and got.shape == (4, 40, 3)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     stacked = jax.vmap(NET.init, in_axes=(0, None))(KEYS, X[:1])  # how a vmapped ensemble is made
+    bare = Ensemble(NET, params=[v["params"] for v in members])  # a bare parameter tree is taken too
+    np.testing.assert_allclose(np.asarray(bare.predict(X_NEW)), want, rtol=1e-5, atol=1e-6)
+    # it pickles when the module does (nn.Sequential holds Dense layers whose initialisers are closures)
+    kwargs, _ = NETS["flax.linen"]()
+    ens = Ensemble(kwargs["net"], params=[kwargs["params"], jax.tree.map(lambda a: -a, kwargs["params"])])
+    copy = pickle.loads(pickle.dumps(ens))
+    np.testing.assert_array_equal(np.asarray(copy.predict(X_NEW)), np.asarray(ens.predict(X_NEW)))
     np.testing.assert_allclose(
         np.asarray(Ensemble(NET, params=stacked, stacked=True).predict(X_NEW)), want, atol=1e-6
     )

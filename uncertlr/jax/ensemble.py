@@ -70,8 +70,13 @@ def _forward(net: Any, kind: str, stacked: bool) -> Callable[[Any, Array], Array
     return eqx.filter_jit(eqx.filter_vmap(one, in_axes=(eqx.if_array(0), None)) if stacked else one)  # type: ignore[no-any-return]
 
 
+def _variables(v: Any) -> Any:
+    """A linen module's variables: ``{"params": ...}`` (a bare parameter tree is wrapped)."""
+    return v if isinstance(v, dict) and "params" in v else {"params": v}
+
+
 class Ensemble:
-    """Independently trained members behind one ``predict``.
+    """Independently trained members behind one ``predict``. Picklable (its compiled forward pass is rebuilt).
 
     Args:
         members: the trained members — flax.nnx or Equinox modules, a flax.linen module (with ``params=``),
@@ -148,9 +153,9 @@ class Ensemble:
                             "params= must be a list of at least 2 members' variables (or one stacked pytree "
                             "with stacked=True)"
                         )
-                    self._members = list(params)
+                    self._members = [_variables(v) for v in params]
                 else:
-                    self._members = params
+                    self._members = _variables(params)
                 self._module = members
             elif self.kind == "equinox" and stacked:
                 if params is not None:
@@ -176,10 +181,9 @@ class Ensemble:
             self.size = sizes.pop()
         else:
             self.size = len(self._members)
+        self._run: Callable[[Any, Array], Array] | None = None  # compiled on first use (and after unpickling)
         if not self._bnn:
             self.likelihood = _lik.as_likelihood(likelihood)
-            module = self._module if self.kind == "flax.linen" or self._stacked else self._members[0]
-            self._run = _forward(module, self.kind, self._stacked)
         self._noise_var: np.ndarray | None = None
         if isinstance(self.likelihood, _lik.Normal) and not self._bnn:
             if noise_scale is None:
@@ -192,17 +196,25 @@ class Ensemble:
             raise ValueError("noise_scale= is for likelihood='normal'")
         self._keys = KeyStream(seed)
 
+    def _runner(self) -> Callable[[Any, Array], Array]:
+        if self._run is None:
+            module = self._module if self.kind == "flax.linen" or self._stacked else self._members[0]
+            self._run = _forward(module, self.kind, self._stacked)
+        return self._run
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_run": None}
+
     def _outputs(self, x: Array, batch_size: int) -> Array:
         """Every deterministic member's outputs ``[K, N, C]``."""
+        run = self._runner()
         parts = []
         for start in range(0, x.shape[0], batch_size):
             xb = check_batch(x[start : start + batch_size])
             if self._stacked:
-                parts.append(self._run(self._members, xb))
-            elif self.kind == "flax.linen":
-                parts.append(jnp.stack([self._run(v, xb) for v in self._members]))
+                parts.append(run(self._members, xb))
             else:
-                parts.append(jnp.stack([self._run(m, xb) for m in self._members]))
+                parts.append(jnp.stack([run(m, xb) for m in self._members]))
         return draws_outputs(parts, "each member")
 
     def predict(
