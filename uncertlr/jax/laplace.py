@@ -10,7 +10,7 @@ training NLL — exact for a last layer, whose outputs are linear in its weights
 The prior precision ``δ`` maximises the Laplace marginal likelihood (or is given); the math is shared with
 the torch class (:mod:`uncertlr._laplace`), and both give the same posterior on the same weights. ``H`` is
 built on the host in float64 (numpy; JAX computes the features), so it is exact whatever JAX's default
-precision. The layer's input is read during an ordinary forward pass, as :class:`uncertlr.jax.FeatureDensity`
+precision, batch by batch: memory holds one batch's features and the ``P × P`` matrix. The layer's input is read during an ordinary forward pass, as :class:`uncertlr.jax.FeatureDensity`
 reads it, and the network is not changed. ``predict`` samples the last layer only, so one forward pass
 serves every draw.
 
@@ -31,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -108,10 +109,9 @@ class LastLayerLaplace:
 
     # ------------------------------------------------------------------ features
 
-    def _features(self, x: Array, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(φ̃[N, D + 1], outputs[N, C])`` in float64, checking the outputs are the layer's."""
+    def _batches(self, x: Array, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(φ̃[n, D + 1], outputs[n, C])`` of each batch in float64, checking the outputs are the layer's."""
         check_inputs(x)
-        phis, outs = [], []
         for start in range(0, x.shape[0], batch_size):
             xb = check_batch(x[start : start + batch_size])
             out, first = self._density._pass(xb)
@@ -128,12 +128,10 @@ class LastLayerLaplace:
                 )
             if jnp.ndim(out) != 2:
                 raise ValueError(f"the network must output [N, C]; got shape {tuple(jnp.shape(out))}")
-            phis.append(np.asarray(phi, dtype=np.float64))
-            outs.append(np.asarray(out, dtype=np.float64))
-        phi, out = np.concatenate(phis), np.concatenate(outs)
-        if not (np.isfinite(phi).all() and np.isfinite(out).all()):
-            raise ValueError("the network's features or outputs of x are not finite")
-        return np.concatenate([phi, np.ones((len(phi), 1))], 1), out
+            phi, out = np.asarray(phi, dtype=np.float64), np.asarray(out, dtype=np.float64)
+            if not (np.isfinite(phi).all() and np.isfinite(out).all()):
+                raise ValueError("the network's features or outputs of x are not finite")
+            yield np.concatenate([phi, np.ones((len(phi), 1))], 1), out
 
     def _theta(self, num_classes: int, num_features: int) -> np.ndarray:
         """``W̃ = [W | b]`` flattened row-major ``[P]`` (float64), ``W`` as ``[C, D]``."""
@@ -181,42 +179,55 @@ class LastLayerLaplace:
                 f"x and y must have the same number of rows; got {getattr(x, 'shape', None)} and "
                 f"{getattr(y, 'shape', None)}"
             )
-        phi, out = self._features(x, batch_size)
-        self.layer_name = self._density.layer_names[0]
-        n, d1 = phi.shape
-        c = out.shape[1]
-        self.num_params = c * d1
-        if self.num_params > MAX_PARAMS:
-            raise ValueError(
-                f"the last layer has {self.num_params} parameters; the full GGN is built for at most {MAX_PARAMS}"
-            )
-        theta = self._theta(c, d1 - 1)
         y_host = host(y)
-        if isinstance(self.likelihood, _lik.Categorical):
-            _lik.check_labels(y_host, n, c)
-            labels = y_host.astype(np.int64).reshape(n)
-            logp = out - scipy.special.logsumexp(out, axis=1, keepdims=True)
-            p = np.exp(logp)
-            # Σ_n (diag p_n - p_n p_nᵀ) ⊗ φ̃_n φ̃_nᵀ = blockdiag_a(Φ̃ᵀ diag(p_a) Φ̃) - GᵀG, G_n = p_n ⊗ φ̃_n
-            h = np.zeros((c, d1, c, d1))
-            for a in range(c):
-                h[a, :, a, :] = (phi * p[:, a : a + 1]).T @ phi
-            g = (p[:, :, None] * phi[:, None, :]).reshape(n, self.num_params)
-            hmat = h.reshape(self.num_params, self.num_params) - g.T @ g
-            loglik = float(logp[np.arange(n), labels].sum())
-        else:
-            targets = y_host.astype(np.float64)
-            if targets.size != out.size:
-                raise ValueError(f"y must hold one target per output, {out.shape}; got shape {targets.shape}")
-            targets = targets.reshape(out.shape)
-            if not np.isfinite(targets).all():
-                raise ValueError("y holds NaN or inf")
-            sq = float(np.square(targets - out).sum())
+        categorical = isinstance(self.likelihood, _lik.Categorical)
+        hmat = np.zeros((0, 0))
+        loglik, sq, done = 0.0, 0.0, 0
+        # accumulated batch by batch, so memory holds one batch's features and the [P, P] matrix, never [N, P]
+        for phi, out in self._batches(x, batch_size):
+            n, d1 = phi.shape
+            c = out.shape[1]
+            if done == 0:
+                self.layer_name = self._density.layer_names[0]
+                self.num_params = c * d1
+                if self.num_params > MAX_PARAMS:
+                    raise ValueError(
+                        f"the last layer has {self.num_params} parameters; the full GGN is built for at most "
+                        f"{MAX_PARAMS}"
+                    )
+                hmat = np.zeros((self.num_params, self.num_params) if categorical else (d1, d1))
+            yb = y_host[done : done + n]
+            if categorical:
+                _lik.check_labels(yb, n, c)
+                logp = out - scipy.special.logsumexp(out, axis=1, keepdims=True)
+                p = np.exp(logp)
+                # Σ_n (diag p_n - p_n p_nᵀ) ⊗ φ̃_n φ̃_nᵀ = blockdiag_a(Φ̃ᵀ diag(p_a) Φ̃) - GᵀG, G_n = p_n ⊗ φ̃_n
+                blocks = hmat.reshape(c, d1, c, d1)  # a view: adding to it adds to hmat
+                for a in range(c):
+                    blocks[a, :, a, :] += (phi * p[:, a : a + 1]).T @ phi
+                g = (p[:, :, None] * phi[:, None, :]).reshape(n, self.num_params)
+                hmat -= g.T @ g
+                loglik += float(logp[np.arange(n), yb.astype(np.int64).reshape(n)].sum())
+            else:
+                targets = yb.astype(np.float64)
+                if targets.size != out.size:
+                    raise ValueError(
+                        f"y must hold one target per output, {(len(y_host), c)}; got shape {y_host.shape}"
+                    )
+                targets = targets.reshape(out.shape)
+                if not np.isfinite(targets).all():
+                    raise ValueError("y holds NaN or inf")
+                sq += float(np.square(targets - out).sum())
+                hmat += phi.T @ phi  # the Gram matrix of φ̃, for now
+            done += n
+        theta = self._theta(c, d1 - 1)
+        if not categorical:
+            n_out = done * c
             if self.noise_scale is None:
-                self.noise_scale = math.sqrt(sq / out.size)
+                self.noise_scale = math.sqrt(sq / n_out)
             s2 = self.noise_scale**2
-            hmat = np.kron(np.eye(c), phi.T @ phi) / s2
-            loglik = -0.5 * sq / s2 - 0.5 * out.size * math.log(2 * math.pi * s2)
+            hmat = np.kron(np.eye(c), hmat) / s2
+            loglik = -0.5 * sq / s2 - 0.5 * n_out * math.log(2 * math.pi * s2)
         self._num_classes, self._num_features = c, d1 - 1
         self._theta_star = theta
         self._loglik = loglik
@@ -281,14 +292,15 @@ class LastLayerLaplace:
         """Outputs ``[S, N, C]`` (a float32 JAX array) under ``S`` draws of the last layer's weights."""
         self._check_fitted("predict")
         num_samples = positive_int("num_samples", num_samples)
-        phi, _ = self._features(x, positive_int("batch_size", batch_size))
+        batch_size = positive_int("batch_size", batch_size)
         eps = np.asarray(
             jax.random.normal(self._keys.next(rng_key), (num_samples, self.num_params)), dtype=np.float64
         )
         # θ = θ* + L⁻ᵀ ε has covariance (L Lᵀ)⁻¹ = (H + δ I)⁻¹
         draws = scipy.linalg.solve_triangular(self._factor().T, eps.T, lower=False).T
         theta = (self._theta_star + draws).reshape(num_samples, self._num_classes, -1)
-        return jnp.asarray(np.einsum("nd,scd->snc", phi, theta), dtype=jnp.float32)
+        parts = [np.einsum("nd,scd->snc", phi, theta) for phi, _ in self._batches(x, batch_size)]
+        return jnp.asarray(np.concatenate(parts, axis=1), dtype=jnp.float32)
 
     def predict(
         self, x: Array, *, num_samples: int = 32, rng_key: Any = None, batch_size: int = 1024
