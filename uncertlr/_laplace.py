@@ -26,7 +26,12 @@ import math
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-__all__ = ["PRIOR_PRECISION_BOUNDS", "fit_prior_precision", "log_marginal_likelihood"]
+__all__ = [
+    "PRIOR_PRECISION_BOUNDS",
+    "check_prior_precision",
+    "fit_prior_precision",
+    "log_marginal_likelihood",
+]
 
 #: The interval :func:`fit_prior_precision` searches.
 PRIOR_PRECISION_BOUNDS = (1e-4, 1e6)
