@@ -19,7 +19,7 @@ from jax import Array
 
 from uncertlr import likelihoods as _lik
 
-__all__ = ["check_batch", "check_data", "check_inputs", "draws_outputs", "output_shape"]
+__all__ = ["check_batch", "check_data", "check_inputs", "check_module", "draws_outputs", "output_shape"]
 
 
 def output_shape(bnn: Any, x: Array) -> tuple[int, ...]:
@@ -33,6 +33,24 @@ def output_shape(bnn: Any, x: Array) -> tuple[int, ...]:
             f"(is x missing its batch axis, or does it have the wrong number of features?): "
             f"{type(exc).__name__}: {first}"
         ) from exc
+
+
+def check_module(net: Any, params: Any, what: str, hint: str = "") -> str:
+    """The framework of ``net`` (``"flax.linen"``, ``"flax.nnx"``, ``"equinox"``), checking that a linen module
+    comes with its ``params`` and an nnx or Equinox module without; errors start with ``what``."""
+    from uncertlr.jax._networks import _module_kind
+
+    kind = _module_kind(net)
+    if kind is None:
+        raise TypeError(
+            f"{what} reads a flax.linen or flax.nnx module or an Equinox module; got {type(net).__name__}{hint}"
+        )
+    if kind == "flax.linen":
+        if params is None:
+            raise ValueError("a flax.linen module holds no parameters: pass params=module.init(key, x)")
+    elif params is not None:
+        raise ValueError(f"a {kind} module holds its own parameters: do not pass params=")
+    return kind
 
 
 def check_inputs(x: Any) -> None:

@@ -44,7 +44,8 @@ import numpy as np
 
 from uncertlr._arrays import host
 from uncertlr.density import ClassGaussians, _TemperedByDensity
-from uncertlr.jax._networks import _module_kind, _path_name
+from uncertlr.jax._networks import _path_name
+from uncertlr.jax._validation import check_module
 from uncertlr.likelihoods import check_labels
 
 __all__ = ["DensityTemperature", "FeatureDensity"]
@@ -229,20 +230,15 @@ class FeatureDensity:
         layers: str | Sequence[str] | None = None,
         shrinkage: float | str = "ledoit-wolf",
     ):
-        kind = _module_kind(net)
-        if kind is None:
-            raise TypeError(
-                "FeatureDensity reads a flax.linen or flax.nnx module or an Equinox module; got "
-                f"{type(net).__name__} (for a plain apply function, fit uncertlr.density.ClassGaussians on "
-                "the features you compute)"
-            )
+        kind = check_module(
+            net,
+            params,
+            "FeatureDensity",
+            " (for a plain apply function, fit uncertlr.density.ClassGaussians on the features you compute)",
+        )
         if kind == "flax.linen":
-            if params is None:
-                raise ValueError("a flax.linen module holds no parameters: pass params=module.init(key, x)")
             variables = dict(params)
             params = variables if "params" in variables else {"params": variables}
-        elif params is not None:
-            raise ValueError(f"a {kind} module holds its own parameters: do not pass params=")
         self._net, self._variables = net, params
         self._reader: Callable[[Array], tuple[Array, list[_Record]]] | None = None
         ClassGaussians(shrinkage=shrinkage)  # validates it

@@ -34,9 +34,8 @@ import numpy as np
 
 from uncertlr import likelihoods as _lik
 from uncertlr._spec import positive_int
-from uncertlr.jax._networks import _module_kind
 from uncertlr.jax._posterior import KeyStream, as_prediction
-from uncertlr.jax._validation import check_batch, check_inputs, draws_outputs
+from uncertlr.jax._validation import check_batch, check_inputs, check_module, draws_outputs
 from uncertlr.jax.density import _get
 from uncertlr.likelihoods import NormalPrediction
 
@@ -179,16 +178,7 @@ class MCDropout:
         noise_scale: float | None = None,
         seed: int = 0,
     ):
-        kind = _module_kind(net)
-        if kind is None:
-            raise TypeError(
-                f"MC dropout reads a flax.linen or flax.nnx module or an Equinox module; got {type(net).__name__}"
-            )
-        if kind == "flax.linen":
-            if params is None:
-                raise ValueError("a flax.linen module holds no parameters: pass params=module.init(key, x)")
-        elif params is not None:
-            raise ValueError(f"a {kind} module holds its own parameters: do not pass params=")
+        kind = check_module(net, params, "MC dropout")
         self.kind, self._net, self._params = kind, net, params
         self.likelihood = _lik.as_likelihood(likelihood)
         if isinstance(self.likelihood, _lik.Normal):

@@ -46,11 +46,14 @@ __all__ = ["Ensemble", "ensemble_spread"]
 Array = Any
 
 
-def _forward(net: Any, kind: str, stacked: bool) -> Callable[[Any, Array], Array]:
-    """``f(params_or_module, x) -> outputs`` (``[K, N, ...]`` when ``stacked``), jitted, in inference mode."""
+def _forward(
+    net: Any, kind: str, stacked: bool
+) -> tuple[Callable[[Any], Any], Callable[[Any, Array], Array]]:
+    """``(prepare, run)``: ``run(prepare(member), x) -> outputs`` (``[K, N, ...]`` when ``stacked``), jitted, in
+    inference mode; ``prepare`` runs once per member and ``predict`` call, ``run`` once per batch."""
     if kind == "flax.linen":
         apply = net.apply
-        return jax.jit(jax.vmap(apply, in_axes=(0, None)) if stacked else apply)
+        return (lambda v: v), jax.jit(jax.vmap(apply, in_axes=(0, None)) if stacked else apply)
     if kind == "flax.nnx":
         from flax import nnx
 
@@ -60,14 +63,14 @@ def _forward(net: Any, kind: str, stacked: bool) -> Callable[[Any, Array], Array
             return nnx.split(clone)
 
         graphdef, _ = split(net)
-        run = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
-        return lambda module, x: run(split(module)[1], x)
+        return (lambda module: split(module)[1]), jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
     import equinox as eqx
 
     def one(module: Any, x: Array) -> Array:
         return jax.vmap(eqx.nn.inference_mode(module))(x)
 
-    return eqx.filter_jit(eqx.filter_vmap(one, in_axes=(eqx.if_array(0), None)) if stacked else one)  # type: ignore[no-any-return]
+    run = eqx.filter_jit(eqx.filter_vmap(one, in_axes=(eqx.if_array(0), None)) if stacked else one)
+    return (lambda m: m), run  # type: ignore[return-value]
 
 
 def _variables(v: Any) -> Any:
@@ -181,7 +184,8 @@ class Ensemble:
             self.size = sizes.pop()
         else:
             self.size = len(self._members)
-        self._run: Callable[[Any, Array], Array] | None = None  # compiled on first use (and after unpickling)
+        # (prepare, run) of _forward, built on first use (and after unpickling)
+        self._run: tuple[Callable[[Any], Any], Callable[[Any, Array], Array]] | None = None
         if not self._bnn:
             self.likelihood = _lik.as_likelihood(likelihood)
         self._noise_var: np.ndarray | None = None
@@ -196,7 +200,7 @@ class Ensemble:
             raise ValueError("noise_scale= is for likelihood='normal'")
         self._keys = KeyStream(seed)
 
-    def _runner(self) -> Callable[[Any, Array], Array]:
+    def _runner(self) -> tuple[Callable[[Any], Any], Callable[[Any, Array], Array]]:
         if self._run is None:
             module = self._module if self.kind == "flax.linen" or self._stacked else self._members[0]
             self._run = _forward(module, self.kind, self._stacked)
@@ -207,14 +211,15 @@ class Ensemble:
 
     def _outputs(self, x: Array, batch_size: int) -> Array:
         """Every deterministic member's outputs ``[K, N, C]``."""
-        run = self._runner()
+        prepare, run = self._runner()
+        members = prepare(self._members) if self._stacked else [prepare(m) for m in self._members]
         parts = []
         for start in range(0, x.shape[0], batch_size):
             xb = check_batch(x[start : start + batch_size])
             if self._stacked:
-                parts.append(run(self._members, xb))
+                parts.append(run(members, xb))
             else:
-                parts.append(jnp.stack([run(m, xb) for m in self._members]))
+                parts.append(jnp.stack([run(m, xb) for m in members]))
         return draws_outputs(parts, "each member")
 
     def predict(
